@@ -1,0 +1,103 @@
+//===- KilnAttrs.td - kiln attributes and enums -------------*- tablegen -*-===//
+
+#ifndef KILN_DIALECT_KILN_KILNATTRS_TD
+#define KILN_DIALECT_KILN_KILNATTRS_TD
+
+include "kiln/Dialect/Kiln/KilnDialect.td"
+include "mlir/IR/AttrTypeBase.td"
+include "mlir/IR/EnumAttr.td"
+
+//===----------------------------------------------------------------------===//
+// Enums
+//===----------------------------------------------------------------------===//
+
+def Kiln_ScaleGranularity : I32EnumAttr<"ScaleGranularity",
+    "the region of a tensor that shares one FP8 scale", [
+      // One scale per 1×128 tile along the last dimension (activations).
+      I32EnumAttrCase<"Tile1x128", 0, "tile_1x128">,
+      // One scale per 128×128 block of the last two dimensions (weights).
+      I32EnumAttrCase<"Block128x128", 1, "block_128x128">
+    ]> {
+  let cppNamespace = "::kiln";
+}
+
+def Kiln_GroupLayout : I32EnumAttr<"GroupLayout",
+    "how per-expert token groups are laid out", [
+      // Rows of all groups in one [rows, K] tensor, sorted by group; group g
+      // owns rows [offsets[g], offsets[g+1]). Variable sizes, for prefill.
+      I32EnumAttrCase<"Contiguous", 0, "contiguous">,
+      // One [capacity, K] slab per group with a row count per group. Fixed
+      // shapes, for decode steps captured in CUDA graphs.
+      I32EnumAttrCase<"Masked", 1, "masked">
+    ]> {
+  let cppNamespace = "::kiln";
+}
+
+def Kiln_RouterScoring : I32EnumAttr<"RouterScoring",
+    "the function that turns router logits into expert scores", [
+      I32EnumAttrCase<"Sigmoid", 0, "sigmoid">,
+      I32EnumAttrCase<"Softmax", 1, "softmax">
+    ]> {
+  let cppNamespace = "::kiln";
+}
+
+def Kiln_StageKind : I32EnumAttr<"StageKind",
+    "what a stage of an overlap region occupies", [
+      // Runs on the SMs: attention, expert GEMMs, norms.
+      I32EnumAttrCase<"Compute", 0, "compute">,
+      // Moves tokens between ranks: MoE dispatch and combine.
+      I32EnumAttrCase<"Communication", 1, "communication">
+    ]> {
+  let cppNamespace = "::kiln";
+}
+
+//===----------------------------------------------------------------------===//
+// Attributes
+//===----------------------------------------------------------------------===//
+
+class Kiln_Attr<string name, string attrMnemonic, list<Trait> traits = []>
+    : AttrDef<Kiln_Dialect, name, traits> {
+  let mnemonic = attrMnemonic;
+}
+
+def Kiln_ExpertParallelAttr : Kiln_Attr<"ExpertParallel", "expert_parallel"> {
+  let summary = "an expert-parallel group: ranks and expert placement";
+  let description = [{
+    Describes how the routed experts of a MoE layer are spread over
+    `world_size` ranks. Every rank holds `slots_per_rank` expert slots; slot
+    `s` of rank `r` is physical slot `r * slots_per_rank + s`.
+
+    Without `placement`, the experts are placed in order: physical slot `p`
+    holds logical expert `p`, which needs `world_size * slots_per_rank ==
+    experts`. With `placement`, entry `p` names the logical expert held in
+    physical slot `p`; an expert may appear in several slots (redundant
+    experts for load balancing, as in EPLB), and every expert appears at least
+    once.
+
+    ```mlir
+    #kiln.expert_parallel<world_size = 8, experts = 256, slots_per_rank = 32>
+    #kiln.expert_parallel<world_size = 2, experts = 3, slots_per_rank = 2,
+                          placement = [0, 1, 2, 0]>
+    ```
+  }];
+  let parameters = (ins
+    "int64_t":$worldSize,
+    "int64_t":$numExperts,
+    "int64_t":$slotsPerRank,
+    OptionalArrayRefParameter<"int64_t">:$placement
+  );
+  let assemblyFormat = [{
+    `<` `world_size` `=` $worldSize `,` `experts` `=` $numExperts `,`
+        `slots_per_rank` `=` $slotsPerRank
+        (`,` `placement` `=` `[` $placement^ `]`)? `>`
+  }];
+  let genVerifyDecl = 1;
+  let extraClassDeclaration = [{
+    /// Physical expert slots over all ranks.
+    int64_t getNumSlots() const { return getWorldSize() * getSlotsPerRank(); }
+    /// The logical expert held in physical slot `slot`.
+    int64_t getExpertInSlot(int64_t slot) const;
+  }];
+}
+
+#endif // KILN_DIALECT_KILN_KILNATTRS_TD
