@@ -3,7 +3,25 @@
 #include "kiln/Dialect/Kiln/KilnDialect.h"
 #include "kiln/Dialect/Kiln/KilnOps.h"
 
+#include "mlir/IR/OpImplementation.h"
+
+using namespace mlir;
+
 #include "kiln/Dialect/Kiln/KilnDialect.cpp.inc"
+
+namespace {
+/// Prints `#kiln.expert_parallel<...>` once, as `#ep = ...`, however many ops
+/// of a layer share it.
+struct KilnOpAsmInterface : public OpAsmDialectInterface {
+  using OpAsmDialectInterface::OpAsmDialectInterface;
+  AliasResult getAlias(Attribute attr, raw_ostream &os) const override {
+    if (!isa<kiln::ExpertParallelAttr>(attr))
+      return AliasResult::NoAlias;
+    os << "ep";
+    return AliasResult::OverridableAlias;
+  }
+};
+} // namespace
 
 void kiln::KilnDialect::initialize() {
   addOperations<
@@ -11,4 +29,5 @@ void kiln::KilnDialect::initialize() {
 #include "kiln/Dialect/Kiln/KilnOps.cpp.inc"
       >();
   registerAttributes();
+  addInterfaces<KilnOpAsmInterface>();
 }

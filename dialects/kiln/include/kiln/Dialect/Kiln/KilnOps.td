@@ -242,7 +242,7 @@ def Kiln_MoEDispatchOp : Kiln_Op<"moe_dispatch"> {
     Dispatch is a collective: every rank of the group must run it.
 
     ```mlir
-    %xq, %xs, %n, %src = kiln.moe_dispatch masked %q, %s, %ids
+    %xq, %xs, %n, %src = kiln.moe_dispatch masked %q scales %s experts %ids
         {parallel = #kiln.expert_parallel<world_size = 8, experts = 256, slots_per_rank = 32>}
         : (tensor<128x7168xf8E4M3FN>, tensor<128x56xf32>, tensor<128x8xi32>)
         -> (tensor<32x1024x7168xf8E4M3FN>, tensor<32x1024x56xf32>, tensor<32xi32>, tensor<32x1024xi32>)
@@ -258,7 +258,7 @@ def Kiln_MoEDispatchOp : Kiln_Op<"moe_dispatch"> {
                       Kiln_IndexTensor:$group_sizes,
                       Kiln_IndexTensor:$source);
   let assemblyFormat = [{
-    $layout $tokens (`,` $token_scales^)? `,` $expert_ids attr-dict
+    $layout $tokens (`scales` $token_scales^)? `experts` $expert_ids attr-dict
     `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
@@ -275,7 +275,7 @@ def Kiln_MoECombineOp : Kiln_Op<"moe_combine"> {
     Empty rows (`source` = -1) are ignored.
 
     ```mlir
-    %y = kiln.moe_combine masked %out, %src, %weights
+    %y = kiln.moe_combine masked %out source %src weights %weights
         {parallel = #kiln.expert_parallel<world_size = 8, experts = 256, slots_per_rank = 32>}
         : (tensor<32x1024x7168xbf16>, tensor<32x1024xi32>, tensor<128x8xf32>)
         -> tensor<128x7168xbf16>
@@ -288,7 +288,7 @@ def Kiln_MoECombineOp : Kiln_Op<"moe_combine"> {
                        Kiln_ExpertParallelAttr:$parallel);
   let results = (outs Kiln_AccTensor:$result);
   let assemblyFormat = [{
-    $layout $expert_outputs `,` $source `,` $expert_weights attr-dict
+    $layout $expert_outputs `source` $source `weights` $expert_weights attr-dict
     `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
@@ -354,7 +354,7 @@ def Kiln_StageOp : Kiln_Op<"stage", [RecursiveMemoryEffects, HasParent<"OverlapO
     %t, %ts, %n, %src = kiln.stage "dispatch" communication %q, %s, %ids
         : (...) -> (...) {
     ^bb0(%q0: ..., %s0: ..., %ids0: ...):
-      %0:4 = kiln.moe_dispatch masked %q0, %s0, %ids0 {...} : ...
+      %0:4 = kiln.moe_dispatch masked %q0 scales %s0 experts %ids0 {...} : ...
       kiln.yield %0#0, %0#1, %0#2, %0#3 : ...
     }
     ```

@@ -1,0 +1,50 @@
+// Every rule of the #kiln.expert_parallel verifier.
+// RUN: kiln-opt %s -split-input-file -verify-diagnostics
+
+// expected-error @+1 {{expert_parallel: world_size must be positive, got 0}}
+func.func private @f() attributes {ep = #kiln.expert_parallel<world_size = 0, experts = 8, slots_per_rank = 1>}
+
+// -----
+
+// expected-error @+1 {{expert_parallel: experts must be positive, got -3}}
+func.func private @f() attributes {ep = #kiln.expert_parallel<world_size = 1, experts = -3, slots_per_rank = 1>}
+
+// -----
+
+// expected-error @+1 {{expert_parallel: slots_per_rank must be positive, got 0}}
+func.func private @f() attributes {ep = #kiln.expert_parallel<world_size = 8, experts = 8, slots_per_rank = 0>}
+
+// -----
+
+// expected-error @+1 {{expert_parallel: world_size * slots_per_rank overflows 64 bits}}
+func.func private @f() attributes {ep = #kiln.expert_parallel<world_size = 4294967296, experts = 8, slots_per_rank = 4294967296>}
+
+// -----
+
+// expected-error @+1 {{expert_parallel: without a placement, world_size * slots_per_rank (288) must equal experts (256); give a placement to hold redundant experts}}
+func.func private @f() attributes {ep = #kiln.expert_parallel<world_size = 8, experts = 256, slots_per_rank = 36>}
+
+// -----
+
+// expected-error @+1 {{expert_parallel: placement has 3 entries, expected world_size * slots_per_rank = 4}}
+func.func private @f() attributes {ep = #kiln.expert_parallel<world_size = 2, experts = 3, slots_per_rank = 2, placement = [0, 1, 2]>}
+
+// -----
+
+// expected-error @+1 {{expert_parallel: 5 experts do not fit in 4 slots}}
+func.func private @f() attributes {ep = #kiln.expert_parallel<world_size = 2, experts = 5, slots_per_rank = 2, placement = [0, 1, 2, 3]>}
+
+// -----
+
+// expected-error @+1 {{expert_parallel: placement[2] = 7 is not an expert in [0, 3)}}
+func.func private @f() attributes {ep = #kiln.expert_parallel<world_size = 2, experts = 3, slots_per_rank = 2, placement = [0, 1, 7, 2]>}
+
+// -----
+
+// expected-error @+1 {{expert_parallel: expert 1 has no slot in the placement}}
+func.func private @f() attributes {ep = #kiln.expert_parallel<world_size = 2, experts = 3, slots_per_rank = 2, placement = [0, 2, 0, 2]>}
+
+// -----
+
+// expected-error @+1 {{expected ','}}
+func.func private @f() attributes {ep = #kiln.expert_parallel<world_size = 2, experts = 3>}
