@@ -126,6 +126,34 @@ bool typesCompatible(Type lhs, Type rhs) {
 } // namespace
 
 //===----------------------------------------------------------------------===//
+// Custom assembly directives
+//===----------------------------------------------------------------------===//
+
+/// An optional operand introduced by a keyword: ` keyword %value` or nothing
+/// (the directive prints its own leading space, so an absent operand leaves
+/// none).
+/// Unlike an ODS optional group, the keyword then requires its operand, so
+/// `bias` alone is an error rather than a silently absent bias.
+static ParseResult
+parseKeywordOperand(OpAsmParser &parser,
+                    std::optional<OpAsmParser::UnresolvedOperand> &operand,
+                    StringRef keyword) {
+  if (failed(parser.parseOptionalKeyword(keyword)))
+    return success();
+  OpAsmParser::UnresolvedOperand value;
+  if (parser.parseOperand(value))
+    return failure();
+  operand = value;
+  return success();
+}
+
+static void printKeywordOperand(OpAsmPrinter &printer, Operation *,
+                                Value operand, StringRef keyword) {
+  if (operand)
+    printer << ' ' << keyword << ' ' << operand;
+}
+
+//===----------------------------------------------------------------------===//
 // QuantizeOp
 //===----------------------------------------------------------------------===//
 

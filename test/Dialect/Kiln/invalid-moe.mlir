@@ -51,7 +51,7 @@ func.func @f(%l: tensor<?x256xf32>) {
 
 func.func @f(%l: tensor<?x8xf32>, %b: tensor<8xf32>) {
   // expected-error @+1 {{groups of 1 expert cannot be scored by their top-2 sum; need at least 2 experts per group}}
-  %i, %w = kiln.moe_route sigmoid %l, %b {top_k = 2, n_group = 8, topk_group = 4, routed_scaling_factor = 1.0 : f32} : (tensor<?x8xf32>, tensor<8xf32>) -> (tensor<?x2xi32>, tensor<?x2xf32>)
+  %i, %w = kiln.moe_route sigmoid %l bias %b {top_k = 2, n_group = 8, topk_group = 4, routed_scaling_factor = 1.0 : f32} : (tensor<?x8xf32>, tensor<8xf32>) -> (tensor<?x2xi32>, tensor<?x2xf32>)
   return
 }
 
@@ -75,7 +75,7 @@ func.func @f(%l: tensor<?x256xf32>) {
 
 func.func @f(%l: tensor<?x256xf32>, %b: tensor<128xf32>) {
   // expected-error @+1 {{'bias' must have shape [E] = 256, got 'tensor<128xf32>'}}
-  %i, %w = kiln.moe_route sigmoid %l, %b {top_k = 8, n_group = 8, topk_group = 4, routed_scaling_factor = 2.5 : f32} : (tensor<?x256xf32>, tensor<128xf32>) -> (tensor<?x8xi32>, tensor<?x8xf32>)
+  %i, %w = kiln.moe_route sigmoid %l bias %b {top_k = 8, n_group = 8, topk_group = 4, routed_scaling_factor = 2.5 : f32} : (tensor<?x256xf32>, tensor<128xf32>) -> (tensor<?x8xi32>, tensor<?x8xf32>)
   return
 }
 

@@ -13,8 +13,8 @@
 func.func @route(%logits: tensor<?x256xf32>, %bias: tensor<256xf32>, %v2: tensor<16x160xf32>)
     -> (tensor<?x8xi32>, tensor<?x8xf32>, tensor<16x6xi32>, tensor<16x6xf32>) {
   // DeepSeek-V3: sigmoid, correction bias, 8 groups of 32, 4 kept, top-8.
-  // CHECK: kiln.moe_route sigmoid %{{.*}}, %{{.*}} {n_group = 8 : i64, routed_scaling_factor = 2.500000e+00 : f32, top_k = 8 : i64, topk_group = 4 : i64} : (tensor<?x256xf32>, tensor<256xf32>) -> (tensor<?x8xi32>, tensor<?x8xf32>)
-  %ids, %weights = kiln.moe_route sigmoid %logits, %bias
+  // CHECK: kiln.moe_route sigmoid %{{.*}} bias %{{.*}} {n_group = 8 : i64, routed_scaling_factor = 2.500000e+00 : f32, top_k = 8 : i64, topk_group = 4 : i64} : (tensor<?x256xf32>, tensor<256xf32>) -> (tensor<?x8xi32>, tensor<?x8xf32>)
+  %ids, %weights = kiln.moe_route sigmoid %logits bias %bias
       {top_k = 8, n_group = 8, topk_group = 4, routed_scaling_factor = 2.5 : f32}
       : (tensor<?x256xf32>, tensor<256xf32>) -> (tensor<?x8xi32>, tensor<?x8xf32>)
   // DeepSeek-V2 style: softmax, no bias, unnormalized weights.

@@ -24,7 +24,7 @@ func.func @two_micro_batches(%x0: tensor<64x7168xbf16>, %x1: tensor<64x7168xbf16
       // Weights defined outside the overlap may be used directly.
       %h = kiln.rms_norm %in, %norm {epsilon = 1.0e-6 : f32} : (tensor<64x7168xbf16>, tensor<7168xbf16>) -> tensor<64x7168xbf16>
       %logits = kiln.matmul %h, %gate : (tensor<64x7168xbf16>, tensor<256x7168xbf16>) -> tensor<64x256xf32>
-      %i, %w = kiln.moe_route sigmoid %logits, %bias {top_k = 8, n_group = 8, topk_group = 4, routed_scaling_factor = 2.5 : f32}
+      %i, %w = kiln.moe_route sigmoid %logits bias %bias {top_k = 8, n_group = 8, topk_group = 4, routed_scaling_factor = 2.5 : f32}
           : (tensor<64x256xf32>, tensor<256xf32>) -> (tensor<64x8xi32>, tensor<64x8xf32>)
       %hq, %hs = kiln.quantize %h tile_1x128 : tensor<64x7168xbf16> -> tensor<64x7168xf8E4M3FN>, tensor<64x56xf32>
       kiln.yield %hq, %hs, %i, %w : tensor<64x7168xf8E4M3FN>, tensor<64x56xf32>, tensor<64x8xi32>, tensor<64x8xf32>

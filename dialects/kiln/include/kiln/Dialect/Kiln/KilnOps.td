@@ -199,7 +199,7 @@ def Kiln_MoERouteOp : Kiln_Op<"moe_route", [Pure]> {
        `norm_topk_prob`, times `routed_scaling_factor`.
 
     ```mlir
-    %ids, %weights = kiln.moe_route sigmoid %logits, %bias
+    %ids, %weights = kiln.moe_route sigmoid %logits bias %bias
         {top_k = 8, n_group = 8, topk_group = 4, routed_scaling_factor = 2.5 : f32}
         : (tensor<?x256xf32>, tensor<256xf32>) -> (tensor<?x8xi32>, tensor<?x8xf32>)
     ```
@@ -213,7 +213,7 @@ def Kiln_MoERouteOp : Kiln_Op<"moe_route", [Pure]> {
   let results = (outs Kiln_IndexTensor:$expert_ids,
                       RankedTensorOf<[F32]>:$expert_weights);
   let assemblyFormat = [{
-    $scoring $logits (`,` $bias^)? attr-dict `:` functional-type(operands, results)
+    $scoring $logits `` custom<KeywordOperand>($bias, "\"bias\"") attr-dict `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
 }
@@ -258,7 +258,8 @@ def Kiln_MoEDispatchOp : Kiln_Op<"moe_dispatch"> {
                       Kiln_IndexTensor:$group_sizes,
                       Kiln_IndexTensor:$source);
   let assemblyFormat = [{
-    $layout $tokens (`scales` $token_scales^)? `experts` $expert_ids attr-dict
+    $layout $tokens `` custom<KeywordOperand>($token_scales, "\"scales\"")
+    `experts` $expert_ids attr-dict
     `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
