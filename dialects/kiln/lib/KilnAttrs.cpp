@@ -9,6 +9,8 @@
 #include "llvm/ADT/TypeSwitch.h"
 #include "llvm/Support/CheckedArithmetic.h"
 
+#include <limits>
+
 using namespace mlir;
 using namespace kiln;
 
@@ -39,9 +41,11 @@ ExpertParallelAttr::verify(function_ref<InFlightDiagnostic()> emitError,
            << "expert_parallel: slots_per_rank must be positive, got "
            << slotsPerRank;
   std::optional<int64_t> numSlots = llvm::checkedMul(worldSize, slotsPerRank);
-  if (!numSlots)
-    return emitError() << "expert_parallel: world_size * slots_per_rank "
-                          "overflows 64 bits";
+  // Expert ids and slot indices travel as i32.
+  constexpr int64_t kMaxSlots = std::numeric_limits<int32_t>::max();
+  if (!numSlots || *numSlots > kMaxSlots)
+    return emitError() << "expert_parallel: world_size * slots_per_rank must "
+                          "be at most 2^31 - 1 (slots are indexed in i32)";
 
   if (placement.empty()) {
     if (*numSlots != numExperts)

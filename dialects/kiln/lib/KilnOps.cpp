@@ -17,6 +17,7 @@
 #include "llvm/Support/MathExtras.h"
 
 #include <cmath>
+#include <limits>
 #include <string>
 
 using namespace mlir;
@@ -224,6 +225,10 @@ LogicalResult GroupedScaledMatmulOp::verify() {
     return failure();
   int64_t kBlocks = scaleBlocks(known(a.back(), b[2]));
 
+  // Group offsets and counts are i32, which also keeps G + 1 from overflowing.
+  if (!isDynamic(groups) && groups > std::numeric_limits<int32_t>::max())
+    return emitOpError() << "'b' has " << groups
+                         << " groups; at most 2^31 - 1 fit i32 group sizes";
   if (masked && !compatible(a[0], groups))
     return emitOpError() << "group counts differ: 'a' has " << a[0]
                          << " groups, 'b' has " << groups;

@@ -16,8 +16,13 @@ func.func private @f() attributes {ep = #kiln.expert_parallel<world_size = 8, ex
 
 // -----
 
-// expected-error @+1 {{expert_parallel: world_size * slots_per_rank overflows 64 bits}}
+// expected-error @+1 {{expert_parallel: world_size * slots_per_rank must be at most 2^31 - 1 (slots are indexed in i32)}}
 func.func private @f() attributes {ep = #kiln.expert_parallel<world_size = 4294967296, experts = 8, slots_per_rank = 4294967296>}
+
+// -----
+
+// expected-error @+1 {{expert_parallel: world_size * slots_per_rank must be at most 2^31 - 1 (slots are indexed in i32)}}
+func.func private @f() attributes {ep = #kiln.expert_parallel<world_size = 1, experts = 9223372036854775807, slots_per_rank = 9223372036854775807>}
 
 // -----
 

@@ -174,6 +174,15 @@ func.func @f(%a: tensor<4x128x7168xf8E4M3FN>, %as: tensor<4x128x56xf32>, %b: ten
 
 // -----
 
+// G + 1 offsets must not overflow.
+func.func @f(%a: tensor<4x128xf8E4M3FN>, %as: tensor<4x1xf32>, %b: tensor<9223372036854775807x1x128xf8E4M3FN>, %bs: tensor<9223372036854775807x1x1xf32>, %g: tensor<5xi32>) {
+  // expected-error @+1 {{'b' has 9223372036854775807 groups; at most 2^31 - 1 fit i32 group sizes}}
+  %0 = kiln.grouped_scaled_matmul contiguous %a, %as, %b, %bs, %g : (tensor<4x128xf8E4M3FN>, tensor<4x1xf32>, tensor<9223372036854775807x1x128xf8E4M3FN>, tensor<9223372036854775807x1x1xf32>, tensor<5xi32>) -> tensor<4x1xbf16>
+  return
+}
+
+// -----
+
 func.func @f(%a: tensor<8x128x7168xf8E4M3FN>, %as: tensor<8x128x56xf32>, %b: tensor<8x4096x7168xf8E4M3FN>, %bs: tensor<32x56xf32>, %n: tensor<8xi32>) {
   // expected-error @+1 {{'b_scales' must have shape [G, ceil(N/128), K/128] = 8x32x56, got 'tensor<32x56xf32>'}}
   %0 = kiln.grouped_scaled_matmul masked %a, %as, %b, %bs, %n : (tensor<8x128x7168xf8E4M3FN>, tensor<8x128x56xf32>, tensor<8x4096x7168xf8E4M3FN>, tensor<32x56xf32>, tensor<8xi32>) -> tensor<8x128x4096xbf16>
