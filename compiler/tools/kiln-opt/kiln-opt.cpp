@@ -74,11 +74,11 @@ LogicalResult checkNesting(const llvm::MemoryBuffer &input,
 
 int main(int argc, char **argv) {
   DialectRegistry registry;
-  registry.insert<kiln::KilnDialect, arith::ArithDialect,
-                  cf::ControlFlowDialect, func::FuncDialect, gpu::GPUDialect,
-                  LLVM::LLVMDialect, math::MathDialect, memref::MemRefDialect,
-                  NVVM::NVVMDialect, nvgpu::NVGPUDialect, scf::SCFDialect,
-                  tensor::TensorDialect>();
+  registry
+      .insert<kiln::KilnDialect, arith::ArithDialect, cf::ControlFlowDialect,
+              func::FuncDialect, gpu::GPUDialect, LLVM::LLVMDialect,
+              math::MathDialect, memref::MemRefDialect, NVVM::NVVMDialect,
+              nvgpu::NVGPUDialect, scf::SCFDialect, tensor::TensorDialect>();
   // Canonicalize, CSE, inlining, symbol DCE and the other generic passes.
   registerTransformsPasses();
 
