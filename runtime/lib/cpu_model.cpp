@@ -270,17 +270,6 @@ void softmaxInPlace(float *x, int64_t n) {
     x[t] /= sum;
 }
 
-/// E4M3 decoding table: activation round trips decode every element.
-const std::array<float, 256> &e4m3Table() {
-  static const std::array<float, 256> table = [] {
-    std::array<float, 256> values{};
-    for (int code = 0; code < 256; ++code)
-      values[code] = decodeE4M3(static_cast<uint8_t>(code));
-    return values;
-  }();
-  return table;
-}
-
 /// x quantized per 1x128 tile along each row and dequantized again: what an
 /// FP8 GEMM sees of its activation input.
 std::vector<float> fp8RoundTrip(const float *x, int64_t rows, int64_t cols) {
@@ -288,12 +277,11 @@ std::vector<float> fp8RoundTrip(const float *x, int64_t rows, int64_t cols) {
   std::vector<uint8_t> codes(rows * cols);
   std::vector<float> scales(rows * blocks);
   quantizeActivationTiles(x, rows, cols, codes.data(), scales.data());
-  const std::array<float, 256> &table = e4m3Table();
   std::vector<float> rounded(rows * cols);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c)
-      rounded[r * cols + c] =
-          table[codes[r * cols + c]] * scales[r * blocks + c / kScaleBlock];
+      rounded[r * cols + c] = decodeE4M3(codes[r * cols + c]) *
+                              scales[r * blocks + c / kScaleBlock];
   return rounded;
 }
 

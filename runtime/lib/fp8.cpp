@@ -3,6 +3,7 @@
 #include "kiln/fp8.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 
@@ -17,9 +18,10 @@ constexpr int kMinNormalExponent = 1 - kExponentBias;
 constexpr uint8_t kNaN = 0x7F;
 constexpr uint8_t kMaxFinite = 0x7E;
 constexpr uint8_t kSignBit = 0x80;
-} // namespace
 
-float decodeE4M3(uint8_t bits) {
+/// E4M3 from its definition; decodeE4M3 reads a table built from it, since
+/// weight loading decodes every byte of a checkpoint.
+float decodeE4M3FromBits(uint8_t bits) {
   float sign = (bits & kSignBit) ? -1.0f : 1.0f;
   int exponent = (bits >> kMantissaBits) & 0xF;
   int mantissa = bits & 0x7;
@@ -29,6 +31,17 @@ float decodeE4M3(uint8_t bits) {
     return sign * std::ldexp(static_cast<float>(mantissa),
                              kMinNormalExponent - kMantissaBits);
   return sign * std::ldexp(1.0f + mantissa / 8.0f, exponent - kExponentBias);
+}
+} // namespace
+
+float decodeE4M3(uint8_t bits) {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> values{};
+    for (int code = 0; code < 256; ++code)
+      values[code] = decodeE4M3FromBits(static_cast<uint8_t>(code));
+    return values;
+  }();
+  return table[bits];
 }
 
 uint8_t encodeE4M3(float value) {

@@ -15,6 +15,8 @@
 #include "kiln/safetensors.h"
 #include "kiln/tiny_checkpoint.h"
 
+#include "TestSupport.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -33,45 +35,15 @@
 
 namespace {
 
+using kiln::testing::errorOf;
+using kiln::testing::ScratchDir;
+
 namespace fs = std::filesystem;
 using kiln::DType;
 
 //===----------------------------------------------------------------------===//
 // Helpers
 //===----------------------------------------------------------------------===//
-
-/// A scratch directory named after the running test, removed afterwards.
-class ScratchDir {
-public:
-  ScratchDir() {
-    const testing::TestInfo *test =
-        testing::UnitTest::GetInstance()->current_test_info();
-    dir = fs::path(testing::TempDir()) /
-          ("kiln-" + std::string(test->test_suite_name()) + "-" + test->name() +
-           "-" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  ~ScratchDir() {
-    std::error_code ignored;
-    fs::remove_all(dir, ignored);
-  }
-  const fs::path &path() const { return dir; }
-  fs::path operator/(const std::string &name) const { return dir / name; }
-
-private:
-  fs::path dir;
-};
-
-std::string errorOf(const std::function<void()> &action) {
-  try {
-    action();
-  } catch (const kiln::Error &error) {
-    return error.what();
-  }
-  ADD_FAILURE() << "expected a kiln::Error";
-  return "";
-}
 
 void expectMentions(const std::string &message,
                     const std::vector<std::string> &parts) {

@@ -3,6 +3,8 @@
 #include "kiln/config.h"
 #include "kiln/error.h"
 
+#include "TestSupport.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -15,6 +17,8 @@
 #include <unistd.h>
 
 namespace {
+
+using kiln::testing::errorOf;
 
 namespace fs = std::filesystem;
 
@@ -85,17 +89,6 @@ Fields without(Fields fields, const std::string &key) {
       break;
     }
   return fields;
-}
-
-/// The message of the kiln::Error `action` throws ("" and a failure if none).
-std::string errorOf(const std::function<void()> &action) {
-  try {
-    action();
-  } catch (const kiln::Error &error) {
-    return error.what();
-  }
-  ADD_FAILURE() << "expected a kiln::Error";
-  return "";
 }
 
 std::string parseError(const Fields &fields) {
@@ -543,10 +536,8 @@ TEST(ConfigTest, RejectsUnsupportedQuantizationAndRopeScaling) {
 }
 
 TEST(ConfigTest, LoadConfigNamesTheFile) {
-  fs::path dir = fs::path(testing::TempDir()) /
-                 ("kiln-config-test-" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
+  kiln::testing::ScratchDir scratch;
+  const fs::path &dir = scratch.path();
   expectMentions(errorOf([&] { kiln::loadConfig(dir); }),
                  {(dir / "config.json").string(), "cannot open"});
 
@@ -557,7 +548,6 @@ TEST(ConfigTest, LoadConfigNamesTheFile) {
 
   std::ofstream(dir / "config.json") << render(tinyFields());
   EXPECT_EQ(kiln::loadConfig(dir).hiddenSize, 256);
-  fs::remove_all(dir);
 }
 
 } // namespace

@@ -9,10 +9,12 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "kiln/checkpoint.h"
 #include "kiln/config.h"
 #include "kiln/cpu_model.h"
 #include "kiln/error.h"
 #include "kiln/fp8.h"
+#include "kiln/tiny_checkpoint.h"
 
 #include <gtest/gtest.h>
 
@@ -105,125 +107,17 @@ ModelConfig tinyConfig() {
   return c;
 }
 
-enum class Init { Matrix, Norm, Embedding, Bias };
-
-struct TensorSpec {
-  std::string name;
-  std::vector<int64_t> shape;
-  Init init;
-};
-
-/// Every tensor a DeepSeek-V3 checkpoint of `c` holds (FP8 scales aside).
-std::vector<TensorSpec> checkpointTensors(const ModelConfig &c) {
-  std::vector<TensorSpec> specs;
-  const int64_t hidden = c.hiddenSize, vocab = c.vocabSize,
-                heads = c.numAttentionHeads;
-  auto mlp = [&](const std::string &prefix, int64_t intermediate) {
-    specs.push_back(
-        {prefix + "gate_proj.weight", {intermediate, hidden}, Init::Matrix});
-    specs.push_back(
-        {prefix + "up_proj.weight", {intermediate, hidden}, Init::Matrix});
-    specs.push_back(
-        {prefix + "down_proj.weight", {hidden, intermediate}, Init::Matrix});
-  };
-  specs.push_back(
-      {"model.embed_tokens.weight", {vocab, hidden}, Init::Embedding});
-  specs.push_back({"model.norm.weight", {hidden}, Init::Norm});
-  if (!c.tieWordEmbeddings)
-    specs.push_back({"lm_head.weight", {vocab, hidden}, Init::Matrix});
-  for (int64_t layer = 0; layer < c.numHiddenLayers + c.numNextnPredictLayers;
-       ++layer) {
-    const std::string p = "model.layers." + std::to_string(layer) + ".";
-    const std::string a = p + "self_attn.";
-    specs.push_back({p + "input_layernorm.weight", {hidden}, Init::Norm});
-    specs.push_back(
-        {p + "post_attention_layernorm.weight", {hidden}, Init::Norm});
-    if (c.qLoraRank > 0) {
-      specs.push_back(
-          {a + "q_a_proj.weight", {c.qLoraRank, hidden}, Init::Matrix});
-      specs.push_back({a + "q_a_layernorm.weight", {c.qLoraRank}, Init::Norm});
-      specs.push_back({a + "q_b_proj.weight",
-                       {heads * c.qkHeadDim(), c.qLoraRank},
-                       Init::Matrix});
-    } else {
-      specs.push_back(
-          {a + "q_proj.weight", {heads * c.qkHeadDim(), hidden}, Init::Matrix});
-    }
-    specs.push_back({a + "kv_a_proj_with_mqa.weight",
-                     {c.kvLoraRank + c.qkRopeHeadDim, hidden},
-                     Init::Matrix});
-    specs.push_back({a + "kv_a_layernorm.weight", {c.kvLoraRank}, Init::Norm});
-    specs.push_back({a + "kv_b_proj.weight",
-                     {heads * (c.qkNopeHeadDim + c.vHeadDim), c.kvLoraRank},
-                     Init::Matrix});
-    specs.push_back(
-        {a + "o_proj.weight", {hidden, heads * c.vHeadDim}, Init::Matrix});
-    if (c.isMoELayer(layer)) {
-      specs.push_back(
-          {p + "mlp.gate.weight", {c.nRoutedExperts, hidden}, Init::Matrix});
-      specs.push_back({p + "mlp.gate.e_score_correction_bias",
-                       {c.nRoutedExperts},
-                       Init::Bias});
-      for (int64_t e = 0; e < c.nRoutedExperts; ++e)
-        mlp(p + "mlp.experts." + std::to_string(e) + ".",
-            c.moeIntermediateSize);
-      if (c.nSharedExperts > 0)
-        mlp(p + "mlp.shared_experts.",
-            c.moeIntermediateSize * c.nSharedExperts);
-    } else {
-      mlp(p + "mlp.", c.intermediateSize);
-    }
-    if (layer >= c.numHiddenLayers) { // MTP
-      specs.push_back(
-          {p + "embed_tokens.weight", {vocab, hidden}, Init::Embedding});
-      specs.push_back({p + "enorm.weight", {hidden}, Init::Norm});
-      specs.push_back({p + "hnorm.weight", {hidden}, Init::Norm});
-      specs.push_back(
-          {p + "eh_proj.weight", {hidden, 2 * hidden}, Init::Matrix});
-      specs.push_back({p + "shared_head.norm.weight", {hidden}, Init::Norm});
-      specs.push_back(
-          {p + "shared_head.head.weight", {vocab, hidden}, Init::Matrix});
-    }
-  }
-  return specs;
-}
-
-/// Random tensors in memory under their checkpoint names. Each tensor's
-/// values depend only on the seed and its name. Matrices have variance
-/// 1/fan_in so activations stay of order one through the layers.
+/// Random tensors in memory under their checkpoint names: every tensor the
+/// checkpoint layout implies (kiln::expectedTensors), with the tiny
+/// checkpoint generator's values before FP8/BF16 rounding (matrices of
+/// variance 1/fan_in, norms near 1, positive correction biases), so
+/// activations stay of order one through the layers.
 class RandomWeights : public kiln::WeightSource {
 public:
   RandomWeights(const ModelConfig &config, uint64_t seed) {
-    for (const TensorSpec &spec : checkpointTensors(config)) {
-      uint64_t nameHash = 1469598103934665603ull; // FNV-1a
-      for (char ch : spec.name)
-        nameHash = (nameHash ^ static_cast<uint8_t>(ch)) * 1099511628211ull;
-      TestRandom random(seed ^ nameHash);
-      int64_t count = 1;
-      for (int64_t d : spec.shape)
-        count *= d;
-      std::vector<float> values(count);
-      double matrixScale =
-          std::sqrt(3.0 / static_cast<double>(spec.shape.back()));
-      for (float &v : values) {
-        double u = random.symmetric();
-        switch (spec.init) {
-        case Init::Matrix:
-          v = static_cast<float>(u * matrixScale);
-          break;
-        case Init::Norm:
-          v = static_cast<float>(1.0 + 0.2 * u);
-          break;
-        case Init::Embedding:
-          v = static_cast<float>(u * std::sqrt(3.0));
-          break;
-        case Init::Bias:
-          v = static_cast<float>(0.1 * u);
-          break;
-        }
-      }
-      tensors[spec.name] = {spec.shape, std::move(values)};
-    }
+    for (const kiln::ExpectedTensor &tensor : kiln::expectedTensors(config))
+      tensors[tensor.name] = {tensor.shape,
+                              kiln::tinyTensorValues(tensor, seed)};
   }
 
   bool contains(const std::string &name) const override {

@@ -12,6 +12,8 @@
 #include "kiln/tokenizer.h"
 #include "kiln/error.h"
 
+#include "TestSupport.h"
+
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -26,6 +28,8 @@
 #include <thread>
 
 namespace {
+
+using kiln::testing::ScratchDir;
 
 namespace fs = std::filesystem;
 using Json = nlohmann::json;
@@ -552,32 +556,6 @@ TEST_F(ChatTemplateTest, RejectsUnknownRoles) {
 // Small tokenizer.json files: BPE order, added tokens, load errors
 //===----------------------------------------------------------------------===//
 
-/// A fresh directory under the system temp dir, removed afterwards.
-class TempDir {
-public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() /
-            ("kiln-tokenizer-test-" +
-             std::to_string(
-                 std::chrono::steady_clock::now().time_since_epoch().count()) +
-             "-" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  const fs::path &path() const { return path_; }
-  void write(const std::string &name, const std::string &contents) const {
-    std::ofstream(path_ / name, std::ios::binary) << contents;
-  }
-
-private:
-  fs::path path_;
-};
-
 /// A byte-level BPE over ids 0..255 (the bytes) plus "bc" = 256, "ab" = 257,
 /// "abc" = 258, with merge ranks b+c < a+b < a+bc, a Split into letters,
 /// digits and the rest, and three added tokens.
@@ -633,7 +611,7 @@ Json tinyConfigJson() {
           {"add_bos_token", false}};
 }
 
-void writeTokenizer(const TempDir &dir, const Json &tokenizer,
+void writeTokenizer(const ScratchDir &dir, const Json &tokenizer,
                     const Json &config) {
   dir.write("tokenizer.json", tokenizer.dump());
   dir.write("tokenizer_config.json", config.dump());
@@ -655,7 +633,7 @@ void expectLoadError(const fs::path &dir,
 }
 
 TEST(TokenizerFilesTest, BpeMergesByRank) {
-  TempDir dir;
+  ScratchDir dir;
   writeTokenizer(dir, tinyTokenizerJson(), tinyConfigJson());
   kiln::Tokenizer tokenizer = kiln::Tokenizer::load(dir.path());
   // "abc": b+c (rank 0) before a+b (rank 1), then a+bc; "abd" has only a+b.
@@ -671,14 +649,14 @@ TEST(TokenizerFilesTest, BpeMergesByRank) {
   pairs["model"]["merges"] =
       Json::array({Json::array({"b", "c"}), Json::array({"a", "b"}),
                    Json::array({"a", "bc"})});
-  TempDir pairDir;
+  ScratchDir pairDir;
   writeTokenizer(pairDir, pairs, tinyConfigJson());
   EXPECT_EQ(kiln::Tokenizer::load(pairDir.path()).encode("abc ab bcbc abd"),
             tokenizer.encode("abc ab bcbc abd"));
 }
 
 TEST(TokenizerFilesTest, AddedTokensMatchLeftmostLongest) {
-  TempDir dir;
+  ScratchDir dir;
   writeTokenizer(dir, tinyTokenizerJson(), tinyConfigJson());
   kiln::Tokenizer tokenizer = kiln::Tokenizer::load(dir.path());
   EXPECT_EQ(tokenizer.encode("x<sep><sep><sep><eot>ab"),
@@ -693,7 +671,7 @@ TEST(TokenizerFilesTest, AddedTokensMatchLeftmostLongest) {
 }
 
 TEST(TokenizerFilesTest, MissingFilesAreNamed) {
-  TempDir dir;
+  ScratchDir dir;
   expectLoadError(dir.path() / "absent",
                   {"tokenizer.json", "scripts/install-deps"});
   dir.write("tokenizer.json", tinyTokenizerJson().dump());
@@ -701,7 +679,7 @@ TEST(TokenizerFilesTest, MissingFilesAreNamed) {
 }
 
 TEST(TokenizerFilesTest, MalformedJsonIsNamed) {
-  TempDir dir;
+  ScratchDir dir;
   dir.write("tokenizer.json", "{ \"model\": ");
   dir.write("tokenizer_config.json", tinyConfigJson().dump());
   expectLoadError(dir.path(),
@@ -712,7 +690,7 @@ TEST(TokenizerFilesTest, MalformedJsonIsNamed) {
 }
 
 TEST(TokenizerFilesTest, MissingModelIsNamed) {
-  TempDir dir;
+  ScratchDir dir;
   Json noModel = tinyTokenizerJson();
   noModel.erase("model");
   writeTokenizer(dir, noModel, tinyConfigJson());
@@ -776,14 +754,14 @@ TEST(TokenizerFilesTest, BadFieldsAreNamed) {
     SCOPED_TRACE(testCase.what);
     Json tokenizer = tinyTokenizerJson(), config = tinyConfigJson();
     testCase.mutate(tokenizer, config);
-    TempDir dir;
+    ScratchDir dir;
     writeTokenizer(dir, tokenizer, config);
     expectLoadError(dir.path(), testCase.needles);
   }
 }
 
 TEST(TokenizerFilesTest, OtherChatTemplatesAreRefused) {
-  TempDir dir;
+  ScratchDir dir;
   Json config = tinyConfigJson();
   config["chat_template"] = "{{ messages[0]['content'] }}";
   writeTokenizer(dir, tinyTokenizerJson(), config);
