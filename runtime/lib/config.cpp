@@ -132,6 +132,13 @@ void check(bool condition, const FieldReader &reader, const std::string &field,
     reader.fail(field, problem);
 }
 
+/// check() for a parsed config, in the words of FieldReader::fail.
+void check(bool condition, const std::string &source, const std::string &field,
+           const std::string &problem) {
+  if (!condition)
+    throw Error(source + ": field \"" + field + "\" " + problem);
+}
+
 std::string str(int64_t value) { return std::to_string(value); }
 
 YarnScaling parseYarn(const Json &object, const std::string &source) {
@@ -215,13 +222,17 @@ std::optional<Fp8Quantization> parseQuantization(const FieldReader &top,
 }
 
 /// Cross-field consistency. Each message blames the field a user would edit.
-void validate(const ModelConfig &c, const FieldReader &reader) {
+} // namespace
+
+void validateConfig(const ModelConfig &c, const std::string &source) {
   auto positive = [&](const char *field, int64_t value) {
-    check(value > 0, reader, field, "must be positive, got " + str(value));
+    check(value > 0, source, field, "must be positive, got " + str(value));
   };
   positive("vocab_size", c.vocabSize);
   positive("hidden_size", c.hiddenSize);
-  positive("num_hidden_layers", c.numHiddenLayers);
+  // Zero decoder layers is computable (embedding, norm, head): tests use it.
+  check(c.numHiddenLayers >= 0, source, "num_hidden_layers",
+        "must be non-negative, got " + str(c.numHiddenLayers));
   positive("num_attention_heads", c.numAttentionHeads);
   positive("num_key_value_heads", c.numKeyValueHeads);
   positive("max_position_embeddings", c.maxPositionEmbeddings);
@@ -230,20 +241,20 @@ void validate(const ModelConfig &c, const FieldReader &reader) {
   positive("qk_rope_head_dim", c.qkRopeHeadDim);
   positive("v_head_dim", c.vHeadDim);
   positive("moe_layer_freq", c.moeLayerFreq);
-  check(c.qLoraRank >= 0, reader, "q_lora_rank",
+  check(c.qLoraRank >= 0, source, "q_lora_rank",
         "must be a non-negative integer or null, got " + str(c.qLoraRank));
   // RoPE rotates pairs of dimensions.
-  check(c.qkRopeHeadDim % 2 == 0, reader, "qk_rope_head_dim",
+  check(c.qkRopeHeadDim % 2 == 0, source, "qk_rope_head_dim",
         "must be even, got " + str(c.qkRopeHeadDim));
-  check(c.rmsNormEps > 0, reader, "rms_norm_eps", "must be positive");
-  check(c.ropeTheta > 0, reader, "rope_theta", "must be positive");
-  check(c.numNextnPredictLayers >= 0, reader, "num_nextn_predict_layers",
+  check(c.rmsNormEps > 0, source, "rms_norm_eps", "must be positive");
+  check(c.ropeTheta > 0, source, "rope_theta", "must be positive");
+  check(c.numNextnPredictLayers >= 0, source, "num_nextn_predict_layers",
         "must be non-negative, got " + str(c.numNextnPredictLayers));
-  check(c.firstKDenseReplace >= 0, reader, "first_k_dense_replace",
+  check(c.firstKDenseReplace >= 0, source, "first_k_dense_replace",
         "must be non-negative, got " + str(c.firstKDenseReplace));
-  check(c.bosTokenId >= 0 && c.bosTokenId < c.vocabSize, reader, "bos_token_id",
+  check(c.bosTokenId >= 0 && c.bosTokenId < c.vocabSize, source, "bos_token_id",
         "must be a token id below vocab_size (" + str(c.vocabSize) + ")");
-  check(c.eosTokenId >= 0 && c.eosTokenId < c.vocabSize, reader, "eos_token_id",
+  check(c.eosTokenId >= 0 && c.eosTokenId < c.vocabSize, source, "eos_token_id",
         "must be a token id below vocab_size (" + str(c.vocabSize) + ")");
 
   bool hasDenseLayer = false;
@@ -252,49 +263,47 @@ void validate(const ModelConfig &c, const FieldReader &reader) {
   if (hasDenseLayer)
     positive("intermediate_size", c.intermediateSize);
 
-  check(c.nRoutedExperts >= 0, reader, "n_routed_experts",
+  check(c.nRoutedExperts >= 0, source, "n_routed_experts",
         "must be non-negative, got " + str(c.nRoutedExperts));
   if (c.nRoutedExperts == 0)
     return;
   positive("moe_intermediate_size", c.moeIntermediateSize);
   positive("n_group", c.nGroup);
-  check(c.nSharedExperts >= 0, reader, "n_shared_experts",
+  check(c.nSharedExperts >= 0, source, "n_shared_experts",
         "must be non-negative, got " + str(c.nSharedExperts));
-  check(c.nRoutedExperts % c.nGroup == 0, reader, "n_group",
+  check(c.nRoutedExperts % c.nGroup == 0, source, "n_group",
         "(" + str(c.nGroup) + ") must divide n_routed_experts (" +
             str(c.nRoutedExperts) + ")");
-  check(c.topkGroup >= 1 && c.topkGroup <= c.nGroup, reader, "topk_group",
+  check(c.topkGroup >= 1 && c.topkGroup <= c.nGroup, source, "topk_group",
         "(" + str(c.topkGroup) + ") must be between 1 and n_group (" +
             str(c.nGroup) + ")");
   int64_t expertsPerGroup = c.nRoutedExperts / c.nGroup;
   check(c.numExpertsPerTok >= 1 &&
             c.numExpertsPerTok <= c.topkGroup * expertsPerGroup,
-        reader, "num_experts_per_tok",
+        source, "num_experts_per_tok",
         "(" + str(c.numExpertsPerTok) +
             ") must be between 1 and topk_group * experts per group (" +
             str(c.topkGroup) + " * " + str(expertsPerGroup) + ")");
-  check(c.routedScalingFactor > 0, reader, "routed_scaling_factor",
+  check(c.routedScalingFactor > 0, source, "routed_scaling_factor",
         "must be positive");
-  check(c.scoringFunc == "sigmoid" || c.scoringFunc == "softmax", reader,
+  check(c.scoringFunc == "sigmoid" || c.scoringFunc == "softmax", source,
         "scoring_func",
         "is \"" + c.scoringFunc + "\"; expected \"sigmoid\" or \"softmax\"");
   check(c.topkMethod == "noaux_tc" || c.topkMethod == "group_limited_greedy" ||
             c.topkMethod == "greedy",
-        reader, "topk_method",
+        source, "topk_method",
         "is \"" + c.topkMethod +
             "\"; expected \"noaux_tc\", \"group_limited_greedy\" or "
             "\"greedy\"");
   if (c.topkMethod == "noaux_tc") {
     // Group scores are the sum of each group's top two biased scores.
-    check(expertsPerGroup >= 2, reader, "n_group",
+    check(expertsPerGroup >= 2, source, "n_group",
           "leaves " + str(expertsPerGroup) +
               " expert(s) per group; noaux_tc needs at least 2");
-    check(c.scoringFunc == "sigmoid", reader, "scoring_func",
+    check(c.scoringFunc == "sigmoid", source, "scoring_func",
           "must be \"sigmoid\" with topk_method \"noaux_tc\"");
   }
 }
-
-} // namespace
 
 bool YarnScaling::operator==(const YarnScaling &o) const {
   return factor == o.factor &&
@@ -402,7 +411,7 @@ ModelConfig parseConfig(const std::string &text, const std::string &source) {
   c.eosTokenId = reader.optionalInt("eos_token_id", 1);
   c.quantization = parseQuantization(reader, source);
 
-  validate(c, reader);
+  validateConfig(c, source);
   return c;
 }
 

@@ -44,85 +44,15 @@ constexpr int64_t kMinParallelWork = 1 << 15;
 // Config validation
 //===----------------------------------------------------------------------===//
 
+/// Errors in the words of validateConfig.
 [[noreturn]] void configError(const std::string &field,
                               const std::string &what) {
-  throw Error("DeepSeek-V3 config: '" + field + "' " + what);
-}
-
-void requirePositive(int64_t value, const char *field) {
-  if (value <= 0)
-    configError(field, "must be positive, got " + std::to_string(value));
+  throw Error("model config: field \"" + field + "\" " + what);
 }
 
 void requireNonNegative(int64_t value, const char *field) {
   if (value < 0)
     configError(field, "must not be negative, got " + std::to_string(value));
-}
-
-void validateRouterConfig(const ModelConfig &c) {
-  requirePositive(c.nRoutedExperts, "n_routed_experts");
-  if (c.numExpertsPerTok < 1 || c.numExpertsPerTok > c.nRoutedExperts)
-    configError("num_experts_per_tok", "must be in [1, n_routed_experts = " +
-                                           std::to_string(c.nRoutedExperts) +
-                                           "], got " +
-                                           std::to_string(c.numExpertsPerTok));
-  if (c.scoringFunc != "sigmoid" && c.scoringFunc != "softmax")
-    configError("scoring_func", "must be \"sigmoid\" or \"softmax\", got \"" +
-                                    c.scoringFunc + "\"");
-  if (c.topkMethod == "greedy")
-    return;
-  if (c.topkMethod != "noaux_tc" && c.topkMethod != "group_limited_greedy")
-    configError("topk_method",
-                "must be \"noaux_tc\", \"group_limited_greedy\" or "
-                "\"greedy\", got \"" +
-                    c.topkMethod + "\"");
-  requirePositive(c.nGroup, "n_group");
-  if (c.nRoutedExperts % c.nGroup != 0)
-    configError("n_group", "must divide n_routed_experts = " +
-                               std::to_string(c.nRoutedExperts) + ", got " +
-                               std::to_string(c.nGroup));
-  if (c.topkGroup < 1 || c.topkGroup > c.nGroup)
-    configError("topk_group",
-                "must be in [1, n_group = " + std::to_string(c.nGroup) +
-                    "], got " + std::to_string(c.topkGroup));
-  int64_t perGroup = c.nRoutedExperts / c.nGroup;
-  if (c.topkMethod == "noaux_tc" && perGroup < 2)
-    configError("n_group", "leaves " + std::to_string(perGroup) +
-                               " expert per group; noaux_tc scores a group "
-                               "by its top 2");
-  if (c.topkGroup * perGroup < c.numExpertsPerTok)
-    configError("num_experts_per_tok",
-                "exceeds the " + std::to_string(c.topkGroup * perGroup) +
-                    " experts of the topk_group kept groups");
-}
-
-void validateModelConfig(const ModelConfig &c) {
-  requirePositive(c.vocabSize, "vocab_size");
-  requirePositive(c.hiddenSize, "hidden_size");
-  requireNonNegative(c.numHiddenLayers, "num_hidden_layers");
-  requirePositive(c.numAttentionHeads, "num_attention_heads");
-  requireNonNegative(c.qLoraRank, "q_lora_rank");
-  requirePositive(c.kvLoraRank, "kv_lora_rank");
-  requireNonNegative(c.qkNopeHeadDim, "qk_nope_head_dim");
-  requirePositive(c.vHeadDim, "v_head_dim");
-  requireNonNegative(c.firstKDenseReplace, "first_k_dense_replace");
-  requirePositive(c.moeLayerFreq, "moe_layer_freq");
-  requireNonNegative(c.numNextnPredictLayers, "num_nextn_predict_layers");
-  requireNonNegative(c.maxPositionEmbeddings, "max_position_embeddings");
-  if (!(c.rmsNormEps > 0))
-    configError("rms_norm_eps", "must be positive");
-  bool anyDense = false, anyMoE = false;
-  for (int64_t layer = 0; layer < c.numHiddenLayers + c.numNextnPredictLayers;
-       ++layer)
-    (c.isMoELayer(layer) ? anyMoE : anyDense) = true;
-  if (anyDense)
-    requirePositive(c.intermediateSize, "intermediate_size");
-  if (anyMoE) {
-    requirePositive(c.moeIntermediateSize, "moe_intermediate_size");
-    requireNonNegative(c.nSharedExperts, "n_shared_experts");
-    validateRouterConfig(c);
-  }
-  computeRopeParameters(c); // validates the RoPE fields
 }
 
 //===----------------------------------------------------------------------===//
@@ -612,7 +542,6 @@ void applyRope(float *x, int64_t position, const RopeParameters &rope) {
 
 RouterChoice routeToken(const ModelConfig &config, const float *routerLogits,
                         const float *scoreCorrectionBias) {
-  validateRouterConfig(config);
   const int64_t numExperts = config.nRoutedExperts;
   const bool biased = config.topkMethod == "noaux_tc";
   if (biased && !scoreCorrectionBias)
@@ -1120,7 +1049,8 @@ struct CpuModel::Impl {
 
 CpuModel::CpuModel(const ModelConfig &config, const WeightSource &weights,
                    const CpuModelOptions &options) {
-  validateModelConfig(config);
+  validateConfig(config, "model config");
+  computeRopeParameters(config); // checks the RoPE fields
   if (options.numThreads < 0)
     throw Error("CpuModelOptions::numThreads must not be negative, got " +
                 std::to_string(options.numThreads));

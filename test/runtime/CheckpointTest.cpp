@@ -36,6 +36,7 @@
 namespace {
 
 using kiln::testing::errorOf;
+using kiln::testing::expectMentions;
 using kiln::testing::ScratchDir;
 
 namespace fs = std::filesystem;
@@ -44,14 +45,6 @@ using kiln::DType;
 //===----------------------------------------------------------------------===//
 // Helpers
 //===----------------------------------------------------------------------===//
-
-void expectMentions(const std::string &message,
-                    const std::vector<std::string> &parts) {
-  for (const std::string &part : parts)
-    EXPECT_NE(message.find(part), std::string::npos)
-        << "message does not mention \"" << part << "\":\n"
-        << message;
-}
 
 std::string openError(const fs::path &dir) {
   return errorOf([&] { kiln::Checkpoint checkpoint(dir); });

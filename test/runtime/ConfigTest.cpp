@@ -19,6 +19,7 @@
 namespace {
 
 using kiln::testing::errorOf;
+using kiln::testing::expectMentions;
 
 namespace fs = std::filesystem;
 
@@ -93,14 +94,6 @@ Fields without(Fields fields, const std::string &key) {
 
 std::string parseError(const Fields &fields) {
   return errorOf([&] { kiln::parseConfig(render(fields), kSource); });
-}
-
-void expectMentions(const std::string &message,
-                    const std::vector<std::string> &parts) {
-  for (const std::string &part : parts)
-    EXPECT_NE(message.find(part), std::string::npos)
-        << "message does not mention \"" << part << "\":\n"
-        << message;
 }
 
 /// The config.json of the released DeepSeek-V3 (671B), as published.
@@ -452,8 +445,8 @@ TEST(ConfigTest, RejectsInconsistentSizes) {
             "must be positive"},
            {with(base, "hidden_size", "0"), "hidden_size", "must be positive"},
            {with(base, "vocab_size", "0"), "vocab_size", "must be positive"},
-           {with(base, "num_hidden_layers", "0"), "num_hidden_layers",
-            "must be positive"},
+           {with(base, "num_hidden_layers", "-1"), "num_hidden_layers",
+            "must be non-negative"},
            {with(base, "kv_lora_rank", "0"), "kv_lora_rank",
             "must be positive"},
            {with(base, "q_lora_rank", "-1"), "q_lora_rank", "non-negative"},

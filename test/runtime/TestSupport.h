@@ -12,6 +12,7 @@
 #include <fstream>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include <unistd.h>
 
@@ -64,6 +65,15 @@ inline std::string errorOf(const std::function<void()> &action) {
   }
   ADD_FAILURE() << "expected a kiln::Error";
   return "";
+}
+
+/// Expects `message` to contain every one of `parts`.
+inline void expectMentions(const std::string &message,
+                           const std::vector<std::string> &parts) {
+  for (const std::string &part : parts)
+    EXPECT_NE(message.find(part), std::string::npos)
+        << "message does not mention \"" << part << "\":\n"
+        << message;
 }
 
 } // namespace kiln::testing

@@ -102,6 +102,13 @@ struct ModelConfig {
 /// or inconsistent sizes.
 ModelConfig parseConfig(const std::string &json, const std::string &source);
 
+/// Checks the relations between the fields that the forward pass relies on
+/// (positive sizes, even RoPE dims, experts dividing into groups, top-k
+/// within the kept groups, ...). parseConfig calls it; code that builds a
+/// ModelConfig by hand calls it too. Throws kiln::Error naming `source` and
+/// the field.
+void validateConfig(const ModelConfig &config, const std::string &source);
+
 /// Reads and parses `<modelDir>/config.json`.
 ModelConfig loadConfig(const std::filesystem::path &modelDir);
 

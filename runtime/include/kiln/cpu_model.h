@@ -81,7 +81,8 @@ struct RouterChoice {
 /// biased score is negative: a known HF bug); then the top
 /// `num_experts_per_tok` experts by selection score. "group_limited_greedy"
 /// (DeepSeek-V2) ranks groups by their best unbiased score; "greedy" has no
-/// groups. Throws kiln::Error naming the field for an inconsistent config.
+/// groups. `config` must have passed validateConfig (the model checks it
+/// once at construction; this runs per token).
 RouterChoice routeToken(const ModelConfig &config, const float *routerLogits,
                         const float *scoreCorrectionBias);
 
