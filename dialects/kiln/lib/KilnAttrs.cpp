@@ -85,3 +85,40 @@ int64_t ExpertParallelAttr::getExpertInSlot(int64_t slot) const {
   ArrayRef<int64_t> placement = getPlacement();
   return placement.empty() ? slot : placement[slot];
 }
+
+/// Hopper's per-block shared memory limit.
+static constexpr int64_t kMaxSharedMemoryBytes = 227 * 1024;
+
+LogicalResult
+GemmConfigAttr::verify(function_ref<InFlightDiagnostic()> emitError,
+                       int64_t blockM, int64_t blockN, int64_t stages,
+                       int64_t consumers) {
+  if (consumers < 1 || consumers > 2)
+    return emitError() << "gemm_config: consumers must be 1 or 2, got "
+                       << consumers;
+  if (blockM != 64 * consumers)
+    return emitError() << "gemm_config: block_m must be 64 per consumer "
+                          "warpgroup ("
+                       << 64 * consumers << "), got " << blockM;
+  // One 128x128 weight-scale block must cover every column of a tile, and
+  // wgmma's N is a multiple of 8.
+  if (blockN < 8 || blockN > 128 || blockN % 8 != 0 || 128 % blockN != 0)
+    return emitError() << "gemm_config: block_n must divide 128 and be a "
+                          "multiple of 8, got "
+                       << blockN;
+  if (stages < 2 || stages > 16)
+    return emitError() << "gemm_config: stages must be in [2, 16], got "
+                       << stages;
+  int64_t bytes = stages * (blockM + blockN) * 128 + 16 * stages;
+  if (bytes > kMaxSharedMemoryBytes)
+    return emitError() << "gemm_config: " << bytes
+                       << " bytes of shared memory exceed the "
+                       << kMaxSharedMemoryBytes << " of an sm_90 block";
+  return success();
+}
+
+std::string GemmConfigAttr::getKernelName() const {
+  return "kiln_gemm_fp8_m" + std::to_string(getBlockM()) + "n" +
+         std::to_string(getBlockN()) + "s" + std::to_string(getStages()) + "c" +
+         std::to_string(getConsumers());
+}

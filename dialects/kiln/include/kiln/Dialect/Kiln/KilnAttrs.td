@@ -100,4 +100,37 @@ def Kiln_ExpertParallelAttr : Kiln_Attr<"ExpertParallel", "expert_parallel"> {
   }];
 }
 
+def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
+  let summary = "the tile configuration of a warp-specialized FP8 GEMM kernel";
+  let description = [{
+    The kernel-level description of a `kiln.scaled_matmul`: output tiles of
+    `block_m` x `block_n` (block_m = 64 per consumer warpgroup), a ring of
+    `stages` shared-memory buffers of 128-wide K slices, one TMA producer
+    warpgroup and `consumers` wgmma warpgroups. See
+    compiler/docs/gemm-kernels.md.
+
+    ```mlir
+    #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2>
+    ```
+  }];
+  let parameters = (ins "int64_t":$blockM, "int64_t":$blockN,
+                        "int64_t":$stages, "int64_t":$consumers);
+  let assemblyFormat = [{
+    `<` `block_m` `=` $blockM `,` `block_n` `=` $blockN `,`
+        `stages` `=` $stages `,` `consumers` `=` $consumers `>`
+  }];
+  let genVerifyDecl = 1;
+  let extraClassDeclaration = [{
+    /// Threads per block: the producer warpgroup and the consumers.
+    int64_t getThreads() const { return 128 * (1 + getConsumers()); }
+    /// Dynamic shared memory: the A and B rings, then 2 mbarriers per stage.
+    int64_t getSharedMemoryBytes() const {
+      return getStages() * (getBlockM() + getBlockN()) * 128 +
+             2 * 8 * getStages();
+    }
+    /// The kernel's symbol name, unique per configuration.
+    std::string getKernelName() const;
+  }];
+}
+
 #endif // KILN_DIALECT_KILN_KILNATTRS_TD

@@ -1,0 +1,466 @@
+//===- EmitGemmKernels.cpp - warp-specialized FP8 GEMM kernels ------------===//
+//
+// Emits one sm_90a kernel per GEMM configuration, following the launch ABI
+// of compiler/docs/gemm-abi.md and the design of gemm-kernels.md.
+//
+// The kernel is written as an MLIR template in the NVVM, LLVM, SCF and arith
+// dialects and instantiated for a configuration: its structure is fixed and
+// its parameters are a handful of integers, and as text it reads like the
+// PTX it becomes, which is what a reviewer has to check it against. The
+// template is parsed and verified here, so a malformed instance is a compiler
+// error with a location in the generated text, never bad PTX.
+//
+//===----------------------------------------------------------------------===//
+
+#include "kiln/Dialect/Kiln/KilnOps.h"
+#include "kiln/Transforms/Passes.h"
+
+#include "mlir/IR/SymbolTable.h"
+#include "mlir/Parser/Parser.h"
+#include "llvm/ADT/SetVector.h"
+#include "llvm/ADT/SmallSet.h"
+
+#include <sstream>
+#include <string>
+
+namespace kiln {
+#define GEN_PASS_DEF_KILNEMITGEMMKERNELS
+#include "kiln/Transforms/Passes.h.inc"
+} // namespace kiln
+
+using namespace mlir;
+
+namespace {
+
+constexpr llvm::StringLiteral kKernelModuleName = "kiln_kernels";
+/// Bytes of one 128-element FP8 K slice of a tile row.
+constexpr int64_t kSliceBytes = 128;
+/// Rows of A per consumer warpgroup: one wgmma m64.
+constexpr int64_t kRowsPerConsumer = 64;
+/// Register budgets after setmaxnreg: producers only issue TMA, consumers
+/// hold two accumulators. 128 * 40 + 256 * 232 fits the 64K register file.
+constexpr int kProducerRegisters = 40;
+constexpr int kConsumerRegisters = 232;
+/// Suspend-time hint of mbarrier.try_wait, in nanoseconds.
+constexpr int kWaitTicks = 10000000;
+/// Matrix descriptor bits 62-63 = 1 (128-byte swizzle), stride byte offset
+/// 1024 >> 4 at bits 32-45 (8 rows of 128 bytes), leading byte offset 1 at
+/// bits 16-29 (unused for swizzled K-major operands).
+constexpr uint64_t kDescriptorHighBits =
+    (uint64_t{1} << 62) | (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 16);
+
+/// Builds the text of one kernel, line by line, with fresh SSA names.
+class KernelWriter {
+public:
+  explicit KernelWriter(kiln::GemmConfigAttr config) : config(config) {}
+
+  std::string write() {
+    int64_t bm = config.getBlockM(), bn = config.getBlockN();
+    int64_t stages = config.getStages(), consumers = config.getConsumers();
+    int64_t accRegs = bn / 2;
+    std::string name = config.getKernelName();
+    structType = "!llvm.struct<(";
+    for (int64_t i = 0; i < accRegs; ++i)
+      structType += i ? ", f32" : "f32";
+    structType += ")>";
+
+    int64_t ringA = 0, ringB = stages * bm * kSliceBytes;
+    int64_t barriers = stages * (bm + bn) * kSliceBytes;
+    int64_t fullBar = barriers, emptyBar = barriers + 8 * stages;
+
+    emit("gpu.module @" + kKernelModuleName.str() + " {");
+    emit("llvm.mlir.global external @" + name +
+         "_smem() {addr_space = 3 : i32, alignment = 1024 : i64} : "
+         "!llvm.array<0 x i8>");
+    emit("llvm.func @" + name +
+         "(%tmA: !llvm.ptr {llvm.byval = !llvm.array<128 x i8>, "
+         "nvvm.grid_constant}, %tmB: !llvm.ptr {llvm.byval = "
+         "!llvm.array<128 x i8>, nvvm.grid_constant}, %scaleA: !llvm.ptr<1>, "
+         "%scaleB: !llvm.ptr<1>, %out: !llvm.ptr<1>, %M: i32, %N: i32, %K: "
+         "i32) attributes {nvvm.kernel, nvvm.maxntid = array<i32: " +
+         std::to_string(config.getThreads()) +
+         ", 1, 1>, nvvm.minctasm = 1 : i32, kiln.gemm_config = " +
+         printAttr(config) + "} {");
+    for (int64_t v : {0, 1, 2, 4, 8, 16, 32, 64, 128})
+      emit("%c" + std::to_string(v) + " = arith.constant " + std::to_string(v) +
+           " : i32");
+    emit("%ticks = arith.constant " + std::to_string(kWaitTicks) + " : i32");
+    emit("%smem = llvm.mlir.addressof @" + name + "_smem : !llvm.ptr<3>");
+    emit("%tid = nvvm.read.ptx.sreg.tid.x : i32");
+    emit("%bid = nvvm.read.ptx.sreg.ctaid.x : i32");
+    emit("%nbid = nvvm.read.ptx.sreg.nctaid.x : i32");
+    emit("%wg = arith.divui %tid, %c128 : i32");
+    emit("%mPad = arith.addi %M, " + i32(bm - 1) + " : i32");
+    emit("%mTiles = arith.divui %mPad, " + i32(bm) + " : i32");
+    emit("%nPad = arith.addi %N, " + i32(bn - 1) + " : i32");
+    emit("%nTiles = arith.divui %nPad, " + i32(bn) + " : i32");
+    emit("%numTiles = arith.muli %mTiles, %nTiles : i32");
+    emit("%numKB = arith.divui %K, %c128 : i32");
+    emit("%isT0 = arith.cmpi eq, %tid, %c0 : i32");
+
+    // Thread 0 initializes the ring's barriers: full[s] completes when the
+    // producer's one arrival and the stage's TMA bytes have landed;
+    // empty[s] when every consumer warpgroup has released the stage.
+    emit("scf.if %isT0 {");
+    emit("scf.for %s = %c0 to " + i32(stages) + " step %c1 : i32 {");
+    emit("%full = " + barrier(fullBar, "%s"));
+    emit("nvvm.mbarrier.init %full, %c1 : !llvm.ptr<3>, i32");
+    emit("%empty = " + barrier(emptyBar, "%s"));
+    emit("nvvm.mbarrier.init %empty, " + i32(consumers) +
+         " : !llvm.ptr<3>, i32");
+    emit("}");
+    emit("nvvm.fence.mbarrier.init");
+    emit("}");
+    emit("nvvm.barrier0");
+
+    emit("%isProducer = arith.cmpi eq, %wg, %c0 : i32");
+    emit("scf.if %isProducer {");
+    writeProducer(bm, bn, stages, ringA, ringB, fullBar, emptyBar);
+    emit("} else {");
+    writeConsumer(bm, bn, stages, ringA, ringB, fullBar, emptyBar, accRegs);
+    emit("}");
+    emit("llvm.return");
+    emit("}");
+    emit("}");
+    std::string result = body.str();
+    const std::string placeholder = "<<CONSTANTS>>\n";
+    return result.replace(result.find(placeholder), placeholder.size(),
+                          constants.str());
+  }
+
+private:
+  /// One thread of the producer warpgroup walks the same (tile, k-block)
+  /// sequence as the consumers, waits for a free stage and loads the A and B
+  /// slices into it with TMA.
+  void writeProducer(int64_t bm, int64_t bn, int64_t stages, int64_t ringA,
+                     int64_t ringB, int64_t fullBar, int64_t emptyBar) {
+    emit("nvvm.setmaxregister decrease " + std::to_string(kProducerRegisters));
+    emit("scf.if %isT0 {");
+    emit("%done = scf.for %tile = %bid to %numTiles step %nbid "
+         "iter_args(%it = %c0) -> (i32) : i32 {");
+    writeTileOrigin(bm, bn);
+    emit("%next = scf.for %kb = %c0 to %numKB step %c1 iter_args(%j = %it) "
+         "-> (i32) : i32 {");
+    writeStageAndPhase(stages);
+    // A fresh barrier counts its previous phase as complete, so the first
+    // round's waits on parity 1 pass at once.
+    emit("%freePhase = arith.xori %phase, %c1 : i32");
+    emit("%empty = " + barrier(emptyBar, "%s"));
+    emit("nvvm.mbarrier.try_wait.parity %empty, %freePhase, %ticks : "
+         "!llvm.ptr<3>, i32, i32");
+    emit("%full = " + barrier(fullBar, "%s"));
+    emit("nvvm.mbarrier.arrive.expect_tx %full, " +
+         i32((bm + bn) * kSliceBytes) + " : !llvm.ptr<3>, i32");
+    emit("%kOff = arith.muli %kb, %c128 : i32");
+    emit("%aDst = " + ringSlot(ringA, bm * kSliceBytes, "%s"));
+    emit("%aDst7 = llvm.addrspacecast %aDst : !llvm.ptr<3> to !llvm.ptr<7>");
+    emit("nvvm.cp.async.bulk.tensor.shared.cluster.global %aDst7, %tmA, "
+         "%full, box[%kOff, %mOff] : !llvm.ptr<7>, !llvm.ptr");
+    emit("%bDst = " + ringSlot(ringB, bn * kSliceBytes, "%s"));
+    emit("%bDst7 = llvm.addrspacecast %bDst : !llvm.ptr<3> to !llvm.ptr<7>");
+    emit("nvvm.cp.async.bulk.tensor.shared.cluster.global %bDst7, %tmB, "
+         "%full, box[%kOff, %nOff] : !llvm.ptr<7>, !llvm.ptr");
+    emit("%j1 = arith.addi %j, %c1 : i32");
+    emit("scf.yield %j1 : i32");
+    emit("}");
+    emit("scf.yield %next : i32");
+    emit("}");
+    emit("}");
+  }
+
+  /// Each consumer warpgroup owns 64 rows of the tile. Per 128-wide K block
+  /// it waits for the stage, runs four k32 wgmmas into a fresh partial
+  /// accumulator, releases the stage, and promotes the partial into the FP32
+  /// accumulator with the row's activation scale times the block's weight
+  /// scale (DeepSeek-V3's promotion every 128 K). The epilogue converts to
+  /// BF16 and stores the rows and columns inside M x N.
+  void writeConsumer(int64_t bm, int64_t bn, int64_t stages, int64_t ringA,
+                     int64_t ringB, int64_t fullBar, int64_t emptyBar,
+                     int64_t accRegs) {
+    emit("nvvm.setmaxregister increase " + std::to_string(kConsumerRegisters));
+    emit("%consumer = arith.subi %wg, %c1 : i32");
+    emit("%local = arith.remui %tid, %c128 : i32");
+    emit("%warp = arith.divui %local, %c32 : i32");
+    emit("%lane = arith.remui %tid, %c32 : i32");
+    emit("%warpRow = arith.muli %warp, %c16 : i32");
+    emit("%laneRow = arith.divui %lane, %c4 : i32");
+    emit("%consumerRow = arith.muli %consumer, %c64 : i32");
+    emit("%rowInTile0 = arith.addi %consumerRow, %warpRow : i32");
+    emit("%rowInTile = arith.addi %rowInTile0, %laneRow : i32");
+    emit("%laneQuad = arith.remui %lane, %c4 : i32");
+    emit("%colInTile = arith.muli %laneQuad, %c2 : i32");
+    emit("%isLeader = arith.cmpi eq, %local, %c0 : i32");
+    emit("%aConsumerOff = arith.muli %consumer, " +
+         i32(kRowsPerConsumer * kSliceBytes) + " : i32");
+    emit("%lastRow = arith.subi %M, %c1 : i32");
+    emit("%N64 = arith.extui %N : i32 to i64");
+    emit("%addrMask = arith.constant 262143 : i64");
+    emit("%c4i64 = arith.constant 4 : i64");
+    emit("%descHigh = arith.constant " + std::to_string(kDescriptorHighBits) +
+         " : i64");
+    emit("%zeroF = arith.constant 0.0 : f32");
+    emit("%undefAcc = llvm.mlir.undef : " + structType);
+    std::string zero = "%undefAcc";
+    for (int64_t i = 0; i < accRegs; ++i) {
+      std::string next = "%zeroAcc" + std::to_string(i);
+      emit(next + " = llvm.insertvalue %zeroF, " + zero + "[" +
+           std::to_string(i) + "] : " + structType);
+      zero = next;
+    }
+
+    emit("%done = scf.for %tile = %bid to %numTiles step %nbid "
+         "iter_args(%it = %c0) -> (i32) : i32 {");
+    writeTileOrigin(bm, bn);
+    emit("%row0 = arith.addi %mOff, %rowInTile : i32");
+    emit("%row1 = arith.addi %row0, %c8 : i32");
+    // Rows past M read a valid scale; their results are never stored.
+    emit("%row0c = arith.minui %row0, %lastRow : i32");
+    emit("%row1c = arith.minui %row1, %lastRow : i32");
+    emit("%nBlock = arith.divui %nOff, %c128 : i32");
+    emit("%bScaleRow = arith.muli %nBlock, %numKB : i32");
+    emit("%res:2 = scf.for %kb = %c0 to %numKB step %c1 iter_args(%j = %it, "
+         "%acc = " +
+         zero + ") -> (i32, " + structType + ") : i32 {");
+    writeStageAndPhase(stages);
+    emit("%full = " + barrier(fullBar, "%s"));
+    emit("nvvm.mbarrier.try_wait.parity %full, %phase, %ticks : "
+         "!llvm.ptr<3>, i32, i32");
+    emit("%aStage = arith.muli %s, " + i32(bm * kSliceBytes) + " : i32");
+    emit("%aOffInRing = arith.addi %aStage, %aConsumerOff : i32");
+    emit("%aOff = arith.addi %aOffInRing, " + i32(ringA) + " : i32");
+    emit("%aPtr = llvm.getelementptr %smem[%aOff] : (!llvm.ptr<3>, i32) -> "
+         "!llvm.ptr<3>, i8");
+    emit("%bPtr = " + ringSlot(ringB, bn * kSliceBytes, "%s"));
+    writeDescriptor("%descA", "%aPtr");
+    writeDescriptor("%descB", "%bPtr");
+    emit("nvvm.wgmma.fence.aligned");
+    std::string partial = "%acc";
+    for (int k = 0; k < 4; ++k) {
+      std::string a = "%descA", b = "%descB";
+      if (k) {
+        // Each k32 step starts 32 bytes further into the swizzled rows:
+        // +2 in the descriptor's 16-byte address units.
+        emit("%kStep" + std::to_string(k) + " = arith.constant " +
+             std::to_string(2 * k) + " : i64");
+        a = "%descA" + std::to_string(k);
+        b = "%descB" + std::to_string(k);
+        emit(a + " = arith.addi %descA, %kStep" + std::to_string(k) + " : i64");
+        emit(b + " = arith.addi %descB, %kStep" + std::to_string(k) + " : i64");
+      }
+      std::string result = "%partial" + std::to_string(k);
+      emit(result + " = nvvm.wgmma.mma_async " + a + ", " + b + ", " + partial +
+           ", #nvvm.shape<m = 64, n = " + std::to_string(bn) +
+           ", k = 32>, D [<f32>, #nvvm.wgmma_scale_out<" +
+           (k ? "one" : "zero") +
+           ">], A [<e4m3>, #nvvm.wgmma_scale_in<one>, <row>], B [<e4m3>, "
+           "#nvvm.wgmma_scale_in<one>, <col>] : " +
+           structType + " -> " + structType);
+      partial = result;
+    }
+    emit("nvvm.wgmma.commit.group.sync.aligned");
+    emit("nvvm.wgmma.wait.group.sync.aligned 0");
+    emit("scf.if %isLeader {");
+    emit("%empty = " + barrier(emptyBar, "%s"));
+    emit("%token = nvvm.mbarrier.arrive %empty : !llvm.ptr<3> -> i64");
+    emit("}");
+
+    emit("%kbRows = arith.muli %kb, %M : i32");
+    emit("%ia0 = arith.addi %kbRows, %row0c : i32");
+    emit("%ia1 = arith.addi %kbRows, %row1c : i32");
+    emit("%ib = arith.addi %bScaleRow, %kb : i32");
+    for (const char *which : {"0", "1"}) {
+      std::string idx = std::string("%ia") + which;
+      emit(std::string("%pa") + which + " = llvm.getelementptr %scaleA[" + idx +
+           "] : (!llvm.ptr<1>, i32) -> !llvm.ptr<1>, f32");
+      emit(std::string("%sa") + which + " = llvm.load %pa" + which +
+           " : !llvm.ptr<1> -> f32");
+    }
+    emit("%pb = llvm.getelementptr %scaleB[%ib] : (!llvm.ptr<1>, i32) -> "
+         "!llvm.ptr<1>, f32");
+    emit("%sb = llvm.load %pb : !llvm.ptr<1> -> f32");
+    emit("%scale0 = arith.mulf %sa0, %sb : f32");
+    emit("%scale1 = arith.mulf %sa1, %sb : f32");
+    std::string acc = "%acc";
+    for (int64_t i = 0; i < accRegs; ++i) {
+      std::string n = std::to_string(i);
+      // Accumulator register i holds row (i % 4 < 2 ? r : r + 8).
+      const char *scale = (i % 4) < 2 ? "%scale0" : "%scale1";
+      emit("%p" + n + " = llvm.extractvalue " + partial + "[" + n +
+           "] : " + structType);
+      emit("%a" + n + " = llvm.extractvalue %acc[" + n + "] : " + structType);
+      emit("%f" + n + " = llvm.intr.fma(%p" + n + ", " + scale + ", %a" + n +
+           ") : (f32, f32, f32) -> f32");
+      std::string next = "%promoted" + n;
+      emit(next + " = llvm.insertvalue %f" + n + ", " + acc + "[" + n +
+           "] : " + structType);
+      acc = next;
+    }
+    emit("%j1 = arith.addi %j, %c1 : i32");
+    emit("scf.yield %j1, " + acc + " : i32, " + structType);
+    emit("}");
+
+    // Epilogue: register i of the m64nN accumulator is at row r (+8 for
+    // i % 4 >= 2) and column 8 * (i / 4) + 2 * (lane % 4) + i % 2.
+    emit("%colBase = arith.addi %nOff, %colInTile : i32");
+    emit("%row0ok = arith.cmpi ult, %row0, %M : i32");
+    emit("%row1ok = arith.cmpi ult, %row1, %M : i32");
+    emit("%row0w = arith.extui %row0 : i32 to i64");
+    emit("%row1w = arith.extui %row1 : i32 to i64");
+    emit("%rowBase0 = arith.muli %row0w, %N64 : i64");
+    emit("%rowBase1 = arith.muli %row1w, %N64 : i64");
+    for (int64_t i = 0; i < accRegs; ++i) {
+      std::string n = std::to_string(i);
+      bool upper = (i % 4) >= 2;
+      emit("%colOff" + n + " = arith.constant " +
+           std::to_string(8 * (i / 4) + i % 2) + " : i32");
+      emit("%col" + n + " = arith.addi %colBase, %colOff" + n + " : i32");
+      emit("%colOk" + n + " = arith.cmpi ult, %col" + n + ", %N : i32");
+      emit("%ok" + n + " = arith.andi %colOk" + n + ", " +
+           (upper ? "%row1ok" : "%row0ok") + " : i1");
+      emit("scf.if %ok" + n + " {");
+      emit("%v = llvm.extractvalue %res#1[" + n + "] : " + structType);
+      emit("%h = arith.truncf %v : f32 to bf16");
+      emit("%colw = arith.extui %col" + n + " : i32 to i64");
+      emit(std::string("%idx = arith.addi ") +
+           (upper ? "%rowBase1" : "%rowBase0") + ", %colw : i64");
+      emit("%dst = llvm.getelementptr %out[%idx] : (!llvm.ptr<1>, i64) -> "
+           "!llvm.ptr<1>, bf16");
+      emit("llvm.store %h, %dst : bf16, !llvm.ptr<1>");
+      emit("}");
+    }
+    emit("scf.yield %res#0 : i32");
+    emit("}");
+  }
+
+  /// %mOff, %nOff: the tile's first row and column; N tiles run fastest so
+  /// that neighbouring blocks share rows of A in L2.
+  void writeTileOrigin(int64_t bm, int64_t bn) {
+    emit("%mTile = arith.divui %tile, %nTiles : i32");
+    emit("%nTile = arith.remui %tile, %nTiles : i32");
+    emit("%mOff = arith.muli %mTile, " + i32(bm) + " : i32");
+    emit("%nOff = arith.muli %nTile, " + i32(bn) + " : i32");
+  }
+
+  /// %s, %phase: the ring slot of the j-th k block and its phase parity.
+  void writeStageAndPhase(int64_t stages) {
+    emit("%s = arith.remui %j, " + i32(stages) + " : i32");
+    emit("%round = arith.divui %j, " + i32(stages) + " : i32");
+    emit("%phase = arith.andi %round, %c1 : i32");
+  }
+
+  /// A K-major, 128-byte-swizzled wgmma matrix descriptor for `ptr`.
+  void writeDescriptor(const std::string &name, const std::string &ptr) {
+    emit(name + "Addr = llvm.ptrtoint " + ptr + " : !llvm.ptr<3> to i64");
+    emit(name + "Lo = arith.andi " + name + "Addr, %addrMask : i64");
+    emit(name + "Units = arith.shrui " + name + "Lo, %c4i64 : i64");
+    emit(name + " = arith.ori " + name + "Units, %descHigh : i64");
+  }
+
+  /// Pointer to barrier `index` of the array at byte `base`.
+  std::string barrier(int64_t base, const std::string &index) {
+    std::string id = std::to_string(counter++);
+    emit("%barOff" + id + " = arith.muli " + index + ", %c8 : i32");
+    emit("%barAt" + id + " = arith.addi %barOff" + id + ", " + i32(base) +
+         " : i32");
+    return "llvm.getelementptr %smem[%barAt" + id +
+           "] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8";
+  }
+
+  /// Pointer to slot `index` of a ring of `slotBytes` slots at byte `base`.
+  std::string ringSlot(int64_t base, int64_t slotBytes,
+                       const std::string &index) {
+    std::string id = std::to_string(counter++);
+    emit("%slotOff" + id + " = arith.muli " + index + ", " + i32(slotBytes) +
+         " : i32");
+    emit("%slotAt" + id + " = arith.addi %slotOff" + id + ", " + i32(base) +
+         " : i32");
+    return "llvm.getelementptr %smem[%slotAt" + id +
+           "] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8";
+  }
+
+  /// An i32 constant as an SSA value, materialized once.
+  std::string i32(int64_t value) {
+    std::string name = "%k" + std::to_string(value);
+    if (materialized.insert(value).second)
+      constants << "    " << name << " = arith.constant " << value
+                << " : i32\n";
+    return name;
+  }
+
+  static std::string printAttr(Attribute attr) {
+    std::string s;
+    llvm::raw_string_ostream os(s);
+    attr.print(os);
+    return s;
+  }
+
+  void emit(const std::string &line) {
+    // Constants go right after the function's entry, ahead of all uses.
+    if (!entered && line.rfind("%c0 = ", 0) == 0) {
+      entered = true;
+      body << "<<CONSTANTS>>\n";
+    }
+    body << "    " << line << "\n";
+  }
+
+  kiln::GemmConfigAttr config;
+  std::string structType;
+  std::ostringstream body, constants;
+  llvm::SmallSet<int64_t, 16> materialized;
+  int counter = 0;
+  bool entered = false;
+};
+
+struct EmitGemmKernelsPass
+    : kiln::impl::KilnEmitGemmKernelsBase<EmitGemmKernelsPass> {
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    MLIRContext *context = &getContext();
+    llvm::SetVector<kiln::GemmConfigAttr> configs;
+    WalkResult walk = module.walk([&](kiln::ScaledMatmulOp op) {
+      auto config = op->getAttrOfType<kiln::GemmConfigAttr>("gemm_config");
+      if (!config) {
+        op.emitOpError("has no 'gemm_config'; run kiln-select-gemm-config "
+                       "first");
+        return WalkResult::interrupt();
+      }
+      configs.insert(config);
+      op->setAttr("kernel",
+                  SymbolRefAttr::get(context, kKernelModuleName,
+                                     {FlatSymbolRefAttr::get(
+                                         context, config.getKernelName())}));
+      return WalkResult::advance();
+    });
+    if (walk.wasInterrupted())
+      return signalPassFailure();
+    if (configs.empty())
+      return;
+
+    module->setAttr(gpu::GPUDialect::getContainerModuleAttrName(),
+                    UnitAttr::get(context));
+    OpBuilder builder = OpBuilder::atBlockEnd(module.getBody());
+    auto kernels = module.lookupSymbol<gpu::GPUModuleOp>(kKernelModuleName);
+    if (!kernels)
+      kernels =
+          gpu::GPUModuleOp::create(builder, module.getLoc(), kKernelModuleName);
+    for (kiln::GemmConfigAttr config : configs) {
+      if (kernels.lookupSymbol(config.getKernelName()))
+        continue;
+      std::string source = KernelWriter(config).write();
+      OwningOpRef<ModuleOp> parsed = parseSourceString<ModuleOp>(
+          source, ParserConfig(context),
+          "kiln-gemm-kernel:" + config.getKernelName());
+      if (!parsed) {
+        module.emitError("internal error: the kernel template for ")
+            << config << " does not parse";
+        return signalPassFailure();
+      }
+      auto instance = *parsed->getOps<gpu::GPUModuleOp>().begin();
+      for (Operation &op :
+           llvm::make_early_inc_range(instance.getBody()->getOperations()))
+        op.moveBefore(kernels.getBody(), kernels.getBody()->end());
+    }
+  }
+};
+
+} // namespace
