@@ -21,3 +21,13 @@ llvm_config.use_default_substitutions()
 # Our tools first, then FileCheck, not and count from LLVM 22.
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
 llvm_config.add_tool_substitutions(["kiln-opt"], [config.kiln_tools_dir])
+
+# The GEMM kernel compiler script and ptxas (CUDA 13; no GPU needed).
+import shutil
+config.substitutions.append(("%kiln_compile_gemm", os.path.join(
+    os.path.dirname(config.test_source_root), "compiler", "tools", "kiln-compile-gemm.py")))
+config.substitutions.append(("%kiln_opt_path", os.path.join(config.kiln_tools_dir, "kiln-opt")))
+ptxas = shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas"
+if os.path.exists(ptxas):
+    config.available_features.add("ptxas")
+    config.substitutions.append(("%ptxas", ptxas))

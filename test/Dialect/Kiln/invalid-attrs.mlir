@@ -53,3 +53,28 @@ func.func private @f() attributes {ep = #kiln.expert_parallel<world_size = 2, ex
 
 // expected-error @+1 {{expected ','}}
 func.func private @f() attributes {ep = #kiln.expert_parallel<world_size = 2, experts = 3>}
+
+// -----
+
+// expected-error @+1 {{gemm_config: consumers must be 1 or 2, got 3}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 192, block_n = 128, stages = 4, consumers = 3>}
+
+// -----
+
+// expected-error @+1 {{gemm_config: block_m must be 64 per consumer warpgroup (128), got 64}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n = 128, stages = 4, consumers = 2>}
+
+// -----
+
+// expected-error @+1 {{gemm_config: block_n must divide 128 and be a multiple of 8, got 96}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 96, stages = 4, consumers = 2>}
+
+// -----
+
+// expected-error @+1 {{gemm_config: stages must be in [2, 16], got 1}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 1, consumers = 2>}
+
+// -----
+
+// expected-error @+1 {{gemm_config: 262272 bytes of shared memory exceed the 232448 of an sm_90 block}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 8, consumers = 2>}

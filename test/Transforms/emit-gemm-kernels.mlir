@@ -1,0 +1,44 @@
+// The kernel-level structure of an emitted GEMM kernel, before lowering.
+// RUN: kiln-opt %s --kiln-emit-gemm-kernels | FileCheck %s
+
+// CHECK: module attributes {gpu.container_module}
+// CHECK: kiln.scaled_matmul {{.*}}kernel = @kiln_kernels::@kiln_gemm_fp8_m128n128s4c2
+// CHECK: gpu.module @kiln_kernels
+// The ring lives in dynamic shared memory, 1024-byte aligned for SWIZZLE_128B.
+// CHECK: llvm.mlir.global external @kiln_gemm_fp8_m128n128s4c2_smem() {addr_space = 3 : i32, alignment = 1024 : i64}
+// CHECK: llvm.func @kiln_gemm_fp8_m128n128s4c2(%{{.*}}: !llvm.ptr {llvm.byval = !llvm.array<128 x i8>, nvvm.grid_constant}, %{{.*}}: !llvm.ptr {llvm.byval = !llvm.array<128 x i8>, nvvm.grid_constant}, %{{.*}}: !llvm.ptr<1>, %{{.*}}: !llvm.ptr<1>, %{{.*}}: !llvm.ptr<1>, %{{.*}}: i32, %{{.*}}: i32, %{{.*}}: i32)
+// CHECK-SAME: nvvm.kernel
+// CHECK-SAME: nvvm.maxntid = array<i32: 384, 1, 1>
+// CHECK-SAME: nvvm.minctasm = 1
+// Barrier initialization by one thread, then a block-wide barrier.
+// CHECK: nvvm.mbarrier.init
+// CHECK: nvvm.mbarrier.init
+// CHECK: nvvm.fence.mbarrier.init
+// CHECK: nvvm.barrier0
+// The producer warpgroup gives registers back and streams A and B with TMA.
+// CHECK: nvvm.setmaxregister decrease 40
+// CHECK: scf.for
+// CHECK: nvvm.mbarrier.try_wait.parity
+// CHECK: nvvm.mbarrier.arrive.expect_tx %{{.*}}, %{{.*}} : !llvm.ptr<3>, i32
+// CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global
+// CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global
+// Consumers take the registers and run four k32 FP8 wgmmas per 128-K block.
+// CHECK: nvvm.setmaxregister increase 232
+// CHECK: nvvm.mbarrier.try_wait.parity
+// CHECK: nvvm.wgmma.fence.aligned
+// CHECK-COUNT-4: nvvm.wgmma.mma_async {{.*}}, <m = 64, n = 128, k = 32>, D[<f32>, {{.*}}], A[<e4m3>, <one>, <row>], B[<e4m3>, <one>, <col>]
+// CHECK: nvvm.wgmma.commit.group.sync.aligned
+// CHECK: nvvm.wgmma.wait.group.sync.aligned 0
+// CHECK: nvvm.mbarrier.arrive
+// Promotion into the FP32 accumulator with the activation and weight scales.
+// CHECK: llvm.load
+// CHECK: llvm.load
+// CHECK: llvm.load
+// CHECK: llvm.intr.fma
+// The BF16 epilogue stores only inside M x N.
+// CHECK: arith.truncf %{{.*}} : f32 to bf16
+// CHECK: llvm.store %{{.*}}, %{{.*}} : bf16, !llvm.ptr<1>
+func.func @gemm(%a: tensor<?x7168xf8E4M3FN>, %as: tensor<?x56xf32>, %b: tensor<2112x7168xf8E4M3FN>, %bs: tensor<17x56xf32>) -> tensor<?x2112xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2>} : (tensor<?x7168xf8E4M3FN>, tensor<?x56xf32>, tensor<2112x7168xf8E4M3FN>, tensor<17x56xf32>) -> tensor<?x2112xbf16>
+  return %0 : tensor<?x2112xbf16>
+}

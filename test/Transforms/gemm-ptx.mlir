@@ -1,0 +1,40 @@
+// The PTX of the emitted kernels, through the whole pipeline, and ptxas
+// (sm_90a) on every kernel the heuristic can pick, rejecting spills.
+// RUN: %python %kiln_compile_gemm --kiln-opt %kiln_opt_path --out %t --config 128,128,4,2 --ptx-only
+// RUN: FileCheck %s --input-file %t/kiln_gemm_fp8_m128n128s4c2.ptx
+// RUN: FileCheck %s --check-prefix=CONSUMER --input-file %t/kiln_gemm_fp8_m128n128s4c2.ptx
+// RUN: FileCheck %s --check-prefix=PRODUCER --input-file %t/kiln_gemm_fp8_m128n128s4c2.ptx
+// RUN: FileCheck %s --check-prefix=EPILOGUE --input-file %t/kiln_gemm_fp8_m128n128s4c2.ptx
+// CHECK: .target sm_90a
+// CHECK: .extern .shared .align 1024 .b8 kiln_gemm_fp8_m128n128s4c2_smem[]
+// CHECK: .entry kiln_gemm_fp8_m128n128s4c2(
+// CHECK: .maxntid 384, 1, 1
+// CHECK: mbarrier.init.shared.b64
+// CHECK: fence.mbarrier_init
+
+// Consumer warpgroups: take registers, wait for a full stage, four k32 FP8
+// wgmmas, wait for them, release the stage.
+// CONSUMER: setmaxnreg.inc.sync.aligned.u32 232
+// CONSUMER: mbarrier.try_wait.parity.shared.b64
+// CONSUMER: wgmma.fence.sync.aligned
+// CONSUMER-COUNT-4: wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3
+// CONSUMER: wgmma.commit_group.sync.aligned
+// CONSUMER: wgmma.wait_group.sync.aligned 0
+// CONSUMER: mbarrier.arrive.shared.b64
+
+// The producer warpgroup: give registers back, wait for a free stage, expect
+// its bytes, two bulk tensor copies (A and B).
+// PRODUCER: setmaxnreg.dec.sync.aligned.u32 40
+// PRODUCER: mbarrier.try_wait.parity.shared.b64
+// PRODUCER: mbarrier.arrive.expect_tx.shared.b64
+// PRODUCER-COUNT-2: cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes
+
+// Promotion with FMAs, BF16 conversion and bounded stores.
+// EPILOGUE-DAG: fma.rn.f32
+// EPILOGUE-DAG: cvt.rn.bf16.f32
+// EPILOGUE-DAG: st.global.b16
+
+// REQUIRES: ptxas
+// RUN: %python %kiln_compile_gemm --kiln-opt %kiln_opt_path --ptxas %ptxas --out %t/cubins | FileCheck %s --check-prefix=PTXAS
+// PTXAS: kiln_gemm_fp8_m64n64s8c1: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
+// PTXAS: kiln_gemm_fp8_m128n128s6c2: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
