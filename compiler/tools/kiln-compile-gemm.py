@@ -100,7 +100,8 @@ def main():
             raise SystemExit(f"kiln-compile-gemm: ptxas failed for {name}")
         registers = re.search(r"Used (\d+) registers", report)
         spills = [int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]
-        smem = stages * (bm + bn) * 128 + 16 * stages
+        # The rings, the mbarriers and 1 KB the kernel uses to align the ring.
+        smem = stages * (bm + bn) * 128 + 16 * stages + 1024
         manifest = {"kernel": name, "block_m": bm, "block_n": bn, "stages": stages,
                     "consumer_warpgroups": consumers, "threads": 128 * (1 + consumers),
                     "smem_bytes": smem, "registers": int(registers.group(1)) if registers else None,

@@ -72,10 +72,13 @@ public:
     emit("llvm.mlir.global external @" + name +
          "_smem() {addr_space = 3 : i32, alignment = 1024 : i64} : "
          "!llvm.array<0 x i8>");
+    // TMA reads the tensor maps in place from the parameter space, where
+    // they must be 64-byte aligned (CUtensorMap is alignas(64) in CUDA C++).
     emit("llvm.func @" + name +
-         "(%tmA: !llvm.ptr {llvm.byval = !llvm.array<128 x i8>, "
-         "nvvm.grid_constant}, %tmB: !llvm.ptr {llvm.byval = "
-         "!llvm.array<128 x i8>, nvvm.grid_constant}, %scaleA: !llvm.ptr<1>, "
+         "(%tmA: !llvm.ptr {llvm.align = 64 : i64, llvm.byval = "
+         "!llvm.array<128 x i8>, nvvm.grid_constant}, %tmB: !llvm.ptr "
+         "{llvm.align = 64 : i64, llvm.byval = !llvm.array<128 x i8>, "
+         "nvvm.grid_constant}, %scaleA: !llvm.ptr<1>, "
          "%scaleB: !llvm.ptr<1>, %out: !llvm.ptr<1>, %M: i32, %N: i32, %K: "
          "i32) attributes {nvvm.kernel, nvvm.maxntid = array<i32: " +
          std::to_string(config.getThreads()) +
@@ -85,7 +88,17 @@ public:
       emit("%c" + std::to_string(v) + " = arith.constant " + std::to_string(v) +
            " : i32");
     emit("%ticks = arith.constant " + std::to_string(kWaitTicks) + " : i32");
-    emit("%smem = llvm.mlir.addressof @" + name + "_smem : !llvm.ptr<3>");
+    // The dynamic shared memory window is only 16-byte aligned in practice,
+    // whatever the declaration asks; SWIZZLE_128B TMA destinations need 1024,
+    // so the ring starts at the next 1024-byte boundary (the launch adds
+    // 1 KB of slack for it).
+    emit("%smemRaw = llvm.mlir.addressof @" + name + "_smem : !llvm.ptr<3>");
+    emit("%smemAddr = llvm.ptrtoint %smemRaw : !llvm.ptr<3> to i32");
+    emit("%smemEnd = arith.addi %smemAddr, " + i32(1023) + " : i32");
+    emit("%smemAligned = arith.andi %smemEnd, " + i32(-1024) + " : i32");
+    emit("%smemPad = arith.subi %smemAligned, %smemAddr : i32");
+    emit("%smem = llvm.getelementptr %smemRaw[%smemPad] : (!llvm.ptr<3>, i32) "
+         "-> !llvm.ptr<3>, i8");
     emit("%tid = nvvm.read.ptx.sreg.tid.x : i32");
     emit("%bid = nvvm.read.ptx.sreg.ctaid.x : i32");
     emit("%nbid = nvvm.read.ptx.sreg.nctaid.x : i32");
@@ -380,7 +393,8 @@ private:
 
   /// An i32 constant as an SSA value, materialized once.
   std::string i32(int64_t value) {
-    std::string name = "%k" + std::to_string(value);
+    std::string name = value < 0 ? "%kneg" + std::to_string(-value)
+                                 : "%k" + std::to_string(value);
     if (materialized.insert(value).second)
       constants << "    " << name << " = arith.constant " << value
                 << " : i32\n";

@@ -109,7 +109,8 @@ GemmConfigAttr::verify(function_ref<InFlightDiagnostic()> emitError,
   if (stages < 2 || stages > 16)
     return emitError() << "gemm_config: stages must be in [2, 16], got "
                        << stages;
-  int64_t bytes = stages * (blockM + blockN) * 128 + 16 * stages;
+  // The rings, two mbarriers per stage and 1 KB for aligning the ring.
+  int64_t bytes = stages * (blockM + blockN) * 128 + 16 * stages + 1024;
   if (bytes > kMaxSharedMemoryBytes)
     return emitError() << "gemm_config: " << bytes
                        << " bytes of shared memory exceed the "

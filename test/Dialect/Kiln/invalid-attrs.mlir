@@ -76,5 +76,5 @@ func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n 
 
 // -----
 
-// expected-error @+1 {{gemm_config: 262272 bytes of shared memory exceed the 232448 of an sm_90 block}}
+// expected-error @+1 {{gemm_config: 263296 bytes of shared memory exceed the 232448 of an sm_90 block}}
 func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 8, consumers = 2>}

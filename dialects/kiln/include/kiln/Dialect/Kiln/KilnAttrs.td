@@ -123,10 +123,11 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
   let extraClassDeclaration = [{
     /// Threads per block: the producer warpgroup and the consumers.
     int64_t getThreads() const { return 128 * (1 + getConsumers()); }
-    /// Dynamic shared memory: the A and B rings, then 2 mbarriers per stage.
+    /// Dynamic shared memory: the A and B rings, then 2 mbarriers per stage,
+    /// plus 1 KB to align the ring to 1024 bytes at run time.
     int64_t getSharedMemoryBytes() const {
       return getStages() * (getBlockM() + getBlockN()) * 128 +
-             2 * 8 * getStages();
+             2 * 8 * getStages() + 1024;
     }
     /// The kernel's symbol name, unique per configuration.
     std::string getKernelName() const;
