@@ -6,10 +6,14 @@
 // CHECK: gpu.module @kiln_kernels
 // The ring lives in dynamic shared memory, 1024-byte aligned for SWIZZLE_128B.
 // CHECK: llvm.mlir.global external @kiln_gemm_fp8_m128n128s4c2_smem() {addr_space = 3 : i32, alignment = 1024 : i64}
-// CHECK: llvm.func @kiln_gemm_fp8_m128n128s4c2(%{{.*}}: !llvm.ptr {llvm.byval = !llvm.array<128 x i8>, nvvm.grid_constant}, %{{.*}}: !llvm.ptr {llvm.byval = !llvm.array<128 x i8>, nvvm.grid_constant}, %{{.*}}: !llvm.ptr<1>, %{{.*}}: !llvm.ptr<1>, %{{.*}}: !llvm.ptr<1>, %{{.*}}: i32, %{{.*}}: i32, %{{.*}}: i32)
+// Tensor maps by value in the parameter space, 64-byte aligned for TMA.
+// CHECK: llvm.func @kiln_gemm_fp8_m128n128s4c2(%{{.*}}: !llvm.ptr {llvm.align = 64 : i64, llvm.byval = !llvm.array<128 x i8>, nvvm.grid_constant}, %{{.*}}: !llvm.ptr {llvm.align = 64 : i64, llvm.byval = !llvm.array<128 x i8>, nvvm.grid_constant}, %{{.*}}: !llvm.ptr<1>, %{{.*}}: !llvm.ptr<1>, %{{.*}}: !llvm.ptr<1>, %{{.*}}: i32, %{{.*}}: i32, %{{.*}}: i32)
 // CHECK-SAME: nvvm.kernel
 // CHECK-SAME: nvvm.maxntid = array<i32: 384, 1, 1>
 // CHECK-SAME: nvvm.minctasm = 1
+// The ring starts at the first 1024-byte boundary of dynamic shared memory.
+// CHECK: llvm.ptrtoint
+// CHECK: arith.andi %{{.*}}, %{{.*}} : i32
 // Barrier initialization by one thread, then a block-wide barrier.
 // CHECK: nvvm.mbarrier.init
 // CHECK: nvvm.mbarrier.init

@@ -8,6 +8,8 @@
 // CHECK: .target sm_90a
 // CHECK: .extern .shared .align 1024 .b8 kiln_gemm_fp8_m128n128s4c2_smem[]
 // CHECK: .entry kiln_gemm_fp8_m128n128s4c2(
+// CHECK-NEXT: .param .align 64 .b8 kiln_gemm_fp8_m128n128s4c2_param_0[128]
+// CHECK-NEXT: .param .align 64 .b8 kiln_gemm_fp8_m128n128s4c2_param_1[128]
 // CHECK: .maxntid 384, 1, 1
 // CHECK: mbarrier.init.shared.b64
 // CHECK: fence.mbarrier_init
