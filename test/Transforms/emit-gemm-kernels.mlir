@@ -32,13 +32,18 @@
 // CHECK: nvvm.wgmma.fence.aligned
 // CHECK-COUNT-4: nvvm.wgmma.mma_async {{.*}}, <m = 64, n = 128, k = 32>, D[<f32>, {{.*}}], A[<e4m3>, <one>, <row>], B[<e4m3>, <one>, <col>]
 // CHECK: nvvm.wgmma.commit.group.sync.aligned
-// CHECK: nvvm.wgmma.wait.group.sync.aligned 0
+// K blocks go in pairs: the second block's group is issued before the first
+// is waited for, so its MMAs overlap the first block's promotion.
+// CHECK: nvvm.mbarrier.try_wait.parity
+// CHECK-COUNT-4: nvvm.wgmma.mma_async
+// CHECK: nvvm.wgmma.commit.group.sync.aligned
+// CHECK: nvvm.wgmma.wait.group.sync.aligned 1
 // CHECK: nvvm.mbarrier.arrive
+// The promoted registers pass through a volatile asm fence after the wait.
+// CHECK: llvm.inline_asm has_side_effects "", "=f,0"
 // Promotion into the FP32 accumulator with the activation and weight scales.
-// CHECK: llvm.load
-// CHECK: llvm.load
-// CHECK: llvm.load
 // CHECK: llvm.intr.fma
+// CHECK: nvvm.wgmma.wait.group.sync.aligned 0
 // The BF16 epilogue stores only inside M x N.
 // CHECK: arith.truncf %{{.*}} : f32 to bf16
 // CHECK: llvm.store %{{.*}}, %{{.*}} : bf16, !llvm.ptr<1>

@@ -67,6 +67,7 @@ public:
     int64_t ringA = 0, ringB = stages * bm * kSliceBytes;
     int64_t barriers = stages * (bm + bn) * kSliceBytes;
     int64_t fullBar = barriers, emptyBar = barriers + 8 * stages;
+    layout = {ringA, ringB, fullBar, emptyBar};
 
     emit("gpu.module @" + kKernelModuleName.str() + " {");
     emit("llvm.mlir.global external @" + name +
@@ -231,86 +232,35 @@ private:
     emit("%row1c = arith.minui %row1, %lastRow : i32");
     emit("%nBlock = arith.divui %nOff, %c128 : i32");
     emit("%bScaleRow = arith.muli %nBlock, %numKB : i32");
-    emit("%res:2 = scf.for %kb = %c0 to %numKB step %c1 iter_args(%j = %it, "
-         "%acc = " +
+    // K blocks in pairs: the second block's wgmmas run while the first
+    // block's partial is promoted on the CUDA cores.
+    emit("%numPairs = arith.divui %numKB, %c2 : i32");
+    emit("%res:2 = scf.for %pair = %c0 to %numPairs step %c1 iter_args(%j = "
+         "%it, %acc = " +
          zero + ") -> (i32, " + structType + ") : i32 {");
-    writeStageAndPhase(stages);
-    emit("%full = " + barrier(fullBar, "%s"));
-    emit("nvvm.mbarrier.try_wait.parity %full, %phase, %ticks : "
-         "!llvm.ptr<3>, i32, i32");
-    emit("%aStage = arith.muli %s, " + i32(bm * kSliceBytes) + " : i32");
-    emit("%aOffInRing = arith.addi %aStage, %aConsumerOff : i32");
-    emit("%aOff = arith.addi %aOffInRing, " + i32(ringA) + " : i32");
-    emit("%aPtr = llvm.getelementptr %smem[%aOff] : (!llvm.ptr<3>, i32) -> "
-         "!llvm.ptr<3>, i8");
-    emit("%bPtr = " + ringSlot(ringB, bn * kSliceBytes, "%s"));
-    writeDescriptor("%descA", "%aPtr");
-    writeDescriptor("%descB", "%bPtr");
-    emit("nvvm.wgmma.fence.aligned");
-    std::string partial = "%acc";
-    for (int k = 0; k < 4; ++k) {
-      std::string a = "%descA", b = "%descB";
-      if (k) {
-        // Each k32 step starts 32 bytes further into the swizzled rows:
-        // +2 in the descriptor's 16-byte address units.
-        emit("%kStep" + std::to_string(k) + " = arith.constant " +
-             std::to_string(2 * k) + " : i64");
-        a = "%descA" + std::to_string(k);
-        b = "%descB" + std::to_string(k);
-        emit(a + " = arith.addi %descA, %kStep" + std::to_string(k) + " : i64");
-        emit(b + " = arith.addi %descB, %kStep" + std::to_string(k) + " : i64");
-      }
-      std::string result = "%partial" + std::to_string(k);
-      emit(result + " = nvvm.wgmma.mma_async " + a + ", " + b + ", " + partial +
-           ", #nvvm.shape<m = 64, n = " + std::to_string(bn) +
-           ", k = 32>, D [<f32>, #nvvm.wgmma_scale_out<" +
-           (k ? "one" : "zero") +
-           ">], A [<e4m3>, #nvvm.wgmma_scale_in<one>, <row>], B [<e4m3>, "
-           "#nvvm.wgmma_scale_in<one>, <col>] : " +
-           structType + " -> " + structType);
-      partial = result;
-    }
-    emit("nvvm.wgmma.commit.group.sync.aligned");
-    emit("nvvm.wgmma.wait.group.sync.aligned 0");
-    emit("scf.if %isLeader {");
-    emit("%empty = " + barrier(emptyBar, "%s"));
-    emit("%token = nvvm.mbarrier.arrive %empty : !llvm.ptr<3> -> i64");
+    emit("%kbA = arith.muli %pair, %c2 : i32");
+    emit("%kbB = arith.addi %kbA, %c1 : i32");
+    emit("%jB = arith.addi %j, %c1 : i32");
+    std::string partialA = issueBlock("A", "%kbA", "%j");
+    std::string partialB = issueBlock("B", "%kbB", "%jB");
+    std::string accA = finishBlock("A", partialA, "%acc", /*pending=*/1);
+    std::string accB = finishBlock("B", partialB, accA, /*pending=*/0);
+    emit("%j2 = arith.addi %j, %c2 : i32");
+    emit("scf.yield %j2, " + accB + " : i32, " + structType);
     emit("}");
-
-    emit("%kbRows = arith.muli %kb, %M : i32");
-    emit("%ia0 = arith.addi %kbRows, %row0c : i32");
-    emit("%ia1 = arith.addi %kbRows, %row1c : i32");
-    emit("%ib = arith.addi %bScaleRow, %kb : i32");
-    for (const char *which : {"0", "1"}) {
-      std::string idx = std::string("%ia") + which;
-      emit(std::string("%pa") + which + " = llvm.getelementptr %scaleA[" + idx +
-           "] : (!llvm.ptr<1>, i32) -> !llvm.ptr<1>, f32");
-      emit(std::string("%sa") + which + " = llvm.load %pa" + which +
-           " : !llvm.ptr<1> -> f32");
-    }
-    emit("%pb = llvm.getelementptr %scaleB[%ib] : (!llvm.ptr<1>, i32) -> "
-         "!llvm.ptr<1>, f32");
-    emit("%sb = llvm.load %pb : !llvm.ptr<1> -> f32");
-    emit("%scale0 = arith.mulf %sa0, %sb : f32");
-    emit("%scale1 = arith.mulf %sa1, %sb : f32");
-    std::string acc = "%acc";
-    for (int64_t i = 0; i < accRegs; ++i) {
-      std::string n = std::to_string(i);
-      // Accumulator register i holds row (i % 4 < 2 ? r : r + 8).
-      const char *scale = (i % 4) < 2 ? "%scale0" : "%scale1";
-      emit("%p" + n + " = llvm.extractvalue " + partial + "[" + n +
-           "] : " + structType);
-      emit("%a" + n + " = llvm.extractvalue %acc[" + n + "] : " + structType);
-      emit("%f" + n + " = llvm.intr.fma(%p" + n + ", " + scale + ", %a" + n +
-           ") : (f32, f32, f32) -> f32");
-      std::string next = "%promoted" + n;
-      emit(next + " = llvm.insertvalue %f" + n + ", " + acc + "[" + n +
-           "] : " + structType);
-      acc = next;
-    }
-    emit("%j1 = arith.addi %j, %c1 : i32");
-    emit("scf.yield %j1, " + acc + " : i32, " + structType);
+    // An odd number of K blocks leaves one.
+    emit("%pairBlocks = arith.muli %numPairs, %c2 : i32");
+    emit("%hasTail = arith.cmpi ne, %pairBlocks, %numKB : i32");
+    emit("%final = scf.if %hasTail -> (" + structType + ") {");
+    emit("%kbT = arith.subi %numKB, %c1 : i32");
+    emit("%jT = arith.addi %it, %pairBlocks : i32");
+    std::string partialT = issueBlock("T", "%kbT", "%jT");
+    std::string accT = finishBlock("T", partialT, "%res#1", /*pending=*/0);
+    emit("scf.yield " + accT + " : " + structType);
+    emit("} else {");
+    emit("scf.yield %res#1 : " + structType);
     emit("}");
+    emit("%itNext = arith.addi %it, %numKB : i32");
 
     // Epilogue: register i of the m64nN accumulator is at row r (+8 for
     // i % 4 >= 2) and column 8 * (i / 4) + 2 * (lane % 4) + i % 2.
@@ -331,7 +281,7 @@ private:
       emit("%ok" + n + " = arith.andi %colOk" + n + ", " +
            (upper ? "%row1ok" : "%row0ok") + " : i1");
       emit("scf.if %ok" + n + " {");
-      emit("%v = llvm.extractvalue %res#1[" + n + "] : " + structType);
+      emit("%v = llvm.extractvalue %final[" + n + "] : " + structType);
       emit("%h = arith.truncf %v : f32 to bf16");
       emit("%colw = arith.extui %col" + n + " : i32 to i64");
       emit(std::string("%idx = arith.addi ") +
@@ -341,8 +291,118 @@ private:
       emit("llvm.store %h, %dst : bf16, !llvm.ptr<1>");
       emit("}");
     }
-    emit("scf.yield %res#0 : i32");
+    emit("scf.yield %itNext : i32");
     emit("}");
+  }
+
+  /// For K block `kb` at ring position `j`: loads the block's scales (first,
+  /// so their latency hides behind the wait and the MMAs), waits for the
+  /// stage, issues four k32 wgmmas into a fresh partial accumulator and
+  /// commits them as one group. SSA names end in `tag`; returns the partial.
+  std::string issueBlock(const std::string &tag, const std::string &kb,
+                         const std::string &j) {
+    int64_t bm = config.getBlockM(), bn = config.getBlockN();
+    int64_t stages = config.getStages();
+    emit("%s" + tag + " = arith.remui " + j + ", " + i32(stages) + " : i32");
+    emit("%round" + tag + " = arith.divui " + j + ", " + i32(stages) +
+         " : i32");
+    emit("%phase" + tag + " = arith.andi %round" + tag + ", %c1 : i32");
+    emit("%kbRows" + tag + " = arith.muli " + kb + ", %M : i32");
+    emit("%ia0" + tag + " = arith.addi %kbRows" + tag + ", %row0c : i32");
+    emit("%ia1" + tag + " = arith.addi %kbRows" + tag + ", %row1c : i32");
+    emit("%ib" + tag + " = arith.addi %bScaleRow, " + kb + " : i32");
+    for (const char *which : {"0", "1"}) {
+      std::string w = which + tag;
+      emit("%pa" + w + " = llvm.getelementptr %scaleA[%ia" + w +
+           "] : (!llvm.ptr<1>, i32) -> !llvm.ptr<1>, f32");
+      emit("%sa" + w + " = llvm.load %pa" + w + " : !llvm.ptr<1> -> f32");
+    }
+    emit("%pb" + tag + " = llvm.getelementptr %scaleB[%ib" + tag +
+         "] : (!llvm.ptr<1>, i32) -> !llvm.ptr<1>, f32");
+    emit("%sb" + tag + " = llvm.load %pb" + tag + " : !llvm.ptr<1> -> f32");
+    emit("%scale0" + tag + " = arith.mulf %sa0" + tag + ", %sb" + tag +
+         " : f32");
+    emit("%scale1" + tag + " = arith.mulf %sa1" + tag + ", %sb" + tag +
+         " : f32");
+    emit("%full" + tag + " = " + barrier(layout.fullBar, "%s" + tag));
+    emit("nvvm.mbarrier.try_wait.parity %full" + tag + ", %phase" + tag +
+         ", %ticks : !llvm.ptr<3>, i32, i32");
+    emit("%aStage" + tag + " = arith.muli %s" + tag + ", " +
+         i32(bm * kSliceBytes) + " : i32");
+    emit("%aOffInRing" + tag + " = arith.addi %aStage" + tag +
+         ", %aConsumerOff : i32");
+    emit("%aOff" + tag + " = arith.addi %aOffInRing" + tag + ", " +
+         i32(layout.ringA) + " : i32");
+    emit("%aPtr" + tag + " = llvm.getelementptr %smem[%aOff" + tag +
+         "] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8");
+    emit("%bPtr" + tag + " = " +
+         ringSlot(layout.ringB, bn * kSliceBytes, "%s" + tag));
+    writeDescriptor("%descA" + tag, "%aPtr" + tag);
+    writeDescriptor("%descB" + tag, "%bPtr" + tag);
+    emit("nvvm.wgmma.fence.aligned");
+    // The first wgmma ignores its accumulator input (scale-d 0): give it an
+    // undefined one rather than a live value the compiler would copy.
+    std::string partial = "%undefAcc";
+    for (int k = 0; k < 4; ++k) {
+      std::string a = "%descA" + tag, b = "%descB" + tag;
+      if (k) {
+        // Each k32 step starts 32 bytes further into the swizzled rows:
+        // +2 in the descriptor's 16-byte address units.
+        std::string step = "%kStep" + std::to_string(k) + tag;
+        emit(step + " = arith.constant " + std::to_string(2 * k) + " : i64");
+        a += "_" + std::to_string(k);
+        b += "_" + std::to_string(k);
+        emit(a + " = arith.addi %descA" + tag + ", " + step + " : i64");
+        emit(b + " = arith.addi %descB" + tag + ", " + step + " : i64");
+      }
+      std::string result = "%partial" + std::to_string(k) + tag;
+      emit(result + " = nvvm.wgmma.mma_async " + a + ", " + b + ", " + partial +
+           ", #nvvm.shape<m = 64, n = " + std::to_string(bn) +
+           ", k = 32>, D [<f32>, #nvvm.wgmma_scale_out<" +
+           (k ? "one" : "zero") +
+           ">], A [<e4m3>, #nvvm.wgmma_scale_in<one>, <row>], B [<e4m3>, "
+           "#nvvm.wgmma_scale_in<one>, <col>] : " +
+           structType + " -> " + structType);
+      partial = result;
+    }
+    emit("nvvm.wgmma.commit.group.sync.aligned");
+    return partial;
+  }
+
+  /// Waits until at most `pending` wgmma groups are in flight (the block's
+  /// own is then done), releases its stage, and promotes its partial into
+  /// `accIn`: acc += partial * scaleA[row] * scaleB. Every partial register
+  /// passes through an empty volatile asm after the wait, so the promotion
+  /// cannot be scheduled before the MMAs complete. Returns the accumulator.
+  std::string finishBlock(const std::string &tag, const std::string &partial,
+                          const std::string &accIn, int pending) {
+    int64_t accRegs = config.getBlockN() / 2;
+    emit("nvvm.wgmma.wait.group.sync.aligned " + std::to_string(pending));
+    emit("scf.if %isLeader {");
+    emit("%empty = " + barrier(layout.emptyBar, "%s" + tag));
+    emit("%token = nvvm.mbarrier.arrive %empty : !llvm.ptr<3> -> i64");
+    emit("}");
+    std::string acc = accIn;
+    for (int64_t i = 0; i < accRegs; ++i) {
+      std::string n = std::to_string(i) + tag;
+      std::string idx = std::to_string(i);
+      // Accumulator register i holds row (i % 4 < 2 ? r : r + 8).
+      std::string scale = ((i % 4) < 2 ? "%scale0" : "%scale1") + tag;
+      emit("%raw" + n + " = llvm.extractvalue " + partial + "[" + idx +
+           "] : " + structType);
+      emit("%p" + n +
+           " = llvm.inline_asm has_side_effects \"\", \"=f,0\" %raw" + n +
+           " : (f32) -> f32");
+      emit("%a" + n + " = llvm.extractvalue " + accIn + "[" + idx +
+           "] : " + structType);
+      emit("%f" + n + " = llvm.intr.fma(%p" + n + ", " + scale + ", %a" + n +
+           ") : (f32, f32, f32) -> f32");
+      std::string next = "%promoted" + n;
+      emit(next + " = llvm.insertvalue %f" + n + ", " + acc + "[" + idx +
+           "] : " + structType);
+      acc = next;
+    }
+    return acc;
   }
 
   /// %mOff, %nOff: the tile's first row and column; N tiles run fastest so
@@ -417,7 +477,14 @@ private:
     body << "    " << line << "\n";
   }
 
+  /// Byte offsets in the aligned shared memory: the A and B rings and the
+  /// full and empty barrier arrays.
+  struct Layout {
+    int64_t ringA = 0, ringB = 0, fullBar = 0, emptyBar = 0;
+  };
+
   kiln::GemmConfigAttr config;
+  Layout layout;
   std::string structType;
   std::ostringstream body, constants;
   llvm::SmallSet<int64_t, 16> materialized;
