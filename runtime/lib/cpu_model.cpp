@@ -308,7 +308,14 @@ struct MtpModule {
   std::vector<float> embed, enorm, hnorm, norm;
   Linear ehProj, head;
   Block block;
-  LayerCache cache;
+};
+
+/// The rows of a batched forward that belong to one sequence: rows
+/// [rowOffset, rowOffset + rows) at positions start, start + 1, ...
+struct Span {
+  int64_t rowOffset = 0;
+  int64_t rows = 0;
+  int64_t start = 0;
 };
 
 std::string shapeString(const std::vector<int64_t> &shape) {
@@ -433,7 +440,35 @@ LayerCache makeCache(const ModelConfig &c, MlaForm form) {
   return cache;
 }
 
+/// Distinguishes models, so that a sequence is never run on a model whose
+/// cache shapes it does not have.
+std::atomic<uint64_t> nextModelId{1};
+
 } // namespace
+
+namespace detail {
+
+struct CpuSequenceState {
+  uint64_t modelId = 0;
+  std::vector<LayerCache> caches; // one per decoder layer
+  int64_t cached = 0;
+  LayerCache mtpCache;
+
+  CpuSequenceState(uint64_t modelId, const ModelConfig &config, MlaForm form)
+      : modelId(modelId), caches(static_cast<size_t>(config.numHiddenLayers),
+                                 makeCache(config, form)),
+        mtpCache(makeCache(config, form)) {}
+
+  void truncate(int64_t tokens) {
+    for (LayerCache &cache : caches)
+      cache.truncate(tokens);
+    cached = std::min(cached, tokens);
+  }
+};
+
+} // namespace detail
+
+using detail::CpuSequenceState;
 
 //===----------------------------------------------------------------------===//
 // Building blocks
@@ -639,23 +674,26 @@ struct CpuModel::Impl {
   std::vector<Block> layers;
   std::vector<float> finalNorm;
   std::vector<float> lmHead; // empty when tied to the embedding
-  std::vector<LayerCache> caches;
-  int64_t cached = 0;
   std::unique_ptr<MtpModule> mtp;
+
+  const uint64_t id = nextModelId.fetch_add(1);
+  /// The sequence of the CpuModel functions without a CpuSequence.
+  CpuSequenceState builtIn;
+  /// One forward at a time: each uses the whole pool.
+  std::mutex forwardMutex;
 
   Impl(const ModelConfig &c, const WeightSource &source,
        const CpuModelOptions &o)
       : config(c), options(o), rope(computeRopeParameters(c)),
         pool(o.numThreads > 0
                  ? o.numThreads
-                 : std::max(1u, std::thread::hardware_concurrency())) {
+                 : std::max(1u, std::thread::hardware_concurrency())),
+        builtIn(id, c, o.mlaForm) {
     const WeightReader reader(source);
     const int64_t hidden = c.hiddenSize, vocab = c.vocabSize;
     embed = reader.load("model.embed_tokens.weight", {vocab, hidden});
-    for (int64_t layer = 0; layer < c.numHiddenLayers; ++layer) {
+    for (int64_t layer = 0; layer < c.numHiddenLayers; ++layer)
       layers.push_back(loadBlock(reader, c, layer));
-      caches.push_back(makeCache(c, o.mlaForm));
-    }
     finalNorm = reader.load("model.norm.weight", {hidden});
     if (!c.tieWordEmbeddings)
       lmHead = reader.load("lm_head.weight", {vocab, hidden});
@@ -682,7 +720,6 @@ struct CpuModel::Impl {
     module->norm = reader.load(prefix + "shared_head.norm.weight", {hidden});
     module->head = reader.linear(prefix + "shared_head.head.weight", vocab,
                                  hidden, /*fp8=*/false);
-    module->cache = makeCache(config, options.mlaForm);
     return module;
   }
 
@@ -776,8 +813,12 @@ struct CpuModel::Impl {
 
   //===--- Attention ------------------------------------------------------===//
 
-  void attention(const Attention &a, LayerCache &cache, const float *x,
-                 int64_t rows, int64_t start, float *out) {
+  /// Attention over the rows of several sequences: the projections run on
+  /// all rows at once, the attention itself per sequence against its cache
+  /// (`caches[i]` for `spans[i]`).
+  void attention(const Attention &a, const std::vector<LayerCache *> &caches,
+                 const std::vector<Span> &spans, const float *x, int64_t rows,
+                 float *out) {
     const ModelConfig &c = config;
     const int64_t heads = c.numAttentionHeads, nope = c.qkNopeHeadDim,
                   ropeDim = c.qkRopeHeadDim, qkDim = c.qkHeadDim(),
@@ -805,19 +846,32 @@ struct CpuModel::Impl {
       rmsNorm(row, a.kvANorm.data(), kvLora, kLatentNormEps,
               latent.data() + r * kvLora);
       std::copy_n(row + kvLora, ropeDim, ropeKey.data() + r * ropeDim);
-      RopeRow rotation = ropeRow(start + r, rope);
-      rotateInterleaved(ropeKey.data() + r * ropeDim, rotation);
-      for (int64_t h = 0; h < heads; ++h)
-        rotateInterleaved(q.data() + (r * heads + h) * qkDim + nope, rotation);
     }
+    for (const Span &span : spans)
+      for (int64_t i = 0; i < span.rows; ++i) {
+        const int64_t r = span.rowOffset + i;
+        RopeRow rotation = ropeRow(span.start + i, rope);
+        rotateInterleaved(ropeKey.data() + r * ropeDim, rotation);
+        for (int64_t h = 0; h < heads; ++h)
+          rotateInterleaved(q.data() + (r * heads + h) * qkDim + nope,
+                            rotation);
+      }
 
     std::vector<float> attended(rows * heads * vDim);
-    if (options.mlaForm == MlaForm::Naive)
-      naiveAttention(a, cache, q.data(), latent.data(), ropeKey.data(), rows,
-                     start, attended.data());
-    else
-      absorbedAttention(a, cache, q.data(), latent.data(), ropeKey.data(), rows,
-                        start, attended.data());
+    for (size_t s = 0; s < spans.size(); ++s) {
+      const Span &span = spans[s];
+      const int64_t r = span.rowOffset;
+      const float *spanQ = q.data() + r * heads * qkDim;
+      const float *spanLatent = latent.data() + r * kvLora;
+      const float *spanRopeKey = ropeKey.data() + r * ropeDim;
+      float *spanAttended = attended.data() + r * heads * vDim;
+      if (options.mlaForm == MlaForm::Naive)
+        naiveAttention(a, *caches[s], spanQ, spanLatent, spanRopeKey, span.rows,
+                       span.start, spanAttended);
+      else
+        absorbedAttention(a, *caches[s], spanQ, spanLatent, spanRopeKey,
+                          span.rows, span.start, spanAttended);
+    }
     linear(a.o, attended.data(), rows, out);
   }
 
@@ -918,16 +972,18 @@ struct CpuModel::Impl {
 
   //===--- Blocks and heads -----------------------------------------------===//
 
-  /// One decoder layer on `hidden` (rows x hidden_size) in place.
-  void runBlock(const Block &block, LayerCache &cache, float *hidden,
-                int64_t rows, int64_t start) {
+  /// One decoder layer on `hidden` (rows x hidden_size) in place; the rows
+  /// of `spans[i]` attend through `caches[i]`.
+  void runBlock(const Block &block, const std::vector<LayerCache *> &caches,
+                const std::vector<Span> &spans, float *hidden, int64_t rows) {
     const int64_t size = config.hiddenSize;
     const float eps = static_cast<float>(config.rmsNormEps);
     std::vector<float> normed(rows * size), delta(rows * size);
     for (int64_t r = 0; r < rows; ++r)
       rmsNorm(hidden + r * size, block.inputNorm.data(), size, eps,
               normed.data() + r * size);
-    attention(block.attention, cache, normed.data(), rows, start, delta.data());
+    attention(block.attention, caches, spans, normed.data(), rows,
+              delta.data());
     for (int64_t i = 0; i < rows * size; ++i)
       hidden[i] += delta[i];
     for (int64_t r = 0; r < rows; ++r)
@@ -980,41 +1036,142 @@ struct CpuModel::Impl {
                   std::to_string(config.maxPositionEmbeddings));
   }
 
-  ForwardResult forward(const std::vector<int32_t> &tokens, int64_t start) {
-    checkTokens(tokens, "tokens");
-    const int64_t rows = static_cast<int64_t>(tokens.size());
-    checkPositions(start, rows, cached, "main");
-    const int64_t size = config.hiddenSize;
-    for (LayerCache &cache : caches)
-      cache.truncate(start);
-    cached = start;
+  /// One sequence's tokens in a main-model pass.
+  struct SequenceRun {
+    CpuSequenceState *state = nullptr;
+    const std::vector<int32_t> *tokens = nullptr;
+    int64_t start = 0;
+  };
 
-    ForwardResult result;
-    result.hiddenStates.resize(rows * size);
-    for (int64_t r = 0; r < rows; ++r)
-      std::copy_n(embed.data() + tokens[r] * size, size,
-                  result.hiddenStates.data() + r * size);
+  void checkOwner(const CpuSequenceState *state,
+                  const std::string &what) const {
+    if (!state)
+      throw Error("CPU model: " + what + " has no sequence");
+    if (state->modelId != id)
+      throw Error("CPU model: " + what +
+                  " was made by another CpuModel (its caches have that "
+                  "model's shapes)");
+  }
+
+  /// The main model over several sequences' tokens in one pass: the rows of
+  /// every run, one after the other, go through each decoder layer together;
+  /// each run attends through its own caches. Returns the final hidden
+  /// states (rows x hidden_size, before model.norm). Everything is checked
+  /// before any cache moves; on a failure every cache is cut to its start.
+  /// `names[i]` names run i in errors.
+  std::vector<float> runMain(const std::vector<SequenceRun> &runs,
+                             const std::vector<std::string> &names,
+                             std::vector<Span> &spans) {
+    spans.clear();
+    int64_t total = 0;
+    for (size_t i = 0; i < runs.size(); ++i) {
+      const SequenceRun &run = runs[i];
+      checkOwner(run.state, names[i].empty() ? "the sequence" : names[i]);
+      checkTokens(*run.tokens,
+                  (names[i].empty() ? "tokens" : names[i] + ".tokens").c_str());
+      const int64_t rows = static_cast<int64_t>(run.tokens->size());
+      checkPositions(run.start, rows, run.state->cached, "main");
+      for (size_t j = 0; j < i; ++j)
+        if (runs[j].state == run.state)
+          throw Error("CPU model: " + names[j] + " and " + names[i] +
+                      " use the same sequence");
+      spans.push_back({total, rows, run.start});
+      total += rows;
+    }
+    for (const SequenceRun &run : runs)
+      run.state->truncate(run.start);
+
+    const int64_t size = config.hiddenSize;
+    std::vector<float> hidden(total * size);
+    for (size_t i = 0; i < runs.size(); ++i)
+      for (int64_t r = 0; r < spans[i].rows; ++r)
+        std::copy_n(embed.data() + (*runs[i].tokens)[r] * size, size,
+                    hidden.data() + (spans[i].rowOffset + r) * size);
+    std::vector<LayerCache *> caches(runs.size());
     try {
-      for (size_t layer = 0; layer < layers.size(); ++layer)
-        runBlock(layers[layer], caches[layer], result.hiddenStates.data(), rows,
-                 start);
+      for (size_t layer = 0; layer < layers.size(); ++layer) {
+        for (size_t i = 0; i < runs.size(); ++i)
+          caches[i] = &runs[i].state->caches[layer];
+        runBlock(layers[layer], caches, spans, hidden.data(), total);
+      }
     } catch (...) {
-      for (LayerCache &cache : caches) // no half-appended positions
-        cache.truncate(start);
+      for (const SequenceRun &run : runs) // no half-appended positions
+        run.state->truncate(run.start);
       throw;
     }
-    cached = start + rows;
-    result.logits = logitsOf(result.hiddenStates.data(), rows, finalNorm,
-                             lmHead.empty() ? embed.data() : lmHead.data());
+    for (size_t i = 0; i < runs.size(); ++i)
+      runs[i].state->cached = runs[i].start + spans[i].rows;
+    return hidden;
+  }
+
+  const float *outputHead() const {
+    return lmHead.empty() ? embed.data() : lmHead.data();
+  }
+
+  ForwardResult forward(CpuSequenceState &state,
+                        const std::vector<int32_t> &tokens, int64_t start) {
+    std::vector<Span> spans;
+    ForwardResult result;
+    result.hiddenStates = runMain({{&state, &tokens, start}}, {""}, spans);
+    result.logits =
+        logitsOf(result.hiddenStates.data(),
+                 static_cast<int64_t>(tokens.size()), finalNorm, outputHead());
     return result;
   }
 
-  std::vector<float> forwardMtp(const std::vector<float> &hiddenStates,
-                                const std::vector<int32_t> &nextTokens,
-                                int64_t start) {
+  std::vector<std::vector<float>>
+  forwardBatch(const std::vector<CpuBatchEntry> &entries) {
+    std::vector<SequenceRun> runs;
+    std::vector<std::string> names;
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const CpuBatchEntry &entry = entries[i];
+      runs.push_back({entry.sequence ? entry.sequence->state.get() : nullptr,
+                      &entry.tokens, entry.startPosition});
+      names.push_back("batch entry " + std::to_string(i));
+    }
+    std::vector<Span> spans;
+    std::vector<float> hidden = runMain(runs, names, spans);
+
+    // The rows whose logits are wanted, gathered so that the output head is
+    // read once for the whole batch.
+    const int64_t size = config.hiddenSize, vocab = config.vocabSize;
+    std::vector<float> wanted;
+    std::vector<int64_t> wantedRows;
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const Span &span = spans[i];
+      const int64_t first = entries[i].lastTokenLogitsOnly
+                                ? span.rowOffset + span.rows - 1
+                                : span.rowOffset;
+      const int64_t end = span.rowOffset + span.rows;
+      wanted.insert(wanted.end(), hidden.begin() + first * size,
+                    hidden.begin() + end * size);
+      wantedRows.push_back(end - first);
+    }
+    std::vector<float> logits =
+        logitsOf(wanted.data(), static_cast<int64_t>(wanted.size()) / size,
+                 finalNorm, outputHead());
+    std::vector<std::vector<float>> result;
+    int64_t row = 0;
+    for (int64_t count : wantedRows) {
+      result.emplace_back(logits.begin() + row * vocab,
+                          logits.begin() + (row + count) * vocab);
+      row += count;
+    }
+    return result;
+  }
+
+  void requireMtp() const {
     if (!mtp)
       throw Error("CPU model: no MTP module (num_nextn_predict_layers is 0 "
                   "or CpuModelOptions::loadMtp is off)");
+  }
+
+  std::vector<float> forwardMtp(CpuSequenceState &state,
+                                const std::vector<float> &hiddenStates,
+                                const std::vector<int32_t> &nextTokens,
+                                int64_t start) {
+    requireMtp();
+    checkOwner(&state, "the sequence");
     checkTokens(nextTokens, "nextTokens");
     const int64_t rows = static_cast<int64_t>(nextTokens.size());
     const int64_t size = config.hiddenSize;
@@ -1023,8 +1180,9 @@ struct CpuModel::Impl {
                   std::to_string(hiddenStates.size()) + " values, expected " +
                   std::to_string(rows) + " x hidden_size " +
                   std::to_string(size));
-    checkPositions(start, rows, mtp->cache.length, "MTP");
-    mtp->cache.truncate(start);
+    LayerCache &cache = state.mtpCache;
+    checkPositions(start, rows, cache.length, "MTP");
+    cache.truncate(start);
 
     // eh_proj input: [enorm(embedding of t_{i+1}) | hnorm(h_i)].
     const float eps = static_cast<float>(config.rmsNormEps);
@@ -1038,14 +1196,59 @@ struct CpuModel::Impl {
     }
     linear(mtp->ehProj, combined.data(), rows, hidden.data());
     try {
-      runBlock(mtp->block, mtp->cache, hidden.data(), rows, start);
+      runBlock(mtp->block, {&cache}, {{0, rows, start}}, hidden.data(), rows);
     } catch (...) {
-      mtp->cache.truncate(start);
+      cache.truncate(start);
       throw;
     }
     return logitsOf(hidden.data(), rows, mtp->norm, mtp->head.weight.data());
   }
+
+  MtpForwardResult forwardWithMtp(CpuSequenceState &state,
+                                  const std::vector<int32_t> &tokens,
+                                  int64_t start, int32_t followingToken) {
+    requireMtp();
+    checkOwner(&state, "the sequence");
+    // Fail before the main cache moves if the MTP cache cannot follow.
+    if (start > state.mtpCache.length)
+      throw Error("CPU model: start position " + std::to_string(start) +
+                  " is outside the MTP KV cache, which holds " +
+                  std::to_string(state.mtpCache.length) + " positions");
+    ForwardResult main = forward(state, tokens, start);
+    std::vector<int32_t> nextTokens(tokens.begin() + 1, tokens.end());
+    nextTokens.push_back(followingToken);
+    MtpForwardResult result;
+    result.mtpLogits = forwardMtp(state, main.hiddenStates, nextTokens, start);
+    result.logits = std::move(main.logits);
+    return result;
+  }
 };
+
+//===----------------------------------------------------------------------===//
+// CpuSequence
+//===----------------------------------------------------------------------===//
+
+CpuSequence::CpuSequence(std::unique_ptr<CpuSequenceState> state)
+    : state(std::move(state)) {}
+CpuSequence::~CpuSequence() = default;
+CpuSequence::CpuSequence(CpuSequence &&) noexcept = default;
+CpuSequence &CpuSequence::operator=(CpuSequence &&) noexcept = default;
+
+int64_t CpuSequence::cachedTokens() const { return state ? state->cached : 0; }
+int64_t CpuSequence::cachedMtpTokens() const {
+  return state ? state->mtpCache.length : 0;
+}
+
+void CpuSequence::reset() {
+  if (!state)
+    return;
+  state->truncate(0);
+  state->mtpCache.truncate(0);
+}
+
+//===----------------------------------------------------------------------===//
+// CpuModel
+//===----------------------------------------------------------------------===//
 
 CpuModel::CpuModel(const ModelConfig &config, const WeightSource &weights,
                    const CpuModelOptions &options) {
@@ -1064,55 +1267,93 @@ CpuModel &CpuModel::operator=(CpuModel &&) noexcept = default;
 const ModelConfig &CpuModel::config() const { return impl->config; }
 const CpuModelOptions &CpuModel::options() const { return impl->options; }
 bool CpuModel::hasMtp() const { return impl->mtp != nullptr; }
-int64_t CpuModel::cachedTokens() const { return impl->cached; }
+int64_t CpuModel::cachedTokens() const { return impl->builtIn.cached; }
 int64_t CpuModel::cachedMtpTokens() const {
-  return impl->mtp ? impl->mtp->cache.length : 0;
+  return impl->builtIn.mtpCache.length;
 }
 
 void CpuModel::reset() {
-  for (LayerCache &cache : impl->caches)
-    cache.truncate(0);
-  impl->cached = 0;
-  if (impl->mtp)
-    impl->mtp->cache.truncate(0);
+  impl->builtIn.truncate(0);
+  impl->builtIn.mtpCache.truncate(0);
+}
+
+CpuSequenceState &CpuModel::stateOf(CpuSequence &sequence) {
+  if (!sequence.state)
+    throw Error("CPU model: the sequence was moved from");
+  return *sequence.state;
+}
+
+CpuSequence CpuModel::newSequence() const {
+  return CpuSequence(std::make_unique<CpuSequenceState>(impl->id, impl->config,
+                                                        impl->options.mlaForm));
 }
 
 std::vector<float> CpuModel::forward(const std::vector<int32_t> &tokens,
                                      int64_t startPosition) {
-  return impl->forward(tokens, startPosition).logits;
+  std::lock_guard<std::mutex> lock(impl->forwardMutex);
+  return impl->forward(impl->builtIn, tokens, startPosition).logits;
 }
 
 ForwardResult
 CpuModel::forwardWithHiddenStates(const std::vector<int32_t> &tokens,
                                   int64_t startPosition) {
-  return impl->forward(tokens, startPosition);
+  std::lock_guard<std::mutex> lock(impl->forwardMutex);
+  return impl->forward(impl->builtIn, tokens, startPosition);
 }
 
 std::vector<float> CpuModel::forwardMtp(const std::vector<float> &hiddenStates,
                                         const std::vector<int32_t> &nextTokens,
                                         int64_t startPosition) {
-  return impl->forwardMtp(hiddenStates, nextTokens, startPosition);
+  std::lock_guard<std::mutex> lock(impl->forwardMutex);
+  return impl->forwardMtp(impl->builtIn, hiddenStates, nextTokens,
+                          startPosition);
 }
 
 MtpForwardResult CpuModel::forwardWithMtp(const std::vector<int32_t> &tokens,
                                           int64_t startPosition,
                                           int32_t followingToken) {
-  if (!impl->mtp)
-    throw Error("CPU model: no MTP module (num_nextn_predict_layers is 0 or "
-                "CpuModelOptions::loadMtp is off)");
-  // Fail before the main cache moves if the MTP cache cannot follow.
-  if (startPosition > impl->mtp->cache.length)
-    throw Error("CPU model: start position " + std::to_string(startPosition) +
-                " is outside the MTP KV cache, which holds " +
-                std::to_string(impl->mtp->cache.length) + " positions");
-  ForwardResult main = impl->forward(tokens, startPosition);
-  std::vector<int32_t> nextTokens(tokens.begin() + 1, tokens.end());
-  nextTokens.push_back(followingToken);
-  MtpForwardResult result;
-  result.mtpLogits =
-      impl->forwardMtp(main.hiddenStates, nextTokens, startPosition);
-  result.logits = std::move(main.logits);
-  return result;
+  std::lock_guard<std::mutex> lock(impl->forwardMutex);
+  return impl->forwardWithMtp(impl->builtIn, tokens, startPosition,
+                              followingToken);
+}
+
+std::vector<float> CpuModel::forward(CpuSequence &sequence,
+                                     const std::vector<int32_t> &tokens,
+                                     int64_t startPosition) {
+  std::lock_guard<std::mutex> lock(impl->forwardMutex);
+  return impl->forward(stateOf(sequence), tokens, startPosition).logits;
+}
+
+ForwardResult
+CpuModel::forwardWithHiddenStates(CpuSequence &sequence,
+                                  const std::vector<int32_t> &tokens,
+                                  int64_t startPosition) {
+  std::lock_guard<std::mutex> lock(impl->forwardMutex);
+  return impl->forward(stateOf(sequence), tokens, startPosition);
+}
+
+std::vector<float> CpuModel::forwardMtp(CpuSequence &sequence,
+                                        const std::vector<float> &hiddenStates,
+                                        const std::vector<int32_t> &nextTokens,
+                                        int64_t startPosition) {
+  std::lock_guard<std::mutex> lock(impl->forwardMutex);
+  return impl->forwardMtp(stateOf(sequence), hiddenStates, nextTokens,
+                          startPosition);
+}
+
+MtpForwardResult CpuModel::forwardWithMtp(CpuSequence &sequence,
+                                          const std::vector<int32_t> &tokens,
+                                          int64_t startPosition,
+                                          int32_t followingToken) {
+  std::lock_guard<std::mutex> lock(impl->forwardMutex);
+  return impl->forwardWithMtp(stateOf(sequence), tokens, startPosition,
+                              followingToken);
+}
+
+std::vector<std::vector<float>>
+CpuModel::forwardBatch(const std::vector<CpuBatchEntry> &entries) {
+  std::lock_guard<std::mutex> lock(impl->forwardMutex);
+  return impl->forwardBatch(entries);
 }
 
 } // namespace kiln

@@ -16,6 +16,8 @@
 #include "kiln/fp8.h"
 #include "kiln/tiny_checkpoint.h"
 
+#include "TestSupport.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -1197,6 +1199,160 @@ TEST(CpuModel, MtpIncrementalEqualsFull) {
     mtp.insert(mtp.end(), step.mtpLogits.begin(), step.mtpLogits.end());
   }
   EXPECT_LT(relativeDifference(mtp, full.mtpLogits), 1e-5);
+}
+
+//===----------------------------------------------------------------------===//
+// Sequences sharing one model's weights, and batched forwards
+//===----------------------------------------------------------------------===//
+
+std::vector<int32_t> slice(const std::vector<int32_t> &tokens, size_t begin,
+                           size_t end) {
+  return std::vector<int32_t>(tokens.begin() + begin, tokens.begin() + end);
+}
+
+TEST(CpuSequence, InterleavedSequencesEqualEachAlone) {
+  ModelConfig c = tinyConfig();
+  RandomWeights weights(c, 151);
+  const std::vector<int32_t> a = randomTokens(9, c.vocabSize, 152);
+  const std::vector<int32_t> b = randomTokens(6, c.vocabSize, 153);
+  for (MlaForm form : {MlaForm::Naive, MlaForm::Absorbed}) {
+    // Each alone on a model of its own, in the chunks used below.
+    CpuModel aloneA(c, weights, withForm(form)),
+        aloneB(c, weights, withForm(form));
+    std::vector<float> a0 = aloneA.forward(slice(a, 0, 4), 0);
+    std::vector<float> b0 = aloneB.forward(slice(b, 0, 3), 0);
+    std::vector<float> a1 = aloneA.forward(slice(a, 4, 9), 4);
+    std::vector<float> b1 = aloneB.forward(slice(b, 3, 6), 3);
+
+    // Both on one model, interleaved, with the built-in sequence busy too.
+    CpuModel shared(c, weights, withForm(form));
+    kiln::CpuSequence first = shared.newSequence(),
+                      second = shared.newSequence();
+    std::vector<float> builtIn = shared.forward(b, 0);
+    EXPECT_EQ(shared.forward(first, slice(a, 0, 4), 0), a0);
+    EXPECT_EQ(shared.forward(second, slice(b, 0, 3), 0), b0);
+    EXPECT_EQ(shared.forward(first, slice(a, 4, 9), 4), a1);
+    EXPECT_EQ(shared.forward(second, slice(b, 3, 6), 3), b1);
+    EXPECT_EQ(first.cachedTokens(), 9);
+    EXPECT_EQ(second.cachedTokens(), 6);
+    EXPECT_EQ(shared.cachedTokens(), 6);
+
+    // The built-in sequence kept its own cache: decoding on continues it.
+    std::vector<float> next = shared.forward({a[0]}, 6);
+    EXPECT_EQ(next, aloneB.forward({a[0]}, 6));
+
+    first.reset();
+    EXPECT_EQ(first.cachedTokens(), 0);
+    EXPECT_EQ(second.cachedTokens(), 6);
+    EXPECT_EQ(shared.forward(first, slice(a, 0, 4), 0), a0);
+  }
+}
+
+TEST(CpuSequence, BatchedForwardIsBitwiseEachAlone) {
+  ModelConfig c = tinyConfig();
+  RandomWeights weights(c, 161);
+  const int64_t vocab = c.vocabSize;
+  const std::vector<int32_t> x = randomTokens(7, vocab, 162);
+  const std::vector<int32_t> y = randomTokens(5, vocab, 163);
+  const std::vector<int32_t> z = randomTokens(4, vocab, 164);
+  for (MlaForm form : {MlaForm::Naive, MlaForm::Absorbed}) {
+    CpuModelOptions options = withForm(form);
+    options.emulateFp8Activations = form == MlaForm::Naive; // both paths
+    CpuModel alone(c, weights, options);
+    kiln::CpuSequence ax = alone.newSequence(), ay = alone.newSequence(),
+                      az = alone.newSequence();
+    // y and z already hold a prefix; x starts empty.
+    alone.forward(ay, slice(y, 0, 4), 0);
+    alone.forward(az, slice(z, 0, 1), 0);
+    std::vector<float> xLogits = alone.forward(ax, x, 0);
+    std::vector<float> yLogits = alone.forward(ay, slice(y, 4, 5), 4);
+    std::vector<float> zLogits = alone.forward(az, slice(z, 1, 4), 1);
+
+    CpuModel batched(c, weights, options);
+    kiln::CpuSequence bx = batched.newSequence(), by = batched.newSequence(),
+                      bz = batched.newSequence();
+    batched.forwardBatch(
+        {{&by, slice(y, 0, 4), 0, false}, {&bz, slice(z, 0, 1), 0, true}});
+    // A prefill, a decode step and a chunk in one pass.
+    std::vector<std::vector<float>> out =
+        batched.forwardBatch({{&bx, x, 0, /*lastTokenLogitsOnly=*/true},
+                              {&by, slice(y, 4, 5), 4, false},
+                              {&bz, slice(z, 1, 4), 1, false}});
+    ASSERT_EQ(out.size(), 3u);
+    EXPECT_EQ(out[0], rows(xLogits, vocab, 6, 7));
+    EXPECT_EQ(out[1], yLogits);
+    EXPECT_EQ(out[2], zLogits);
+    EXPECT_EQ(bx.cachedTokens(), 7);
+    EXPECT_EQ(by.cachedTokens(), 5);
+    EXPECT_EQ(bz.cachedTokens(), 4);
+    EXPECT_TRUE(batched.forwardBatch({}).empty());
+  }
+}
+
+TEST(CpuSequence, MtpCachesArePerSequence) {
+  ModelConfig c = tinyConfig();
+  RandomWeights weights(c, 171);
+  const std::vector<int32_t> a = randomTokens(6, c.vocabSize, 172);
+  const std::vector<int32_t> b = randomTokens(5, c.vocabSize, 173);
+  CpuModel alone(c, weights);
+  kiln::MtpForwardResult aFull = alone.forwardWithMtp(a, 0, 7);
+  alone.reset();
+  kiln::MtpForwardResult bFirst = alone.forwardWithMtp(slice(b, 0, 3), 0, b[3]);
+  kiln::MtpForwardResult bSecond = alone.forwardWithMtp(slice(b, 3, 5), 3, 9);
+
+  CpuModel shared(c, weights);
+  kiln::CpuSequence first = shared.newSequence(), second = shared.newSequence();
+  kiln::MtpForwardResult interleavedB =
+      shared.forwardWithMtp(second, slice(b, 0, 3), 0, b[3]);
+  kiln::MtpForwardResult interleavedA = shared.forwardWithMtp(first, a, 0, 7);
+  kiln::MtpForwardResult interleavedB2 =
+      shared.forwardWithMtp(second, slice(b, 3, 5), 3, 9);
+  EXPECT_EQ(interleavedA.mtpLogits, aFull.mtpLogits);
+  EXPECT_EQ(interleavedB.mtpLogits, bFirst.mtpLogits);
+  EXPECT_EQ(interleavedB2.mtpLogits, bSecond.mtpLogits);
+  EXPECT_EQ(interleavedB2.logits, bSecond.logits);
+  EXPECT_EQ(first.cachedMtpTokens(), 6);
+  EXPECT_EQ(second.cachedMtpTokens(), 5);
+  EXPECT_EQ(shared.cachedMtpTokens(), 0);
+}
+
+TEST(CpuSequence, BadBatchesAreRefusedBeforeAnyCacheMoves) {
+  ModelConfig c = tinyConfig();
+  RandomWeights weights(c, 181);
+  CpuModel model(c, weights), other(c, weights);
+  kiln::CpuSequence a = model.newSequence(), b = model.newSequence();
+  kiln::CpuSequence foreign = other.newSequence();
+  model.forward(a, {1, 2, 3}, 0);
+  model.forward(b, {4, 5}, 0);
+
+  std::string message =
+      kiln::testing::errorOf([&] { model.forward(foreign, {1}, 0); });
+  EXPECT_NE(message.find("another CpuModel"), std::string::npos) << message;
+  message = kiln::testing::errorOf([&] {
+    model.forwardBatch({{&a, {6}, 3, true}, {&a, {7}, 3, true}});
+  });
+  EXPECT_NE(message.find("same sequence"), std::string::npos) << message;
+  message = kiln::testing::errorOf([&] {
+    model.forwardBatch({{&a, {6}, 1, true}, {&b, {300}, 2, true}});
+  });
+  EXPECT_NE(message.find("batch entry 1"), std::string::npos) << message;
+  message = kiln::testing::errorOf([&] {
+    model.forwardBatch({{&a, {6}, 1, true}, {&b, {7}, 3, true}});
+  });
+  EXPECT_NE(message.find("start position 3"), std::string::npos) << message;
+  message = kiln::testing::errorOf([&] {
+    model.forwardBatch({{nullptr, {6}, 0, true}});
+  });
+  EXPECT_NE(message.find("batch entry 0 has no sequence"), std::string::npos)
+      << message;
+  // Entry 0 was valid, but nothing ran: its cache was not cut to 1.
+  EXPECT_EQ(a.cachedTokens(), 3);
+  EXPECT_EQ(b.cachedTokens(), 2);
+
+  kiln::CpuSequence moved = std::move(a);
+  EXPECT_EQ(moved.cachedTokens(), 3);
+  message = kiln::testing::errorOf([&] { model.forward(a, {1}, 0); });
+  EXPECT_NE(message.find("moved from"), std::string::npos) << message;
 }
 
 //===----------------------------------------------------------------------===//

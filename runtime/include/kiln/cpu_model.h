@@ -135,9 +135,54 @@ struct MtpForwardResult {
   std::vector<float> mtpLogits; // tokens x vocab_size: the token after it
 };
 
+namespace detail {
+struct CpuSequenceState;
+} // namespace detail
+
+/// The KV caches of one sequence (the main model's layers and the MTP
+/// module's). Many sequences decode over one CpuModel's weights, each with a
+/// CpuSequence of its own: that is how an engine batches requests without a
+/// copy of the weights per request. Made by CpuModel::newSequence() and
+/// usable only with the model that made it.
+class CpuSequence {
+public:
+  ~CpuSequence();
+  CpuSequence(CpuSequence &&) noexcept;
+  CpuSequence &operator=(CpuSequence &&) noexcept;
+
+  /// Positions held by the main model's KV cache.
+  int64_t cachedTokens() const;
+  /// Positions held by the MTP module's KV cache.
+  int64_t cachedMtpTokens() const;
+  /// Empties both KV caches.
+  void reset();
+
+private:
+  friend class CpuModel;
+  explicit CpuSequence(std::unique_ptr<detail::CpuSequenceState> state);
+  std::unique_ptr<detail::CpuSequenceState> state;
+};
+
+/// One sequence's part of CpuModel::forwardBatch.
+struct CpuBatchEntry {
+  CpuSequence *sequence = nullptr;
+  std::vector<int32_t> tokens;
+  /// As in CpuModel::forward: the sequence's cache is first cut to it.
+  int64_t startPosition = 0;
+  /// Return only the last token's logits, which is all decoding needs: the
+  /// vocabulary projection of the other positions (the bulk of a prefill's
+  /// work on small models) is skipped.
+  bool lastTokenLogitsOnly = false;
+};
+
 /// DeepSeek-V3 in FP32 on the CPU. Weights are read once, at construction,
-/// by their checkpoint names and kept as FP32. Not thread-safe: one forward
-/// at a time (each forward uses the model's own thread pool).
+/// by their checkpoint names and kept as FP32, and shared by every sequence.
+/// The model has one built-in sequence, used by the overloads without a
+/// CpuSequence argument. Forward calls are serialized by a mutex inside the
+/// model (each one uses the whole thread pool), so they may come from
+/// several threads; a sequence must not be reset, moved or destroyed while a
+/// forward uses it, and the accessors of the built-in sequence (cachedTokens,
+/// reset) must not race with a forward on it.
 class CpuModel {
 public:
   /// Validates `config` and loads every weight it implies. Throws
@@ -152,12 +197,15 @@ public:
   const CpuModelOptions &options() const;
   bool hasMtp() const;
 
-  /// Positions held by the main model's KV cache.
+  /// Positions held by the built-in sequence's main KV cache.
   int64_t cachedTokens() const;
-  /// Positions held by the MTP module's KV cache.
+  /// Positions held by the built-in sequence's MTP KV cache.
   int64_t cachedMtpTokens() const;
-  /// Empties both KV caches.
+  /// Empties both KV caches of the built-in sequence.
   void reset();
+
+  /// A new, empty sequence over this model's weights.
+  CpuSequence newSequence() const;
 
   /// Runs `tokens` at positions startPosition, startPosition + 1, ... and
   /// returns their logits (tokens x vocab_size). The cache is first cut to
@@ -190,7 +238,39 @@ public:
                                   int64_t startPosition,
                                   int32_t followingToken);
 
+  /// The functions above on `sequence` instead of the built-in one. Throws
+  /// kiln::Error if `sequence` was made by another model.
+  std::vector<float> forward(CpuSequence &sequence,
+                             const std::vector<int32_t> &tokens,
+                             int64_t startPosition);
+  ForwardResult forwardWithHiddenStates(CpuSequence &sequence,
+                                        const std::vector<int32_t> &tokens,
+                                        int64_t startPosition);
+  std::vector<float> forwardMtp(CpuSequence &sequence,
+                                const std::vector<float> &hiddenStates,
+                                const std::vector<int32_t> &nextTokens,
+                                int64_t startPosition);
+  MtpForwardResult forwardWithMtp(CpuSequence &sequence,
+                                  const std::vector<int32_t> &tokens,
+                                  int64_t startPosition,
+                                  int32_t followingToken);
+
+  /// One forward over several sequences (continuous batching): the rows of
+  /// all entries go through every matmul together, so each weight is read
+  /// once per step instead of once per sequence, while attention runs per
+  /// sequence against its own cache. Returns entry i's logits in result[i]
+  /// (its tokens x vocab_size, or 1 x vocab_size with lastTokenLogitsOnly);
+  /// they are bitwise identical to forward(*entry.sequence, ...) alone.
+  /// Every entry is checked before anything runs (distinct sequences of this
+  /// model, tokens and positions as for forward); kiln::Error names the
+  /// entry. On any failure each sequence is left cut to its startPosition.
+  std::vector<std::vector<float>>
+  forwardBatch(const std::vector<CpuBatchEntry> &entries);
+
 private:
+  /// The state behind `sequence`; kiln::Error if it was moved from.
+  static detail::CpuSequenceState &stateOf(CpuSequence &sequence);
+
   struct Impl;
   std::unique_ptr<Impl> impl;
 };

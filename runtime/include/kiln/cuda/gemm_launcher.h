@@ -1,0 +1,150 @@
+//===- kiln/cuda/gemm_launcher.h - FP8 block-scaled GEMM launcher ---------===//
+//
+// Loads a compiled FP8 GEMM kernel (cubin or PTX) and launches it as
+// compiler/docs/gemm-abi.md specifies: two TMA tensor maps for A and B, the
+// 1×128 and 128×128 scales, BF16 out, a persistent grid of
+// min(#SMs, tiles) blocks. The kernel's configuration comes from the
+// manifest the compiler writes beside the cubin (`<name>.json`, format in
+// gemm-abi.md "Kernel manifest").
+//
+// Every driver error is a kiln::cuda::CudaError naming the call, the kernel
+// and the shape. Launches are asynchronous: faults inside the kernel surface
+// at the caller's next synchronization.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_CUDA_GEMM_LAUNCHER_H
+#define KILN_CUDA_GEMM_LAUNCHER_H
+
+#include "kiln/cuda/driver.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace kiln::cuda {
+
+/// How a GEMM kernel is launched (gemm-abi.md "Launch", "Kernel manifest").
+struct GemmKernelConfig {
+  /// The kernel's entry symbol in the module.
+  std::string kernelName;
+  /// Output tile: BLOCK_M rows (64 per consumer warpgroup) × BLOCK_N columns.
+  int blockM = 0;
+  int blockN = 0;
+  /// Depth of the TMA → wgmma shared-memory pipeline.
+  int stages = 0;
+  /// Warpgroups running wgmma; one more warpgroup produces (TMA).
+  int consumerWarpgroups = 0;
+  /// Dynamic shared memory the launch requests; 0 means the ABI's minimum,
+  /// `abiSharedMemoryBytes()`.
+  int sharedMemoryBytes = 0;
+  /// Reference kernels only (runtime/tools/gemm_reference.cu): A and B are
+  /// also passed as plain `const uint8_t *` after K.
+  bool operandPointers = false;
+
+  int threadsPerBlock() const { return 128 * (1 + consumerWarpgroups); }
+  /// `stages * (BLOCK_M + BLOCK_N) * 128` bytes of tiles plus `2 * stages`
+  /// 8-byte mbarriers.
+  int abiSharedMemoryBytes() const;
+  /// `sharedMemoryBytes`, or the ABI minimum when it is 0.
+  int launchSharedMemoryBytes() const;
+  /// Throws kiln::Error naming `origin` and the rule a field breaks.
+  void validate(const std::string &origin) const;
+};
+
+/// Parses a kernel manifest (JSON text); `origin` names it in errors. The
+/// result is validated.
+GemmKernelConfig parseGemmManifest(const std::string &json,
+                                   const std::string &origin);
+/// Reads and parses the manifest file at `path`.
+GemmKernelConfig loadGemmManifest(const std::string &path);
+/// The manifest text of `config` (what the compiler writes).
+std::string toManifestJson(const GemmKernelConfig &config);
+
+/// Device buffers and sizes of one product (gemm-abi.md "Buffers"):
+/// out[M×N] = A[M×K] · B[N×K]ᵀ with scaleA[K/128][M], scaleB[⌈N/128⌉][K/128].
+struct GemmOperands {
+  CUdeviceptr a = 0;      // E4M3, M×K row-major
+  CUdeviceptr b = 0;      // E4M3, N×K row-major
+  CUdeviceptr scaleA = 0; // float, [K/128][M]
+  CUdeviceptr scaleB = 0; // float, [ceil(N/128)][K/128]
+  CUdeviceptr out = 0;    // bf16, M×N row-major
+  int m = 0;
+  int n = 0;
+  int k = 0;
+};
+
+/// "M=.. N=.. K=.." for messages.
+std::string describeShape(const GemmOperands &operands);
+
+/// Throws kiln::Error unless the operands satisfy the ABI: M, N ≥ 1,
+/// K a positive multiple of 128, A and B 16-byte aligned (TMA), scales
+/// 4-byte and out 2-byte aligned, no null pointer.
+void checkGemmOperands(const GemmKernelConfig &config,
+                       const GemmOperands &operands);
+
+/// Output tiles of the persistent schedule: ⌈M/BLOCK_M⌉ · ⌈N/BLOCK_N⌉.
+int64_t gemmTileCount(const GemmKernelConfig &config, int m, int n);
+/// The persistent grid: min(multiprocessors, tiles).
+unsigned gemmGridSize(const GemmKernelConfig &config, int m, int n,
+                      int multiprocessors);
+
+/// Everything a launch passes, prepared once per operand set: encoding the
+/// tensor maps is host work that timed loops should not repeat.
+struct GemmLaunch {
+  CUtensorMap tensorMapA;
+  CUtensorMap tensorMapB;
+  GemmOperands operands;
+  unsigned gridSize = 0;
+};
+
+/// The kernel's resources as the driver reports them.
+struct GemmKernelAttributes {
+  int registersPerThread = 0;
+  int staticSharedBytes = 0;
+  /// Per-thread local memory: nonzero means spills or a stack.
+  int localBytesPerThread = 0;
+  int maxThreadsPerBlock = 0;
+  /// Blocks of this configuration that fit on one multiprocessor.
+  int residentBlocksPerMultiprocessor = 0;
+};
+
+/// A GEMM kernel loaded into the context current on the calling thread.
+/// Use (and destroy) it with that context current.
+class GemmKernel {
+public:
+  /// Loads a cubin (or PTX, JIT-compiled by the driver) from memory, finds
+  /// the kernel, raises its dynamic shared-memory limit and checks that one
+  /// block fits on a multiprocessor. Throws CudaError/kiln::Error naming the
+  /// kernel and what failed.
+  GemmKernel(const void *image, size_t imageBytes, GemmKernelConfig config);
+  ~GemmKernel();
+  GemmKernel(GemmKernel &&other) noexcept;
+  GemmKernel &operator=(GemmKernel &&other) noexcept;
+  GemmKernel(const GemmKernel &) = delete;
+  GemmKernel &operator=(const GemmKernel &) = delete;
+
+  /// Checks the operands and encodes the two tensor maps.
+  GemmLaunch prepare(const GemmOperands &operands) const;
+  /// Enqueues the kernel on `stream` (no synchronization).
+  void launch(const GemmLaunch &prepared, CUstream stream) const;
+  /// prepare + launch.
+  void launch(const GemmOperands &operands, CUstream stream) const;
+
+  const GemmKernelConfig &config() const { return cfg; }
+  const GemmKernelAttributes &attributes() const { return attrs; }
+  int multiprocessorCount() const { return multiprocessors; }
+
+private:
+  void unload();
+
+  GemmKernelConfig cfg;
+  GemmKernelAttributes attrs;
+  CUmodule module = nullptr;
+  CUfunction function = nullptr;
+  int multiprocessors = 0;
+};
+
+} // namespace kiln::cuda
+
+#endif // KILN_CUDA_GEMM_LAUNCHER_H

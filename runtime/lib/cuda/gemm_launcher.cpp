@@ -1,0 +1,416 @@
+//===- gemm_launcher.cpp - FP8 block-scaled GEMM launcher -----------------===//
+//
+// The host side of compiler/docs/gemm-abi.md. Validation happens before any
+// driver call where it can, so that a bad manifest or shape is reported in
+// the ABI's terms rather than as the driver's CUDA_ERROR_INVALID_VALUE.
+//
+//===----------------------------------------------------------------------===//
+
+#include "kiln/cuda/gemm_launcher.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <utility>
+#include <vector>
+
+namespace kiln::cuda {
+
+namespace {
+
+using Json = nlohmann::json;
+
+/// K elements per scale block and per TMA box row (128 bytes of E4M3: the
+/// span of SWIZZLE_128B).
+constexpr int kBlockK = 128;
+constexpr int kAbiVersion = 1;
+constexpr int kMaxThreadsPerBlock = 1024;
+
+std::string kernelContext(const GemmKernelConfig &config) {
+  return "kernel " + config.kernelName;
+}
+
+std::string launchContext(const GemmKernelConfig &config,
+                          const GemmLaunch &launch) {
+  return kernelContext(config) + " (" + describeShape(launch.operands) +
+         "; grid " + std::to_string(launch.gridSize) + " x " +
+         std::to_string(config.threadsPerBlock()) + " threads, " +
+         std::to_string(config.launchSharedMemoryBytes()) +
+         " bytes of dynamic shared memory)";
+}
+
+/// Reads one integer field of a manifest.
+int manifestInt(const Json &manifest, const char *field,
+                const std::string &origin) {
+  auto it = manifest.find(field);
+  if (it == manifest.end())
+    throw Error(origin + ": field \"" + field +
+                "\" is missing; it is required");
+  if (!it->is_number_integer())
+    throw Error(origin + ": field \"" + field + "\" must be an integer, got " +
+                it->dump());
+  int64_t value = it->get<int64_t>();
+  if (value < 0 || value > std::numeric_limits<int>::max())
+    throw Error(origin + ": field \"" + field +
+                "\" is out of range: " + std::to_string(value));
+  return static_cast<int>(value);
+}
+
+/// One 2-D E4M3 operand as gemm-abi.md describes it: dims {K, rows}, row
+/// stride K bytes, box {128, boxRows}, 128-byte swizzle, zero fill outside.
+CUtensorMap encodeOperandMap(CUdeviceptr base, int rows, int k, int boxRows,
+                             const std::string &context) {
+  CUtensorMap map;
+  const cuuint64_t globalDim[2] = {static_cast<cuuint64_t>(k),
+                                   static_cast<cuuint64_t>(rows)};
+  const cuuint64_t globalStrides[1] = {static_cast<cuuint64_t>(k)};
+  const cuuint32_t boxDim[2] = {static_cast<cuuint32_t>(kBlockK),
+                                static_cast<cuuint32_t>(boxRows)};
+  const cuuint32_t elementStrides[2] = {1, 1};
+  KILN_CU(context, cuTensorMapEncodeTiled, &map, CU_TENSOR_MAP_DATA_TYPE_UINT8,
+          2, reinterpret_cast<void *>(static_cast<uintptr_t>(base)), globalDim,
+          globalStrides, boxDim, elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return map;
+}
+
+/// Checks the kernel's parameter list against gemm-abi.md "Buffers" (tmA,
+/// tmB by value, scaleA, scaleB, out, M, N, K; then a, b for reference
+/// kernels): a mismatch would otherwise make the kernel read garbage.
+void checkParameters(CUfunction function, const GemmKernelConfig &config,
+                     const std::string &context) {
+  std::vector<size_t> expected = {
+      sizeof(CUtensorMap), sizeof(CUtensorMap), 8, 8, 8, 4, 4, 4};
+  if (config.operandPointers)
+    expected.insert(expected.end(), {8, 8});
+  std::vector<size_t> actual;
+  // cuFuncGetParamInfo answers CUDA_ERROR_INVALID_VALUE past the last one;
+  // the bound only keeps the message short.
+  for (size_t index = 0; index < 32; ++index) {
+    size_t offset = 0, size = 0;
+    CUresult result =
+        driver().cuFuncGetParamInfo(function, index, &offset, &size);
+    if (result == CUDA_ERROR_INVALID_VALUE)
+      break;
+    check(result, "cuFuncGetParamInfo", context);
+    actual.push_back(size);
+  }
+  if (actual == expected)
+    return;
+  auto list = [](const std::vector<size_t> &sizes) {
+    std::string text;
+    for (size_t size : sizes)
+      text += (text.empty() ? "" : ", ") + std::to_string(size);
+    return "(" + text + ")";
+  };
+  throw Error(context + ": the kernel's parameter sizes are " + list(actual) +
+              "; the ABI needs " + list(expected) +
+              " bytes: tmA, tmB (CUtensorMap by value), scaleA, scaleB, out, "
+              "M, N, K" +
+              (config.operandPointers ? ", a, b (operand_pointers)" : ""));
+}
+
+} // namespace
+
+int GemmKernelConfig::abiSharedMemoryBytes() const {
+  return stages * (blockM + blockN) * kBlockK + 2 * stages * 8;
+}
+
+int GemmKernelConfig::launchSharedMemoryBytes() const {
+  return sharedMemoryBytes > 0 ? sharedMemoryBytes : abiSharedMemoryBytes();
+}
+
+void GemmKernelConfig::validate(const std::string &origin) const {
+  auto fail = [&](const std::string &problem) {
+    throw Error(origin + ": " + problem);
+  };
+  if (kernelName.empty())
+    fail("the kernel name is empty");
+  if (consumerWarpgroups < 1 || threadsPerBlock() > kMaxThreadsPerBlock)
+    fail("consumer_warpgroups must be 1 to " +
+         std::to_string(kMaxThreadsPerBlock / 128 - 1) + ", got " +
+         std::to_string(consumerWarpgroups));
+  if (blockM != 64 * consumerWarpgroups)
+    fail("block_m must be 64 per consumer warpgroup (" +
+         std::to_string(64 * consumerWarpgroups) + "), got " +
+         std::to_string(blockM));
+  if (blockN < 8 || blockN > 256 || blockN % 8 != 0)
+    fail("block_n must be a multiple of 8 from 8 to 256 (wgmma N, TMA box), "
+         "got " +
+         std::to_string(blockN));
+  if (stages < 1 || stages > 64)
+    fail("stages must be 1 to 64, got " + std::to_string(stages));
+  if (sharedMemoryBytes < 0)
+    fail("smem_bytes must not be negative, got " +
+         std::to_string(sharedMemoryBytes));
+  if (sharedMemoryBytes > 0 && sharedMemoryBytes < abiSharedMemoryBytes())
+    fail("smem_bytes " + std::to_string(sharedMemoryBytes) +
+         " is below the ABI's stages * (block_m + block_n) * 128 + "
+         "16 * stages = " +
+         std::to_string(abiSharedMemoryBytes()));
+}
+
+GemmKernelConfig parseGemmManifest(const std::string &json,
+                                   const std::string &origin) {
+  Json manifest;
+  try {
+    manifest = Json::parse(json);
+  } catch (const Json::parse_error &error) {
+    throw Error(origin + ": not valid JSON (" + error.what() + ")");
+  }
+  if (!manifest.is_object())
+    throw Error(origin + ": expected a JSON object, got " + manifest.dump());
+
+  if (auto version = manifest.find("abi_version"); version != manifest.end())
+    if (!version->is_number_integer() || version->get<int64_t>() != kAbiVersion)
+      throw Error(origin + ": abi_version " + version->dump() +
+                  " is not supported; this launcher implements version " +
+                  std::to_string(kAbiVersion));
+
+  GemmKernelConfig config;
+  auto kernel = manifest.find("kernel");
+  if (kernel == manifest.end() || !kernel->is_string())
+    throw Error(origin + ": field \"kernel\" must be the kernel's symbol name "
+                         "(a string)");
+  config.kernelName = kernel->get<std::string>();
+  config.blockM = manifestInt(manifest, "block_m", origin);
+  config.blockN = manifestInt(manifest, "block_n", origin);
+  config.stages = manifestInt(manifest, "stages", origin);
+  config.consumerWarpgroups =
+      manifestInt(manifest, "consumer_warpgroups", origin);
+  // Informational keys the compiler adds are not needed to launch, but one
+  // that contradicts the configuration means the manifest is stale.
+  if (auto threads = manifest.find("threads"); threads != manifest.end())
+    if (!threads->is_number_integer() ||
+        threads->get<int64_t>() != config.threadsPerBlock())
+      throw Error(origin + ": field \"threads\" is " + threads->dump() +
+                  " but consumer_warpgroups " +
+                  std::to_string(config.consumerWarpgroups) + " means " +
+                  std::to_string(config.threadsPerBlock()));
+  if (manifest.contains("smem_bytes"))
+    config.sharedMemoryBytes = manifestInt(manifest, "smem_bytes", origin);
+  if (auto pointers = manifest.find("operand_pointers");
+      pointers != manifest.end()) {
+    if (!pointers->is_boolean())
+      throw Error(origin +
+                  ": field \"operand_pointers\" must be true or false");
+    config.operandPointers = pointers->get<bool>();
+  }
+  config.validate(origin);
+  return config;
+}
+
+GemmKernelConfig loadGemmManifest(const std::string &path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file)
+    throw Error(path + ": cannot open the kernel manifest");
+  std::stringstream text;
+  text << file.rdbuf();
+  return parseGemmManifest(text.str(), path);
+}
+
+std::string toManifestJson(const GemmKernelConfig &config) {
+  Json manifest = {{"abi_version", kAbiVersion},
+                   {"kernel", config.kernelName},
+                   {"block_m", config.blockM},
+                   {"block_n", config.blockN},
+                   {"stages", config.stages},
+                   {"consumer_warpgroups", config.consumerWarpgroups},
+                   {"smem_bytes", config.launchSharedMemoryBytes()}};
+  if (config.operandPointers)
+    manifest["operand_pointers"] = true;
+  return manifest.dump(2) + "\n";
+}
+
+std::string describeShape(const GemmOperands &operands) {
+  return "M=" + std::to_string(operands.m) +
+         " N=" + std::to_string(operands.n) +
+         " K=" + std::to_string(operands.k);
+}
+
+void checkGemmOperands(const GemmKernelConfig &config,
+                       const GemmOperands &operands) {
+  std::string where =
+      kernelContext(config) + " (" + describeShape(operands) + "): ";
+  if (operands.m < 1 || operands.n < 1)
+    throw Error(where + "M and N must be at least 1");
+  if (operands.k < kBlockK || operands.k % kBlockK != 0)
+    throw Error(where + "K must be a positive multiple of 128");
+  const std::pair<const char *, CUdeviceptr> buffers[] = {
+      {"A", operands.a},
+      {"B", operands.b},
+      {"scaleA", operands.scaleA},
+      {"scaleB", operands.scaleB},
+      {"out", operands.out}};
+  for (const auto &[name, pointer] : buffers)
+    if (pointer == 0)
+      throw Error(where + name + " is a null pointer");
+  // TMA reads A and B from 16-byte aligned addresses only.
+  if (operands.a % 16 != 0 || operands.b % 16 != 0)
+    throw Error(where + "A and B must be 16-byte aligned for TMA");
+  if (operands.scaleA % 4 != 0 || operands.scaleB % 4 != 0)
+    throw Error(where + "scaleA and scaleB must be 4-byte aligned");
+  if (operands.out % 2 != 0)
+    throw Error(where + "out must be 2-byte aligned");
+}
+
+int64_t gemmTileCount(const GemmKernelConfig &config, int m, int n) {
+  int64_t tilesM = (int64_t(m) + config.blockM - 1) / config.blockM;
+  int64_t tilesN = (int64_t(n) + config.blockN - 1) / config.blockN;
+  return tilesM * tilesN;
+}
+
+unsigned gemmGridSize(const GemmKernelConfig &config, int m, int n,
+                      int multiprocessors) {
+  return static_cast<unsigned>(
+      std::min<int64_t>(multiprocessors, gemmTileCount(config, m, n)));
+}
+
+GemmKernel::GemmKernel(const void *image, size_t imageBytes,
+                       GemmKernelConfig config)
+    : cfg(std::move(config)) {
+  cfg.validate(kernelContext(cfg));
+  std::string context = kernelContext(cfg);
+
+  // PTX images are compiled by the driver; its log says why one fails.
+  std::vector<char> errorLog(8192, '\0');
+  CUjit_option options[] = {CU_JIT_ERROR_LOG_BUFFER,
+                            CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES};
+  void *optionValues[] = {
+      errorLog.data(),
+      reinterpret_cast<void *>(static_cast<uintptr_t>(errorLog.size() - 1))};
+  if (!image || imageBytes == 0)
+    throw Error(context + ": the module image is empty");
+  CUresult loaded =
+      driver().cuModuleLoadDataEx(&module, image, 2, options, optionValues);
+  if (loaded != CUDA_SUCCESS) {
+    module = nullptr;
+    std::string log(errorLog.data());
+    check(loaded, "cuModuleLoadDataEx",
+          context + " (module image of " + std::to_string(imageBytes) +
+              " bytes" + (log.empty() ? "" : "; JIT log: " + log) + ")");
+  }
+
+  try {
+    KILN_CU(context, cuModuleGetFunction, &function, module,
+            cfg.kernelName.c_str());
+    checkParameters(function, cfg, context);
+
+    CUdevice device = 0;
+    KILN_CU(context, cuCtxGetDevice, &device);
+    int sharedOptIn = 0;
+    KILN_CU(context, cuDeviceGetAttribute, &multiprocessors,
+            CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, device);
+    KILN_CU(context, cuDeviceGetAttribute, &sharedOptIn,
+            CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, device);
+    KILN_CU(context, cuFuncGetAttribute, &attrs.registersPerThread,
+            CU_FUNC_ATTRIBUTE_NUM_REGS, function);
+    KILN_CU(context, cuFuncGetAttribute, &attrs.staticSharedBytes,
+            CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, function);
+    KILN_CU(context, cuFuncGetAttribute, &attrs.localBytesPerThread,
+            CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES, function);
+    KILN_CU(context, cuFuncGetAttribute, &attrs.maxThreadsPerBlock,
+            CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, function);
+
+    if (attrs.maxThreadsPerBlock < cfg.threadsPerBlock())
+      throw Error(context + ": the configuration needs " +
+                  std::to_string(cfg.threadsPerBlock()) +
+                  " threads per block, the kernel allows at most " +
+                  std::to_string(attrs.maxThreadsPerBlock) +
+                  " (its maxntid / __launch_bounds__, or its registers)");
+    int dynamicShared = cfg.launchSharedMemoryBytes();
+    if (attrs.staticSharedBytes + dynamicShared > sharedOptIn)
+      throw Error(context + ": " + std::to_string(dynamicShared) +
+                  " bytes of dynamic plus " +
+                  std::to_string(attrs.staticSharedBytes) +
+                  " of static shared memory exceed the device's " +
+                  std::to_string(sharedOptIn) + " per block");
+    KILN_CU(context, cuFuncSetAttribute, function,
+            CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, dynamicShared);
+    KILN_CU(context, cuOccupancyMaxActiveBlocksPerMultiprocessor,
+            &attrs.residentBlocksPerMultiprocessor, function,
+            cfg.threadsPerBlock(), static_cast<size_t>(dynamicShared));
+    if (attrs.residentBlocksPerMultiprocessor < 1)
+      throw Error(context + ": one block does not fit on a multiprocessor (" +
+                  std::to_string(cfg.threadsPerBlock()) + " threads x " +
+                  std::to_string(attrs.registersPerThread) + " registers, " +
+                  std::to_string(dynamicShared) +
+                  " bytes of dynamic shared memory)");
+  } catch (...) {
+    unload();
+    throw;
+  }
+}
+
+GemmKernel::~GemmKernel() { unload(); }
+
+void GemmKernel::unload() {
+  // Unloading can only fail on a lost context, which leaves nothing to free.
+  if (module)
+    driver().cuModuleUnload(module);
+  module = nullptr;
+  function = nullptr;
+}
+
+GemmKernel::GemmKernel(GemmKernel &&other) noexcept
+    : cfg(std::move(other.cfg)), attrs(other.attrs),
+      module(std::exchange(other.module, nullptr)),
+      function(std::exchange(other.function, nullptr)),
+      multiprocessors(other.multiprocessors) {}
+
+GemmKernel &GemmKernel::operator=(GemmKernel &&other) noexcept {
+  if (this != &other) {
+    unload();
+    cfg = std::move(other.cfg);
+    attrs = other.attrs;
+    module = std::exchange(other.module, nullptr);
+    function = std::exchange(other.function, nullptr);
+    multiprocessors = other.multiprocessors;
+  }
+  return *this;
+}
+
+GemmLaunch GemmKernel::prepare(const GemmOperands &operands) const {
+  checkGemmOperands(cfg, operands);
+  std::string context =
+      kernelContext(cfg) + " (" + describeShape(operands) + ")";
+  GemmLaunch launch;
+  launch.tensorMapA = encodeOperandMap(operands.a, operands.m, operands.k,
+                                       cfg.blockM, context + ", tensor map A");
+  launch.tensorMapB = encodeOperandMap(operands.b, operands.n, operands.k,
+                                       cfg.blockN, context + ", tensor map B");
+  launch.operands = operands;
+  launch.gridSize = gemmGridSize(cfg, operands.m, operands.n, multiprocessors);
+  return launch;
+}
+
+void GemmKernel::launch(const GemmLaunch &prepared, CUstream stream) const {
+  if (!function)
+    throw Error(kernelContext(cfg) + ": launched after being moved from");
+  // cuLaunchKernel reads as many parameters as the kernel declares (checked
+  // against the ABI at load), so the trailing A and B pointers reach only the
+  // reference kernels that take them.
+  CUtensorMap tensorMapA = prepared.tensorMapA;
+  CUtensorMap tensorMapB = prepared.tensorMapB;
+  GemmOperands operands = prepared.operands;
+  void *parameters[] = {&tensorMapA,      &tensorMapB,   &operands.scaleA,
+                        &operands.scaleB, &operands.out, &operands.m,
+                        &operands.n,      &operands.k,   &operands.a,
+                        &operands.b};
+  CUresult result = driver().cuLaunchKernel(
+      function, prepared.gridSize, 1, 1, cfg.threadsPerBlock(), 1, 1,
+      cfg.launchSharedMemoryBytes(), stream, parameters, nullptr);
+  // The message is built only on failure: timed loops launch back to back.
+  if (result != CUDA_SUCCESS)
+    check(result, "cuLaunchKernel", launchContext(cfg, prepared));
+}
+
+void GemmKernel::launch(const GemmOperands &operands, CUstream stream) const {
+  launch(prepare(operands), stream);
+}
+
+} // namespace kiln::cuda

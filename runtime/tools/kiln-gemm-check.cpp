@@ -1,0 +1,968 @@
+//===- kiln-gemm-check.cpp - check and time an FP8 block-scaled GEMM ------===//
+//
+// Loads a compiled GEMM kernel (cubin + manifest, compiler/docs/gemm-abi.md)
+// and, for each shape: draws fresh random E4M3 inputs and positive scales,
+// poisons the output (and a guard region past it) with a NaN pattern,
+// launches through kiln::cuda::GemmKernel, and checks every element against
+// the FP64 product of the dequantized operands: nothing left unwritten, no
+// NaN/Inf, nothing written past the end, ‖out − ref‖ / ‖ref‖ ≤ 5e-3, and the
+// same bits when launched again. Then it times the kernel: warm-up, then the
+// median of per-launch CUDA-event times over ≥ 50 launches rotating among
+// enough input sets that small shapes do not run out of L2. The HBM
+// bandwidth is measured once (a large device-to-device copy) to express
+// small-M shapes, which are memory-bound, as a fraction of it.
+//
+// Exit status: 0 all shapes right, 1 a wrong result or a failed launch,
+// 2 bad usage or setup (no GPU, unreadable cubin or manifest), 3 a launch
+// that did not finish in time (hung kernel; the process exits at once).
+//
+//===----------------------------------------------------------------------===//
+
+#include "gemm_reference.h"
+
+#include "kiln/cuda/driver.h"
+#include "kiln/cuda/gemm_launcher.h"
+#include "kiln/error.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace {
+
+using namespace kiln;
+using namespace kiln::cuda;
+namespace reference = kiln::gemm_reference;
+using Json = nlohmann::json;
+
+constexpr double kTolerance = 5e-3;
+/// Scale magnitudes: dequantized A ~ N(0, 0.8), B ~ N(0, 0.1) (weights).
+constexpr float kScaleBaseA = 1.0f / 128;
+constexpr float kScaleBaseB = 1.0f / 1024;
+
+const char *const kUsage =
+    R"(usage: kiln-gemm-check [options] KERNEL.cubin [MANIFEST.json]
+
+Checks and times an FP8 block-scaled GEMM kernel (compiler/docs/gemm-abi.md).
+The manifest defaults to KERNEL.json beside the cubin; the options below
+override its fields (or replace it when all of them are given).
+
+  --shapes LIST          MxNxK[,MxNxK...] (default: the 18 DeepSeek-V3 shapes,
+                         M in 1,7,300,1000 on 2112x7168, and 300x129x1024)
+  --runs N               timed launches per shape, median reported (50)
+  --warmup N             untimed launches first (10)
+  --no-time              check only (also skips the HBM measurement)
+  --seed N               base seed of the random inputs (default: random)
+  --device N             CUDA device ordinal (0)
+  --timeout-s S          give up on a launch after S seconds (60)
+  --label NAME           name in the table and JSON (default: kernel name)
+  --json PATH            write the results as JSON
+  --kernel NAME  --block-m N  --block-n N  --stages N
+  --consumer-warpgroups N  --smem-bytes N  --operand-pointers
+)";
+
+struct Shape {
+  int m = 0, n = 0, k = 0;
+  std::string text() const {
+    return std::to_string(m) + "x" + std::to_string(n) + "x" +
+           std::to_string(k);
+  }
+};
+
+/// The DeepSeek-V3 projections (N×K) at decode (M = 64, 128) and prefill
+/// (M = 4096) batch sizes; ragged M on one of them; and an odd N whose rows
+/// are not even 4-byte aligned. Keep in sync with bench/gemm_cublas.py.
+std::vector<Shape> defaultShapes() {
+  const int nk[][2] = {{2112, 7168},  {24576, 1536}, {32768, 512},
+                       {7168, 16384}, {4096, 7168},  {7168, 2048}};
+  std::vector<Shape> shapes;
+  for (auto [n, k] : nk)
+    for (int m : {64, 128, 4096})
+      shapes.push_back({m, n, k});
+  for (int m : {1, 7, 300, 1000})
+    shapes.push_back({m, 2112, 7168});
+  shapes.push_back({300, 129, 1024});
+  return shapes;
+}
+
+struct Options {
+  std::string cubinPath;
+  std::string manifestPath;
+  std::string label;
+  std::string jsonPath;
+  std::vector<Shape> shapes = defaultShapes();
+  int runs = 50;
+  int warmup = 10;
+  int device = 0;
+  bool time = true;
+  double timeoutSeconds = 60;
+  std::optional<uint64_t> seed;
+  // Manifest overrides.
+  std::optional<std::string> kernelName;
+  std::optional<int> blockM, blockN, stages, consumerWarpgroups, smemBytes;
+  bool operandPointers = false;
+};
+
+[[noreturn]] void usageError(const std::string &message) {
+  std::fprintf(stderr, "kiln-gemm-check: %s\n\n%s", message.c_str(), kUsage);
+  std::exit(2);
+}
+
+long parseInteger(const std::string &option, const std::string &text, long low,
+                  long high) {
+  char *end = nullptr;
+  errno = 0;
+  long value = std::strtol(text.c_str(), &end, 0);
+  if (text.empty() || *end != '\0' || errno != 0 || value < low || value > high)
+    usageError(option + " needs an integer from " + std::to_string(low) +
+               " to " + std::to_string(high) + ", got \"" + text + "\"");
+  return value;
+}
+
+std::vector<Shape> parseShapes(const std::string &list) {
+  std::vector<Shape> shapes;
+  std::stringstream stream(list);
+  std::string item;
+  while (std::getline(stream, item, ',')) {
+    Shape shape;
+    char x1 = 0, x2 = 0;
+    std::istringstream parse(item);
+    std::string rest;
+    if (!(parse >> shape.m >> x1 >> shape.n >> x2 >> shape.k) || x1 != 'x' ||
+        x2 != 'x' || (parse >> rest))
+      usageError("--shapes: \"" + item + "\" is not MxNxK");
+    if (shape.m < 1 || shape.n < 1 || shape.k < 128 || shape.k % 128 != 0)
+      usageError("--shapes: " + item +
+                 ": M, N must be >= 1 and K a positive multiple of 128");
+    shapes.push_back(shape);
+  }
+  if (shapes.empty())
+    usageError("--shapes: no shape given");
+  return shapes;
+}
+
+Options parseOptions(int argc, char **argv) {
+  Options options;
+  std::vector<std::string> positional;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc)
+        usageError(arg + " needs a value");
+      return argv[++i];
+    };
+    auto integer = [&](long low, long high) {
+      return static_cast<int>(parseInteger(arg, value(), low, high));
+    };
+    if (arg == "-h" || arg == "--help") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    } else if (arg == "--shapes") {
+      options.shapes = parseShapes(value());
+    } else if (arg == "--runs") {
+      options.runs = integer(1, 100000);
+    } else if (arg == "--warmup") {
+      options.warmup = integer(0, 100000);
+    } else if (arg == "--no-time") {
+      options.time = false;
+    } else if (arg == "--seed") {
+      std::string text = value();
+      char *end = nullptr;
+      options.seed = std::strtoull(text.c_str(), &end, 0);
+      if (text.empty() || *end != '\0')
+        usageError("--seed needs an integer, got \"" + text + "\"");
+    } else if (arg == "--device") {
+      options.device = integer(0, 1023);
+    } else if (arg == "--timeout-s") {
+      options.timeoutSeconds = integer(1, 86400);
+    } else if (arg == "--label") {
+      options.label = value();
+    } else if (arg == "--json") {
+      options.jsonPath = value();
+    } else if (arg == "--kernel") {
+      options.kernelName = value();
+    } else if (arg == "--block-m") {
+      options.blockM = integer(1, 1024);
+    } else if (arg == "--block-n") {
+      options.blockN = integer(1, 1024);
+    } else if (arg == "--stages") {
+      options.stages = integer(1, 64);
+    } else if (arg == "--consumer-warpgroups") {
+      options.consumerWarpgroups = integer(1, 7);
+    } else if (arg == "--smem-bytes") {
+      options.smemBytes = integer(0, 1 << 30);
+    } else if (arg == "--operand-pointers") {
+      options.operandPointers = true;
+    } else if (arg.size() > 1 && arg[0] == '-') {
+      usageError("unknown option " + arg);
+    } else {
+      positional.push_back(arg);
+    }
+  }
+  if (positional.empty() || positional.size() > 2)
+    usageError("expected KERNEL.cubin and optionally MANIFEST.json");
+  options.cubinPath = positional[0];
+  if (positional.size() == 2) {
+    options.manifestPath = positional[1];
+  } else {
+    std::string base = options.cubinPath;
+    if (base.size() > 6 && base.compare(base.size() - 6, 6, ".cubin") == 0)
+      base.resize(base.size() - 6);
+    options.manifestPath = base + ".json";
+  }
+  return options;
+}
+
+/// The manifest (if present) with the command line's overrides applied.
+GemmKernelConfig kernelConfig(const Options &options) {
+  bool allGiven = options.kernelName && options.blockM && options.blockN &&
+                  options.stages && options.consumerWarpgroups;
+  GemmKernelConfig config;
+  if (!allGiven || std::ifstream(options.manifestPath).good())
+    config = loadGemmManifest(options.manifestPath);
+  if (options.kernelName)
+    config.kernelName = *options.kernelName;
+  if (options.blockM)
+    config.blockM = *options.blockM;
+  if (options.blockN)
+    config.blockN = *options.blockN;
+  if (options.stages)
+    config.stages = *options.stages;
+  if (options.consumerWarpgroups)
+    config.consumerWarpgroups = *options.consumerWarpgroups;
+  if (options.smemBytes)
+    config.sharedMemoryBytes = *options.smemBytes;
+  if (options.operandPointers)
+    config.operandPointers = true;
+  config.validate("kernel configuration (" + options.manifestPath +
+                  " and the command line)");
+  return config;
+}
+
+std::string readFile(const std::string &path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file)
+    throw Error(path + ": cannot open");
+  std::stringstream bytes;
+  bytes << file.rdbuf();
+  return bytes.str();
+}
+
+uint64_t splitmix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+std::string format(const char *pattern, double value) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof(buffer), pattern, value);
+  return buffer;
+}
+
+//===----------------------------------------------------------------------===//
+// CUDA helpers
+//===----------------------------------------------------------------------===//
+
+class Event {
+public:
+  explicit Event(unsigned flags = CU_EVENT_DEFAULT) {
+    KILN_CU("a CUDA event", cuEventCreate, &event, flags);
+  }
+  ~Event() {
+    if (event)
+      driver().cuEventDestroy(event);
+  }
+  Event(Event &&other) noexcept : event(std::exchange(other.event, nullptr)) {}
+  Event(const Event &) = delete;
+  Event &operator=(const Event &) = delete;
+  CUevent get() const { return event; }
+
+private:
+  CUevent event = nullptr;
+};
+
+class Stream {
+public:
+  Stream() { KILN_CU("a CUDA stream", cuStreamCreate, &stream, 0); }
+  ~Stream() { driver().cuStreamDestroy(stream); }
+  Stream(const Stream &) = delete;
+  Stream &operator=(const Stream &) = delete;
+  CUstream get() const { return stream; }
+
+private:
+  CUstream stream = nullptr;
+};
+
+/// Waits for everything enqueued on `stream` so far, polling, so that a hung
+/// kernel ends the process with a message instead of stalling it (and the
+/// device session) until an outer timeout: a deadlocked kernel cannot be
+/// stopped from the host, only its context torn down at exit.
+void waitFor(CUstream stream, double timeoutSeconds, const std::string &what) {
+  Event done(CU_EVENT_DISABLE_TIMING);
+  KILN_CU(what, cuEventRecord, done.get(), stream);
+  auto deadline = std::chrono::steady_clock::now() +
+                  std::chrono::duration<double>(timeoutSeconds);
+  while (true) {
+    CUresult result = driver().cuEventQuery(done.get());
+    if (result == CUDA_SUCCESS)
+      return;
+    if (result != CUDA_ERROR_NOT_READY)
+      check(result, "cuEventQuery", "waiting for " + what);
+    if (std::chrono::steady_clock::now() > deadline) {
+      std::fprintf(stderr,
+                   "kiln-gemm-check: %s did not finish within %.0f s: the "
+                   "kernel hangs (an mbarrier never completes?) or is far "
+                   "too slow; exiting\n",
+                   what.c_str(), timeoutSeconds);
+      std::fflush(stdout);
+      std::fflush(stderr);
+      std::_Exit(3);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+}
+
+/// The checking kernels of the embedded reference cubin.
+class CheckKernels {
+public:
+  CheckKernels() {
+    std::string_view image = reference::cubin();
+    KILN_CU("the embedded checking kernels", cuModuleLoadDataEx, &module,
+            image.data(), 0, nullptr, nullptr);
+    for (auto [function, name] :
+         {std::pair{&fillE4M3, reference::kFillE4M3},
+          std::pair{&fillScales, reference::kFillScales},
+          std::pair{&referenceF64, reference::kReferenceF64},
+          std::pair{&countNotEqual, reference::kCountNotEqual},
+          std::pair{&countMismatches, reference::kCountMismatches},
+          std::pair{&spin, reference::kSpin}})
+      KILN_CU(std::string("checking kernel ") + name, cuModuleGetFunction,
+              function, module, name);
+  }
+  ~CheckKernels() { driver().cuModuleUnload(module); }
+  CheckKernels(const CheckKernels &) = delete;
+  CheckKernels &operator=(const CheckKernels &) = delete;
+
+  void fillValues(CUdeviceptr values, unsigned long long count, uint64_t seed,
+                  CUstream stream) const {
+    unsigned long long seedArg = seed;
+    void *args[] = {&values, &count, &seedArg};
+    launch(fillE4M3, reference::kFillE4M3, 1024, 1, 256, 0, stream, args);
+  }
+
+  void fillPositiveScales(CUdeviceptr scales, unsigned long long count,
+                          uint64_t seed, float base, CUstream stream) const {
+    unsigned long long seedArg = seed;
+    void *args[] = {&scales, &count, &seedArg, &base};
+    launch(fillScales, reference::kFillScales, 256, 1, 256, 0, stream, args);
+  }
+
+  void compareWithReference(const GemmOperands &operands, CUdeviceptr stats,
+                            CUstream stream) const {
+    CUdeviceptr a = operands.a, b = operands.b, scaleA = operands.scaleA,
+                scaleB = operands.scaleB, out = operands.out;
+    int m = operands.m, n = operands.n, k = operands.k;
+    void *args[] = {&a, &b, &scaleA, &scaleB, &out, &m, &n, &k, &stats};
+    const unsigned tile = reference::kCheckTile;
+    launch(referenceF64, reference::kReferenceF64, (n + tile - 1) / tile,
+           (m + tile - 1) / tile, 256, 0, stream, args);
+  }
+
+  void countDiffering(CUdeviceptr values, unsigned long long count,
+                      uint16_t expected, CUdeviceptr counter,
+                      CUstream stream) const {
+    unsigned short expectedArg = expected;
+    void *args[] = {&values, &count, &expectedArg, &counter};
+    launch(countNotEqual, reference::kCountNotEqual, 512, 1, 256, 0, stream,
+           args);
+  }
+
+  void countMismatching(CUdeviceptr x, CUdeviceptr y, unsigned long long count,
+                        CUdeviceptr counter, CUstream stream) const {
+    void *args[] = {&x, &y, &count, &counter};
+    launch(countMismatches, reference::kCountMismatches, 512, 1, 256, 0, stream,
+           args);
+  }
+
+  void busyWait(unsigned long long nanoseconds, CUstream stream) const {
+    void *args[] = {&nanoseconds};
+    launch(spin, reference::kSpin, 1, 1, 1, 0, stream, args);
+  }
+
+private:
+  static void launch(CUfunction function, const char *name, unsigned gridX,
+                     unsigned gridY, unsigned threads, unsigned shared,
+                     CUstream stream, void **args) {
+    KILN_CU(std::string("checking kernel ") + name, cuLaunchKernel, function,
+            gridX, gridY, 1, threads, 1, 1, shared, stream, args, nullptr);
+  }
+
+  CUmodule module = nullptr;
+  CUfunction fillE4M3 = nullptr, fillScales = nullptr, referenceF64 = nullptr,
+             countNotEqual = nullptr, countMismatches = nullptr, spin = nullptr;
+};
+
+template <typename T>
+T copyToHost(CUdeviceptr source, const std::string &what) {
+  T value;
+  KILN_CU(what, cuMemcpyDtoH, &value, source, sizeof(T));
+  return value;
+}
+
+template <typename T>
+std::vector<T> copyToHost(CUdeviceptr source, size_t count,
+                          const std::string &what) {
+  std::vector<T> values(count);
+  KILN_CU(what, cuMemcpyDtoH, values.data(), source, count * sizeof(T));
+  return values;
+}
+
+//===----------------------------------------------------------------------===//
+// One shape
+//===----------------------------------------------------------------------===//
+
+struct DeviceInfo {
+  std::string name;
+  int multiprocessors = 0;
+  int l2Bytes = 0;
+  double hbmGBps = 0; // measured; 0 when not measured
+};
+
+struct ShapeResult {
+  Shape shape;
+  std::string status = "ERROR"; // ok, WRONG, ERROR
+  std::string detail;
+  double relativeError = NAN;
+  double medianUs = NAN, minUs = NAN, maxUs = NAN;
+  int sets = 0;
+
+  double flops() const { return 2.0 * shape.m * shape.n * double(shape.k); }
+  /// A + B + scales + out, each moved once.
+  double bytes() const {
+    double blocksK = shape.k / 128.0;
+    return double(shape.m) * shape.k + double(shape.n) * shape.k +
+           4.0 * (shape.m * blocksK + std::ceil(shape.n / 128.0) * blocksK) +
+           2.0 * shape.m * shape.n;
+  }
+};
+
+/// One input/output set in device memory.
+struct OperandSet {
+  DeviceBuffer a, b, scaleA, scaleB, out;
+  GemmOperands operands;
+};
+
+/// E4M3FN and BF16 from their bit fields (the tool links no runtime library,
+/// so that it runs on the GPU machine as one file).
+double decodeE4M3(uint8_t bits) {
+  int exponent = (bits >> 3) & 0xF, mantissa = bits & 7;
+  if (exponent == 0xF && mantissa == 7)
+    return NAN;
+  double magnitude = exponent == 0 ? std::ldexp(mantissa, -9)
+                                   : std::ldexp(8 + mantissa, exponent - 10);
+  return (bits & 0x80) ? -magnitude : magnitude;
+}
+
+float decodeBF16(uint16_t bits) {
+  uint32_t word = uint32_t(bits) << 16;
+  float value;
+  std::memcpy(&value, &word, sizeof(value));
+  return value;
+}
+
+/// The product of row `row` of A and row `col` of B from the host, in FP64:
+/// the reference value quoted for the worst element.
+double hostReference(const OperandSet &set, int row, int col) {
+  const GemmOperands &op = set.operands;
+  const int blocksK = op.k / 128;
+  auto a = copyToHost<uint8_t>(op.a + size_t(row) * op.k, op.k, "row of A");
+  auto b = copyToHost<uint8_t>(op.b + size_t(col) * op.k, op.k, "row of B");
+  auto scaleA = copyToHost<float>(op.scaleA, size_t(blocksK) * op.m, "scaleA");
+  auto scaleB =
+      copyToHost<float>(op.scaleB + size_t(col / 128) * blocksK * sizeof(float),
+                        blocksK, "scaleB");
+  double sum = 0;
+  for (int k = 0; k < op.k; ++k)
+    sum += decodeE4M3(a[k]) * scaleA[size_t(k / 128) * op.m + row] *
+           decodeE4M3(b[k]) * scaleB[k / 128];
+  return sum;
+}
+
+std::string position(unsigned long long index, int n) {
+  return "(row " + std::to_string(index / n) + ", col " +
+         std::to_string(index % n) + ")";
+}
+
+class ShapeRunner {
+public:
+  ShapeRunner(const GemmKernel &kernel, const CheckKernels &check,
+              const Options &options, const DeviceInfo &device, CUstream stream)
+      : kernel(kernel), check(check), options(options), device(device),
+        stream(stream) {}
+
+  ShapeResult run(const Shape &shape, uint64_t seed) const;
+
+private:
+  /// Poisons out and its guard, launches once, waits.
+  void poisonAndLaunch(const OperandSet &set, const std::string &what) const;
+  /// Guard elements no longer holding the poison.
+  unsigned long long guardWrites(const OperandSet &set, size_t outElements,
+                                 size_t guardElements,
+                                 const DeviceBuffer &counter) const;
+  void time(const std::vector<OperandSet> &sets, ShapeResult &result) const;
+
+  const GemmKernel &kernel;
+  const CheckKernels &check;
+  const Options &options;
+  const DeviceInfo &device;
+  CUstream stream;
+};
+
+void ShapeRunner::poisonAndLaunch(const OperandSet &set,
+                                  const std::string &what) const {
+  KILN_CU(what, cuMemsetD16Async, set.out.get(), reference::kPoisonBF16,
+          set.out.size() / 2, stream);
+  kernel.launch(set.operands, stream);
+  waitFor(stream, options.timeoutSeconds, what);
+}
+
+unsigned long long ShapeRunner::guardWrites(const OperandSet &set,
+                                            size_t outElements,
+                                            size_t guardElements,
+                                            const DeviceBuffer &counter) const {
+  KILN_CU("guard check", cuMemsetD8Async, counter.get(), 0, counter.size(),
+          stream);
+  check.countDiffering(set.out.get() + outElements * 2, guardElements,
+                       reference::kPoisonBF16, counter.get(), stream);
+  waitFor(stream, options.timeoutSeconds, "guard check");
+  return copyToHost<unsigned long long>(counter.get(), "guard count");
+}
+
+ShapeResult ShapeRunner::run(const Shape &shape, uint64_t seed) const {
+  ShapeResult result;
+  result.shape = shape;
+  const GemmKernelConfig &config = kernel.config();
+  const size_t m = shape.m, n = shape.n, k = shape.k, blocksK = k / 128;
+  if (m * n >= (1ULL << 32))
+    throw Error("shape " + shape.text() +
+                ": the checker needs M*N < 2^32 elements");
+  const size_t outElements = m * n;
+  // A kernel that writes rows >= M lands here: up to a tile's worth.
+  const size_t guardElements = size_t(config.blockM) * n + config.blockN;
+  const size_t bytesA = m * k, bytesB = n * k;
+  const size_t bytesScaleA = 4 * blocksK * m;
+  const size_t bytesScaleB = 4 * ((n + 127) / 128) * blocksK;
+  const size_t bytesOut = 2 * (outElements + guardElements);
+  const size_t setBytes =
+      bytesA + bytesB + bytesScaleA + bytesScaleB + bytesOut;
+
+  // Enough sets that one pass over them is 4x the L2: each launch then
+  // reads its operands from HBM, as in a real layer. At least 2.
+  int sets = 1;
+  if (options.time) {
+    size_t wanted = (4 * size_t(device.l2Bytes) + setBytes - 1) / setBytes;
+    size_t freeBytes = 0, totalBytes = 0;
+    KILN_CU("memory info", cuMemGetInfo, &freeBytes, &totalBytes);
+    size_t affordable = freeBytes / 2 / setBytes;
+    sets = int(std::clamp<size_t>(std::min(wanted, affordable), 2, 64));
+  }
+  result.sets = sets;
+
+  std::vector<OperandSet> operandSets;
+  for (int s = 0; s < sets; ++s) {
+    std::string what = shape.text() + " set " + std::to_string(s) + ": ";
+    OperandSet set{DeviceBuffer(bytesA, what + "A"),
+                   DeviceBuffer(bytesB, what + "B"),
+                   DeviceBuffer(bytesScaleA, what + "scaleA"),
+                   DeviceBuffer(bytesScaleB, what + "scaleB"),
+                   DeviceBuffer(bytesOut, what + "out"),
+                   {}};
+    set.operands = {set.a.get(),      set.b.get(),   set.scaleA.get(),
+                    set.scaleB.get(), set.out.get(), shape.m,
+                    shape.n,          shape.k};
+    uint64_t setSeed = splitmix(seed + s);
+    check.fillValues(set.a.get(), bytesA, splitmix(setSeed + 1), stream);
+    check.fillValues(set.b.get(), bytesB, splitmix(setSeed + 2), stream);
+    check.fillPositiveScales(set.scaleA.get(), bytesScaleA / 4,
+                             splitmix(setSeed + 3), kScaleBaseA, stream);
+    check.fillPositiveScales(set.scaleB.get(), bytesScaleB / 4,
+                             splitmix(setSeed + 4), kScaleBaseB, stream);
+    operandSets.push_back(std::move(set));
+  }
+  waitFor(stream, options.timeoutSeconds, shape.text() + ": random inputs");
+
+  // The checked launch on set 0.
+  const OperandSet &checked = operandSets[0];
+  std::string launchWhat =
+      "kernel " + config.kernelName + " (" + shape.text() + ")";
+  poisonAndLaunch(checked, launchWhat);
+
+  DeviceBuffer statsBuffer(sizeof(reference::CheckStats), "check statistics");
+  reference::CheckStats initial{};
+  initial.firstUnwritten = initial.firstNonFinite = ~0ULL;
+  KILN_CU("check statistics", cuMemcpyHtoD, statsBuffer.get(), &initial,
+          sizeof(initial));
+  check.compareWithReference(checked.operands, statsBuffer.get(), stream);
+  waitFor(stream, options.timeoutSeconds, shape.text() + ": FP64 reference");
+  auto stats =
+      copyToHost<reference::CheckStats>(statsBuffer.get(), "check statistics");
+  DeviceBuffer counter(sizeof(unsigned long long), "counter");
+  unsigned long long guard =
+      guardWrites(checked, outElements, guardElements, counter);
+
+  result.relativeError =
+      std::sqrt(stats.sumSquaredError / stats.sumSquaredReference);
+  std::vector<std::string> problems;
+  if (stats.unwritten)
+    problems.push_back(std::to_string(stats.unwritten) +
+                       " elements never written, first at " +
+                       position(stats.firstUnwritten, shape.n));
+  if (stats.nonFinite)
+    problems.push_back(std::to_string(stats.nonFinite) +
+                       " elements NaN or Inf, first at " +
+                       position(stats.firstNonFinite, shape.n));
+  if (guard)
+    problems.push_back(std::to_string(guard) +
+                       " elements written past the end of out (rows >= M)");
+  if (!(result.relativeError <= kTolerance))
+    problems.push_back("relative error " +
+                       format("%.3g", result.relativeError) + " > " +
+                       format("%.0e", kTolerance));
+  if (stats.worstError) {
+    unsigned long long index = stats.worstError & 0xFFFFFFFFULL;
+    uint32_t errorBits = uint32_t(stats.worstError >> 32);
+    float worstError;
+    std::memcpy(&worstError, &errorBits, sizeof(worstError));
+    auto outBits =
+        copyToHost<uint16_t>(checked.out.get() + index * 2, "worst element");
+    double expected = hostReference(checked, int(index / n), int(index % n));
+    double rms = std::sqrt(stats.sumSquaredReference / double(outElements));
+    result.detail = "worst |err| " + format("%.3g", worstError) + " at " +
+                    position(index, shape.n) + ": out " +
+                    format("%.6g", decodeBF16(outBits)) + ", ref " +
+                    format("%.6g", expected) + " (rms of ref " +
+                    format("%.3g", rms) + ")";
+  }
+
+  // Timing, then the same launch again: it must reproduce the checked bits.
+  DeviceBuffer firstOut(outElements * 2, "copy of the checked output");
+  KILN_CU("copy of the checked output", cuMemcpyDtoDAsync, firstOut.get(),
+          checked.out.get(), outElements * 2, stream);
+  if (options.time)
+    time(operandSets, result);
+  poisonAndLaunch(checked, launchWhat + ", repeated");
+  KILN_CU("repeat check", cuMemsetD8Async, counter.get(), 0, counter.size(),
+          stream);
+  check.countMismatching(firstOut.get(), checked.out.get(), outElements,
+                         counter.get(), stream);
+  waitFor(stream, options.timeoutSeconds, "repeat check");
+  auto differing = copyToHost<unsigned long long>(counter.get(), "mismatches");
+  guard = guardWrites(checked, outElements, guardElements, counter);
+  if (differing)
+    problems.push_back(std::to_string(differing) +
+                       " elements differ when launched again on the same "
+                       "inputs (a race?)");
+  if (guard)
+    problems.push_back(std::to_string(guard) +
+                       " elements written past the end of out on the repeat");
+
+  if (problems.empty()) {
+    result.status = "ok";
+  } else {
+    result.status = "WRONG";
+    std::string joined;
+    for (const std::string &problem : problems)
+      joined += (joined.empty() ? "" : "; ") + problem;
+    result.detail =
+        joined + (result.detail.empty() ? "" : "; ") + result.detail;
+  }
+  return result;
+}
+
+void ShapeRunner::time(const std::vector<OperandSet> &sets,
+                       ShapeResult &result) const {
+  // Tensor maps are encoded once per set, outside the timed loop.
+  std::vector<GemmLaunch> launches;
+  for (const OperandSet &set : sets)
+    launches.push_back(kernel.prepare(set.operands));
+  const int runs = options.runs;
+  for (int w = 0; w < options.warmup; ++w)
+    kernel.launch(launches[w % launches.size()], stream);
+  std::vector<Event> starts, stops;
+  for (int r = 0; r < runs; ++r) {
+    starts.emplace_back();
+    stops.emplace_back();
+  }
+  // The GPU waits while the host enqueues every timed launch (a few µs
+  // each), so launches run back to back and each event pair brackets one
+  // kernel's GPU time.
+  check.busyWait(2'000'000ULL + 30'000ULL * runs, stream);
+  for (int r = 0; r < runs; ++r) {
+    KILN_CU("timing event", cuEventRecord, starts[r].get(), stream);
+    kernel.launch(launches[(options.warmup + r) % launches.size()], stream);
+    KILN_CU("timing event", cuEventRecord, stops[r].get(), stream);
+  }
+  waitFor(stream, options.timeoutSeconds,
+          "kernel " + kernel.config().kernelName + " (" + result.shape.text() +
+              "), timed launches");
+  std::vector<double> microseconds;
+  for (int r = 0; r < runs; ++r) {
+    float milliseconds = 0;
+    KILN_CU("timing event", cuEventElapsedTime, &milliseconds, starts[r].get(),
+            stops[r].get());
+    microseconds.push_back(1000.0 * milliseconds);
+  }
+  std::sort(microseconds.begin(), microseconds.end());
+  result.minUs = microseconds.front();
+  result.maxUs = microseconds.back();
+  result.medianUs =
+      runs % 2 ? microseconds[runs / 2]
+               : 0.5 * (microseconds[runs / 2 - 1] + microseconds[runs / 2]);
+}
+
+/// Device-to-device copy bandwidth (bytes read + written), the median of 10
+/// copies of 2 GiB (or a quarter of the free memory, if less).
+double measureHbmBandwidth(const CheckKernels &check, CUstream stream,
+                           double timeoutSeconds) {
+  size_t freeBytes = 0, totalBytes = 0;
+  KILN_CU("memory info", cuMemGetInfo, &freeBytes, &totalBytes);
+  size_t bytes =
+      std::min<size_t>(size_t(2) << 30, freeBytes / 4) & ~size_t(255);
+  DeviceBuffer source(bytes, "bandwidth source"),
+      target(bytes, "bandwidth target");
+  check.fillValues(source.get(), bytes, 1, stream);
+  const int copies = 10;
+  std::vector<Event> starts(copies), stops(copies);
+  for (int c = -2; c < copies; ++c) {
+    if (c >= 0)
+      KILN_CU("timing event", cuEventRecord, starts[c].get(), stream);
+    KILN_CU("bandwidth copy", cuMemcpyDtoDAsync, target.get(), source.get(),
+            bytes, stream);
+    if (c >= 0)
+      KILN_CU("timing event", cuEventRecord, stops[c].get(), stream);
+  }
+  waitFor(stream, timeoutSeconds, "bandwidth copies");
+  std::vector<double> seconds;
+  for (int c = 0; c < copies; ++c) {
+    float milliseconds = 0;
+    KILN_CU("timing event", cuEventElapsedTime, &milliseconds, starts[c].get(),
+            stops[c].get());
+    seconds.push_back(milliseconds / 1000.0);
+  }
+  std::sort(seconds.begin(), seconds.end());
+  return 2.0 * bytes / seconds[copies / 2] / 1e9;
+}
+
+//===----------------------------------------------------------------------===//
+// Reporting
+//===----------------------------------------------------------------------===//
+
+bool memoryBound(const Shape &shape) { return shape.m <= 128; }
+
+std::string cell(double value, const char *pattern) {
+  return std::isfinite(value) ? format(pattern, value) : "-";
+}
+
+void printTable(const std::string &label, const std::vector<ShapeResult> &rows,
+                const DeviceInfo &device) {
+  std::printf(
+      "\n%s on %s%s\n\n", label.c_str(), device.name.c_str(),
+      device.hbmGBps > 0
+          ? (", HBM copy " + format("%.0f", device.hbmGBps) + " GB/s").c_str()
+          : "");
+  std::printf("| M | N | K | µs | TFLOP/s | GB/s | %% HBM | rel. error | "
+              "result |\n");
+  std::printf("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+              "--- |\n");
+  for (const ShapeResult &row : rows) {
+    double us = row.medianUs;
+    double tflops = row.flops() / (us * 1e6);
+    double gbps = row.bytes() / (us * 1e3);
+    double hbm = memoryBound(row.shape) && device.hbmGBps > 0
+                     ? 100.0 * gbps / device.hbmGBps
+                     : NAN;
+    std::printf("| %d | %d | %d | %s | %s | %s | %s | %s | %s |\n", row.shape.m,
+                row.shape.n, row.shape.k, cell(us, "%.1f").c_str(),
+                cell(tflops, "%.1f").c_str(), cell(gbps, "%.0f").c_str(),
+                cell(hbm, "%.0f").c_str(),
+                cell(row.relativeError, "%.2e").c_str(), row.status.c_str());
+  }
+}
+
+Json toJson(const std::string &label, const GemmKernelConfig &config,
+            const std::string &cubin, const DeviceInfo &device,
+            const std::vector<ShapeResult> &rows, uint64_t seed,
+            const Options &options) {
+  auto number = [](double value) -> Json {
+    return std::isfinite(value) ? Json(value) : Json(nullptr);
+  };
+  std::time_t now = std::time(nullptr);
+  char date[32];
+  std::strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  Json json = {{"tool", "kiln-gemm-check"},
+               {"label", label},
+               {"cubin", cubin},
+               {"manifest", Json::parse(toManifestJson(config))},
+               {"device", device.name},
+               {"date", date},
+               {"hbm_gbps", number(device.hbmGBps)},
+               {"seed", seed},
+               {"runs", options.time ? options.runs : 0},
+               {"tolerance", kTolerance}};
+  Json list = Json::array();
+  for (const ShapeResult &row : rows) {
+    double us = row.medianUs;
+    double gbps = row.bytes() / (us * 1e3);
+    list.push_back(
+        {{"m", row.shape.m},
+         {"n", row.shape.n},
+         {"k", row.shape.k},
+         {"us", number(us)},
+         {"min_us", number(row.minUs)},
+         {"max_us", number(row.maxUs)},
+         {"tflops", number(row.flops() / (us * 1e6))},
+         {"gbps", number(gbps)},
+         {"hbm_fraction", memoryBound(row.shape) && device.hbmGBps > 0
+                              ? number(gbps / device.hbmGBps)
+                              : Json(nullptr)},
+         {"rel_error", number(row.relativeError)},
+         {"sets", row.sets},
+         {"status", row.status},
+         {"detail", row.detail}});
+  }
+  json["rows"] = list;
+  return json;
+}
+
+int run(const Options &options) {
+  GemmKernelConfig config = kernelConfig(options);
+  std::string image = readFile(options.cubinPath);
+  std::string why;
+  if (deviceCount(&why) == 0)
+    throw Error("no CUDA device: " + why);
+
+  PrimaryContext context(options.device);
+  DeviceInfo device;
+  device.name = context.name();
+  device.multiprocessors =
+      context.attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
+  device.l2Bytes = context.attribute(CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE);
+  int driverVersion = 0;
+  KILN_CU("driver version", cuDriverGetVersion, &driverVersion);
+
+  GemmKernel kernel(image.data(), image.size(), config);
+  const GemmKernelAttributes &attributes = kernel.attributes();
+  std::string label = options.label.empty() ? config.kernelName : options.label;
+  uint64_t seed = options.seed ? *options.seed : std::random_device{}();
+
+  std::printf("kiln-gemm-check: %s, %d SMs, %d MiB L2, driver %d.%d\n",
+              device.name.c_str(), device.multiprocessors, device.l2Bytes >> 20,
+              driverVersion / 1000, driverVersion % 1000 / 10);
+  std::printf("kernel %s from %s: BLOCK %dx%d, %d stages, %d consumer "
+              "warpgroups, %d threads, %d B dynamic + %d B static shared, "
+              "%d registers, %d B local, %d blocks/SM\n",
+              config.kernelName.c_str(), options.cubinPath.c_str(),
+              config.blockM, config.blockN, config.stages,
+              config.consumerWarpgroups, config.threadsPerBlock(),
+              config.launchSharedMemoryBytes(), attributes.staticSharedBytes,
+              attributes.registersPerThread, attributes.localBytesPerThread,
+              attributes.residentBlocksPerMultiprocessor);
+  if (attributes.localBytesPerThread > 0)
+    std::printf("warning: %d bytes of local memory per thread (spills or a "
+                "stack) slow the kernel down\n",
+                attributes.localBytesPerThread);
+  std::printf("seed %llu (--seed to repeat)\n", (unsigned long long)seed);
+
+  Stream stream;
+  CheckKernels check;
+  if (options.time) {
+    device.hbmGBps =
+        measureHbmBandwidth(check, stream.get(), options.timeoutSeconds);
+    std::printf("HBM copy bandwidth: %.0f GB/s (device-to-device, read + "
+                "write, median of 10)\n",
+                device.hbmGBps);
+  }
+  std::fflush(stdout);
+
+  ShapeRunner runner(kernel, check, options, device, stream.get());
+  std::vector<ShapeResult> results;
+  bool allRight = true;
+  for (size_t i = 0; i < options.shapes.size(); ++i) {
+    const Shape &shape = options.shapes[i];
+    ShapeResult result;
+    try {
+      result = runner.run(shape, splitmix(seed ^ (0x1000 + i)));
+    } catch (const Error &error) {
+      result = ShapeResult();
+      result.shape = shape;
+      result.detail = error.what();
+    }
+    std::printf("%-14s %-5s rel. error %s, %s µs (min %s, max %s, %d "
+                "sets)%s%s\n",
+                shape.text().c_str(), result.status.c_str(),
+                cell(result.relativeError, "%.2e").c_str(),
+                cell(result.medianUs, "%.1f").c_str(),
+                cell(result.minUs, "%.1f").c_str(),
+                cell(result.maxUs, "%.1f").c_str(), result.sets,
+                result.detail.empty() ? "" : "\n    ", result.detail.c_str());
+    std::fflush(stdout);
+    allRight = allRight && result.status == "ok";
+    results.push_back(result);
+    // A fault inside a kernel (illegal address, trap) loses the context:
+    // nothing after it can run.
+    if (result.status == "ERROR" &&
+        driver().cuCtxSynchronize() != CUDA_SUCCESS) {
+      std::printf("the CUDA context is lost; the remaining shapes are not "
+                  "run\n");
+      break;
+    }
+  }
+
+  printTable(label, results, device);
+  if (!options.jsonPath.empty()) {
+    std::ofstream file(options.jsonPath);
+    file << toJson(label, config, options.cubinPath, device, results, seed,
+                   options)
+                .dump(2)
+         << "\n";
+    if (!file)
+      throw Error(options.jsonPath + ": cannot write the results");
+  }
+  size_t wrong =
+      std::count_if(results.begin(), results.end(),
+                    [](const ShapeResult &r) { return r.status != "ok"; });
+  std::printf("\n%s: %zu of %zu shapes right%s\n", label.c_str(),
+              results.size() - wrong, options.shapes.size(),
+              results.size() < options.shapes.size() ? " (stopped early)" : "");
+  return allRight && results.size() == options.shapes.size() ? 0 : 1;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  Options options = parseOptions(argc, argv);
+  try {
+    return run(options);
+  } catch (const Error &error) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "kiln-gemm-check: %s\n", error.what());
+    return 2;
+  }
+}

@@ -1,0 +1,323 @@
+//===- GemmLauncherTest.cpp - FP8 GEMM launcher and manifests -------------===//
+//
+// Manifest parsing, operand checks and error messages need no GPU. The rest
+// launches the reference kernel (embedded sm_90a cubin) through the launcher
+// on one small ragged shape against a CPU FP64 reference, and skips with "no
+// CUDA device" where there is none (CI).
+//
+//===----------------------------------------------------------------------===//
+
+#include "gemm_reference.h"
+
+#include "kiln/cuda/driver.h"
+#include "kiln/cuda/gemm_launcher.h"
+#include "kiln/fp8.h"
+
+#include "TestSupport.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <memory>
+#include <random>
+#include <vector>
+
+namespace {
+
+using kiln::testing::errorOf;
+using kiln::testing::expectMentions;
+using namespace kiln::cuda;
+namespace reference = kiln::gemm_reference;
+
+const char *const kManifest = R"({
+  "kernel": "kiln_gemm_test", "block_m": 128, "block_n": 128,
+  "stages": 4, "consumer_warpgroups": 2, "smem_bytes": 132096
+})";
+
+TEST(GemmManifest, ParsesFields) {
+  GemmKernelConfig config = parseGemmManifest(kManifest, "test.json");
+  EXPECT_EQ(config.kernelName, "kiln_gemm_test");
+  EXPECT_EQ(config.blockM, 128);
+  EXPECT_EQ(config.blockN, 128);
+  EXPECT_EQ(config.stages, 4);
+  EXPECT_EQ(config.consumerWarpgroups, 2);
+  EXPECT_EQ(config.threadsPerBlock(), 384);
+  EXPECT_EQ(config.launchSharedMemoryBytes(), 132096);
+  EXPECT_FALSE(config.operandPointers);
+  // 4 stages of (128 + 128) rows of 128 bytes, plus 8 mbarriers.
+  EXPECT_EQ(config.abiSharedMemoryBytes(), 4 * 256 * 128 + 64);
+}
+
+TEST(GemmManifest, ReadsWhatTheCompilerWrites) {
+  // compiler/tools/kiln-compile-gemm.py's output, informational keys and all.
+  GemmKernelConfig config = parseGemmManifest(
+      R"({"kernel": "kiln_gemm_fp8_m128n128s6c2", "block_m": 128,
+          "block_n": 128, "stages": 6, "consumer_warpgroups": 2,
+          "threads": 384, "smem_bytes": 196704, "registers": 168,
+          "spill_bytes": 0})",
+      "kiln_gemm_fp8_m128n128s6c2.json");
+  EXPECT_EQ(config.kernelName, "kiln_gemm_fp8_m128n128s6c2");
+  EXPECT_EQ(config.launchSharedMemoryBytes(), 196704);
+  EXPECT_EQ(config.abiSharedMemoryBytes(), 196704);
+}
+
+TEST(GemmManifest, SharedMemoryDefaultsToTheAbiMinimum) {
+  GemmKernelConfig config = parseGemmManifest(
+      R"({"kernel": "k", "block_m": 64, "block_n": 256, "stages": 3,
+          "consumer_warpgroups": 1, "compiler": "ignored"})",
+      "test.json");
+  EXPECT_EQ(config.sharedMemoryBytes, 0);
+  EXPECT_EQ(config.launchSharedMemoryBytes(), 3 * 320 * 128 + 48);
+}
+
+TEST(GemmManifest, RoundTrips) {
+  GemmKernelConfig config = parseGemmManifest(kManifest, "test.json");
+  GemmKernelConfig again =
+      parseGemmManifest(toManifestJson(config), "round trip");
+  EXPECT_EQ(again.kernelName, config.kernelName);
+  EXPECT_EQ(again.blockM, config.blockM);
+  EXPECT_EQ(again.blockN, config.blockN);
+  EXPECT_EQ(again.stages, config.stages);
+  EXPECT_EQ(again.consumerWarpgroups, config.consumerWarpgroups);
+  EXPECT_EQ(again.sharedMemoryBytes, config.sharedMemoryBytes);
+}
+
+TEST(GemmManifest, ReferenceManifestMatchesTheKernel) {
+  GemmKernelConfig config = loadGemmManifest(
+      std::string(KILN_SOURCE_DIR) + "/runtime/tools/gemm_reference.json");
+  GemmKernelConfig expected = reference::kernelConfig();
+  EXPECT_EQ(config.kernelName, expected.kernelName);
+  EXPECT_EQ(config.blockM, expected.blockM);
+  EXPECT_EQ(config.blockN, expected.blockN);
+  EXPECT_EQ(config.stages, expected.stages);
+  EXPECT_EQ(config.consumerWarpgroups, expected.consumerWarpgroups);
+  EXPECT_EQ(config.sharedMemoryBytes, expected.sharedMemoryBytes);
+  EXPECT_TRUE(config.operandPointers);
+}
+
+TEST(GemmManifest, ReportsWhatIsWrong) {
+  struct Case {
+    const char *json;
+    std::vector<std::string> mentions;
+  };
+  const Case cases[] = {
+      {"{", {"bad.json", "not valid JSON"}},
+      {"[1]", {"bad.json", "expected a JSON object"}},
+      {R"({"block_m": 64, "block_n": 128, "stages": 1,
+           "consumer_warpgroups": 1})",
+       {"bad.json", "\"kernel\""}},
+      {R"({"kernel": "k", "block_n": 128, "stages": 1,
+           "consumer_warpgroups": 1})",
+       {"bad.json", "\"block_m\"", "missing"}},
+      {R"({"kernel": "k", "block_m": "64", "block_n": 128, "stages": 1,
+           "consumer_warpgroups": 1})",
+       {"\"block_m\"", "integer"}},
+      {R"({"kernel": "k", "block_m": 128, "block_n": 128, "stages": 1,
+           "consumer_warpgroups": 1})",
+       {"block_m must be 64 per consumer warpgroup (64)", "128"}},
+      {R"({"kernel": "k", "block_m": 64, "block_n": 264, "stages": 1,
+           "consumer_warpgroups": 1})",
+       {"block_n", "264"}},
+      {R"({"kernel": "k", "block_m": 64, "block_n": 128, "stages": 0,
+           "consumer_warpgroups": 1})",
+       {"stages", "0"}},
+      {R"({"kernel": "k", "block_m": 64, "block_n": 128, "stages": 4,
+           "consumer_warpgroups": 1, "smem_bytes": 4096})",
+       {"smem_bytes 4096", "98368"}},
+      {R"({"abi_version": 2, "kernel": "k", "block_m": 64, "block_n": 128,
+           "stages": 1, "consumer_warpgroups": 1})",
+       {"abi_version 2", "version 1"}},
+      {R"({"kernel": "k", "block_m": 64, "block_n": 128, "stages": 1,
+           "consumer_warpgroups": 1, "operand_pointers": 1})",
+       {"operand_pointers"}},
+      {R"({"kernel": "k", "block_m": 64, "block_n": 128, "stages": 1,
+           "consumer_warpgroups": 1, "threads": 384})",
+       {"\"threads\" is 384", "means 256"}},
+  };
+  for (const Case &c : cases)
+    expectMentions(errorOf([&] { parseGemmManifest(c.json, "bad.json"); }),
+                   c.mentions);
+  expectMentions(errorOf([] { loadGemmManifest("/nonexistent/k.json"); }),
+                 {"/nonexistent/k.json", "cannot open"});
+}
+
+TEST(GemmOperandChecks, NameTheKernelShapeAndRule) {
+  GemmKernelConfig config = parseGemmManifest(kManifest, "test.json");
+  GemmOperands good{0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 64, 2112, 7168};
+  checkGemmOperands(config, good);
+
+  GemmOperands badK = good;
+  badK.k = 100;
+  expectMentions(errorOf([&] { checkGemmOperands(config, badK); }),
+                 {"kiln_gemm_test", "M=64 N=2112 K=100", "multiple of 128"});
+  GemmOperands noRows = good;
+  noRows.m = 0;
+  expectMentions(errorOf([&] { checkGemmOperands(config, noRows); }),
+                 {"M and N must be at least 1"});
+  GemmOperands unalignedA = good;
+  unalignedA.a += 8;
+  expectMentions(errorOf([&] { checkGemmOperands(config, unalignedA); }),
+                 {"16-byte aligned", "TMA"});
+  GemmOperands nullOut = good;
+  nullOut.out = 0;
+  expectMentions(errorOf([&] { checkGemmOperands(config, nullOut); }),
+                 {"out is a null pointer"});
+}
+
+TEST(GemmOperandChecks, GridIsPersistent) {
+  GemmKernelConfig config = parseGemmManifest(kManifest, "test.json");
+  EXPECT_EQ(gemmTileCount(config, 4096, 7168), 32 * 56);
+  EXPECT_EQ(gemmGridSize(config, 4096, 7168, 132), 132u);
+  // Partial tiles count: 1 row, 129 columns is 1 x 2 tiles.
+  EXPECT_EQ(gemmTileCount(config, 1, 129), 2);
+  EXPECT_EQ(gemmGridSize(config, 1, 129, 132), 2u);
+}
+
+TEST(CudaErrors, NameTheCallAndContext) {
+  try {
+    check(CUDA_ERROR_INVALID_VALUE, "cuTensorMapEncodeTiled",
+          "kernel kiln_gemm_test (M=1 N=2 K=128), tensor map A");
+    FAIL() << "expected a CudaError";
+  } catch (const CudaError &error) {
+    EXPECT_EQ(error.result(), CUDA_ERROR_INVALID_VALUE);
+    // The error's name needs the driver; its number is always there.
+    expectMentions(error.what(),
+                   {"cuTensorMapEncodeTiled failed for kernel kiln_gemm_test",
+                    "M=1 N=2 K=128", "error 1"});
+  }
+  check(CUDA_SUCCESS, "cuInit", "nothing");
+}
+
+/// Tests that need a Hopper GPU: they hold its primary context.
+class GemmLauncherOnGpu : public ::testing::Test {
+protected:
+  void SetUp() override {
+    std::string why;
+    if (deviceCount(&why) == 0)
+      GTEST_SKIP() << "no CUDA device: " << why;
+    context = std::make_unique<PrimaryContext>(0);
+    int major =
+        context->attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR);
+    int minor =
+        context->attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR);
+    if (major != 9 || minor != 0)
+      GTEST_SKIP() << "no CUDA device of compute capability 9.0 (sm_90a "
+                      "cubin); found "
+                   << major << "." << minor;
+  }
+
+  GemmKernel loadReference(GemmKernelConfig config) {
+    std::string_view image = reference::cubin();
+    return GemmKernel(image.data(), image.size(), std::move(config));
+  }
+
+  std::unique_ptr<PrimaryContext> context;
+};
+
+TEST_F(GemmLauncherOnGpu, ReferenceKernelMatchesTheCpu) {
+  // Two M tiles (the second partial), two N tiles (partial), two K blocks,
+  // and an N whose scale blocks are partial too.
+  const int m = 70, n = 200, k = 256, blocksK = k / 128;
+  const int scaleRowsB = (n + 127) / 128;
+  std::mt19937 random(7);
+  std::normal_distribution<float> normal(0.0f, 112.0f);
+  std::uniform_real_distribution<float> factor(0.5f, 2.0f);
+  std::vector<uint8_t> a(size_t(m) * k), b(size_t(n) * k);
+  for (uint8_t &value : a)
+    value = kiln::encodeE4M3(normal(random));
+  for (uint8_t &value : b)
+    value = kiln::encodeE4M3(normal(random));
+  std::vector<float> scaleA(size_t(blocksK) * m), scaleB(scaleRowsB * blocksK);
+  for (float &scale : scaleA)
+    scale = factor(random) / 128;
+  for (float &scale : scaleB)
+    scale = factor(random) / 1024;
+
+  // Rows past M: a guard that must keep the poison.
+  const size_t outElements = size_t(m) * n, guardElements = 64 * size_t(n);
+  DeviceBuffer deviceA(a.size(), "A"), deviceB(b.size(), "B");
+  DeviceBuffer deviceScaleA(scaleA.size() * 4, "scaleA");
+  DeviceBuffer deviceScaleB(scaleB.size() * 4, "scaleB");
+  DeviceBuffer deviceOut((outElements + guardElements) * 2, "out");
+  KILN_CU("test", cuMemcpyHtoD, deviceA.get(), a.data(), a.size());
+  KILN_CU("test", cuMemcpyHtoD, deviceB.get(), b.data(), b.size());
+  KILN_CU("test", cuMemcpyHtoD, deviceScaleA.get(), scaleA.data(),
+          scaleA.size() * 4);
+  KILN_CU("test", cuMemcpyHtoD, deviceScaleB.get(), scaleB.data(),
+          scaleB.size() * 4);
+  KILN_CU("test", cuMemsetD16Async, deviceOut.get(), reference::kPoisonBF16,
+          outElements + guardElements, nullptr);
+
+  GemmKernel kernel = loadReference(reference::kernelConfig());
+  GemmOperands operands{deviceA.get(),
+                        deviceB.get(),
+                        deviceScaleA.get(),
+                        deviceScaleB.get(),
+                        deviceOut.get(),
+                        m,
+                        n,
+                        k};
+  GemmLaunch launch = kernel.prepare(operands);
+  EXPECT_EQ(launch.gridSize,
+            std::min<unsigned>(2 * 2, kernel.multiprocessorCount()));
+  kernel.launch(launch, nullptr);
+  KILN_CU("test", cuCtxSynchronize);
+  std::vector<uint16_t> out(outElements + guardElements);
+  KILN_CU("test", cuMemcpyDtoH, out.data(), deviceOut.get(), out.size() * 2);
+
+  double squaredError = 0, squaredReference = 0;
+  for (int row = 0; row < m; ++row)
+    for (int col = 0; col < n; ++col) {
+      double expected = 0;
+      for (int kk = 0; kk < k; ++kk)
+        expected += double(kiln::decodeE4M3(a[size_t(row) * k + kk])) *
+                    scaleA[size_t(kk / 128) * m + row] *
+                    double(kiln::decodeE4M3(b[size_t(col) * k + kk])) *
+                    scaleB[size_t(col / 128) * blocksK + kk / 128];
+      uint16_t bits = out[size_t(row) * n + col];
+      ASSERT_NE(bits, reference::kPoisonBF16)
+          << "unwritten at row " << row << ", col " << col;
+      double value = kiln::decodeBF16(bits);
+      ASSERT_TRUE(std::isfinite(value)) << "row " << row << ", col " << col;
+      squaredError += (value - expected) * (value - expected);
+      squaredReference += expected * expected;
+    }
+  EXPECT_LE(std::sqrt(squaredError / squaredReference), 5e-3);
+  for (size_t i = outElements; i < out.size(); ++i)
+    ASSERT_EQ(out[i], reference::kPoisonBF16) << "written past out at " << i;
+}
+
+TEST_F(GemmLauncherOnGpu, BadCubinNamesTheCall) {
+  const char garbage[] = "not a cubin";
+  GemmKernelConfig config = reference::kernelConfig();
+  expectMentions(errorOf([&] { GemmKernel(garbage, sizeof(garbage), config); }),
+                 {"cuModuleLoadDataEx failed for kernel kiln_gemm_reference",
+                  "CUDA_ERROR_"});
+}
+
+TEST_F(GemmLauncherOnGpu, MissingKernelNamesTheSymbol) {
+  GemmKernelConfig config = reference::kernelConfig();
+  config.kernelName = "kiln_gemm_absent";
+  expectMentions(errorOf([&] { loadReference(config); }),
+                 {"cuModuleGetFunction failed for kernel kiln_gemm_absent",
+                  "CUDA_ERROR_NOT_FOUND"});
+}
+
+TEST_F(GemmLauncherOnGpu, ParametersAreCheckedAgainstTheAbi) {
+  // The reference kernel takes two more parameters than the plain ABI.
+  GemmKernelConfig config = reference::kernelConfig();
+  config.operandPointers = false;
+  expectMentions(errorOf([&] { loadReference(config); }),
+                 {"kiln_gemm_reference", "parameter sizes are (128, 128, 8, "
+                                         "8, 8, 4, 4, 4, 8, 8)"});
+}
+
+TEST_F(GemmLauncherOnGpu, SharedMemoryBeyondTheDeviceIsRefused) {
+  GemmKernelConfig config = reference::kernelConfig();
+  config.sharedMemoryBytes = 1 << 20;
+  expectMentions(
+      errorOf([&] { loadReference(config); }),
+      {"kiln_gemm_reference", "1048576 bytes of dynamic", "exceed the device"});
+}
+
+} // namespace
