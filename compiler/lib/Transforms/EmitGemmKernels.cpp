@@ -64,10 +64,9 @@ public:
       structType += i ? ", f32" : "f32";
     structType += ")>";
 
-    int64_t ringA = 0, ringB = stages * bm * kSliceBytes;
     int64_t barriers = stages * (bm + bn) * kSliceBytes;
-    int64_t fullBar = barriers, emptyBar = barriers + 8 * stages;
-    layout = {ringA, ringB, fullBar, emptyBar};
+    layout = {/*ringA=*/0, /*ringB=*/stages * bm * kSliceBytes,
+              /*fullBar=*/barriers, /*emptyBar=*/barriers + 8 * stages};
 
     emit("gpu.module @" + kKernelModuleName.str() + " {");
     emit("llvm.mlir.global external @" + name +
@@ -117,9 +116,9 @@ public:
     // empty[s] when every consumer warpgroup has released the stage.
     emit("scf.if %isT0 {");
     emit("scf.for %s = %c0 to " + i32(stages) + " step %c1 : i32 {");
-    emit("%full = " + barrier(fullBar, "%s"));
+    emit("%full = " + barrier(layout.fullBar, "%s"));
     emit("nvvm.mbarrier.init %full, %c1 : !llvm.ptr<3>, i32");
-    emit("%empty = " + barrier(emptyBar, "%s"));
+    emit("%empty = " + barrier(layout.emptyBar, "%s"));
     emit("nvvm.mbarrier.init %empty, " + i32(consumers) +
          " : !llvm.ptr<3>, i32");
     emit("}");
@@ -129,9 +128,9 @@ public:
 
     emit("%isProducer = arith.cmpi eq, %wg, %c0 : i32");
     emit("scf.if %isProducer {");
-    writeProducer(bm, bn, stages, ringA, ringB, fullBar, emptyBar);
+    writeProducer(bm, bn, stages);
     emit("} else {");
-    writeConsumer(bm, bn, stages, ringA, ringB, fullBar, emptyBar, accRegs);
+    writeConsumer(bm, bn, accRegs);
     emit("}");
     emit("llvm.return");
     emit("}");
@@ -146,8 +145,7 @@ private:
   /// One thread of the producer warpgroup walks the same (tile, k-block)
   /// sequence as the consumers, waits for a free stage and loads the A and B
   /// slices into it with TMA.
-  void writeProducer(int64_t bm, int64_t bn, int64_t stages, int64_t ringA,
-                     int64_t ringB, int64_t fullBar, int64_t emptyBar) {
+  void writeProducer(int64_t bm, int64_t bn, int64_t stages) {
     emit("nvvm.setmaxregister decrease " + std::to_string(kProducerRegisters));
     emit("scf.if %isT0 {");
     emit("%done = scf.for %tile = %bid to %numTiles step %nbid "
@@ -159,18 +157,18 @@ private:
     // A fresh barrier counts its previous phase as complete, so the first
     // round's waits on parity 1 pass at once.
     emit("%freePhase = arith.xori %phase, %c1 : i32");
-    emit("%empty = " + barrier(emptyBar, "%s"));
+    emit("%empty = " + barrier(layout.emptyBar, "%s"));
     emit("nvvm.mbarrier.try_wait.parity %empty, %freePhase, %ticks : "
          "!llvm.ptr<3>, i32, i32");
-    emit("%full = " + barrier(fullBar, "%s"));
+    emit("%full = " + barrier(layout.fullBar, "%s"));
     emit("nvvm.mbarrier.arrive.expect_tx %full, " +
          i32((bm + bn) * kSliceBytes) + " : !llvm.ptr<3>, i32");
     emit("%kOff = arith.muli %kb, %c128 : i32");
-    emit("%aDst = " + ringSlot(ringA, bm * kSliceBytes, "%s"));
+    emit("%aDst = " + ringSlot(layout.ringA, bm * kSliceBytes, "%s"));
     emit("%aDst7 = llvm.addrspacecast %aDst : !llvm.ptr<3> to !llvm.ptr<7>");
     emit("nvvm.cp.async.bulk.tensor.shared.cluster.global %aDst7, %tmA, "
          "%full, box[%kOff, %mOff] : !llvm.ptr<7>, !llvm.ptr");
-    emit("%bDst = " + ringSlot(ringB, bn * kSliceBytes, "%s"));
+    emit("%bDst = " + ringSlot(layout.ringB, bn * kSliceBytes, "%s"));
     emit("%bDst7 = llvm.addrspacecast %bDst : !llvm.ptr<3> to !llvm.ptr<7>");
     emit("nvvm.cp.async.bulk.tensor.shared.cluster.global %bDst7, %tmB, "
          "%full, box[%kOff, %nOff] : !llvm.ptr<7>, !llvm.ptr");
@@ -182,15 +180,14 @@ private:
     emit("}");
   }
 
-  /// Each consumer warpgroup owns 64 rows of the tile. Per 128-wide K block
-  /// it waits for the stage, runs four k32 wgmmas into a fresh partial
-  /// accumulator, releases the stage, and promotes the partial into the FP32
+  /// Each consumer warpgroup owns 64 rows of the tile. K blocks go in pairs
+  /// (issueBlock twice, then finishBlock twice), so one block's wgmmas run
+  /// while the other's partial accumulator is promoted into the FP32
   /// accumulator with the row's activation scale times the block's weight
-  /// scale (DeepSeek-V3's promotion every 128 K). The epilogue converts to
-  /// BF16 and stores the rows and columns inside M x N.
-  void writeConsumer(int64_t bm, int64_t bn, int64_t stages, int64_t ringA,
-                     int64_t ringB, int64_t fullBar, int64_t emptyBar,
-                     int64_t accRegs) {
+  /// scale (DeepSeek-V3's promotion every 128 K); an odd last block runs
+  /// alone. The epilogue converts to BF16 and stores the rows and columns
+  /// inside M x N.
+  void writeConsumer(int64_t bm, int64_t bn, int64_t accRegs) {
     emit("nvvm.setmaxregister increase " + std::to_string(kConsumerRegisters));
     emit("%consumer = arith.subi %wg, %c1 : i32");
     emit("%local = arith.remui %tid, %c128 : i32");
