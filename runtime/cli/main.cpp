@@ -1,11 +1,14 @@
 //===- main.cpp - the `kiln` command line ---------------------------------===//
 //
-// kiln generate | logits | tokenize | detokenize | make-tiny: text generation
-// and the validation hooks over a Hugging Face style model directory
+// kiln generate | serve | logits | tokenize | detokenize | make-tiny: text
+// generation, an OpenAI-compatible HTTP server (serve.cpp), and the
+// validation hooks over a Hugging Face style model directory
 // (config.json, safetensors shards, tokenizer.json, tokenizer_config.json).
 // Every error is reported as "kiln: error: ..." with exit code 1.
 //
 //===----------------------------------------------------------------------===//
+
+#include "serve.h"
 
 #include "kiln/checkpoint.h"
 #include "kiln/config.h"
@@ -42,6 +45,14 @@ Commands:
               [--backend cpu] [--mla naive|absorbed] [--fp8-activations] [--threads N]
               Streams the continuation of TEXT (with --chat: the assistant's
               answer to TEXT as a user message). Greedy unless --temperature > 0.
+  serve       --model DIR [--host 127.0.0.1] [--port 8080] [--max-batch N]
+              [--kv-budget-tokens N] [--max-body-bytes N] [--threads N]
+              [--backend cpu] [--mla naive|absorbed] [--fp8-activations]
+              Serves the model over HTTP until SIGINT/SIGTERM, OpenAI style:
+              POST /v1/completions, /v1/chat/completions (JSON or SSE with
+              "stream": true), GET /v1/models, /health, /metrics (Prometheus).
+              Concurrent requests share continuous batching (--max-batch
+              sequences, 8 by default); request bodies up to 1 MiB by default.
   logits      --model DIR --tokens 0,17,42 [--backend cpu] [--mla naive|absorbed]
               [--fp8-activations] [--threads N]
               Prints {"logits": [[...], ...]}: one row of vocabulary logits per
@@ -361,6 +372,23 @@ int main(int argc, char **argv) {
       std::vector<std::string> flags = modelFlags;
       flags.push_back("chat");
       return runGenerate(Options(argc, argv, 2, valued, flags));
+    }
+    if (command == "serve") {
+      std::vector<std::string> valued = modelOptionNames;
+      valued.insert(valued.end(), {"host", "port", "max-batch",
+                                   "kv-budget-tokens", "max-body-bytes"});
+      Options options(argc, argv, 2, valued, modelFlags);
+      ServeOptions serve;
+      serve.modelDir = options.get("model");
+      serve.host = options.get("host", serve.host);
+      serve.port = options.number<int>("port", serve.port);
+      serve.maxBatch = options.number<int64_t>("max-batch", serve.maxBatch);
+      serve.kvBudgetTokens =
+          options.number<int64_t>("kv-budget-tokens", serve.kvBudgetTokens);
+      serve.maxBodyBytes =
+          options.number<size_t>("max-body-bytes", serve.maxBodyBytes);
+      serve.cpu = modelOptions(options);
+      return runServe(serve);
     }
     if (command == "logits") {
       std::vector<std::string> valued = modelOptionNames;
