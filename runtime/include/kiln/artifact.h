@@ -1,0 +1,184 @@
+//===- kiln/artifact.h - the compiled model artifact (.kiln) --------------===//
+//
+// What kilnc writes and the CUDA backend executes: the compiled kernels
+// (cubin + PTX), the launch plans of the decode and prefill steps, their
+// buffer plans, the checkpoint tensors the plans read and a manifest (format
+// version, target, model hash). The format is specified in
+// compiler/docs/artifact.md; this header is its in-memory form, the reader
+// and the writer. No CUDA and no MLIR here: the compiler writes artifacts
+// with the same code the runtime reads them with.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_ARTIFACT_H
+#define KILN_ARTIFACT_H
+
+#include "kiln/config.h"
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace kiln {
+
+/// The container's format version this build reads and writes.
+constexpr uint32_t kArtifactFormatVersion = 1;
+
+/// "fnv1a64:<16 hex digits>" of toJson(config): what an artifact records of
+/// the model it was compiled for.
+std::string modelHash(const ModelConfig &config);
+
+/// A compiled GEMM kernel (fields of gemm-abi.md's kernel manifest) and its
+/// code. `cubin` is an sm_90a image; `ptx` may be empty.
+struct ArtifactKernel {
+  std::string name;
+  int blockM = 0;
+  int blockN = 0;
+  int stages = 0;
+  int consumers = 0;
+  int sharedMemoryBytes = 0;
+  /// K slices computed by separate blocks and summed in FP32 (1: none);
+  /// see gemm-abi.md.
+  int splitK = 1;
+  std::string cubin;
+  std::string ptx;
+};
+
+/// A checkpoint tensor a plan reads.
+struct ArtifactWeight {
+  /// Checkpoint name; may contain "{e}" (one tensor per routed expert).
+  std::string name;
+  /// As stored: "f8e4m3" (with `<name>_scale_inv`), "bf16" or "f32".
+  std::string dtype;
+  std::vector<int64_t> shape;
+  /// Relayout at load: "none", "bf16" or "f32".
+  std::string transform = "none";
+};
+
+/// A buffer of a plan's arena.
+struct PlanBuffer {
+  std::string name;
+  /// "f32", "bf16", "f8e4m3" or "i32".
+  std::string dtype;
+  /// "T", "R", "S", "E1" or a decimal row count (artifact.md "Plans").
+  std::string rows;
+  int64_t cols = 0;
+  uint64_t offset = 0;
+  uint64_t bytes = 0;
+};
+
+/// A whole buffer or a column slice of one.
+struct PlanTensor {
+  std::string buffer;
+  int64_t col = 0;
+  /// Width of the slice; 0 means the whole row (the buffer's cols).
+  int64_t cols = 0;
+};
+
+/// An op's attributes: numbers, strings and lists of numbers.
+struct PlanAttrs {
+  std::map<std::string, double> numbers;
+  std::map<std::string, std::string> strings;
+  std::map<std::string, std::vector<double>> lists;
+
+  /// The attribute, or a kiln::Error naming `op` and the attribute.
+  double number(const std::string &op, const std::string &name) const;
+  int64_t integer(const std::string &op, const std::string &name) const;
+  const std::vector<double> &list(const std::string &op,
+                                  const std::string &name) const;
+};
+
+/// One op of a launch plan (the op table of artifact.md).
+struct PlanStep {
+  std::string op;
+  std::vector<PlanTensor> inputs;
+  std::vector<PlanTensor> outputs;
+  std::vector<std::string> weights;
+  /// The compiled kernel of `gemm` and `grouped_gemm`; empty otherwise.
+  std::string kernel;
+  PlanAttrs attrs;
+};
+
+/// The launch plan of one kind of step.
+struct LaunchPlan {
+  int64_t maxTokens = 0;
+  int64_t maxSequences = 0;
+  uint64_t arenaBytes = 0;
+  std::vector<PlanBuffer> buffers;
+  std::vector<PlanStep> steps;
+
+  /// The buffer named `name`, or nullptr.
+  const PlanBuffer *findBuffer(const std::string &name) const;
+};
+
+/// Build options recorded in the manifest.
+struct ArtifactOptions {
+  int64_t maxBatch = 8;
+  int64_t maxSeqLen = 4096;
+  int64_t prefillChunk = 256;
+  /// "bf16" or "fp8".
+  std::string kvCacheDtype = "bf16";
+  int64_t kvPageTokens = 64;
+  int64_t expertParallel = 1;
+};
+
+/// A whole artifact in memory.
+struct Artifact {
+  std::string producer;
+  /// What it was compiled from: "config.json" or the .mlir file's name.
+  std::string source;
+  /// "sm_90a".
+  std::string targetArch = "sm_90a";
+  std::string modelType;
+  /// modelHash() of the config, or "" for a graph without one.
+  std::string modelHash;
+  /// The compiled config's fields that identify it in messages.
+  int64_t hiddenSize = 0;
+  int64_t numHiddenLayers = 0;
+  int64_t vocabSize = 0;
+  ArtifactOptions options;
+  std::vector<ArtifactKernel> kernels;
+  std::vector<ArtifactWeight> weights;
+  /// "decode" and "prefill" (a hand-written graph may have others).
+  std::map<std::string, LaunchPlan> plans;
+
+  const ArtifactKernel *findKernel(const std::string &name) const;
+  const LaunchPlan &plan(const std::string &name) const;
+};
+
+/// Checks the internal consistency artifact.md requires (every step's op is
+/// known and its buffers, weights and kernel exist; buffers fit the arena
+/// and are 256-byte aligned). Throws kiln::Error naming `origin`, the plan,
+/// the step index and op, and what is wrong.
+void validateArtifact(const Artifact &artifact, const std::string &origin);
+
+/// Reads and validates an artifact file. Throws kiln::Error naming the file
+/// and the problem (magic, version with the producer that wrote it,
+/// truncation, bad manifest).
+Artifact readArtifact(const std::filesystem::path &path);
+/// The same from bytes in memory; `origin` names them in errors.
+Artifact parseArtifact(const std::string &bytes, const std::string &origin);
+
+/// The file's bytes (validated first).
+std::string serializeArtifact(const Artifact &artifact);
+/// Writes atomically (a temporary file renamed into place).
+void writeArtifact(const Artifact &artifact,
+                   const std::filesystem::path &path);
+
+/// Throws kiln::Error unless the artifact was compiled for `config`
+/// (model hash and the identifying fields, all named in the message);
+/// `artifactOrigin` and `configOrigin` name the two files.
+void checkArtifactMatchesModel(const Artifact &artifact,
+                               const ModelConfig &config,
+                               const std::string &artifactOrigin,
+                               const std::string &configOrigin);
+
+/// A human-readable summary (kernels, plans, buffers, weights): what
+/// `kiln inspect` prints.
+std::string describeArtifact(const Artifact &artifact);
+
+} // namespace kiln
+
+#endif // KILN_ARTIFACT_H

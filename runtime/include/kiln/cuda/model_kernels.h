@@ -1,0 +1,178 @@
+//===- kiln/cuda/model_kernels.h - the CUDA backend's non-GEMM kernels ----===//
+//
+// Everything of the DeepSeek-V3 forward that is not an FP8 GEMM: embedding,
+// RMSNorm (with fused 1×128 FP8 quantization), quantization, the FP32 dense
+// products (router gate, output head), residual adds, absorbed MLA attention
+// over the paged latent cache (with RoPE and the cache append), the
+// noaux_tc router, MoE dispatch/combine and SwiGLU (with fused
+// quantization). Written in CUDA C (runtime/lib/cuda/kernels/), compiled by
+// nvcc to one sm_90a cubin that is embedded in the library and loaded with
+// the driver API, like the GEMM kernels: no CUDA runtime dependency.
+//
+// Every function enqueues on `stream` and returns; shapes and pointers are
+// checked on the host first (kiln::Error naming the kernel and what is
+// wrong). The ops and layouts are those of compiler/docs/artifact.md.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_CUDA_MODEL_KERNELS_H
+#define KILN_CUDA_MODEL_KERNELS_H
+
+#include "kiln/cuda/driver.h"
+
+#include <cstdint>
+#include <string>
+
+namespace kiln::cuda {
+
+enum class ElementType { F32, BF16, F8E4M3, I32 };
+
+/// "f32", "bf16", "f8e4m3", "i32" (the artifact's dtype names).
+const char *elementTypeName(ElementType type);
+/// Inverse of elementTypeName; throws kiln::Error naming `origin`.
+ElementType parseElementType(const std::string &name,
+                             const std::string &origin);
+int elementBytes(ElementType type);
+
+/// A row-major matrix in device memory, possibly a column slice of a wider
+/// one: element (r, c) is at `data + (r * stride + c) * elementBytes(type)`.
+struct DeviceMatrix {
+  CUdeviceptr data = 0;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  /// Elements between consecutive rows (≥ cols).
+  int64_t stride = 0;
+  ElementType type = ElementType::F32;
+};
+
+/// A 1×128-quantized activation: `values` E4M3 [rows, cols] (dense, row
+/// stride = cols) and its scales [cols/128][rows] (the GEMM ABI's layout).
+/// With `groupOffsets` set (i32 [groups + 1], on the device) the scales are
+/// grouped (artifact.md "moe_dispatch"): group g's are [cols/128][count_g]
+/// starting at float index (cols/128) * offsets[g].
+struct QuantizedMatrix {
+  CUdeviceptr values = 0;
+  CUdeviceptr scales = 0;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  CUdeviceptr groupOffsets = 0;
+  int groups = 0;
+};
+
+/// Absorbed MLA attention of one layer over a paged latent cache.
+struct MlaAttentionArgs {
+  int heads = 0;
+  int nopeDim = 0;  // qk_nope_head_dim
+  int ropeDim = 0;  // qk_rope_head_dim
+  int vDim = 0;     // v_head_dim
+  int kvLoraRank = 0;
+  float softmaxScale = 1.0f;
+  /// YaRN's factor on cos and sin.
+  float attentionFactor = 1.0f;
+  /// f32 [ropeDim / 2] rotation frequencies (device).
+  CUdeviceptr invFreq = 0;
+
+  /// bf16 [T, heads * (nope + rope)]
+  DeviceMatrix q;
+  /// bf16 or f32 [T, kvLoraRank], already RMS-normalized.
+  DeviceMatrix latent;
+  /// bf16 [T, ropeDim], before RoPE.
+  DeviceMatrix kPe;
+  /// kv_b_proj in BF16: [heads * (nope + v), kvLoraRank] (device).
+  CUdeviceptr kvB = 0;
+  /// bf16 [T, heads * v]
+  DeviceMatrix out;
+
+  /// Per token (i32 [T], device): position in its sequence and the
+  /// sequence's slot in `pageTable`.
+  CUdeviceptr positions = 0;
+  CUdeviceptr sequenceSlots = 0;
+  /// i32 [slots][maxPagesPerSequence]: page indices of each slot's positions
+  /// (page = position / pageTokens).
+  CUdeviceptr pageTable = 0;
+  int maxPagesPerSequence = 0;
+  int pageTokens = 0;
+  /// This layer's cache: [pages][pageTokens][kvLoraRank + ropeDim] of
+  /// `cacheType` (BF16; F8E4M3 with one f32 scale per token-row in
+  /// `cacheScales` [pages][pageTokens] as an option).
+  CUdeviceptr cache = 0;
+  ElementType cacheType = ElementType::BF16;
+  CUdeviceptr cacheScales = 0;
+  /// The longest sequence (positions + 1) in the step: bounds the work.
+  int maxContext = 0;
+};
+
+/// noaux_tc routing.
+struct MoeRouteArgs {
+  DeviceMatrix logits;     // f32 [T, E]
+  CUdeviceptr bias = 0;    // f32 [E] or 0
+  CUdeviceptr expertIds = 0;   // i32 [T, topK]
+  CUdeviceptr weights = 0;     // f32 [T, topK]
+  int topK = 0;
+  int nGroup = 1;
+  int topkGroup = 1;
+  float routedScalingFactor = 1.0f;
+  bool normTopkProb = true;
+};
+
+/// The non-GEMM kernels, loaded into the context current on the calling
+/// thread. Use (and destroy) them with that context current.
+class ModelKernels {
+public:
+  /// Loads the embedded cubin. Throws CudaError/kiln::Error.
+  ModelKernels();
+  ~ModelKernels();
+  ModelKernels(const ModelKernels &) = delete;
+  ModelKernels &operator=(const ModelKernels &) = delete;
+
+  /// out[t] = table[tokens[t]] (bf16 [V, H] → f32 [T, H]); ids outside
+  /// [0, V) give NaN rows (the runtime checks ids before).
+  void embed(CUstream stream, CUdeviceptr tokens, int64_t T,
+             CUdeviceptr table, int64_t vocab, const DeviceMatrix &out);
+  /// RMSNorm over each row with bf16 weight [cols]: out f32 or bf16.
+  void rmsNorm(CUstream stream, const DeviceMatrix &x, CUdeviceptr weight,
+               float eps, const DeviceMatrix &out);
+  /// RMSNorm fused with 1×128 quantization (cols % 128 == 0).
+  void rmsNormQuantize(CUstream stream, const DeviceMatrix &x,
+                       CUdeviceptr weight, float eps,
+                       const QuantizedMatrix &out);
+  /// 1×128 quantization of f32/bf16 rows, `s = max(amax, 1e-4) / 448`.
+  void quantize(CUstream stream, const DeviceMatrix &x,
+                const QuantizedMatrix &out);
+  /// out f32 [T, N] = x f32 [T, K] · W bf16 [N, K]ᵀ, FP32 accumulation.
+  void matmulF32(CUstream stream, const DeviceMatrix &x, CUdeviceptr weight,
+                 int64_t n, const DeviceMatrix &out);
+  /// out f32 = a f32 + b (f32 or bf16); out may be a.
+  void add(CUstream stream, const DeviceMatrix &a, const DeviceMatrix &b,
+           const DeviceMatrix &out);
+  /// Appends the step's tokens to the cache (RoPE on k_pe), then attention
+  /// for every token over positions ≤ its own.
+  void mlaAttention(CUstream stream, const MlaAttentionArgs &args);
+  void moeRoute(CUstream stream, const MoeRouteArgs &args);
+  /// Groups the routed rows by expert (stable in token order): outQ [T·k,
+  /// H] with grouped scales, offsets i32 [E + 1], rows i32 [T, k].
+  void moeDispatch(CUstream stream, const QuantizedMatrix &in,
+                   CUdeviceptr expertIds, int topK, int experts,
+                   const QuantizedMatrix &out, CUdeviceptr offsets,
+                   CUdeviceptr rows);
+  /// out = silu(gate) * up, bf16 → bf16.
+  void swiglu(CUstream stream, const DeviceMatrix &gate,
+              const DeviceMatrix &up, const DeviceMatrix &out);
+  /// out = quantize(silu(gate) * up), plain or grouped scales.
+  void swigluQuantize(CUstream stream, const DeviceMatrix &gate,
+                      const DeviceMatrix &up, const QuantizedMatrix &out);
+  /// out[t] = Σ_j weights[t, j] · y[rows[t, j]] (y bf16 [R, H] → f32).
+  void moeCombine(CUstream stream, const DeviceMatrix &y, CUdeviceptr rows,
+                  CUdeviceptr weights, int topK, const DeviceMatrix &out);
+  /// out[s] = x[rows[s]] (f32).
+  void selectRows(CUstream stream, const DeviceMatrix &x, CUdeviceptr rows,
+                  int64_t count, const DeviceMatrix &out);
+
+private:
+  struct Impl;
+  Impl *impl = nullptr;
+};
+
+} // namespace kiln::cuda
+
+#endif // KILN_CUDA_MODEL_KERNELS_H
