@@ -15,12 +15,14 @@ config.excludes = ["CMakeLists.txt", "runtime", "lit.cfg.py", "lit.site.cfg.py",
 
 config.substitutions.append(("%PATH%", config.environment["PATH"]))
 config.substitutions.append(("%python", sys.executable))
+# The repository root, for tests that compile the examples.
+config.substitutions.append(("%kiln_src_root", os.path.dirname(config.test_source_root)))
 llvm_config.with_system_environment(["HOME", "INCLUDE", "LIB", "TMP", "TEMP"])
 llvm_config.use_default_substitutions()
 
 # Our tools first, then FileCheck, not and count from LLVM 22.
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
-llvm_config.add_tool_substitutions(["kiln-opt"], [config.kiln_tools_dir])
+llvm_config.add_tool_substitutions(["kiln-opt", "kilnc"], [config.kiln_tools_dir])
 
 # The GEMM kernel compiler script and ptxas (CUDA 13; no GPU needed).
 import shutil

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Compiles Kiln's FP8 GEMM kernels to PTX and cubins, ahead of time.
 
-For each configuration (block_m, block_n, stages, consumers) it writes a
+For each configuration (block_m, block_n, stages, consumers[, split_k]) it
+writes a
 kiln.scaled_matmul carrying that #kiln.gemm_config, runs kiln-opt's kernel
 pipeline (kiln-emit-gemm-kernels, then SCF/arith/CF/NVVM to LLVM, NVPTX
 through gpu-module-to-binary), takes the PTX out of the gpu.binary, assembles
@@ -10,8 +11,12 @@ leaves NAME.ptx, NAME.cubin and NAME.json (the launch manifest of
 compiler/docs/gemm-abi.md) in the output directory.
 
 Usage: kiln-compile-gemm.py --kiln-opt PATH --out DIR [--ptxas PATH]
-           [--config 128,128,6,2 ...] [--ptx-only]
-Without --config it builds the configurations kiln-select-gemm-config picks.
+           [--config 128,128,6,2[,split_k] ...] [--shapes MxNxK,...]
+           [--plan FILE] [--ptx-only]
+Without --config it builds the configurations kiln-select-gemm-config picks
+for --shapes (default: the DeepSeek-V3 shapes kiln-gemm-check runs, and a
+dynamic M); --plan writes which kernel it picked for each shape, one line
+"KERNEL MxNxK,..." per kernel (scripts/device/gemm.sh's GEMM_PLAN).
 """
 import argparse
 import json
@@ -22,30 +27,65 @@ import subprocess
 import sys
 import tempfile
 
-DEFAULT_CONFIGS = [(64, 64, 8, 1), (128, 128, 6, 2)]
-PIPELINE = [
-    "--kiln-emit-gemm-kernels",
-    "--convert-scf-to-cf",
-    "--convert-arith-to-llvm",
-    "--convert-index-to-llvm",
-    "--convert-cf-to-llvm",
-    "--convert-nvvm-to-llvm",
-    "--reconcile-unrealized-casts",
-    "--nvvm-attach-target=module=kiln_kernels chip=sm_90a features=+ptx80 O=3",
-    "--gpu-module-to-binary=format=isa",
-]
+# kiln-gemm-check's default shapes (runtime/tools/kiln-gemm-check.cpp).
+DEFAULT_SHAPES = ([(m, n, k) for n, k in [(2112, 7168), (24576, 1536), (32768, 512),
+                                           (7168, 16384), (4096, 7168), (7168, 2048)]
+                   for m in (64, 128, 4096)]
+                  + [(m, 2112, 7168) for m in (1, 7, 300, 1000)] + [(300, 129, 1024)])
+# kiln-opt's kiln-gemm-to-ptx: kiln-emit-gemm-kernels, SCF/arith/index/CF/NVVM
+# to LLVM, nvvm-attach-target (sm_90a, +ptx80, O3), gpu-module-to-binary
+# format=isa; defined once in compiler/lib/Kernels/GemmKernelCompiler.cpp,
+# which kilnc runs in process.
+PIPELINE = ["--kiln-gemm-to-ptx"]
+
+
+def config_attr(config):
+    bm, bn, stages, consumers, split_k = config
+    # split_k = 1 is the attribute's default, which it does not print.
+    split = f", split_k = {split_k}" if split_k != 1 else ""
+    return (f"#kiln.gemm_config<block_m = {bm}, block_n = {bn}, stages = {stages}, "
+            f"consumers = {consumers}{split}>")
+
+
+def kernel_name(config):
+    bm, bn, stages, consumers, split_k = config
+    return f"kiln_gemm_fp8_m{bm}n{bn}s{stages}c{consumers}" + (f"k{split_k}" if split_k != 1 else "")
 
 
 def matmul_source(config):
-    bm, bn, stages, consumers = config
     return (
         "func.func @gemm(%a: tensor<?x128xf8E4M3FN>, %as: tensor<?x1xf32>,"
         " %b: tensor<128x128xf8E4M3FN>, %bs: tensor<1x1xf32>) -> tensor<?x128xbf16> {\n"
-        f"  %y = kiln.scaled_matmul %a, %as, %b, %bs {{gemm_config = #kiln.gemm_config<"
-        f"block_m = {bm}, block_n = {bn}, stages = {stages}, consumers = {consumers}>}}"
+        f"  %y = kiln.scaled_matmul %a, %as, %b, %bs {{gemm_config = {config_attr(config)}}}"
         " : (tensor<?x128xf8E4M3FN>, tensor<?x1xf32>, tensor<128x128xf8E4M3FN>,"
         " tensor<1x1xf32>) -> tensor<?x128xbf16>\n"
         "  return %y : tensor<?x128xbf16>\n}\n")
+
+
+def selected_configs(kiln_opt, shapes):
+    """The configuration kiln-select-gemm-config picks for each shape (None:
+    a dynamic M)."""
+    funcs = []
+    for index, shape in enumerate(shapes):
+        m, n, k = shape if shape else ("?", 4096, 7168)
+        kb, nb = k // 128, (n + 127) // 128
+        types = (f"tensor<{m}x{k}xf8E4M3FN>, tensor<{m}x{kb}xf32>, "
+                 f"tensor<{n}x{k}xf8E4M3FN>, tensor<{nb}x{kb}xf32>")
+        funcs.append(
+            f"func.func @s{index}(%a: tensor<{m}x{k}xf8E4M3FN>, %as: tensor<{m}x{kb}xf32>,"
+            f" %b: tensor<{n}x{k}xf8E4M3FN>, %bs: tensor<{nb}x{kb}xf32>) -> tensor<{m}x{n}xbf16> {{\n"
+            f"  %y = kiln.scaled_matmul %a, %as, %b, %bs : ({types}) -> tensor<{m}x{n}xbf16>\n"
+            f"  return %y : tensor<{m}x{n}xbf16>\n}}\n")
+    run = subprocess.run([kiln_opt, "-", "--kiln-select-gemm-config"], input="".join(funcs),
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.stderr.write(run.stderr)
+        raise SystemExit("kiln-compile-gemm: kiln-select-gemm-config failed")
+    picked = re.findall(r"gemm_config<block_m = (\d+), block_n = (\d+), stages = (\d+), "
+                        r"consumers = (\d+)(?:, split_k = (\d+))?>", run.stdout)
+    if len(picked) != len(shapes):
+        raise SystemExit("kiln-compile-gemm: kiln-select-gemm-config left a matmul unconfigured")
+    return [tuple(int(v or 1) for v in config) for config in picked]
 
 
 def unescape_mlir_string(text):
@@ -68,15 +108,34 @@ def main():
     parser.add_argument("--ptxas", default=shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas")
     parser.add_argument("--out", required=True)
     parser.add_argument("--config", action="append", default=[],
-                        help="block_m,block_n,stages,consumers")
+                        help="block_m,block_n,stages,consumers[,split_k]")
+    parser.add_argument("--shapes", help="MxNxK,...: build what the heuristic picks for these")
+    parser.add_argument("--plan", help="write the kernel picked per shape here")
     parser.add_argument("--ptx-only", action="store_true", help="stop after PTX")
     args = parser.parse_args()
-    configs = [tuple(int(v) for v in c.split(",")) for c in args.config] or DEFAULT_CONFIGS
+    configs = [tuple(int(v) for v in c.split(",")) for c in args.config]
+    configs = [c + (1,) * (5 - len(c)) for c in configs]
+    if not configs:
+        shapes = ([tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+                  if args.shapes else DEFAULT_SHAPES + [None])
+        picked = selected_configs(args.kiln_opt, shapes)
+        plan = {}
+        for shape, config in zip(shapes, picked):
+            if shape:
+                plan.setdefault(kernel_name(config), []).append("x".join(map(str, shape)))
+        if args.plan:
+            with open(args.plan, "w") as f:
+                for name, names in plan.items():
+                    f.write(f"{name} {','.join(names)}\n")
+        configs = list(dict.fromkeys(picked))
+    for c in configs:
+        if len(c) != 5:
+            raise SystemExit(f"kiln-compile-gemm: --config needs 4 or 5 integers, got {c}")
     os.makedirs(args.out, exist_ok=True)
     failures = 0
     for config in configs:
-        bm, bn, stages, consumers = config
-        name = f"kiln_gemm_fp8_m{bm}n{bn}s{stages}c{consumers}"
+        bm, bn, stages, consumers, split_k = config
+        name = kernel_name(config)
         with tempfile.TemporaryDirectory() as scratch:
             source = os.path.join(scratch, "gemm.mlir")
             with open(source, "w") as f:
@@ -103,7 +162,8 @@ def main():
         # The rings, the mbarriers and 1 KB the kernel uses to align the ring.
         smem = stages * (bm + bn) * 128 + 16 * stages + 1024
         manifest = {"kernel": name, "block_m": bm, "block_n": bn, "stages": stages,
-                    "consumer_warpgroups": consumers, "threads": 128 * (1 + consumers),
+                    "consumer_warpgroups": consumers, "split_k": split_k,
+                    "threads": 128 * (1 + consumers),
                     "smem_bytes": smem, "registers": int(registers.group(1)) if registers else None,
                     "spill_bytes": sum(spills)}
         with open(os.path.join(args.out, name + ".json"), "w") as f:

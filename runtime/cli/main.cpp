@@ -1,18 +1,22 @@
 //===- main.cpp - the `kiln` command line ---------------------------------===//
 //
-// kiln generate | serve | logits | tokenize | detokenize | make-tiny: text
-// generation, an OpenAI-compatible HTTP server (serve.cpp), and the
+// kiln generate | serve | logits | tokenize | detokenize | make-tiny |
+// inspect: text generation, an OpenAI-compatible HTTP server (serve.cpp), the
 // validation hooks over a Hugging Face style model directory
-// (config.json, safetensors shards, tokenizer.json, tokenizer_config.json).
+// (config.json, safetensors shards, tokenizer.json, tokenizer_config.json),
+// and a summary of a compiled artifact (.kiln).
 // Every error is reported as "kiln: error: ..." with exit code 1.
 //
 //===----------------------------------------------------------------------===//
 
 #include "serve.h"
 
+#include "kiln/artifact.h"
+#include "kiln/backend.h"
 #include "kiln/checkpoint.h"
 #include "kiln/config.h"
 #include "kiln/cpu_model.h"
+#include "kiln/engine.h"
 #include "kiln/error.h"
 #include "kiln/sampler.h"
 #include "kiln/tiny_checkpoint.h"
@@ -42,18 +46,21 @@ constexpr const char *kUsage = R"(usage: kiln <command> [options]
 Commands:
   generate    --model DIR --prompt TEXT [--max-tokens N] [--chat] [--system TEXT]
               [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop TEXT]
-              [--backend cpu] [--mla naive|absorbed] [--fp8-activations] [--threads N]
+              [--backend auto|cuda|cpu] [--artifact FILE] [--device N]
+              [--mla naive|absorbed] [--fp8-activations] [--threads N]
               Streams the continuation of TEXT (with --chat: the assistant's
               answer to TEXT as a user message). Greedy unless --temperature > 0.
   serve       --model DIR [--host 127.0.0.1] [--port 8080] [--max-batch N]
               [--kv-budget-tokens N] [--max-body-bytes N] [--threads N]
-              [--backend cpu] [--mla naive|absorbed] [--fp8-activations]
+              [--backend auto|cuda|cpu] [--artifact FILE] [--device N]
+              [--mla naive|absorbed] [--fp8-activations]
               Serves the model over HTTP until SIGINT/SIGTERM, OpenAI style:
               POST /v1/completions, /v1/chat/completions (JSON or SSE with
               "stream": true), GET /v1/models, /health, /metrics (Prometheus).
               Concurrent requests share continuous batching (--max-batch
               sequences, 8 by default); request bodies up to 1 MiB by default.
-  logits      --model DIR --tokens 0,17,42 [--backend cpu] [--mla naive|absorbed]
+  logits      --model DIR --tokens 0,17,42 [--backend auto|cuda|cpu]
+              [--artifact FILE] [--device N] [--mla naive|absorbed]
               [--fp8-activations] [--threads N]
               Prints {"logits": [[...], ...]}: one row of vocabulary logits per
               input position.
@@ -65,10 +72,17 @@ Commands:
               Writes a random checkpoint in the DeepSeek-V3 format for the
               config (FP8 128x128 blocks, per-expert tensors, MTP layer,
               sharded with an index), plus the tokenizer files from DIR.
+  inspect     FILE.kiln
+              Checks a compiled artifact (kilnc's output) and prints a
+              summary: target, model, options, kernels, weights, and each
+              launch plan's buffers and steps.
 
 A model directory holds config.json, model.safetensors.index.json and its
 shards (or model.safetensors), tokenizer.json and tokenizer_config.json.
-Backends: cpu (the FP32 reference). The CUDA backend is not built yet.
+Backends: cuda runs a kilnc artifact (--artifact FILE, by default
+DIR/model.kiln; compile one with `kilnc DIR/config.json -o DIR/model.kiln`)
+on an sm_90a GPU; cpu is the FP32 reference. auto (the default) takes cuda
+when a GPU and an artifact are present, cpu otherwise.
 )";
 
 /// Options of one command: `--name value` pairs and bare `--flag`s.
@@ -148,12 +162,6 @@ std::vector<int32_t> parseIds(const std::string &text,
 }
 
 CpuModelOptions modelOptions(const Options &options) {
-  std::string backend = options.get("backend", "cpu");
-  if (backend == "cuda")
-    throw Error("--backend cuda: the CUDA backend is not built yet; use "
-                "--backend cpu");
-  if (backend != "cpu")
-    throw Error("--backend: unknown backend '" + backend + "' (expected cpu)");
   CpuModelOptions result;
   std::string mla = options.get("mla", "absorbed");
   if (mla == "naive")
@@ -166,17 +174,62 @@ CpuModelOptions modelOptions(const Options &options) {
   return result;
 }
 
-/// The CPU model over `checkpoint`, loaded with progress on stderr.
-CpuModel loadModel(const Checkpoint &checkpoint,
-                   const CpuModelOptions &options) {
+/// The artifact to run on the GPU, or empty for the CPU reference
+/// (--backend, --artifact; see kUsage).
+fs::path chooseArtifact(const Options &options, const fs::path &modelDir) {
+  std::string backend = options.get("backend", "auto");
+  if (backend != "auto" && backend != "cuda" && backend != "cpu")
+    throw Error("--backend: unknown backend '" + backend +
+                "' (expected auto, cuda or cpu)");
+  if (backend == "cpu") {
+    if (options.has("artifact"))
+      throw Error("--artifact needs the cuda backend, not --backend cpu");
+    return {};
+  }
+  fs::path artifact = options.has("artifact")
+                          ? fs::path(options.get("artifact"))
+                          : modelDir / "model.kiln";
+  bool haveArtifact = fs::exists(artifact);
+  if (backend == "cuda") {
+    if (!haveArtifact)
+      throw Error("--backend cuda: no artifact at " + artifact.string() +
+                  " (compile one with `kilnc " +
+                  (modelDir / "config.json").string() + " -o " +
+                  artifact.string() + "`, or pass --artifact FILE)");
+    return artifact;
+  }
+  // auto: the GPU when there is one and something compiled to run on it.
+  std::string whyNoGpu;
+  if (!haveArtifact) {
+    if (options.has("artifact"))
+      throw Error("--artifact: " + artifact.string() + " does not exist");
+    return {};
+  }
+  if (gpuCount(&whyNoGpu) == 0) {
+    std::fprintf(stderr, "kiln: no GPU (%s); running %s on the CPU reference\n",
+                 whyNoGpu.c_str(), modelDir.c_str());
+    return {};
+  }
+  return artifact;
+}
+
+/// `modelDir` on its backend (CPU reference or CUDA), loaded with a line on
+/// stderr.
+std::shared_ptr<Model> loadBackend(const Options &options,
+                                   const fs::path &modelDir) {
   auto start = std::chrono::steady_clock::now();
-  CpuModel model(checkpoint.config(), checkpoint, options);
+  ModelLoadOptions load;
+  load.cpu = modelOptions(options);
+  load.artifact = chooseArtifact(options, modelDir);
+  load.device = options.number<int>("device", 0);
+  // Model::load also reads the tokenizer, which generate needs anyway.
+  std::shared_ptr<Model> model = Model::load(modelDir, load);
   double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
           .count();
-  std::fprintf(stderr, "kiln: loaded %s (%.1f MB of tensors) in %.2f s\n",
-               checkpoint.directory().c_str(),
-               checkpoint.totalTensorBytes() / 1e6, seconds);
+  std::fprintf(stderr, "kiln: loaded %s on the %s backend in %.2f s\n",
+               modelDir.c_str(), load.artifact.empty() ? "cpu" : "cuda",
+               seconds);
   return model;
 }
 
@@ -192,18 +245,25 @@ void appendFloat(std::string &out, float value) {
 
 int runLogits(const Options &options) {
   std::vector<int32_t> tokens = parseIds(options.get("tokens"), "tokens");
-  CpuModelOptions modelOpts = modelOptions(options);
-  // Opening validates every tensor header but reads no weights: check the
-  // ids before the expensive part.
-  Checkpoint checkpoint(options.get("model"));
-  int64_t vocab = checkpoint.config().vocabSize;
+  fs::path dir = options.get("model");
+  // Check the ids against the config before loading any weights.
+  int64_t vocab = loadConfig(dir).vocabSize;
   for (int32_t id : tokens)
     if (id >= vocab)
       throw Error("--tokens: id " + std::to_string(id) +
                   " is outside the vocabulary (" + std::to_string(vocab) +
                   " tokens)");
-  CpuModel model = loadModel(checkpoint, modelOpts);
-  std::vector<float> logits = model.forward(tokens, 0);
+  std::shared_ptr<Model> model = loadBackend(options, dir);
+  Backend *backend = &model->backend();
+  // One step per position: the backend returns the last token's logits.
+  std::unique_ptr<BackendSequence> sequence = backend->newSequence();
+  std::vector<float> logits;
+  logits.reserve(tokens.size() * vocab);
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    std::vector<float> row =
+        backend->step({{sequence.get(), {tokens[i]}, static_cast<int64_t>(i)}});
+    logits.insert(logits.end(), row.begin(), row.end());
+  }
   std::string out = "{\"logits\": [";
   out.reserve(tokens.size() * vocab * 12);
   for (size_t row = 0; row < tokens.size(); ++row) {
@@ -245,10 +305,10 @@ int runGenerate(const Options &options) {
     prompt =
         tokenizer.encode(options.get("prompt"), tokenizer.addBosByDefault());
   }
-  CpuModelOptions modelOpts = modelOptions(options);
-  Checkpoint checkpoint(dir);
-  CpuModel model = loadModel(checkpoint, modelOpts);
-  int64_t vocab = checkpoint.config().vocabSize;
+  std::shared_ptr<Model> model = loadBackend(options, dir);
+  Backend *backend = &model->backend();
+  std::unique_ptr<BackendSequence> sequence = backend->newSequence();
+  int64_t vocab = backend->config().vocabSize;
   // The embedding table is padded past the tokenizer's vocabulary; ids in
   // the padding have no text and are never sampled.
   int64_t textVocab = std::min<int64_t>(vocab, tokenizer.vocabSize());
@@ -258,12 +318,12 @@ int runGenerate(const Options &options) {
   std::string text;
   size_t printed = 0;
   auto start = std::chrono::steady_clock::now();
-  std::vector<float> logits = model.forward(prompt, 0);
+  std::vector<float> logits = backend->step({{sequence.get(), prompt, 0}});
   int64_t position = static_cast<int64_t>(prompt.size());
   int64_t generated = 0;
   StopDecision stop;
   while (generated < maxTokens) {
-    float *last = logits.data() + (logits.size() / vocab - 1) * vocab;
+    float *last = logits.data();
     std::fill(last + textVocab, last + vocab,
               -std::numeric_limits<float>::infinity());
     int32_t token = sampler.sample(last, vocab);
@@ -278,7 +338,7 @@ int runGenerate(const Options &options) {
       std::fflush(stdout);
       printed = safe;
     }
-    logits = model.forward({token}, position++);
+    logits = backend->step({{sequence.get(), {token}, position++}});
   }
   if (stop.reason == StopReason::None)
     text += stream.finish();
@@ -351,6 +411,14 @@ int runMakeTiny(const Options &options) {
   return 0;
 }
 
+int runInspect(int argc, char **argv) {
+  if (argc != 3 || std::strncmp(argv[2], "--", 2) == 0)
+    throw Error("usage: kiln inspect FILE.kiln");
+  std::string summary = describeArtifact(readArtifact(argv[2]));
+  std::fwrite(summary.data(), 1, summary.size(), stdout);
+  return 0;
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -361,8 +429,8 @@ int main(int argc, char **argv) {
   }
   std::string command = argv[1];
   const std::vector<std::string> modelFlags = {"fp8-activations"};
-  const std::vector<std::string> modelOptionNames = {"model", "backend", "mla",
-                                                     "threads"};
+  const std::vector<std::string> modelOptionNames = {
+      "model", "backend", "artifact", "device", "mla", "threads"};
   try {
     if (command == "generate") {
       std::vector<std::string> valued = modelOptionNames;
@@ -388,6 +456,8 @@ int main(int argc, char **argv) {
       serve.maxBodyBytes =
           options.number<size_t>("max-body-bytes", serve.maxBodyBytes);
       serve.cpu = modelOptions(options);
+      serve.artifact = chooseArtifact(options, serve.modelDir).string();
+      serve.device = options.number<int>("device", 0);
       return runServe(serve);
     }
     if (command == "logits") {
@@ -402,6 +472,8 @@ int main(int argc, char **argv) {
     if (command == "make-tiny")
       return runMakeTiny(Options(
           argc, argv, 2, {"config", "out", "seed", "shards", "tokenizer"}, {}));
+    if (command == "inspect")
+      return runInspect(argc, argv);
     throw Error("unknown command '" + command + "' (see kiln --help)");
   } catch (const std::exception &error) {
     std::fprintf(stderr, "kiln: error: %s\n", error.what());

@@ -885,6 +885,8 @@ int runServe(const ServeOptions &options) {
   ModelLoadOptions loadOptions;
   loadOptions.cpu = options.cpu;
   loadOptions.cpu.loadMtp = false;
+  loadOptions.artifact = options.artifact;
+  loadOptions.device = options.device;
   auto loadStart = Clock::now();
   std::shared_ptr<Model> model = Model::load(options.modelDir, loadOptions);
   std::fprintf(stderr, "kiln: loaded %s in %.2f s\n", options.modelDir.c_str(),

@@ -25,6 +25,9 @@ struct ServeOptions {
   int64_t kvBudgetTokens = 0;
   size_t maxBodyBytes = 1 << 20;
   CpuModelOptions cpu;
+  /// A kilnc artifact: run on the CUDA backend (empty: the CPU reference).
+  std::string artifact;
+  int device = 0;
 };
 
 /// Loads the model, serves until SIGINT or SIGTERM, and returns the exit

@@ -221,11 +221,6 @@ kiln_status kiln_model_load(const char *model_dir, const char *artifact_path,
   *out_model = nullptr;
   if (!model_dir)
     return nullArgument("kiln_model_load", "model_dir");
-  if (artifact_path)
-    return fail(KILN_ERROR_UNSUPPORTED,
-                std::string("kiln_model_load: artifact '") + artifact_path +
-                    "': compiled artifacts need the GPU backend, which is not "
-                    "built yet; pass NULL");
   if (kiln::onEngineThread())
     return wrongThread("kiln_model_load");
   kiln_load_options defaults;
@@ -248,6 +243,8 @@ kiln_status kiln_model_load(const char *model_dir, const char *artifact_path,
 
   return guarded(KILN_ERROR_MODEL, [&] {
     kiln::ModelLoadOptions loadOptions;
+    if (artifact_path)
+      loadOptions.artifact = artifact_path;
     loadOptions.cpu.numThreads = options->num_threads;
     loadOptions.cpu.mlaForm = options->mla_form == KILN_MLA_NAIVE
                                   ? kiln::MlaForm::Naive

@@ -11,6 +11,12 @@
 
 #include "kiln/engine.h"
 
+#include "kiln/artifact.h"
+#ifdef KILN_HAVE_CUDA
+#include "kiln/cuda/cuda_backend.h"
+#include "kiln/cuda/driver.h"
+#endif
+
 #include "kiln/checkpoint.h"
 
 #include <algorithm>
@@ -157,13 +163,70 @@ Model::Model(std::unique_ptr<Backend> backend, Tokenizer tokenizer)
 
 Model::~Model() = default;
 
+namespace {
+
+/// Model::load with an artifact: the CUDA backend over the checkpoint.
+std::shared_ptr<Model> loadOnGpu(const std::filesystem::path &modelDir,
+                                 const ModelLoadOptions &options,
+                                 LoadReporter &reporter) {
+#ifdef KILN_HAVE_CUDA
+  reporter.report(LoadStage::Checkpoint, 0);
+  Artifact artifact = readArtifact(options.artifact);
+  Checkpoint checkpoint(modelDir);
+  reporter.report(LoadStage::Tokenizer, 0);
+  Tokenizer tokenizer = Tokenizer::load(modelDir);
+  reporter.report(LoadStage::Weights, 0);
+  cuda::CudaBackendOptions cudaOptions;
+  cudaOptions.device = options.device;
+  cudaOptions.kvCacheTokens = options.kvCacheTokens;
+  cudaOptions.progress = [&](double fraction) {
+    try {
+      reporter.report(LoadStage::Weights, fraction);
+      return true;
+    } catch (const LoadCancelled &) {
+      return false;
+    }
+  };
+  std::unique_ptr<Backend> backend;
+  try {
+    backend = std::make_unique<cuda::CudaBackend>(
+        checkpoint, std::move(artifact), options.artifact.string(),
+        cudaOptions);
+  } catch (const Error &) {
+    // A cancelled upload surfaces as the backend's error; report it as the
+    // cancellation it was.
+    reporter.report(LoadStage::Weights, 0);
+    throw;
+  }
+  reporter.report(LoadStage::Done, 1);
+  return std::make_shared<Model>(std::move(backend), std::move(tokenizer));
+#else
+  (void)modelDir;
+  (void)reporter;
+  throw Error("model load: " + options.artifact.string() +
+              ": this build of Kiln has no CUDA backend (configured without "
+              "the CUDA toolkit); load the model without an artifact to use "
+              "the CPU reference");
+#endif
+}
+
+} // namespace
+
+int gpuCount(std::string *whyNone) {
+#ifdef KILN_HAVE_CUDA
+  return cuda::deviceCount(whyNone);
+#else
+  if (whyNone)
+    *whyNone = "this build of Kiln has no CUDA backend";
+  return 0;
+#endif
+}
+
 std::shared_ptr<Model> Model::load(const std::filesystem::path &modelDir,
                                    const ModelLoadOptions &options) {
-  if (!options.artifact.empty())
-    throw Error("model load: " + options.artifact.string() +
-                ": compiled artifacts need the GPU backend, which is not "
-                "built yet; load the model directory alone");
   LoadReporter reporter(options);
+  if (!options.artifact.empty())
+    return loadOnGpu(modelDir, options, reporter);
   reporter.report(LoadStage::Checkpoint, 0);
   // The checkpoint is only needed while the CPU backend copies the weights
   // out of it; its mappings go when this function returns or throws.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (device tool), from the repository root: checks and
 # times every staged FP8 GEMM kernel and cuBLAS on the same shapes, in one
-# call. Needs scripts/device/stage.sh's output carried in the call (.device):
+# call. Needs scripts/device/stage.sh's output carried in the call (.device,
+# or $KILN_DEVICE_DIR as stage.sh had it):
 #   .device/bin/kiln-gemm-check, .device/bin/kiln-runtime-tests
 #   .device/reference/gemm_reference.{cubin,json}   (built here by nvcc)
 #   .device/kernels/<name>.cubin + <name>.json      (the compiler's kernels)
@@ -20,6 +21,12 @@
 #   GEMM_CUBLAS_JSON  a carried gemm_cublas.py result to compare against
 #                     instead of running cuBLAS again (~1 min)
 #   GEMM_TIMEOUT      seconds per kiln-gemm-check run (300)
+#   GEMM_PLAN         a file of lines "KERNEL MxNxK,...": instead of every
+#                     kernel on every shape, each line's kernel on its shapes
+#                     (what kiln-select-gemm-config picks per shape, written by
+#                     scripts/device/gemm-plan.py); the rows are merged into
+#                     one result, "kiln-selected", compared with cuBLAS
+#   GEMM_SANITIZE     0 skips compute-sanitizer (default 1)
 set -uo pipefail
 out=${OUT:-/tmp/gemm-out}
 mkdir -p "$out"
@@ -27,14 +34,13 @@ work=$(mktemp -d)
 mkdir -p "$work/results"
 export PYTHONUNBUFFERED=1
 # The runtime library, where the build makes it shared (stage.sh copies it).
-export LD_LIBRARY_PATH=$PWD/.device/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+dev=${KILN_DEVICE_DIR:-.device}
+export LD_LIBRARY_PATH=$PWD/$dev/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
 main() {
-  check=.device/bin/kiln-gemm-check
+  check=$dev/bin/kiln-gemm-check
   runs=${GEMM_RUNS:-50}
   timeout_s=${GEMM_TIMEOUT:-300}
-  shape_args=()
-  [[ -n ${GEMM_SHAPES:-} ]] && shape_args=(--shapes "$GEMM_SHAPES")
   status=0
   failed=()
 
@@ -42,22 +48,38 @@ main() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw \
     --format=csv 2>&1 || true
   if [[ ! -x $check ]]; then
-    echo "gemm.sh: $check is missing: run scripts/device/stage.sh here and carry .device"
+    echo "gemm.sh: $check is missing: run scripts/device/stage.sh here and carry $dev"
     return 2
   fi
   sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 
   shopt -s nullglob
-  kernels=(.device/kernels/*.cubin)
+  kernels=($dev/kernels/*.cubin)
   mode=${GEMM_REFERENCE:-}
   [[ -z $mode ]] && { ((${#kernels[@]})) && mode=check || mode=full; }
   targets=()
-  [[ $mode != skip ]] && targets+=(.device/reference/gemm_reference.cubin)
+  [[ $mode != skip ]] && targets+=($dev/reference/gemm_reference.cubin)
   targets+=("${kernels[@]}")
 
   jsons=()
-  for cubin in "${targets[@]}"; do
+  # One "cubin shapes" item per kiln-gemm-check run: every target on every
+  # shape, or the plan's lines.
+  runs_list=()
+  if [[ -n ${GEMM_PLAN:-} ]]; then
+    while read -r kernel plan_shapes; do
+      [[ -z $kernel || $kernel == \#* ]] && continue
+      runs_list+=("$dev/kernels/$kernel.cubin $plan_shapes")
+    done <"$GEMM_PLAN"
+  else
+    for cubin in "${targets[@]}"; do runs_list+=("$cubin ${GEMM_SHAPES:-}"); done
+  fi
+  sanitized=()
+  for item in "${runs_list[@]}"; do
+    read -r cubin item_shapes <<<"$item"
+    shape_args=()
+    [[ -n $item_shapes ]] && shape_args=(--shapes "$item_shapes")
     name=$(basename "$cubin" .cubin)
+    [[ -n ${GEMM_PLAN:-} ]] && name=$name-${item_shapes%%,*}
     echo
     echo "== kiln-gemm-check $name"
     time_args=()
@@ -71,6 +93,8 @@ main() {
     fi
     [[ -f $work/results/kiln-$name.json && ${#time_args[@]} == 0 ]] && jsons+=("$work/results/kiln-$name.json")
 
+    [[ ${GEMM_SANITIZE:-1} == 0 || " ${sanitized[*]} " == *" $cubin "* ]] && continue
+    sanitized+=("$cubin")
     echo
     echo "== compute-sanitizer memcheck $name (7x2112x7168, 300x129x1024)"
     # API errors are kiln-gemm-check's to report (it checks every call, and
@@ -87,10 +111,10 @@ main() {
     fi
   done
 
-  if [[ -x .device/bin/kiln-runtime-tests ]]; then
+  if [[ -x $dev/bin/kiln-runtime-tests ]]; then
     echo
     echo "== launcher tests on the GPU"
-    .device/bin/kiln-runtime-tests --gtest_filter='GemmLauncherOnGpu.*:GemmOperandChecks.*:CudaErrors.*' \
+    $dev/bin/kiln-runtime-tests --gtest_filter='GemmLauncherOnGpu.*:GemmOperandChecks.*:CudaErrors.*' \
       --gtest_brief=1 2>&1 | tee "$work/results/launcher-tests.log"
     rc=${PIPESTATUS[0]}
     ((rc != 0)) && { status=1; failed+=("launcher tests exit $rc"); }
@@ -121,6 +145,23 @@ main() {
       echo
     done
   } >"$out/tables.md"
+
+  if [[ -n ${GEMM_PLAN:-} ]] && ((${#jsons[@]})); then
+    # One result of the plan's rows, in the plan's order.
+    python3 - "$work/results/kiln-selected.json" "${jsons[@]}" <<'PY'
+import json, sys
+merged = None
+for path in sys.argv[2:]:
+    part = json.load(open(path))
+    for row in part["rows"]:
+        row["kernel"] = part["manifest"]["kernel"]
+    if merged is None:
+        merged = dict(part, label="kiln-selected", rows=[])
+    merged["rows"] += part["rows"]
+json.dump(merged, open(sys.argv[1], "w"), indent=2)
+PY
+    jsons=("$work/results/kiln-selected.json")
+  fi
 
   if [[ -f $cublas_json ]] && ((${#jsons[@]})); then
     python3 bench/compare.py --cublas "$cublas_json" "${jsons[@]}" | tee "$work/results/compare.md"

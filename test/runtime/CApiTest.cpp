@@ -157,7 +157,7 @@ TEST(CApi, BadModelDirectoriesNameTheFile) {
       KILN_ERROR_MODEL, {(scratch / "bad/config.json").string()});
 
   expectFailure(kiln_model_load(missing.c_str(), "model.kiln", nullptr, &model),
-                KILN_ERROR_UNSUPPORTED, {"model.kiln", "NULL"});
+                KILN_ERROR_MODEL, {"model.kiln"});
   kiln_load_options options;
   kiln_load_options_init(&options);
   options.num_threads = -2;

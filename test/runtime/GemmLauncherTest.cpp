@@ -149,7 +149,7 @@ TEST(GemmOperandChecks, NameTheKernelShapeAndRule) {
   GemmOperands badK = good;
   badK.k = 100;
   expectMentions(errorOf([&] { checkGemmOperands(config, badK); }),
-                 {"kiln_gemm_test", "M=64 N=2112 K=100", "multiple of 128"});
+                 {"kiln_gemm_test", "M=64 N=2112 K=100", "multiple of 16"});
   GemmOperands noRows = good;
   noRows.m = 0;
   expectMentions(errorOf([&] { checkGemmOperands(config, noRows); }),

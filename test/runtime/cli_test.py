@@ -7,6 +7,7 @@ round trip, generation, and that bad input exits 1 with a `kiln: error:`.
 import json
 import math
 import os
+import struct
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,25 @@ def run(*args, expect=0):
 def check(condition, message):
     if not condition:
         failures.append(message)
+
+
+def kiln_artifact(manifest, blobs):
+    """The .kiln container of compiler/docs/artifact.md: header, manifest,
+    then each (name, bytes) blob at a multiple of 256."""
+    while True:
+        text = json.dumps(manifest).encode()
+        at = (24 + len(text) + 255) // 256 * 256
+        table = []
+        for name, data in blobs:
+            table.append({"name": name, "offset": at, "size": len(data)})
+            at = (at + len(data) + 255) // 256 * 256
+        if manifest.get("blobs") == table:
+            break
+        manifest["blobs"] = table  # offsets change the manifest's length
+    out = b"KILNART\0" + struct.pack("<IIQ", 1, 0, len(text)) + text
+    for entry, (_, data) in zip(table, blobs):
+        out = out.ljust(entry["offset"], b"\0") + data
+    return out
 
 
 with tempfile.TemporaryDirectory() as scratch:
@@ -61,6 +81,47 @@ with tempfile.TemporaryDirectory() as scratch:
               "--temperature", "0.7", "--seed", "5")
     check(out.returncode == 0, "generate --chat")
 
+    # `inspect` summarizes a valid artifact; a bad one is a one-line error
+    # naming the file.
+    buffer = lambda name, dtype, cols, offset, size: {
+        "name": name, "dtype": dtype, "rows": "T", "cols": cols, "offset": offset, "bytes": size}
+    plan = {"max_tokens": 2, "max_sequences": 1, "arena_bytes": 1024,
+            "buffers": [buffer("x_q", "f8e4m3", 128, 0, 256), buffer("x_s", "f32", 1, 256, 256),
+                        buffer("y", "bf16", 128, 512, 512)],
+            "steps": [{"op": "gemm", "inputs": [{"buffer": "x_q"}, {"buffer": "x_s"}],
+                       "outputs": [{"buffer": "y", "col": 0, "cols": 64}], "weights": ["w"],
+                       "kernel": "kiln_gemm_m64n64s4c1", "attrs": {}}]}
+    manifest = {
+        "format": "kiln-artifact", "format_version": 1, "producer": "cli_test.py",
+        "source": "graph.mlir", "target": {"arch": "sm_90a"},
+        "model": {"model_type": "", "hash": "", "hidden_size": 0, "num_hidden_layers": 0,
+                  "vocab_size": 0},
+        "options": {"max_batch": 2, "max_seq_len": 64, "prefill_chunk": 2,
+                    "kv_cache_dtype": "bf16", "kv_page_tokens": 64, "ep": 1},
+        "kernels": [{"name": "kiln_gemm_m64n64s4c1", "block_m": 64, "block_n": 64, "stages": 4,
+                     "consumers": 1, "shared_memory_bytes": 0, "split_k": 1,
+                     "cubin": "k.cubin"}],
+        "weights": [{"name": "w", "dtype": "f8e4m3", "shape": [128, 128], "transform": "none"}],
+        "plans": {"decode": plan}}
+    good = kiln_artifact(manifest, [("k.cubin", b"\x7fELF\0\0cubin")])
+    artifact = os.path.join(scratch, "graph.kiln")
+    open(artifact, "wb").write(good)
+    out = run("inspect", artifact)
+    for part in ["cli_test.py", "kiln_gemm_m64n64s4c1", "cubin 11 B", "plan decode", "y[:, 0:64]"]:
+        check(part in out.stdout, f"inspect: {part!r} not in {out.stdout!r}")
+    bad_plan = json.loads(json.dumps(manifest))
+    bad_plan["plans"]["decode"]["steps"][0]["op"] = "conv2d"
+    for name, contents, problem in [
+        ("magic.kiln", b"PK\3\4" + good[4:], "bad magic"),
+        ("cut.kiln", good[:-3], "past the end"),
+        ("op.kiln", kiln_artifact(bad_plan, [("k.cubin", b"\x7fELF")]), "unknown op"),
+    ]:
+        path = os.path.join(scratch, name)
+        open(path, "wb").write(contents)
+        out = run("inspect", path, expect=1)
+        check(out.stderr.startswith(f"kiln: error: {path}: ") and problem in out.stderr
+              and out.stderr.count("\n") == 1, f"inspect {name}: stderr {out.stderr!r}")
+
     # Bad input: exit 1 with a message, never a crash.
     for args in [
         ("logits", "--model", model, "--tokens", "1,x"),
@@ -72,6 +133,8 @@ with tempfile.TemporaryDirectory() as scratch:
         ("generate", "--model", model, "--prompt", "x", "--top-p", "0"),
         ("tokenize", "--model", model, "--text"),
         ("frobnicate",),
+        ("inspect",),
+        ("inspect", os.path.join(scratch, "missing.kiln")),
         ("tokenize", "--model", model, "--text", "x", "--colour", "red"),
     ]:
         out = run(*args, expect=1)

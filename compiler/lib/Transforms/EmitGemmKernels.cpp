@@ -22,6 +22,7 @@
 
 #include <sstream>
 #include <string>
+#include <vector>
 
 namespace kiln {
 #define GEN_PASS_DEF_KILNEMITGEMMKERNELS
@@ -46,6 +47,9 @@ constexpr int kWaitTicks = 10000000;
 /// Matrix descriptor bits 62-63 = 1 (128-byte swizzle), stride byte offset
 /// 1024 >> 4 at bits 32-45 (8 rows of 128 bytes), leading byte offset 1 at
 /// bits 16-29 (unused for swizzled K-major operands).
+/// Split-K: the 256 bytes at the head of each tile's workspace record, for
+/// its arrival counters (4 bytes per consumer warp, at most 8).
+constexpr int64_t kCounterRecordFloats = 64;
 constexpr uint64_t kDescriptorHighBits =
     (uint64_t{1} << 62) | (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 16);
 
@@ -58,6 +62,7 @@ public:
     int64_t bm = config.getBlockM(), bn = config.getBlockN();
     int64_t stages = config.getStages(), consumers = config.getConsumers();
     int64_t accRegs = bn / 2;
+    splitK = config.getSplitK();
     std::string name = config.getKernelName();
     structType = "!llvm.struct<(";
     for (int64_t i = 0; i < accRegs; ++i)
@@ -80,7 +85,9 @@ public:
          "{llvm.align = 64 : i64, llvm.byval = !llvm.array<128 x i8>, "
          "nvvm.grid_constant}, %scaleA: !llvm.ptr<1>, "
          "%scaleB: !llvm.ptr<1>, %out: !llvm.ptr<1>, %M: i32, %N: i32, %K: "
-         "i32) attributes {nvvm.kernel, nvvm.maxntid = array<i32: " +
+         "i32" +
+         std::string(splitK > 1 ? ", %workspace: !llvm.ptr<1>" : "") +
+         ") attributes {nvvm.kernel, nvvm.maxntid = array<i32: " +
          std::to_string(config.getThreads()) +
          ", 1, 1>, nvvm.minctasm = 1 : i32, kiln.gemm_config = " +
          printAttr(config) + "} {");
@@ -108,7 +115,12 @@ public:
     emit("%nPad = arith.addi %N, " + i32(bn - 1) + " : i32");
     emit("%nTiles = arith.divui %nPad, " + i32(bn) + " : i32");
     emit("%numTiles = arith.muli %mTiles, %nTiles : i32");
-    emit("%numKB = arith.divui %K, %c128 : i32");
+    // A partial last K block reads zeros past K (TMA's out-of-bounds fill),
+    // so ceil(K / 128) blocks cover any K.
+    emit("%kPad = arith.addi %K, " + i32(127) + " : i32");
+    emit("%numKB = arith.divui %kPad, %c128 : i32");
+    if (splitK > 1)
+      emit("%numUnits = arith.muli %numTiles, " + i32(splitK) + " : i32");
     emit("%isT0 = arith.cmpi eq, %tid, %c0 : i32");
 
     // Thread 0 initializes the ring's barriers: full[s] completes when the
@@ -148,11 +160,10 @@ private:
   void writeProducer(int64_t bm, int64_t bn, int64_t stages) {
     emit("nvvm.setmaxregister decrease " + std::to_string(kProducerRegisters));
     emit("scf.if %isT0 {");
-    emit("%done = scf.for %tile = %bid to %numTiles step %nbid "
-         "iter_args(%it = %c0) -> (i32) : i32 {");
+    writeWorkLoop();
     writeTileOrigin(bm, bn);
-    emit("%next = scf.for %kb = %c0 to %numKB step %c1 iter_args(%j = %it) "
-         "-> (i32) : i32 {");
+    emit("%next = scf.for %kb = " + kbBegin() + " to " + kbEnd() +
+         " step %c1 iter_args(%j = %it) -> (i32) : i32 {");
     writeStageAndPhase(stages);
     // A fresh barrier counts its previous phase as complete, so the first
     // round's waits on parity 1 pass at once.
@@ -219,8 +230,10 @@ private:
       zero = next;
     }
 
-    emit("%done = scf.for %tile = %bid to %numTiles step %nbid "
-         "iter_args(%it = %c0) -> (i32) : i32 {");
+    if (splitK > 1)
+      writeSplitPrologue(accRegs);
+
+    writeWorkLoop();
     writeTileOrigin(bm, bn);
     emit("%row0 = arith.addi %mOff, %rowInTile : i32");
     emit("%row1 = arith.addi %row0, %c8 : i32");
@@ -231,11 +244,16 @@ private:
     emit("%bScaleRow = arith.muli %nBlock, %numKB : i32");
     // K blocks in pairs: the second block's wgmmas run while the first
     // block's partial is promoted on the CUDA cores.
-    emit("%numPairs = arith.divui %numKB, %c2 : i32");
+    emit("%numPairs = arith.divui " + kbCount() + ", %c2 : i32");
     emit("%res:2 = scf.for %pair = %c0 to %numPairs step %c1 iter_args(%j = "
          "%it, %acc = " +
          zero + ") -> (i32, " + structType + ") : i32 {");
-    emit("%kbA = arith.muli %pair, %c2 : i32");
+    if (splitK > 1) {
+      emit("%kbA0 = arith.muli %pair, %c2 : i32");
+      emit("%kbA = arith.addi %kbA0, %kbBegin : i32");
+    } else {
+      emit("%kbA = arith.muli %pair, %c2 : i32");
+    }
     emit("%kbB = arith.addi %kbA, %c1 : i32");
     emit("%jB = arith.addi %j, %c1 : i32");
     std::string partialA = issueBlock("A", "%kbA", "%j");
@@ -247,9 +265,9 @@ private:
     emit("}");
     // An odd number of K blocks leaves one.
     emit("%pairBlocks = arith.muli %numPairs, %c2 : i32");
-    emit("%hasTail = arith.cmpi ne, %pairBlocks, %numKB : i32");
+    emit("%hasTail = arith.cmpi ne, %pairBlocks, " + kbCount() + " : i32");
     emit("%final = scf.if %hasTail -> (" + structType + ") {");
-    emit("%kbT = arith.subi %numKB, %c1 : i32");
+    emit("%kbT = arith.subi " + kbEnd() + ", %c1 : i32");
     emit("%jT = arith.addi %it, %pairBlocks : i32");
     std::string partialT = issueBlock("T", "%kbT", "%jT");
     std::string accT = finishBlock("T", partialT, "%res#1", /*pending=*/0);
@@ -257,10 +275,164 @@ private:
     emit("} else {");
     emit("scf.yield %res#1 : " + structType);
     emit("}");
-    emit("%itNext = arith.addi %it, %numKB : i32");
+    emit("%itNext = arith.addi %it, " + kbCount() + " : i32");
 
-    // Epilogue: register i of the m64nN accumulator is at row r (+8 for
-    // i % 4 >= 2) and column 8 * (i / 4) + 2 * (lane % 4) + i % 2.
+    if (splitK > 1) {
+      writeSplitEpilogue(bm, bn, accRegs);
+    } else {
+      writeStores("%final", accRegs);
+    }
+    emit("scf.yield %itNext : i32");
+    emit("}");
+  }
+
+  /// The work loop's head: persistent blocks take tiles (split_k = 1) or
+  /// (tile, K slice) units `b, b + gridDim.x, ...`; unit u is slice u % S of
+  /// tile u / S, so a tile's slices run side by side. Slice s covers K blocks
+  /// [s * numKB / S, (s + 1) * numKB / S): sizes differ by at most one.
+  void writeWorkLoop() {
+    if (splitK == 1) {
+      emit("%done = scf.for %tile = %bid to %numTiles step %nbid "
+           "iter_args(%it = %c0) -> (i32) : i32 {");
+      return;
+    }
+    emit("%done = scf.for %unit = %bid to %numUnits step %nbid "
+         "iter_args(%it = %c0) -> (i32) : i32 {");
+    emit("%tile = arith.divui %unit, " + i32(splitK) + " : i32");
+    emit("%split = arith.remui %unit, " + i32(splitK) + " : i32");
+    emit("%kbBeginNum = arith.muli %split, %numKB : i32");
+    emit("%kbBegin = arith.divui %kbBeginNum, " + i32(splitK) + " : i32");
+    emit("%splitNext = arith.addi %split, %c1 : i32");
+    emit("%kbEndNum = arith.muli %splitNext, %numKB : i32");
+    emit("%kbEnd = arith.divui %kbEndNum, " + i32(splitK) + " : i32");
+    emit("%kbCount = arith.subi %kbEnd, %kbBegin : i32");
+  }
+
+  /// The unit's K-block range and its length.
+  std::string kbBegin() const { return splitK > 1 ? "%kbBegin" : "%c0"; }
+  std::string kbEnd() const { return splitK > 1 ? "%kbEnd" : "%numKB"; }
+  std::string kbCount() const { return splitK > 1 ? "%kbCount" : "%numKB"; }
+
+  /// Split-K values that do not change from unit to unit: where this
+  /// thread's partial goes in a workspace slot. Each tile owns a fixed-size
+  /// record of the workspace: 256 bytes holding one arrival counter per
+  /// consumer warp, then its split_k slots (gemm-abi.md "Split-K"). The
+  /// record's size does not depend on M and N, so no launch's partials ever
+  /// land on another shape's counters.
+  void writeSplitPrologue(int64_t accRegs) {
+    int64_t slotFloats = config.getBlockM() * config.getBlockN();
+    emit("%consumerThread = arith.subi %tid, %c128 : i32");
+    emit("%consumerWarp = arith.divui %consumerThread, %c32 : i32");
+    emit("%threadSlot0 = arith.muli %consumerWarp, " + i32(accRegs / 4 * 32) +
+         " : i32");
+    emit("%threadSlot1 = arith.addi %threadSlot0, %lane : i32");
+    emit("%threadSlot = arith.muli %threadSlot1, %c4 : i32");
+    emit("%partialsAtThread = arith.addi %threadSlot, " +
+         i32(kCounterRecordFloats) + " : i32");
+    emit("%partialsAtThreadW = arith.extui %partialsAtThread : i32 to i64");
+    emit("%isLane0 = arith.cmpi eq, %lane, %c0 : i32");
+    emit("%fullMask = arith.constant -1 : i32");
+    emit("%slotFloats = arith.constant " + std::to_string(slotFloats) +
+         " : i64");
+    emit("%tileFloats = arith.constant " +
+         std::to_string(kCounterRecordFloats + splitK * slotFloats) + " : i64");
+  }
+
+  /// Every warp stores its FP32 partial into the unit's workspace slot (16
+  /// bytes per thread and register quad, coalesced), then counts itself in
+  /// on its (tile, warp) counter: stores, fence, warp barrier, one atomic
+  /// add (the classic threadfence reduction). The warp that arrives last
+  /// sums the tile's slots in slice order, so the result does not depend on
+  /// which slice finished last, resets the counter for the next launch and
+  /// stores BF16.
+  void writeSplitEpilogue(int64_t bm, int64_t bn, int64_t accRegs) {
+    emit("%tileW = arith.extui %tile : i32 to i64");
+    emit("%tileAt = arith.muli %tileW, %tileFloats : i64");
+    emit("%splitW = arith.extui %split : i32 to i64");
+    emit("%slotAt = arith.muli %splitW, %slotFloats : i64");
+    emit("%tileSlot = arith.addi %tileAt, %partialsAtThreadW : i64");
+    emit("%mySlot = arith.addi %tileSlot, %slotAt : i64");
+    for (int64_t g = 0; g < accRegs / 4; ++g) {
+      std::string n = std::to_string(g);
+      std::string vec = "%quadUndef" + n;
+      emit(vec + " = llvm.mlir.undef : vector<4xf32>");
+      for (int64_t e = 0; e < 4; ++e) {
+        std::string x = "%quad" + n + "_" + std::to_string(e);
+        emit(x + "v = llvm.extractvalue %final[" + std::to_string(4 * g + e) +
+             "] : " + structType);
+        emit(x + " = llvm.insertelement " + x + "v, " + vec + "[" + i32(e) +
+             " : i32] : vector<4xf32>");
+        vec = x;
+      }
+      emit("%quadOff" + n + " = arith.constant " + std::to_string(128 * g) +
+           " : i64");
+      emit("%quadAt" + n + " = arith.addi %mySlot, %quadOff" + n + " : i64");
+      emit("%quadPtr" + n + " = llvm.getelementptr %workspace[%quadAt" + n +
+           "] : (!llvm.ptr<1>, i64) -> !llvm.ptr<1>, f32");
+      emit("llvm.store " + vec + ", %quadPtr" + n +
+           " {alignment = 16 : i64} : vector<4xf32>, !llvm.ptr<1>");
+    }
+    emit("llvm.fence syncscope(\"device\") acq_rel");
+    emit("nvvm.bar.warp.sync %fullMask : i32");
+    emit("%consumerWarpW = arith.extui %consumerWarp : i32 to i64");
+    emit("%counterAt = arith.addi %tileAt, %consumerWarpW : i64");
+    emit("%counter = llvm.getelementptr %workspace[%counterAt] : "
+         "(!llvm.ptr<1>, i64) -> !llvm.ptr<1>, i32");
+    emit("%arrivedLane0 = scf.if %isLane0 -> (i32) {");
+    emit("%old = llvm.atomicrmw add %counter, %c1 syncscope(\"device\") "
+         "monotonic : !llvm.ptr<1>, i32");
+    emit("scf.yield %old : i32");
+    emit("} else {");
+    emit("scf.yield %c0 : i32");
+    emit("}");
+    emit("%arrived = nvvm.shfl.sync idx %fullMask, %arrivedLane0, %c0, " +
+         i32(31) + " : i32 -> i32");
+    emit("%isLast = arith.cmpi eq, %arrived, " + i32(splitK - 1) + " : i32");
+    emit("scf.if %isLast {");
+    emit("llvm.fence syncscope(\"device\") acq_rel");
+    emit("scf.if %isLane0 {");
+    emit("llvm.store %c0, %counter : i32, !llvm.ptr<1>");
+    emit("}");
+    std::string sum = "%undefAcc";
+    for (int64_t g = 0; g < accRegs / 4; ++g) {
+      std::vector<std::string> lanes(4);
+      for (int64_t s = 0; s < splitK; ++s) {
+        std::string n = std::to_string(g) + "_" + std::to_string(s);
+        emit("%partOff" + n + " = arith.constant " +
+             std::to_string(s * bm * bn + 128 * g) + " : i64");
+        emit("%partAt" + n + " = arith.addi %tileSlot, %partOff" + n +
+             " : i64");
+        emit("%partPtr" + n + " = llvm.getelementptr %workspace[%partAt" + n +
+             "] : (!llvm.ptr<1>, i64) -> !llvm.ptr<1>, f32");
+        emit("%part" + n + " = llvm.load %partPtr" + n +
+             " {alignment = 16 : i64} : !llvm.ptr<1> -> vector<4xf32>");
+        for (int64_t e = 0; e < 4; ++e) {
+          std::string x = "%part" + n + "_" + std::to_string(e);
+          emit(x + " = llvm.extractelement %part" + n + "[" + i32(e) +
+               " : i32] : vector<4xf32>");
+          if (s == 0) {
+            lanes[e] = x;
+            continue;
+          }
+          emit(x + "sum = arith.addf " + lanes[e] + ", " + x + " : f32");
+          lanes[e] = x + "sum";
+        }
+      }
+      for (int64_t e = 0; e < 4; ++e) {
+        std::string next = "%sum" + std::to_string(4 * g + e);
+        emit(next + " = llvm.insertvalue " + lanes[e] + ", " + sum + "[" +
+             std::to_string(4 * g + e) + "] : " + structType);
+        sum = next;
+      }
+    }
+    writeStores(sum, accRegs);
+    emit("}");
+  }
+
+  /// Converts the accumulator `acc` to BF16 and stores the elements inside
+  /// M x N. Register i of the m64nN accumulator is at row r (+8 for
+  /// i % 4 >= 2) and column 8 * (i / 4) + 2 * (lane % 4) + i % 2.
+  void writeStores(const std::string &acc, int64_t accRegs) {
     emit("%colBase = arith.addi %nOff, %colInTile : i32");
     emit("%row0ok = arith.cmpi ult, %row0, %M : i32");
     emit("%row1ok = arith.cmpi ult, %row1, %M : i32");
@@ -278,7 +450,7 @@ private:
       emit("%ok" + n + " = arith.andi %colOk" + n + ", " +
            (upper ? "%row1ok" : "%row0ok") + " : i1");
       emit("scf.if %ok" + n + " {");
-      emit("%v = llvm.extractvalue %final[" + n + "] : " + structType);
+      emit("%v = llvm.extractvalue " + acc + "[" + n + "] : " + structType);
       emit("%h = arith.truncf %v : f32 to bf16");
       emit("%colw = arith.extui %col" + n + " : i32 to i64");
       emit(std::string("%idx = arith.addi ") +
@@ -288,8 +460,6 @@ private:
       emit("llvm.store %h, %dst : bf16, !llvm.ptr<1>");
       emit("}");
     }
-    emit("scf.yield %itNext : i32");
-    emit("}");
   }
 
   /// For K block `kb` at ring position `j`: loads the block's scales (first,
@@ -481,6 +651,7 @@ private:
   };
 
   kiln::GemmConfigAttr config;
+  int64_t splitK = 1;
   Layout layout;
   std::string structType;
   std::ostringstream body, constants;

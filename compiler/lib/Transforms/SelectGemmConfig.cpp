@@ -1,9 +1,13 @@
 //===- SelectGemmConfig.cpp - tile configuration of FP8 matmuls -----------===//
 //
-// The heuristic (compiler/docs/gemm-kernels.md): decode-sized M (<= 64, known
-// statically) gets one consumer warpgroup and 64-wide N tiles, so that more
+// The heuristic (compiler/docs/gemm-kernels.md "Configuration heuristic"):
+// decode-sized M (<= 64, known statically) gets one consumer warpgroup and
+// 64-wide N tiles, M <= 128 two consumers and 128x64 tiles, so that more
 // blocks stream the weights; everything else gets two consumers and 128x128
-// tiles. Stages fill shared memory up to a ring of 8.
+// tiles. Stages fill shared memory up to a ring of 8. For M <= 128 with a
+// static N and K, split-K cuts each tile's chain of K blocks into slices
+// computed by separate blocks, when that shortens the busiest
+// multiprocessor's work.
 //
 //===----------------------------------------------------------------------===//
 
@@ -21,14 +25,61 @@ namespace {
 
 constexpr int64_t kMaxStages = 8;
 constexpr int64_t kStageBudgetBytes = 200 * 1024;
+/// Multiprocessors of the target (H100 SXM and H200 both have 132).
+constexpr int64_t kMultiprocessors = 132;
+/// Split-K bounds: at most 16 slices (the reduction is unrolled), each of at
+/// least 4 K blocks (512 of K), so that the partial's store and the
+/// reduction stay small next to the slice's MMAs.
+constexpr int64_t kMaxSplitK = 16;
+constexpr int64_t kMinSliceBlocks = 4;
+/// The reduction loads every slice's partial of a thread's accumulator at
+/// once (split_k * block_n / 2 registers); past 128 of them ptxas spills.
+constexpr int64_t kReductionRegisters = 128;
+/// What a work unit costs beyond its K blocks, in K blocks: the BF16
+/// epilogue (1); with split-K also the FP32 partial's store, the arrival
+/// and, for one slice in S, the reduction (1 more).
+constexpr int64_t kEpilogueBlocks = 1;
+constexpr int64_t kSplitBlocks = 1;
 
-kiln::GemmConfigAttr chooseConfig(MLIRContext *context, int64_t m) {
-  bool decode = !ShapedType::isDynamic(m) && m <= 64;
+int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/// The split that minimizes the K blocks the busiest multiprocessor runs:
+/// waves of work units times each unit's blocks plus its fixed cost. Ties go
+/// to the smaller split.
+int64_t chooseSplitK(int64_t tiles, int64_t numKB, int64_t blockN) {
+  int64_t maxSplit = std::min(kMaxSplitK, kReductionRegisters / (blockN / 2));
+  int64_t best = 1;
+  int64_t bestCost =
+      ceilDiv(tiles, kMultiprocessors) * (numKB + kEpilogueBlocks);
+  for (int64_t split = 2; split <= maxSplit; ++split) {
+    if (numKB / split < kMinSliceBlocks)
+      break;
+    int64_t waves = ceilDiv(tiles * split, kMultiprocessors);
+    int64_t cost =
+        waves * (ceilDiv(numKB, split) + kEpilogueBlocks + kSplitBlocks);
+    if (cost < bestCost) {
+      best = split;
+      bestCost = cost;
+    }
+  }
+  return best;
+}
+
+kiln::GemmConfigAttr chooseConfig(MLIRContext *context, int64_t m, int64_t n,
+                                  int64_t k) {
+  bool known = !ShapedType::isDynamic(m);
+  bool decode = known && m <= 64, small = known && m <= 128;
   int64_t consumers = decode ? 1 : 2;
-  int64_t blockM = 64 * consumers, blockN = decode ? 64 : 128;
+  int64_t blockM = 64 * consumers, blockN = small ? 64 : 128;
   int64_t stageBytes = (blockM + blockN) * 128;
   int64_t stages = std::min(kMaxStages, kStageBudgetBytes / stageBytes);
-  return kiln::GemmConfigAttr::get(context, blockM, blockN, stages, consumers);
+  int64_t splitK = 1;
+  if (small && !ShapedType::isDynamic(n) && !ShapedType::isDynamic(k)) {
+    int64_t tiles = ceilDiv(m, blockM) * ceilDiv(n, blockN);
+    splitK = chooseSplitK(tiles, k / 128, blockN);
+  }
+  return kiln::GemmConfigAttr::get(context, blockM, blockN, stages, consumers,
+                                   splitK);
 }
 
 struct SelectGemmConfigPass
@@ -37,8 +88,30 @@ struct SelectGemmConfigPass
     getOperation().walk([](kiln::ScaledMatmulOp op) {
       if (op->hasAttr("gemm_config"))
         return;
-      int64_t m = cast<RankedTensorType>(op.getA().getType()).getDimSize(0);
-      op->setAttr("gemm_config", chooseConfig(op.getContext(), m));
+      auto a = cast<RankedTensorType>(op.getA().getType());
+      auto b = cast<RankedTensorType>(op.getB().getType());
+      op->setAttr("gemm_config",
+                  chooseConfig(op.getContext(), a.getDimSize(0),
+                               b.getDimSize(0), b.getDimSize(1)));
+    });
+    // A grouped GEMM runs one GEMM per expert group; each sees the rows of
+    // its group: C in the masked layout, and in the contiguous layout the
+    // mean under uniform routing, ceil(T / G) (T = tokens * top_k routed
+    // rows), at least 1.
+    getOperation().walk([](kiln::GroupedScaledMatmulOp op) {
+      if (op->hasAttr("gemm_config"))
+        return;
+      auto a = cast<RankedTensorType>(op.getA().getType());
+      auto b = cast<RankedTensorType>(op.getB().getType());
+      int64_t rows = a.getDimSize(a.getRank() - 2), groups = b.getDimSize(0);
+      if (op.getLayout() == kiln::GroupLayout::Contiguous &&
+          !ShapedType::isDynamic(rows))
+        rows = ShapedType::isDynamic(groups)
+                   ? ShapedType::kDynamic
+                   : std::max<int64_t>(1, ceilDiv(rows, groups));
+      op->setAttr("gemm_config",
+                  chooseConfig(op.getContext(), rows, b.getDimSize(1),
+                               b.getDimSize(2)));
     });
   }
 };

@@ -7,14 +7,12 @@
 //===----------------------------------------------------------------------===//
 
 #include "kiln/Dialect/Kiln/KilnDialect.h"
-#include "kiln/Transforms/Passes.h"
+#include "kiln/Kernels/GemmKernelCompiler.h"
 
-#include "mlir/Conversion/Passes.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/ControlFlow/IR/ControlFlow.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/GPU/IR/GPUDialect.h"
-#include "mlir/Dialect/GPU/Transforms/Passes.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
 #include "mlir/Dialect/LLVMIR/NVVMDialect.h"
 #include "mlir/Dialect/Math/IR/Math.h"
@@ -24,11 +22,6 @@
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/DialectRegistry.h"
 #include "mlir/Support/FileUtilities.h"
-#include "mlir/Target/LLVM/NVVM/Target.h"
-#include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
-#include "mlir/Target/LLVMIR/Dialect/GPU/GPUToLLVMIRTranslation.h"
-#include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
-#include "mlir/Target/LLVMIR/Dialect/NVVM/NVVMToLLVMIRTranslation.h"
 #include "mlir/Tools/mlir-opt/MlirOptMain.h"
 #include "mlir/Transforms/Passes.h"
 #include "llvm/Support/MemoryBuffer.h"
@@ -88,26 +81,14 @@ int main(int argc, char **argv) {
               math::MathDialect, memref::MemRefDialect, NVVM::NVVMDialect,
               nvgpu::NVGPUDialect, scf::SCFDialect, tensor::TensorDialect>();
   // The NVVM target and LLVM IR translation, for gpu-module-to-binary.
-  NVVM::registerNVVMTargetInterfaceExternalModels(registry);
-  registerBuiltinDialectTranslation(registry);
-  registerGPUDialectTranslation(registry);
-  registerLLVMDialectTranslation(registry);
-  registerNVVMDialectTranslation(registry);
+  kiln::registerGemmKernelDialects(registry);
 
   // Canonicalize, CSE, inlining, symbol DCE and the other generic passes.
   registerTransformsPasses();
-  // Kernel lowering: structured control flow and arith to LLVM, NVVM to
+  // Kiln's passes and the kernel pipeline (kiln-gemm-to-ptx) with the
+  // passes it is made of: structured control flow and arith to LLVM, NVVM to
   // LLVM (inline PTX for what LLVM lacks), then PTX through NVPTX.
-  registerSCFToControlFlowPass();
-  registerArithToLLVMConversionPass();
-  registerConvertControlFlowToLLVMPass();
-  registerConvertIndexToLLVMPass();
-  registerConvertNVVMToLLVMPass();
-  registerReconcileUnrealizedCastsPass();
-  registerGpuNVVMAttachTarget();
-  registerGpuModuleToBinaryPass();
-  // Kiln's own passes.
-  kiln::registerKilnPasses();
+  kiln::registerGemmKernelPipeline();
 
   auto [inputFilename, outputFilename] = registerAndParseCLIOptions(
       argc, argv, "Kiln optimizer driver: the kiln dialect with MLIR 22\n",

@@ -88,11 +88,13 @@ int64_t ExpertParallelAttr::getExpertInSlot(int64_t slot) const {
 
 /// Hopper's per-block shared memory limit.
 static constexpr int64_t kMaxSharedMemoryBytes = 227 * 1024;
+/// K slices per tile: the last slice's block sums all of them, unrolled.
+static constexpr int64_t kMaxSplitK = 16;
 
 LogicalResult
 GemmConfigAttr::verify(function_ref<InFlightDiagnostic()> emitError,
                        int64_t blockM, int64_t blockN, int64_t stages,
-                       int64_t consumers) {
+                       int64_t consumers, int64_t splitK) {
   if (consumers < 1 || consumers > 2)
     return emitError() << "gemm_config: consumers must be 1 or 2, got "
                        << consumers;
@@ -109,6 +111,9 @@ GemmConfigAttr::verify(function_ref<InFlightDiagnostic()> emitError,
   if (stages < 2 || stages > 16)
     return emitError() << "gemm_config: stages must be in [2, 16], got "
                        << stages;
+  if (splitK < 1 || splitK > kMaxSplitK)
+    return emitError() << "gemm_config: split_k must be in [1, " << kMaxSplitK
+                       << "], got " << splitK;
   // The rings, two mbarriers per stage and 1 KB for aligning the ring.
   int64_t bytes = stages * (blockM + blockN) * 128 + 16 * stages + 1024;
   if (bytes > kMaxSharedMemoryBytes)
@@ -121,5 +126,6 @@ GemmConfigAttr::verify(function_ref<InFlightDiagnostic()> emitError,
 std::string GemmConfigAttr::getKernelName() const {
   return "kiln_gemm_fp8_m" + std::to_string(getBlockM()) + "n" +
          std::to_string(getBlockN()) + "s" + std::to_string(getStages()) + "c" +
-         std::to_string(getConsumers());
+         std::to_string(getConsumers()) +
+         (getSplitK() > 1 ? "k" + std::to_string(getSplitK()) : "");
 }

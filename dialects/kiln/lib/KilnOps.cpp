@@ -19,6 +19,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <tuple>
 
 using namespace mlir;
 using namespace kiln;
@@ -28,6 +29,8 @@ namespace {
 /// Elements per FP8 scale along each scaled dimension (1×128 tiles, 128×128
 /// blocks).
 constexpr int64_t kScaleBlock = 128;
+/// FP8 rows must be 16-byte aligned for TMA: K in elements.
+constexpr int64_t kKAlignment = 16;
 constexpr int64_t kDynamic = ShapedType::kDynamic;
 
 bool isDynamic(int64_t dim) { return ShapedType::isDynamic(dim); }
@@ -91,16 +94,19 @@ LogicalResult verifyShape(Operation *op, StringRef name, Value value,
 }
 
 /// Checks the contraction dimension shared by an FP8 operand pair: equal in
-/// both operands and a whole number of 128-element scale blocks.
+/// both operands and a multiple of 16 (the last 128-element scale block may
+/// be partial).
 LogicalResult verifyContraction(Operation *op, int64_t aK, int64_t bK) {
   if (!compatible(aK, bK))
     return op->emitOpError()
            << "contraction dimensions differ: 'a' has K = " << aK
            << ", 'b' has K = " << bK;
+  // A partial last 128-block is zero-padded (the scales are ceil-divided);
+  // K only has to give TMA a row stride that is a multiple of 16 bytes.
   int64_t k = known(aK, bK);
-  if (!isDynamic(k) && k % kScaleBlock != 0)
+  if (!isDynamic(k) && k % kKAlignment != 0)
     return op->emitOpError() << "contraction dimension K = " << k
-                             << " must be a multiple of " << kScaleBlock;
+                             << " must be a multiple of " << kKAlignment;
   return success();
 }
 
@@ -289,18 +295,111 @@ LogicalResult RMSNormOp::verify() {
 }
 
 LogicalResult SwiGLUOp::verify() {
-  ArrayRef<int64_t> shape = shapeOf(getInput());
+  ArrayRef<int64_t> shape = shapeOf(getGate());
   if (shape.empty())
-    return emitOpError("'input' must have rank >= 1");
+    return emitOpError("'gate' must have rank >= 1");
+  if (Value up = getUp()) {
+    if (failed(verifyShape(*this, "up", up, shape, "of 'gate'")))
+      return failure();
+    return verifyShape(*this, "result", getResult(), shape, "of 'gate'");
+  }
   SmallVector<int64_t> result(shape);
   if (!isDynamic(result.back())) {
     if (result.back() % 2 != 0)
-      return emitOpError() << "the last dimension of 'input' (" << shape.back()
-                           << ") must be even: gate and up halves";
+      return emitOpError() << "the last dimension of the fused gate/up input ("
+                           << shape.back() << ") must be even: gate and up "
+                           << "halves";
     result.back() /= 2;
   }
   return verifyShape(*this, "result", getResult(), result,
-                     "of 'input' with the last dimension halved");
+                     "of 'gate' with the last dimension halved");
+}
+
+//===----------------------------------------------------------------------===//
+// AddOp, EmbedOp, SelectRowsOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult AddOp::verify() {
+  ArrayRef<int64_t> shape = shapeOf(getLhs());
+  if (failed(verifyShape(*this, "rhs", getRhs(), shape, "of 'lhs'")))
+    return failure();
+  return verifyShape(*this, "result", getResult(), shape, "of 'lhs'");
+}
+
+LogicalResult EmbedOp::verify() {
+  if (failed(verifyRank(*this, "tokens", getTokens(), 1, "[T]")) ||
+      failed(verifyRank(*this, "table", getTable(), 2, "[V, H]")))
+    return failure();
+  return verifyShape(*this, "result", getResult(),
+                     {shapeOf(getTokens())[0], shapeOf(getTable())[1]},
+                     "[T, H]");
+}
+
+LogicalResult SelectRowsOp::verify() {
+  if (failed(verifyRank(*this, "input", getInput(), 2, "[T, C]")) ||
+      failed(verifyRank(*this, "rows", getRows(), 1, "[S]")))
+    return failure();
+  if (elementType(getResult()) != elementType(getInput()))
+    return emitOpError() << "result element type " << elementType(getResult())
+                         << " must match the input's "
+                         << elementType(getInput());
+  return verifyShape(*this, "result", getResult(),
+                     {shapeOf(getRows())[0], shapeOf(getInput())[1]},
+                     "[S, C]");
+}
+
+//===----------------------------------------------------------------------===//
+// MLAAttentionOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult MLAAttentionOp::verify() {
+  int64_t heads = getHeads(), nope = getQkNopeHeadDim(),
+          rope = getQkRopeHeadDim(), v = getVHeadDim();
+  if (static_cast<int64_t>(getLayer()) < 0)
+    return emitOpError() << "layer = " << static_cast<int64_t>(getLayer())
+                         << " must not be negative";
+  if (heads < 1 || nope < 0 || v < 1)
+    return emitOpError() << "needs heads >= 1, qk_nope_head_dim >= 0 and "
+                            "v_head_dim >= 1, got "
+                         << heads << ", " << nope << ", " << v;
+  if (rope < 2 || rope % 2 != 0)
+    return emitOpError() << "qk_rope_head_dim = " << rope
+                         << " must be positive and even (RoPE rotates pairs)";
+  if (static_cast<int64_t>(getRopeInvFreq().size()) != rope / 2)
+    return emitOpError() << "'rope_inv_freq' has " << getRopeInvFreq().size()
+                         << " frequencies; expected qk_rope_head_dim / 2 = "
+                         << rope / 2;
+  for (float scale : {getSoftmaxScale().convertToFloat(),
+                      getAttentionFactor().convertToFloat()})
+    if (!(scale > 0.0f) || !std::isfinite(scale))
+      return emitOpError() << "softmax_scale and attention_factor must be "
+                              "positive and finite, got "
+                           << scale;
+
+  for (auto [name, value, layout] :
+       {std::make_tuple("q", getQ(), "[T, heads * (nope + rope)]"),
+        std::make_tuple("latent", getLatent(), "[T, kv_lora_rank]"),
+        std::make_tuple("k_pe", getKPe(), "[T, rope]"),
+        std::make_tuple("kv_b", getKvB(), "[heads * (nope + v), kv_lora_rank]")})
+    if (failed(verifyRank(*this, name, value, 2, layout)))
+      return failure();
+  if (failed(verifyRank(*this, "positions", getPositions(), 1, "[T]")))
+    return failure();
+  int64_t tokens = shapeOf(getQ())[0];
+  int64_t kvLora = known(shapeOf(getLatent())[1], shapeOf(getKvB())[1]);
+  if (failed(verifyShape(*this, "q", getQ(), {tokens, heads * (nope + rope)},
+                         "[T, heads * (nope + rope)]")) ||
+      failed(verifyShape(*this, "latent", getLatent(), {tokens, kvLora},
+                         "[T, kv_lora_rank]")) ||
+      failed(verifyShape(*this, "k_pe", getKPe(), {tokens, rope},
+                         "[T, rope]")) ||
+      failed(verifyShape(*this, "positions", getPositions(), {tokens},
+                         "[T]")) ||
+      failed(verifyShape(*this, "kv_b", getKvB(), {heads * (nope + v), kvLora},
+                         "[heads * (nope + v), kv_lora_rank]")))
+    return failure();
+  return verifyShape(*this, "result", getResult(), {tokens, heads * v},
+                     "[T, heads * v]");
 }
 
 //===----------------------------------------------------------------------===//
@@ -469,6 +568,75 @@ LogicalResult MoECombineOp::verify() {
   return verifyExpertRows(*this, getLayout(), "expert_outputs",
                           getExpertOutputs(), getSource(), getParallel(),
                           result[1], rowShape);
+}
+
+//===----------------------------------------------------------------------===//
+// MoEPermuteOp, MoEUnpermuteOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult MoEPermuteOp::verify() {
+  if (failed(verifyRank(*this, "tokens", getTokens(), 2, "[T, H]")) ||
+      failed(verifyRank(*this, "expert_ids", getExpertIds(), 2,
+                        "[T, top_k]")) ||
+      failed(verifyRank(*this, "offsets", getOffsets(), 1, "[E+1]")))
+    return failure();
+  ArrayRef<int64_t> tokens = shapeOf(getTokens());
+  bool fp8 = isa<Float8E4M3FNType>(elementType(getTokens()));
+  if (fp8 != static_cast<bool>(getTokenScales()))
+    return emitOpError() << (fp8 ? "FP8 tokens need their 1x128 "
+                                   "'token_scales' operand"
+                                 : "BF16 tokens take no 'token_scales'");
+  if (static_cast<bool>(getTokenScales()) !=
+      static_cast<bool>(getExpertScales()))
+    return emitOpError() << "'expert_scales' result must be present exactly "
+                            "when 'token_scales' is";
+  if (elementType(getExpertTokens()) != elementType(getTokens()))
+    return emitOpError() << "'expert_tokens' element type "
+                         << elementType(getExpertTokens())
+                         << " must match the tokens' "
+                         << elementType(getTokens());
+  int64_t hiddenBlocks = scaleBlocks(tokens[1]);
+  if (fp8 && failed(verifyShape(*this, "token_scales", getTokenScales(),
+                                {tokens[0], hiddenBlocks}, "[T, ceil(H/128)]")))
+    return failure();
+  ArrayRef<int64_t> ids = shapeOf(getExpertIds());
+  if (failed(verifyShape(*this, "expert_ids", getExpertIds(),
+                         {tokens[0], ids[1]}, "[T, top_k]")))
+    return failure();
+  int64_t routed = isDynamic(tokens[0]) || isDynamic(ids[1])
+                       ? kDynamic
+                       : tokens[0] * ids[1];
+  if (failed(verifyShape(*this, "expert_tokens", getExpertTokens(),
+                         {routed, tokens[1]}, "[T * top_k, H]")))
+    return failure();
+  if (fp8 && failed(verifyShape(*this, "expert_scales", getExpertScales(),
+                                {routed, hiddenBlocks},
+                                "[T * top_k, ceil(H/128)]")))
+    return failure();
+  int64_t offsets = shapeOf(getOffsets())[0];
+  if (!isDynamic(offsets) && offsets < 2)
+    return emitOpError() << "'offsets' has " << offsets
+                         << " entries; expected E+1 for E >= 1 experts";
+  return verifyShape(*this, "rows", getRows(), ids, "of 'expert_ids'");
+}
+
+LogicalResult MoEUnpermuteOp::verify() {
+  if (failed(verifyRank(*this, "expert_outputs", getExpertOutputs(), 2,
+                        "[R, H]")) ||
+      failed(verifyRank(*this, "rows", getRows(), 2, "[T, top_k]")))
+    return failure();
+  ArrayRef<int64_t> rows = shapeOf(getRows());
+  ArrayRef<int64_t> outputs = shapeOf(getExpertOutputs());
+  if (failed(verifyShape(*this, "weights", getWeights(), rows, "of 'rows'")))
+    return failure();
+  int64_t routed = isDynamic(rows[0]) || isDynamic(rows[1])
+                       ? kDynamic
+                       : rows[0] * rows[1];
+  if (!compatible(outputs[0], routed))
+    return emitOpError() << "'expert_outputs' has " << outputs[0]
+                         << " rows; expected T * top_k = " << routed;
+  return verifyShape(*this, "result", getResult(), {rows[0], outputs[1]},
+                     "[T, H]");
 }
 
 //===----------------------------------------------------------------------===//

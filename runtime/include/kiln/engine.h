@@ -82,8 +82,15 @@ struct ModelLoadOptions {
   /// The CPU backend's options (MLA form, threads, FP8 emulation). loadMtp
   /// is ignored: the engine does not draft with the MTP module yet.
   CpuModelOptions cpu;
-  /// A kilnc artifact for the GPU backend (not built yet): must be empty.
+  /// A kilnc artifact (.kiln): when set, the model runs on the CUDA backend
+  /// (kiln/cuda/cuda_backend.h), which executes it; empty means the CPU
+  /// reference. A build without CUDA refuses an artifact with kiln::Error.
   std::filesystem::path artifact;
+  /// CUDA device ordinal of the CUDA backend.
+  int device = 0;
+  /// The CUDA backend's latent KV cache in tokens over all sequences; 0:
+  /// the artifact's max_batch × max_seq_len.
+  int64_t kvCacheTokens = 0;
   /// Called on the loading thread at the start of each stage and after each
   /// weight tensor; returning false cancels the load.
   std::function<bool(const LoadProgress &)> progress;
@@ -91,6 +98,10 @@ struct ModelLoadOptions {
   /// `progress` is called.
   const std::atomic<bool> *cancel = nullptr;
 };
+
+/// CUDA devices the CUDA backend could use: 0 in a build without CUDA, on a
+/// machine without a driver or GPU (the reason in `whyNone` if given).
+int gpuCount(std::string *whyNone = nullptr);
 
 /// A loaded model: configuration, tokenizer and backend (weights).
 class Model {

@@ -100,7 +100,7 @@ typedef enum kiln_status {
   /* Not now: the request has not finished, another thread polls it, the
    * session is shutting down. */
   KILN_ERROR_INVALID_STATE = -6,
-  /* Not built yet (e.g. compiled artifacts, which need the GPU backend). */
+  /* Not supported by this build or backend. */
   KILN_ERROR_UNSUPPORTED = -7,
   /* A bug in Kiln; the message says more. */
   KILN_ERROR_INTERNAL = -8
@@ -155,8 +155,10 @@ void kiln_load_options_init(kiln_load_options *options);
 
 /* Loads a Hugging Face model directory (config.json, safetensors shards and
  * their index, tokenizer.json, tokenizer_config.json) on the calling thread.
- * `artifact_path` is reserved for compiled kilnc artifacts and must be NULL
- * today; `options` may be NULL for the defaults. On success *out_model is a
+ * With `artifact_path` (a kilnc artifact, .kiln) the model runs on the CUDA
+ * backend, which executes it on GPU 0; NULL runs the CPU reference (a build
+ * without CUDA refuses an artifact with KILN_ERROR_MODEL and a message that
+ * says so). `options` may be NULL for the defaults. On success *out_model is a
  * new model; on failure it is NULL and the status says why
  * (KILN_ERROR_MODEL with a message naming the file, KILN_ERROR_CANCELLED,
  * ...). */

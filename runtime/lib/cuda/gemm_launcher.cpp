@@ -28,6 +28,7 @@ using Json = nlohmann::json;
 constexpr int kBlockK = 128;
 constexpr int kAbiVersion = 1;
 constexpr int kMaxThreadsPerBlock = 1024;
+constexpr int kMaxSplitK = 64;
 
 std::string kernelContext(const GemmKernelConfig &config) {
   return "kernel " + config.kernelName;
@@ -85,6 +86,8 @@ void checkParameters(CUfunction function, const GemmKernelConfig &config,
                      const std::string &context) {
   std::vector<size_t> expected = {
       sizeof(CUtensorMap), sizeof(CUtensorMap), 8, 8, 8, 4, 4, 4};
+  if (config.splitK > 1)
+    expected.push_back(8);
   if (config.operandPointers)
     expected.insert(expected.end(), {8, 8});
   std::vector<size_t> actual;
@@ -111,6 +114,7 @@ void checkParameters(CUfunction function, const GemmKernelConfig &config,
               "; the ABI needs " + list(expected) +
               " bytes: tmA, tmB (CUtensorMap by value), scaleA, scaleB, out, "
               "M, N, K" +
+              (config.splitK > 1 ? ", workspace (split_k > 1)" : "") +
               (config.operandPointers ? ", a, b (operand_pointers)" : ""));
 }
 
@@ -144,6 +148,11 @@ void GemmKernelConfig::validate(const std::string &origin) const {
          std::to_string(blockN));
   if (stages < 1 || stages > 64)
     fail("stages must be 1 to 64, got " + std::to_string(stages));
+  if (splitK < 1 || splitK > kMaxSplitK)
+    fail("split_k must be 1 to " + std::to_string(kMaxSplitK) + ", got " +
+         std::to_string(splitK));
+  if (splitK > 1 && operandPointers)
+    fail("split_k > 1 and operand_pointers exclude each other");
   if (sharedMemoryBytes < 0)
     fail("smem_bytes must not be negative, got " +
          std::to_string(sharedMemoryBytes));
@@ -193,6 +202,8 @@ GemmKernelConfig parseGemmManifest(const std::string &json,
                   std::to_string(config.threadsPerBlock()));
   if (manifest.contains("smem_bytes"))
     config.sharedMemoryBytes = manifestInt(manifest, "smem_bytes", origin);
+  if (manifest.contains("split_k"))
+    config.splitK = manifestInt(manifest, "split_k", origin);
   if (auto pointers = manifest.find("operand_pointers");
       pointers != manifest.end()) {
     if (!pointers->is_boolean())
@@ -221,6 +232,8 @@ std::string toManifestJson(const GemmKernelConfig &config) {
                    {"stages", config.stages},
                    {"consumer_warpgroups", config.consumerWarpgroups},
                    {"smem_bytes", config.launchSharedMemoryBytes()}};
+  if (config.splitK > 1)
+    manifest["split_k"] = config.splitK;
   if (config.operandPointers)
     manifest["operand_pointers"] = true;
   return manifest.dump(2) + "\n";
@@ -238,8 +251,10 @@ void checkGemmOperands(const GemmKernelConfig &config,
       kernelContext(config) + " (" + describeShape(operands) + "): ";
   if (operands.m < 1 || operands.n < 1)
     throw Error(where + "M and N must be at least 1");
-  if (operands.k < kBlockK || operands.k % kBlockK != 0)
-    throw Error(where + "K must be a positive multiple of 128");
+  // TMA needs 16-byte row strides; a partial last 128-wide K block is read
+  // with zeros past K.
+  if (operands.k < 16 || operands.k % 16 != 0)
+    throw Error(where + "K must be a positive multiple of 16");
   const std::pair<const char *, CUdeviceptr> buffers[] = {
       {"A", operands.a},
       {"B", operands.b},
@@ -256,6 +271,9 @@ void checkGemmOperands(const GemmKernelConfig &config,
     throw Error(where + "scaleA and scaleB must be 4-byte aligned");
   if (operands.out % 2 != 0)
     throw Error(where + "out must be 2-byte aligned");
+  // The partials move as 16-byte vectors.
+  if (config.splitK > 1 && operands.workspace % 16 != 0)
+    throw Error(where + "the split-K workspace must be 16-byte aligned");
 }
 
 int64_t gemmTileCount(const GemmKernelConfig &config, int m, int n) {
@@ -264,10 +282,23 @@ int64_t gemmTileCount(const GemmKernelConfig &config, int m, int n) {
   return tilesM * tilesN;
 }
 
+int64_t gemmWorkUnitCount(const GemmKernelConfig &config, int m, int n) {
+  return gemmTileCount(config, m, n) * config.splitK;
+}
+
 unsigned gemmGridSize(const GemmKernelConfig &config, int m, int n,
                       int multiprocessors) {
   return static_cast<unsigned>(
-      std::min<int64_t>(multiprocessors, gemmTileCount(config, m, n)));
+      std::min<int64_t>(multiprocessors, gemmWorkUnitCount(config, m, n)));
+}
+
+size_t gemmWorkspaceBytes(const GemmKernelConfig &config, int m, int n) {
+  if (config.splitK <= 1)
+    return 0;
+  // One record per tile: 256 bytes of arrival counters, then the slots.
+  size_t tiles = static_cast<size_t>(gemmTileCount(config, m, n));
+  return tiles * (256 + size_t(config.splitK) * config.blockM * config.blockN *
+                            sizeof(float));
 }
 
 GemmKernel::GemmKernel(const void *image, size_t imageBytes,
@@ -360,7 +391,8 @@ GemmKernel::GemmKernel(GemmKernel &&other) noexcept
     : cfg(std::move(other.cfg)), attrs(other.attrs),
       module(std::exchange(other.module, nullptr)),
       function(std::exchange(other.function, nullptr)),
-      multiprocessors(other.multiprocessors) {}
+      multiprocessors(other.multiprocessors),
+      workspace(std::move(other.workspace)) {}
 
 GemmKernel &GemmKernel::operator=(GemmKernel &&other) noexcept {
   if (this != &other) {
@@ -370,6 +402,7 @@ GemmKernel &GemmKernel::operator=(GemmKernel &&other) noexcept {
     module = std::exchange(other.module, nullptr);
     function = std::exchange(other.function, nullptr);
     multiprocessors = other.multiprocessors;
+    workspace = std::move(other.workspace);
   }
   return *this;
 }
@@ -385,6 +418,19 @@ GemmLaunch GemmKernel::prepare(const GemmOperands &operands) const {
                                        cfg.blockN, context + ", tensor map B");
   launch.operands = operands;
   launch.gridSize = gemmGridSize(cfg, operands.m, operands.n, multiprocessors);
+  size_t workspaceBytes = gemmWorkspaceBytes(cfg, operands.m, operands.n);
+  if (workspaceBytes > 0 && operands.workspace == 0) {
+    if (workspace.size() < workspaceBytes) {
+      // Freeing the smaller one waits for the launches that still use it
+      // (cuMemFree synchronizes); the counters start at zero.
+      workspace = DeviceBuffer();
+      workspace = DeviceBuffer(workspaceBytes, context + ", split-K workspace");
+      KILN_CU(context + ", split-K workspace", cuMemsetD8Async, workspace.get(),
+              0, workspaceBytes, nullptr);
+      KILN_CU(context + ", split-K workspace", cuStreamSynchronize, nullptr);
+    }
+    launch.operands.workspace = workspace.get();
+  }
   return launch;
 }
 
@@ -401,6 +447,9 @@ void GemmKernel::launch(const GemmLaunch &prepared, CUstream stream) const {
                         &operands.scaleB, &operands.out, &operands.m,
                         &operands.n,      &operands.k,   &operands.a,
                         &operands.b};
+  // Split-K kernels (never reference kernels) take the workspace after K.
+  if (cfg.splitK > 1)
+    parameters[8] = &operands.workspace;
   CUresult result = driver().cuLaunchKernel(
       function, prepared.gridSize, 1, 1, cfg.threadsPerBlock(), 1, 1,
       cfg.launchSharedMemoryBytes(), stream, parameters, nullptr);

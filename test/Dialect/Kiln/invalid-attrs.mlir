@@ -78,3 +78,8 @@ func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n 
 
 // expected-error @+1 {{gemm_config: 263296 bytes of shared memory exceed the 232448 of an sm_90 block}}
 func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 8, consumers = 2>}
+
+// -----
+
+// expected-error @+1 {{gemm_config: split_k must be in [1, 16], got 0}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 0>}

@@ -74,7 +74,7 @@ func.func @f(%a: tensor<64x7168xf8E4M3FN>, %as: tensor<64x56xf32>, %b: tensor<21
 // -----
 
 func.func @f(%a: tensor<64x7000xf8E4M3FN>, %as: tensor<64x55xf32>, %b: tensor<?x?xf8E4M3FN>, %bs: tensor<17x55xf32>) {
-  // expected-error @+1 {{contraction dimension K = 7000 must be a multiple of 128}}
+  // expected-error @+1 {{contraction dimension K = 7000 must be a multiple of 16}}
   %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<64x7000xf8E4M3FN>, tensor<64x55xf32>, tensor<?x?xf8E4M3FN>, tensor<17x55xf32>) -> tensor<64x2112xbf16>
   return
 }
@@ -325,7 +325,7 @@ func.func @f(%x: tensor<?x7168xbf16>, %w: tensor<7168xbf16>) {
 // -----
 
 func.func @f(%x: tensor<f32>) {
-  // expected-error @+1 {{'input' must have rank >= 1}}
+  // expected-error @+1 {{'gate' must have rank >= 1}}
   %0 = kiln.swiglu %x : tensor<f32> -> tensor<f32>
   return
 }
@@ -333,7 +333,7 @@ func.func @f(%x: tensor<f32>) {
 // -----
 
 func.func @f(%x: tensor<?x4095xbf16>) {
-  // expected-error @+1 {{the last dimension of 'input' (4095) must be even: gate and up halves}}
+  // expected-error @+1 {{the last dimension of the fused gate/up input (4095) must be even: gate and up halves}}
   %0 = kiln.swiglu %x : tensor<?x4095xbf16> -> tensor<?x2047xbf16>
   return
 }
@@ -341,7 +341,7 @@ func.func @f(%x: tensor<?x4095xbf16>) {
 // -----
 
 func.func @f(%x: tensor<?x4096xbf16>) {
-  // expected-error @+1 {{'result' must have shape of 'input' with the last dimension halved = ?x2048, got 'tensor<?x4096xbf16>'}}
+  // expected-error @+1 {{'result' must have shape of 'gate' with the last dimension halved = ?x2048, got 'tensor<?x4096xbf16>'}}
   %0 = kiln.swiglu %x : tensor<?x4096xbf16> -> tensor<?x4096xbf16>
   return
 }

@@ -8,10 +8,14 @@ include "mlir/Pass/PassBase.td"
 def KilnSelectGemmConfig : Pass<"kiln-select-gemm-config", "mlir::ModuleOp"> {
   let summary = "choose the tile configuration of every FP8 matmul";
   let description = [{
-    Attaches a `#kiln.gemm_config` to each `kiln.scaled_matmul` that has
-    none, chosen from its static N and K (and M when known) by the heuristic
-    documented in compiler/docs/gemm-kernels.md. Configurations already
-    present (written by hand or by an offline search) are kept.
+    Attaches a `#kiln.gemm_config` to each `kiln.scaled_matmul` and
+    `kiln.grouped_scaled_matmul` that has none, chosen from its static N and
+    K (and M when known) by the heuristic documented in
+    compiler/docs/gemm-kernels.md. A grouped GEMM is one GEMM per group, so
+    its M is the rows of one group: the capacity C in the masked layout, the
+    mean ceil(T / G) under uniform routing in the contiguous one.
+    Configurations already present (written by hand or by an offline search)
+    are kept.
   }];
   let dependentDialects = ["kiln::KilnDialect"];
 }

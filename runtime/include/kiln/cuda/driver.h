@@ -71,6 +71,7 @@ private:
   X(cuMemcpyHtoD)                                                              \
   X(cuMemcpyDtoH)                                                              \
   X(cuMemcpyDtoDAsync)                                                         \
+  X(cuMemsetD32Async)                                                          \
   X(cuMemsetD16Async)                                                          \
   X(cuMemsetD8Async)                                                           \
   X(cuStreamCreate)                                                            \

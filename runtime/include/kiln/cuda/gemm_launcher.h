@@ -3,9 +3,10 @@
 // Loads a compiled FP8 GEMM kernel (cubin or PTX) and launches it as
 // compiler/docs/gemm-abi.md specifies: two TMA tensor maps for A and B, the
 // 1×128 and 128×128 scales, BF16 out, a persistent grid of
-// min(#SMs, tiles) blocks. The kernel's configuration comes from the
-// manifest the compiler writes beside the cubin (`<name>.json`, format in
-// gemm-abi.md "Kernel manifest").
+// min(#SMs, tiles × split_k) blocks; split-K kernels also take an FP32
+// workspace, which the GemmKernel allocates unless the caller passes one. The
+// kernel's configuration comes from the manifest the compiler writes beside the
+// cubin (`<name>.json`, format in gemm-abi.md "Kernel manifest").
 //
 // Every driver error is a kiln::cuda::CudaError naming the call, the kernel
 // and the shape. Launches are asynchronous: faults inside the kernel surface
@@ -38,6 +39,10 @@ struct GemmKernelConfig {
   /// Dynamic shared memory the launch requests; 0 means the ABI's minimum,
   /// `abiSharedMemoryBytes()`.
   int sharedMemoryBytes = 0;
+  /// K slices per tile, each computed by its own block into an FP32
+  /// workspace slot; the last block to finish a tile sums them (gemm-abi.md
+  /// "Split-K"). 1: no workspace parameter.
+  int splitK = 1;
   /// Reference kernels only (runtime/tools/gemm_reference.cu): A and B are
   /// also passed as plain `const uint8_t *` after K.
   bool operandPointers = false;
@@ -72,6 +77,11 @@ struct GemmOperands {
   int m = 0;
   int n = 0;
   int k = 0;
+  /// Split-K kernels only: gemmWorkspaceBytes(config, m, n) bytes, 16-byte
+  /// aligned, zeroed once when allocated (every launch leaves its counters
+  /// zero again), used by one kernel configuration and one launch at a time.
+  /// 0: the GemmKernel's own workspace.
+  CUdeviceptr workspace = 0;
 };
 
 /// "M=.. N=.. K=.." for messages.
@@ -85,9 +95,15 @@ void checkGemmOperands(const GemmKernelConfig &config,
 
 /// Output tiles of the persistent schedule: ⌈M/BLOCK_M⌉ · ⌈N/BLOCK_N⌉.
 int64_t gemmTileCount(const GemmKernelConfig &config, int m, int n);
-/// The persistent grid: min(multiprocessors, tiles).
+/// Work units of the persistent schedule: tiles × split_k.
+int64_t gemmWorkUnitCount(const GemmKernelConfig &config, int m, int n);
+/// The persistent grid: min(multiprocessors, work units).
 unsigned gemmGridSize(const GemmKernelConfig &config, int m, int n,
                       int multiprocessors);
+/// Bytes of split-K workspace a launch on M×N needs (gemm-abi.md
+/// "Split-K"): per tile, 256 bytes of arrival counters and split_k FP32
+/// slots of BLOCK_M × BLOCK_N. 0 when split_k is 1.
+size_t gemmWorkspaceBytes(const GemmKernelConfig &config, int m, int n);
 
 /// Everything a launch passes, prepared once per operand set: encoding the
 /// tensor maps is host work that timed loops should not repeat.
@@ -124,7 +140,11 @@ public:
   GemmKernel(const GemmKernel &) = delete;
   GemmKernel &operator=(const GemmKernel &) = delete;
 
-  /// Checks the operands and encodes the two tensor maps.
+  /// Checks the operands and encodes the two tensor maps. A split-K kernel
+  /// given no workspace gets the kernel's own, grown (and zeroed) here when
+  /// the shape needs more: launches through one GemmKernel that use its
+  /// workspace must then be ordered (one stream), and a prepared launch is
+  /// valid until a later prepare() grows it.
   GemmLaunch prepare(const GemmOperands &operands) const;
   /// Enqueues the kernel on `stream` (no synchronization).
   void launch(const GemmLaunch &prepared, CUstream stream) const;
@@ -143,6 +163,8 @@ private:
   CUmodule module = nullptr;
   CUfunction function = nullptr;
   int multiprocessors = 0;
+  /// Split-K workspace for launches that bring none (see prepare()).
+  mutable DeviceBuffer workspace;
 };
 
 } // namespace kiln::cuda

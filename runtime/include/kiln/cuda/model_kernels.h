@@ -62,9 +62,9 @@ struct QuantizedMatrix {
 /// Absorbed MLA attention of one layer over a paged latent cache.
 struct MlaAttentionArgs {
   int heads = 0;
-  int nopeDim = 0;  // qk_nope_head_dim
-  int ropeDim = 0;  // qk_rope_head_dim
-  int vDim = 0;     // v_head_dim
+  int nopeDim = 0; // qk_nope_head_dim
+  int ropeDim = 0; // qk_rope_head_dim
+  int vDim = 0;    // v_head_dim
   int kvLoraRank = 0;
   float softmaxScale = 1.0f;
   /// YaRN's factor on cos and sin.
@@ -104,10 +104,10 @@ struct MlaAttentionArgs {
 
 /// noaux_tc routing.
 struct MoeRouteArgs {
-  DeviceMatrix logits;     // f32 [T, E]
-  CUdeviceptr bias = 0;    // f32 [E] or 0
-  CUdeviceptr expertIds = 0;   // i32 [T, topK]
-  CUdeviceptr weights = 0;     // f32 [T, topK]
+  DeviceMatrix logits;       // f32 [T, E]
+  CUdeviceptr bias = 0;      // f32 [E] or 0
+  CUdeviceptr expertIds = 0; // i32 [T, topK]
+  CUdeviceptr weights = 0;   // f32 [T, topK]
   int topK = 0;
   int nGroup = 1;
   int topkGroup = 1;
@@ -127,8 +127,8 @@ public:
 
   /// out[t] = table[tokens[t]] (bf16 [V, H] → f32 [T, H]); ids outside
   /// [0, V) give NaN rows (the runtime checks ids before).
-  void embed(CUstream stream, CUdeviceptr tokens, int64_t T,
-             CUdeviceptr table, int64_t vocab, const DeviceMatrix &out);
+  void embed(CUstream stream, CUdeviceptr tokens, int64_t T, CUdeviceptr table,
+             int64_t vocab, const DeviceMatrix &out);
   /// RMSNorm over each row with bf16 weight [cols]: out f32 or bf16.
   void rmsNorm(CUstream stream, const DeviceMatrix &x, CUdeviceptr weight,
                float eps, const DeviceMatrix &out);
@@ -156,14 +156,19 @@ public:
                    const QuantizedMatrix &out, CUdeviceptr offsets,
                    CUdeviceptr rows);
   /// out = silu(gate) * up, bf16 → bf16.
-  void swiglu(CUstream stream, const DeviceMatrix &gate,
-              const DeviceMatrix &up, const DeviceMatrix &out);
+  void swiglu(CUstream stream, const DeviceMatrix &gate, const DeviceMatrix &up,
+              const DeviceMatrix &out);
   /// out = quantize(silu(gate) * up), plain or grouped scales.
   void swigluQuantize(CUstream stream, const DeviceMatrix &gate,
                       const DeviceMatrix &up, const QuantizedMatrix &out);
   /// out[t] = Σ_j weights[t, j] · y[rows[t, j]] (y bf16 [R, H] → f32).
   void moeCombine(CUstream stream, const DeviceMatrix &y, CUdeviceptr rows,
                   CUdeviceptr weights, int topK, const DeviceMatrix &out);
+  /// `count` elements of `type` (f32, bf16 or e4m3) uniform in
+  /// [-amplitude, amplitude], a reproducible hash of (seed, index):
+  /// synthetic weights for benchmarks, made on the GPU.
+  void fillRandom(CUstream stream, CUdeviceptr data, int64_t count,
+                  ElementType type, uint64_t seed, float amplitude);
   /// out[s] = x[rows[s]] (f32).
   void selectRows(CUstream stream, const DeviceMatrix &x, CUdeviceptr rows,
                   int64_t count, const DeviceMatrix &out);

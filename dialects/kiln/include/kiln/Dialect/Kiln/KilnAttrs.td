@@ -106,18 +106,31 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
     The kernel-level description of a `kiln.scaled_matmul`: output tiles of
     `block_m` x `block_n` (block_m = 64 per consumer warpgroup), a ring of
     `stages` shared-memory buffers of 128-wide K slices, one TMA producer
-    warpgroup and `consumers` wgmma warpgroups. See
-    compiler/docs/gemm-kernels.md.
+    warpgroup and `consumers` wgmma warpgroups. `split_k` > 1 splits the K
+    blocks of every tile into that many slices computed by separate blocks,
+    which write FP32 partials to a workspace; the last one to finish a tile
+    sums them and stores BF16 (compiler/docs/gemm-abi.md "Split-K"). It is
+    printed only when it is not 1. See compiler/docs/gemm-kernels.md.
 
     ```mlir
     #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2>
+    #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 4>
     ```
   }];
   let parameters = (ins "int64_t":$blockM, "int64_t":$blockN,
-                        "int64_t":$stages, "int64_t":$consumers);
+                        "int64_t":$stages, "int64_t":$consumers,
+                        DefaultValuedParameter<"int64_t", "1">:$splitK);
+  let builders = [
+    AttrBuilder<(ins "int64_t":$blockM, "int64_t":$blockN, "int64_t":$stages,
+                     "int64_t":$consumers, CArg<"int64_t", "1">:$splitK), [{
+      return $_get($_ctxt, blockM, blockN, stages, consumers, splitK);
+    }]>
+  ];
+  let skipDefaultBuilders = 1;
   let assemblyFormat = [{
     `<` `block_m` `=` $blockM `,` `block_n` `=` $blockN `,`
-        `stages` `=` $stages `,` `consumers` `=` $consumers `>`
+        `stages` `=` $stages `,` `consumers` `=` $consumers
+        (`,` `split_k` `=` $splitK^)? `>`
   }];
   let genVerifyDecl = 1;
   let extraClassDeclaration = [{

@@ -62,7 +62,9 @@ def Kiln_ScaledMatmulOp : Kiln_Op<"scaled_matmul", [Pure]> {
     * `a`: `M×K` E4M3, K-major; `a_scales`: `M×(K/128)` (per 1×128 tile).
     * `b`: `N×K` E4M3, K-major (the checkpoint's `[out, in]` layout);
       `b_scales`: `ceil(N/128)×(K/128)` (per 128×128 block).
-    * `K` is a multiple of 128; `N` need not be (DeepSeek-V3 has 576, 2112).
+    * `K` is a multiple of 16 (TMA row alignment); a partial last 128-block
+      of K is zero-padded, its scales ceil-divided like N's. `N` need not be
+      a multiple of 128 either (DeepSeek-V3 has 576, 2112).
     * The result is `M×N` in `bf16` or `f32`.
 
     ```mlir
@@ -160,20 +162,141 @@ def Kiln_RMSNormOp : Kiln_Op<"rms_norm", [Pure]> {
 }
 
 def Kiln_SwiGLUOp : Kiln_Op<"swiglu", [Pure]> {
-  let summary = "SwiGLU of a fused gate/up projection";
+  let summary = "SwiGLU: silu(gate) * up";
   let description = [{
-    The last dimension of `input` holds the gate projection in its first half
-    and the up projection in its second: `result = silu(gate) * up`, with the
-    last dimension halved.
+    `result = silu(gate) * up`, computed in FP32 and rounded to the result
+    type. Two forms:
+
+    * two operands: `gate` and `up` are the outputs of the gate and up
+      projections, of one shape, which is the result's;
+    * one operand: the last dimension of `gate` holds a fused gate/up
+      projection, the gate in its first half and up in its second; the
+      result has the last dimension halved.
 
     ```mlir
+    %h = kiln.swiglu %g, %u : tensor<?x2048xbf16>, tensor<?x2048xbf16> -> tensor<?x2048xbf16>
     %h = kiln.swiglu %gate_up : tensor<?x4096xbf16> -> tensor<?x2048xbf16>
     ```
   }];
-  let arguments = (ins Kiln_FloatTensor:$input);
+  let arguments = (ins Kiln_FloatTensor:$gate,
+                       Optional<Kiln_FloatTensor>:$up);
   let results = (outs Kiln_FloatTensor:$result);
   let assemblyFormat = [{
-    $input attr-dict `:` type($input) `->` type($result)
+    $gate (`,` $up^)? attr-dict `:` type($gate) (`,` type($up)^)? `->` type($result)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_AddOp : Kiln_Op<"add", [Pure]> {
+  let summary = "elementwise sum of two tensors of one shape (the residual add)";
+  let description = [{
+    `result = lhs + rhs`, computed in FP32 and rounded to the result type.
+    The operands may differ in precision: the residual stream is FP32 and
+    the projections that feed it produce BF16.
+
+    ```mlir
+    %h = kiln.add %hidden, %attn
+        : (tensor<8x7168xf32>, tensor<8x7168xbf16>) -> tensor<8x7168xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_AccTensor:$lhs, Kiln_AccTensor:$rhs);
+  let results = (outs Kiln_AccTensor:$result);
+  let assemblyFormat = [{
+    $lhs `,` $rhs attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_EmbedOp : Kiln_Op<"embed", [Pure]> {
+  let summary = "gather the embedding rows of a sequence of tokens";
+  let description = [{
+    `result[t] = table[tokens[t]]`, converted to the result type. `tokens`
+    is `[T]` i32, `table` is the `[V, H]` embedding (BF16 in DeepSeek-V3),
+    the result `[T, H]`.
+
+    ```mlir
+    %h = kiln.embed %tokens, %table
+        : (tensor<8xi32>, tensor<129280x7168xbf16>) -> tensor<8x7168xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_IndexTensor:$tokens, Kiln_FloatTensor:$table);
+  let results = (outs Kiln_AccTensor:$result);
+  let assemblyFormat = [{
+    $tokens `,` $table attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_SelectRowsOp : Kiln_Op<"select_rows", [Pure]> {
+  let summary = "gather rows of a matrix by index (each sequence's last token)";
+  let description = [{
+    `result[s] = input[rows[s]]`: `input` is `[T, C]`, `rows` is `[S]` i32
+    row indices, the result is `[S, C]` of the input's element type. A model
+    step uses it to keep only the rows whose logits are wanted.
+
+    ```mlir
+    %last = kiln.select_rows %h, %last_rows
+        : (tensor<256x7168xf32>, tensor<8xi32>) -> tensor<8x7168xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$input, Kiln_IndexTensor:$rows);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = [{
+    $input `,` $rows attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Attention
+//===----------------------------------------------------------------------===//
+
+def Kiln_MLAAttentionOp : Kiln_Op<"mla_attention"> {
+  let summary = "multi-head latent attention over a layer's KV cache (absorbed)";
+  let description = [{
+    DeepSeek-V3's MLA for the `T` tokens of a step, each at `positions[t]`
+    of its sequence:
+
+    1. RoPE (interleaved pairs, frequencies `rope_inv_freq`, cos and sin
+       times `attention_factor`) on the last `qk_rope_head_dim` values of
+       every head of `q` and on `k_pe`;
+    2. `[latent, k_pe]` (`kv_lora_rank + qk_rope_head_dim` values) is stored
+       at each token's position in layer `layer`'s KV cache;
+    3. causal attention over the sequence's cache in the absorbed form:
+       the key half of `kv_b` (per head, `qk_nope_head_dim` rows) folded
+       into the query, scores times `softmax_scale`, softmax, then the value
+       half (`v_head_dim` rows per head) applied to the attended latent.
+
+    Shapes: `q` `[T, heads * (nope + rope)]`, `latent` `[T, kv_lora_rank]`
+    (normalized), `k_pe` `[T, rope]`, `positions` `[T]` i32, `kv_b` (the
+    checkpoint's kv_b_proj, `[heads * (nope + v), kv_lora_rank]`), result
+    `[T, heads * v]`.
+
+    The op reads and writes the KV cache, so it has no memory-effect trait:
+    it is never removed, merged or reordered with another attention.
+
+    ```mlir
+    %o = kiln.mla_attention %q, %latent, %k_pe, %positions, %kv_b
+        {layer = 0 : i64, heads = 128 : i64, qk_nope_head_dim = 128 : i64,
+         qk_rope_head_dim = 64 : i64, v_head_dim = 128 : i64,
+         softmax_scale = 0.1147 : f32, attention_factor = 1.0 : f32,
+         rope_inv_freq = array<f32: ...>}
+        : (tensor<8x24576xbf16>, tensor<8x512xbf16>, tensor<8x64xbf16>,
+           tensor<8xi32>, tensor<32768x512xbf16>) -> tensor<8x16384xbf16>
+    ```
+  }];
+  let arguments = (ins Kiln_FloatTensor:$q, Kiln_FloatTensor:$latent,
+                       Kiln_FloatTensor:$k_pe, Kiln_IndexTensor:$positions,
+                       Kiln_FloatTensor:$kv_b,
+                       I64Attr:$layer, I64Attr:$heads,
+                       I64Attr:$qk_nope_head_dim, I64Attr:$qk_rope_head_dim,
+                       I64Attr:$v_head_dim, F32Attr:$softmax_scale,
+                       F32Attr:$attention_factor,
+                       DenseF32ArrayAttr:$rope_inv_freq);
+  let results = (outs Kiln_FloatTensor:$result);
+  let assemblyFormat = [{
+    $q `,` $latent `,` $k_pe `,` $positions `,` $kv_b attr-dict
+    `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
 }
@@ -290,6 +413,63 @@ def Kiln_MoECombineOp : Kiln_Op<"moe_combine"> {
   let results = (outs Kiln_AccTensor:$result);
   let assemblyFormat = [{
     $layout $expert_outputs `source` $source `weights` $expert_weights attr-dict
+    `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_MoEPermuteOp : Kiln_Op<"moe_permute", [Pure]> {
+  let summary = "group a GPU's token rows by expert (the single-GPU dispatch)";
+  let description = [{
+    Copies each (token, choice) pair of `T` tokens (`T×H`, FP8 with
+    `T×ceil(H/128)` scales, or BF16 without) and their `T×top_k` expert ids
+    into `expert_tokens` (`R×H`, `R = T * top_k`), sorted by expert and in
+    token order within an expert: expert `e` owns rows
+    `[offsets[e], offsets[e+1])` (`E+1` offsets). `rows[t, j]` is the row
+    that token `t`'s `j`-th choice went to, which `kiln.moe_unpermute`
+    reads to bring the results back.
+
+    This is `kiln.moe_dispatch` in the contiguous layout when every expert
+    lives on this GPU; unlike the collective it is an ordinary pure op.
+
+    ```mlir
+    %xq, %xs, %offsets, %rows = kiln.moe_permute %q scales %s experts %ids
+        : (tensor<8x7168xf8E4M3FN>, tensor<8x56xf32>, tensor<8x8xi32>)
+        -> (tensor<64x7168xf8E4M3FN>, tensor<64x56xf32>, tensor<257xi32>, tensor<8x8xi32>)
+    ```
+  }];
+  let arguments = (ins Kiln_TokenTensor:$tokens,
+                       Optional<Kiln_ScaleTensor>:$token_scales,
+                       Kiln_IndexTensor:$expert_ids);
+  let results = (outs Kiln_TokenTensor:$expert_tokens,
+                      Optional<Kiln_ScaleTensor>:$expert_scales,
+                      Kiln_IndexTensor:$offsets,
+                      Kiln_IndexTensor:$rows);
+  let assemblyFormat = [{
+    $tokens `` custom<KeywordOperand>($token_scales, "\"scales\"")
+    `experts` $expert_ids attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def Kiln_MoEUnpermuteOp : Kiln_Op<"moe_unpermute", [Pure]> {
+  let summary = "sum each token's expert outputs with its routing weights (the single-GPU combine)";
+  let description = [{
+    The inverse of `kiln.moe_permute`: `result[t] = Σ_j weights[t, j] *
+    expert_outputs[rows[t, j]]`, in FP32. `expert_outputs` is `R×H`,
+    `rows` and `weights` are `T×top_k`, the result `T×H`.
+
+    ```mlir
+    %y = kiln.moe_unpermute %down rows %rows weights %weights
+        : (tensor<64x7168xbf16>, tensor<8x8xi32>, tensor<8x8xf32>) -> tensor<8x7168xf32>
+    ```
+  }];
+  let arguments = (ins Kiln_AccTensor:$expert_outputs,
+                       Kiln_IndexTensor:$rows,
+                       RankedTensorOf<[F32]>:$weights);
+  let results = (outs Kiln_AccTensor:$result);
+  let assemblyFormat = [{
+    $expert_outputs `rows` $rows `weights` $weights attr-dict
     `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;

@@ -1,0 +1,48 @@
+//===- ModelGraph.h - DeepSeek-V3 config.json to kiln IR -------*- C++ -*-===//
+//
+// The model front end: the whole DeepSeek-V3 forward of a config, as one
+// function of kiln ops per kind of step (GraphConventions.h), following the
+// CPU reference (runtime/lib/cpu_model.cpp) op for op. The MTP module is not
+// part of the steps.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_FRONTEND_MODELGRAPH_H
+#define KILN_FRONTEND_MODELGRAPH_H
+
+#include "kiln/config.h"
+
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/IR/OwningOpRef.h"
+#include "llvm/ADT/ArrayRef.h"
+#include "llvm/ADT/StringRef.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kiln {
+
+/// One kind of step and the maxima its function is built for.
+struct ModelStep {
+  std::string name;
+  int64_t maxTokens = 0;
+  int64_t maxSequences = 0;
+};
+
+/// `decode` (max_batch tokens of max_batch sequences) and `prefill`
+/// (prefill_chunk tokens of up to min(max_batch, prefill_chunk) sequences).
+std::vector<ModelStep> defaultModelSteps(int64_t maxBatch,
+                                         int64_t prefillChunk);
+
+/// Builds the graph of `config` (already validated) with one function per
+/// step; `origin` (the config file) is the location of every op. Throws
+/// kiln::Error for a config the graph cannot express (a BF16 checkpoint,
+/// bad RoPE fields).
+mlir::OwningOpRef<mlir::ModuleOp>
+buildModelGraph(mlir::MLIRContext &context, const ModelConfig &config,
+                llvm::ArrayRef<ModelStep> steps, llvm::StringRef origin);
+
+} // namespace kiln
+
+#endif // KILN_FRONTEND_MODELGRAPH_H

@@ -1,0 +1,966 @@
+//===- LaunchPlanLowering.cpp - kiln IR to launch plans -------------------===//
+//
+// One walk over each step function: every op becomes one PlanStep of the op
+// table of compiler/docs/artifact.md (rms_norm or swiglu followed by its
+// only user, a 1x128 quantize, become one step with two outputs), every
+// tensor value one buffer, column slices (tensor.extract_slice) views of
+// their source. Then the buffers are placed in one arena (BufferPlacement).
+//
+// Rows are symbolic: the step inputs fix T (tokens) and S (last_rows), each
+// op says how its results' rows follow from its operands', and MoE adds R
+// (T * top_k routed rows) and E1 (experts + 1 offsets). Static shapes
+// cannot tell T from S when both are 8, so the symbols flow with the data.
+//
+//===----------------------------------------------------------------------===//
+
+#include "kiln/Plan/LaunchPlanLowering.h"
+
+#include "kiln/Dialect/Kiln/KilnOps.h"
+#include "kiln/FrontEnd/GraphConventions.h"
+#include "kiln/Plan/BufferPlacement.h"
+#include "kiln/checkpoint.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Dialect/Tensor/IR/Tensor.h"
+#include "mlir/IR/BuiltinTypes.h"
+#include "mlir/IR/Diagnostics.h"
+#include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/DenseSet.h"
+#include "llvm/ADT/StringSet.h"
+#include "llvm/ADT/TypeSwitch.h"
+#include "llvm/Support/InterleavedRange.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+
+#include <optional>
+
+using namespace mlir;
+
+namespace kiln {
+
+namespace {
+
+/// The ops a plan knows, for the message about one it does not.
+constexpr const char *kLowerableOps =
+    "kiln.embed, kiln.rms_norm, kiln.quantize, kiln.scaled_matmul, "
+    "kiln.grouped_scaled_matmul (contiguous), kiln.matmul, kiln.add, "
+    "kiln.swiglu, kiln.mla_attention, kiln.moe_route, kiln.moe_permute, "
+    "kiln.moe_unpermute, kiln.select_rows, tensor.extract_slice (column "
+    "slices)";
+
+std::string replaceExpert(std::string name, const std::string &by) {
+  size_t at = name.find(kExpertPlaceholder);
+  if (at != std::string::npos)
+    name.replace(at, std::string(kExpertPlaceholder).size(), by);
+  return name;
+}
+
+std::optional<std::string> dtypeName(Type type) {
+  if (type.isF32())
+    return "f32";
+  if (type.isBF16())
+    return "bf16";
+  if (isa<Float8E4M3FNType>(type))
+    return "f8e4m3";
+  if (type.isSignlessInteger(32))
+    return "i32";
+  return std::nullopt;
+}
+
+int64_t dtypeBytes(const std::string &dtype) {
+  return dtype == "bf16" ? 2 : dtype == "f8e4m3" ? 1 : 4;
+}
+
+/// The checkpoint's tensors by name, from the layout a config implies.
+struct CheckpointLayout {
+  std::map<std::string, ExpectedTensor> tensors;
+  bool quantized = true;
+
+  explicit CheckpointLayout(const ModelConfig &config)
+      : quantized(config.quantization.has_value()) {
+    for (ExpectedTensor &tensor : expectedTensors(config))
+      tensors.emplace(tensor.name, std::move(tensor));
+  }
+
+  std::string dtype(const ExpectedTensor &tensor) const {
+    switch (tensor.format) {
+    case TensorFormat::BF16:
+      return "bf16";
+    case TensorFormat::F32:
+      return "f32";
+    case TensorFormat::Linear:
+    case TensorFormat::LinearMaybeQuantized:
+      return quantized ? "f8e4m3" : "bf16";
+    }
+    return "bf16";
+  }
+};
+
+/// The double a reader of `value`'s shortest decimal form gets: 1e-06 for
+/// the f32 nearest to 1e-6, not 9.9999999747524271e-07.
+double decimal(float value) {
+  char text[32];
+  for (int digits = 1;; ++digits) {
+    std::snprintf(text, sizeof text, "%.*g", digits, value);
+    // 9 significant digits identify every float.
+    if (digits == 9 || std::strtof(text, nullptr) == value)
+      return std::strtod(text, nullptr);
+  }
+}
+
+PlanStep makeStep(const char *op) {
+  PlanStep step;
+  step.op = op;
+  return step;
+}
+
+/// Lowers one step function.
+class StepLowering {
+public:
+  StepLowering(func::FuncOp func, const CheckpointLayout *layout,
+               LoweredModel &model,
+               std::map<std::string, ArtifactWeight> &weightsByName)
+      : func(func), layout(layout), model(model),
+        weightsByName(weightsByName) {}
+
+  FailureOr<LaunchPlan> lower() {
+    if (!func.getBody().hasOneBlock())
+      return func.emitError("step function @")
+             << func.getSymName() << " must have one block";
+    if (failed(bindArguments()))
+      return failure();
+    for (Operation &op : func.getBody().front())
+      if (!fused.contains(&op) && failed(lowerOp(&op)))
+        return failure();
+    placeBuffers();
+    return plan;
+  }
+
+private:
+  //===--------------------------------------------------------------------===//
+  // Arguments: step inputs and weights
+  //===--------------------------------------------------------------------===//
+
+  LogicalResult bindArguments() {
+    std::optional<int64_t> tokens, sequences;
+    std::vector<std::pair<Value, std::string>> inputs;
+    for (BlockArgument arg : func.getArguments()) {
+      unsigned index = arg.getArgNumber();
+      if (auto name = func.getArgAttrOfType<StringAttr>(index, kInputAttrName)) {
+        auto type = dyn_cast<RankedTensorType>(arg.getType());
+        StringRef input = name.getValue();
+        bool known = input == kTokensInput || input == kPositionsInput ||
+                     input == kLastRowsInput;
+        if (!known)
+          return func.emitError("argument #")
+                 << index << " of @" << func.getSymName()
+                 << " is the unknown step input '" << input
+                 << "'; the plans know 'tokens', 'positions' and 'last_rows'";
+        if (!type || type.getRank() != 1 || !type.hasStaticShape() ||
+            !type.getElementType().isSignlessInteger(32))
+          return func.emitError("step input '")
+                 << input << "' of @" << func.getSymName()
+                 << " must be a static 1-D i32 tensor, got " << arg.getType();
+        std::string rows = input == kLastRowsInput ? "S" : "T";
+        std::optional<int64_t> &extent =
+            input == kLastRowsInput ? sequences : tokens;
+        if (extent && *extent != type.getDimSize(0))
+          return func.emitError("step inputs of @")
+                 << func.getSymName() << " disagree on " << rows << ": "
+                 << *extent << " and " << type.getDimSize(0);
+        extent = type.getDimSize(0);
+        rowSymbols[arg] = rows;
+        if (input == kPositionsInput)
+          positions = arg;
+        inputs.emplace_back(arg, input.str());
+        continue;
+      }
+      if (auto name =
+              func.getArgAttrOfType<StringAttr>(index, kWeightAttrName)) {
+        weightNames[arg] = name.getValue().str();
+        continue;
+      }
+      return func.emitError("argument #")
+             << index << " of @" << func.getSymName() << " (" << arg.getType()
+             << ") is neither a step input ('" << kInputAttrName
+             << "') nor a weight ('" << kWeightAttrName << "')";
+    }
+    if (!tokens)
+      return func.emitError("step function @")
+             << func.getSymName() << " has no '" << kTokensInput
+             << "' input (i32 [T], {" << kInputAttrName << " = \""
+             << kTokensInput << "\"})";
+    plan.maxTokens = *tokens;
+    plan.maxSequences = sequences.value_or(*tokens);
+    for (auto &[arg, name] : inputs)
+      if (failed(newBuffer(arg, name, /*pinned=*/true)))
+        return failure();
+    return success();
+  }
+
+  /// The checkpoint name of weight operand `value` of `op`, recorded in the
+  /// weight table; failure if `value` is not a weight argument.
+  FailureOr<std::string> weight(Operation *op, Value value, StringRef role) {
+    auto it = weightNames.find(value);
+    if (it == weightNames.end())
+      return op->emitOpError("'")
+             << role << "' must be a weight: a function argument with a '"
+             << kWeightAttrName << "' attribute";
+    if (failed(recordWeight(op, value, it->second)))
+      return failure();
+    return it->second;
+  }
+
+  /// Scales of FP8 weight `weightValue`: an argument named
+  /// `<weight>_scale_inv` of the checkpoint's block-scale shape.
+  LogicalResult checkScales(Operation *op, Value weightValue, Value scales) {
+    auto it = weightNames.find(scales);
+    std::string expected = scaleInvName(weightNames.lookup(weightValue));
+    if (it == weightNames.end() || it->second != expected)
+      return op->emitOpError("'b_scales' must be the weight argument '")
+             << expected << "'";
+    return success();
+  }
+
+  LogicalResult recordWeight(Operation *op, Value value,
+                             const std::string &name) {
+    auto type = cast<RankedTensorType>(value.getType());
+    bool perExpert = name.find(kExpertPlaceholder) != std::string::npos;
+    SmallVector<int64_t> shape(type.getShape());
+    if (perExpert) {
+      if (shape.size() < 2)
+        return op->emitOpError("routed-expert weight '")
+               << name << "' must be [E, ...], got " << type;
+      shape.erase(shape.begin());
+    }
+    std::optional<std::string> graphDtype = dtypeName(type.getElementType());
+    if (!graphDtype)
+      return op->emitOpError("weight '")
+             << name << "' has an element type no checkpoint stores: "
+             << type;
+
+    ArtifactWeight entry;
+    entry.name = name;
+    entry.shape.assign(shape.begin(), shape.end());
+    entry.dtype = *graphDtype;
+    if (layout) {
+      auto found = layout->tensors.find(replaceExpert(name, "0"));
+      if (found == layout->tensors.end())
+        return op->emitOpError("weight '")
+               << name << "' is not a tensor of the checkpoint the config "
+               << "describes";
+      const ExpectedTensor &expected = found->second;
+      if (expected.shape != entry.shape)
+        return op->emitOpError("weight '")
+               << name << "' has shape " << type << " in the graph; the "
+               << "checkpoint's is [" << llvm::interleaved(expected.shape)
+               << "]" << (perExpert ? " per expert" : "");
+      entry.dtype = layout->dtype(expected);
+    } else if (auto stored = func.getArgAttrOfType<StringAttr>(
+                   cast<BlockArgument>(value).getArgNumber(),
+                   kStoredDtypeAttrName)) {
+      entry.dtype = stored.getValue().str();
+    }
+    if (entry.dtype == *graphDtype)
+      entry.transform = "none";
+    else if (*graphDtype == "bf16" || *graphDtype == "f32")
+      entry.transform = *graphDtype;
+    else
+      return op->emitOpError("weight '")
+             << name << "' is stored as " << entry.dtype
+             << " but read as " << *graphDtype
+             << "; only conversions to bf16 or f32 happen at load";
+
+    auto [it, inserted] = weightsByName.try_emplace(name, entry);
+    if (inserted) {
+      model.weights.push_back(entry);
+    } else if (it->second.dtype != entry.dtype ||
+               it->second.shape != entry.shape ||
+               it->second.transform != entry.transform) {
+      return op->emitOpError("weight '")
+             << name << "' is read as " << *graphDtype
+             << " here and differently by another step";
+    }
+    return success();
+  }
+
+  //===--------------------------------------------------------------------===//
+  // Buffers
+  //===--------------------------------------------------------------------===//
+
+  /// A new buffer for `value`; its first use is the step being built.
+  LogicalResult newBuffer(Value value, std::string name, bool pinned = false) {
+    auto type = dyn_cast<RankedTensorType>(value.getType());
+    Operation *where = value.getDefiningOp();
+    auto fail = [&]() -> InFlightDiagnostic {
+      return where ? where->emitOpError() : func.emitError();
+    };
+    if (!type || !type.hasStaticShape() || type.getRank() < 1 ||
+        type.getRank() > 2)
+      return fail() << "cannot hold " << value.getType()
+                    << " in a plan buffer: buffers are static 1-D or 2-D "
+                       "tensors";
+    std::optional<std::string> dtype = dtypeName(type.getElementType());
+    if (!dtype)
+      return fail() << "cannot hold " << value.getType()
+                    << " in a plan buffer: dtypes are f32, bf16, "
+                       "f8E4M3FN and i32";
+    auto symbol = rowSymbols.find(value);
+    if (symbol == rowSymbols.end())
+      return fail() << "internal error: no row symbol for a result";
+    FailureOr<int64_t> rows = rowExtent(symbol->second, where);
+    if (failed(rows))
+      return failure();
+    if (*rows != type.getDimSize(0))
+      return fail() << "result " << type << " has " << type.getDimSize(0)
+                    << " rows, but its rows are " << symbol->second << " = "
+                    << *rows << " in this step";
+
+    // Names come from the ops' locations; keep them unique.
+    std::string unique = name;
+    for (int suffix = 1; !bufferNames.insert(unique).second; ++suffix)
+      unique = name + "." + std::to_string(suffix);
+
+    PlanBuffer buffer;
+    buffer.name = unique;
+    buffer.dtype = *dtype;
+    buffer.rows = symbol->second;
+    buffer.cols = type.getRank() == 2 ? type.getDimSize(1) : 1;
+    buffer.bytes = static_cast<uint64_t>(*rows * buffer.cols *
+                                         dtypeBytes(*dtype));
+    tensors[value] = {unique, 0, 0};
+    lifetimes.push_back(
+        {pinned ? 0 : static_cast<int64_t>(plan.steps.size()),
+         pinned ? kForever : static_cast<int64_t>(plan.steps.size())});
+    bufferIndex[unique] = plan.buffers.size();
+    plan.buffers.push_back(std::move(buffer));
+    return success();
+  }
+
+  FailureOr<int64_t> rowExtent(const std::string &symbol, Operation *where) {
+    if (symbol == "T")
+      return plan.maxTokens;
+    if (symbol == "S")
+      return plan.maxSequences;
+    if (symbol == "R")
+      return plan.maxTokens * topK.value_or(0);
+    if (symbol == "E1")
+      return experts.value_or(0) + 1;
+    return std::stoll(symbol);
+  }
+
+  /// The tensor reference of operand `value`, marked used by this step.
+  FailureOr<PlanTensor> use(Operation *op, Value value, StringRef role) {
+    auto it = tensors.find(value);
+    if (it == tensors.end()) {
+      if (weightNames.count(value))
+        return op->emitOpError("operand '")
+               << role << "' is a weight; the plan reads weights only where "
+               << "an op takes one";
+      return op->emitOpError("operand '") << role << "' has no buffer";
+    }
+    Lifetime &lifetime = lifetimes[bufferIndex[it->second.buffer]];
+    lifetime.last =
+        std::max(lifetime.last, static_cast<int64_t>(plan.steps.size()));
+    return it->second;
+  }
+
+  /// Names result `index` of `op`: its location's name plus `suffix`, or
+  /// the op's name and the step index.
+  std::string resultName(Operation *op, StringRef suffix) {
+    if (auto name = dyn_cast<NameLoc>(op->getLoc()))
+      return name.getName().str() + suffix.str();
+    return op->getName().stripDialect().str() + "." +
+           std::to_string(plan.steps.size()) + suffix.str();
+  }
+
+  /// Creates the buffer of result `value` with rows `rows`, as an output of
+  /// the step being built.
+  LogicalResult output(PlanStep &step, Value value, Operation *namer,
+                       StringRef suffix, const std::string &rows) {
+    rowSymbols[value] = rows;
+    if (failed(newBuffer(value, resultName(namer, suffix))))
+      return failure();
+    step.outputs.push_back(tensors[value]);
+    return success();
+  }
+
+  std::string rowsOf(Value value) { return rowSymbols.lookup(value); }
+
+  //===--------------------------------------------------------------------===//
+  // Ops
+  //===--------------------------------------------------------------------===//
+
+  LogicalResult lowerOp(Operation *op) {
+    return llvm::TypeSwitch<Operation *, LogicalResult>(op)
+        .Case<tensor::ExtractSliceOp>(
+            [&](auto slice) -> LogicalResult { return lowerSlice(slice); })
+        .Case<func::ReturnOp>([&](auto ret) -> LogicalResult { return lowerReturn(ret); })
+        .Case<EmbedOp>([&](EmbedOp embed) -> LogicalResult {
+          PlanStep step = makeStep("embed");
+          auto tokens = use(op, embed.getTokens(), "tokens");
+          auto table = weight(op, embed.getTable(), "table");
+          if (failed(tokens) || failed(table))
+            return failure();
+          step.inputs = {*tokens};
+          step.weights = {*table};
+          if (failed(output(step, embed.getResult(), op, "",
+                            rowsOf(embed.getTokens()))))
+            return failure();
+          return emit(std::move(step));
+        })
+        .Case<RMSNormOp>([&](RMSNormOp norm) -> LogicalResult { return lowerRMSNorm(norm); })
+        .Case<QuantizeOp>([&](QuantizeOp quantize) -> LogicalResult {
+          PlanStep step = makeStep("quantize");
+          auto input = use(op, quantize.getInput(), "input");
+          if (failed(input) || failed(checkActivationQuantize(quantize)))
+            return failure();
+          step.inputs = {*input};
+          return finishQuantized(std::move(step), quantize,
+                                 rowsOf(quantize.getInput()));
+        })
+        .Case<SwiGLUOp>([&](SwiGLUOp swiglu) -> LogicalResult { return lowerSwiGLU(swiglu); })
+        .Case<ScaledMatmulOp>(
+            [&](ScaledMatmulOp gemm) -> LogicalResult { return lowerGemm(gemm); })
+        .Case<GroupedScaledMatmulOp>(
+            [&](GroupedScaledMatmulOp gemm) -> LogicalResult { return lowerGroupedGemm(gemm); })
+        .Case<MatmulOp>([&](MatmulOp matmul) -> LogicalResult {
+          PlanStep step = makeStep("matmul");
+          if (!cast<ShapedType>(matmul.getA().getType())
+                   .getElementType()
+                   .isF32())
+            return op->emitOpError("'a' must be f32 for the plan's matmul "
+                                   "(FP32-accumulated, x f32[T,K])");
+          auto a = use(op, matmul.getA(), "a");
+          auto b = weight(op, matmul.getB(), "b");
+          if (failed(a) || failed(b))
+            return failure();
+          step.inputs = {*a};
+          step.weights = {*b};
+          if (failed(output(step, matmul.getResult(), op, "",
+                            rowsOf(matmul.getA()))))
+            return failure();
+          return emit(std::move(step));
+        })
+        .Case<AddOp>([&](AddOp add) -> LogicalResult { return lowerAdd(add); })
+        .Case<MLAAttentionOp>(
+            [&](MLAAttentionOp attention) -> LogicalResult { return lowerAttention(attention); })
+        .Case<MoERouteOp>([&](MoERouteOp route) -> LogicalResult { return lowerRoute(route); })
+        .Case<MoEPermuteOp>(
+            [&](MoEPermuteOp permute) -> LogicalResult { return lowerPermute(permute); })
+        .Case<MoEUnpermuteOp>([&](MoEUnpermuteOp unpermute) -> LogicalResult {
+          PlanStep step = makeStep("moe_combine");
+          auto y = use(op, unpermute.getExpertOutputs(), "expert_outputs");
+          auto rows = use(op, unpermute.getRows(), "rows");
+          auto weights = use(op, unpermute.getWeights(), "weights");
+          if (failed(y) || failed(rows) || failed(weights))
+            return failure();
+          if (!cast<ShapedType>(unpermute.getType()).getElementType().isF32())
+            return op->emitOpError("result must be f32 for the plan's "
+                                   "moe_combine");
+          step.inputs = {*y, *rows, *weights};
+          if (failed(output(step, unpermute.getResult(), op, "",
+                            rowsOf(unpermute.getRows()))))
+            return failure();
+          return emit(std::move(step));
+        })
+        .Case<SelectRowsOp>([&](SelectRowsOp select) -> LogicalResult {
+          PlanStep step = makeStep("select_rows");
+          auto input = use(op, select.getInput(), "input");
+          auto rows = use(op, select.getRows(), "rows");
+          if (failed(input) || failed(rows))
+            return failure();
+          step.inputs = {*input, *rows};
+          if (failed(output(step, select.getResult(), op, "",
+                            rowsOf(select.getRows()))))
+            return failure();
+          return emit(std::move(step));
+        })
+        .Default([&](Operation *other) {
+          return other->emitOpError("cannot be lowered to a launch plan; the "
+                                    "plans know ")
+                 << kLowerableOps;
+        });
+  }
+
+  LogicalResult emit(PlanStep step) {
+    plan.steps.push_back(std::move(step));
+    return success();
+  }
+
+  /// A column slice [0, T) x [col, col + width) of a 2-D buffer: a view.
+  LogicalResult lowerSlice(tensor::ExtractSliceOp slice) {
+    auto source = slice.getSourceType();
+    auto result = slice.getResultType();
+    bool columnSlice =
+        source.getRank() == 2 && result.getRank() == 2 &&
+        slice.getStaticOffsets().size() == 2 &&
+        !ShapedType::isDynamic(slice.getStaticOffsets()[1]) &&
+        slice.getStaticOffsets()[0] == 0 && slice.getStaticSizes()[0] ==
+                                                source.getDimSize(0) &&
+        llvm::all_of(slice.getStaticStrides(),
+                     [](int64_t stride) { return stride == 1; }) &&
+        result.hasStaticShape();
+    if (!columnSlice)
+      return slice.emitOpError("cannot be lowered to a launch plan: only "
+                               "static column slices (all rows, unit "
+                               "strides) of 2-D tensors are views of a "
+                               "buffer");
+    auto it = tensors.find(slice.getSource());
+    if (it == tensors.end())
+      return slice.emitOpError("slices a value that has no buffer");
+    PlanTensor view = it->second;
+    int64_t width = view.cols ? view.cols
+                              : plan.buffers[bufferIndex[view.buffer]].cols;
+    view.col += slice.getStaticOffsets()[1];
+    view.cols = result.getDimSize(1);
+    if (view.cols == width && view.col == 0)
+      view.cols = 0;
+    tensors[slice.getResult()] = view;
+    rowSymbols[slice.getResult()] = rowsOf(slice.getSource());
+    return success();
+  }
+
+  LogicalResult lowerReturn(func::ReturnOp ret) {
+    if (ret.getNumOperands() != 1)
+      return ret.emitOpError("a step returns one value, the logits; got ")
+             << ret.getNumOperands();
+    Value logits = ret.getOperand(0);
+    auto it = tensors.find(logits);
+    if (it == tensors.end() || it->second.col != 0 || it->second.cols != 0 ||
+        isa<BlockArgument>(logits))
+      return ret.emitOpError("the returned logits must be an op's own "
+                             "result, not a slice or an argument");
+    PlanBuffer &buffer = plan.buffers[bufferIndex[it->second.buffer]];
+    if (buffer.dtype != "f32" || buffer.rows != "S")
+      return ret.emitOpError("the logits must be f32 [S, vocab] (one row per "
+                             "sequence); got ")
+             << logits.getType() << " with rows " << buffer.rows;
+    // Rename the buffer, everywhere it is referenced.
+    std::string old = buffer.name;
+    if (old != kLogitsBuffer) {
+      if (bufferNames.count(kLogitsBuffer))
+        return ret.emitOpError("another buffer is already named '")
+               << kLogitsBuffer << "'";
+      for (PlanStep &step : plan.steps)
+        for (auto *list : {&step.inputs, &step.outputs})
+          for (PlanTensor &tensor : *list)
+            if (tensor.buffer == old)
+              tensor.buffer = kLogitsBuffer;
+      bufferIndex[kLogitsBuffer] = bufferIndex[old];
+      buffer.name = kLogitsBuffer;
+    }
+    lifetimes[bufferIndex[kLogitsBuffer]].last = kForever;
+    return success();
+  }
+
+  LogicalResult checkActivationQuantize(QuantizeOp quantize) {
+    auto type = cast<RankedTensorType>(quantize.getInput().getType());
+    if (quantize.getGranularity() != ScaleGranularity::Tile1x128 ||
+        type.getRank() != 2)
+      return quantize.emitOpError("cannot be lowered to a launch plan: "
+                                  "plans quantize 2-D activations per 1x128 "
+                                  "tile (weights come quantized)");
+    return success();
+  }
+
+  /// The quantize that consumes `value` alone, to be fused into its
+  /// producer.
+  QuantizeOp fusableQuantize(Value value) {
+    if (!value.hasOneUse())
+      return {};
+    auto quantize = dyn_cast<QuantizeOp>(*value.getUsers().begin());
+    if (!quantize || failed(checkActivationQuantize(quantize)))
+      return {};
+    return quantize;
+  }
+
+  /// Grouped-gemm offsets that the scales of `quantize` must be laid out
+  /// by, if a grouped GEMM reads them; failure if plain and grouped readers
+  /// disagree.
+  FailureOr<Value> groupedScaleOffsets(QuantizeOp quantize) {
+    Value offsets;
+    bool plain = false;
+    for (Operation *user : quantize.getScales().getUsers()) {
+      if (auto grouped = dyn_cast<GroupedScaledMatmulOp>(user)) {
+        if (offsets && offsets != grouped.getGroups())
+          return quantize.emitOpError(
+              "scales are read by grouped GEMMs with different offsets");
+        offsets = grouped.getGroups();
+      } else {
+        plain = true;
+      }
+    }
+    if (offsets && plain)
+      return quantize.emitOpError("scales are read both by grouped GEMMs "
+                                  "(grouped layout) and by other ops");
+    return offsets;
+  }
+
+  /// Adds the outputs (q, s) of `quantize` to `step` and emits it.
+  LogicalResult finishQuantized(PlanStep step, QuantizeOp quantize,
+                                const std::string &rows) {
+    if (failed(output(step, quantize.getValues(), quantize, "_q", rows)) ||
+        failed(output(step, quantize.getScales(), quantize, "_s", rows)))
+      return failure();
+    FailureOr<Value> offsets = groupedScaleOffsets(quantize);
+    if (failed(offsets))
+      return failure();
+    if (*offsets) {
+      if (step.op != "swiglu")
+        return quantize.emitOpError(
+            "writes scales a grouped GEMM reads; only a quantized SwiGLU "
+            "(or moe_permute) writes the grouped scale layout");
+      auto ref = use(quantize, *offsets, "offsets");
+      if (failed(ref))
+        return failure();
+      step.inputs.push_back(*ref);
+      groupedScales.insert(quantize.getScales());
+    }
+    return emit(std::move(step));
+  }
+
+  LogicalResult lowerRMSNorm(RMSNormOp norm) {
+    Operation *op = norm;
+    auto type = cast<RankedTensorType>(norm.getInput().getType());
+    if (type.getRank() != 2)
+      return op->emitOpError("plans normalize 2-D activations [T, C]");
+    PlanStep step = makeStep("rms_norm");
+    auto input = use(op, norm.getInput(), "input");
+    auto weightName = weight(op, norm.getWeight(), "weight");
+    if (failed(input) || failed(weightName))
+      return failure();
+    step.inputs = {*input};
+    step.weights = {*weightName};
+    step.attrs.numbers["eps"] = decimal(norm.getEpsilon().convertToFloat());
+    std::string rows = rowsOf(norm.getInput());
+    if (QuantizeOp quantize = fusableQuantize(norm.getResult())) {
+      fused.insert(quantize);
+      return finishQuantized(std::move(step), quantize, rows);
+    }
+    if (failed(output(step, norm.getResult(), op, "", rows)))
+      return failure();
+    return emit(std::move(step));
+  }
+
+  LogicalResult lowerSwiGLU(SwiGLUOp swiglu) {
+    Operation *op = swiglu;
+    PlanStep step = makeStep("swiglu");
+    auto gate = use(op, swiglu.getGate(), "gate");
+    if (failed(gate))
+      return failure();
+    if (Value upValue = swiglu.getUp()) {
+      auto up = use(op, upValue, "up");
+      if (failed(up))
+        return failure();
+      step.inputs = {*gate, *up};
+    } else {
+      // The fused form reads the two halves of one buffer.
+      auto type = cast<RankedTensorType>(swiglu.getGate().getType());
+      if (type.getRank() != 2)
+        return op->emitOpError("plans apply SwiGLU to 2-D activations");
+      int64_t half = type.getDimSize(1) / 2;
+      PlanTensor first = *gate, second = *gate;
+      first.cols = half;
+      second.col += half;
+      second.cols = half;
+      step.inputs = {first, second};
+    }
+    std::string rows = rowsOf(swiglu.getGate());
+    if (QuantizeOp quantize = fusableQuantize(swiglu.getResult())) {
+      fused.insert(quantize);
+      return finishQuantized(std::move(step), quantize, rows);
+    }
+    if (failed(output(step, swiglu.getResult(), op, "", rows)))
+      return failure();
+    return emit(std::move(step));
+  }
+
+  FailureOr<std::string> kernelOf(Operation *op) {
+    auto config = op->getAttrOfType<GemmConfigAttr>("gemm_config");
+    if (!config)
+      return op->emitOpError("has no 'gemm_config'; run "
+                             "kiln-select-gemm-config first");
+    model.gemmConfigs.insert(config);
+    return config.getKernelName();
+  }
+
+  LogicalResult checkBf16Result(Operation *op, Value result) {
+    if (!cast<ShapedType>(result.getType()).getElementType().isBF16())
+      return op->emitOpError("result must be bf16: the plan's GEMM kernels "
+                             "write BF16");
+    return success();
+  }
+
+  LogicalResult lowerGemm(ScaledMatmulOp gemm) {
+    Operation *op = gemm;
+    if (groupedScales.contains(gemm.getAScales()))
+      return op->emitOpError("'a_scales' are in the grouped layout of a "
+                             "grouped GEMM");
+    PlanStep step = makeStep("gemm");
+    auto a = use(op, gemm.getA(), "a");
+    auto scales = use(op, gemm.getAScales(), "a_scales");
+    auto b = weight(op, gemm.getB(), "b");
+    auto kernel = kernelOf(op);
+    if (failed(a) || failed(scales) || failed(b) || failed(kernel) ||
+        failed(checkScales(op, gemm.getB(), gemm.getBScales())) ||
+        failed(checkBf16Result(op, gemm.getResult())))
+      return failure();
+    step.inputs = {*a, *scales};
+    step.weights = {*b};
+    step.kernel = *kernel;
+    if (failed(output(step, gemm.getResult(), op, "", rowsOf(gemm.getA()))))
+      return failure();
+    return emit(std::move(step));
+  }
+
+  LogicalResult lowerGroupedGemm(GroupedScaledMatmulOp gemm) {
+    Operation *op = gemm;
+    if (gemm.getLayout() != GroupLayout::Contiguous)
+      return op->emitOpError("cannot be lowered to a launch plan: plans "
+                             "run grouped GEMMs in the contiguous layout");
+    if (!groupedScales.contains(gemm.getAScales()))
+      return op->emitOpError("'a_scales' must be in the grouped layout: "
+                             "written by kiln.moe_permute or a quantized "
+                             "kiln.swiglu of grouped rows");
+    PlanStep step = makeStep("grouped_gemm");
+    auto a = use(op, gemm.getA(), "a");
+    auto scales = use(op, gemm.getAScales(), "a_scales");
+    auto offsets = use(op, gemm.getGroups(), "groups");
+    auto b = weight(op, gemm.getB(), "b");
+    auto kernel = kernelOf(op);
+    if (failed(a) || failed(scales) || failed(offsets) || failed(b) ||
+        failed(kernel) ||
+        failed(checkScales(op, gemm.getB(), gemm.getBScales())) ||
+        failed(checkBf16Result(op, gemm.getResult())))
+      return failure();
+    if (b->find(kExpertPlaceholder) == std::string::npos)
+      return op->emitOpError("'b' must be a routed-expert weight, named "
+                             "with '")
+             << kExpertPlaceholder << "' for the expert index; got '" << *b
+             << "'";
+    step.inputs = {*a, *scales, *offsets};
+    step.weights = {*b};
+    step.kernel = *kernel;
+    if (failed(output(step, gemm.getResult(), op, "", rowsOf(gemm.getA()))))
+      return failure();
+    return emit(std::move(step));
+  }
+
+  /// `lhs`'s buffer if nothing reads it after `add`: the sum goes in place.
+  std::optional<std::string> inPlaceBuffer(AddOp add) {
+    auto it = tensors.find(add.getLhs());
+    if (it == tensors.end() || it->second.col || it->second.cols ||
+        add.getLhs().getType() != add.getType())
+      return std::nullopt;
+    const std::string &buffer = it->second.buffer;
+    Lifetime &lifetime = lifetimes[bufferIndex[buffer]];
+    if (lifetime.last == kForever) // a step input or the logits
+      return std::nullopt;
+    for (auto &[value, tensor] : tensors)
+      if (tensor.buffer == buffer)
+        for (Operation *user : value.getUsers())
+          if (user != add && !user->isBeforeInBlock(add))
+            return std::nullopt;
+    return buffer;
+  }
+
+  LogicalResult lowerAdd(AddOp add) {
+    Operation *op = add;
+    PlanStep step = makeStep("add");
+    if (!cast<ShapedType>(add.getLhs().getType()).getElementType().isF32() ||
+        !cast<ShapedType>(add.getType()).getElementType().isF32())
+      return op->emitOpError("plans add into f32: 'lhs' and the result "
+                             "must be f32");
+    std::optional<std::string> inPlace = inPlaceBuffer(add);
+    auto lhs = use(op, add.getLhs(), "lhs");
+    auto rhs = use(op, add.getRhs(), "rhs");
+    if (failed(lhs) || failed(rhs))
+      return failure();
+    step.inputs = {*lhs, *rhs};
+    std::string rows = rowsOf(add.getLhs());
+    if (inPlace) {
+      tensors[add.getResult()] = {*inPlace, 0, 0};
+      rowSymbols[add.getResult()] = rows;
+      step.outputs.push_back(tensors[add.getResult()]);
+      return emit(std::move(step));
+    }
+    if (failed(output(step, add.getResult(), op, "", rows)))
+      return failure();
+    return emit(std::move(step));
+  }
+
+  LogicalResult lowerAttention(MLAAttentionOp attention) {
+    Operation *op = attention;
+    // The plan's attention reads the `positions` input implicitly.
+    if (!positions || attention.getPositions() != positions)
+      return op->emitOpError("'positions' must be the step input '")
+             << kPositionsInput << "'";
+    PlanStep step = makeStep("mla_attention");
+    auto q = use(op, attention.getQ(), "q");
+    auto latent = use(op, attention.getLatent(), "latent");
+    auto kPe = use(op, attention.getKPe(), "k_pe");
+    auto kvB = weight(op, attention.getKvB(), "kv_b");
+    if (failed(q) || failed(latent) || failed(kPe) || failed(kvB) ||
+        failed(use(op, attention.getPositions(), "positions")))
+      return failure();
+    step.inputs = {*q, *latent, *kPe};
+    step.weights = {*kvB};
+    PlanAttrs &attrs = step.attrs;
+    attrs.numbers["layer"] = static_cast<double>(attention.getLayer());
+    attrs.numbers["heads"] = static_cast<double>(attention.getHeads());
+    attrs.numbers["nope"] = static_cast<double>(attention.getQkNopeHeadDim());
+    attrs.numbers["rope"] = static_cast<double>(attention.getQkRopeHeadDim());
+    attrs.numbers["v"] = static_cast<double>(attention.getVHeadDim());
+    attrs.numbers["kv_lora"] = static_cast<double>(
+        cast<ShapedType>(attention.getLatent().getType()).getDimSize(1));
+    attrs.numbers["softmax_scale"] =
+        decimal(attention.getSoftmaxScale().convertToFloat());
+    attrs.numbers["attention_factor"] =
+        decimal(attention.getAttentionFactor().convertToFloat());
+    std::vector<double> &invFreq = attrs.lists["inv_freq"];
+    for (float frequency : attention.getRopeInvFreq())
+      invFreq.push_back(decimal(frequency));
+    if (failed(output(step, attention.getResult(), op, "",
+                      rowsOf(attention.getQ()))))
+      return failure();
+    return emit(std::move(step));
+  }
+
+  LogicalResult lowerRoute(MoERouteOp route) {
+    Operation *op = route;
+    PlanStep step = makeStep("moe_route");
+    auto logits = use(op, route.getLogits(), "logits");
+    if (failed(logits))
+      return failure();
+    step.inputs = {*logits};
+    if (Value bias = route.getBias()) {
+      auto name = weight(op, bias, "bias");
+      if (failed(name))
+        return failure();
+      step.weights = {*name};
+    }
+    PlanAttrs &attrs = step.attrs;
+    attrs.numbers["top_k"] = static_cast<double>(route.getTopK());
+    attrs.numbers["n_group"] = static_cast<double>(route.getNGroup());
+    attrs.numbers["topk_group"] = static_cast<double>(route.getTopkGroup());
+    attrs.numbers["routed_scaling_factor"] =
+        decimal(route.getRoutedScalingFactor().convertToFloat());
+    attrs.numbers["norm_topk_prob"] = route.getNormTopkProb() ? 1 : 0;
+    attrs.strings["scoring"] = stringifyRouterScoring(route.getScoring()).str();
+    std::string rows = rowsOf(route.getLogits());
+    if (failed(output(step, route.getExpertIds(), op, "_ids", rows)) ||
+        failed(output(step, route.getExpertWeights(), op, "_weights", rows)))
+      return failure();
+    return emit(std::move(step));
+  }
+
+  LogicalResult lowerPermute(MoEPermuteOp permute) {
+    Operation *op = permute;
+    if (!permute.getTokenScales())
+      return op->emitOpError("plans dispatch FP8 tokens with their scales; "
+                             "BF16 tokens cannot be lowered");
+    auto ids = cast<RankedTensorType>(permute.getExpertIds().getType());
+    auto offsets = cast<RankedTensorType>(permute.getOffsets().getType());
+    if (!ids.hasStaticShape() || !offsets.hasStaticShape())
+      return op->emitOpError("needs static expert ids and offsets");
+    int64_t k = ids.getDimSize(1), e = offsets.getDimSize(0) - 1;
+    if ((topK && *topK != k) || (experts && *experts != e))
+      return op->emitOpError("routes to top_k = ")
+             << k << " of " << e << " experts; an earlier layer of this step "
+             << "routes to " << topK.value_or(k) << " of "
+             << experts.value_or(e) << " (R and E1 are one size per plan)";
+    topK = k;
+    experts = e;
+    if (rowsOf(permute.getTokens()) != "T")
+      return op->emitOpError("dispatches rows ")
+             << rowsOf(permute.getTokens())
+             << "; plans dispatch the step's tokens (T)";
+    PlanStep step = makeStep("moe_dispatch");
+    auto tokens = use(op, permute.getTokens(), "tokens");
+    auto scales = use(op, permute.getTokenScales(), "token_scales");
+    auto idsRef = use(op, permute.getExpertIds(), "expert_ids");
+    if (failed(tokens) || failed(scales) || failed(idsRef))
+      return failure();
+    step.inputs = {*tokens, *scales, *idsRef};
+    if (failed(output(step, permute.getExpertTokens(), op, "_q", "R")) ||
+        failed(output(step, permute.getExpertScales(), op, "_s", "R")) ||
+        failed(output(step, permute.getOffsets(), op, "_offsets", "E1")) ||
+        failed(output(step, permute.getRows(), op, "_rows",
+                      rowsOf(permute.getExpertIds()))))
+      return failure();
+    groupedScales.insert(permute.getExpertScales());
+    return emit(std::move(step));
+  }
+
+  //===--------------------------------------------------------------------===//
+  // Placement
+  //===--------------------------------------------------------------------===//
+
+  void placeBuffers() {
+    std::vector<BufferInterval> intervals;
+    for (auto [buffer, lifetime] : llvm::zip_equal(plan.buffers, lifetimes))
+      intervals.push_back({buffer.bytes, lifetime.first,
+                           lifetime.last == kForever
+                               ? static_cast<int64_t>(plan.steps.size())
+                               : lifetime.last});
+    BufferPlacement placement = placeBufferIntervals(intervals);
+    for (auto [buffer, offset] : llvm::zip_equal(plan.buffers,
+                                                 placement.offsets))
+      buffer.offset = offset;
+    plan.arenaBytes = placement.arenaBytes;
+  }
+
+  struct Lifetime {
+    int64_t first = 0, last = 0;
+  };
+  static constexpr int64_t kForever = std::numeric_limits<int64_t>::max();
+
+  func::FuncOp func;
+  const CheckpointLayout *layout;
+  LoweredModel &model;
+  std::map<std::string, ArtifactWeight> &weightsByName;
+
+  LaunchPlan plan;
+  llvm::DenseMap<Value, PlanTensor> tensors;
+  llvm::DenseMap<Value, std::string> weightNames;
+  llvm::DenseMap<Value, std::string> rowSymbols;
+  llvm::DenseSet<Value> groupedScales;
+  llvm::DenseSet<Operation *> fused;
+  std::vector<Lifetime> lifetimes;
+  std::map<std::string, size_t> bufferIndex;
+  llvm::StringSet<> bufferNames;
+  Value positions;
+  std::optional<int64_t> topK, experts;
+};
+
+} // namespace
+
+FailureOr<LoweredModel> lowerToLaunchPlans(ModuleOp module,
+                                           const ModelConfig *config) {
+  std::optional<CheckpointLayout> layout;
+  if (config)
+    layout.emplace(*config);
+  LoweredModel model;
+  std::map<std::string, ArtifactWeight> weightsByName;
+  bool any = false;
+  for (auto func : module.getOps<func::FuncOp>()) {
+    if (func.isExternal())
+      continue;
+    any = true;
+    FailureOr<LaunchPlan> plan =
+        StepLowering(func, layout ? &*layout : nullptr, model, weightsByName)
+            .lower();
+    if (failed(plan))
+      return failure();
+    model.plans[func.getSymName().str()] = std::move(*plan);
+  }
+  if (!any)
+    return module.emitError("the graph has no step function (func.func "
+                            "@decode, @prefill)");
+  return model;
+}
+
+} // namespace kiln

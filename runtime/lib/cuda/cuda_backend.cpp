@@ -1,0 +1,905 @@
+//===- cuda_backend.cpp - the GPU backend: executes a kilnc launch plan ---===//
+
+#include "kiln/cuda/cuda_backend.h"
+
+#include "kiln/cuda/driver.h"
+#include "kiln/cuda/gemm_launcher.h"
+#include "kiln/cuda/model_kernels.h"
+#include "kiln/error.h"
+#include "kiln/fp8.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <set>
+
+namespace kiln::cuda {
+
+namespace {
+
+constexpr uint64_t kArenaAlignment = 256;
+
+//===----------------------------------------------------------------------===//
+// Paged latent KV cache
+//===----------------------------------------------------------------------===//
+
+/// The cache's pages, shared by every sequence of one backend. Sequences
+/// hold a shared_ptr so that a sequence outliving its backend frees nothing
+/// twice.
+class PagePool {
+public:
+  explicit PagePool(int64_t pages) {
+    free.reserve(pages);
+    for (int64_t p = pages - 1; p >= 0; --p)
+      free.push_back(static_cast<int32_t>(p));
+    total = pages;
+  }
+
+  /// `count` pages, or kiln::Error when the cache is full.
+  std::vector<int32_t> take(int64_t count) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (count > static_cast<int64_t>(free.size()))
+      throw Error("CUDA backend: the KV cache is full (" +
+                  std::to_string(free.size()) + " of " + std::to_string(total) +
+                  " pages free, " + std::to_string(count) +
+                  " needed); raise the KV budget or lower the batch");
+    std::vector<int32_t> pages(free.end() - count, free.end());
+    free.resize(free.size() - count);
+    return pages;
+  }
+  void give(const int32_t *pages, size_t count) {
+    std::lock_guard<std::mutex> lock(mutex);
+    free.insert(free.end(), pages, pages + count);
+  }
+  int64_t freePages() const {
+    std::lock_guard<std::mutex> lock(mutex);
+    return static_cast<int64_t>(free.size());
+  }
+  int64_t totalPages() const { return total; }
+
+private:
+  mutable std::mutex mutex;
+  std::vector<int32_t> free;
+  int64_t total = 0;
+};
+
+class CudaSequence : public BackendSequence {
+public:
+  CudaSequence(const void *owner, std::shared_ptr<PagePool> pool,
+               int64_t pageTokens)
+      : owner(owner), pool(std::move(pool)), pageTokens(pageTokens) {}
+  ~CudaSequence() override {
+    if (!pages.empty())
+      pool->give(pages.data(), pages.size());
+  }
+  int64_t cachedTokens() const override { return cached; }
+
+  /// Forgets positions from `position` on and returns pages no longer used.
+  void cutTo(int64_t position) {
+    cached = std::min(cached, position);
+    size_t keep = static_cast<size_t>((position + pageTokens - 1) / pageTokens);
+    if (keep < pages.size()) {
+      pool->give(pages.data() + keep, pages.size() - keep);
+      pages.resize(keep);
+    }
+  }
+  /// Holds pages for positions [0, tokens).
+  void reserve(int64_t tokens) {
+    size_t need = static_cast<size_t>((tokens + pageTokens - 1) / pageTokens);
+    if (need > pages.size()) {
+      std::vector<int32_t> more = pool->take(need - pages.size());
+      pages.insert(pages.end(), more.begin(), more.end());
+    }
+  }
+
+  const void *owner;
+  std::shared_ptr<PagePool> pool;
+  int64_t pageTokens;
+  std::vector<int32_t> pages;
+  int64_t cached = 0;
+};
+
+//===----------------------------------------------------------------------===//
+// Weights
+//===----------------------------------------------------------------------===//
+
+struct DeviceWeight {
+  ElementType type = ElementType::BF16;
+  std::vector<int64_t> shape;
+  DeviceBuffer data;
+  /// FP8 weights: f32 [ceil(n/128)][ceil(k/128)] block scales.
+  DeviceBuffer scales;
+};
+
+std::vector<uint16_t> toBf16(const std::vector<float> &values) {
+  std::vector<uint16_t> out(values.size());
+  for (size_t i = 0; i < values.size(); ++i)
+    out[i] = encodeBF16(values[i]);
+  return out;
+}
+
+/// 128×128 block quantization of an [n, k] weight (a BF16 checkpoint's
+/// linear weights, which the FP8 GEMMs cannot read as they are): scale_inv =
+/// amax / 448 per block, as DeepSeek's FP8 export does.
+void quantizeWeightBlocks(const std::vector<float> &w, int64_t n, int64_t k,
+                          std::vector<uint8_t> &q, std::vector<float> &scale) {
+  const int64_t nb = scaleBlocks(n), kb = scaleBlocks(k);
+  q.assign(n * k, 0);
+  scale.assign(nb * kb, 0.0f);
+  for (int64_t bi = 0; bi < nb; ++bi)
+    for (int64_t bj = 0; bj < kb; ++bj) {
+      float amax = 0;
+      for (int64_t r = bi * 128; r < std::min(n, (bi + 1) * 128); ++r)
+        for (int64_t c = bj * 128; c < std::min(k, (bj + 1) * 128); ++c)
+          amax = std::max(amax, std::fabs(w[r * k + c]));
+      float s = amax > 0 ? amax / kE4M3Max : 1.0f;
+      scale[bi * kb + bj] = s;
+      for (int64_t r = bi * 128; r < std::min(n, (bi + 1) * 128); ++r)
+        for (int64_t c = bj * 128; c < std::min(k, (bj + 1) * 128); ++c)
+          q[r * k + c] = encodeE4M3(w[r * k + c] / s);
+    }
+}
+
+DeviceBuffer upload(const void *bytes, size_t size, const std::string &what) {
+  DeviceBuffer buffer(size, what);
+  KILN_CU(what, cuMemcpyHtoD, buffer.get(), bytes, size);
+  return buffer;
+}
+
+std::string expandExpert(const std::string &pattern, int64_t expert) {
+  std::string name = pattern;
+  size_t at = name.find("{e}");
+  if (at != std::string::npos)
+    name.replace(at, 3, std::to_string(expert));
+  return name;
+}
+
+/// Rows of a buffer for the current chunk.
+struct ChunkShape {
+  int64_t tokens = 0;    // T
+  int64_t sequences = 0; // S
+  int64_t routed = 0;    // R
+  int64_t experts1 = 0;  // E1
+};
+
+int64_t resolveRows(const PlanBuffer &buffer, const ChunkShape &shape) {
+  if (buffer.rows == "T")
+    return shape.tokens;
+  if (buffer.rows == "S")
+    return shape.sequences;
+  if (buffer.rows == "R")
+    return shape.routed;
+  if (buffer.rows == "E1")
+    return shape.experts1;
+  return std::stoll(buffer.rows);
+}
+
+} // namespace
+
+//===----------------------------------------------------------------------===//
+// CudaBackend::Impl
+//===----------------------------------------------------------------------===//
+
+struct CudaBackend::Impl {
+  ModelConfig config;
+  Artifact artifact;
+  std::string origin;
+
+  // Declaration order is destruction order in reverse: everything on the
+  // device goes before the context is released.
+  std::unique_ptr<PrimaryContext> context;
+  std::string deviceName;
+  int multiprocessors = 0;
+  int computeMajor = 0, computeMinor = 0;
+  CUstream stream = nullptr;
+  std::unique_ptr<ModelKernels> kernels;
+  std::map<std::string, GemmKernel> gemms;
+  std::map<std::string, DeviceWeight> weights;
+  struct PlanState {
+    const LaunchPlan *plan = nullptr;
+    DeviceBuffer arena;
+    /// mla_attention steps' rotation frequencies, by step index.
+    std::map<size_t, DeviceBuffer> invFreq;
+  };
+  std::map<std::string, PlanState> plans;
+  std::vector<DeviceBuffer> cacheLayers;
+  std::shared_ptr<PagePool> pool;
+  int64_t pageTokens = 64;
+  int64_t maxPagesPerSequence = 0;
+  int64_t maxSequencesAnyPlan = 0;
+  int64_t maxTokensAnyPlan = 0;
+  DeviceBuffer pageTable;     // i32 [sequences][maxPagesPerSequence]
+  DeviceBuffer sequenceSlots; // i32 [tokens]
+
+  mutable std::mutex statsMutex;
+  CudaBackendStats statistics;
+
+  void makeCurrent() const {
+    KILN_CU("CUDA backend", cuCtxSetCurrent, context->context());
+  }
+  void loadKernels();
+  void loadWeights(const Checkpoint &checkpoint,
+                   const CudaBackendOptions &options);
+  void makeSyntheticWeights(uint64_t seed);
+  void open(const std::string &configOrigin, const CudaBackendOptions &options,
+            const std::function<void()> &weights);
+  void allocate(const CudaBackendOptions &options);
+
+  const DeviceWeight &weight(const std::string &name,
+                             const std::string &where) const {
+    auto it = weights.find(name);
+    if (it == weights.end())
+      throw Error(where + ": weight " + name + " was not loaded");
+    return it->second;
+  }
+
+  struct Chunk {
+    /// Entry index of each token, its id and its position.
+    std::vector<int32_t> tokenEntry;
+    std::vector<int32_t> tokenIds;
+    std::vector<int32_t> positions;
+    /// Entries present in the chunk (their local slot is the index here).
+    std::vector<int32_t> entries;
+    /// Entries whose last token is in the chunk, and that token's row.
+    std::vector<int32_t> finishing;
+    std::vector<int32_t> lastRows;
+  };
+  void runChunk(const std::vector<BackendStepEntry> &entries,
+                const Chunk &chunk, std::vector<float> &logits);
+  void runStep(PlanState &state, size_t index, const PlanStep &step,
+               const ChunkShape &shape, const Chunk &chunk);
+};
+
+void CudaBackend::Impl::loadKernels() {
+  kernels = std::make_unique<ModelKernels>();
+  for (const ArtifactKernel &k : artifact.kernels) {
+    GemmKernelConfig cfg;
+    cfg.kernelName = k.name;
+    cfg.blockM = k.blockM;
+    cfg.blockN = k.blockN;
+    cfg.stages = k.stages;
+    cfg.consumerWarpgroups = k.consumers;
+    cfg.sharedMemoryBytes = k.sharedMemoryBytes;
+    cfg.splitK = k.splitK;
+    cfg.validate(origin + ": kernel " + k.name);
+    if (k.cubin.empty())
+      throw Error(origin + ": kernel " + k.name +
+                  " has no cubin (compiled with --no-cubin?); recompile "
+                  "with ptxas available");
+    gemms.emplace(k.name,
+                  GemmKernel(k.cubin.data(), k.cubin.size(), std::move(cfg)));
+  }
+}
+
+void CudaBackend::Impl::loadWeights(const Checkpoint &checkpoint,
+                                    const CudaBackendOptions &options) {
+  // Expand {e} patterns, then upload in the artifact's order.
+  struct Load {
+    std::string name;
+    const ArtifactWeight *spec;
+  };
+  std::vector<Load> loads;
+  for (const ArtifactWeight &w : artifact.weights) {
+    if (w.name.find("{e}") == std::string::npos)
+      loads.push_back({w.name, &w});
+    else
+      for (int64_t e = 0; e < config.nRoutedExperts; ++e)
+        loads.push_back({expandExpert(w.name, e), &w});
+  }
+  uint64_t totalBytes = 0;
+  for (const Load &l : loads)
+    totalBytes += checkpoint.tensor(l.name).byteSize;
+  uint64_t done = 0;
+  for (const Load &l : loads) {
+    const TensorView &view = checkpoint.tensor(l.name);
+    const std::string what = origin + ": weight " + l.name;
+    if (view.shape != l.spec->shape)
+      throw Error(what + ": the checkpoint has shape " +
+                  formatShape(view.shape) + ", the artifact expects " +
+                  formatShape(l.spec->shape));
+    DeviceWeight dw{ElementType::BF16, view.shape, {}, {}};
+    const std::string &transform = l.spec->transform;
+    if (transform == "bf16") {
+      std::vector<uint16_t> bf =
+          toBf16(checkpoint.loadFloat(l.name, view.shape));
+      dw.type = ElementType::BF16;
+      dw.data = upload(bf.data(), bf.size() * 2, what);
+    } else if (transform == "f32") {
+      std::vector<float> f = checkpoint.loadFloat(l.name, view.shape);
+      dw.type = ElementType::F32;
+      dw.data = upload(f.data(), f.size() * 4, what);
+    } else if (transform == "none" && l.spec->dtype == "f8e4m3" &&
+               view.dtype == DType::BF16) {
+      // A BF16 checkpoint feeding an FP8 GEMM: quantize at load.
+      std::vector<uint8_t> q;
+      std::vector<float> s;
+      quantizeWeightBlocks(checkpoint.loadFloat(l.name, view.shape),
+                           view.shape[0], view.shape[1], q, s);
+      dw.type = ElementType::F8E4M3;
+      dw.data = upload(q.data(), q.size(), what);
+      dw.scales = upload(s.data(), s.size() * 4, what + " scales");
+    } else if (transform == "none") {
+      if (view.dtype == DType::F8_E4M3) {
+        dw.type = ElementType::F8E4M3;
+        const TensorView *scale = checkpoint.scaleInv(l.name);
+        if (!scale)
+          throw Error(what + ": FP8 weight without its scale_inv");
+        dw.scales = upload(scale->data, scale->byteSize, what + "_scale_inv");
+      } else if (view.dtype == DType::BF16) {
+        dw.type = ElementType::BF16;
+      } else if (view.dtype == DType::F32) {
+        dw.type = ElementType::F32;
+      } else {
+        throw Error(what + ": dtype " + dtypeName(view.dtype) +
+                    " is not supported on the GPU");
+      }
+      dw.data = upload(view.data, view.byteSize, what);
+    } else {
+      throw Error(what + ": unknown transform '" + transform + "'");
+    }
+    statistics.weightBytes += dw.data.size() + dw.scales.size();
+    weights.emplace(l.name, std::move(dw));
+    done += view.byteSize;
+    if (options.progress &&
+        !options.progress(totalBytes ? double(done) / totalBytes : 1.0))
+      throw Error(origin + ": loading cancelled");
+  }
+}
+
+void CudaBackend::Impl::makeSyntheticWeights(uint64_t seed) {
+  uint64_t index = 0;
+  auto fill = [&](DeviceBuffer &buffer, int64_t count, ElementType type,
+                  float amplitude) {
+    kernels->fillRandom(stream, buffer.get(), count, type, seed + index++,
+                        amplitude);
+  };
+  for (const ArtifactWeight &w : artifact.weights) {
+    int64_t experts =
+        w.name.find("{e}") == std::string::npos ? 1 : config.nRoutedExperts;
+    for (int64_t e = 0; e < experts; ++e) {
+      std::string name = expandExpert(w.name, e);
+      const std::string what = origin + ": synthetic " + name;
+      // Built from the shape (not assigned into an empty one: GCC 12 warns
+      // about the empty vector's null data in that copy at -O3).
+      DeviceWeight dw{ElementType::BF16, w.shape, {}, {}};
+      int64_t count = numElements(w.shape);
+      int64_t fanIn = w.shape.size() == 2 ? w.shape[1] : 1;
+      bool isNorm = name.find("norm.weight") != std::string::npos;
+      float amplitude = isNorm || name.find("embed_tokens") != std::string::npos
+                            ? 1.0f
+                            : 1.0f / std::sqrt(static_cast<float>(fanIn));
+      if (w.dtype == "f8e4m3" && w.transform == "none") {
+        dw.type = ElementType::F8E4M3;
+        dw.data = DeviceBuffer(count, what);
+        fill(dw.data, count, dw.type, kE4M3Max);
+        int64_t blocks = scaleBlocks(w.shape[0]) * scaleBlocks(w.shape[1]);
+        dw.scales = DeviceBuffer(blocks * 4, what + " scales");
+        float scale = amplitude / kE4M3Max;
+        unsigned bits;
+        std::memcpy(&bits, &scale, 4);
+        KILN_CU(what, cuMemsetD32Async, dw.scales.get(), bits, blocks, stream);
+      } else {
+        dw.type =
+            w.transform == "f32" || (w.transform == "none" && w.dtype == "f32")
+                ? ElementType::F32
+                : ElementType::BF16;
+        dw.data = DeviceBuffer(count * elementBytes(dw.type), what);
+        fill(dw.data, count, dw.type,
+             w.dtype == "f32" && !isNorm ? 0.01f : amplitude);
+      }
+      statistics.weightBytes += dw.data.size() + dw.scales.size();
+      weights.emplace(name, std::move(dw));
+    }
+  }
+}
+
+void CudaBackend::Impl::allocate(const CudaBackendOptions &options) {
+  for (auto &[name, plan] : artifact.plans) {
+    PlanState state;
+    state.plan = &plan;
+    state.arena = DeviceBuffer(std::max<uint64_t>(plan.arenaBytes, 256),
+                               origin + ": arena of plan " + name);
+    for (size_t i = 0; i < plan.steps.size(); ++i) {
+      const PlanStep &step = plan.steps[i];
+      if (step.op == "mla_attention") {
+        std::vector<float> f;
+        for (double v : step.attrs.list("mla_attention", "inv_freq"))
+          f.push_back(static_cast<float>(v));
+        state.invFreq.emplace(
+            i, upload(f.data(), f.size() * 4, origin + ": inv_freq"));
+      }
+    }
+    maxSequencesAnyPlan = std::max(maxSequencesAnyPlan, plan.maxSequences);
+    maxTokensAnyPlan = std::max(maxTokensAnyPlan, plan.maxTokens);
+    plans.emplace(name, std::move(state));
+  }
+  if (!plans.count("decode") || !plans.count("prefill"))
+    throw Error(origin + ": the CUDA backend needs plans 'decode' and "
+                         "'prefill'");
+
+  pageTokens = artifact.options.kvPageTokens;
+  if (pageTokens <= 0)
+    throw Error(origin + ": kv_page_tokens must be positive");
+  maxPagesPerSequence =
+      (artifact.options.maxSeqLen + pageTokens - 1) / pageTokens;
+  int64_t cacheTokens =
+      options.kvCacheTokens > 0
+          ? options.kvCacheTokens
+          : artifact.options.maxBatch * artifact.options.maxSeqLen;
+  int64_t pages = (cacheTokens + pageTokens - 1) / pageTokens;
+  pool = std::make_shared<PagePool>(pages);
+  const int64_t rowValues = config.kvLoraRank + config.qkRopeHeadDim;
+  if (artifact.options.kvCacheDtype != "bf16")
+    throw Error(origin + ": KV cache dtype '" + artifact.options.kvCacheDtype +
+                "' is not supported by this runtime yet (bf16 is)");
+  const uint64_t layerBytes =
+      static_cast<uint64_t>(pages) * pageTokens * rowValues * 2;
+  for (int64_t l = 0; l < config.numHiddenLayers; ++l)
+    cacheLayers.emplace_back(layerBytes, origin + ": KV cache of layer " +
+                                             std::to_string(l));
+  statistics.kvCacheBytes = layerBytes * config.numHiddenLayers;
+  pageTable = DeviceBuffer(
+      std::max<int64_t>(1, maxSequencesAnyPlan * maxPagesPerSequence) * 4,
+      "page table");
+  sequenceSlots =
+      DeviceBuffer(std::max<int64_t>(1, maxTokensAnyPlan) * 4, "token slots");
+}
+
+//===----------------------------------------------------------------------===//
+// Executing a plan
+//===----------------------------------------------------------------------===//
+
+void CudaBackend::Impl::runStep(PlanState &state, size_t index,
+                                const PlanStep &step, const ChunkShape &shape,
+                                const Chunk &chunk) {
+  const LaunchPlan &plan = *state.plan;
+  const std::string where =
+      origin + ": step " + std::to_string(index) + " (" + step.op + ")";
+  auto matrix = [&](const PlanTensor &t) {
+    const PlanBuffer *b = plan.findBuffer(t.buffer);
+    if (!b)
+      throw Error(where + ": unknown buffer " + t.buffer);
+    DeviceMatrix m;
+    m.type = parseElementType(b->dtype, where);
+    m.rows = resolveRows(*b, shape);
+    m.stride = b->cols;
+    m.cols = t.cols > 0 ? t.cols : b->cols - t.col;
+    m.data = state.arena.get() + b->offset + t.col * elementBytes(m.type);
+    return m;
+  };
+  auto input = [&](size_t i) {
+    if (i >= step.inputs.size())
+      throw Error(where + ": missing input " + std::to_string(i));
+    return matrix(step.inputs[i]);
+  };
+  auto output = [&](size_t i) {
+    if (i >= step.outputs.size())
+      throw Error(where + ": missing output " + std::to_string(i));
+    return matrix(step.outputs[i]);
+  };
+  auto quantized = [&](const DeviceMatrix &values, const DeviceMatrix &scales,
+                       CUdeviceptr offsets = 0) {
+    QuantizedMatrix q;
+    q.values = values.data;
+    q.scales = scales.data;
+    q.rows = values.rows;
+    q.cols = values.cols;
+    if (offsets) {
+      q.groupOffsets = offsets;
+      q.groups = static_cast<int>(config.nRoutedExperts);
+    }
+    return q;
+  };
+  auto weightAt = [&](size_t i) -> const DeviceWeight & {
+    if (i >= step.weights.size())
+      throw Error(where + ": missing weight " + std::to_string(i));
+    return weight(step.weights[i], where);
+  };
+
+  const std::string &op = step.op;
+  if (op == "embed") {
+    const DeviceWeight &table = weightAt(0);
+    DeviceMatrix tokens = input(0);
+    kernels->embed(stream, tokens.data, tokens.rows, table.data.get(),
+                   table.shape[0], output(0));
+  } else if (op == "rms_norm") {
+    float eps = static_cast<float>(step.attrs.number(op, "eps"));
+    if (step.outputs.size() == 2)
+      kernels->rmsNormQuantize(stream, input(0), weightAt(0).data.get(), eps,
+                               quantized(output(0), output(1)));
+    else
+      kernels->rmsNorm(stream, input(0), weightAt(0).data.get(), eps,
+                       output(0));
+  } else if (op == "quantize") {
+    kernels->quantize(stream, input(0), quantized(output(0), output(1)));
+  } else if (op == "gemm" || op == "grouped_gemm") {
+    auto kernel = gemms.find(step.kernel);
+    if (kernel == gemms.end())
+      throw Error(where + ": unknown kernel " + step.kernel);
+    DeviceMatrix a = input(0), as = input(1), y = output(0);
+    if (y.stride != y.cols || a.stride != a.cols)
+      throw Error(where + ": GEMM operands must be whole buffers");
+    auto launch = [&](const DeviceWeight &w, int64_t rowOffset, int64_t m) {
+      if (w.type != ElementType::F8E4M3)
+        throw Error(where + ": GEMM weight is not FP8");
+      GemmOperands g;
+      g.m = static_cast<int>(m);
+      g.n = static_cast<int>(w.shape[0]);
+      g.k = static_cast<int>(w.shape[1]);
+      if (g.k != a.cols || g.n != y.cols)
+        throw Error(where + ": weight shape " + formatShape(w.shape) +
+                    " does not fit input cols " + std::to_string(a.cols) +
+                    " and output cols " + std::to_string(y.cols));
+      g.a = a.data + rowOffset * a.cols;
+      // Grouped scales: group e's [ceil(K/128)][count] start at
+      // ceil(K/128) * offset floats (artifact.md, moe_dispatch).
+      g.scaleA = as.data + 4 * ((a.cols + 127) / 128) * rowOffset;
+      g.b = w.data.get();
+      g.scaleB = w.scales.get();
+      g.out = y.data + 2 * rowOffset * y.cols;
+      kernel->second.launch(g, stream);
+    };
+    if (op == "gemm") {
+      launch(weightAt(0), 0, a.rows);
+    } else {
+      // Group sizes are data: read the offsets (one small synchronous copy
+      // per grouped GEMM; the masked layout avoids it, see the notes).
+      DeviceMatrix offsets = input(2);
+      std::vector<int32_t> host(config.nRoutedExperts + 1);
+      KILN_CU(where, cuStreamSynchronize, stream);
+      KILN_CU(where, cuMemcpyDtoH, host.data(), offsets.data, host.size() * 4);
+      for (int64_t e = 0; e < config.nRoutedExperts; ++e) {
+        int64_t count = host[e + 1] - host[e];
+        if (count <= 0)
+          continue;
+        launch(weight(expandExpert(step.weights.at(0), e), where), host[e],
+               count);
+      }
+    }
+  } else if (op == "matmul") {
+    const DeviceWeight &w = weightAt(0);
+    kernels->matmulF32(stream, input(0), w.data.get(), w.shape[0], output(0));
+  } else if (op == "add") {
+    kernels->add(stream, input(0), input(1), output(0));
+  } else if (op == "mla_attention") {
+    MlaAttentionArgs args;
+    const PlanAttrs &at = step.attrs;
+    args.heads = static_cast<int>(at.integer(op, "heads"));
+    args.nopeDim = static_cast<int>(at.integer(op, "nope"));
+    args.ropeDim = static_cast<int>(at.integer(op, "rope"));
+    args.vDim = static_cast<int>(at.integer(op, "v"));
+    args.kvLoraRank = static_cast<int>(at.integer(op, "kv_lora"));
+    args.softmaxScale = static_cast<float>(at.number(op, "softmax_scale"));
+    args.attentionFactor =
+        static_cast<float>(at.number(op, "attention_factor"));
+    args.invFreq = state.invFreq.at(index).get();
+    args.q = input(0);
+    args.latent = input(1);
+    args.kPe = input(2);
+    args.kvB = weightAt(0).data.get();
+    args.out = output(0);
+    const PlanBuffer *positions = plan.findBuffer("positions");
+    args.positions = state.arena.get() + positions->offset;
+    args.sequenceSlots = sequenceSlots.get();
+    args.pageTable = pageTable.get();
+    args.maxPagesPerSequence = static_cast<int>(maxPagesPerSequence);
+    args.pageTokens = static_cast<int>(pageTokens);
+    int64_t layer = at.integer(op, "layer");
+    if (layer < 0 || layer >= static_cast<int64_t>(cacheLayers.size()))
+      throw Error(where + ": layer " + std::to_string(layer) +
+                  " has no KV cache");
+    args.cache = cacheLayers[layer].get();
+    args.cacheType = ElementType::BF16;
+    int32_t maxPosition = 0;
+    for (int32_t p : chunk.positions)
+      maxPosition = std::max(maxPosition, p);
+    args.maxContext = maxPosition + 1;
+    kernels->mlaAttention(stream, args);
+  } else if (op == "swiglu") {
+    if (step.outputs.size() == 2) {
+      CUdeviceptr offsets = step.inputs.size() > 2 ? input(2).data : 0;
+      kernels->swigluQuantize(stream, input(0), input(1),
+                              quantized(output(0), output(1), offsets));
+    } else {
+      kernels->swiglu(stream, input(0), input(1), output(0));
+    }
+  } else if (op == "moe_route") {
+    MoeRouteArgs args;
+    args.logits = input(0);
+    args.bias = step.weights.empty() ? 0 : weightAt(0).data.get();
+    DeviceMatrix ids = output(0);
+    args.expertIds = ids.data;
+    args.weights = output(1).data;
+    args.topK = static_cast<int>(step.attrs.integer(op, "top_k"));
+    args.nGroup = static_cast<int>(step.attrs.integer(op, "n_group"));
+    args.topkGroup = static_cast<int>(step.attrs.integer(op, "topk_group"));
+    args.routedScalingFactor =
+        static_cast<float>(step.attrs.number(op, "routed_scaling_factor"));
+    args.normTopkProb = step.attrs.number(op, "norm_topk_prob") != 0;
+    kernels->moeRoute(stream, args);
+  } else if (op == "moe_dispatch") {
+    DeviceMatrix ids = input(2);
+    DeviceMatrix outQ = output(0), outS = output(1), offsets = output(2);
+    kernels->moeDispatch(
+        stream, quantized(input(0), input(1)), ids.data,
+        static_cast<int>(ids.cols), static_cast<int>(config.nRoutedExperts),
+        quantized(outQ, outS, offsets.data), offsets.data, output(3).data);
+  } else if (op == "moe_combine") {
+    DeviceMatrix rows = input(1);
+    kernels->moeCombine(stream, input(0), rows.data, input(2).data,
+                        static_cast<int>(rows.cols), output(0));
+  } else if (op == "select_rows") {
+    DeviceMatrix rows = input(1);
+    kernels->selectRows(stream, input(0), rows.data, rows.rows, output(0));
+  } else {
+    throw Error(where + ": op not supported by the CUDA backend");
+  }
+}
+
+void CudaBackend::Impl::runChunk(const std::vector<BackendStepEntry> &entries,
+                                 const Chunk &chunk,
+                                 std::vector<float> &logits) {
+  const int64_t T = static_cast<int64_t>(chunk.tokenIds.size());
+  PlanState &decode = plans.at("decode");
+  PlanState &state = T <= decode.plan->maxTokens &&
+                             static_cast<int64_t>(chunk.entries.size()) <=
+                                 decode.plan->maxSequences
+                         ? decode
+                         : plans.at("prefill");
+  const LaunchPlan &plan = *state.plan;
+
+  ChunkShape shape;
+  shape.tokens = T;
+  shape.sequences = static_cast<int64_t>(chunk.finishing.size());
+  shape.routed = T * config.numExpertsPerTok;
+  shape.experts1 = config.nRoutedExperts + 1;
+
+  auto fill = [&](const char *name, const std::vector<int32_t> &values) {
+    const PlanBuffer *b = plan.findBuffer(name);
+    if (!b)
+      throw Error(origin + ": plan has no '" + name + "' buffer");
+    if (!values.empty())
+      KILN_CU(origin + ": step input " + name, cuMemcpyHtoD,
+              state.arena.get() + b->offset, values.data(), values.size() * 4);
+  };
+  fill("tokens", chunk.tokenIds);
+  fill("positions", chunk.positions);
+  fill("last_rows", chunk.lastRows);
+
+  // Token → local slot, and the slots' page lists.
+  std::vector<int32_t> slots(T);
+  std::vector<int32_t> table(chunk.entries.size() * maxPagesPerSequence, -1);
+  for (size_t s = 0; s < chunk.entries.size(); ++s) {
+    auto *seq = static_cast<CudaSequence *>(entries[chunk.entries[s]].sequence);
+    std::copy(seq->pages.begin(), seq->pages.end(),
+              table.begin() + s * maxPagesPerSequence);
+  }
+  for (int64_t t = 0; t < T; ++t)
+    slots[t] = static_cast<int32_t>(std::find(chunk.entries.begin(),
+                                              chunk.entries.end(),
+                                              chunk.tokenEntry[t]) -
+                                    chunk.entries.begin());
+  KILN_CU(origin + ": token slots", cuMemcpyHtoD, sequenceSlots.get(),
+          slots.data(), slots.size() * 4);
+  KILN_CU(origin + ": page table", cuMemcpyHtoD, pageTable.get(), table.data(),
+          table.size() * 4);
+
+  for (size_t i = 0; i < plan.steps.size(); ++i)
+    runStep(state, i, plan.steps[i], shape, chunk);
+
+  if (shape.sequences > 0) {
+    const PlanBuffer *out = plan.findBuffer("logits");
+    if (!out)
+      throw Error(origin + ": plan has no 'logits' buffer");
+    std::vector<float> rows(shape.sequences * config.vocabSize);
+    KILN_CU(origin + ": logits", cuStreamSynchronize, stream);
+    KILN_CU(origin + ": logits", cuMemcpyDtoH, rows.data(),
+            state.arena.get() + out->offset, rows.size() * 4);
+    for (size_t s = 0; s < chunk.finishing.size(); ++s)
+      std::copy(rows.begin() + s * config.vocabSize,
+                rows.begin() + (s + 1) * config.vocabSize,
+                logits.begin() + chunk.finishing[s] * config.vocabSize);
+  }
+  std::lock_guard<std::mutex> lock(statsMutex);
+  ++statistics.planLaunches;
+  statistics.tokens += T;
+}
+
+//===----------------------------------------------------------------------===//
+// CudaBackend
+//===----------------------------------------------------------------------===//
+
+void CudaBackend::Impl::open(const std::string &configOrigin,
+                             const CudaBackendOptions &options,
+                             const std::function<void()> &weights) {
+  checkArtifactMatchesModel(artifact, config, origin, configOrigin);
+  context = std::make_unique<PrimaryContext>(options.device);
+  deviceName = context->name();
+  computeMajor =
+      context->attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR);
+  computeMinor =
+      context->attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR);
+  multiprocessors =
+      context->attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT);
+  if (artifact.targetArch == "sm_90a" &&
+      (computeMajor != 9 || computeMinor != 0))
+    throw Error(origin +
+                ": compiled for sm_90a (compute capability 9.0, "
+                "Hopper), but CUDA device " +
+                std::to_string(options.device) + " (" + deviceName +
+                ") is compute capability " + std::to_string(computeMajor) +
+                "." + std::to_string(computeMinor));
+  try {
+    KILN_CU(origin, cuStreamCreate, &stream, CU_STREAM_NON_BLOCKING);
+    loadKernels();
+    allocate(options);
+    weights();
+    KILN_CU(origin, cuCtxSynchronize);
+  } catch (...) {
+    // Free device memory while the context is current, then the context.
+    this->weights.clear();
+    plans.clear();
+    cacheLayers.clear();
+    gemms.clear();
+    kernels.reset();
+    if (stream)
+      driver().cuStreamDestroy(stream);
+    stream = nullptr;
+    throw;
+  }
+}
+
+CudaBackend::CudaBackend(const Checkpoint &checkpoint, Artifact artifact,
+                         const std::string &artifactOrigin,
+                         const CudaBackendOptions &options)
+    : impl(std::make_unique<Impl>()) {
+  impl->config = checkpoint.config();
+  impl->artifact = std::move(artifact);
+  impl->origin = artifactOrigin;
+  impl->open((checkpoint.directory() / kConfigFileName).string(), options,
+             [&] { impl->loadWeights(checkpoint, options); });
+}
+
+CudaBackend::CudaBackend(const ModelConfig &config, Artifact artifact,
+                         const std::string &artifactOrigin, uint64_t seed,
+                         const CudaBackendOptions &options)
+    : impl(std::make_unique<Impl>()) {
+  impl->config = config;
+  impl->artifact = std::move(artifact);
+  impl->origin = artifactOrigin;
+  impl->open("the given config", options,
+             [&] { impl->makeSyntheticWeights(seed); });
+}
+
+CudaBackend::~CudaBackend() {
+  if (!impl)
+    return;
+  impl->makeCurrent();
+  if (impl->stream)
+    driver().cuStreamSynchronize(impl->stream);
+  impl->weights.clear();
+  impl->plans.clear();
+  impl->cacheLayers.clear();
+  impl->pageTable = DeviceBuffer();
+  impl->sequenceSlots = DeviceBuffer();
+  impl->gemms.clear();
+  impl->kernels.reset();
+  if (impl->stream)
+    driver().cuStreamDestroy(impl->stream);
+}
+
+const ModelConfig &CudaBackend::config() const { return impl->config; }
+
+int64_t CudaBackend::kvBytesPerToken() const {
+  return (impl->config.kvLoraRank + impl->config.qkRopeHeadDim) * 2 *
+         impl->config.numHiddenLayers;
+}
+
+std::unique_ptr<BackendSequence> CudaBackend::newSequence() {
+  return std::make_unique<CudaSequence>(impl.get(), impl->pool,
+                                        impl->pageTokens);
+}
+
+CudaBackendStats CudaBackend::stats() const {
+  std::lock_guard<std::mutex> lock(impl->statsMutex);
+  CudaBackendStats s = impl->statistics;
+  s.kvPagesFree = impl->pool->freePages();
+  s.kvPagesTotal = impl->pool->totalPages();
+  return s;
+}
+
+std::string CudaBackend::deviceDescription() const {
+  return impl->deviceName + " (sm_" + std::to_string(impl->computeMajor) +
+         std::to_string(impl->computeMinor) + ", " +
+         std::to_string(impl->multiprocessors) + " SMs)";
+}
+
+std::vector<float>
+CudaBackend::step(const std::vector<BackendStepEntry> &entries) {
+  Impl &s = *impl;
+  const std::string &origin = s.origin;
+  // Check every entry before touching any cache.
+  std::set<const BackendSequence *> seen;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const BackendStepEntry &e = entries[i];
+    std::string where = "CUDA backend: step entry " + std::to_string(i);
+    auto *seq = dynamic_cast<CudaSequence *>(e.sequence);
+    if (!seq || seq->owner != impl.get())
+      throw Error(where + ": the sequence was not made by this backend");
+    if (!seen.insert(seq).second)
+      throw Error(where + ": the sequence appears twice in one step");
+    if (e.tokens.empty())
+      throw Error(where + ": no tokens");
+    if (e.startPosition < 0 || e.startPosition > seq->cachedTokens())
+      throw Error(where + ": start position " +
+                  std::to_string(e.startPosition) + " is past the " +
+                  std::to_string(seq->cachedTokens()) + " cached tokens");
+    int64_t end = e.startPosition + static_cast<int64_t>(e.tokens.size());
+    if (end > s.artifact.options.maxSeqLen)
+      throw Error(where + ": position " + std::to_string(end - 1) +
+                  " is past the artifact's max_seq_len " +
+                  std::to_string(s.artifact.options.maxSeqLen));
+    for (int32_t t : e.tokens)
+      if (t < 0 || t >= s.config.vocabSize)
+        throw Error(where + ": token id " + std::to_string(t) +
+                    " is outside the vocabulary [0, " +
+                    std::to_string(s.config.vocabSize) + ")");
+  }
+  s.makeCurrent();
+  std::vector<float> logits(entries.size() * s.config.vocabSize);
+  try {
+    for (const BackendStepEntry &e : entries) {
+      auto *seq = static_cast<CudaSequence *>(e.sequence);
+      seq->cutTo(e.startPosition);
+      seq->reserve(e.startPosition + static_cast<int64_t>(e.tokens.size()));
+    }
+    // Pack the tokens, in entry order, into chunks a plan can run.
+    const LaunchPlan &prefill = *s.plans.at("prefill").plan;
+    Impl::Chunk chunk;
+    auto flush = [&] {
+      if (!chunk.tokenIds.empty())
+        s.runChunk(entries, chunk, logits);
+      chunk = Impl::Chunk();
+    };
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const BackendStepEntry &e = entries[i];
+      for (size_t j = 0; j < e.tokens.size(); ++j) {
+        bool newEntry = chunk.entries.empty() ||
+                        chunk.entries.back() != static_cast<int32_t>(i);
+        if (static_cast<int64_t>(chunk.tokenIds.size()) >= prefill.maxTokens ||
+            (newEntry && static_cast<int64_t>(chunk.entries.size()) >=
+                             prefill.maxSequences))
+          flush();
+        if (chunk.entries.empty() ||
+            chunk.entries.back() != static_cast<int32_t>(i))
+          chunk.entries.push_back(static_cast<int32_t>(i));
+        chunk.tokenEntry.push_back(static_cast<int32_t>(i));
+        chunk.tokenIds.push_back(e.tokens[j]);
+        chunk.positions.push_back(
+            static_cast<int32_t>(e.startPosition + static_cast<int64_t>(j)));
+        if (j + 1 == e.tokens.size()) {
+          chunk.finishing.push_back(static_cast<int32_t>(i));
+          chunk.lastRows.push_back(
+              static_cast<int32_t>(chunk.tokenIds.size() - 1));
+        }
+      }
+    }
+    flush();
+    KILN_CU(origin + ": step", cuStreamSynchronize, s.stream);
+  } catch (...) {
+    for (const BackendStepEntry &e : entries)
+      static_cast<CudaSequence *>(e.sequence)->cutTo(e.startPosition);
+    throw;
+  }
+  for (const BackendStepEntry &e : entries)
+    static_cast<CudaSequence *>(e.sequence)->cached =
+        e.startPosition + static_cast<int64_t>(e.tokens.size());
+  std::lock_guard<std::mutex> lock(s.statsMutex);
+  ++s.statistics.steps;
+  return logits;
+}
+
+} // namespace kiln::cuda

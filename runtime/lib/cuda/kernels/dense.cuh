@@ -1,0 +1,278 @@
+//===- dense.cuh - row-wise and dense kernels -----------------------------===//
+//
+// Embedding, RMSNorm (plain and fused with 1×128 quantization), quantization,
+// SwiGLU, residual adds, row selection and the FP32 product with a BF16
+// weight (router gate, output head). Row kernels run one block per row;
+// per-tile work runs one warp per 128-column tile.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_CUDA_KERNELS_DENSE_CUH
+#define KILN_CUDA_KERNELS_DENSE_CUH
+
+#include "common.cuh"
+
+namespace kiln::cuda::kernels {
+
+constexpr int kRowThreads = 256;
+
+__device__ __forceinline__ float silu(float x) {
+  // kiln::silu's formula, so that only expf's rounding differs.
+  return x / (1.0f + expf(-x));
+}
+
+/// 1 / rms over a row, as kiln::rmsNorm: squares summed in FP64, the mean
+/// rounded to f32, then 1 / sqrt(mean + eps) in f32 (IEEE division and
+/// square root: nvcc's defaults without fast math).
+__device__ __forceinline__ float inverseRms(const MatrixRef &x, long long row,
+                                            long long cols, float eps) {
+  __shared__ double scratch[32];
+  double sumSquares = 0;
+  for (long long c = threadIdx.x; c < cols; c += blockDim.x) {
+    double value = loadF32OrBF16(x, row, c);
+    sumSquares += value * value;
+  }
+  sumSquares = blockSum(sumSquares, scratch);
+  float variance = static_cast<float>(sumSquares / static_cast<double>(cols));
+  return 1.0f / sqrtf(variance + eps);
+}
+
+} // namespace kiln::cuda::kernels
+
+using namespace kiln::cuda::kernels;
+
+extern "C" __global__ void __launch_bounds__(kRowThreads)
+    kiln_embed(const EmbedParams p) {
+  long long row = blockIdx.x;
+  int token = pointer<const int>(p.tokens)[row];
+  float *out = pointer<float>(p.out.data) + row * p.out.stride;
+  bool valid = token >= 0 && token < p.vocab;
+  const unsigned short *source =
+      pointer<const unsigned short>(p.table) + (valid ? token * p.cols : 0);
+  for (long long c = threadIdx.x; c < p.cols; c += blockDim.x)
+    out[c] = valid ? bf16Bits(source[c]) : __int_as_float(0x7FC00000);
+}
+
+extern "C" __global__ void __launch_bounds__(kRowThreads)
+    kiln_rms_norm(const RmsNormParams p) {
+  long long row = blockIdx.x;
+  float scale = inverseRms(p.x, row, p.cols, p.eps);
+  const unsigned short *weight = pointer<const unsigned short>(p.weight);
+  for (long long c = threadIdx.x; c < p.cols; c += blockDim.x)
+    storeF32OrBF16(p.out, row, c,
+                   bf16Bits(weight[c]) * (loadF32OrBF16(p.x, row, c) * scale));
+}
+
+extern "C" __global__ void __launch_bounds__(kRowThreads)
+    kiln_rms_norm_quantize(const RmsNormParams p) {
+  long long row = blockIdx.x;
+  float scale = inverseRms(p.x, row, p.cols, p.eps);
+  const unsigned short *weight = pointer<const unsigned short>(p.weight);
+  int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  for (long long tile = warp; tile < scaleTiles(p.cols);
+       tile += blockDim.x / kWarpSize) {
+    float values[4];
+    for (int i = 0; i < 4; ++i) {
+      long long c = tile * kScaleBlock + lane * 4 + i;
+      values[i] = c < p.cols ? bf16Bits(weight[c]) *
+                                   (loadF32OrBF16(p.x, row, c) * scale)
+                             : 0.0f;
+    }
+    quantizeTile(p.q, row, tile, values);
+  }
+}
+
+/// One warp per (row, tile), eight per block.
+extern "C" __global__ void __launch_bounds__(kRowThreads)
+    kiln_quantize(const QuantizeParams p) {
+  long long tiles = scaleTiles(p.q.cols);
+  long long item =
+      (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) /
+      kWarpSize;
+  if (item >= p.q.rows * tiles)
+    return;
+  long long row = item / tiles, tile = item % tiles;
+  int lane = threadIdx.x % kWarpSize;
+  float values[4];
+  for (int i = 0; i < 4; ++i) {
+    long long c = tile * kScaleBlock + lane * 4 + i;
+    values[i] = c < p.q.cols ? loadF32OrBF16(p.x, row, c) : 0.0f;
+  }
+  quantizeTile(p.q, row, tile, values);
+}
+
+extern "C" __global__ void __launch_bounds__(kRowThreads)
+    kiln_swiglu(const SwigluParams p) {
+  long long row = blockIdx.x;
+  for (long long c = threadIdx.x; c < p.cols; c += blockDim.x)
+    storeF32OrBF16(p.out, row, c,
+                   silu(loadF32OrBF16(p.gate, row, c)) *
+                       loadF32OrBF16(p.up, row, c));
+}
+
+extern "C" __global__ void __launch_bounds__(kRowThreads)
+    kiln_swiglu_quantize(const SwigluParams p) {
+  long long tiles = scaleTiles(p.cols);
+  long long item =
+      (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) /
+      kWarpSize;
+  if (item >= p.rows * tiles)
+    return;
+  long long row = item / tiles, tile = item % tiles;
+  int lane = threadIdx.x % kWarpSize;
+  float values[4];
+  for (int i = 0; i < 4; ++i) {
+    long long c = tile * kScaleBlock + lane * 4 + i;
+    values[i] = c < p.cols ? silu(loadF32OrBF16(p.gate, row, c)) *
+                                 loadF32OrBF16(p.up, row, c)
+                           : 0.0f;
+  }
+  quantizeTile(p.q, row, tile, values);
+}
+
+extern "C" __global__ void __launch_bounds__(kRowThreads)
+    kiln_add(const AddParams p) {
+  long long row = blockIdx.x;
+  for (long long c = threadIdx.x; c < p.cols; c += blockDim.x)
+    pointer<float>(p.out.data)[row * p.out.stride + c] =
+        loadF32OrBF16(p.a, row, c) + loadF32OrBF16(p.b, row, c);
+}
+
+extern "C" __global__ void __launch_bounds__(kRowThreads)
+    kiln_select_rows(const SelectRowsParams p) {
+  long long row = blockIdx.x;
+  int source = pointer<const int>(p.rows)[row];
+  bool valid = source >= 0 && source < p.sourceRows;
+  for (long long c = threadIdx.x; c < p.cols; c += blockDim.x)
+    pointer<float>(p.out.data)[row * p.out.stride + c] =
+        valid ? loadF32OrBF16(p.x, source, c) : __int_as_float(0x7FC00000);
+}
+
+//===--- matmulF32 --------------------------------------------------------===//
+//
+// out[T, N] = x[T, K] · W[N, K]ᵀ. Small T is bound by streaming W once: each
+// warp owns kMatmulColumns weight rows and kTokens token rows, its lanes
+// stride K with 16-byte loads (8 bf16) of every weight row, and the per-lane
+// partial sums meet in one warp reduction per output. More tokens take more
+// blocks along y; they re-read W, from L2 for the router gate's 3.5 MB.
+
+constexpr int kMatmulWarps = 8;
+constexpr int kMatmulColumns = 4;
+
+template <int kTokens, bool kVector>
+__device__ __forceinline__ void matmulF32(const MatmulParams &p) {
+  int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  long long firstColumn =
+      (static_cast<long long>(blockIdx.x) * kMatmulWarps + warp) *
+      kMatmulColumns;
+  long long firstToken = static_cast<long long>(blockIdx.y) * kTokens;
+  if (firstColumn >= p.n)
+    return;
+  // Rows past the end read the last valid one; their sums are dropped.
+  const float *x[kTokens];
+  for (int t = 0; t < kTokens; ++t)
+    x[t] = pointer<const float>(p.x.data) +
+           min(firstToken + t, p.rows - 1) * p.x.stride;
+  const unsigned short *w[kMatmulColumns];
+  for (int c = 0; c < kMatmulColumns; ++c)
+    w[c] = pointer<const unsigned short>(p.weight) +
+           min(firstColumn + c, p.n - 1) * p.k;
+
+  float sum[kTokens][kMatmulColumns] = {};
+  if constexpr (kVector) {
+#pragma unroll 2
+    for (long long k = lane * 8; k < p.k; k += kWarpSize * 8) {
+      float weights[kMatmulColumns][8];
+#pragma unroll
+      for (int c = 0; c < kMatmulColumns; ++c) {
+        uint4 packed = __ldg(reinterpret_cast<const uint4 *>(w[c] + k));
+        unsigned words[4] = {packed.x, packed.y, packed.z, packed.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          weights[c][2 * i] = __uint_as_float(words[i] << 16);
+          weights[c][2 * i + 1] = __uint_as_float(words[i] & 0xFFFF0000u);
+        }
+      }
+#pragma unroll
+      for (int t = 0; t < kTokens; ++t) {
+        float4 low = __ldg(reinterpret_cast<const float4 *>(x[t] + k));
+        float4 high = __ldg(reinterpret_cast<const float4 *>(x[t] + k + 4));
+        float values[8] = {low.x,  low.y,  low.z,  low.w,
+                           high.x, high.y, high.z, high.w};
+#pragma unroll
+        for (int c = 0; c < kMatmulColumns; ++c)
+#pragma unroll
+          for (int i = 0; i < 8; ++i)
+            sum[t][c] = fmaf(values[i], weights[c][i], sum[t][c]);
+      }
+    }
+  } else {
+    for (long long k = lane; k < p.k; k += kWarpSize) {
+      float weights[kMatmulColumns];
+#pragma unroll
+      for (int c = 0; c < kMatmulColumns; ++c)
+        weights[c] = bf16Bits(w[c][k]);
+#pragma unroll
+      for (int t = 0; t < kTokens; ++t) {
+        float value = x[t][k];
+#pragma unroll
+        for (int c = 0; c < kMatmulColumns; ++c)
+          sum[t][c] = fmaf(value, weights[c], sum[t][c]);
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kTokens; ++t)
+#pragma unroll
+    for (int c = 0; c < kMatmulColumns; ++c) {
+      float total = warpSum(sum[t][c]);
+      if (lane == 0 && firstToken + t < p.rows && firstColumn + c < p.n)
+        pointer<float>(
+            p.out.data)[(firstToken + t) * p.out.stride + firstColumn + c] =
+            total;
+    }
+}
+
+#define KILN_MATMUL_KERNEL(tokens)                                             \
+  extern "C" __global__ void __launch_bounds__(kMatmulWarps *kWarpSize)        \
+      kiln_matmul_f32_t##tokens(const MatmulParams p) {                        \
+    matmulF32<tokens, true>(p);                                                \
+  }                                                                            \
+  extern "C" __global__ void __launch_bounds__(kMatmulWarps *kWarpSize)        \
+      kiln_matmul_f32_scalar_t##tokens(const MatmulParams p) {                 \
+    matmulF32<tokens, false>(p);                                               \
+  }
+KILN_MATMUL_KERNEL(1)
+KILN_MATMUL_KERNEL(2)
+KILN_MATMUL_KERNEL(4)
+KILN_MATMUL_KERNEL(8)
+#undef KILN_MATMUL_KERNEL
+
+#endif // KILN_CUDA_KERNELS_DENSE_CUH
+
+/// Uniform values in [-amplitude, amplitude] from a hash of (seed, index):
+/// synthetic weights for benchmarks, reproducible and generated where they
+/// live (a full-width layer is gigabytes).
+extern "C" __global__ void __launch_bounds__(kRowThreads)
+    kiln_fill_random(const FillRandomParams p) {
+  for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x +
+                     threadIdx.x;
+       i < p.count; i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    unsigned long long h = (p.seed + 1) * 0x9E3779B97F4A7C15ull ^
+                           static_cast<unsigned long long>(i);
+    h ^= h >> 33;
+    h *= 0xFF51AFD7ED558CCDull;
+    h ^= h >> 33;
+    h *= 0xC4CEB9FE1A85EC53ull;
+    h ^= h >> 33;
+    float u = (static_cast<float>(h >> 40) / 16777216.0f) * 2.0f - 1.0f;
+    float v = u * p.amplitude;
+    if (p.type == 0)
+      pointer<float>(p.data)[i] = v;
+    else if (p.type == 1)
+      pointer<unsigned short>(p.data)[i] =
+          static_cast<unsigned short>(__float_as_uint(v) >> 16);
+    else
+      pointer<unsigned char>(p.data)[i] = toE4M3(v);
+  }
+}

@@ -1,0 +1,177 @@
+//===- model_kernels_params.h - parameter blocks of the model kernels -----===//
+//
+// Each kernel of model_kernels.cu takes one of these structs by value: the
+// host (model_kernels.cpp) and nvcc compile this one definition, so the two
+// sides cannot disagree on the order or width of a parameter. Only fixed-width
+// scalars and 64-bit device addresses appear, laid out without padding holes
+// that could differ between the compilers.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_CUDA_KERNELS_MODEL_KERNELS_PARAMS_H
+#define KILN_CUDA_KERNELS_MODEL_KERNELS_PARAMS_H
+
+namespace kiln::cuda::kernels {
+
+/// A device address (CUdeviceptr on the host).
+using Address = unsigned long long;
+
+/// Element type codes of the parameter blocks.
+enum : int { kF32 = 0, kBF16 = 1, kF8E4M3 = 2 };
+
+/// A row-major input or output: element (r, c) at data + r * stride + c.
+struct MatrixRef {
+  Address data;
+  long long stride;
+  int type;
+  int unused;
+};
+
+/// A 1×128-quantized output: values [rows, cols] dense, scales transposed
+/// [cols/128][rows] or, with groupOffsets (i32 [groups + 1]), grouped.
+struct QuantizedRef {
+  Address values;
+  Address scales;
+  Address groupOffsets;
+  long long rows;
+  long long cols;
+  int groups;
+  int unused;
+};
+
+struct EmbedParams {
+  Address tokens; // i32 [rows]
+  Address table;  // bf16 [vocab, cols]
+  MatrixRef out;  // f32
+  long long rows;
+  long long cols;
+  long long vocab;
+};
+
+struct RmsNormParams {
+  MatrixRef x;
+  Address weight; // bf16 [cols]
+  MatrixRef out;  // plain output (rmsNorm)
+  QuantizedRef q; // quantized output (rmsNormQuantize)
+  long long rows;
+  long long cols;
+  float eps;
+  int unused;
+};
+
+struct QuantizeParams {
+  MatrixRef x;
+  QuantizedRef q;
+};
+
+struct SwigluParams {
+  MatrixRef gate; // bf16
+  MatrixRef up;   // bf16
+  MatrixRef out;  // bf16 (swiglu)
+  QuantizedRef q; // (swigluQuantize)
+  long long rows;
+  long long cols;
+};
+
+struct MatmulParams {
+  MatrixRef x;    // f32 [rows, k]
+  Address weight; // bf16 [n, k]
+  MatrixRef out;  // f32 [rows, n]
+  long long rows;
+  long long n;
+  long long k;
+};
+
+struct FillRandomParams {
+  unsigned long long data;
+  long long count;
+  int type; // ElementType: 0 f32, 1 bf16, 2 e4m3
+  unsigned long long seed;
+  float amplitude;
+};
+
+struct AddParams {
+  MatrixRef a;   // f32
+  MatrixRef b;   // f32 or bf16
+  MatrixRef out; // f32
+  long long rows;
+  long long cols;
+};
+
+struct MlaParams {
+  MatrixRef q;      // bf16 [T, heads * (nope + rope)]
+  MatrixRef latent; // bf16 or f32 [T, kvLoraRank]
+  MatrixRef kPe;    // bf16 [T, ropeDim]
+  MatrixRef out;    // bf16 [T, heads * v]
+  Address kvB;      // bf16 [heads * (nope + v), kvLoraRank]
+  Address invFreq;  // f32 [ropeDim / 2]
+  Address positions;
+  Address sequenceSlots;
+  Address pageTable;
+  Address cache;
+  Address cacheScales;
+  long long tokens;
+  int heads;
+  int nopeDim;
+  int ropeDim;
+  int vDim;
+  int kvLoraRank;
+  int maxPagesPerSequence;
+  int pageTokens;
+  int maxContext;
+  float softmaxScale;
+  float attentionFactor;
+};
+
+struct RouteParams {
+  MatrixRef logits; // f32 [T, E]
+  Address bias;     // f32 [E] or 0
+  Address expertIds;
+  Address weights;
+  long long tokens;
+  int experts;
+  int topK;
+  int nGroup;
+  int topkGroup;
+  float routedScalingFactor;
+  int normTopkProb;
+};
+
+struct DispatchParams {
+  Address inValues; // f8 [T, cols]
+  Address inScales; // f32 [cols/128][T]
+  Address expertIds;
+  Address outValues; // f8 [T·k, cols]
+  Address outScales; // grouped by offsets
+  Address offsets;   // i32 [experts + 1]
+  Address rows;      // i32 [T, k]
+  long long tokens;
+  long long cols;
+  int topK;
+  int experts;
+};
+
+struct CombineParams {
+  MatrixRef y; // bf16 [R, cols]
+  Address rows;
+  Address weights;
+  MatrixRef out; // f32 [T, cols]
+  long long tokens;
+  long long cols;
+  long long routedRows;
+  int topK;
+  int unused;
+};
+
+struct SelectRowsParams {
+  MatrixRef x; // f32
+  Address rows;
+  MatrixRef out; // f32
+  long long count;
+  long long cols;
+  long long sourceRows;
+};
+
+} // namespace kiln::cuda::kernels
+
+#endif // KILN_CUDA_KERNELS_MODEL_KERNELS_PARAMS_H

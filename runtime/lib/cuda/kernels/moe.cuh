@@ -1,0 +1,263 @@
+//===- moe.cuh - noaux_tc routing, dispatch and combine -------------------===//
+//
+// The router runs one block per token and reproduces kiln::routeToken
+// exactly (same selection order and tie rule, same summation order of the
+// weights); only expf's rounding differs from the host's. Dispatch is a
+// single-block plan (count, scan, stable ranks) followed by a copy with one
+// block per routed row. Combine sums the choices in order with explicit FMAs
+// so that a host loop with std::fma reproduces it bit for bit.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef KILN_CUDA_KERNELS_MOE_CUH
+#define KILN_CUDA_KERNELS_MOE_CUH
+
+#include "common.cuh"
+
+namespace kiln::cuda::kernels {
+
+constexpr int kRouteThreads = 256;
+constexpr int kDispatchThreads = 1024;
+constexpr int kCopyThreads = 128;
+
+/// A key whose unsigned order is the router's: higher score first, then
+/// lower index. 0 means "not eligible"; NaN ranks below every number.
+__device__ __forceinline__ unsigned long long rankKey(float score, int index) {
+  unsigned bits = __float_as_uint(score);
+  unsigned ordered = isnan(score)           ? 0u
+                     : (bits & 0x80000000u) ? ~bits
+                                            : bits | 0x80000000u;
+  return (static_cast<unsigned long long>(ordered) << 32) |
+         (0xFFFFFFFFu - static_cast<unsigned>(index));
+}
+
+__device__ __forceinline__ int keyIndex(unsigned long long key) {
+  return static_cast<int>(0xFFFFFFFFu - static_cast<unsigned>(key));
+}
+
+__device__ __forceinline__ unsigned long long
+blockMaxKey(unsigned long long key, unsigned long long *scratch) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
+    unsigned long long other = __shfl_xor_sync(kFullMask, key, offset);
+    key = other > key ? other : key;
+  }
+  int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  __syncthreads();
+  if (lane == 0)
+    scratch[warp] = key;
+  __syncthreads();
+  unsigned long long best = 0;
+  for (int w = 0; w < static_cast<int>(blockDim.x / kWarpSize); ++w)
+    best = scratch[w] > best ? scratch[w] : best;
+  return best;
+}
+
+} // namespace kiln::cuda::kernels
+
+using namespace kiln::cuda::kernels;
+
+/// Dynamic shared memory: scores, selection scores (f32 [E]), group scores
+/// (f32 [nGroup]), eligibility (u8 [E]).
+extern "C" __global__ void __launch_bounds__(kRouteThreads)
+    kiln_moe_route(const RouteParams p) {
+  extern __shared__ float shared[];
+  float *scores = shared;
+  float *selection = scores + p.experts;
+  float *groupScores = selection + p.experts;
+  unsigned char *eligible =
+      reinterpret_cast<unsigned char *>(groupScores + p.nGroup);
+  __shared__ unsigned long long scratch[32];
+  __shared__ int chosen[64];
+
+  const long long token = blockIdx.x;
+  const float *logits =
+      pointer<const float>(p.logits.data) + token * p.logits.stride;
+  const float *bias = pointer<const float>(p.bias);
+  for (int e = threadIdx.x; e < p.experts; e += blockDim.x) {
+    float score = 1.0f / (1.0f + expf(-logits[e]));
+    scores[e] = score;
+    selection[e] = bias ? score + bias[e] : score;
+  }
+  __syncthreads();
+
+  // Group score: the sum of the group's two best selection scores.
+  const int perGroup = p.experts / p.nGroup;
+  for (int g = threadIdx.x; g < p.nGroup; g += blockDim.x) {
+    float best = -INFINITY, second = -INFINITY;
+    for (int i = 0; i < perGroup; ++i) {
+      float value = selection[g * perGroup + i];
+      if (value > best) {
+        second = best;
+        best = value;
+      } else if (value > second) {
+        second = value;
+      }
+    }
+    groupScores[g] = best + second;
+  }
+  for (int e = threadIdx.x; e < p.experts; e += blockDim.x)
+    eligible[e] = p.nGroup == 1;
+  __syncthreads();
+  // Keep the topkGroup best groups; the others' experts are never chosen
+  // (the -inf mask of kiln::routeToken).
+  if (p.nGroup > 1)
+    for (int round = 0; round < p.topkGroup; ++round) {
+      unsigned long long key = 0;
+      for (int g = threadIdx.x; g < p.nGroup; g += blockDim.x)
+        if (!eligible[g * perGroup]) {
+          unsigned long long candidate = rankKey(groupScores[g], g);
+          key = candidate > key ? candidate : key;
+        }
+      int group = keyIndex(blockMaxKey(key, scratch));
+      for (int i = threadIdx.x; i < perGroup; i += blockDim.x)
+        eligible[group * perGroup + i] = 1;
+      __syncthreads();
+    }
+
+  for (int round = 0; round < p.topK; ++round) {
+    unsigned long long key = 0;
+    for (int e = threadIdx.x; e < p.experts; e += blockDim.x)
+      if (eligible[e]) {
+        unsigned long long candidate = rankKey(selection[e], e);
+        key = candidate > key ? candidate : key;
+      }
+    int expert = keyIndex(blockMaxKey(key, scratch));
+    if (threadIdx.x == 0) {
+      chosen[round] = expert;
+      eligible[expert] = 0;
+    }
+    __syncthreads();
+  }
+
+  if (threadIdx.x == 0) {
+    int *ids = pointer<int>(p.expertIds) + token * p.topK;
+    float *weights = pointer<float>(p.weights) + token * p.topK;
+    float sum = 0.0f;
+    for (int j = 0; j < p.topK; ++j)
+      sum += scores[chosen[j]];
+    for (int j = 0; j < p.topK; ++j) {
+      float weight = scores[chosen[j]];
+      if (p.normTopkProb)
+        weight /= sum + 1e-20f;
+      ids[j] = chosen[j];
+      weights[j] = weight * p.routedScalingFactor;
+    }
+  }
+}
+
+/// The dispatch plan in one block: counts per expert, their exclusive scan
+/// into offsets[E + 1], and each routed entry's row (token-major entries
+/// ranked in order within their expert, so the grouping is stable). An id
+/// outside [0, E) is dropped: its row is -1.
+extern "C" __global__ void __launch_bounds__(kDispatchThreads)
+    kiln_moe_dispatch_plan(const DispatchParams p) {
+  __shared__ int counts[kDispatchThreads];
+  __shared__ int cursor[kDispatchThreads];
+  __shared__ int chunk[kDispatchThreads];
+  __shared__ int warpTotals[kDispatchThreads / kWarpSize];
+  const int *ids = pointer<const int>(p.expertIds);
+  int *rows = pointer<int>(p.rows);
+  const long long entries = p.tokens * p.topK;
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+
+  for (int e = threadIdx.x; e < p.experts; e += blockDim.x)
+    counts[e] = 0;
+  __syncthreads();
+  for (long long i = threadIdx.x; i < entries; i += blockDim.x) {
+    int expert = ids[i];
+    if (expert >= 0 && expert < p.experts)
+      atomicAdd(&counts[expert], 1);
+  }
+  __syncthreads();
+
+  // Exclusive scan, one expert per thread (experts ≤ blockDim).
+  int count = threadIdx.x < p.experts ? counts[threadIdx.x] : 0;
+  int inclusive = count;
+  for (int offset = 1; offset < kWarpSize; offset *= 2) {
+    int other = __shfl_up_sync(kFullMask, inclusive, offset);
+    if (lane >= offset)
+      inclusive += other;
+  }
+  if (lane == kWarpSize - 1)
+    warpTotals[warp] = inclusive;
+  __syncthreads();
+  int before = 0;
+  for (int w = 0; w < warp; ++w)
+    before += warpTotals[w];
+  int *offsets = pointer<int>(p.offsets);
+  if (threadIdx.x < p.experts) {
+    int exclusive = before + inclusive - count;
+    cursor[threadIdx.x] = exclusive;
+    offsets[threadIdx.x] = exclusive;
+    if (threadIdx.x == p.experts - 1)
+      offsets[p.experts] = exclusive + count;
+  }
+  __syncthreads();
+
+  // Ranks: chunks of entries staged in shared memory, then walked in order by
+  // warp 0, 32 at a time; lanes with the same expert rank by lane order.
+  for (long long start = 0; start < entries; start += blockDim.x) {
+    long long i = start + threadIdx.x;
+    chunk[threadIdx.x] = i < entries ? ids[i] : -1;
+    __syncthreads();
+    if (warp == 0)
+      for (int sub = 0;
+           sub < static_cast<int>(blockDim.x) && start + sub < entries;
+           sub += kWarpSize) {
+        long long entry = start + sub + lane;
+        int expert = chunk[sub + lane];
+        bool valid = entry < entries && expert >= 0 && expert < p.experts;
+        unsigned peers = __match_any_sync(kFullMask, valid ? expert : -1);
+        int rank = __popc(peers & ((1u << lane) - 1));
+        int row = valid ? cursor[expert] + rank : -1;
+        __syncwarp();
+        if (valid && rank == 0)
+          cursor[expert] += __popc(peers);
+        if (entry < entries)
+          rows[entry] = row;
+        __syncwarp();
+      }
+    __syncthreads();
+  }
+}
+
+/// Copies token t's FP8 row and its scales to each row it was routed to.
+extern "C" __global__ void __launch_bounds__(kCopyThreads)
+    kiln_moe_dispatch_copy(const DispatchParams p) {
+  const long long entry = blockIdx.x;
+  const int row = pointer<const int>(p.rows)[entry];
+  if (row < 0)
+    return;
+  const long long token = entry / p.topK;
+  const int expert = pointer<const int>(p.expertIds)[entry];
+  const uint4 *source =
+      pointer<const uint4>(p.inValues) + token * (p.cols / 16);
+  uint4 *target = pointer<uint4>(p.outValues) + row * (p.cols / 16);
+  for (long long i = threadIdx.x; i < p.cols / 16; i += blockDim.x)
+    target[i] = source[i];
+  const int *offsets = pointer<const int>(p.offsets);
+  const long long begin = offsets[expert], count = offsets[expert + 1] - begin;
+  const long long tiles = scaleTiles(p.cols);
+  for (long long tile = threadIdx.x; tile < tiles; tile += blockDim.x)
+    pointer<float>(p.outScales)[tiles * begin + tile * count + (row - begin)] =
+        pointer<const float>(p.inScales)[tile * p.tokens + token];
+}
+
+extern "C" __global__ void __launch_bounds__(kiln::cuda::kernels::kRowThreads)
+    kiln_moe_combine(const CombineParams p) {
+  const long long token = blockIdx.x;
+  const int *rows = pointer<const int>(p.rows) + token * p.topK;
+  const float *weights = pointer<const float>(p.weights) + token * p.topK;
+  const unsigned short *y = pointer<const unsigned short>(p.y.data);
+  for (long long c = threadIdx.x; c < p.cols; c += blockDim.x) {
+    float sum = 0.0f;
+    for (int j = 0; j < p.topK; ++j) {
+      int row = rows[j];
+      if (row >= 0 && row < p.routedRows)
+        sum = __fmaf_rn(weights[j], bf16Bits(y[row * p.y.stride + c]), sum);
+    }
+    pointer<float>(p.out.data)[token * p.out.stride + c] = sum;
+  }
+}
+
+#endif // KILN_CUDA_KERNELS_MOE_CUH

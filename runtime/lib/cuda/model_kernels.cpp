@@ -1,0 +1,804 @@
+//===- model_kernels.cpp - the CUDA backend's non-GEMM kernels ------------===//
+//
+// The host side of kernels/model_kernels.cu: loads the embedded cubin,
+// checks every call's shapes, types and pointers (model_kernels_checks.h)
+// before any driver call, and launches with one parameter block per kernel
+// (kernels/model_kernels_params.h).
+//
+//===----------------------------------------------------------------------===//
+
+#include "kiln/cuda/model_kernels.h"
+
+#include "kernels/model_kernels_params.h"
+#include "model_kernels_checks.h"
+#include "model_kernels_cubin.h"
+
+#include <algorithm>
+#include <array>
+#include <climits>
+#include <initializer_list>
+#include <vector>
+
+namespace kiln::cuda {
+
+namespace k = kernels;
+
+//===----------------------------------------------------------------------===//
+// Element types
+//===----------------------------------------------------------------------===//
+
+const char *elementTypeName(ElementType type) {
+  switch (type) {
+  case ElementType::F32:
+    return "f32";
+  case ElementType::BF16:
+    return "bf16";
+  case ElementType::F8E4M3:
+    return "f8e4m3";
+  case ElementType::I32:
+    return "i32";
+  }
+  return "unknown";
+}
+
+ElementType parseElementType(const std::string &name,
+                             const std::string &origin) {
+  for (ElementType type : {ElementType::F32, ElementType::BF16,
+                           ElementType::F8E4M3, ElementType::I32})
+    if (name == elementTypeName(type))
+      return type;
+  throw Error(origin + ": unknown element type \"" + name +
+              "\"; expected f32, bf16, f8e4m3 or i32");
+}
+
+int elementBytes(ElementType type) {
+  switch (type) {
+  case ElementType::F32:
+  case ElementType::I32:
+    return 4;
+  case ElementType::BF16:
+    return 2;
+  case ElementType::F8E4M3:
+    return 1;
+  }
+  return 0;
+}
+
+namespace {
+
+//===----------------------------------------------------------------------===//
+// Checks
+//===----------------------------------------------------------------------===//
+
+/// Launch limits the kernels rely on: rows go to grid.x, token tiles and
+/// tokens of attention to grid.y.
+constexpr int64_t kMaxGridX = INT_MAX;
+constexpr int64_t kMaxGridY = 65535;
+constexpr int kScaleBlock = 128;
+/// 1×128 tiles over `cols`; the last may be partial (see kernels/common.cuh).
+constexpr int64_t scaleTiles(int64_t cols) {
+  return (cols + kScaleBlock - 1) / kScaleBlock;
+}
+constexpr int kMaxLatentRank = 1024; // kernels/mla_attention.cuh
+constexpr int kMaxRopeDim = 128;
+constexpr int kMaxRouteExperts = 1024; // kernels/moe.cuh: one per thread
+constexpr int kMaxTopK = 64;
+constexpr size_t kDefaultSharedBytes = 48 * 1024;
+
+/// Collects the kernel's name for messages and throws.
+class Checker {
+public:
+  explicit Checker(const char *kernel) : kernel(kernel) {}
+
+  [[noreturn]] void fail(const std::string &problem) const {
+    throw Error(std::string("model kernel ") + kernel + ": " + problem);
+  }
+  void require(bool condition, const std::string &problem) const {
+    if (!condition)
+      fail(problem);
+  }
+  void pointer(CUdeviceptr address, const char *name, int alignment) const {
+    require(address != 0, std::string(name) + " is a null pointer");
+    require(address % alignment == 0, std::string(name) + " must be " +
+                                          std::to_string(alignment) +
+                                          "-byte aligned");
+  }
+  /// `m` is a `types` matrix of `rows` x `cols` (-1: any) with a valid
+  /// stride and aligned rows.
+  void matrix(const DeviceMatrix &m, const char *name,
+              std::initializer_list<ElementType> types, int64_t rows = -1,
+              int64_t cols = -1) const {
+    std::string what = std::string(name) + " (" + describe(m) + ")";
+    require(std::find(types.begin(), types.end(), m.type) != types.end(),
+            what + " must be " + typeList(types));
+    require(m.rows >= 0 && m.cols >= 1, what + " has no columns");
+    if (rows >= 0)
+      require(m.rows == rows,
+              what + " must have " + std::to_string(rows) + " rows");
+    if (cols >= 0)
+      require(m.cols == cols,
+              what + " must have " + std::to_string(cols) + " columns");
+    require(m.stride >= m.cols, what + ": the row stride is below cols");
+    require(m.data != 0 || m.rows == 0, what + " is a null pointer");
+    require(m.data % elementBytes(m.type) == 0,
+            what + " is not aligned to its element size");
+  }
+  /// A plain or grouped quantized matrix of `rows` x `cols`.
+  void quantized(const QuantizedMatrix &q, const char *name, int64_t rows,
+                 int64_t cols) const {
+    std::string what = std::string(name) + " [" + std::to_string(q.rows) +
+                       " x " + std::to_string(q.cols) + "]";
+    require(q.rows == rows && q.cols == cols, what + " must be " +
+                                                  std::to_string(rows) + " x " +
+                                                  std::to_string(cols));
+    // 16-byte rows: the GEMM's TMA row stride and the dispatch's copies.
+    require(q.cols % 16 == 0, what + ": cols must be a multiple of 16");
+    if (q.rows == 0)
+      return;
+    pointer(q.values, "values of the quantized output", 4);
+    pointer(q.scales, "scales of the quantized output", 4);
+    if (q.groupOffsets) {
+      require(q.groups >= 1, what + ": grouped scales need groups >= 1, got " +
+                                 std::to_string(q.groups));
+      pointer(q.groupOffsets, "group offsets", 4);
+    }
+  }
+  void rowsFitGrid(int64_t rows) const {
+    require(rows <= kMaxGridX, std::to_string(rows) + " rows exceed the grid");
+  }
+
+private:
+  static std::string describe(const DeviceMatrix &m) {
+    return std::string(elementTypeName(m.type)) + " [" +
+           std::to_string(m.rows) + " x " + std::to_string(m.cols) +
+           ", stride " + std::to_string(m.stride) + "]";
+  }
+  static std::string typeList(std::initializer_list<ElementType> types) {
+    std::string text;
+    for (ElementType type : types)
+      text += std::string(text.empty() ? "" : " or ") + elementTypeName(type);
+    return text;
+  }
+  const char *kernel;
+};
+
+} // namespace
+
+namespace detail {
+
+void checkEmbed(CUdeviceptr tokens, int64_t T, CUdeviceptr table, int64_t vocab,
+                const DeviceMatrix &out) {
+  Checker check("embed");
+  check.require(T >= 0, "negative token count " + std::to_string(T));
+  check.require(vocab >= 1, "the vocabulary is empty");
+  check.matrix(out, "out", {ElementType::F32}, T);
+  check.rowsFitGrid(T);
+  if (T == 0)
+    return;
+  check.pointer(tokens, "tokens", 4);
+  check.pointer(table, "table", 2);
+}
+
+void checkRmsNorm(const DeviceMatrix &x, CUdeviceptr weight, float eps,
+                  const DeviceMatrix &out) {
+  Checker check("rms_norm");
+  check.matrix(x, "x", {ElementType::F32, ElementType::BF16});
+  check.matrix(out, "out", {ElementType::F32, ElementType::BF16}, x.rows,
+               x.cols);
+  check.require(eps >= 0, "eps must not be negative");
+  check.rowsFitGrid(x.rows);
+  if (x.rows > 0)
+    check.pointer(weight, "weight", 2);
+}
+
+void checkRmsNormQuantize(const DeviceMatrix &x, CUdeviceptr weight, float eps,
+                          const QuantizedMatrix &out) {
+  Checker check("rms_norm_quantize");
+  check.matrix(x, "x", {ElementType::F32, ElementType::BF16});
+  check.quantized(out, "out", x.rows, x.cols);
+  check.require(eps >= 0, "eps must not be negative");
+  check.rowsFitGrid(x.rows);
+  if (x.rows > 0)
+    check.pointer(weight, "weight", 2);
+}
+
+void checkQuantize(const DeviceMatrix &x, const QuantizedMatrix &out) {
+  Checker check("quantize");
+  check.matrix(x, "x", {ElementType::F32, ElementType::BF16});
+  check.quantized(out, "out", x.rows, x.cols);
+  check.require(x.rows * scaleTiles(x.cols) <= kMaxGridX * 8,
+                "too many tiles for one grid");
+}
+
+void checkMatmulF32(const DeviceMatrix &x, CUdeviceptr weight, int64_t n,
+                    const DeviceMatrix &out) {
+  Checker check("matmul_f32");
+  check.matrix(x, "x", {ElementType::F32});
+  check.require(n >= 1, "N must be at least 1, got " + std::to_string(n));
+  check.matrix(out, "out", {ElementType::F32}, x.rows, n);
+  check.require((x.rows + 7) / 8 <= kMaxGridY,
+                std::to_string(x.rows) + " rows exceed the grid (at most " +
+                    std::to_string(kMaxGridY * 8) + ")");
+  if (x.rows > 0)
+    check.pointer(weight, "weight", 2);
+}
+
+bool matmulVectorizable(const DeviceMatrix &x, CUdeviceptr weight) {
+  return x.cols % 8 == 0 && weight % 16 == 0 && x.data % 16 == 0 &&
+         x.stride % 4 == 0;
+}
+
+void checkAdd(const DeviceMatrix &a, const DeviceMatrix &b,
+              const DeviceMatrix &out) {
+  Checker check("add");
+  check.matrix(a, "a", {ElementType::F32});
+  check.matrix(b, "b", {ElementType::F32, ElementType::BF16}, a.rows, a.cols);
+  check.matrix(out, "out", {ElementType::F32}, a.rows, a.cols);
+  check.rowsFitGrid(a.rows);
+}
+
+size_t mlaAttentionSharedBytes(const MlaAttentionArgs &args) {
+  // q_nope, q_pe, q_latent, 8 warps' partial o_latent, their max and sum.
+  return sizeof(float) * (size_t(args.nopeDim) + args.ropeDim +
+                          9 * size_t(args.kvLoraRank) + 16);
+}
+
+void checkMlaAttention(const MlaAttentionArgs &a) {
+  Checker check("mla_attention");
+  check.require(a.heads >= 1, "heads must be at least 1");
+  check.require(a.nopeDim >= 0 && a.vDim >= 1,
+                "nope must be >= 0 and v >= 1, got nope " +
+                    std::to_string(a.nopeDim) + ", v " +
+                    std::to_string(a.vDim));
+  check.require(a.ropeDim >= 2 && a.ropeDim % 2 == 0 &&
+                    a.ropeDim <= kMaxRopeDim,
+                "rope must be even, 2 to " + std::to_string(kMaxRopeDim) +
+                    ", got " + std::to_string(a.ropeDim));
+  check.require(a.kvLoraRank >= 2 && a.kvLoraRank % 2 == 0 &&
+                    a.kvLoraRank <= kMaxLatentRank,
+                "kv_lora must be even, 2 to " + std::to_string(kMaxLatentRank) +
+                    ", got " + std::to_string(a.kvLoraRank));
+  const int64_t T = a.q.rows;
+  check.matrix(a.q, "q", {ElementType::BF16}, -1,
+               int64_t(a.heads) * (a.nopeDim + a.ropeDim));
+  check.matrix(a.latent, "latent", {ElementType::BF16, ElementType::F32}, T,
+               a.kvLoraRank);
+  check.matrix(a.kPe, "k_pe", {ElementType::BF16}, T, a.ropeDim);
+  check.matrix(a.out, "out", {ElementType::BF16}, T, int64_t(a.heads) * a.vDim);
+  check.require(T <= kMaxGridY, std::to_string(T) +
+                                    " tokens exceed the grid (at most " +
+                                    std::to_string(kMaxGridY) + ")");
+  check.require(a.cacheType == ElementType::BF16 ||
+                    a.cacheType == ElementType::F8E4M3,
+                std::string("the cache must be bf16 or f8e4m3, got ") +
+                    elementTypeName(a.cacheType));
+  check.require(a.pageTokens >= 1 && a.maxPagesPerSequence >= 1,
+                "pageTokens and maxPagesPerSequence must be at least 1");
+  check.require(
+      a.maxContext >= 1 && int64_t(a.maxContext) <=
+                               int64_t(a.maxPagesPerSequence) * a.pageTokens,
+      "maxContext " + std::to_string(a.maxContext) +
+          " must be 1 to maxPagesPerSequence * pageTokens = " +
+          std::to_string(int64_t(a.maxPagesPerSequence) * a.pageTokens));
+  check.require(mlaAttentionSharedBytes(a) <= kDefaultSharedBytes,
+                "nope " + std::to_string(a.nopeDim) + " and kv_lora " +
+                    std::to_string(a.kvLoraRank) + " need " +
+                    std::to_string(mlaAttentionSharedBytes(a)) +
+                    " bytes of shared memory, above 48 KiB");
+  if (T == 0)
+    return;
+  check.require(a.q.stride % 2 == 0 && a.q.data % 4 == 0,
+                "q rows must be 4-byte aligned");
+  check.pointer(a.invFreq, "invFreq", 4);
+  check.pointer(a.kvB, "kvB", 4);
+  check.pointer(a.positions, "positions", 4);
+  check.pointer(a.sequenceSlots, "sequenceSlots", 4);
+  check.pointer(a.pageTable, "pageTable", 4);
+  check.pointer(a.cache, "cache", 4);
+  if (a.cacheType == ElementType::F8E4M3)
+    check.pointer(a.cacheScales, "cacheScales (f8e4m3 cache)", 4);
+}
+
+void checkMoeRoute(const MoeRouteArgs &a) {
+  Checker check("moe_route");
+  check.matrix(a.logits, "logits", {ElementType::F32});
+  const int64_t E = a.logits.cols;
+  check.require(E <= kMaxRouteExperts, std::to_string(E) +
+                                           " experts; at most " +
+                                           std::to_string(kMaxRouteExperts));
+  check.require(a.nGroup >= 1 && E % a.nGroup == 0,
+                "n_group " + std::to_string(a.nGroup) +
+                    " must divide the experts (" + std::to_string(E) + ")");
+  check.require(a.topkGroup >= 1 && a.topkGroup <= a.nGroup,
+                "topk_group " + std::to_string(a.topkGroup) +
+                    " must be 1 to n_group (" + std::to_string(a.nGroup) + ")");
+  const int64_t candidates = int64_t(a.topkGroup) * (E / a.nGroup);
+  check.require(a.topK >= 1 &&
+                    a.topK <= std::min<int64_t>(kMaxTopK, candidates),
+                "top_k " + std::to_string(a.topK) + " must be 1 to " +
+                    std::to_string(std::min<int64_t>(kMaxTopK, candidates)) +
+                    " (the experts of topk_group groups, at most " +
+                    std::to_string(kMaxTopK) + ")");
+  check.rowsFitGrid(a.logits.rows);
+  if (a.logits.rows == 0)
+    return;
+  check.pointer(a.expertIds, "expertIds", 4);
+  check.pointer(a.weights, "weights", 4);
+  if (a.bias)
+    check.pointer(a.bias, "bias", 4);
+}
+
+void checkMoeDispatch(const QuantizedMatrix &in, CUdeviceptr expertIds,
+                      int topK, int experts, const QuantizedMatrix &out,
+                      CUdeviceptr offsets, CUdeviceptr rows) {
+  Checker check("moe_dispatch");
+  check.require(topK >= 1, "top_k must be at least 1");
+  check.require(experts >= 1 && experts <= 1024,
+                "experts must be 1 to 1024, got " + std::to_string(experts));
+  check.require(in.groupOffsets == 0, "the input's scales must be plain");
+  check.quantized(in, "in", in.rows, in.cols);
+  check.quantized(out, "out", in.rows * topK, in.cols);
+  check.require(out.groupOffsets == 0 || out.groupOffsets == offsets,
+                "the output's scales are grouped by other offsets than the "
+                "ones dispatch writes");
+  check.require(out.groupOffsets == 0 || out.groups == experts,
+                "the output's groups (" + std::to_string(out.groups) +
+                    ") must be the experts (" + std::to_string(experts) + ")");
+  check.rowsFitGrid(in.rows * topK);
+  check.pointer(offsets, "offsets", 4);
+  if (in.rows == 0)
+    return;
+  check.pointer(in.values, "input values", 16);
+  check.pointer(out.values, "output values", 16);
+  check.pointer(expertIds, "expertIds", 4);
+  check.pointer(rows, "rows", 4);
+}
+
+void checkSwiglu(const DeviceMatrix &gate, const DeviceMatrix &up,
+                 const DeviceMatrix &out) {
+  Checker check("swiglu");
+  check.matrix(gate, "gate", {ElementType::BF16});
+  check.matrix(up, "up", {ElementType::BF16}, gate.rows, gate.cols);
+  check.matrix(out, "out", {ElementType::BF16}, gate.rows, gate.cols);
+  check.rowsFitGrid(gate.rows);
+}
+
+void checkSwigluQuantize(const DeviceMatrix &gate, const DeviceMatrix &up,
+                         const QuantizedMatrix &out) {
+  Checker check("swiglu_quantize");
+  check.matrix(gate, "gate", {ElementType::BF16});
+  check.matrix(up, "up", {ElementType::BF16}, gate.rows, gate.cols);
+  check.quantized(out, "out", gate.rows, gate.cols);
+  check.require(gate.rows * scaleTiles(gate.cols) <= kMaxGridX * 8,
+                "too many tiles for one grid");
+}
+
+void checkMoeCombine(const DeviceMatrix &y, CUdeviceptr rows,
+                     CUdeviceptr weights, int topK, const DeviceMatrix &out) {
+  Checker check("moe_combine");
+  check.require(topK >= 1, "top_k must be at least 1");
+  check.matrix(y, "y", {ElementType::BF16});
+  check.matrix(out, "out", {ElementType::F32}, -1, y.cols);
+  check.rowsFitGrid(out.rows);
+  if (out.rows == 0)
+    return;
+  check.pointer(rows, "rows", 4);
+  check.pointer(weights, "weights", 4);
+}
+
+void checkSelectRows(const DeviceMatrix &x, CUdeviceptr rows, int64_t count,
+                     const DeviceMatrix &out) {
+  Checker check("select_rows");
+  check.require(count >= 0, "negative row count");
+  check.matrix(x, "x", {ElementType::F32});
+  check.matrix(out, "out", {ElementType::F32}, count, x.cols);
+  check.rowsFitGrid(count);
+  if (count > 0)
+    check.pointer(rows, "rows", 4);
+}
+
+} // namespace detail
+
+//===----------------------------------------------------------------------===//
+// Loading and launching
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+enum Kernel {
+  kEmbed,
+  kRmsNorm,
+  kRmsNormQuantize,
+  kQuantize,
+  kSwiglu,
+  kSwigluQuantize,
+  kAdd,
+  kSelectRows,
+  kMatmulT1,
+  kMatmulT2,
+  kMatmulT4,
+  kMatmulT8,
+  kMatmulScalarT1,
+  kMatmulScalarT2,
+  kMatmulScalarT4,
+  kMatmulScalarT8,
+  kMlaAppendBF16,
+  kMlaAppendF8,
+  kMlaAttentionBF16,
+  kMlaAttentionF8,
+  kMoeRoute,
+  kMoeDispatchPlan,
+  kMoeDispatchCopy,
+  kMoeCombine,
+  kFillRandom,
+  kKernelCount
+};
+
+constexpr std::array<const char *, kKernelCount> kKernelNames = {
+    "kiln_embed",
+    "kiln_rms_norm",
+    "kiln_rms_norm_quantize",
+    "kiln_quantize",
+    "kiln_swiglu",
+    "kiln_swiglu_quantize",
+    "kiln_add",
+    "kiln_select_rows",
+    "kiln_matmul_f32_t1",
+    "kiln_matmul_f32_t2",
+    "kiln_matmul_f32_t4",
+    "kiln_matmul_f32_t8",
+    "kiln_matmul_f32_scalar_t1",
+    "kiln_matmul_f32_scalar_t2",
+    "kiln_matmul_f32_scalar_t4",
+    "kiln_matmul_f32_scalar_t8",
+    "kiln_mla_append_bf16",
+    "kiln_mla_append_f8",
+    "kiln_mla_attention_bf16",
+    "kiln_mla_attention_f8",
+    "kiln_moe_route",
+    "kiln_moe_dispatch_plan",
+    "kiln_moe_dispatch_copy",
+    "kiln_moe_combine",
+    "kiln_fill_random",
+};
+
+constexpr unsigned kRowThreads = 256;    // kernels/dense.cuh
+constexpr unsigned kMatmulThreads = 256; // 8 warps of 4 columns
+constexpr unsigned kMatmulBlockColumns = 32;
+constexpr unsigned kMlaThreads = 256;
+constexpr unsigned kRouteThreads = 256;
+constexpr unsigned kDispatchThreads = 1024;
+constexpr unsigned kCopyThreads = 128;
+
+k::MatrixRef ref(const DeviceMatrix &m) {
+  k::MatrixRef r{};
+  r.data = m.data;
+  r.stride = m.stride;
+  r.type = m.type == ElementType::BF16     ? k::kBF16
+           : m.type == ElementType::F8E4M3 ? k::kF8E4M3
+                                           : k::kF32;
+  return r;
+}
+
+k::QuantizedRef ref(const QuantizedMatrix &q) {
+  k::QuantizedRef r{};
+  r.values = q.values;
+  r.scales = q.scales;
+  r.groupOffsets = q.groupOffsets;
+  r.rows = q.rows;
+  r.cols = q.cols;
+  r.groups = q.groups;
+  return r;
+}
+
+unsigned gridFor(int64_t items, int64_t perBlock) {
+  return static_cast<unsigned>((items + perBlock - 1) / perBlock);
+}
+
+} // namespace
+
+struct ModelKernels::Impl {
+  CUmodule module = nullptr;
+  std::array<CUfunction, kKernelCount> functions{};
+
+  template <typename Params>
+  void launch(Kernel kernel, unsigned gridX, unsigned gridY, unsigned threads,
+              size_t sharedBytes, CUstream stream, const Params &params) {
+    if (gridX == 0 || gridY == 0)
+      return;
+    Params copy = params;
+    void *arguments[] = {&copy};
+    CUresult result = driver().cuLaunchKernel(
+        functions[kernel], gridX, gridY, 1, threads, 1, 1,
+        static_cast<unsigned>(sharedBytes), stream, arguments, nullptr);
+    if (result != CUDA_SUCCESS)
+      check(result, "cuLaunchKernel",
+            std::string("model kernel ") + kKernelNames[kernel] + " (grid " +
+                std::to_string(gridX) + " x " + std::to_string(gridY) + ", " +
+                std::to_string(threads) + " threads, " +
+                std::to_string(sharedBytes) + " bytes of shared memory)");
+  }
+};
+
+ModelKernels::ModelKernels() : impl(new Impl) {
+  try {
+    std::string_view image = modelKernelsCubin();
+    std::vector<char> errorLog(8192, '\0');
+    CUjit_option options[] = {CU_JIT_ERROR_LOG_BUFFER,
+                              CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES};
+    void *optionValues[] = {
+        errorLog.data(),
+        reinterpret_cast<void *>(static_cast<uintptr_t>(errorLog.size() - 1))};
+    CUresult loaded = driver().cuModuleLoadDataEx(&impl->module, image.data(),
+                                                  2, options, optionValues);
+    if (loaded != CUDA_SUCCESS) {
+      impl->module = nullptr;
+      std::string log(errorLog.data());
+      check(loaded, "cuModuleLoadDataEx",
+            "the model kernels (sm_90a cubin of " +
+                std::to_string(image.size()) + " bytes" +
+                (log.empty() ? "" : "; JIT log: " + log) + ")");
+    }
+    for (int kernel = 0; kernel < kKernelCount; ++kernel)
+      KILN_CU(std::string("model kernel ") + kKernelNames[kernel],
+              cuModuleGetFunction, &impl->functions[kernel], impl->module,
+              kKernelNames[kernel]);
+  } catch (...) {
+    if (impl->module)
+      driver().cuModuleUnload(impl->module);
+    delete impl;
+    throw;
+  }
+}
+
+ModelKernels::~ModelKernels() {
+  // Unloading fails only on a lost context, which leaves nothing to free.
+  if (impl->module)
+    driver().cuModuleUnload(impl->module);
+  delete impl;
+}
+
+void ModelKernels::embed(CUstream stream, CUdeviceptr tokens, int64_t T,
+                         CUdeviceptr table, int64_t vocab,
+                         const DeviceMatrix &out) {
+  detail::checkEmbed(tokens, T, table, vocab, out);
+  k::EmbedParams p{};
+  p.tokens = tokens;
+  p.table = table;
+  p.out = ref(out);
+  p.rows = T;
+  p.cols = out.cols;
+  p.vocab = vocab;
+  impl->launch(kEmbed, gridFor(T, 1), 1, kRowThreads, 0, stream, p);
+}
+
+void ModelKernels::rmsNorm(CUstream stream, const DeviceMatrix &x,
+                           CUdeviceptr weight, float eps,
+                           const DeviceMatrix &out) {
+  detail::checkRmsNorm(x, weight, eps, out);
+  k::RmsNormParams p{};
+  p.x = ref(x);
+  p.weight = weight;
+  p.out = ref(out);
+  p.rows = x.rows;
+  p.cols = x.cols;
+  p.eps = eps;
+  impl->launch(kRmsNorm, gridFor(x.rows, 1), 1, kRowThreads, 0, stream, p);
+}
+
+void ModelKernels::rmsNormQuantize(CUstream stream, const DeviceMatrix &x,
+                                   CUdeviceptr weight, float eps,
+                                   const QuantizedMatrix &out) {
+  detail::checkRmsNormQuantize(x, weight, eps, out);
+  k::RmsNormParams p{};
+  p.x = ref(x);
+  p.weight = weight;
+  p.q = ref(out);
+  p.rows = x.rows;
+  p.cols = x.cols;
+  p.eps = eps;
+  impl->launch(kRmsNormQuantize, gridFor(x.rows, 1), 1, kRowThreads, 0, stream,
+               p);
+}
+
+void ModelKernels::quantize(CUstream stream, const DeviceMatrix &x,
+                            const QuantizedMatrix &out) {
+  detail::checkQuantize(x, out);
+  k::QuantizeParams p{};
+  p.x = ref(x);
+  p.q = ref(out);
+  int64_t tiles = x.rows * scaleTiles(x.cols);
+  impl->launch(kQuantize, gridFor(tiles, kRowThreads / 32), 1, kRowThreads, 0,
+               stream, p);
+}
+
+void ModelKernels::matmulF32(CUstream stream, const DeviceMatrix &x,
+                             CUdeviceptr weight, int64_t n,
+                             const DeviceMatrix &out) {
+  detail::checkMatmulF32(x, weight, n, out);
+  k::MatmulParams p{};
+  p.x = ref(x);
+  p.weight = weight;
+  p.out = ref(out);
+  p.rows = x.rows;
+  p.n = n;
+  p.k = x.cols;
+  // The smallest token tile that holds all rows (up to 8): decode reads W
+  // once without wasted FMAs on padding rows.
+  int tokens = x.rows <= 1 ? 1 : x.rows <= 2 ? 2 : x.rows <= 4 ? 4 : 8;
+  int index = tokens == 1 ? 0 : tokens == 2 ? 1 : tokens == 4 ? 2 : 3;
+  Kernel kernel = static_cast<Kernel>(
+      (detail::matmulVectorizable(x, weight) ? kMatmulT1 : kMatmulScalarT1) +
+      index);
+  impl->launch(kernel, gridFor(n, kMatmulBlockColumns), gridFor(x.rows, tokens),
+               kMatmulThreads, 0, stream, p);
+}
+
+void ModelKernels::fillRandom(CUstream stream, CUdeviceptr data, int64_t count,
+                              ElementType type, uint64_t seed,
+                              float amplitude) {
+  if (count <= 0)
+    return;
+  if (!data || (type != ElementType::F32 && type != ElementType::BF16 &&
+                type != ElementType::F8E4M3))
+    throw Error("model kernel fill_random: needs a buffer of f32, bf16 or "
+                "f8e4m3");
+  k::FillRandomParams p{};
+  p.data = data;
+  p.count = count;
+  p.type = type == ElementType::F32 ? 0 : type == ElementType::BF16 ? 1 : 2;
+  p.seed = seed;
+  p.amplitude = amplitude;
+  unsigned blocks = static_cast<unsigned>(
+      std::min<int64_t>((count + kRowThreads - 1) / kRowThreads, 65535));
+  impl->launch(kFillRandom, blocks, 1, kRowThreads, 0, stream, p);
+}
+
+void ModelKernels::add(CUstream stream, const DeviceMatrix &a,
+                       const DeviceMatrix &b, const DeviceMatrix &out) {
+  detail::checkAdd(a, b, out);
+  k::AddParams p{};
+  p.a = ref(a);
+  p.b = ref(b);
+  p.out = ref(out);
+  p.rows = a.rows;
+  p.cols = a.cols;
+  impl->launch(kAdd, gridFor(a.rows, 1), 1, kRowThreads, 0, stream, p);
+}
+
+void ModelKernels::mlaAttention(CUstream stream, const MlaAttentionArgs &args) {
+  detail::checkMlaAttention(args);
+  k::MlaParams p{};
+  p.q = ref(args.q);
+  p.latent = ref(args.latent);
+  p.kPe = ref(args.kPe);
+  p.out = ref(args.out);
+  p.kvB = args.kvB;
+  p.invFreq = args.invFreq;
+  p.positions = args.positions;
+  p.sequenceSlots = args.sequenceSlots;
+  p.pageTable = args.pageTable;
+  p.cache = args.cache;
+  p.cacheScales = args.cacheScales;
+  p.tokens = args.q.rows;
+  p.heads = args.heads;
+  p.nopeDim = args.nopeDim;
+  p.ropeDim = args.ropeDim;
+  p.vDim = args.vDim;
+  p.kvLoraRank = args.kvLoraRank;
+  p.maxPagesPerSequence = args.maxPagesPerSequence;
+  p.pageTokens = args.pageTokens;
+  p.maxContext = args.maxContext;
+  p.softmaxScale = args.softmaxScale;
+  p.attentionFactor = args.attentionFactor;
+  bool f8 = args.cacheType == ElementType::F8E4M3;
+  unsigned tokens = static_cast<unsigned>(args.q.rows);
+  // Stream order puts every append before every read of the step.
+  impl->launch(f8 ? kMlaAppendF8 : kMlaAppendBF16, tokens, 1, kMlaThreads,
+               sizeof(float) * (args.kvLoraRank + args.ropeDim), stream, p);
+  impl->launch(f8 ? kMlaAttentionF8 : kMlaAttentionBF16,
+               static_cast<unsigned>(args.heads), tokens, kMlaThreads,
+               detail::mlaAttentionSharedBytes(args), stream, p);
+}
+
+void ModelKernels::moeRoute(CUstream stream, const MoeRouteArgs &args) {
+  detail::checkMoeRoute(args);
+  k::RouteParams p{};
+  p.logits = ref(args.logits);
+  p.bias = args.bias;
+  p.expertIds = args.expertIds;
+  p.weights = args.weights;
+  p.tokens = args.logits.rows;
+  p.experts = static_cast<int>(args.logits.cols);
+  p.topK = args.topK;
+  p.nGroup = args.nGroup;
+  p.topkGroup = args.topkGroup;
+  p.routedScalingFactor = args.routedScalingFactor;
+  p.normTopkProb = args.normTopkProb ? 1 : 0;
+  size_t shared =
+      sizeof(float) * (2 * size_t(p.experts) + p.nGroup) + size_t(p.experts);
+  impl->launch(kMoeRoute, gridFor(args.logits.rows, 1), 1, kRouteThreads,
+               shared, stream, p);
+}
+
+void ModelKernels::moeDispatch(CUstream stream, const QuantizedMatrix &in,
+                               CUdeviceptr expertIds, int topK, int experts,
+                               const QuantizedMatrix &out, CUdeviceptr offsets,
+                               CUdeviceptr rows) {
+  detail::checkMoeDispatch(in, expertIds, topK, experts, out, offsets, rows);
+  k::DispatchParams p{};
+  p.inValues = in.values;
+  p.inScales = in.scales;
+  p.expertIds = expertIds;
+  p.outValues = out.values;
+  p.outScales = out.scales;
+  p.offsets = offsets;
+  p.rows = rows;
+  p.tokens = in.rows;
+  p.cols = in.cols;
+  p.topK = topK;
+  p.experts = experts;
+  // The plan runs even without tokens: the offsets are then all zero.
+  impl->launch(kMoeDispatchPlan, 1, 1, kDispatchThreads, 0, stream, p);
+  impl->launch(kMoeDispatchCopy, gridFor(in.rows * topK, 1), 1, kCopyThreads, 0,
+               stream, p);
+}
+
+void ModelKernels::swiglu(CUstream stream, const DeviceMatrix &gate,
+                          const DeviceMatrix &up, const DeviceMatrix &out) {
+  detail::checkSwiglu(gate, up, out);
+  k::SwigluParams p{};
+  p.gate = ref(gate);
+  p.up = ref(up);
+  p.out = ref(out);
+  p.rows = gate.rows;
+  p.cols = gate.cols;
+  impl->launch(kSwiglu, gridFor(gate.rows, 1), 1, kRowThreads, 0, stream, p);
+}
+
+void ModelKernels::swigluQuantize(CUstream stream, const DeviceMatrix &gate,
+                                  const DeviceMatrix &up,
+                                  const QuantizedMatrix &out) {
+  detail::checkSwigluQuantize(gate, up, out);
+  k::SwigluParams p{};
+  p.gate = ref(gate);
+  p.up = ref(up);
+  p.q = ref(out);
+  p.rows = gate.rows;
+  p.cols = gate.cols;
+  int64_t tiles = gate.rows * scaleTiles(gate.cols);
+  impl->launch(kSwigluQuantize, gridFor(tiles, kRowThreads / 32), 1,
+               kRowThreads, 0, stream, p);
+}
+
+void ModelKernels::moeCombine(CUstream stream, const DeviceMatrix &y,
+                              CUdeviceptr rows, CUdeviceptr weights, int topK,
+                              const DeviceMatrix &out) {
+  detail::checkMoeCombine(y, rows, weights, topK, out);
+  k::CombineParams p{};
+  p.y = ref(y);
+  p.rows = rows;
+  p.weights = weights;
+  p.out = ref(out);
+  p.tokens = out.rows;
+  p.cols = out.cols;
+  p.routedRows = y.rows;
+  p.topK = topK;
+  impl->launch(kMoeCombine, gridFor(out.rows, 1), 1, kRowThreads, 0, stream, p);
+}
+
+void ModelKernels::selectRows(CUstream stream, const DeviceMatrix &x,
+                              CUdeviceptr rows, int64_t count,
+                              const DeviceMatrix &out) {
+  detail::checkSelectRows(x, rows, count, out);
+  k::SelectRowsParams p{};
+  p.x = ref(x);
+  p.rows = rows;
+  p.out = ref(out);
+  p.count = count;
+  p.cols = x.cols;
+  p.sourceRows = x.rows;
+  impl->launch(kSelectRows, gridFor(count, 1), 1, kRowThreads, 0, stream, p);
+}
+
+} // namespace kiln::cuda

@@ -1,0 +1,37 @@
+// Split-K (gemm-abi.md "Split-K"): work units of (tile, K slice), FP32
+// partials in a workspace, the last warp to arrive sums them.
+// RUN: kiln-opt %s --kiln-emit-gemm-kernels | FileCheck %s
+
+// CHECK: kiln.scaled_matmul {{.*}}kernel = @kiln_kernels::@kiln_gemm_fp8_m64n64s8c1k4
+// The workspace follows K.
+// CHECK: llvm.func @kiln_gemm_fp8_m64n64s8c1k4({{.*}}: i32, %{{.*}}: i32, %{{.*}}: i32, %{{.*}}: !llvm.ptr<1>)
+// CHECK-SAME: kiln.gemm_config = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 4>
+// The producer walks (tile, slice) units, tiles x 4 of them, loading the
+// slice's K blocks only: [s * numKB / 4, (s + 1) * numKB / 4).
+// CHECK: nvvm.setmaxregister decrease 40
+// CHECK: arith.divui %{{.*}}, %{{.*}} : i32
+// CHECK: arith.remui
+// CHECK: scf.for
+// CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global
+// The consumers walk the same units.
+// CHECK: nvvm.setmaxregister increase 232
+// CHECK: scf.for
+// CHECK-COUNT-4: nvvm.wgmma.mma_async
+// Partial: 8 quads of 16 bytes per thread, then fence, warp barrier, one
+// atomic arrival per warp, broadcast to the warp.
+// CHECK-COUNT-8: llvm.store %{{.*}}, %{{.*}} {alignment = 16 : i64} : vector<4xf32>, !llvm.ptr<1>
+// CHECK: llvm.fence syncscope("device") acq_rel
+// CHECK: nvvm.bar.warp.sync
+// CHECK: llvm.atomicrmw add %{{.*}}, %{{.*}} syncscope("device") monotonic : !llvm.ptr<1>, i32
+// CHECK: nvvm.shfl.sync idx
+// The last warp resets its counter, sums the 4 slots in order, stores BF16.
+// CHECK: scf.if
+// CHECK: llvm.fence syncscope("device") acq_rel
+// CHECK: llvm.store %{{.*}}, %{{.*}} : i32, !llvm.ptr<1>
+// CHECK-COUNT-4: llvm.load %{{.*}} {alignment = 16 : i64} : !llvm.ptr<1> -> vector<4xf32>
+// CHECK: arith.truncf %{{.*}} : f32 to bf16
+// CHECK: llvm.store %{{.*}}, %{{.*}} : bf16, !llvm.ptr<1>
+func.func @gemm(%a: tensor<64x7168xf8E4M3FN>, %as: tensor<64x56xf32>, %b: tensor<2112x7168xf8E4M3FN>, %bs: tensor<17x56xf32>) -> tensor<64x2112xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs {gemm_config = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 4>} : (tensor<64x7168xf8E4M3FN>, tensor<64x56xf32>, tensor<2112x7168xf8E4M3FN>, tensor<17x56xf32>) -> tensor<64x2112xbf16>
+  return %0 : tensor<64x2112xbf16>
+}

@@ -1,0 +1,894 @@
+//===- ArtifactTest.cpp - the .kiln artifact reader and writer ------------===//
+//
+// Round trips of a realistic artifact, the container layout of
+// compiler/docs/artifact.md, every rejection path of the reader and the
+// validator (each message names the file and the problem), truncation at
+// every offset and byte corruption (always a kiln::Error, never a crash),
+// and the model hash.
+//
+//===----------------------------------------------------------------------===//
+
+#include "kiln/artifact.h"
+
+#include "kiln/config.h"
+#include "kiln/error.h"
+
+#include "TestSupport.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <string>
+
+namespace {
+
+using kiln::testing::errorOf;
+using kiln::testing::expectMentions;
+using kiln::testing::ScratchDir;
+using Json = nlohmann::json;
+
+kiln::ModelConfig tinyConfig() {
+  return kiln::loadConfig(KILN_SOURCE_DIR "/examples/tiny");
+}
+
+/// Appends a buffer at the next 256-byte boundary of the plan's arena,
+/// sized for the plan's maxima.
+void addBuffer(kiln::LaunchPlan &plan, const std::string &name,
+               const std::string &dtype, const std::string &rows, int64_t cols,
+               int64_t rowCount) {
+  int64_t element = dtype == "bf16" ? 2 : dtype == "f8e4m3" ? 1 : 4;
+  kiln::PlanBuffer buffer{name,
+                          dtype,
+                          rows,
+                          cols,
+                          (plan.arenaBytes + 255) / 256 * 256,
+                          static_cast<uint64_t>(rowCount * cols * element)};
+  plan.arenaBytes = buffer.offset + buffer.bytes;
+  plan.buffers.push_back(buffer);
+}
+
+kiln::PlanTensor whole(const std::string &buffer) { return {buffer, 0, 0}; }
+
+/// A plan over the tiny model's shapes: embedding, a norm fused with
+/// quantization, an FP8 GEMM, MLA on column slices, a routed MoE step, the
+/// final row selection and the head.
+kiln::LaunchPlan makePlan(int64_t maxTokens, int64_t maxSequences,
+                          const std::string &kernel,
+                          const std::string &groupedKernel) {
+  kiln::LaunchPlan plan;
+  plan.maxTokens = maxTokens;
+  plan.maxSequences = maxSequences;
+  int64_t T = maxTokens, S = maxSequences, R = maxTokens * 4;
+  addBuffer(plan, "tokens", "i32", "T", 1, T);
+  addBuffer(plan, "positions", "i32", "T", 1, T);
+  addBuffer(plan, "last_rows", "i32", "S", 1, S);
+  addBuffer(plan, "hidden", "f32", "T", 256, T);
+  addBuffer(plan, "x_q", "f8e4m3", "T", 256, T);
+  addBuffer(plan, "x_s", "f32", "T", 2, T);
+  addBuffer(plan, "kv_a", "bf16", "T", 176, T);
+  addBuffer(plan, "latent", "f32", "T", 160, T);
+  addBuffer(plan, "q", "bf16", "T", 192, T);
+  addBuffer(plan, "attn", "bf16", "T", 128, T);
+  addBuffer(plan, "router_logits", "f32", "T", 16, T);
+  addBuffer(plan, "expert_ids", "i32", "T", 4, T);
+  addBuffer(plan, "expert_weights", "f32", "T", 4, T);
+  addBuffer(plan, "routed_q", "f8e4m3", "R", 256, R);
+  addBuffer(plan, "routed_s", "f32", "R", 2, R);
+  addBuffer(plan, "offsets", "i32", "E1", 1, 17);
+  addBuffer(plan, "rows", "i32", "T", 4, T);
+  addBuffer(plan, "gate_up", "bf16", "R", 384, R);
+  addBuffer(plan, "final", "f32", "S", 256, S);
+  addBuffer(plan, "logits", "f32", "S", 129280, S);
+
+  auto step = [&](const std::string &op, std::vector<kiln::PlanTensor> in,
+                  std::vector<kiln::PlanTensor> out,
+                  std::vector<std::string> weights = {}) -> kiln::PlanStep & {
+    kiln::PlanStep s;
+    s.op = op;
+    s.inputs = std::move(in);
+    s.outputs = std::move(out);
+    s.weights = std::move(weights);
+    plan.steps.push_back(std::move(s));
+    return plan.steps.back();
+  };
+  step("embed", {whole("tokens")}, {whole("hidden")},
+       {"model.embed_tokens.weight"});
+  step("rms_norm", {whole("hidden")}, {whole("x_q"), whole("x_s")},
+       {"model.layers.0.input_layernorm.weight"})
+      .attrs.numbers["eps"] = 1e-6;
+  step("gemm", {whole("x_q"), whole("x_s")}, {whole("kv_a")},
+       {"model.layers.0.self_attn.kv_a_proj_with_mqa.weight"})
+      .kernel = kernel;
+  step("rms_norm", {{"kv_a", 0, 160}}, {whole("latent")},
+       {"model.layers.0.self_attn.kv_a_layernorm.weight"})
+      .attrs.numbers["eps"] = 1e-6;
+  kiln::PlanStep &mla =
+      step("mla_attention", {whole("q"), whole("latent"), {"kv_a", 160, 16}},
+           {whole("attn")}, {"model.layers.0.self_attn.kv_b_proj.weight"});
+  mla.attrs.numbers = {{"layer", 0},
+                       {"heads", 4},
+                       {"nope", 32},
+                       {"rope", 16},
+                       {"v", 32},
+                       {"kv_lora", 160},
+                       {"softmax_scale", 0.14433756729740643},
+                       {"attention_factor", 1.3688829587}};
+  mla.attrs.lists["inv_freq"] = {
+      1.0,  0.31622776601683794, 0.1,   0.031622776601683791,
+      0.01, 0.0031622776,        0.001, 0.00031622776601683794};
+  mla.attrs.strings["rope_layout"] = "interleaved";
+  kiln::PlanStep &route =
+      step("moe_route", {whole("router_logits")},
+           {whole("expert_ids"), whole("expert_weights")},
+           {"model.layers.1.mlp.gate.e_score_correction_bias"});
+  route.attrs.numbers = {{"top_k", 4},
+                         {"n_group", 4},
+                         {"topk_group", 2},
+                         {"routed_scaling_factor", 2.5},
+                         {"norm_topk_prob", 1}};
+  route.attrs.strings["scoring_func"] = "sigmoid";
+  step("moe_dispatch", {whole("x_q"), whole("x_s"), whole("expert_ids")},
+       {whole("routed_q"), whole("routed_s"), whole("offsets"), whole("rows")});
+  step("grouped_gemm", {whole("routed_q"), whole("routed_s"), whole("offsets")},
+       {whole("gate_up")}, {"model.layers.1.mlp.experts.{e}.gate_proj.weight"})
+      .kernel = groupedKernel;
+  step("select_rows", {whole("hidden"), whole("last_rows")}, {whole("final")});
+  step("matmul", {whole("final")}, {whole("logits")}, {"lm_head.weight"});
+  plan.arenaBytes = (plan.arenaBytes + 4095) / 4096 * 4096;
+  return plan;
+}
+
+/// Bytes with NULs and every byte value, as a real ELF image has.
+std::string binaryBlob(size_t size, unsigned seed) {
+  std::string bytes = std::string("\x7f"
+                                  "ELF\0\0\0",
+                                  7);
+  for (size_t i = bytes.size(); i < size; ++i)
+    bytes.push_back(static_cast<char>((i * 131 + seed * 7) & 0xff));
+  return bytes;
+}
+
+kiln::Artifact realisticArtifact() {
+  kiln::ModelConfig config = tinyConfig();
+  kiln::Artifact a;
+  a.producer = "kilnc 0.1.0";
+  a.source = "config.json";
+  a.modelType = "deepseek_v3";
+  a.modelHash = kiln::modelHash(config);
+  a.hiddenSize = config.hiddenSize;
+  a.numHiddenLayers = config.numHiddenLayers;
+  a.vocabSize = config.vocabSize;
+  a.options.maxBatch = 8;
+  a.options.prefillChunk = 64;
+  a.options.kvCacheDtype = "fp8";
+  a.kernels.push_back({"kiln_gemm_m64n64s8c1", 64, 64, 8, 1, 197632, 1,
+                       binaryBlob(3001, 1), ".version 8.8\n.target sm_90a\n"});
+  a.kernels.push_back(
+      {"kiln_gemm_m128n128s4c2", 128, 128, 4, 2, 0, 2, binaryBlob(700, 2), ""});
+  a.weights = {
+      {"model.embed_tokens.weight", "bf16", {129280, 256}, "none"},
+      {"model.layers.0.input_layernorm.weight", "bf16", {256}, "none"},
+      {"model.layers.0.self_attn.kv_a_proj_with_mqa.weight",
+       "f8e4m3",
+       {176, 256},
+       "none"},
+      {"model.layers.0.self_attn.kv_a_layernorm.weight", "bf16", {160}, "f32"},
+      {"model.layers.0.self_attn.kv_b_proj.weight",
+       "f8e4m3",
+       {256, 160},
+       "bf16"},
+      {"model.layers.1.mlp.gate.e_score_correction_bias", "f32", {16}, "none"},
+      {"model.layers.1.mlp.experts.{e}.gate_proj.weight",
+       "f8e4m3",
+       {192, 256},
+       "none"},
+      {"lm_head.weight", "bf16", {129280, 256}, "none"},
+  };
+  a.plans["decode"] =
+      makePlan(8, 8, "kiln_gemm_m64n64s8c1", "kiln_gemm_m64n64s8c1");
+  a.plans["prefill"] =
+      makePlan(64, 4, "kiln_gemm_m128n128s4c2", "kiln_gemm_m128n128s4c2");
+  return a;
+}
+
+/// The smallest valid artifact: one kernel, one two-step plan.
+kiln::Artifact smallArtifact() {
+  kiln::Artifact a;
+  a.producer = "kilnc test";
+  a.source = "graph.mlir";
+  a.kernels.push_back(
+      {"k", 64, 64, 4, 1, 0, 1, std::string("c\0b\0n", 5), "ptx"});
+  a.weights.push_back({"w", "f8e4m3", {128, 128}, "none"});
+  kiln::LaunchPlan plan;
+  plan.maxTokens = 2;
+  plan.maxSequences = 1;
+  plan.arenaBytes = 1024;
+  plan.buffers = {{"x_q", "f8e4m3", "T", 128, 0, 256},
+                  {"x_s", "f32", "T", 1, 256, 256},
+                  {"y", "bf16", "T", 128, 512, 512}};
+  plan.steps.resize(1);
+  plan.steps[0].op = "gemm";
+  plan.steps[0].inputs = {whole("x_q"), whole("x_s")};
+  plan.steps[0].outputs = {whole("y")};
+  plan.steps[0].weights = {"w"};
+  plan.steps[0].kernel = "k";
+  a.plans["decode"] = plan;
+  return a;
+}
+
+void expectSameTensors(const std::vector<kiln::PlanTensor> &a,
+                       const std::vector<kiln::PlanTensor> &b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].buffer, b[i].buffer);
+    EXPECT_EQ(a[i].col, b[i].col);
+    EXPECT_EQ(a[i].cols, b[i].cols);
+  }
+}
+
+void expectSameArtifact(const kiln::Artifact &a, const kiln::Artifact &b) {
+  EXPECT_EQ(a.producer, b.producer);
+  EXPECT_EQ(a.source, b.source);
+  EXPECT_EQ(a.targetArch, b.targetArch);
+  EXPECT_EQ(a.modelType, b.modelType);
+  EXPECT_EQ(a.modelHash, b.modelHash);
+  EXPECT_EQ(a.hiddenSize, b.hiddenSize);
+  EXPECT_EQ(a.numHiddenLayers, b.numHiddenLayers);
+  EXPECT_EQ(a.vocabSize, b.vocabSize);
+  EXPECT_EQ(a.options.maxBatch, b.options.maxBatch);
+  EXPECT_EQ(a.options.maxSeqLen, b.options.maxSeqLen);
+  EXPECT_EQ(a.options.prefillChunk, b.options.prefillChunk);
+  EXPECT_EQ(a.options.kvCacheDtype, b.options.kvCacheDtype);
+  EXPECT_EQ(a.options.kvPageTokens, b.options.kvPageTokens);
+  EXPECT_EQ(a.options.expertParallel, b.options.expertParallel);
+  ASSERT_EQ(a.kernels.size(), b.kernels.size());
+  for (size_t i = 0; i < a.kernels.size(); ++i) {
+    const kiln::ArtifactKernel &x = a.kernels[i], &y = b.kernels[i];
+    EXPECT_EQ(x.name, y.name);
+    EXPECT_EQ(x.blockM, y.blockM);
+    EXPECT_EQ(x.blockN, y.blockN);
+    EXPECT_EQ(x.stages, y.stages);
+    EXPECT_EQ(x.consumers, y.consumers);
+    EXPECT_EQ(x.sharedMemoryBytes, y.sharedMemoryBytes);
+    EXPECT_EQ(x.splitK, y.splitK);
+    EXPECT_EQ(x.cubin, y.cubin);
+    EXPECT_EQ(x.ptx, y.ptx);
+  }
+  ASSERT_EQ(a.weights.size(), b.weights.size());
+  for (size_t i = 0; i < a.weights.size(); ++i) {
+    EXPECT_EQ(a.weights[i].name, b.weights[i].name);
+    EXPECT_EQ(a.weights[i].dtype, b.weights[i].dtype);
+    EXPECT_EQ(a.weights[i].shape, b.weights[i].shape);
+    EXPECT_EQ(a.weights[i].transform, b.weights[i].transform);
+  }
+  ASSERT_EQ(a.plans.size(), b.plans.size());
+  for (const auto &[name, x] : a.plans) {
+    SCOPED_TRACE("plan " + name);
+    ASSERT_TRUE(b.plans.count(name));
+    const kiln::LaunchPlan &y = b.plans.at(name);
+    EXPECT_EQ(x.maxTokens, y.maxTokens);
+    EXPECT_EQ(x.maxSequences, y.maxSequences);
+    EXPECT_EQ(x.arenaBytes, y.arenaBytes);
+    ASSERT_EQ(x.buffers.size(), y.buffers.size());
+    for (size_t i = 0; i < x.buffers.size(); ++i) {
+      EXPECT_EQ(x.buffers[i].name, y.buffers[i].name);
+      EXPECT_EQ(x.buffers[i].dtype, y.buffers[i].dtype);
+      EXPECT_EQ(x.buffers[i].rows, y.buffers[i].rows);
+      EXPECT_EQ(x.buffers[i].cols, y.buffers[i].cols);
+      EXPECT_EQ(x.buffers[i].offset, y.buffers[i].offset);
+      EXPECT_EQ(x.buffers[i].bytes, y.buffers[i].bytes);
+    }
+    ASSERT_EQ(x.steps.size(), y.steps.size());
+    for (size_t i = 0; i < x.steps.size(); ++i) {
+      SCOPED_TRACE("step " + std::to_string(i));
+      EXPECT_EQ(x.steps[i].op, y.steps[i].op);
+      expectSameTensors(x.steps[i].inputs, y.steps[i].inputs);
+      expectSameTensors(x.steps[i].outputs, y.steps[i].outputs);
+      EXPECT_EQ(x.steps[i].weights, y.steps[i].weights);
+      EXPECT_EQ(x.steps[i].kernel, y.steps[i].kernel);
+      EXPECT_EQ(x.steps[i].attrs.numbers, y.steps[i].attrs.numbers);
+      EXPECT_EQ(x.steps[i].attrs.strings, y.steps[i].attrs.strings);
+      EXPECT_EQ(x.steps[i].attrs.lists, y.steps[i].attrs.lists);
+    }
+  }
+}
+
+uint32_t u32At(const std::string &bytes, size_t at) {
+  uint32_t value = 0;
+  for (int i = 3; i >= 0; --i)
+    value = value << 8 | static_cast<unsigned char>(bytes[at + i]);
+  return value;
+}
+
+uint64_t u64At(const std::string &bytes, size_t at) {
+  uint64_t value = 0;
+  for (int i = 7; i >= 0; --i)
+    value = value << 8 | static_cast<unsigned char>(bytes[at + i]);
+  return value;
+}
+
+Json manifestOf(const std::string &bytes) {
+  return Json::parse(bytes.substr(24, u64At(bytes, 16)));
+}
+
+/// The container with its manifest edited by `edit`, the blobs where they
+/// were: the new manifest is written compactly and padded with spaces
+/// (valid JSON whitespace) up to the old first blob.
+std::string withManifest(const std::string &bytes,
+                         const std::function<void(Json &)> &edit,
+                         const std::string &rawManifest = "") {
+  Json manifest = manifestOf(bytes);
+  uint64_t blobsStart = bytes.size();
+  for (const Json &blob : manifest["blobs"])
+    blobsStart = std::min<uint64_t>(blobsStart, blob["offset"].get<uint64_t>());
+  edit(manifest);
+  std::string text = rawManifest.empty() ? manifest.dump() : rawManifest;
+  EXPECT_LE(24 + text.size(), blobsStart) << "the edited manifest does not fit";
+  text.resize(blobsStart - 24, ' ');
+  std::string out = bytes.substr(0, 16);
+  for (int i = 0; i < 8; ++i)
+    out.push_back(static_cast<char>(text.size() >> (8 * i) & 0xff));
+  return out + text + bytes.substr(blobsStart);
+}
+
+/// Parses `bytes`; fails the test on any exception but kiln::Error.
+void expectErrorOrArtifact(const std::string &bytes, const std::string &what) {
+  try {
+    kiln::parseArtifact(bytes, "fuzz.kiln");
+  } catch (const kiln::Error &error) {
+    EXPECT_NE(std::string(error.what()).find("fuzz.kiln"), std::string::npos)
+        << what << ": " << error.what();
+  } catch (const std::exception &error) {
+    ADD_FAILURE() << what << ": not a kiln::Error: " << error.what();
+  }
+}
+
+//===----------------------------------------------------------------------===//
+// Round trips and layout
+//===----------------------------------------------------------------------===//
+
+TEST(ArtifactTest, RoundTripKeepsEverything) {
+  ScratchDir dir;
+  kiln::Artifact original = realisticArtifact();
+  ASSERT_NE(original.kernels[0].cubin.find('\0'), std::string::npos);
+  kiln::writeArtifact(original, dir / "model.kiln");
+  kiln::Artifact read = kiln::readArtifact(dir / "model.kiln");
+  expectSameArtifact(original, read);
+  // Writing what was read gives the same bytes.
+  EXPECT_EQ(kiln::serializeArtifact(read), kiln::serializeArtifact(original));
+  // The temporary file was renamed away.
+  int files = 0;
+  for ([[maybe_unused]] const auto &entry :
+       std::filesystem::directory_iterator(dir.path()))
+    ++files;
+  EXPECT_EQ(files, 1);
+  // The accessors on what was read.
+  EXPECT_EQ(read.findKernel("kiln_gemm_m128n128s4c2")->splitK, 2);
+  EXPECT_EQ(read.findKernel("nope"), nullptr);
+  const kiln::LaunchPlan &decode = read.plan("decode");
+  EXPECT_EQ(decode.findBuffer("kv_a")->cols, 176);
+  EXPECT_EQ(decode.findBuffer("nope"), nullptr);
+  const kiln::PlanStep &mla = decode.steps[4];
+  EXPECT_EQ(mla.attrs.integer("mla_attention", "kv_lora"), 160);
+  EXPECT_DOUBLE_EQ(mla.attrs.number("mla_attention", "softmax_scale"),
+                   0.14433756729740643);
+  EXPECT_EQ(mla.attrs.list("mla_attention", "inv_freq").size(), 8u);
+}
+
+TEST(ArtifactTest, OverwritesAnExistingFile) {
+  ScratchDir dir;
+  dir.write("model.kiln", "old contents");
+  kiln::writeArtifact(smallArtifact(), dir / "model.kiln");
+  expectSameArtifact(smallArtifact(), kiln::readArtifact(dir / "model.kiln"));
+}
+
+TEST(ArtifactTest, ContainerLayoutIsTheDocumentedOne) {
+  kiln::Artifact artifact = realisticArtifact();
+  std::string bytes = kiln::serializeArtifact(artifact);
+  EXPECT_EQ(bytes.substr(0, 8), std::string("KILNART\0", 8));
+  EXPECT_EQ(u32At(bytes, 8), kiln::kArtifactFormatVersion);
+  EXPECT_EQ(u32At(bytes, 12), 0u);
+  Json manifest = manifestOf(bytes);
+  EXPECT_EQ(manifest["format"], "kiln-artifact");
+  EXPECT_EQ(manifest["format_version"], 1);
+  EXPECT_EQ(manifest["target"]["arch"], "sm_90a");
+  EXPECT_EQ(manifest["model"]["hash"], artifact.modelHash);
+  EXPECT_EQ(manifest["options"]["kv_cache_dtype"], "fp8");
+  EXPECT_EQ(manifest["options"]["ep"], 1);
+  // Two cubins and one PTX, each at a multiple of 256 after the manifest,
+  // holding exactly the kernel's bytes.
+  ASSERT_EQ(manifest["blobs"].size(), 3u);
+  for (const Json &blob : manifest["blobs"]) {
+    uint64_t offset = blob["offset"], size = blob["size"];
+    EXPECT_EQ(offset % 256, 0u);
+    EXPECT_GE(offset, 24 + u64At(bytes, 16));
+    EXPECT_LE(offset + size, bytes.size());
+  }
+  const Json &kernel = manifest["kernels"][0];
+  EXPECT_EQ(kernel["block_m"], 64);
+  EXPECT_EQ(kernel["split_k"], 1);
+  EXPECT_EQ(kernel["shared_memory_bytes"], 197632);
+  for (const Json &blob : manifest["blobs"]) {
+    if (blob["name"] == kernel["cubin"]) {
+      EXPECT_EQ(bytes.substr(blob["offset"], blob["size"]),
+                artifact.kernels[0].cubin);
+    }
+  }
+  EXPECT_FALSE(manifest["kernels"][1].contains("ptx"));
+  // Slices and attrs as artifact.md writes them.
+  const Json &steps = manifest["plans"]["decode"]["steps"];
+  EXPECT_EQ(steps[3]["inputs"][0],
+            Json({{"buffer", "kv_a"}, {"col", 0}, {"cols", 160}}));
+  EXPECT_EQ(steps[1]["inputs"][0], Json({{"buffer", "hidden"}}));
+  EXPECT_EQ(steps[1]["attrs"]["eps"], 1e-6);
+  EXPECT_EQ(steps[2]["kernel"], "kiln_gemm_m64n64s8c1");
+  EXPECT_EQ(manifest["plans"]["decode"]["buffers"][0], Json({{"name", "tokens"},
+                                                             {"dtype", "i32"},
+                                                             {"rows", "T"},
+                                                             {"cols", 1},
+                                                             {"offset", 0},
+                                                             {"bytes", 32}}));
+}
+
+TEST(ArtifactTest, ReadsHandWrittenManifestConventions) {
+  // A plan written by hand: a JSON integer as the row count, a boolean flag,
+  // no "weights"/"attrs"/"ptx" where there are none.
+  std::string bytes =
+      withManifest(kiln::serializeArtifact(smallArtifact()), [](Json &m) {
+        m["kernels"][0].erase("ptx");
+        Json &plan = m["plans"]["decode"];
+        plan["buffers"][2]["rows"] = 2;
+        plan["buffers"].push_back({{"name", "z"},
+                                   {"dtype", "f32"},
+                                   {"rows", "T"},
+                                   {"cols", 1},
+                                   {"offset", 768},
+                                   {"bytes", 256}});
+        Json z = Json::object({{"buffer", "z"}});
+        Json add = Json::object();
+        add["op"] = "add";
+        add["inputs"] = Json::array({z, z});
+        add["outputs"] = Json::array({z});
+        add["attrs"] = Json::object({{"in_place", true}});
+        plan["steps"].push_back(add);
+      });
+  kiln::Artifact artifact = kiln::parseArtifact(bytes, "hand.kiln");
+  EXPECT_EQ(artifact.kernels[0].ptx, "");
+  const kiln::LaunchPlan &plan = artifact.plan("decode");
+  EXPECT_EQ(plan.buffers[2].rows, "2");
+  EXPECT_TRUE(plan.steps[1].weights.empty());
+  EXPECT_EQ(plan.steps[1].attrs.integer("add", "in_place"), 1);
+}
+
+//===----------------------------------------------------------------------===//
+// Container rejections
+//===----------------------------------------------------------------------===//
+
+TEST(ArtifactTest, RejectsBadMagic) {
+  std::string bytes = kiln::serializeArtifact(smallArtifact());
+  bytes[3] = 'X';
+  expectMentions(errorOf([&] { kiln::parseArtifact(bytes, "bad.kiln"); }),
+                 {"bad.kiln", "not a Kiln artifact", "magic"});
+  ScratchDir dir;
+  dir.write("config.json", "{\"hidden_size\": 7168}");
+  expectMentions(errorOf([&] { kiln::readArtifact(dir / "config.json"); }),
+                 {(dir / "config.json").string(), "magic"});
+}
+
+TEST(ArtifactTest, RejectsAnotherFormatVersionNamingItsProducer) {
+  std::string bytes = kiln::serializeArtifact(smallArtifact());
+  bytes[8] = 2;
+  expectMentions(
+      errorOf([&] { kiln::parseArtifact(bytes, "new.kiln"); }),
+      {"new.kiln", "version 2", "written by kilnc test", "reads version 1"});
+  // A manifest this build cannot read does not hide the version problem.
+  std::string garbled = bytes.substr(0, 24) + "{\"produc";
+  expectMentions(errorOf([&] { kiln::parseArtifact(garbled, "new.kiln"); }),
+                 {"new.kiln", "version 2", "unknown producer"});
+}
+
+TEST(ArtifactTest, RejectsANonZeroReservedField) {
+  std::string bytes = kiln::serializeArtifact(smallArtifact());
+  bytes[13] = 1;
+  expectMentions(errorOf([&] { kiln::parseArtifact(bytes, "r.kiln"); }),
+                 {"r.kiln", "reserved", "offset 12"});
+}
+
+TEST(ArtifactTest, RejectsEveryTruncation) {
+  std::string bytes = kiln::serializeArtifact(smallArtifact());
+  for (size_t size = 0; size < bytes.size(); ++size) {
+    std::string message = errorOf(
+        [&] { kiln::parseArtifact(bytes.substr(0, size), "cut.kiln"); });
+    EXPECT_NE(message.find("cut.kiln"), std::string::npos)
+        << "prefix of " << size << " bytes: " << message;
+  }
+  expectMentions(
+      errorOf([&] { kiln::parseArtifact(bytes.substr(0, 10), "cut.kiln"); }),
+      {"truncated at offset 10"});
+  expectMentions(
+      errorOf([&] { kiln::parseArtifact(bytes.substr(0, 100), "cut.kiln"); }),
+      {"truncated at offset 100", "manifest"});
+  expectMentions(errorOf([&] {
+                   kiln::parseArtifact(bytes.substr(0, bytes.size() - 1),
+                                       "cut.kiln");
+                 }),
+                 {"blob", "runs past the end of the file"});
+}
+
+TEST(ArtifactTest, RejectsTruncationOfARealisticArtifact) {
+  std::string bytes = kiln::serializeArtifact(realisticArtifact());
+  for (size_t size = 0; size < bytes.size(); size += 97)
+    EXPECT_FALSE(errorOf([&] {
+                   kiln::parseArtifact(bytes.substr(0, size), "cut.kiln");
+                 }).empty())
+        << size;
+}
+
+TEST(ArtifactTest, CorruptBytesGiveErrorsNotCrashes) {
+  std::string bytes = kiln::serializeArtifact(smallArtifact());
+  for (size_t at = 0; at < bytes.size(); ++at)
+    for (unsigned char flip : {0x01, 0x20, 0xff}) {
+      std::string corrupt = bytes;
+      corrupt[at] = static_cast<char>(corrupt[at] ^ flip);
+      expectErrorOrArtifact(corrupt, "byte " + std::to_string(at) + " ^ " +
+                                         std::to_string(flip));
+    }
+}
+
+TEST(ArtifactTest, RejectsABlobPastTheEnd) {
+  std::string bytes = kiln::serializeArtifact(smallArtifact());
+  std::string edited = withManifest(
+      bytes, [](Json &m) { m["blobs"][0]["size"] = uint64_t(1) << 62; });
+  expectMentions(
+      errorOf([&] { kiln::parseArtifact(edited, "b.kiln"); }),
+      {"b.kiln", "blob \"k.cubin\"", "runs past the end of the file"});
+  edited = withManifest(bytes, [](Json &m) {
+    m["blobs"][0]["offset"] = ~uint64_t(0) / 256 * 256;
+  });
+  expectMentions(errorOf([&] { kiln::parseArtifact(edited, "b.kiln"); }),
+                 {"b.kiln", "runs past the end of the file"});
+  edited = withManifest(bytes, [](Json &m) { m["blobs"][0]["offset"] = 300; });
+  expectMentions(errorOf([&] { kiln::parseArtifact(edited, "b.kiln"); }),
+                 {"b.kiln", "multiple of 256"});
+  edited = withManifest(bytes, [](Json &m) { m["blobs"][0]["offset"] = 0; });
+  expectMentions(errorOf([&] { kiln::parseArtifact(edited, "b.kiln"); }),
+                 {"b.kiln", "overlaps the header or manifest"});
+  edited = withManifest(bytes, [](Json &m) { m["kernels"][0]["cubin"] = "x"; });
+  expectMentions(
+      errorOf([&] { kiln::parseArtifact(edited, "b.kiln"); }),
+      {"b.kiln", "kernels[0].cubin", "\"x\"", "not in the \"blobs\""});
+}
+
+TEST(ArtifactTest, RejectsAManifestThatIsNotJson) {
+  std::string bytes = kiln::serializeArtifact(smallArtifact());
+  std::string edited = withManifest(
+      bytes, [](Json &) {}, "{\"format\": ");
+  expectMentions(errorOf([&] { kiln::parseArtifact(edited, "j.kiln"); }),
+                 {"j.kiln", "not valid JSON"});
+  edited = withManifest(
+      bytes, [](Json &) {}, "[1, 2]");
+  expectMentions(errorOf([&] { kiln::parseArtifact(edited, "j.kiln"); }),
+                 {"j.kiln", "must be an object"});
+}
+
+TEST(ArtifactTest, RejectsMissingAndMistypedFields) {
+  std::string bytes = kiln::serializeArtifact(smallArtifact());
+  struct Case {
+    std::function<void(Json &)> edit;
+    std::vector<std::string> mentions;
+  };
+  std::vector<Case> cases = {
+      {[](Json &m) { m.erase("producer"); }, {"\"producer\"", "is missing"}},
+      {[](Json &m) { m["model"].erase("hash"); },
+       {"\"model.hash\"", "missing"}},
+      {[](Json &m) { m["plans"]["decode"]["buffers"][1].erase("cols"); },
+       {"\"plans.decode.buffers[1].cols\"", "is missing"}},
+      {[](Json &m) { m["plans"]["decode"]["steps"][0]["inputs"] = "x_q"; },
+       {"\"plans.decode.steps[0].inputs\"", "must be an array"}},
+      {[](Json &m) { m["kernels"][0]["stages"] = 2.5; },
+       {"\"kernels[0].stages\"", "must be an integer"}},
+      {[](Json &m) { m["plans"]["decode"]["arena_bytes"] = -1; },
+       {"\"plans.decode.arena_bytes\"", "must not be negative"}},
+      {[](Json &m) {
+         m["weights"][0]["shape"] = {128, "x"};
+       },
+       {"\"weights[0].shape[1]\"", "must be an integer"}},
+      {[](Json &m) {
+         m["plans"]["decode"]["steps"][0]["attrs"] = {{"a", {1, "b"}}};
+       },
+       {"\"plans.decode.steps[0].attrs.a\"", "list of numbers"}},
+      {[](Json &m) { m["format"] = "zip"; }, {"\"format\"", "kiln-artifact"}},
+      {[](Json &m) { m["format_version"] = 3; },
+       {"\"format_version\"", "header says 1"}},
+  };
+  for (const Case &c : cases)
+    expectMentions(errorOf([&] {
+                     kiln::parseArtifact(withManifest(bytes, c.edit), "f.kiln");
+                   }),
+                   [&] {
+                     std::vector<std::string> all = c.mentions;
+                     all.push_back("f.kiln");
+                     return all;
+                   }());
+}
+
+TEST(ArtifactTest, ReadingAMissingFileNamesIt) {
+  ScratchDir dir;
+  expectMentions(errorOf([&] { kiln::readArtifact(dir / "none.kiln"); }),
+                 {(dir / "none.kiln").string(), "No such file"});
+  expectMentions(errorOf([&] { kiln::readArtifact(dir.path()); }),
+                 {dir.path().string(), "not a regular file"});
+}
+
+//===----------------------------------------------------------------------===//
+// Validation
+//===----------------------------------------------------------------------===//
+
+/// The message of validating `artifact` after `edit`; it must also keep
+/// serializeArtifact from writing it and parseArtifact from reading it.
+std::string invalidBecause(const std::function<void(kiln::Artifact &)> &edit) {
+  kiln::Artifact artifact = realisticArtifact();
+  edit(artifact);
+  EXPECT_FALSE(errorOf([&] { kiln::serializeArtifact(artifact); }).empty());
+  return errorOf([&] { kiln::validateArtifact(artifact, "v.kiln"); });
+}
+
+TEST(ArtifactTest, RejectsAnUnknownOp) {
+  expectMentions(
+      invalidBecause(
+          [](kiln::Artifact &a) { a.plans["decode"].steps[2].op = "conv2d"; }),
+      {"v.kiln", "plan \"decode\"", "step 2", "unknown op \"conv2d\""});
+  // Through the file reader too, naming the file.
+  std::string bytes =
+      withManifest(kiln::serializeArtifact(smallArtifact()), [](Json &m) {
+        m["plans"]["decode"]["steps"][0]["op"] = "softmax";
+      });
+  expectMentions(errorOf([&] { kiln::parseArtifact(bytes, "op.kiln"); }),
+                 {"op.kiln", "step 0", "unknown op \"softmax\""});
+}
+
+TEST(ArtifactTest, RejectsUnknownBuffersWeightsAndKernels) {
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.plans["prefill"].steps[3].inputs[0].buffer = "kv_b";
+                 }),
+                 {"plan \"prefill\"", "step 3 (rms_norm)", "input 0",
+                  "unknown buffer \"kv_b\""});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.plans["decode"].steps[0].outputs[0].buffer = "h";
+                 }),
+                 {"step 0 (embed)", "output 0", "unknown buffer \"h\""});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.plans["decode"].steps[7].weights[0] =
+                       "model.layers.1.mlp.experts.{e}.up_proj.weight";
+                 }),
+                 {"step 7 (grouped_gemm)",
+                  "unknown weight \"model.layers.1.mlp.experts.{e}.up_proj."
+                  "weight\""});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.plans["decode"].steps[2].kernel = "kiln_gemm_x";
+                 }),
+                 {"step 2 (gemm)", "unknown kernel \"kiln_gemm_x\""});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.plans["decode"].steps[2].kernel.clear();
+                 }),
+                 {"step 2 (gemm)", "names no kernel"});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.plans["decode"].steps[0].kernel = "kiln_gemm_m64n64s8c1";
+                 }),
+                 {"step 0 (embed)", "only"});
+}
+
+TEST(ArtifactTest, RejectsSlicesOutsideTheBuffer) {
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.plans["decode"].steps[4].inputs[2] = {"kv_a", 160, 17};
+                 }),
+                 {"step 4 (mla_attention)", "input 2", "slice [160, 160 + 17)",
+                  "\"kv_a\"", "176 columns"});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.plans["decode"].steps[3].inputs[0] = {"kv_a", -1, 10};
+                 }),
+                 {"step 3", "slice [-1"});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.plans["decode"].steps[3].inputs[0] = {"kv_a", 5, 0};
+                 }),
+                 {"step 3", "slice [5, 5 + 0)"});
+}
+
+TEST(ArtifactTest, RejectsBuffersOutOfTheArena) {
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.plans["decode"].buffers[3].offset += 128;
+                 }),
+                 {"v.kiln", "plan \"decode\"", "buffer \"hidden\"",
+                  "not a multiple of 256"});
+  expectMentions(
+      invalidBecause([](kiln::Artifact &a) {
+        kiln::LaunchPlan &plan = a.plans["prefill"];
+        plan.buffers.back().offset = plan.arenaBytes;
+      }),
+      {"plan \"prefill\"", "buffer \"logits\"", "do not fit the arena"});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.plans["decode"].buffers[0].offset =
+                       ~uint64_t(0) / 256 * 256;
+                 }),
+                 {"buffer \"tokens\"", "do not fit the arena"});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.plans["decode"].buffers[3].bytes -= 4;
+                 }),
+                 {"buffer \"hidden\"", "8 x 256 f32 needs 8192 bytes"});
+}
+
+TEST(ArtifactTest, RejectsIllegalBufferAndWeightValues) {
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.plans["decode"].buffers[3].dtype = "f16";
+                 }),
+                 {"buffer \"hidden\"", "dtype \"f16\""});
+  for (const char *rows : {"X", "", "-3", "0", "1e3"})
+    expectMentions(invalidBecause([&](kiln::Artifact &a) {
+                     a.plans["decode"].buffers[3].rows = rows;
+                   }),
+                   {"buffer \"hidden\"", "rows \"" + std::string(rows) + "\""});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.plans["decode"].buffers[4].name = "hidden";
+                 }),
+                 {"buffer \"hidden\"", "declared twice"});
+  expectMentions(
+      invalidBecause([](kiln::Artifact &a) { a.weights[0].dtype = "int4"; }),
+      {"weight \"model.embed_tokens.weight\"", "dtype \"int4\""});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.weights[1].transform = "transpose";
+                 }),
+                 {"transform \"transpose\""});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.weights[1].shape = {256, 0};
+                 }),
+                 {"shape"});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.options.kvCacheDtype = "int8";
+                 }),
+                 {"kv_cache_dtype \"int8\""});
+  expectMentions(
+      invalidBecause([](kiln::Artifact &a) { a.modelHash = "md5:123"; }),
+      {"model hash \"md5:123\""});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.plans["decode"].steps[1].attrs.numbers["eps"] = NAN;
+                 }),
+                 {"step 1", "\"eps\"", "not finite"});
+}
+
+TEST(ArtifactTest, RejectsKernelsWithoutACubin) {
+  expectMentions(
+      invalidBecause([](kiln::Artifact &a) { a.kernels[1].cubin.clear(); }),
+      {"kernel \"kiln_gemm_m128n128s4c2\"", "has no cubin"});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.kernels[1].name = a.kernels[0].name;
+                 }),
+                 {"declared twice"});
+  expectMentions(
+      invalidBecause([](kiln::Artifact &a) { a.kernels[0].splitK = 0; }),
+      {"split_k"});
+}
+
+TEST(ArtifactTest, WriteLeavesNothingBehindOnFailure) {
+  ScratchDir dir;
+  kiln::Artifact bad = smallArtifact();
+  bad.plans["decode"].steps[0].op = "nop";
+  EXPECT_FALSE(
+      errorOf([&] { kiln::writeArtifact(bad, dir / "bad.kiln"); }).empty());
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+  expectMentions(errorOf([&] {
+                   kiln::writeArtifact(smallArtifact(), dir / "no" / "a.kiln");
+                 }),
+                 {(dir / "no" / "a.kiln").string(), "cannot write"});
+}
+
+TEST(ArtifactTest, AttributeAccessorsNameTheOpAndAttribute) {
+  kiln::PlanAttrs attrs;
+  attrs.numbers["top_k"] = 8;
+  attrs.numbers["eps"] = 1e-6;
+  attrs.strings["mode"] = "x";
+  attrs.lists["inv_freq"] = {1.0};
+  EXPECT_EQ(attrs.integer("moe_route", "top_k"), 8);
+  expectMentions(errorOf([&] { attrs.number("moe_route", "n_group"); }),
+                 {"moe_route", "\"n_group\"", "missing"});
+  expectMentions(errorOf([&] { attrs.integer("rms_norm", "eps"); }),
+                 {"rms_norm", "\"eps\"", "integer"});
+  expectMentions(errorOf([&] { attrs.number("x", "mode"); }),
+                 {"\"mode\"", "a string"});
+  expectMentions(errorOf([&] { attrs.list("mla_attention", "top_k"); }),
+                 {"mla_attention", "\"top_k\"", "a number"});
+  expectMentions(errorOf([&] { attrs.list("mla_attention", "freqs"); }),
+                 {"\"freqs\"", "missing"});
+  expectMentions(errorOf([&] { realisticArtifact().plan("verify"); }),
+                 {"no plan \"verify\"", "decode, prefill"});
+}
+
+//===----------------------------------------------------------------------===//
+// The model hash and the model check
+//===----------------------------------------------------------------------===//
+
+TEST(ArtifactTest, ModelHashIsFnv1aOfTheCanonicalConfig) {
+  kiln::ModelConfig config = tinyConfig();
+  uint64_t hash = 0xcbf29ce484222325ull;
+  for (unsigned char byte : kiln::toJson(config))
+    hash = (hash ^ byte) * 0x100000001b3ull;
+  char expected[32];
+  std::snprintf(expected, sizeof expected, "fnv1a64:%016" PRIx64, hash);
+  EXPECT_EQ(kiln::modelHash(config), expected);
+  EXPECT_EQ(kiln::modelHash(tinyConfig()), kiln::modelHash(config));
+}
+
+TEST(ArtifactTest, ModelHashChangesWithAnyField) {
+  const kiln::ModelConfig base = tinyConfig();
+  const std::string hash = kiln::modelHash(base);
+  std::vector<std::pair<std::string, std::function<void(kiln::ModelConfig &)>>>
+      edits = {
+          {"hidden_size", [](kiln::ModelConfig &c) { c.hiddenSize += 128; }},
+          {"rms_norm_eps", [](kiln::ModelConfig &c) { c.rmsNormEps = 1e-5; }},
+          {"yarn factor", [](kiln::ModelConfig &c) { c.yarn->factor = 20; }},
+          {"norm_topk_prob",
+           [](kiln::ModelConfig &c) { c.normTopkProb = false; }},
+          {"quantization",
+           [](kiln::ModelConfig &c) { c.quantization.reset(); }},
+      };
+  for (const auto &[name, edit] : edits) {
+    kiln::ModelConfig changed = base;
+    edit(changed);
+    EXPECT_NE(kiln::modelHash(changed), hash) << name;
+  }
+}
+
+TEST(ArtifactTest, ChecksTheArtifactAgainstTheModel) {
+  kiln::Artifact artifact = realisticArtifact();
+  kiln::ModelConfig config = tinyConfig();
+  kiln::checkArtifactMatchesModel(artifact, config, "m.kiln", "cfg.json");
+
+  kiln::ModelConfig wider = config;
+  wider.hiddenSize = 512;
+  expectMentions(errorOf([&] {
+                   kiln::checkArtifactMatchesModel(artifact, wider, "m.kiln",
+                                                   "cfg.json");
+                 }),
+                 {"m.kiln", "cfg.json",
+                  "hidden_size is 256 in the artifact "
+                  "but 512 in the config",
+                  "model hash"});
+  kiln::ModelConfig deeper = config;
+  deeper.numHiddenLayers = 61;
+  deeper.vocabSize = 1000;
+  expectMentions(
+      errorOf([&] {
+        kiln::checkArtifactMatchesModel(artifact, deeper, "m.kiln", "cfg.json");
+      }),
+      {"num_hidden_layers is 3", "but 61", "vocab_size is 129280", "but 1000"});
+  // Only a field outside the identifying ones differs: the hash says so.
+  kiln::ModelConfig eps = config;
+  eps.rmsNormEps = 1e-5;
+  expectMentions(errorOf([&] {
+                   kiln::checkArtifactMatchesModel(artifact, eps, "m.kiln",
+                                                   "cfg.json");
+                 }),
+                 {"m.kiln", "cfg.json", "model hash is " + artifact.modelHash,
+                  kiln::modelHash(eps)});
+  // A graph compiled without a config is not checked against one.
+  kiln::Artifact graph = artifact;
+  graph.modelHash.clear();
+  kiln::checkArtifactMatchesModel(graph, wider, "g.kiln", "cfg.json");
+}
+
+TEST(ArtifactTest, DescribeSummarizesTheArtifact) {
+  std::string text = kiln::describeArtifact(realisticArtifact());
+  expectMentions(text,
+                 {"format 1", "kilnc 0.1.0", "sm_90a", "deepseek_v3",
+                  kiln::modelHash(tinyConfig()), "kiln_gemm_m64n64s8c1",
+                  "kiln_gemm_m128n128s4c2", "split_k 2", "cubin 3001 B",
+                  "model.layers.1.mlp.experts.{e}.gate_proj.weight",
+                  "plan decode", "plan prefill", "kv_a[:, 160:176]",
+                  "mla_attention", "inv_freq=[1, ", "(8 values)",
+                  "rope_layout=\"interleaved\"", "logits: f32 [S, 129280]"});
+}
+
+} // namespace
