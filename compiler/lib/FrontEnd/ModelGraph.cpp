@@ -67,17 +67,15 @@ public:
 
     Value hidden = EmbedOp::create(
         builder, at("hidden"), tensor({tokens, c.hiddenSize}, f32), tokenIds,
-        weight("model.embed_tokens.weight", {c.vocabSize, c.hiddenSize},
-               bf16));
+        weight("model.embed_tokens.weight", {c.vocabSize, c.hiddenSize}, bf16));
     for (int64_t layer = 0; layer < c.numHiddenLayers; ++layer)
       hidden = decoderLayer(layer, hidden);
 
     Value normed = rmsNorm(hidden, "model.norm.weight",
                            static_cast<float>(c.rmsNormEps), f32, "final_norm");
-    Value last =
-        SelectRowsOp::create(builder, at("last_hidden"),
-                             tensor({sequences, c.hiddenSize}, f32), normed,
-                             lastRows);
+    Value last = SelectRowsOp::create(builder, at("last_hidden"),
+                                      tensor({sequences, c.hiddenSize}, f32),
+                                      normed, lastRows);
     Value head = weight(c.tieWordEmbeddings ? "model.embed_tokens.weight"
                                             : "lm_head.weight",
                         {c.vocabSize, c.hiddenSize}, bf16);
@@ -86,8 +84,8 @@ public:
                          tensor({sequences, c.vocabSize}, f32), last, head);
     func::ReturnOp::create(builder, origin, logits);
 
-    func.setType(builder.getFunctionType(body->getArgumentTypes(),
-                                         {logits.getType()}));
+    func.setType(
+        builder.getFunctionType(body->getArgumentTypes(), {logits.getType()}));
     for (auto [index, attrs] : llvm::enumerate(argAttrs))
       func.setArgAttrs(index, attrs);
     return func;
@@ -104,8 +102,8 @@ private:
 
   Value input(const char *name, int64_t rows) {
     Value arg = body->addArgument(tensor({rows}, i32), at(name));
-    argAttrs.push_back(builder.getDictionaryAttr(builder.getNamedAttr(
-        kInputAttrName, builder.getStringAttr(name))));
+    argAttrs.push_back(builder.getDictionaryAttr(
+        builder.getNamedAttr(kInputAttrName, builder.getStringAttr(name))));
     return arg;
   }
 
@@ -115,8 +113,8 @@ private:
     if (!inserted)
       return it->second;
     it->second = body->addArgument(tensor(shape, element), at(name));
-    argAttrs.push_back(builder.getDictionaryAttr(builder.getNamedAttr(
-        kWeightAttrName, builder.getStringAttr(name))));
+    argAttrs.push_back(builder.getDictionaryAttr(
+        builder.getNamedAttr(kWeightAttrName, builder.getStringAttr(name))));
     return it->second;
   }
 
@@ -136,14 +134,13 @@ private:
                    {experts, scaleBlocks(n), scaleBlocks(k)}, f32)};
   }
 
-  Value rmsNorm(Value x, const std::string &weightName, float eps,
-                Type element, const std::string &name) {
+  Value rmsNorm(Value x, const std::string &weightName, float eps, Type element,
+                const std::string &name) {
     auto type = cast<RankedTensorType>(x.getType());
     int64_t size = type.getDimSize(1);
-    return RMSNormOp::create(builder, at(name),
-                             tensor(type.getShape(), element), x,
-                             weight(weightName, {size}, bf16),
-                             builder.getF32FloatAttr(eps));
+    return RMSNormOp::create(
+        builder, at(name), tensor(type.getShape(), element), x,
+        weight(weightName, {size}, bf16), builder.getF32FloatAttr(eps));
   }
 
   /// 1x128 quantization; the results are buffers `name`_q and `name`_s.
@@ -217,14 +214,13 @@ private:
     }
     Value kv = gemm(x, attn + "kv_a_proj_with_mqa.weight",
                     c.kvLoraRank + c.qkRopeHeadDim, n + "kv_a");
-    Value latent =
-        rmsNorm(columns(kv, 0, c.kvLoraRank, n + "kv_a_latent"),
-                attn + "kv_a_layernorm.weight", kLatentNormEps, bf16,
-                n + "latent");
+    Value latent = rmsNorm(columns(kv, 0, c.kvLoraRank, n + "kv_a_latent"),
+                           attn + "kv_a_layernorm.weight", kLatentNormEps, bf16,
+                           n + "latent");
     Value kPe = columns(kv, c.kvLoraRank, c.qkRopeHeadDim, n + "k_pe");
-    Value kvB = weight(attn + "kv_b_proj.weight",
-                       {heads * (c.qkNopeHeadDim + c.vHeadDim), c.kvLoraRank},
-                       bf16);
+    Value kvB =
+        weight(attn + "kv_b_proj.weight",
+               {heads * (c.qkNopeHeadDim + c.vHeadDim), c.kvLoraRank}, bf16);
     Value attended = MLAAttentionOp::create(
         builder, at(n + "attn"), tensor({tokens, heads * c.vHeadDim}, bf16), q,
         latent, kPe, positions, kvB, builder.getI64IntegerAttr(layer),
@@ -240,10 +236,10 @@ private:
   }
 
   Value denseMlp(Value hidden, const std::string &p, const std::string &n) {
-    auto x = quantize(rmsNorm(hidden, p + "post_attention_layernorm.weight",
-                              static_cast<float>(c.rmsNormEps), f32,
-                              n + "mlp_norm"),
-                      n + "mlp_in");
+    auto x =
+        quantize(rmsNorm(hidden, p + "post_attention_layernorm.weight",
+                         static_cast<float>(c.rmsNormEps), f32, n + "mlp_norm"),
+                 n + "mlp_in");
     Value gate =
         gemm(x, p + "mlp.gate_proj.weight", c.intermediateSize, n + "gate");
     Value up = gemm(x, p + "mlp.up_proj.weight", c.intermediateSize, n + "up");
@@ -254,9 +250,9 @@ private:
   Value moe(Value hidden, const std::string &p, const std::string &n) {
     const int64_t experts = c.nRoutedExperts, topK = c.numExpertsPerTok;
     const int64_t routed = tokens * topK;
-    Value normed = rmsNorm(hidden, p + "post_attention_layernorm.weight",
-                           static_cast<float>(c.rmsNormEps), f32,
-                           n + "mlp_norm");
+    Value normed =
+        rmsNorm(hidden, p + "post_attention_layernorm.weight",
+                static_cast<float>(c.rmsNormEps), f32, n + "mlp_norm");
     Value logits = MatmulOp::create(
         builder, at(n + "router"), tensor({tokens, experts}, f32), normed,
         weight(p + "mlp.gate.weight", {experts, c.hiddenSize}, bf16));
@@ -282,8 +278,7 @@ private:
     auto permute = MoEPermuteOp::create(
         builder, at(n + "experts_in"), tensor({routed, c.hiddenSize}, f8),
         tensor({routed, hiddenBlocks}, f32), tensor({experts + 1}, i32),
-        tensor({tokens, topK}, i32), x.first, x.second,
-        route.getExpertIds());
+        tensor({tokens, topK}, i32), x.first, x.second, route.getExpertIds());
     std::pair<Value, Value> routedIn = {permute.getExpertTokens(),
                                         permute.getExpertScales()};
     Value offsets = permute.getOffsets();
@@ -294,8 +289,8 @@ private:
     Value up = groupedGemm(routedIn, offsets, expert + "up_proj.weight", inter,
                            n + "experts_up");
     Value down = groupedGemm(swigluQuantized(gate, up, n + "experts_act"),
-                             offsets, expert + "down_proj.weight",
-                             c.hiddenSize, n + "experts_down");
+                             offsets, expert + "down_proj.weight", c.hiddenSize,
+                             n + "experts_down");
     Value out = MoEUnpermuteOp::create(
         builder, at(n + "routed"), tensor({tokens, c.hiddenSize}, f32), down,
         permute.getRows(), route.getExpertWeights());
@@ -304,8 +299,8 @@ private:
 
     const std::string shared = p + "mlp.shared_experts.";
     const int64_t sharedInter = inter * c.nSharedExperts;
-    Value sharedGate = gemm(x, shared + "gate_proj.weight", sharedInter,
-                            n + "shared_gate");
+    Value sharedGate =
+        gemm(x, shared + "gate_proj.weight", sharedInter, n + "shared_gate");
     Value sharedUp =
         gemm(x, shared + "up_proj.weight", sharedInter, n + "shared_up");
     Value sharedDown =
@@ -322,7 +317,8 @@ private:
                               n + "attn_norm"),
                       n + "attn_in");
     hidden = add(hidden, attention(layer, x, p, n), n + "attn_residual");
-    Value mlp = c.isMoELayer(layer) ? moe(hidden, p, n) : denseMlp(hidden, p, n);
+    Value mlp =
+        c.isMoELayer(layer) ? moe(hidden, p, n) : denseMlp(hidden, p, n);
     return add(hidden, mlp, n + "mlp_residual");
   }
 

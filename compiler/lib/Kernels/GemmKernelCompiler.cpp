@@ -137,9 +137,9 @@ llvm::Expected<AssembledKernel> assemblePtx(llvm::StringRef ptxas,
                                             llvm::StringRef ptx,
                                             llvm::StringRef kernelName) {
   SmallString<128> ptxPath, cubinPath, logPath;
-  for (auto [path, suffix] : {std::make_pair(&ptxPath, "ptx"),
-                              std::make_pair(&cubinPath, "cubin"),
-                              std::make_pair(&logPath, "log")})
+  for (auto [path, suffix] :
+       {std::make_pair(&ptxPath, "ptx"), std::make_pair(&cubinPath, "cubin"),
+        std::make_pair(&logPath, "log")})
     if (std::error_code ec =
             llvm::sys::fs::createTemporaryFile(kernelName, suffix, *path))
       return error("cannot create a temporary file: " + ec.message());
@@ -193,8 +193,7 @@ std::optional<std::string> findPtxas(llvm::StringRef explicitPath) {
           llvm::sys::Process::GetEnv("KILN_PTXAS");
       fromEnv && !fromEnv->empty())
     return *fromEnv;
-  if (llvm::ErrorOr<std::string> onPath =
-          llvm::sys::findProgramByName("ptxas"))
+  if (llvm::ErrorOr<std::string> onPath = llvm::sys::findProgramByName("ptxas"))
     return *onPath;
   const char *toolkit = "/usr/local/cuda/bin/ptxas";
   if (llvm::sys::fs::can_execute(toolkit))

@@ -122,8 +122,8 @@ public:
   StepLowering(func::FuncOp func, const CheckpointLayout *layout,
                LoweredModel &model,
                std::map<std::string, ArtifactWeight> &weightsByName)
-      : func(func), layout(layout), model(model),
-        weightsByName(weightsByName) {}
+      : func(func), layout(layout), model(model), weightsByName(weightsByName) {
+  }
 
   FailureOr<LaunchPlan> lower() {
     if (!func.getBody().hasOneBlock())
@@ -148,19 +148,20 @@ private:
     std::vector<std::pair<Value, std::string>> inputs;
     for (BlockArgument arg : func.getArguments()) {
       unsigned index = arg.getArgNumber();
-      if (auto name = func.getArgAttrOfType<StringAttr>(index, kInputAttrName)) {
+      if (auto name =
+              func.getArgAttrOfType<StringAttr>(index, kInputAttrName)) {
         auto type = dyn_cast<RankedTensorType>(arg.getType());
         StringRef input = name.getValue();
         bool known = input == kTokensInput || input == kPositionsInput ||
                      input == kLastRowsInput;
         if (!known)
-          return func.emitError("argument #")
+          return mlir::emitError(arg.getLoc(), "argument #")
                  << index << " of @" << func.getSymName()
                  << " is the unknown step input '" << input
                  << "'; the plans know 'tokens', 'positions' and 'last_rows'";
         if (!type || type.getRank() != 1 || !type.hasStaticShape() ||
             !type.getElementType().isSignlessInteger(32))
-          return func.emitError("step input '")
+          return mlir::emitError(arg.getLoc(), "step input '")
                  << input << "' of @" << func.getSymName()
                  << " must be a static 1-D i32 tensor, got " << arg.getType();
         std::string rows = input == kLastRowsInput ? "S" : "T";
@@ -182,7 +183,7 @@ private:
         weightNames[arg] = name.getValue().str();
         continue;
       }
-      return func.emitError("argument #")
+      return mlir::emitError(arg.getLoc(), "argument #")
              << index << " of @" << func.getSymName() << " (" << arg.getType()
              << ") is neither a step input ('" << kInputAttrName
              << "') nor a weight ('" << kWeightAttrName << "')";
@@ -238,8 +239,7 @@ private:
     std::optional<std::string> graphDtype = dtypeName(type.getElementType());
     if (!graphDtype)
       return op->emitOpError("weight '")
-             << name << "' has an element type no checkpoint stores: "
-             << type;
+             << name << "' has an element type no checkpoint stores: " << type;
 
     ArtifactWeight entry;
     entry.name = name;
@@ -269,8 +269,8 @@ private:
       entry.transform = *graphDtype;
     else
       return op->emitOpError("weight '")
-             << name << "' is stored as " << entry.dtype
-             << " but read as " << *graphDtype
+             << name << "' is stored as " << entry.dtype << " but read as "
+             << *graphDtype
              << "; only conversions to bf16 or f32 happen at load";
 
     auto [it, inserted] = weightsByName.try_emplace(name, entry);
@@ -310,13 +310,11 @@ private:
     auto symbol = rowSymbols.find(value);
     if (symbol == rowSymbols.end())
       return fail() << "internal error: no row symbol for a result";
-    FailureOr<int64_t> rows = rowExtent(symbol->second, where);
-    if (failed(rows))
-      return failure();
-    if (*rows != type.getDimSize(0))
+    int64_t rows = rowExtent(symbol->second);
+    if (rows != type.getDimSize(0))
       return fail() << "result " << type << " has " << type.getDimSize(0)
                     << " rows, but its rows are " << symbol->second << " = "
-                    << *rows << " in this step";
+                    << rows << " in this step";
 
     // Names come from the ops' locations; keep them unique.
     std::string unique = name;
@@ -328,8 +326,8 @@ private:
     buffer.dtype = *dtype;
     buffer.rows = symbol->second;
     buffer.cols = type.getRank() == 2 ? type.getDimSize(1) : 1;
-    buffer.bytes = static_cast<uint64_t>(*rows * buffer.cols *
-                                         dtypeBytes(*dtype));
+    buffer.bytes =
+        static_cast<uint64_t>(rows * buffer.cols * dtypeBytes(*dtype));
     tensors[value] = {unique, 0, 0};
     lifetimes.push_back(
         {pinned ? 0 : static_cast<int64_t>(plan.steps.size()),
@@ -339,16 +337,15 @@ private:
     return success();
   }
 
-  FailureOr<int64_t> rowExtent(const std::string &symbol, Operation *where) {
-    if (symbol == "T")
-      return plan.maxTokens;
+  /// The rows of `symbol` at this plan's maxima.
+  int64_t rowExtent(StringRef symbol) {
     if (symbol == "S")
       return plan.maxSequences;
     if (symbol == "R")
       return plan.maxTokens * topK.value_or(0);
     if (symbol == "E1")
       return experts.value_or(0) + 1;
-    return std::stoll(symbol);
+    return plan.maxTokens;
   }
 
   /// The tensor reference of operand `value`, marked used by this step.
@@ -397,7 +394,8 @@ private:
     return llvm::TypeSwitch<Operation *, LogicalResult>(op)
         .Case<tensor::ExtractSliceOp>(
             [&](auto slice) -> LogicalResult { return lowerSlice(slice); })
-        .Case<func::ReturnOp>([&](auto ret) -> LogicalResult { return lowerReturn(ret); })
+        .Case<func::ReturnOp>(
+            [&](auto ret) -> LogicalResult { return lowerReturn(ret); })
         .Case<EmbedOp>([&](EmbedOp embed) -> LogicalResult {
           PlanStep step = makeStep("embed");
           auto tokens = use(op, embed.getTokens(), "tokens");
@@ -411,7 +409,8 @@ private:
             return failure();
           return emit(std::move(step));
         })
-        .Case<RMSNormOp>([&](RMSNormOp norm) -> LogicalResult { return lowerRMSNorm(norm); })
+        .Case<RMSNormOp>(
+            [&](RMSNormOp norm) -> LogicalResult { return lowerRMSNorm(norm); })
         .Case<QuantizeOp>([&](QuantizeOp quantize) -> LogicalResult {
           PlanStep step = makeStep("quantize");
           auto input = use(op, quantize.getInput(), "input");
@@ -421,11 +420,16 @@ private:
           return finishQuantized(std::move(step), quantize,
                                  rowsOf(quantize.getInput()));
         })
-        .Case<SwiGLUOp>([&](SwiGLUOp swiglu) -> LogicalResult { return lowerSwiGLU(swiglu); })
-        .Case<ScaledMatmulOp>(
-            [&](ScaledMatmulOp gemm) -> LogicalResult { return lowerGemm(gemm); })
+        .Case<SwiGLUOp>([&](SwiGLUOp swiglu) -> LogicalResult {
+          return lowerSwiGLU(swiglu);
+        })
+        .Case<ScaledMatmulOp>([&](ScaledMatmulOp gemm) -> LogicalResult {
+          return lowerGemm(gemm);
+        })
         .Case<GroupedScaledMatmulOp>(
-            [&](GroupedScaledMatmulOp gemm) -> LogicalResult { return lowerGroupedGemm(gemm); })
+            [&](GroupedScaledMatmulOp gemm) -> LogicalResult {
+              return lowerGroupedGemm(gemm);
+            })
         .Case<MatmulOp>([&](MatmulOp matmul) -> LogicalResult {
           PlanStep step = makeStep("matmul");
           if (!cast<ShapedType>(matmul.getA().getType())
@@ -445,11 +449,15 @@ private:
           return emit(std::move(step));
         })
         .Case<AddOp>([&](AddOp add) -> LogicalResult { return lowerAdd(add); })
-        .Case<MLAAttentionOp>(
-            [&](MLAAttentionOp attention) -> LogicalResult { return lowerAttention(attention); })
-        .Case<MoERouteOp>([&](MoERouteOp route) -> LogicalResult { return lowerRoute(route); })
-        .Case<MoEPermuteOp>(
-            [&](MoEPermuteOp permute) -> LogicalResult { return lowerPermute(permute); })
+        .Case<MLAAttentionOp>([&](MLAAttentionOp attention) -> LogicalResult {
+          return lowerAttention(attention);
+        })
+        .Case<MoERouteOp>([&](MoERouteOp route) -> LogicalResult {
+          return lowerRoute(route);
+        })
+        .Case<MoEPermuteOp>([&](MoEPermuteOp permute) -> LogicalResult {
+          return lowerPermute(permute);
+        })
         .Case<MoEUnpermuteOp>([&](MoEUnpermuteOp unpermute) -> LogicalResult {
           PlanStep step = makeStep("moe_combine");
           auto y = use(op, unpermute.getExpertOutputs(), "expert_outputs");
@@ -498,8 +506,8 @@ private:
         source.getRank() == 2 && result.getRank() == 2 &&
         slice.getStaticOffsets().size() == 2 &&
         !ShapedType::isDynamic(slice.getStaticOffsets()[1]) &&
-        slice.getStaticOffsets()[0] == 0 && slice.getStaticSizes()[0] ==
-                                                source.getDimSize(0) &&
+        slice.getStaticOffsets()[0] == 0 &&
+        slice.getStaticSizes()[0] == source.getDimSize(0) &&
         llvm::all_of(slice.getStaticStrides(),
                      [](int64_t stride) { return stride == 1; }) &&
         result.hasStaticShape();
@@ -512,8 +520,8 @@ private:
     if (it == tensors.end())
       return slice.emitOpError("slices a value that has no buffer");
     PlanTensor view = it->second;
-    int64_t width = view.cols ? view.cols
-                              : plan.buffers[bufferIndex[view.buffer]].cols;
+    int64_t width =
+        view.cols ? view.cols : plan.buffers[bufferIndex[view.buffer]].cols;
     view.col += slice.getStaticOffsets()[1];
     view.cols = result.getDimSize(1);
     if (view.cols == width && view.col == 0)
@@ -907,8 +915,8 @@ private:
                                ? static_cast<int64_t>(plan.steps.size())
                                : lifetime.last});
     BufferPlacement placement = placeBufferIntervals(intervals);
-    for (auto [buffer, offset] : llvm::zip_equal(plan.buffers,
-                                                 placement.offsets))
+    for (auto [buffer, offset] :
+         llvm::zip_equal(plan.buffers, placement.offsets))
       buffer.offset = offset;
     plan.arenaBytes = placement.arenaBytes;
   }

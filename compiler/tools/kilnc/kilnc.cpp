@@ -39,8 +39,8 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <map>
 #include <filesystem>
+#include <map>
 #include <optional>
 
 using namespace mlir;
@@ -54,9 +54,10 @@ enum class Emit { Kiln, Plan, Kernels, Artifact };
 
 cl::OptionCategory kilncCategory("kilnc options");
 
-cl::opt<std::string> inputPath(cl::Positional, cl::Required,
-                               cl::desc("<config.json | model dir | graph.mlir>"),
-                               cl::cat(kilncCategory));
+cl::opt<std::string>
+    inputPath(cl::Positional, cl::Required,
+              cl::desc("<config.json | model dir | graph.mlir>"),
+              cl::cat(kilncCategory));
 cl::opt<std::string>
     outputPath("o", cl::value_desc("path"),
                cl::desc("Output: the artifact (--emit=artifact, required), a "
@@ -70,10 +71,9 @@ cl::opt<int64_t> maxSeqLen("max-seq-len", cl::init(4096),
                            cl::desc("Longest sequence the KV cache holds "
                                     "(default 4096)"),
                            cl::cat(kilncCategory));
-cl::opt<int64_t>
-    prefillChunk("prefill-chunk", cl::init(256),
-                 cl::desc("Tokens per prefill step (default 256)"),
-                 cl::cat(kilncCategory));
+cl::opt<int64_t> prefillChunk("prefill-chunk", cl::init(256),
+                              cl::desc("Tokens per prefill step (default 256)"),
+                              cl::cat(kilncCategory));
 cl::opt<std::string>
     kvCacheDtype("kv-cache-dtype", cl::init("bf16"),
                  cl::desc("KV cache element type: bf16 or fp8 (default bf16)"),
@@ -235,11 +235,10 @@ std::string planJson(const kiln::LoweredModel &model) {
          {"split_k", config.getSplitK()},
          {"shared_memory_bytes", config.getSharedMemoryBytes()}}));
   for (const kiln::ArtifactWeight &weight : model.weights)
-    weights.push_back(
-        orderedObject({{"name", weight.name},
-                       {"dtype", weight.dtype},
-                       {"shape", llvm::json::Array(weight.shape)},
-                       {"transform", weight.transform}}));
+    weights.push_back(orderedObject({{"name", weight.name},
+                                     {"dtype", weight.dtype},
+                                     {"shape", llvm::json::Array(weight.shape)},
+                                     {"transform", weight.transform}}));
   std::string text;
   llvm::raw_string_ostream os(text);
   os << "{\n";
@@ -273,7 +272,8 @@ std::string planJson(const kiln::LoweredModel &model) {
       line.pop_back();
       steps.push_back(line + ", \"attrs\": " + attrsJson(step.attrs) + "}");
     }
-    os << "  " << compact(entry.first) << ": {\"max_tokens\": " << plan.maxTokens
+    os << "  " << compact(entry.first)
+       << ": {\"max_tokens\": " << plan.maxTokens
        << ", \"max_sequences\": " << plan.maxSequences
        << ", \"arena_bytes\": " << plan.arenaBytes << ",\n";
     printArray(os, "   ", "buffers", buffers, false);
@@ -300,8 +300,7 @@ std::string kernelManifest(const kiln::ArtifactKernel &kernel,
     manifest["registers"] = assembled->registers;
     manifest["spill_bytes"] = assembled->spillBytes;
   }
-  return llvm::formatv("{0:1}\n", llvm::json::Value(std::move(manifest)))
-      .str();
+  return llvm::formatv("{0:1}\n", llvm::json::Value(std::move(manifest))).str();
 }
 
 int writeFile(const std::string &path, llvm::StringRef bytes) {
@@ -362,7 +361,10 @@ LogicalResult takeStepSizesFromGraph(const kiln::LoweredModel &model) {
 int run() {
   if (int status = checkOptions())
     return status;
-  int total = emit == Emit::Kiln ? 3 : emit == Emit::Plan ? 4 : emit == Emit::Kernels ? 5 : 6;
+  int total = emit == Emit::Kiln      ? 3
+              : emit == Emit::Plan    ? 4
+              : emit == Emit::Kernels ? 5
+                                      : 6;
   Progress progress(total);
 
   DialectRegistry registry;
@@ -409,8 +411,8 @@ int run() {
                                   prefillChunk.getValue())
                         .str());
       module = kiln::buildModelGraph(
-          context, *config,
-          kiln::defaultModelSteps(maxBatch, prefillChunk), inputPath);
+          context, *config, kiln::defaultModelSteps(maxBatch, prefillChunk),
+          inputPath);
     } catch (const kiln::Error &error) {
       return fail(error.what());
     }

@@ -344,8 +344,7 @@ LogicalResult SelectRowsOp::verify() {
                          << " must match the input's "
                          << elementType(getInput());
   return verifyShape(*this, "result", getResult(),
-                     {shapeOf(getRows())[0], shapeOf(getInput())[1]},
-                     "[S, C]");
+                     {shapeOf(getRows())[0], shapeOf(getInput())[1]}, "[S, C]");
 }
 
 //===----------------------------------------------------------------------===//
@@ -380,7 +379,8 @@ LogicalResult MLAAttentionOp::verify() {
        {std::make_tuple("q", getQ(), "[T, heads * (nope + rope)]"),
         std::make_tuple("latent", getLatent(), "[T, kv_lora_rank]"),
         std::make_tuple("k_pe", getKPe(), "[T, rope]"),
-        std::make_tuple("kv_b", getKvB(), "[heads * (nope + v), kv_lora_rank]")})
+        std::make_tuple("kv_b", getKvB(),
+                        "[heads * (nope + v), kv_lora_rank]")})
     if (failed(verifyRank(*this, name, value, 2, layout)))
       return failure();
   if (failed(verifyRank(*this, "positions", getPositions(), 1, "[T]")))
@@ -391,10 +391,10 @@ LogicalResult MLAAttentionOp::verify() {
                          "[T, heads * (nope + rope)]")) ||
       failed(verifyShape(*this, "latent", getLatent(), {tokens, kvLora},
                          "[T, kv_lora_rank]")) ||
-      failed(verifyShape(*this, "k_pe", getKPe(), {tokens, rope},
-                         "[T, rope]")) ||
-      failed(verifyShape(*this, "positions", getPositions(), {tokens},
-                         "[T]")) ||
+      failed(
+          verifyShape(*this, "k_pe", getKPe(), {tokens, rope}, "[T, rope]")) ||
+      failed(
+          verifyShape(*this, "positions", getPositions(), {tokens}, "[T]")) ||
       failed(verifyShape(*this, "kv_b", getKvB(), {heads * (nope + v), kvLora},
                          "[heads * (nope + v), kv_lora_rank]")))
     return failure();
@@ -576,8 +576,8 @@ LogicalResult MoECombineOp::verify() {
 
 LogicalResult MoEPermuteOp::verify() {
   if (failed(verifyRank(*this, "tokens", getTokens(), 2, "[T, H]")) ||
-      failed(verifyRank(*this, "expert_ids", getExpertIds(), 2,
-                        "[T, top_k]")) ||
+      failed(
+          verifyRank(*this, "expert_ids", getExpertIds(), 2, "[T, top_k]")) ||
       failed(verifyRank(*this, "offsets", getOffsets(), 1, "[E+1]")))
     return failure();
   ArrayRef<int64_t> tokens = shapeOf(getTokens());
@@ -603,15 +603,14 @@ LogicalResult MoEPermuteOp::verify() {
   if (failed(verifyShape(*this, "expert_ids", getExpertIds(),
                          {tokens[0], ids[1]}, "[T, top_k]")))
     return failure();
-  int64_t routed = isDynamic(tokens[0]) || isDynamic(ids[1])
-                       ? kDynamic
-                       : tokens[0] * ids[1];
+  int64_t routed =
+      isDynamic(tokens[0]) || isDynamic(ids[1]) ? kDynamic : tokens[0] * ids[1];
   if (failed(verifyShape(*this, "expert_tokens", getExpertTokens(),
                          {routed, tokens[1]}, "[T * top_k, H]")))
     return failure();
-  if (fp8 && failed(verifyShape(*this, "expert_scales", getExpertScales(),
-                                {routed, hiddenBlocks},
-                                "[T * top_k, ceil(H/128)]")))
+  if (fp8 &&
+      failed(verifyShape(*this, "expert_scales", getExpertScales(),
+                         {routed, hiddenBlocks}, "[T * top_k, ceil(H/128)]")))
     return failure();
   int64_t offsets = shapeOf(getOffsets())[0];
   if (!isDynamic(offsets) && offsets < 2)
@@ -629,9 +628,8 @@ LogicalResult MoEUnpermuteOp::verify() {
   ArrayRef<int64_t> outputs = shapeOf(getExpertOutputs());
   if (failed(verifyShape(*this, "weights", getWeights(), rows, "of 'rows'")))
     return failure();
-  int64_t routed = isDynamic(rows[0]) || isDynamic(rows[1])
-                       ? kDynamic
-                       : rows[0] * rows[1];
+  int64_t routed =
+      isDynamic(rows[0]) || isDynamic(rows[1]) ? kDynamic : rows[0] * rows[1];
   if (!compatible(outputs[0], routed))
     return emitOpError() << "'expert_outputs' has " << outputs[0]
                          << " rows; expected T * top_k = " << routed;

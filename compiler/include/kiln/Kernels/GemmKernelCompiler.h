@@ -1,4 +1,5 @@
-//===- GemmKernelCompiler.h - FP8 GEMM kernels to PTX and cubins -*- C++ -*-===//
+//===- GemmKernelCompiler.h - FP8 GEMM kernels to PTX and cubins -*- C++
+//-*-===//
 //
 // The one definition of the pipeline that takes a #kiln.gemm_config to an
 // sm_90a kernel: kiln-emit-gemm-kernels, the lowering to LLVM and NVVM,

@@ -35,7 +35,8 @@ struct BufferPlacement {
 /// Linear scan in order of first use; each buffer goes to the lowest
 /// aligned offset where it overlaps no buffer that is alive at the same
 /// time (first fit).
-BufferPlacement placeBufferIntervals(const std::vector<BufferInterval> &buffers);
+BufferPlacement
+placeBufferIntervals(const std::vector<BufferInterval> &buffers);
 
 } // namespace kiln
 
