@@ -165,17 +165,26 @@ Model::~Model() = default;
 
 namespace {
 
-/// Model::load with an artifact: the CUDA backend over the checkpoint.
-std::shared_ptr<Model> loadOnGpu(const std::filesystem::path &modelDir,
-                                 const ModelLoadOptions &options,
-                                 LoadReporter &reporter) {
+/// The artifact of `options`, read before anything else is opened so that a
+/// bad one fails fast; a build without CUDA refuses it.
+Artifact readGpuArtifact(const ModelLoadOptions &options) {
 #ifdef KILN_HAVE_CUDA
-  reporter.report(LoadStage::Checkpoint, 0);
-  Artifact artifact = readArtifact(options.artifact);
-  Checkpoint checkpoint(modelDir);
-  reporter.report(LoadStage::Tokenizer, 0);
-  Tokenizer tokenizer = Tokenizer::load(modelDir);
-  reporter.report(LoadStage::Weights, 0);
+  return readArtifact(options.artifact);
+#else
+  throw Error("model load: " + options.artifact.string() +
+              ": this build of Kiln has no CUDA backend (configured without "
+              "the CUDA toolkit); load the model without an artifact to use "
+              "the CPU reference");
+#endif
+}
+
+#ifdef KILN_HAVE_CUDA
+/// The CUDA backend over `checkpoint`, its upload reported as the Weights
+/// stage.
+std::unique_ptr<Backend> makeCudaBackend(const Checkpoint &checkpoint,
+                                         Artifact artifact,
+                                         const ModelLoadOptions &options,
+                                         LoadReporter &reporter) {
   cuda::CudaBackendOptions cudaOptions;
   cudaOptions.device = options.device;
   cudaOptions.kvCacheTokens = options.kvCacheTokens;
@@ -187,28 +196,18 @@ std::shared_ptr<Model> loadOnGpu(const std::filesystem::path &modelDir,
       return false;
     }
   };
-  std::unique_ptr<Backend> backend;
   try {
-    backend = std::make_unique<cuda::CudaBackend>(
-        checkpoint, std::move(artifact), options.artifact.string(),
-        cudaOptions);
+    return std::make_unique<cuda::CudaBackend>(checkpoint, std::move(artifact),
+                                               options.artifact.string(),
+                                               cudaOptions);
   } catch (const Error &) {
     // A cancelled upload surfaces as the backend's error; report it as the
     // cancellation it was.
     reporter.report(LoadStage::Weights, 0);
     throw;
   }
-  reporter.report(LoadStage::Done, 1);
-  return std::make_shared<Model>(std::move(backend), std::move(tokenizer));
-#else
-  (void)modelDir;
-  (void)reporter;
-  throw Error("model load: " + options.artifact.string() +
-              ": this build of Kiln has no CUDA backend (configured without "
-              "the CUDA toolkit); load the model without an artifact to use "
-              "the CPU reference");
-#endif
 }
+#endif
 
 } // namespace
 
@@ -225,18 +224,27 @@ int gpuCount(std::string *whyNone) {
 std::shared_ptr<Model> Model::load(const std::filesystem::path &modelDir,
                                    const ModelLoadOptions &options) {
   LoadReporter reporter(options);
-  if (!options.artifact.empty())
-    return loadOnGpu(modelDir, options, reporter);
   reporter.report(LoadStage::Checkpoint, 0);
-  // The checkpoint is only needed while the CPU backend copies the weights
-  // out of it; its mappings go when this function returns or throws.
+  std::optional<Artifact> artifact;
+  if (!options.artifact.empty())
+    artifact = readGpuArtifact(options);
+  // The checkpoint is only needed while the backend copies the weights out
+  // of it; its mappings go when this function returns or throws.
   Checkpoint checkpoint(modelDir);
   reporter.report(LoadStage::Tokenizer, 0);
   Tokenizer tokenizer = Tokenizer::load(modelDir);
   reporter.report(LoadStage::Weights, 0);
-  ReportingWeights weights(checkpoint, reporter);
-  auto backend =
-      std::make_unique<CpuBackend>(checkpoint.config(), weights, options.cpu);
+  std::unique_ptr<Backend> backend;
+#ifdef KILN_HAVE_CUDA
+  if (artifact)
+    backend =
+        makeCudaBackend(checkpoint, std::move(*artifact), options, reporter);
+#endif
+  if (!backend) {
+    ReportingWeights weights(checkpoint, reporter);
+    backend =
+        std::make_unique<CpuBackend>(checkpoint.config(), weights, options.cpu);
+  }
   reporter.report(LoadStage::Done, 1);
   return std::make_shared<Model>(std::move(backend), std::move(tokenizer));
 }

@@ -178,9 +178,10 @@ int main(int argc, char **argv) {
     double worstGpu = 0, worstNoise = 0, worstBatched = 0;
     int tokensCompared = 0, tokensEqual = 0, unexplainedFlips = 0;
     std::vector<Run> gpuAlone;
-    std::printf("\n| prompt | len | greedy equal | first diff | gpu rel err | "
-                "gpu vs cpu fp8 | fp8 noise | bound |\n| --- | --- | --- | --- | "
-                "--- | --- | --- | --- |\n");
+    std::printf(
+        "\n| prompt | len | greedy equal | first diff | gpu rel err | "
+        "gpu vs cpu fp8 | fp8 noise | bound |\n| --- | --- | --- | --- | "
+        "--- | --- | --- | --- |\n");
     for (size_t p = 0; p < prompts.size(); ++p) {
       Run cpuRun = generate(reference, prompts[p], args.tokens);
       Run gpuRun = generate(gpu, prompts[p], args.tokens);
@@ -220,8 +221,8 @@ int main(int argc, char **argv) {
                     p, firstDiff, cpuRun.tokens[firstDiff],
                     gpuRun.tokens[firstDiff], margin, 2 * bound);
       }
-      std::printf("| %zu | %zu | %d/%d | %s | %.3g | %.3g | %.3g | %.3g |\n",
-                  p, prompts[p].size(), equal, args.tokens,
+      std::printf("| %zu | %zu | %d/%d | %s | %.3g | %.3g | %.3g | %.3g |\n", p,
+                  prompts[p].size(), equal, args.tokens,
                   firstDiff < 0 ? "-" : std::to_string(firstDiff).c_str(),
                   gpuErr, gpuVsEmulated, noise, bound);
       worstGpu = std::max(worstGpu, gpuErr);

@@ -48,12 +48,7 @@ if [[ -x $build_dir/bin/kiln-gemm-check ]]; then
   cp "$build_dir/bin/kiln-gemm-check" $device_dir/bin/
   if [[ -x $build_dir/bin/kiln-runtime-tests ]]; then
     cp "$build_dir/bin/kiln-runtime-tests" $device_dir/bin/
-    # The tests link the runtime library, shared when the build makes it so.
-    for library in "$build_dir"/lib/libkiln_runtime.so*; do
-      [[ -e $library ]] || continue
-      mkdir -p $device_dir/lib
-      cp -P "$library" $device_dir/lib/
-    done
+    # (It links the runtime library, staged above.)
   fi
   cp "$build_dir/kernels/gemm_reference.cubin" "$build_dir/kernels/gemm_reference.json" $device_dir/reference/
   kernels=()

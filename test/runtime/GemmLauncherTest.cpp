@@ -13,6 +13,7 @@
 #include "kiln/cuda/gemm_launcher.h"
 #include "kiln/fp8.h"
 
+#include "HopperTest.h"
 #include "TestSupport.h"
 
 #include <gtest/gtest.h>
@@ -189,29 +190,12 @@ TEST(CudaErrors, NameTheCallAndContext) {
 }
 
 /// Tests that need a Hopper GPU: they hold its primary context.
-class GemmLauncherOnGpu : public ::testing::Test {
+class GemmLauncherOnGpu : public kiln::testing::HopperTest {
 protected:
-  void SetUp() override {
-    std::string why;
-    if (deviceCount(&why) == 0)
-      GTEST_SKIP() << "no CUDA device: " << why;
-    context = std::make_unique<PrimaryContext>(0);
-    int major =
-        context->attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR);
-    int minor =
-        context->attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR);
-    if (major != 9 || minor != 0)
-      GTEST_SKIP() << "no CUDA device of compute capability 9.0 (sm_90a "
-                      "cubin); found "
-                   << major << "." << minor;
-  }
-
   GemmKernel loadReference(GemmKernelConfig config) {
     std::string_view image = reference::cubin();
     return GemmKernel(image.data(), image.size(), std::move(config));
   }
-
-  std::unique_ptr<PrimaryContext> context;
 };
 
 TEST_F(GemmLauncherOnGpu, ReferenceKernelMatchesTheCpu) {

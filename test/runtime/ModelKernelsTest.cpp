@@ -17,6 +17,7 @@
 #include "kiln/cuda/model_kernels.h"
 #include "kiln/fp8.h"
 
+#include "HopperTest.h"
 #include "TestSupport.h"
 
 #include <gtest/gtest.h>
@@ -215,21 +216,12 @@ constexpr uint16_t kPoisonBF16 = 0x7FA5;
 constexpr uint8_t kPoisonF8 = 0x7F;
 constexpr uint32_t kPoisonI32 = 0xDEADBEEF;
 
-class ModelKernelsOnGpu : public ::testing::Test {
+class ModelKernelsOnGpu : public kiln::testing::HopperTest {
 protected:
   void SetUp() override {
-    std::string why;
-    if (deviceCount(&why) == 0)
-      GTEST_SKIP() << "no CUDA device: " << why;
-    context = std::make_unique<PrimaryContext>(0);
-    int major =
-        context->attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR);
-    int minor =
-        context->attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR);
-    if (major != 9 || minor != 0)
-      GTEST_SKIP() << "no CUDA device of compute capability 9.0 (sm_90a "
-                      "cubin); found "
-                   << major << "." << minor;
+    HopperTest::SetUp();
+    if (IsSkipped())
+      return;
     kernels = std::make_unique<ModelKernels>();
   }
   void TearDown() override {
@@ -283,7 +275,6 @@ protected:
     return values;
   }
 
-  std::unique_ptr<PrimaryContext> context;
   std::unique_ptr<ModelKernels> kernels;
   std::vector<DeviceBuffer> buffers;
   std::mt19937 random{20261123};

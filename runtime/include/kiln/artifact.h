@@ -164,8 +164,7 @@ Artifact parseArtifact(const std::string &bytes, const std::string &origin);
 /// The file's bytes (validated first).
 std::string serializeArtifact(const Artifact &artifact);
 /// Writes atomically (a temporary file renamed into place).
-void writeArtifact(const Artifact &artifact,
-                   const std::filesystem::path &path);
+void writeArtifact(const Artifact &artifact, const std::filesystem::path &path);
 
 /// Throws kiln::Error unless the artifact was compiled for `config`
 /// (model hash and the identifying fields, all named in the message);

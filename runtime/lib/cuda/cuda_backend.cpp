@@ -246,6 +246,8 @@ struct CudaBackend::Impl {
     /// Entries whose last token is in the chunk, and that token's row.
     std::vector<int32_t> finishing;
     std::vector<int32_t> lastRows;
+    /// The longest context any token of the chunk attends to.
+    int32_t maxContext = 0;
   };
   void runChunk(const std::vector<BackendStepEntry> &entries,
                 const Chunk &chunk, std::vector<float> &logits);
@@ -593,10 +595,7 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
                   " has no KV cache");
     args.cache = cacheLayers[layer].get();
     args.cacheType = ElementType::BF16;
-    int32_t maxPosition = 0;
-    for (int32_t p : chunk.positions)
-      maxPosition = std::max(maxPosition, p);
-    args.maxContext = maxPosition + 1;
+    args.maxContext = chunk.maxContext;
     kernels->mlaAttention(stream, args);
   } else if (op == "swiglu") {
     if (step.outputs.size() == 2) {
@@ -880,6 +879,8 @@ CudaBackend::step(const std::vector<BackendStepEntry> &entries) {
         chunk.tokenIds.push_back(e.tokens[j]);
         chunk.positions.push_back(
             static_cast<int32_t>(e.startPosition + static_cast<int64_t>(j)));
+        chunk.maxContext =
+            std::max(chunk.maxContext, chunk.positions.back() + 1);
         if (j + 1 == e.tokens.size()) {
           chunk.finishing.push_back(static_cast<int32_t>(i));
           chunk.lastRows.push_back(

@@ -155,8 +155,8 @@ __device__ __forceinline__ void quantizeTile(const QuantizedRef &q,
                   toE4M3(values[2] / scale), toE4M3(values[3] / scale));
   long long column = tile * kScaleBlock + lane * 4;
   if (column < q.cols)
-    *reinterpret_cast<uchar4 *>(pointer<unsigned char>(q.values) + row * q.cols +
-                              column) = codes;
+    *reinterpret_cast<uchar4 *>(pointer<unsigned char>(q.values) +
+                                row * q.cols + column) = codes;
   if (lane == 0) {
     long long index = scaleIndex(q, row, tile);
     if (index >= 0)

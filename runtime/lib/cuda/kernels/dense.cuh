@@ -255,8 +255,8 @@ KILN_MATMUL_KERNEL(8)
 /// live (a full-width layer is gigabytes).
 extern "C" __global__ void __launch_bounds__(kRowThreads)
     kiln_fill_random(const FillRandomParams p) {
-  for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x +
-                     threadIdx.x;
+  for (long long i =
+           static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
        i < p.count; i += static_cast<long long>(gridDim.x) * blockDim.x) {
     unsigned long long h = (p.seed + 1) * 0x9E3779B97F4A7C15ull ^
                            static_cast<unsigned long long>(i);
