@@ -96,6 +96,20 @@ def metrics(port):
     return values
 
 
+def metrics_when(port, ready, timeout=5.0):
+    """Scrapes /metrics until ready(values) holds or the timeout passes.
+
+    The server counts an HTTP request in its logger, which runs after the
+    response has been written, so a client can see its stream end before the
+    request is counted."""
+    deadline = time.monotonic() + timeout
+    values = metrics(port)
+    while not ready(values) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        values = metrics(port)
+    return values
+
+
 def is_error_object(body, status, what):
     error = body.get("error") if isinstance(body, dict) else None
     ok = isinstance(error, dict) and all(k in error for k in ("message", "type", "param", "code"))
@@ -214,8 +228,8 @@ with tempfile.TemporaryDirectory() as scratch:
             thread.join(TIMEOUT)
         bad = [r for r in results if r != (200, True, expected)]
         check(not bad, f"concurrent streams: {len(bad)} of 32 wrong, e.g. {bad[:2]}")
-        after = metrics(port)
         key = 'kiln_http_requests_total{route="/v1/completions",code="200"}'
+        after = metrics_when(port, lambda v: v.get(key, 0) - before.get(key, 0) >= 35)
         check(after.get(key, 0) - before.get(key, 0) >= 35, f"metrics {key}: {after.get(key)}")
         check(after.get("kiln_peak_active_sequences", 0) > 1,
               f"no batching: peak active {after.get('kiln_peak_active_sequences')}")
@@ -265,14 +279,9 @@ with tempfile.TemporaryDirectory() as scratch:
             received += chunk
         check(b"data: " in received, f"disconnect test: no first chunk: {received[:200]!r}")
         raw.close()
-        deadline = time.time() + 15
-        gone = {}
-        while time.time() < deadline:
-            gone = metrics(port)
-            if (gone.get('kiln_generation_requests_total{finish_reason="disconnected"}', 0) >= 1
-                    and gone["kiln_requests_in_flight"] == 0 and gone["kiln_active_sequences"] == 0):
-                break
-            time.sleep(0.1)
+        gone = metrics_when(port, lambda v: (
+            v.get('kiln_generation_requests_total{finish_reason="disconnected"}', 0) >= 1
+            and v["kiln_requests_in_flight"] == 0 and v["kiln_active_sequences"] == 0), timeout=15)
         check(gone.get('kiln_generation_requests_total{finish_reason="disconnected"}', 0) >= 1,
               "the disconnected stream was not cancelled")
         check(gone.get("kiln_requests_in_flight") == 0 and gone.get("kiln_active_sequences") == 0,
