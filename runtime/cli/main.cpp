@@ -47,13 +47,14 @@ Commands:
   generate    --model DIR --prompt TEXT [--max-tokens N] [--chat] [--system TEXT]
               [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop TEXT]
               [--backend auto|cuda|cpu] [--artifact FILE] [--device N]
-              [--mla naive|absorbed] [--fp8-activations] [--threads N]
+              [--mla naive|absorbed] [--fp8-activations [--bf16-storage]]
+              [--threads N]
               Streams the continuation of TEXT (with --chat: the assistant's
               answer to TEXT as a user message). Greedy unless --temperature > 0.
   serve       --model DIR [--host 127.0.0.1] [--port 8080] [--max-batch N]
               [--kv-budget-tokens N] [--max-body-bytes N] [--threads N]
               [--backend auto|cuda|cpu] [--artifact FILE] [--device N]
-              [--mla naive|absorbed] [--fp8-activations]
+              [--mla naive|absorbed] [--fp8-activations [--bf16-storage]]
               Serves the model over HTTP until SIGINT/SIGTERM, OpenAI style:
               POST /v1/completions, /v1/chat/completions (JSON or SSE with
               "stream": true), GET /v1/models, /health, /metrics (Prometheus).
@@ -61,7 +62,7 @@ Commands:
               sequences, 8 by default); request bodies up to 1 MiB by default.
   logits      --model DIR --tokens 0,17,42 [--backend auto|cuda|cpu]
               [--artifact FILE] [--device N] [--mla naive|absorbed]
-              [--fp8-activations] [--threads N]
+              [--fp8-activations [--bf16-storage]] [--threads N]
               Prints {"logits": [[...], ...]}: one row of vocabulary logits per
               input position.
   tokenize    --model DIR --text TEXT [--bos]
@@ -82,7 +83,10 @@ shards (or model.safetensors), tokenizer.json and tokenizer_config.json.
 Backends: cuda runs a kilnc artifact (--artifact FILE, by default
 DIR/model.kiln; compile one with `kilnc DIR/config.json -o DIR/model.kiln`)
 on an sm_90a GPU; cpu is the FP32 reference. auto (the default) takes cuda
-when a GPU and an artifact are present, cpu otherwise.
+when a GPU and an artifact are present, cpu otherwise. On cpu,
+--fp8-activations rounds every FP8 linear's input per 1x128 tile as the GPU
+does, and --bf16-storage also rounds to BF16 what the CUDA backend stores in
+BF16 (its numerics, up to summation order).
 )";
 
 /// Options of one command: `--name value` pairs and bare `--flag`s.
@@ -169,6 +173,7 @@ CpuModelOptions modelOptions(const Options &options) {
   else if (mla != "absorbed")
     throw Error("--mla: expected naive or absorbed, got '" + mla + "'");
   result.emulateFp8Activations = options.has("fp8-activations");
+  result.emulateBf16Storage = options.has("bf16-storage");
   result.numThreads = options.number<int>("threads", 0);
   result.loadMtp = false;
   return result;
@@ -428,7 +433,8 @@ int main(int argc, char **argv) {
     return argc < 2 ? 1 : 0;
   }
   std::string command = argv[1];
-  const std::vector<std::string> modelFlags = {"fp8-activations"};
+  const std::vector<std::string> modelFlags = {"fp8-activations",
+                                               "bf16-storage"};
   const std::vector<std::string> modelOptionNames = {
       "model", "backend", "artifact", "device", "mla", "threads"};
   try {

@@ -200,6 +200,12 @@ void softmaxInPlace(float *x, int64_t n) {
     x[t] /= sum;
 }
 
+/// Rounds x to the nearest BF16 in place (CpuModelOptions::emulateBf16Storage).
+void roundToBf16(float *x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    x[i] = decodeBF16(encodeBF16(x[i]));
+}
+
 /// x quantized per 1x128 tile along each row and dequantized again: what an
 /// FP8 GEMM sees of its activation input.
 std::vector<float> fp8RoundTrip(const float *x, int64_t rows, int64_t cols) {
@@ -694,6 +700,8 @@ struct CpuModel::Impl {
     embed = reader.load("model.embed_tokens.weight", {vocab, hidden});
     for (int64_t layer = 0; layer < c.numHiddenLayers; ++layer)
       layers.push_back(loadBlock(reader, c, layer));
+    for (Block &block : layers)
+      roundStoredWeights(block);
     finalNorm = reader.load("model.norm.weight", {hidden});
     if (!c.tieWordEmbeddings)
       lmHead = reader.load("lm_head.weight", {vocab, hidden});
@@ -717,10 +725,18 @@ struct CpuModel::Impl {
     module->ehProj = reader.linear(ehProj, hidden, 2 * hidden,
                                    reader.contains(ehProj + "_scale_inv"));
     module->block = loadBlock(reader, config, layer);
+    roundStoredWeights(module->block);
     module->norm = reader.load(prefix + "shared_head.norm.weight", {hidden});
     module->head = reader.linear(prefix + "shared_head.head.weight", vocab,
                                  hidden, /*fp8=*/false);
     return module;
+  }
+
+  /// kv_b_proj as the CUDA backend holds it: dequantized to BF16 at load.
+  void roundStoredWeights(Block &block) const {
+    if (options.emulateBf16Storage)
+      roundToBf16(block.attention.kvB.weight.data(),
+                  static_cast<int64_t>(block.attention.kvB.weight.size()));
   }
 
   //===--- Linear algebra -------------------------------------------------===//
@@ -750,6 +766,8 @@ struct CpuModel::Impl {
       std::vector<float> rounded = fp8RoundTrip(x, rows, l.inFeatures);
       matmul(rounded.data(), rows, l.weight.data(), l.outFeatures, l.inFeatures,
              y);
+      if (options.emulateBf16Storage)
+        roundToBf16(y, rows * l.outFeatures);
       return;
     }
     matmul(x, rows, l.weight.data(), l.outFeatures, l.inFeatures, y);
@@ -847,6 +865,8 @@ struct CpuModel::Impl {
               latent.data() + r * kvLora);
       std::copy_n(row + kvLora, ropeDim, ropeKey.data() + r * ropeDim);
     }
+    if (options.emulateBf16Storage)
+      roundToBf16(latent.data(), rows * kvLora);
     for (const Span &span : spans)
       for (int64_t i = 0; i < span.rows; ++i) {
         const int64_t r = span.rowOffset + i;
@@ -856,6 +876,8 @@ struct CpuModel::Impl {
           rotateInterleaved(q.data() + (r * heads + h) * qkDim + nope,
                             rotation);
       }
+    if (options.emulateBf16Storage)
+      roundToBf16(ropeKey.data(), rows * ropeDim);
 
     std::vector<float> attended(rows * heads * vDim);
     for (size_t s = 0; s < spans.size(); ++s) {
@@ -872,6 +894,8 @@ struct CpuModel::Impl {
         absorbedAttention(a, *caches[s], spanQ, spanLatent, spanRopeKey,
                           span.rows, span.start, spanAttended);
     }
+    if (options.emulateBf16Storage)
+      roundToBf16(attended.data(), rows * heads * vDim);
     linear(a.o, attended.data(), rows, out);
   }
 
@@ -1257,6 +1281,10 @@ CpuModel::CpuModel(const ModelConfig &config, const WeightSource &weights,
   if (options.numThreads < 0)
     throw Error("CpuModelOptions::numThreads must not be negative, got " +
                 std::to_string(options.numThreads));
+  if (options.emulateBf16Storage && !options.emulateFp8Activations)
+    throw Error("CpuModelOptions::emulateBf16Storage needs "
+                "emulateFp8Activations (it emulates the CUDA backend's FP8 "
+                "recipe)");
   impl = std::make_unique<Impl>(config, weights, options);
 }
 

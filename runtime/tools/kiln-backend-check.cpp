@@ -3,15 +3,33 @@
 // Runs one model on the CUDA backend (a kilnc artifact) and on the CPU
 // reference, and checks them against each other:
 //
-// 1. Greedy generation of --tokens tokens from several prompts on both
-//    backends: the token streams must be equal, or differ only after a step
-//    where the reference's top-2 margin is inside the FP8 noise (below).
-// 2. Teacher-forced logits (both backends fed the reference's tokens): the
-//    relative error max|gpu - cpu| / max|cpu| per step. The bound is derived
-//    from measured FP8 noise: the same error of the CPU reference with FP8
-//    activation emulation (the DeepSeek-V3 recipe's 1×128 quantization)
-//    against the plain FP32 reference, times --noise-factor (the GPU adds
-//    BF16 GEMM outputs and FP8 weights read as stored).
+// Three CPU references: FP32 (the oracle of the model), the FP8 recipe
+// (FP32 with the GPU's 1x128 activation quantization) and the GPU's numerics
+// (the recipe plus BF16 wherever the CUDA backend stores BF16).
+//
+// Why the bounds are statistical: an FP8 quantizer turns a perturbation of
+// relative size d into one of about sqrt(d * step) (the fraction ~d/step of
+// values near a rounding boundary moves by a whole step, ~9%), so after the
+// dozens of quantizations of a forward pass any difference, even FP32
+// summation order, grows to the full FP8 noise. Two correct FP8
+// implementations are two independent draws of that noise; the two CPU FP8
+// references are such a pair, and measure it.
+//
+// 1. Teacher-forced logits (everyone fed the GPU-numerics reference's greedy
+//    tokens), relative RMS error ||a - b|| / ||b|| per step: the GPU's
+//    distance from the GPU-numerics reference must be distributed like the
+//    recipe's (median and 90th percentile within --noise-factor), and the
+//    GPU's distance from FP32 like the recipe's distance from FP32. A kernel
+//    bug adds its error on top of the noise and fails; smaller bugs are the
+//    per-kernel device tests' (test/runtime/ModelKernelsTest.cpp).
+// 2. Greedy generation of --tokens tokens from several prompts on the GPU
+//    and on the GPU-numerics reference: equal, or first different at a step
+//    whose difference is within the measured FP8 noise (at most the two CPU
+//    draws' largest) and where the reference's margin between the two
+//    tokens is within 4 standard deviations of the per-logit difference
+//    (such a pair is ordered by the noise).
+//    The same count for the recipe against the GPU-numerics reference shows
+//    how soon two CPU FP8 runs part.
 // 3. Continuous batching: all prompts in one batched prefill step and then
 //    batched decode steps must give each sequence the logits it got alone.
 // 4. Prefill chunking: the longest prompt is longer than the artifact's
@@ -45,7 +63,7 @@ struct Args {
   std::string model;
   std::string artifact;
   int tokens = 32;
-  double noiseFactor = 4.0;
+  double noiseFactor = 1.5;
 };
 
 double relativeError(const float *a, const float *reference, int64_t n) {
@@ -57,31 +75,51 @@ double relativeError(const float *a, const float *reference, int64_t n) {
   return scale > 0 ? diff / scale : diff;
 }
 
+/// ||a - b|| / ||b||.
+double rmsRelativeError(const float *a, const float *reference, int64_t n) {
+  double diff = 0, scale = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    diff += (double(a[i]) - reference[i]) * (double(a[i]) - reference[i]);
+    scale += double(reference[i]) * reference[i];
+  }
+  return scale > 0 ? std::sqrt(diff / scale) : std::sqrt(diff);
+}
+
+/// The standard deviation of a - b over the row (its RMS).
+double rmsDifference(const float *a, const float *b, int64_t n) {
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i)
+    sum += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+  return std::sqrt(sum / double(n));
+}
+
+/// How many leading tokens two runs share.
+int commonPrefix(const std::vector<int32_t> &a, const std::vector<int32_t> &b) {
+  size_t n = 0;
+  while (n < a.size() && n < b.size() && a[n] == b[n])
+    ++n;
+  return static_cast<int>(n);
+}
+
+/// The q-quantile (nearest rank) of `values`; 0 when empty.
+double quantile(std::vector<double> values, double q) {
+  if (values.empty())
+    return 0;
+  std::sort(values.begin(), values.end());
+  size_t rank = static_cast<size_t>(std::ceil(q * values.size()));
+  return values[std::min(values.size() - 1, rank ? rank - 1 : 0)];
+}
+
 int32_t argmax(const float *row, int64_t n) {
   return static_cast<int32_t>(std::max_element(row, row + n) - row);
 }
 
-/// Top-1 minus top-2 logit, relative to the row's largest magnitude.
-double relativeMargin(const float *row, int64_t n) {
-  float first = -INFINITY, second = -INFINITY, scale = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    scale = std::max(scale, std::fabs(row[i]));
-    if (row[i] > first) {
-      second = first;
-      first = row[i];
-    } else if (row[i] > second) {
-      second = row[i];
-    }
-  }
-  return scale > 0 ? (first - second) / scale : 0;
-}
-
 std::vector<std::vector<int32_t>> makePrompts(int64_t vocab) {
   // Deterministic ids spread over the vocabulary; lengths cover a single
-  // token, a short prompt and one longer than a small prefill chunk.
+  // token, short prompts and ones longer than a small prefill chunk.
   std::vector<std::vector<int32_t>> prompts;
   uint64_t state = 0x9E3779B97F4A7C15ull;
-  for (int length : {1, 7, 45}) {
+  for (int length : {1, 7, 20, 45, 3, 12, 33, 64}) {
     std::vector<int32_t> prompt;
     for (int i = 0; i < length; ++i) {
       state = state * 6364136223846793005ull + 1442695040888963407ull;
@@ -156,10 +194,13 @@ int main(int argc, char **argv) {
     const int64_t vocab = config.vocabSize;
     CpuModelOptions fp32;
     fp32.mlaForm = MlaForm::Absorbed;
-    CpuModelOptions fp8 = fp32;
-    fp8.emulateFp8Activations = true;
+    CpuModelOptions recipe = fp32;
+    recipe.emulateFp8Activations = true;
+    CpuModelOptions gpuNumerics = recipe;
+    gpuNumerics.emulateBf16Storage = true;
     CpuBackend reference(config, checkpoint, fp32);
-    CpuBackend emulated(config, checkpoint, fp8);
+    CpuBackend fp8Recipe(config, checkpoint, recipe);
+    CpuBackend emulated(config, checkpoint, gpuNumerics);
     auto loadStart = std::chrono::steady_clock::now();
     Artifact artifact = readArtifact(args.artifact);
     const int64_t prefillChunk = artifact.plan("prefill").maxTokens;
@@ -175,63 +216,124 @@ int main(int argc, char **argv) {
 
     auto prompts = makePrompts(vocab);
     bool ok = true;
-    double worstGpu = 0, worstNoise = 0, worstBatched = 0;
+    double worstBatched = 0;
     int tokensCompared = 0, tokensEqual = 0, unexplainedFlips = 0;
+    // Per step: GPU vs GPU-numerics reference, recipe vs GPU-numerics
+    // reference (two FP8 draws), GPU vs FP32, recipe vs FP32.
+    std::vector<double> gpuVsEmulated, drawNoise, gpuVsFp32, recipeVsFp32;
+    int recipeTokensEqual = 0;
+    struct Flip {
+      size_t prompt;
+      int step;
+      int32_t reference, gpu;
+      double margin, sigma, relativeError;
+    };
+    std::vector<Flip> flips;
     std::vector<Run> gpuAlone;
     std::printf(
-        "\n| prompt | len | greedy equal | first diff | gpu rel err | "
-        "gpu vs cpu fp8 | fp8 noise | bound |\n| --- | --- | --- | --- | "
-        "--- | --- | --- | --- |\n");
+        "\nRelative RMS logit error per step, teacher-forced on the "
+        "GPU-numerics reference's greedy tokens (median / max); greedy "
+        "tokens equal to that reference's:\n\n| prompt | len | gpu greedy "
+        "| recipe greedy | gpu vs emulated | recipe vs emulated | gpu vs "
+        "fp32 | recipe vs fp32 |\n| --- | --- | --- | --- | --- | --- | --- "
+        "| --- |\n");
     for (size_t p = 0; p < prompts.size(); ++p) {
-      Run cpuRun = generate(reference, prompts[p], args.tokens);
+      Run emuRun = generate(emulated, prompts[p], args.tokens);
       Run gpuRun = generate(gpu, prompts[p], args.tokens);
-      Run gpuForced = generate(gpu, prompts[p], args.tokens, &cpuRun.tokens);
-      Run emuForced =
-          generate(emulated, prompts[p], args.tokens, &cpuRun.tokens);
+      Run recipeRun = generate(fp8Recipe, prompts[p], args.tokens);
+      Run gpuForced = generate(gpu, prompts[p], args.tokens, &emuRun.tokens);
+      Run cpuForced =
+          generate(reference, prompts[p], args.tokens, &emuRun.tokens);
+      Run recipeForced =
+          generate(fp8Recipe, prompts[p], args.tokens, &emuRun.tokens);
       gpuAlone.push_back(gpuForced);
-      double gpuErr = 0, noise = 0, gpuVsEmulated = 0;
+      std::vector<double> pGpuEmu, pDraw, pGpu32, pRecipe32;
       for (int i = 0; i < args.tokens; ++i) {
-        gpuVsEmulated = std::max(
-            gpuVsEmulated, relativeError(gpuForced.logits[i].data(),
-                                         emuForced.logits[i].data(), vocab));
-        gpuErr =
-            std::max(gpuErr, relativeError(gpuForced.logits[i].data(),
-                                           cpuRun.logits[i].data(), vocab));
-        noise = std::max(noise, relativeError(emuForced.logits[i].data(),
-                                              cpuRun.logits[i].data(), vocab));
+        const float *emu = emuRun.logits[i].data();
+        pGpuEmu.push_back(
+            rmsRelativeError(gpuForced.logits[i].data(), emu, vocab));
+        pDraw.push_back(
+            rmsRelativeError(recipeForced.logits[i].data(), emu, vocab));
+        pGpu32.push_back(rmsRelativeError(gpuForced.logits[i].data(),
+                                          cpuForced.logits[i].data(), vocab));
+        pRecipe32.push_back(rmsRelativeError(
+            recipeForced.logits[i].data(), cpuForced.logits[i].data(), vocab));
       }
-      double bound = args.noiseFactor * noise;
-      int firstDiff = -1;
-      for (int i = 0; i < args.tokens; ++i)
-        if (gpuRun.tokens[i] != cpuRun.tokens[i]) {
-          firstDiff = i;
-          break;
-        }
-      int equal = firstDiff < 0 ? args.tokens : firstDiff;
+      int equal = commonPrefix(gpuRun.tokens, emuRun.tokens);
+      int recipeEqual = commonPrefix(recipeRun.tokens, emuRun.tokens);
       tokensCompared += args.tokens;
       tokensEqual += equal;
-      if (firstDiff >= 0) {
-        // A flip is explained when the reference's own margin at that step
-        // is within the error bound: FP8 noise can reorder those two.
-        double margin = relativeMargin(cpuRun.logits[firstDiff].data(), vocab);
-        if (margin > 2 * bound)
-          ++unexplainedFlips;
-        std::printf("  prompt %zu: token %d differs (cpu %d, gpu %d), cpu "
-                    "top-2 margin %.3g of max |logit|, bound %.3g\n",
-                    p, firstDiff, cpuRun.tokens[firstDiff],
-                    gpuRun.tokens[firstDiff], margin, 2 * bound);
+      recipeTokensEqual += recipeEqual;
+      if (equal < args.tokens) {
+        // Up to the flip both ran the same tokens, so the teacher-forced
+        // logits of that step are the ones each chose from.
+        const float *ref = emuRun.logits[equal].data();
+        const float *got = gpuForced.logits[equal].data();
+        flips.push_back({p, equal, emuRun.tokens[equal], gpuRun.tokens[equal],
+                         ref[emuRun.tokens[equal]] - ref[gpuRun.tokens[equal]],
+                         rmsDifference(got, ref, vocab), pGpuEmu[equal]});
       }
-      std::printf("| %zu | %zu | %d/%d | %s | %.3g | %.3g | %.3g | %.3g |\n", p,
-                  prompts[p].size(), equal, args.tokens,
-                  firstDiff < 0 ? "-" : std::to_string(firstDiff).c_str(),
-                  gpuErr, gpuVsEmulated, noise, bound);
-      worstGpu = std::max(worstGpu, gpuErr);
-      worstNoise = std::max(worstNoise, noise);
-      if (gpuErr > bound)
-        ok = false;
+      std::printf("| %zu | %zu | %d/%d | %d/%d | %.3g / %.3g | %.3g / %.3g | "
+                  "%.3g / %.3g | %.3g / %.3g |\n",
+                  p, prompts[p].size(), equal, args.tokens, recipeEqual,
+                  args.tokens, quantile(pGpuEmu, 0.5), quantile(pGpuEmu, 1),
+                  quantile(pDraw, 0.5), quantile(pDraw, 1),
+                  quantile(pGpu32, 0.5), quantile(pGpu32, 1),
+                  quantile(pRecipe32, 0.5), quantile(pRecipe32, 1));
+      auto append = [](std::vector<double> &to, const std::vector<double> &v) {
+        to.insert(to.end(), v.begin(), v.end());
+      };
+      append(gpuVsEmulated, pGpuEmu);
+      append(drawNoise, pDraw);
+      append(gpuVsFp32, pGpu32);
+      append(recipeVsFp32, pRecipe32);
     }
-    if (unexplainedFlips)
-      ok = false;
+    // A flip is explained when that step's difference is one the FP8 noise
+    // makes (no larger than the largest of the two CPU draws' over all
+    // steps) and it is large enough to swap the pair: the reference's margin
+    // between the two tokens is within 4 standard deviations of the
+    // per-logit difference at that step.
+    const double largestNoise = quantile(drawNoise, 1);
+    for (const Flip &f : flips) {
+      bool explained =
+          f.relativeError <= largestNoise && f.margin <= 4 * f.sigma;
+      if (!explained)
+        ++unexplainedFlips;
+      std::printf("  prompt %zu: token %d differs (reference %d, gpu %d): "
+                  "step error %.3g (largest FP8 noise %.3g), the reference's "
+                  "margin between them %.3g, 4 sigma of the per-logit "
+                  "difference %.3g: %s\n",
+                  f.prompt, f.step, f.reference, f.gpu, f.relativeError,
+                  largestNoise, f.margin, 4 * f.sigma,
+                  explained ? "within the noise" : "UNEXPLAINED");
+    }
+
+    // The bounds: the GPU's errors against the measured FP8 noise.
+    auto within = [&](const std::vector<double> &gpuErrors,
+                      const std::vector<double> &noise) {
+      return quantile(gpuErrors, 0.5) <=
+                 args.noiseFactor * quantile(noise, 0.5) &&
+             quantile(gpuErrors, 0.9) <=
+                 args.noiseFactor * quantile(noise, 0.9);
+    };
+    const bool emulatedOk = within(gpuVsEmulated, drawNoise);
+    const bool fp32Ok = within(gpuVsFp32, recipeVsFp32);
+    ok = emulatedOk && fp32Ok && unexplainedFlips == 0;
+    auto summary = [](const std::vector<double> &v) {
+      char text[96];
+      std::snprintf(text, sizeof text, "%.3g / %.3g / %.3g", quantile(v, 0.5),
+                    quantile(v, 0.9), quantile(v, 1));
+      return std::string(text);
+    };
+    std::printf(
+        "\nover all %zu steps (median / p90 / max), bound: %.2g x the noise's "
+        "median and p90\n  gpu vs emulated:    %s   %s\n  recipe vs "
+        "emulated: %s   (FP8 noise: two CPU draws)\n  gpu vs fp32:        "
+        "%s   %s\n  recipe vs fp32:     %s   (FP8 noise against FP32)\n",
+        gpuVsEmulated.size(), args.noiseFactor, summary(gpuVsEmulated).c_str(),
+        emulatedOk ? "ok" : "FAILED", summary(drawNoise).c_str(),
+        summary(gpuVsFp32).c_str(), fp32Ok ? "ok" : "FAILED",
+        summary(recipeVsFp32).c_str());
 
     // Continuous batching: every prompt at once, then decode together with
     // the reference's tokens; each sequence must see its lone logits.
@@ -277,20 +379,27 @@ int main(int argc, char **argv) {
                steps;
     }
 
-    std::printf("\ngreedy tokens equal: %d of %d (unexplained flips: %d)\n"
-                "worst relative error gpu vs cpu fp32: %.3g (fp8 noise %.3g, "
-                "bound %.1f x noise)\nbatched vs alone: %.3g (bound 1e-3)\n"
-                "decode step, batch 1: %.3f ms\n",
-                tokensEqual, tokensCompared, unexplainedFlips, worstGpu,
-                worstNoise, args.noiseFactor, worstBatched, stepMs);
-    std::printf("kiln-backend-check: {\"ok\": %s, \"tokens_equal\": %d, "
-                "\"tokens_compared\": %d, \"unexplained_flips\": %d, "
-                "\"gpu_rel_err\": %.4g, \"fp8_noise\": %.4g, "
-                "\"noise_factor\": %.2f, \"batched_rel_err\": %.4g, "
-                "\"decode_step_ms\": %.4f}\n",
-                ok ? "true" : "false", tokensEqual, tokensCompared,
-                unexplainedFlips, worstGpu, worstNoise, args.noiseFactor,
-                worstBatched, stepMs);
+    std::printf("\ngreedy tokens equal to the GPU-numerics reference: gpu "
+                "%d of %d (unexplained flips: %d), CPU FP8 recipe %d of "
+                "%d\nbatched vs alone: %.3g (bound 1e-3)\ndecode step, batch "
+                "1: %.3f ms\n",
+                tokensEqual, tokensCompared, unexplainedFlips,
+                recipeTokensEqual, tokensCompared, worstBatched, stepMs);
+    std::printf(
+        "kiln-backend-check: {\"ok\": %s, \"tokens_equal\": %d, "
+        "\"recipe_tokens_equal\": %d, \"tokens_compared\": %d, "
+        "\"unexplained_flips\": %d, \"gpu_vs_emulated_median\": %.4g, "
+        "\"gpu_vs_emulated_p90\": %.4g, \"fp8_draw_noise_median\": %.4g, "
+        "\"fp8_draw_noise_p90\": %.4g, \"gpu_vs_fp32_median\": %.4g, "
+        "\"gpu_vs_fp32_p90\": %.4g, \"recipe_vs_fp32_median\": %.4g, "
+        "\"recipe_vs_fp32_p90\": %.4g, \"noise_factor\": %.2f, "
+        "\"batched_rel_err\": %.4g, \"decode_step_ms\": %.4f}\n",
+        ok ? "true" : "false", tokensEqual, recipeTokensEqual, tokensCompared,
+        unexplainedFlips, quantile(gpuVsEmulated, 0.5),
+        quantile(gpuVsEmulated, 0.9), quantile(drawNoise, 0.5),
+        quantile(drawNoise, 0.9), quantile(gpuVsFp32, 0.5),
+        quantile(gpuVsFp32, 0.9), quantile(recipeVsFp32, 0.5),
+        quantile(recipeVsFp32, 0.9), args.noiseFactor, worstBatched, stepMs);
     return ok ? 0 : 1;
   } catch (const std::exception &error) {
     std::fprintf(stderr, "kiln-backend-check: error: %s\n", error.what());

@@ -7,16 +7,18 @@
 #   build/bin/kilnc examples/tiny/config.json -o build/tiny.kiln --max-batch 8 --prefill-chunk 32
 #   KILN_ARTIFACTS=build/tiny.kiln scripts/device/stage.sh
 # Steps: a tiny checkpoint (kiln make-tiny, the golden tests' seed), the
-# tokenizer beside it; kiln-backend-check (greedy tokens, logits bound from
-# measured FP8 noise, batching, chunked prefill); `kiln generate` on both
+# tokenizer beside it; kiln-backend-check (greedy tokens against the CPU
+# reference with the GPU's numerics, logit errors bounded by the measured FP8
+# noise, batching, chunked prefill); `kiln generate` on both
 # backends; compute-sanitizer memcheck over a short GPU generation. Logs into
 # $OUT.
 set -uo pipefail
 out=${OUT:-/tmp/backend-out}
 mkdir -p "$out"
-export LD_LIBRARY_PATH=$PWD/.device/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-bin=.device/bin
-artifact=${BACKEND_ARTIFACT:-.device/artifacts/tiny.kiln}
+device_dir=${KILN_DEVICE_DIR:-.device}
+export LD_LIBRARY_PATH=$PWD/$device_dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+bin=$device_dir/bin
+artifact=${BACKEND_ARTIFACT:-$device_dir/artifacts/tiny.kiln}
 status=0
 
 tiny=$(mktemp -d)/tiny

@@ -1122,6 +1122,33 @@ TEST(CpuModel, Fp8EmulationNoiseIsSmallAndAsPredicted) {
   EXPECT_LT(observed, predicted * 3);
 }
 
+TEST(CpuModel, Bf16StorageEmulationAddsBf16RoundingToTheFp8Recipe) {
+  ModelConfig c = tinyConfig();
+  RandomWeights weights(c, 73);
+  std::vector<int32_t> tokens = randomTokens(16, c.vocabSize, 74);
+  CpuModelOptions fp8;
+  fp8.emulateFp8Activations = true;
+  CpuModelOptions gpu = fp8;
+  gpu.emulateBf16Storage = true;
+  std::vector<float> exact = CpuModel(c, weights).forward(tokens, 0);
+  std::vector<float> recipe = CpuModel(c, weights, fp8).forward(tokens, 0);
+  std::vector<float> stored = CpuModel(c, weights, gpu).forward(tokens, 0);
+  // BF16 rounding (2^-9 relative) moves values across FP8 rounding
+  // boundaries, so the result is another draw of the same FP8 noise: not
+  // the recipe's logits, but as far from FP32 as the recipe is.
+  EXPECT_NE(stored, recipe);
+  const double recipeNoise = l2RelativeDifference(recipe, exact);
+  const double storedNoise = l2RelativeDifference(stored, exact);
+  std::printf("FP8 recipe: %.4f from FP32; with BF16 storage: %.4f\n",
+              recipeNoise, storedNoise);
+  EXPECT_GT(storedNoise, recipeNoise / 3);
+  EXPECT_LT(storedNoise, recipeNoise * 3);
+
+  CpuModelOptions bf16Only;
+  bf16Only.emulateBf16Storage = true;
+  EXPECT_THROW(CpuModel(c, weights, bf16Only), kiln::Error);
+}
+
 TEST(CpuModel, Fp8EmulationLeavesEmbeddingNormAndHeadAlone) {
   // Without layers the logits come from the embedding, model.norm and
   // lm_head only, none of which is FP8 in the checkpoint.

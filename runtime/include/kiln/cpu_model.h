@@ -113,6 +113,14 @@ struct CpuModelOptions {
   /// applied as two einsums on dequantized weights without activation
   /// quantization, as DeepSeek's inference code does.
   bool emulateFp8Activations = false;
+  /// With emulateFp8Activations: also rounds to BF16 where the CUDA backend
+  /// stores BF16 (compiler/docs/artifact.md): the output of every FP8
+  /// linear, kv_b_proj's dequantized weight (the backend relayouts it to
+  /// BF16 at load), the normalized latent and the rotated k_pe it caches,
+  /// and the attention output. What is left between this reference and the
+  /// GPU is summation order, so it is the oracle that greedy tokens are
+  /// compared against (kiln-backend-check); off, the FP8 recipe alone.
+  bool emulateBf16Storage = false;
   /// Worker threads for matmuls and attention; 0 means
   /// std::thread::hardware_concurrency().
   int numThreads = 0;
