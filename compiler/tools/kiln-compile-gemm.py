@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Compiles Kiln's FP8 GEMM kernels to PTX and cubins, ahead of time.
 
-For each configuration (block_m, block_n, stages, consumers[, split_k]) it
-writes a
-kiln.scaled_matmul carrying that #kiln.gemm_config, runs kiln-opt's kernel
+For each configuration (block_m, block_n, stages, consumers[, split_k[,
+grouped]]) it writes a kiln.scaled_matmul (kiln.grouped_scaled_matmul for a
+grouped one) carrying that #kiln.gemm_config, runs kiln-opt's kernel
 pipeline (kiln-emit-gemm-kernels, then SCF/arith/CF/NVVM to LLVM, NVPTX
 through gpu-module-to-binary), takes the PTX out of the gpu.binary, assembles
 it with ptxas for sm_90a and rejects any kernel that spills. Per kernel it
@@ -11,12 +11,16 @@ leaves NAME.ptx, NAME.cubin and NAME.json (the launch manifest of
 compiler/docs/gemm-abi.md) in the output directory.
 
 Usage: kiln-compile-gemm.py --kiln-opt PATH --out DIR [--ptxas PATH]
-           [--config 128,128,6,2[,split_k] ...] [--shapes MxNxK,...]
+           [--config 128,128,6,2[,split_k[,contiguous|masked]] ...]
+           [--shapes MxNxK,...] [--grouped-shapes GxRxNxK:LAYOUT,...]
            [--plan FILE] [--ptx-only]
 Without --config it builds the configurations kiln-select-gemm-config picks
-for --shapes (default: the DeepSeek-V3 shapes kiln-gemm-check runs, and a
-dynamic M); --plan writes which kernel it picked for each shape, one line
-"KERNEL MxNxK,..." per kernel (scripts/device/gemm.sh's GEMM_PLAN).
+for --shapes and --grouped-shapes (default: the DeepSeek-V3 shapes
+kiln-gemm-check runs, a dynamic M, and the grouped benchmark's expert
+GEMMs: G groups, R routed rows in all for contiguous, R rows per group for
+masked); --plan writes which kernel it picked for each shape, one line
+"KERNEL SHAPE,..." per kernel (scripts/device/gemm.sh's GEMM_PLAN,
+scripts/device/grouped.sh's GROUPED_PLAN).
 """
 import argparse
 import json
@@ -32,6 +36,18 @@ DEFAULT_SHAPES = ([(m, n, k) for n, k in [(2112, 7168), (24576, 1536), (32768, 5
                                            (7168, 16384), (4096, 7168), (7168, 2048)]
                    for m in (64, 128, 4096)]
                   + [(m, 2112, 7168) for m in (1, 7, 300, 1000)] + [(300, 129, 1024)])
+# The grouped benchmark (bench/grouped_cublas.py, scripts/device/grouped.sh):
+# DeepSeek-V3's expert projections (gate/up 4096x7168 as one, down 7168x2048)
+# for 4-32 groups: 8192 routed rows (contiguous), 64-256 rows per group
+# (masked), and decode: 8 groups of 1 row, 32 of 8.
+DEFAULT_GROUPED = ([(g, r, n, k, layout) for n, k in [(4096, 7168), (7168, 2048)]
+                    for g in (4, 8, 16, 32)
+                    for r, layout in [(8192, "contiguous"), (64, "masked"), (128, "masked"),
+                                      (256, "masked")]]
+                   + [(g, r, n, k, "contiguous") for n, k in [(4096, 7168), (7168, 2048)]
+                      for g, r in [(8, 8), (32, 256)]])
+LAYOUTS = ("contiguous", "masked")
+
 # kiln-opt's kiln-gemm-to-ptx: kiln-emit-gemm-kernels, SCF/arith/index/CF/NVVM
 # to LLVM, nvvm-attach-target (sm_90a, +ptx80, O3), gpu-module-to-binary
 # format=isa; defined once in compiler/lib/Kernels/GemmKernelCompiler.cpp,
@@ -40,19 +56,44 @@ PIPELINE = ["--kiln-gemm-to-ptx"]
 
 
 def config_attr(config):
-    bm, bn, stages, consumers, split_k = config
+    bm, bn, stages, consumers, split_k, grouped = config
     # split_k = 1 is the attribute's default, which it does not print.
     split = f", split_k = {split_k}" if split_k != 1 else ""
+    group = f", grouped = {grouped}" if grouped else ""
     return (f"#kiln.gemm_config<block_m = {bm}, block_n = {bn}, stages = {stages}, "
-            f"consumers = {consumers}{split}>")
+            f"consumers = {consumers}{split}{group}>")
 
 
 def kernel_name(config):
-    bm, bn, stages, consumers, split_k = config
-    return f"kiln_gemm_fp8_m{bm}n{bn}s{stages}c{consumers}" + (f"k{split_k}" if split_k != 1 else "")
+    bm, bn, stages, consumers, split_k, grouped = config
+    return (f"kiln_gemm_fp8_m{bm}n{bn}s{stages}c{consumers}"
+            + (f"k{split_k}" if split_k != 1 else "") + (f"_{grouped}" if grouped else ""))
+
+
+def grouped_types(g, r, n, k, layout):
+    """Operand and result types of a kiln.grouped_scaled_matmul."""
+    kb, nb = (k + 127) // 128, (n + 127) // 128
+    rows = f"{r}" if layout == "contiguous" else f"{g}x{r}"
+    count = g + 1 if layout == "contiguous" else g
+    return ([f"tensor<{rows}x{k}xf8E4M3FN>", f"tensor<{rows}x{kb}xf32>",
+             f"tensor<{g}x{n}x{k}xf8E4M3FN>", f"tensor<{g}x{nb}x{kb}xf32>", f"tensor<{count}xi32>"],
+            f"tensor<{rows}x{n}xbf16>")
+
+
+def grouped_func(name, shape, config=None):
+    g, r, n, k, layout = shape
+    operands, result = grouped_types(g, r, n, k, layout)
+    attr = f" {{gemm_config = {config_attr(config)}}}" if config else ""
+    args = ", ".join(f"%x{i}: {t}" for i, t in enumerate(operands))
+    return (f"func.func @{name}({args}) -> {result} {{\n"
+            f"  %y = kiln.grouped_scaled_matmul {layout} %x0, %x1, %x2, %x3, %x4{attr}"
+            f" : ({', '.join(operands)}) -> {result}\n"
+            f"  return %y : {result}\n}}\n")
 
 
 def matmul_source(config):
+    if config[5]:
+        return grouped_func("gemm", (4, 256, 256, 256, config[5]), config)
     return (
         "func.func @gemm(%a: tensor<?x128xf8E4M3FN>, %as: tensor<?x1xf32>,"
         " %b: tensor<128x128xf8E4M3FN>, %bs: tensor<1x1xf32>) -> tensor<?x128xbf16> {\n"
@@ -62,9 +103,9 @@ def matmul_source(config):
         "  return %y : tensor<?x128xbf16>\n}\n")
 
 
-def selected_configs(kiln_opt, shapes):
+def selected_configs(kiln_opt, shapes, grouped_shapes=()):
     """The configuration kiln-select-gemm-config picks for each shape (None:
-    a dynamic M)."""
+    a dynamic M), then for each grouped shape (G, R, N, K, layout)."""
     funcs = []
     for index, shape in enumerate(shapes):
         m, n, k = shape if shape else ("?", 4096, 7168)
@@ -76,16 +117,43 @@ def selected_configs(kiln_opt, shapes):
             f" %b: tensor<{n}x{k}xf8E4M3FN>, %bs: tensor<{nb}x{kb}xf32>) -> tensor<{m}x{n}xbf16> {{\n"
             f"  %y = kiln.scaled_matmul %a, %as, %b, %bs : ({types}) -> tensor<{m}x{n}xbf16>\n"
             f"  return %y : tensor<{m}x{n}xbf16>\n}}\n")
+    for index, shape in enumerate(grouped_shapes):
+        funcs.append(grouped_func(f"g{index}", shape))
     run = subprocess.run([kiln_opt, "-", "--kiln-select-gemm-config"], input="".join(funcs),
                          capture_output=True, text=True)
     if run.returncode != 0:
         sys.stderr.write(run.stderr)
         raise SystemExit("kiln-compile-gemm: kiln-select-gemm-config failed")
     picked = re.findall(r"gemm_config<block_m = (\d+), block_n = (\d+), stages = (\d+), "
-                        r"consumers = (\d+)(?:, split_k = (\d+))?>", run.stdout)
-    if len(picked) != len(shapes):
+                        r"consumers = (\d+)(?:, split_k = (\d+))?(?:, grouped = (\w+))?>",
+                        run.stdout)
+    if len(picked) != len(shapes) + len(grouped_shapes):
         raise SystemExit("kiln-compile-gemm: kiln-select-gemm-config left a matmul unconfigured")
-    return [tuple(int(v or 1) for v in config) for config in picked]
+    return [tuple(int(v or 1) for v in config[:5]) + (config[5] or None,) for config in picked]
+
+
+def parse_config(text):
+    """block_m,block_n,stages,consumers[,split_k[,layout]]"""
+    fields = text.split(",")
+    grouped = fields.pop() if fields[-1] in LAYOUTS else None
+    if len(fields) not in (4, 5):
+        raise SystemExit(f"kiln-compile-gemm: --config needs 4 or 5 integers and an optional "
+                         f"layout, got {text}")
+    values = [int(v) for v in fields] + [1] * (5 - len(fields))
+    return tuple(values) + (grouped,)
+
+
+def parse_grouped_shape(text):
+    dims, layout = text.split(":")
+    g, r, n, k = (int(v) for v in dims.split("x"))
+    if layout not in LAYOUTS:
+        raise SystemExit(f"kiln-compile-gemm: unknown layout in {text}")
+    return (g, r, n, k, layout)
+
+
+def grouped_shape_text(shape):
+    g, r, n, k, layout = shape
+    return f"{g}x{r}x{n}x{k}:{layout}"
 
 
 def unescape_mlir_string(text):
@@ -108,33 +176,38 @@ def main():
     parser.add_argument("--ptxas", default=shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas")
     parser.add_argument("--out", required=True)
     parser.add_argument("--config", action="append", default=[],
-                        help="block_m,block_n,stages,consumers[,split_k]")
+                        help="block_m,block_n,stages,consumers[,split_k[,contiguous|masked]]")
     parser.add_argument("--shapes", help="MxNxK,...: build what the heuristic picks for these")
+    parser.add_argument("--grouped-shapes",
+                        help="GxRxNxK:LAYOUT,...: the same for grouped GEMMs")
     parser.add_argument("--plan", help="write the kernel picked per shape here")
     parser.add_argument("--ptx-only", action="store_true", help="stop after PTX")
     args = parser.parse_args()
-    configs = [tuple(int(v) for v in c.split(",")) for c in args.config]
-    configs = [c + (1,) * (5 - len(c)) for c in configs]
+    configs = [parse_config(c) for c in args.config]
     if not configs:
-        shapes = ([tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
-                  if args.shapes else DEFAULT_SHAPES + [None])
-        picked = selected_configs(args.kiln_opt, shapes)
+        if args.shapes or args.grouped_shapes:
+            shapes = ([tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+                      if args.shapes else [])
+            grouped = ([parse_grouped_shape(s) for s in args.grouped_shapes.split(",")]
+                       if args.grouped_shapes else [])
+        else:
+            shapes, grouped = DEFAULT_SHAPES + [None], DEFAULT_GROUPED
+        picked = selected_configs(args.kiln_opt, shapes, grouped)
+        texts = (["x".join(map(str, s)) if s else None for s in shapes]
+                 + [grouped_shape_text(s) for s in grouped])
         plan = {}
-        for shape, config in zip(shapes, picked):
-            if shape:
-                plan.setdefault(kernel_name(config), []).append("x".join(map(str, shape)))
+        for text, config in zip(texts, picked):
+            if text:
+                plan.setdefault(kernel_name(config), []).append(text)
         if args.plan:
             with open(args.plan, "w") as f:
                 for name, names in plan.items():
                     f.write(f"{name} {','.join(names)}\n")
         configs = list(dict.fromkeys(picked))
-    for c in configs:
-        if len(c) != 5:
-            raise SystemExit(f"kiln-compile-gemm: --config needs 4 or 5 integers, got {c}")
     os.makedirs(args.out, exist_ok=True)
     failures = 0
     for config in configs:
-        bm, bn, stages, consumers, split_k = config
+        bm, bn, stages, consumers, split_k, grouped = config
         name = kernel_name(config)
         with tempfile.TemporaryDirectory() as scratch:
             source = os.path.join(scratch, "gemm.mlir")
@@ -159,13 +232,17 @@ def main():
             raise SystemExit(f"kiln-compile-gemm: ptxas failed for {name}")
         registers = re.search(r"Used (\d+) registers", report)
         spills = [int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]
-        # The rings, the mbarriers and 1 KB the kernel uses to align the ring.
-        smem = stages * (bm + bn) * 128 + 16 * stages + 1024
+        # The rings, the mbarriers, a grouped kernel's group tables (three
+        # int32 arrays of 1025) and 1 KB the kernel uses to align the ring.
+        tables = 3 * 4 * 1025 if grouped else 0
+        smem = stages * (bm + bn) * 128 + 16 * stages + tables + 1024
         manifest = {"kernel": name, "block_m": bm, "block_n": bn, "stages": stages,
                     "consumer_warpgroups": consumers, "split_k": split_k,
                     "threads": 128 * (1 + consumers),
                     "smem_bytes": smem, "registers": int(registers.group(1)) if registers else None,
                     "spill_bytes": sum(spills)}
+        if grouped:
+            manifest["grouped"] = grouped
         with open(os.path.join(args.out, name + ".json"), "w") as f:
             json.dump(manifest, f, indent=1)
         status = "ok" if sum(spills) == 0 else "SPILLS"

@@ -419,6 +419,7 @@ Artifact readManifest(const Json &manifest, const std::string &bytes,
     kernel.consumers = k.intField("consumers");
     kernel.sharedMemoryBytes = k.intField("shared_memory_bytes");
     kernel.splitK = k.intField("split_k");
+    kernel.grouped = k.optionalString("grouped", "");
     kernel.cubin = blobBytes(k, "cubin", blobs, bytes);
     if (!k.optionalString("ptx", "").empty())
       kernel.ptx = blobBytes(k, "ptx", blobs, bytes);
@@ -539,6 +540,8 @@ Json manifestJson(const Artifact &a, const std::vector<BlobOut> &blobs,
                    {"shared_memory_bytes", k.sharedMemoryBytes},
                    {"split_k", k.splitK},
                    {"cubin", k.name + ".cubin"}};
+    if (!k.grouped.empty())
+      kernel["grouped"] = k.grouped;
     if (!k.ptx.empty())
       kernel["ptx"] = k.name + ".ptx";
     kernels.push_back(std::move(kernel));
@@ -673,8 +676,19 @@ void validatePlan(const Artifact &artifact, const std::string &planName,
     if (kKernelOps.count(step.op)) {
       if (step.kernel.empty())
         failStep("names no kernel; " + step.op + " needs one");
-      if (!artifact.findKernel(step.kernel))
+      const ArtifactKernel *kernel = artifact.findKernel(step.kernel);
+      if (!kernel)
         failStep("unknown kernel " + quote(step.kernel));
+      // grouped_gemm launches a contiguous grouped kernel once; gemm a
+      // plain one.
+      std::string wanted = step.op == "grouped_gemm" ? "contiguous" : "";
+      if (kernel->grouped != wanted)
+        failStep("kernel " + quote(step.kernel) + " is " +
+                 (kernel->grouped.empty() ? std::string("not grouped")
+                                          : "grouped " + kernel->grouped) +
+                 "; " + step.op + " needs " +
+                 (wanted.empty() ? std::string("a plain kernel")
+                                 : "a contiguous grouped kernel"));
     } else if (!step.kernel.empty()) {
       failStep("names kernel " + quote(step.kernel) + ", but only " +
                joined(kKernelOps) + " run compiled kernels");
@@ -807,6 +821,10 @@ void validateArtifact(const Artifact &artifact, const std::string &origin) {
            std::to_string(k.splitK));
     if (k.sharedMemoryBytes < 0)
       fail(kernel + "shared_memory_bytes must not be negative");
+    if (!k.grouped.empty() && k.grouped != "contiguous" &&
+        k.grouped != "masked")
+      fail(kernel + "grouped must be \"contiguous\" or \"masked\", got " +
+           quote(k.grouped));
     if (k.cubin.empty())
       fail(kernel + "has no cubin");
   }
@@ -1033,7 +1051,8 @@ std::string describeArtifact(const Artifact &a) {
   for (const ArtifactKernel &k : a.kernels)
     out << "  " << k.name << ": block " << k.blockM << "x" << k.blockN << ", "
         << k.stages << " stages, " << k.consumers
-        << " consumer warpgroups, split_k " << k.splitK << ", "
+        << " consumer warpgroups, split_k " << k.splitK
+        << (k.grouped.empty() ? "" : ", grouped " + k.grouped) << ", "
         << k.sharedMemoryBytes << " B shared memory; cubin " << k.cubin.size()
         << " B"
         << (k.ptx.empty() ? ", no PTX"

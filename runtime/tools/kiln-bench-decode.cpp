@@ -11,21 +11,38 @@
 // layer (attention and shared-expert weights, the 8 routed experts, the
 // router, the latent KV cache) over the per-layer time.
 //
+// Decode steps run twice per batch size, as CUDA Graphs and eagerly, from
+// the same prompts and tokens: both timings are printed and every step's
+// logits must agree bit for bit (exit status 2 otherwise). With --timeline
+// PREFIX, a few more eager steps per batch size run with the backend's
+// per-op timeline: PREFIX-<case>-b<batch>.json (Chrome trace) and, for the
+// last MoE layer (the last layer when there is none), a table per op kind:
+// measured GPU and host time next to the time the op's bytes (weights, the
+// routed experts the batch is expected to touch, the KV cache it reads)
+// take at --hbm-gbps. (At batch 8 and more a step's logits read-back and
+// output head outweigh one layer, so the per-layer difference of two
+// whole steps is noise there; the timeline's layer table is not.)
+//
 // usage: kiln-bench-decode --case CONFIG.json,ARTIFACT.kiln [--case ...]
 //          [--batches 1,8,32,128] [--context 256] [--prefill 4096]
-//          [--steps 16] [--hbm-gbps 3350]
+//          [--steps 16] [--hbm-gbps 3350] [--timeline PREFIX]
+//          [--timeline-batches 1,32]
 //
 //===----------------------------------------------------------------------===//
 
 #include "kiln/artifact.h"
 #include "kiln/config.h"
 #include "kiln/cuda/cuda_backend.h"
+#include "kiln/cuda/timeline.h"
 #include "kiln/error.h"
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -41,9 +58,20 @@ struct Case {
   std::string configPath;
   std::string artifactPath;
   ModelConfig config;
-  /// Median decode step (ms) per batch size, prefill tokens/s.
+  /// Median decode step (ms) per batch size, with graphs and eagerly.
   std::map<int, double> stepMs;
+  std::map<int, double> eagerMs;
   double prefillMs = 0;
+  /// Whether every decode step's logits agreed between graphs and eager.
+  bool graphsMatch = true;
+};
+
+struct Options {
+  std::vector<int> batches = {1, 8, 32, 128};
+  int context = 256, prefill = 4096, steps = 16;
+  double hbmGbps = 3350;
+  std::string timelinePrefix;
+  std::vector<int> timelineBatches = {1, 32};
 };
 
 std::vector<int> parseList(const std::string &text) {
@@ -88,8 +116,180 @@ double moeLayerBytesPerToken(const ModelConfig &c, int64_t context) {
   return attention + experts + router + cache;
 }
 
-void runCase(Case &bench, const std::vector<int> &batches, int context,
-             int prefill, int steps) {
+/// FNV-1a over the bits of a step's logits.
+uint64_t hashBits(const std::vector<float> &values) {
+  uint64_t h = 1469598103934665603ull;
+  for (float v : values) {
+    uint32_t bits;
+    std::memcpy(&bits, &v, 4);
+    h = (h ^ bits) * 1099511628211ull;
+  }
+  return h;
+}
+
+/// Bytes a tensor of the artifact's weight table occupies on the GPU.
+double weightBytes(const ArtifactWeight &w) {
+  double n = 1;
+  for (int64_t d : w.shape)
+    n *= double(d);
+  if (w.transform == "bf16" || (w.transform == "none" && w.dtype == "bf16"))
+    return 2 * n;
+  if (w.transform == "f32" || w.dtype == "f32")
+    return 4 * n;
+  double blocks = w.shape.size() == 2 ? std::ceil(w.shape[0] / 128.0) *
+                                            std::ceil(w.shape[1] / 128.0)
+                                      : 0;
+  return n + 4 * blocks;
+}
+
+/// The layer a weight name belongs to: N of "model.layers.N.", -1 before
+/// the layers (the embedding), `layers` after them (final norm, head).
+int64_t weightLayer(const std::string &name, int64_t layers) {
+  const std::string prefix = "model.layers.";
+  if (name.rfind(prefix, 0) == 0)
+    return std::stoll(name.substr(prefix.size()));
+  return name.find("embed") != std::string::npos ? -1 : layers;
+}
+
+/// Per op kind of one layer of the decode plan: the measured times (from a
+/// timeline of eager runs) and the bytes the op must read per step at
+/// `batch` tokens and `context` cached positions each.
+void printLayerBreakdown(const ModelConfig &config, const Artifact &artifact,
+                         const cuda::Timeline &timeline, int batch,
+                         int64_t context, double hbmGbps) {
+  int64_t layer = config.numHiddenLayers - 1;
+  const LaunchPlan &plan = artifact.plans.at("decode");
+  std::map<std::string, const ArtifactWeight *> specs;
+  for (const ArtifactWeight &w : artifact.weights)
+    specs[w.name] = &w;
+  // Steps inherit the layer of the last step before them that reads a
+  // weight (adds, SwiGLU, dispatch and combine read none).
+  std::vector<int64_t> stepLayer(plan.steps.size(), -1);
+  int64_t current = -1;
+  for (size_t i = 0; i < plan.steps.size(); ++i) {
+    if (!plan.steps[i].weights.empty())
+      current = weightLayer(plan.steps[i].weights[0], config.numHiddenLayers);
+    stepLayer[i] = current;
+  }
+  // Routed experts a batch touches: E (1 - (1 - k/E)^B) expected.
+  const double experts = double(config.nRoutedExperts);
+  const double touched =
+      experts > 0
+          ? experts *
+                (1 - std::pow(1 - config.numExpertsPerTok / experts, batch))
+          : 0;
+  struct Row {
+    int64_t steps = 0;
+    double gpuUs = 0, hostUs = 0, bytes = 0;
+  };
+  std::map<std::string, Row> rows;
+  for (size_t i = 0; i < plan.steps.size(); ++i) {
+    if (stepLayer[i] != layer)
+      continue;
+    const PlanStep &step = plan.steps[i];
+    Row &r = rows[step.op];
+    ++r.steps;
+    for (const std::string &name : step.weights) {
+      auto it = specs.find(name);
+      if (it == specs.end())
+        continue;
+      double b = weightBytes(*it->second);
+      r.bytes += name.find("{e}") != std::string::npos ? b * touched : b;
+    }
+    if (step.op == "mla_attention")
+      r.bytes += 2.0 * batch * context *
+                 double(config.kvLoraRank + config.qkRopeHeadDim);
+  }
+  const double runs = std::max<int64_t>(1, timeline.runs);
+  for (const cuda::TimelineEvent &e : timeline.events) {
+    if (stepLayer.at(e.step) != layer)
+      continue;
+    Row &r = rows[e.op];
+    (e.row == cuda::TimelineRow::Gpu ? r.gpuUs : r.hostUs) +=
+        e.durationUs / runs;
+  }
+  std::printf("\nbatch %d, layer %lld (%s), context %lld: GPU time per op "
+              "kind (eager, launches gated) vs bytes read at %.0f GB/s\n",
+              batch, static_cast<long long>(layer),
+              config.isMoELayer(layer) ? "MoE" : "dense",
+              static_cast<long long>(context), hbmGbps);
+  std::printf("| op | steps | GPU us | host us | MB read | at %.0f GB/s us | "
+              "GPU / predicted |\n| --- | --- | --- | --- | --- | --- | --- "
+              "|\n",
+              hbmGbps);
+  std::vector<std::pair<std::string, Row>> sorted(rows.begin(), rows.end());
+  std::stable_sort(sorted.begin(), sorted.end(),
+                   [](const auto &a, const auto &b) {
+                     return a.second.gpuUs > b.second.gpuUs;
+                   });
+  Row total;
+  auto print = [&](const std::string &op, const Row &r) {
+    double predicted = r.bytes / (hbmGbps * 1e3);
+    char ratio[32] = "-";
+    if (predicted > 0.05)
+      std::snprintf(ratio, sizeof ratio, "%.1fx", r.gpuUs / predicted);
+    std::printf("| %s | %lld | %.1f | %.1f | %.2f | %.1f | %s |\n", op.c_str(),
+                static_cast<long long>(r.steps), r.gpuUs, r.hostUs,
+                r.bytes / 1e6, predicted, ratio);
+  };
+  for (const auto &[op, r] : sorted) {
+    print(op, r);
+    total.steps += r.steps;
+    total.gpuUs += r.gpuUs;
+    total.hostUs += r.hostUs;
+    total.bytes += r.bytes;
+  }
+  print("layer total", total);
+}
+
+/// Decode steps of `batch` sequences after `context`-token prompts, all
+/// drawn from `seed`: step times (ms, after 2 warm-up steps) and a hash of
+/// each step's logits.
+struct DecodeRun {
+  std::vector<double> times;
+  std::vector<uint64_t> hashes;
+  std::vector<float> lastLogits;
+};
+DecodeRun runDecode(cuda::CudaBackend &gpu, int64_t vocab, int batch,
+                    int context, int steps, uint64_t seed,
+                    const std::function<void()> &afterPrompt = {}) {
+  uint64_t state = seed;
+  auto token = [&] {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<int32_t>((state >> 33) % vocab);
+  };
+  std::vector<std::unique_ptr<BackendSequence>> sequences;
+  std::vector<BackendStepEntry> entries;
+  for (int b = 0; b < batch; ++b) {
+    sequences.push_back(gpu.newSequence());
+    std::vector<int32_t> prompt(context);
+    for (int32_t &t : prompt)
+      t = token();
+    entries.push_back({sequences.back().get(), prompt, 0});
+  }
+  gpu.step(entries);
+  if (afterPrompt)
+    afterPrompt();
+  DecodeRun run;
+  for (int s = 0; s < steps + 2; ++s) {
+    for (auto &e : entries) {
+      e.startPosition += static_cast<int64_t>(e.tokens.size());
+      e.tokens = {token()};
+    }
+    auto t0 = Clock::now();
+    std::vector<float> logits = gpu.step(entries);
+    // The first steps warm caches and allocators (and capture the graph).
+    if (s >= 2)
+      run.times.push_back(msSince(t0));
+    run.hashes.push_back(hashBits(logits));
+    if (s == steps + 1)
+      run.lastLogits = std::move(logits);
+  }
+  return run;
+}
+
+void runCase(Case &bench, int index, const Options &options) {
+  const int context = options.context, steps = options.steps;
   std::ifstream file(bench.configPath);
   if (!file)
     throw Error(bench.configPath + ": cannot read");
@@ -98,7 +298,7 @@ void runCase(Case &bench, const std::vector<int> &batches, int context,
   bench.config = parseConfig(json, bench.configPath);
   auto start = Clock::now();
   Artifact artifact = readArtifact(bench.artifactPath);
-  cuda::CudaBackend gpu(bench.config, std::move(artifact), bench.artifactPath,
+  cuda::CudaBackend gpu(bench.config, artifact, bench.artifactPath,
                         /*seed=*/1);
   cuda::CudaBackendStats stats = gpu.stats();
   std::printf("%s: %lld layers (%lld MoE) on %s: %.1f GB of weights, %.1f GB "
@@ -109,37 +309,75 @@ void runCase(Case &bench, const std::vector<int> &batches, int context,
               gpu.deviceDescription().c_str(), stats.weightBytes / 1e9,
               stats.kvCacheBytes / 1e9, msSince(start) / 1e3);
   const int64_t vocab = bench.config.vocabSize;
+  const int prefill = options.prefill;
+  for (int batch : options.batches) {
+    const uint64_t seed = 12345 + batch;
+    gpu.setCudaGraphs(true);
+    DecodeRun graphs = runDecode(gpu, vocab, batch, context, steps, seed);
+    std::string status = gpu.cudaGraphStatus();
+    gpu.setCudaGraphs(false);
+    DecodeRun eager = runDecode(gpu, vocab, batch, context, steps, seed);
+    bench.stepMs[batch] = median(graphs.times);
+    bench.eagerMs[batch] = median(eager.times);
+    int differ = 0;
+    for (size_t s = 0; s < graphs.hashes.size(); ++s)
+      differ += graphs.hashes[s] != eager.hashes[s];
+    double worst = 0;
+    for (size_t i = 0; i < graphs.lastLogits.size(); ++i)
+      worst = std::max(
+          worst, double(std::fabs(graphs.lastLogits[i] - eager.lastLogits[i])));
+    bench.graphsMatch = bench.graphsMatch && differ == 0;
+    if (differ > 0) {
+      // Which run is the odd one: repeat both.
+      auto compare = [](const DecodeRun &a, const DecodeRun &b) {
+        int n = 0;
+        for (size_t s = 0; s < a.hashes.size(); ++s)
+          n += a.hashes[s] != b.hashes[s];
+        return n;
+      };
+      DecodeRun eager2 = runDecode(gpu, vocab, batch, context, steps, seed);
+      gpu.setCudaGraphs(true);
+      DecodeRun graphs2 = runDecode(gpu, vocab, batch, context, steps, seed);
+      gpu.setCudaGraphs(false);
+      std::printf("  batch %d repeated: eager vs eager %d, graphs vs graphs "
+                  "%d, graphs vs eager (repeats) %d steps differ\n",
+                  batch, compare(eager, eager2), compare(graphs, graphs2),
+                  compare(graphs2, eager2));
+    }
+    std::printf("  decode batch %3d: %.3f ms per step with graphs, %.3f ms "
+                "eager (medians of %d); logits %s (%d of %zu steps differ, "
+                "last step max |diff| %g)\n    graphs: %s\n",
+                batch, bench.stepMs[batch], bench.eagerMs[batch], steps,
+                differ == 0 ? "bitwise equal" : "DIFFER", differ,
+                graphs.hashes.size(), worst, status.c_str());
+    if (!options.timelinePrefix.empty() &&
+        std::count(options.timelineBatches.begin(),
+                   options.timelineBatches.end(), batch)) {
+      const int timed = 4;
+      runDecode(gpu, vocab, batch, context, timed - 2, seed, [&] {
+        gpu.takeTimeline(); // the prompt's run is not a decode step
+        gpu.setTimeline(true);
+      });
+      gpu.setTimeline(false);
+      cuda::Timeline timeline = gpu.takeTimeline();
+      std::string path = options.timelinePrefix + "-" + std::to_string(index) +
+                         "-b" + std::to_string(batch) + ".json";
+      cuda::writeChromeTrace(timeline, path);
+      std::printf("\n%s: %lld eager decode runs at batch %d, whole model, "
+                  "per run:\n%s",
+                  path.c_str(), static_cast<long long>(timeline.runs), batch,
+                  cuda::formatOpBreakdown(timeline).c_str());
+      printLayerBreakdown(bench.config, artifact, timeline, batch,
+                          context + timed / 2, options.hbmGbps);
+      std::printf("\n");
+    }
+  }
+  gpu.setCudaGraphs(true);
   uint64_t state = 12345;
   auto token = [&] {
     state = state * 6364136223846793005ull + 1442695040888963407ull;
     return static_cast<int32_t>((state >> 33) % vocab);
   };
-  for (int batch : batches) {
-    std::vector<std::unique_ptr<BackendSequence>> sequences;
-    std::vector<BackendStepEntry> entries;
-    for (int b = 0; b < batch; ++b) {
-      sequences.push_back(gpu.newSequence());
-      std::vector<int32_t> prompt(context);
-      for (int32_t &t : prompt)
-        t = token();
-      entries.push_back({sequences.back().get(), prompt, 0});
-    }
-    gpu.step(entries);
-    std::vector<double> times;
-    for (int s = 0; s < steps + 2; ++s) {
-      for (auto &e : entries) {
-        e.startPosition += static_cast<int64_t>(e.tokens.size());
-        e.tokens = {token()};
-      }
-      auto t0 = Clock::now();
-      gpu.step(entries);
-      if (s >= 2) // the first steps warm caches and allocators
-        times.push_back(msSince(t0));
-    }
-    bench.stepMs[batch] = median(times);
-    std::printf("  decode batch %3d: %.3f ms per step (median of %d)\n", batch,
-                bench.stepMs[batch], steps);
-  }
   if (prefill > 0) {
     auto sequence = gpu.newSequence();
     std::vector<int32_t> prompt(prefill);
@@ -159,16 +397,18 @@ void runCase(Case &bench, const std::vector<int> &batches, int context,
 
 int main(int argc, char **argv) {
   std::vector<Case> cases;
-  std::vector<int> batches = {1, 8, 32, 128};
-  int context = 256, prefill = 4096, steps = 16;
-  double hbmGbps = 3350;
+  Options options;
+  std::vector<int> &batches = options.batches;
+  int &context = options.context, &prefill = options.prefill;
+  double &hbmGbps = options.hbmGbps;
   try {
     for (int i = 1; i < argc; ++i) {
       std::string arg = argv[i];
       if (arg == "--help" || arg == "-h") {
         std::puts("usage: kiln-bench-decode --case CONFIG.json,ARTIFACT.kiln "
                   "[--case ...] [--batches 1,8,32,128] [--context 256] "
-                  "[--prefill 4096] [--steps 16] [--hbm-gbps 3350]");
+                  "[--prefill 4096] [--steps 16] [--hbm-gbps 3350] "
+                  "[--timeline PREFIX] [--timeline-batches 1,32]");
         return 0;
       }
       if (i + 1 >= argc)
@@ -189,7 +429,11 @@ int main(int argc, char **argv) {
       } else if (arg == "--prefill") {
         prefill = std::stoi(value);
       } else if (arg == "--steps") {
-        steps = std::stoi(value);
+        options.steps = std::stoi(value);
+      } else if (arg == "--timeline") {
+        options.timelinePrefix = value;
+      } else if (arg == "--timeline-batches") {
+        options.timelineBatches = parseList(value);
       } else if (arg == "--hbm-gbps") {
         hbmGbps = std::stod(value);
       } else {
@@ -198,8 +442,8 @@ int main(int argc, char **argv) {
     }
     if (cases.empty())
       throw Error("give at least one --case CONFIG.json,ARTIFACT.kiln");
-    for (Case &c : cases)
-      runCase(c, batches, context, prefill, steps);
+    for (size_t i = 0; i < cases.size(); ++i)
+      runCase(cases[i], static_cast<int>(i), options);
 
     if (cases.size() >= 2) {
       const Case &small = cases.front(), &large = cases.back();
@@ -208,16 +452,19 @@ int main(int argc, char **argv) {
         throw Error("the last case needs more MoE layers than the first");
       double bytes = moeLayerBytesPerToken(large.config, context);
       std::printf("\n| batch | step ms (%lld MoE) | step ms (%lld MoE) | "
-                  "per MoE layer ms | tokens/s per layer-stack |\n| --- | "
-                  "--- | --- | --- | --- |\n",
+                  "per MoE layer ms | tokens/s per layer-stack | eager: "
+                  "per MoE layer ms |\n| --- | --- | --- | --- | --- | --- "
+                  "|\n",
                   static_cast<long long>(moeLayers(small.config)),
                   static_cast<long long>(moeLayers(large.config)));
       for (int batch : batches) {
         double perLayer =
             (large.stepMs.at(batch) - small.stepMs.at(batch)) / layers;
-        std::printf("| %d | %.3f | %.3f | %.3f | %.0f |\n", batch,
+        double eagerPerLayer =
+            (large.eagerMs.at(batch) - small.eagerMs.at(batch)) / layers;
+        std::printf("| %d | %.3f | %.3f | %.3f | %.0f | %.3f |\n", batch,
                     small.stepMs.at(batch), large.stepMs.at(batch), perLayer,
-                    batch / (large.stepMs.at(batch) / 1e3));
+                    batch / (large.stepMs.at(batch) / 1e3), eagerPerLayer);
         if (batch == 1)
           std::printf("batch 1: %.1f MB read per token per MoE layer "
                       "(context %d) in %.3f ms = %.0f GB/s, %.1f%% of %.0f "
@@ -232,6 +479,14 @@ int main(int argc, char **argv) {
                     prefill, perLayer, prefill / (perLayer / 1e3));
       }
     }
+    for (const Case &c : cases)
+      if (!c.graphsMatch) {
+        std::fprintf(stderr,
+                     "kiln-bench-decode: %s: graph replay and eager "
+                     "logits differ\n",
+                     c.artifactPath.c_str());
+        return 2;
+      }
     return 0;
   } catch (const std::exception &error) {
     std::fprintf(stderr, "kiln-bench-decode: error: %s\n", error.what());

@@ -12,6 +12,11 @@
 // bandwidth is measured once (a large device-to-device copy) to express
 // small-M shapes, which are memory-bound, as a fraction of it.
 //
+// Grouped kernels (manifest key "grouped") run grouped cases instead: G
+// random groups against a stacked [G·N, K] weight in one launch, each group
+// checked against the FP64 reference of its own GEMM, the rows outside every
+// group (and a guard past out) required to keep their poison.
+//
 // Exit status: 0 all shapes right, 1 a wrong result or a failed launch,
 // 2 bad usage or setup (no GPU, unreadable cubin or manifest), 3 a launch
 // that did not finish in time (hung kernel; the process exits at once).
@@ -74,6 +79,17 @@ override its fields (or replace it when all of them are given).
   --json PATH            write the results as JSON
   --kernel NAME  --block-m N  --block-n N  --stages N
   --consumer-warpgroups N  --smem-bytes N  --operand-pointers
+
+Grouped kernels (manifest "grouped": "contiguous" or "masked"):
+  --cases LIST           G:R:NxK:DIST[,...]: G groups; contiguous: R rows of
+                         A in all, DIST balanced, skewed (group g gets rows in
+                         proportion to 1/(g+1)) or random (empty groups, a
+                         1-row group, rows before the first and after the
+                         last group); masked: R rows per slab, DIST full or
+                         random (counts in [0, R], one 0, one 1, one R).
+                         Default: small random cases with ragged N.
+  --reference-gflop X    check groups against the FP64 reference until X
+                         GFLOP of them are checked (default: all groups)
 )";
 
 struct Shape {
@@ -116,6 +132,9 @@ struct Options {
   std::optional<std::string> kernelName;
   std::optional<int> blockM, blockN, stages, consumerWarpgroups, smemBytes;
   bool operandPointers = false;
+  // Grouped kernels.
+  std::string cases;
+  double referenceGflop = 0;
 };
 
 [[noreturn]] void usageError(const std::string &message) {
@@ -208,6 +227,14 @@ Options parseOptions(int argc, char **argv) {
       options.smemBytes = integer(0, 1 << 30);
     } else if (arg == "--operand-pointers") {
       options.operandPointers = true;
+    } else if (arg == "--cases") {
+      options.cases = value();
+    } else if (arg == "--reference-gflop") {
+      std::string text = value();
+      char *end = nullptr;
+      options.referenceGflop = std::strtod(text.c_str(), &end);
+      if (text.empty() || *end != '\0' || !(options.referenceGflop >= 0))
+        usageError("--reference-gflop needs a number >= 0");
     } else if (arg.size() > 1 && arg[0] == '-') {
       usageError("unknown option " + arg);
     } else {
@@ -696,12 +723,15 @@ ShapeResult ShapeRunner::run(const Shape &shape, uint64_t seed) const {
   return result;
 }
 
-void ShapeRunner::time(const std::vector<OperandSet> &sets,
-                       ShapeResult &result) const {
-  // Tensor maps are encoded once per set, outside the timed loop.
-  std::vector<GemmLaunch> launches;
-  for (const OperandSet &set : sets)
-    launches.push_back(kernel.prepare(set.operands));
+/// Median, min and max in µs of `options.runs` launches rotating over
+/// `launches`, after `options.warmup` untimed ones.
+struct Timing {
+  double medianUs = NAN, minUs = NAN, maxUs = NAN;
+};
+Timing timeLaunches(const GemmKernel &kernel, const CheckKernels &check,
+                    const Options &options,
+                    const std::vector<GemmLaunch> &launches, CUstream stream,
+                    const std::string &what) {
   const int runs = options.runs;
   for (int w = 0; w < options.warmup; ++w)
     kernel.launch(launches[w % launches.size()], stream);
@@ -719,9 +749,7 @@ void ShapeRunner::time(const std::vector<OperandSet> &sets,
     kernel.launch(launches[(options.warmup + r) % launches.size()], stream);
     KILN_CU("timing event", cuEventRecord, stops[r].get(), stream);
   }
-  waitFor(stream, options.timeoutSeconds,
-          "kernel " + kernel.config().kernelName + " (" + result.shape.text() +
-              "), timed launches");
+  waitFor(stream, options.timeoutSeconds, what);
   std::vector<double> microseconds;
   for (int r = 0; r < runs; ++r) {
     float milliseconds = 0;
@@ -730,11 +758,27 @@ void ShapeRunner::time(const std::vector<OperandSet> &sets,
     microseconds.push_back(1000.0 * milliseconds);
   }
   std::sort(microseconds.begin(), microseconds.end());
-  result.minUs = microseconds.front();
-  result.maxUs = microseconds.back();
-  result.medianUs =
+  Timing timing;
+  timing.minUs = microseconds.front();
+  timing.maxUs = microseconds.back();
+  timing.medianUs =
       runs % 2 ? microseconds[runs / 2]
                : 0.5 * (microseconds[runs / 2 - 1] + microseconds[runs / 2]);
+  return timing;
+}
+
+void ShapeRunner::time(const std::vector<OperandSet> &sets,
+                       ShapeResult &result) const {
+  // Tensor maps are encoded once per set, outside the timed loop.
+  std::vector<GemmLaunch> launches;
+  for (const OperandSet &set : sets)
+    launches.push_back(kernel.prepare(set.operands));
+  Timing timing = timeLaunches(kernel, check, options, launches, stream,
+                               "kernel " + kernel.config().kernelName + " (" +
+                                   result.shape.text() + "), timed launches");
+  result.medianUs = timing.medianUs;
+  result.minUs = timing.minUs;
+  result.maxUs = timing.maxUs;
 }
 
 /// Device-to-device copy bandwidth (bytes read + written), the median of 10
@@ -851,6 +895,561 @@ Json toJson(const std::string &label, const GemmKernelConfig &config,
   return json;
 }
 
+//===----------------------------------------------------------------------===//
+// Grouped kernels
+//===----------------------------------------------------------------------===//
+
+struct GroupedCase {
+  int groups = 0;
+  /// Contiguous: rows of A in all (R); masked: rows per slab (maxRows).
+  int rows = 0;
+  int n = 0, k = 0;
+  std::string distribution;
+  std::string text() const {
+    return std::to_string(groups) + ":" + std::to_string(rows) + ":" +
+           std::to_string(n) + "x" + std::to_string(k) + ":" + distribution;
+  }
+};
+
+/// Small cases that exercise the edges: empty groups, a group of one row,
+/// rows outside every group, ragged N tails (N = 200 and 129: the last tile
+/// reads the next expert's weight rows, and N = 129 has two scale rows per
+/// expert). K stays a multiple of 128: the FP64 reference needs it.
+std::vector<GroupedCase> defaultGroupedCases(GemmGrouping grouping) {
+  if (grouping == GemmGrouping::Contiguous)
+    return {{8, 300, 200, 1024, "random"},
+            {16, 1000, 4096, 7168, "random"},
+            {5, 9, 7168, 2048, "random"},
+            {8, 8, 4096, 7168, "balanced"},
+            {4, 700, 129, 1024, "skewed"}};
+  return {{8, 64, 200, 1024, "random"},
+          {4, 256, 7168, 2048, "random"},
+          {8, 1, 4096, 7168, "full"},
+          {3, 130, 129, 1024, "random"}};
+}
+
+std::vector<GroupedCase> parseGroupedCases(const std::string &list,
+                                           GemmGrouping grouping) {
+  std::vector<GroupedCase> cases;
+  std::stringstream stream(list);
+  std::string item;
+  while (std::getline(stream, item, ',')) {
+    GroupedCase c;
+    char colon1 = 0, colon2 = 0, x = 0, colon3 = 0;
+    std::istringstream parse(item);
+    if (!(parse >> c.groups >> colon1 >> c.rows >> colon2 >> c.n >> x >> c.k >>
+          colon3) ||
+        colon1 != ':' || colon2 != ':' || x != 'x' || colon3 != ':' ||
+        !std::getline(parse, c.distribution))
+      usageError("--cases: \"" + item + "\" is not G:R:NxK:DIST");
+    bool contiguous = grouping == GemmGrouping::Contiguous;
+    bool known =
+        contiguous ? (c.distribution == "balanced" ||
+                      c.distribution == "skewed" || c.distribution == "random")
+                   : (c.distribution == "full" || c.distribution == "random");
+    if (!known)
+      usageError("--cases: " + item + ": unknown distribution for a " +
+                 (contiguous ? "contiguous" : "masked") + " kernel");
+    if (c.groups < 1 || c.groups > kMaxGemmGroups || c.rows < 1 || c.n < 1 ||
+        c.k < 128 || c.k % 128 != 0)
+      usageError("--cases: " + item +
+                 ": needs 1 <= G <= " + std::to_string(kMaxGemmGroups) +
+                 ", R, N >= 1, K a positive multiple of 128 (the FP64 "
+                 "reference's blocks)");
+    cases.push_back(c);
+  }
+  if (cases.empty())
+    usageError("--cases: no case given");
+  return cases;
+}
+
+/// Rows of each group and, for contiguous, the offsets (G + 1 entries).
+struct GroupLayoutOnHost {
+  std::vector<int> counts;
+  std::vector<int32_t> offsets;
+  /// Row of A (and out) where group g starts.
+  std::vector<int64_t> firstRow;
+};
+
+GroupLayoutOnHost drawGroups(const GroupedCase &c, GemmGrouping grouping,
+                             uint64_t seed) {
+  GroupLayoutOnHost layout;
+  const int g = c.groups;
+  std::vector<int> &counts = layout.counts;
+  counts.assign(g, 0);
+  int lead = 0;
+  uint64_t state = seed;
+  auto uniform = [&] { return (splitmix(state++) >> 11) * 0x1.0p-53; };
+  if (grouping == GemmGrouping::Masked) {
+    for (int i = 0; i < g; ++i)
+      counts[i] = c.distribution == "full"
+                      ? c.rows
+                      : int(uniform() * (c.rows + 1)) % (c.rows + 1);
+    if (c.distribution == "random") {
+      counts[0] = 0;
+      if (g > 1)
+        counts[1] = std::min(1, c.rows);
+      if (g > 2)
+        counts[2] = c.rows;
+    }
+    for (int i = 0; i < g; ++i)
+      layout.firstRow.push_back(int64_t(i) * c.rows);
+    return layout;
+  }
+  int available = c.rows;
+  std::vector<double> weights(g, 1.0);
+  if (c.distribution == "skewed") {
+    for (int i = 0; i < g; ++i)
+      weights[i] = 1.0 / (i + 1);
+  } else if (c.distribution == "random") {
+    // Rows before the first group and after the last stay untouched.
+    lead = std::min(3, c.rows / 8);
+    available = c.rows - lead - std::min(5, c.rows / 8);
+    for (int i = 0; i < g; ++i)
+      weights[i] = (i % 5 == 3 || i == 0) ? 0.0 : 0.1 + uniform();
+  }
+  int fixed = 0;
+  if (c.distribution == "random" && g > 1 && available >= 1) {
+    counts[1] = 1; // a group of one row
+    weights[1] = 0;
+    fixed = 1;
+  }
+  double total = 0;
+  for (double w : weights)
+    total += w;
+  int assigned = fixed;
+  for (int i = 0; i < g && total > 0; ++i) {
+    if (weights[i] == 0)
+      continue;
+    counts[i] = int((available - fixed) * weights[i] / total);
+    assigned += counts[i];
+  }
+  // The remainder goes to the first group with weight, so the groups cover
+  // `available` rows exactly.
+  for (int i = 0; i < g; ++i)
+    if (weights[i] > 0) {
+      counts[i] += available - assigned;
+      break;
+    }
+  layout.offsets.push_back(lead);
+  for (int i = 0; i < g; ++i) {
+    layout.firstRow.push_back(layout.offsets.back());
+    layout.offsets.push_back(layout.offsets.back() + counts[i]);
+  }
+  return layout;
+}
+
+struct GroupedResult {
+  GroupedCase c;
+  std::string status = "ERROR";
+  std::string detail;
+  double relativeError = NAN;
+  double checkedFraction = 0;
+  Timing timing;
+  int sets = 0;
+  int64_t routedRows = 0;
+  int activeGroups = 0;
+  int maxRows = 0;
+
+  double flops() const { return 2.0 * routedRows * c.n * double(c.k); }
+  /// The weights (and their scales) of the groups that have rows.
+  double weightBytes() const {
+    double blocksK = std::ceil(c.k / 128.0);
+    return activeGroups *
+           (double(c.n) * c.k + 4.0 * std::ceil(c.n / 128.0) * blocksK);
+  }
+  /// The weights, A and scales of the routed rows, BF16 out.
+  double bytes() const {
+    double blocksK = std::ceil(c.k / 128.0);
+    return weightBytes() + routedRows * (c.k + 4.0 * blocksK + 2.0 * c.n);
+  }
+};
+
+class GroupedRunner {
+public:
+  GroupedRunner(const GemmKernel &kernel, const CheckKernels &check,
+                const Options &options, const DeviceInfo &device,
+                CUstream stream)
+      : kernel(kernel), check(check), options(options), device(device),
+        stream(stream) {}
+
+  GroupedResult run(const GroupedCase &c, uint64_t seed) const;
+
+private:
+  struct Set {
+    DeviceBuffer a, b, scaleA, scaleB, out, groups;
+    GroupedGemmOperands operands;
+  };
+  unsigned long long countNotPoison(CUdeviceptr at, size_t elements,
+                                    const DeviceBuffer &counter) const {
+    if (elements == 0)
+      return 0;
+    KILN_CU("poison check", cuMemsetD8Async, counter.get(), 0, counter.size(),
+            stream);
+    check.countDiffering(at, elements, reference::kPoisonBF16, counter.get(),
+                         stream);
+    waitFor(stream, options.timeoutSeconds, "poison check");
+    return copyToHost<unsigned long long>(counter.get(), "poison count");
+  }
+  void poisonAndLaunch(const Set &set, const std::string &what) const {
+    KILN_CU(what, cuMemsetD16Async, set.out.get(), reference::kPoisonBF16,
+            set.out.size() / 2, stream);
+    kernel.launchGrouped(set.operands, stream);
+    waitFor(stream, options.timeoutSeconds, what);
+  }
+
+  const GemmKernel &kernel;
+  const CheckKernels &check;
+  const Options &options;
+  const DeviceInfo &device;
+  CUstream stream;
+};
+
+GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
+  GroupedResult result;
+  result.c = c;
+  const GemmKernelConfig &config = kernel.config();
+  const bool masked = config.grouping == GemmGrouping::Masked;
+  GroupLayoutOnHost layout = drawGroups(c, config.grouping, splitmix(seed));
+  for (int count : layout.counts) {
+    result.routedRows += count;
+    result.activeGroups += count > 0;
+    result.maxRows = std::max(result.maxRows, count);
+  }
+  const size_t g = c.groups, n = c.n, k = c.k;
+  const size_t blocksK = (k + 127) / 128, blocksN = (n + 127) / 128;
+  const size_t rowsA = masked ? g * c.rows : size_t(c.rows);
+  const size_t outElements = rowsA * n;
+  // A kernel that writes rows past the end lands here.
+  const size_t guardElements = size_t(config.blockM) * n + config.blockN;
+  const size_t bytesA = rowsA * k, bytesB = g * n * k;
+  const size_t bytesScaleA = 4 * blocksK * rowsA;
+  const size_t bytesScaleB = 4 * g * blocksN * blocksK;
+  const size_t bytesOut = 2 * (outElements + guardElements);
+  const size_t setBytes =
+      bytesA + bytesB + bytesScaleA + bytesScaleB + bytesOut;
+  int sets = 1;
+  if (options.time) {
+    size_t wanted = (4 * size_t(device.l2Bytes) + setBytes - 1) / setBytes;
+    size_t freeBytes = 0, totalBytes = 0;
+    KILN_CU("memory info", cuMemGetInfo, &freeBytes, &totalBytes);
+    size_t affordable = freeBytes / 2 / setBytes;
+    sets = int(std::clamp<size_t>(std::min(wanted, affordable), 2, 64));
+  }
+  result.sets = sets;
+  std::vector<int32_t> groupWords =
+      masked ? std::vector<int32_t>(layout.counts.begin(), layout.counts.end())
+             : layout.offsets;
+
+  std::vector<Set> setList;
+  for (int s = 0; s < sets; ++s) {
+    std::string what = c.text() + " set " + std::to_string(s) + ": ";
+    Set set{DeviceBuffer(bytesA, what + "A"),
+            DeviceBuffer(bytesB, what + "B"),
+            DeviceBuffer(bytesScaleA, what + "scaleA"),
+            DeviceBuffer(bytesScaleB, what + "scaleB"),
+            DeviceBuffer(bytesOut, what + "out"),
+            DeviceBuffer(groupWords.size() * 4, what + "groups"),
+            {}};
+    set.operands.gemm = {set.a.get(),
+                         set.b.get(),
+                         set.scaleA.get(),
+                         set.scaleB.get(),
+                         set.out.get(),
+                         c.rows,
+                         c.n,
+                         c.k};
+    set.operands.groups = set.groups.get();
+    set.operands.numGroups = c.groups;
+    KILN_CU(what + "groups", cuMemcpyHtoD, set.groups.get(), groupWords.data(),
+            groupWords.size() * 4);
+    uint64_t setSeed = splitmix(seed + s);
+    check.fillValues(set.a.get(), bytesA, splitmix(setSeed + 1), stream);
+    check.fillValues(set.b.get(), bytesB, splitmix(setSeed + 2), stream);
+    check.fillPositiveScales(set.scaleA.get(), bytesScaleA / 4,
+                             splitmix(setSeed + 3), kScaleBaseA, stream);
+    check.fillPositiveScales(set.scaleB.get(), bytesScaleB / 4,
+                             splitmix(setSeed + 4), kScaleBaseB, stream);
+    setList.push_back(std::move(set));
+  }
+  waitFor(stream, options.timeoutSeconds, c.text() + ": random inputs");
+
+  const Set &checked = setList[0];
+  std::string launchWhat =
+      "kernel " + config.kernelName + " (" + c.text() + ")";
+  poisonAndLaunch(checked, launchWhat);
+
+  // Each group against the FP64 reference of its own GEMM.
+  std::vector<std::string> problems;
+  DeviceBuffer statsBuffer(sizeof(reference::CheckStats), "check statistics");
+  DeviceBuffer counter(sizeof(unsigned long long), "counter");
+  DeviceBuffer compactScales(4 * blocksK * std::max(1, c.rows),
+                             "compacted scaleA");
+  double sumSquaredError = 0, sumSquaredReference = 0;
+  double checkedFlops = 0, budget = options.referenceGflop * 1e9;
+  for (size_t group = 0; group < g; ++group) {
+    int count = layout.counts[group];
+    if (count == 0)
+      continue;
+    double groupFlops = 2.0 * count * n * k;
+    if (budget > 0 && checkedFlops > 0 && checkedFlops + groupFlops > budget)
+      break;
+    checkedFlops += groupFlops;
+    int64_t row = layout.firstRow[group];
+    GemmOperands one;
+    one.a = checked.a.get() + row * k;
+    one.b = checked.b.get() + group * n * k;
+    one.scaleB = checked.scaleB.get() + 4 * group * blocksN * blocksK;
+    one.out = checked.out.get() + 2 * row * n;
+    one.m = count;
+    one.n = c.n;
+    one.k = c.k;
+    if (masked) {
+      // Slab g's scales are [ceil(K/128)][maxRows]; the reference reads
+      // [ceil(K/128)][count].
+      for (size_t block = 0; block < blocksK; ++block)
+        KILN_CU("compacting scaleA", cuMemcpyDtoDAsync,
+                compactScales.get() + 4 * block * count,
+                checked.scaleA.get() + 4 * (blocksK * row + block * c.rows),
+                4 * size_t(count), stream);
+      one.scaleA = compactScales.get();
+    } else {
+      // Contiguous: group g's [ceil(K/128)][count] at ceil(K/128)·offset.
+      one.scaleA = checked.scaleA.get() + 4 * blocksK * row;
+    }
+    reference::CheckStats initial{};
+    initial.firstUnwritten = initial.firstNonFinite = ~0ULL;
+    KILN_CU("check statistics", cuMemcpyHtoD, statsBuffer.get(), &initial,
+            sizeof(initial));
+    check.compareWithReference(one, statsBuffer.get(), stream);
+    waitFor(stream, options.timeoutSeconds,
+            c.text() + ": FP64 reference of group " + std::to_string(group));
+    auto stats = copyToHost<reference::CheckStats>(statsBuffer.get(),
+                                                   "check statistics");
+    sumSquaredError += stats.sumSquaredError;
+    sumSquaredReference += stats.sumSquaredReference;
+    std::string where = "group " + std::to_string(group) + " (" +
+                        std::to_string(count) + " rows)";
+    if (stats.unwritten)
+      problems.push_back(where + ": " + std::to_string(stats.unwritten) +
+                         " elements never written, first at " +
+                         position(stats.firstUnwritten, c.n));
+    if (stats.nonFinite)
+      problems.push_back(where + ": " + std::to_string(stats.nonFinite) +
+                         " elements NaN or Inf, first at " +
+                         position(stats.firstNonFinite, c.n));
+    if (stats.worstError && result.detail.empty()) {
+      unsigned long long index = stats.worstError & 0xFFFFFFFFULL;
+      uint32_t errorBits = uint32_t(stats.worstError >> 32);
+      float worstError;
+      std::memcpy(&worstError, &errorBits, sizeof(worstError));
+      result.detail =
+          "first group's worst |err| " + format("%.3g", worstError) + " at " +
+          position(index, c.n) + " (rms of ref " +
+          format("%.3g",
+                 std::sqrt(stats.sumSquaredReference / (double(count) * n))) +
+          ")";
+    }
+  }
+  result.checkedFraction =
+      result.flops() > 0 ? checkedFlops / result.flops() : 1.0;
+  result.relativeError = sumSquaredReference > 0
+                             ? std::sqrt(sumSquaredError / sumSquaredReference)
+                             : 0.0;
+  if (!(result.relativeError <= kTolerance))
+    problems.push_back("relative error " +
+                       format("%.3g", result.relativeError) + " > " +
+                       format("%.0e", kTolerance));
+
+  // Rows outside every group, and the guard past out, keep their poison.
+  auto untouched = [&](const std::string &when) {
+    unsigned long long written = 0;
+    CUdeviceptr out = checked.out.get();
+    if (masked) {
+      for (size_t group = 0; group < g; ++group)
+        written += countNotPoison(
+            out + 2 * (group * c.rows + layout.counts[group]) * n,
+            size_t(c.rows - layout.counts[group]) * n, counter);
+    } else {
+      written +=
+          countNotPoison(out, size_t(layout.offsets.front()) * n, counter);
+      written += countNotPoison(out + 2 * size_t(layout.offsets.back()) * n,
+                                (rowsA - layout.offsets.back()) * n, counter);
+    }
+    written += countNotPoison(out + 2 * outElements, guardElements, counter);
+    if (written)
+      problems.push_back(std::to_string(written) +
+                         " elements written outside the groups' rows" + when);
+  };
+  untouched("");
+
+  DeviceBuffer firstOut(std::max<size_t>(2, outElements * 2),
+                        "copy of the checked output");
+  KILN_CU("copy of the checked output", cuMemcpyDtoDAsync, firstOut.get(),
+          checked.out.get(), outElements * 2, stream);
+  if (options.time) {
+    std::vector<GemmLaunch> launches;
+    for (const Set &set : setList)
+      launches.push_back(kernel.prepareGrouped(set.operands));
+    result.timing = timeLaunches(kernel, check, options, launches, stream,
+                                 launchWhat + ", timed launches");
+  }
+  poisonAndLaunch(checked, launchWhat + ", repeated");
+  KILN_CU("repeat check", cuMemsetD8Async, counter.get(), 0, counter.size(),
+          stream);
+  check.countMismatching(firstOut.get(), checked.out.get(), outElements,
+                         counter.get(), stream);
+  waitFor(stream, options.timeoutSeconds, "repeat check");
+  auto differing = copyToHost<unsigned long long>(counter.get(), "mismatches");
+  if (differing)
+    problems.push_back(std::to_string(differing) +
+                       " elements differ when launched again on the same "
+                       "inputs (a race?)");
+  untouched(" on the repeat");
+
+  if (problems.empty()) {
+    result.status = "ok";
+  } else {
+    result.status = "WRONG";
+    std::string joined;
+    for (const std::string &problem : problems)
+      joined += (joined.empty() ? "" : "; ") + problem;
+    result.detail =
+        joined + (result.detail.empty() ? "" : "; ") + result.detail;
+  }
+  return result;
+}
+
+void printGroupedTable(const std::string &label,
+                       const std::vector<GroupedResult> &rows,
+                       const DeviceInfo &device) {
+  std::printf(
+      "\n%s on %s%s\n\n", label.c_str(), device.name.c_str(),
+      device.hbmGBps > 0
+          ? (", HBM copy " + format("%.0f", device.hbmGBps) + " GB/s").c_str()
+          : "");
+  std::printf("| case | routed rows | groups with rows | µs | TFLOP/s | "
+              "weight GB/s | GB/s | rel. error | checked | result |\n");
+  std::printf("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
+              "--- |\n");
+  for (const GroupedResult &row : rows) {
+    double us = row.timing.medianUs;
+    std::printf("| %s | %lld | %d | %s | %s | %s | %s | %s | %.0f%% | %s |\n",
+                row.c.text().c_str(), (long long)row.routedRows,
+                row.activeGroups, cell(us, "%.1f").c_str(),
+                cell(row.flops() / (us * 1e6), "%.1f").c_str(),
+                cell(row.weightBytes() / (us * 1e3), "%.0f").c_str(),
+                cell(row.bytes() / (us * 1e3), "%.0f").c_str(),
+                cell(row.relativeError, "%.2e").c_str(),
+                100 * row.checkedFraction, row.status.c_str());
+  }
+}
+
+Json groupedJson(const std::string &label, const GemmKernelConfig &config,
+                 const std::string &cubin, const DeviceInfo &device,
+                 const std::vector<GroupedResult> &rows, uint64_t seed,
+                 const Options &options) {
+  auto number = [](double value) -> Json {
+    return std::isfinite(value) ? Json(value) : Json(nullptr);
+  };
+  std::time_t now = std::time(nullptr);
+  char date[32];
+  std::strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  Json json = {{"tool", "kiln-gemm-check"},
+               {"label", label},
+               {"cubin", cubin},
+               {"manifest", Json::parse(toManifestJson(config))},
+               {"device", device.name},
+               {"date", date},
+               {"hbm_gbps", number(device.hbmGBps)},
+               {"seed", seed},
+               {"runs", options.time ? options.runs : 0},
+               {"tolerance", kTolerance}};
+  Json list = Json::array();
+  for (const GroupedResult &row : rows) {
+    double us = row.timing.medianUs;
+    list.push_back({{"case", row.c.text()},
+                    {"groups", row.c.groups},
+                    {"rows", row.c.rows},
+                    {"n", row.c.n},
+                    {"k", row.c.k},
+                    {"distribution", row.c.distribution},
+                    {"routed_rows", row.routedRows},
+                    {"active_groups", row.activeGroups},
+                    {"us", number(us)},
+                    {"min_us", number(row.timing.minUs)},
+                    {"max_us", number(row.timing.maxUs)},
+                    {"tflops", number(row.flops() / (us * 1e6))},
+                    {"weight_gbps", number(row.weightBytes() / (us * 1e3))},
+                    {"gbps", number(row.bytes() / (us * 1e3))},
+                    {"rel_error", number(row.relativeError)},
+                    {"checked_fraction", row.checkedFraction},
+                    {"sets", row.sets},
+                    {"status", row.status},
+                    {"detail", row.detail}});
+  }
+  json["rows"] = list;
+  return json;
+}
+
+/// The grouped cases of a grouped kernel; exit status as for shapes.
+int runGrouped(const Options &options, const GemmKernel &kernel,
+               const CheckKernels &check, const DeviceInfo &device,
+               CUstream stream, const std::string &label, uint64_t seed) {
+  const GemmKernelConfig &config = kernel.config();
+  std::vector<GroupedCase> cases =
+      options.cases.empty() ? defaultGroupedCases(config.grouping)
+                            : parseGroupedCases(options.cases, config.grouping);
+  GroupedRunner runner(kernel, check, options, device, stream);
+  std::vector<GroupedResult> results;
+  bool allRight = true;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    GroupedResult result;
+    try {
+      result = runner.run(cases[i], splitmix(seed ^ (0x2000 + i)));
+    } catch (const Error &error) {
+      result = GroupedResult();
+      result.c = cases[i];
+      result.detail = error.what();
+    }
+    std::printf("%-24s %-5s rel. error %s, %s µs (min %s, max %s, %d sets, "
+                "%lld rows in %d groups)%s%s\n",
+                cases[i].text().c_str(), result.status.c_str(),
+                cell(result.relativeError, "%.2e").c_str(),
+                cell(result.timing.medianUs, "%.1f").c_str(),
+                cell(result.timing.minUs, "%.1f").c_str(),
+                cell(result.timing.maxUs, "%.1f").c_str(), result.sets,
+                (long long)result.routedRows, result.activeGroups,
+                result.detail.empty() ? "" : "\n    ", result.detail.c_str());
+    std::fflush(stdout);
+    allRight = allRight && result.status == "ok";
+    results.push_back(result);
+    if (result.status == "ERROR" &&
+        driver().cuCtxSynchronize() != CUDA_SUCCESS) {
+      std::printf("the CUDA context is lost; the remaining cases are not "
+                  "run\n");
+      break;
+    }
+  }
+  printGroupedTable(label, results, device);
+  if (!options.jsonPath.empty()) {
+    std::ofstream file(options.jsonPath);
+    file << groupedJson(label, config, options.cubinPath, device, results, seed,
+                        options)
+                .dump(2)
+         << "\n";
+    if (!file)
+      throw Error(options.jsonPath + ": cannot write the results");
+  }
+  size_t wrong =
+      std::count_if(results.begin(), results.end(),
+                    [](const GroupedResult &r) { return r.status != "ok"; });
+  std::printf("\n%s: %zu of %zu cases right%s\n", label.c_str(),
+              results.size() - wrong, cases.size(),
+              results.size() < cases.size() ? " (stopped early)" : "");
+  return allRight && results.size() == cases.size() ? 0 : 1;
+}
+
 int run(const Options &options) {
   GemmKernelConfig config = kernelConfig(options);
   std::string image = readFile(options.cubinPath);
@@ -900,6 +1499,10 @@ int run(const Options &options) {
                 device.hbmGBps);
   }
   std::fflush(stdout);
+
+  if (config.grouping != GemmGrouping::None)
+    return runGrouped(options, kernel, check, device, stream.get(), label,
+                      seed);
 
   ShapeRunner runner(kernel, check, options, device, stream.get());
   std::vector<ShapeResult> results;

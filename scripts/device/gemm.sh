@@ -54,7 +54,11 @@ main() {
   sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 
   shopt -s nullglob
-  kernels=($dev/kernels/*.cubin)
+  # Grouped kernels run grouped cases: scripts/device/grouped.sh.
+  kernels=()
+  for cubin in $dev/kernels/*.cubin; do
+    [[ $cubin == *_contiguous.cubin || $cubin == *_masked.cubin ]] || kernels+=("$cubin")
+  done
   mode=${GEMM_REFERENCE:-}
   [[ -z $mode ]] && { ((${#kernels[@]})) && mode=check || mode=full; }
   targets=()
@@ -68,6 +72,8 @@ main() {
   if [[ -n ${GEMM_PLAN:-} ]]; then
     while read -r kernel plan_shapes; do
       [[ -z $kernel || $kernel == \#* ]] && continue
+      # Grouped problems (GxRxNxK:LAYOUT) are scripts/device/grouped.sh's.
+      [[ $plan_shapes == *:* ]] && continue
       runs_list+=("$dev/kernels/$kernel.cubin $plan_shapes")
     done <"$GEMM_PLAN"
   else

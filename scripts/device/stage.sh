@@ -14,9 +14,11 @@ mkdir -p $device_dir/bin
 cp "$build_dir/bin/kiln" $device_dir/bin/
 # The CUDA backend's check (scripts/device/backend.sh), the runtime library
 # it links, and the kilnc artifacts named in $KILN_ARTIFACTS (space-separated).
-if [[ -x $build_dir/bin/kiln-backend-check ]]; then
-  cp "$build_dir/bin/kiln-backend-check" $device_dir/bin/
-fi
+for tool in kiln-backend-check kiln-ep-check; do
+  if [[ -x $build_dir/bin/$tool ]]; then
+    cp "$build_dir/bin/$tool" $device_dir/bin/
+  fi
+done
 for library in "$build_dir"/lib/libkiln_runtime.so*; do
   [[ -e $library ]] || continue
   mkdir -p $device_dir/lib

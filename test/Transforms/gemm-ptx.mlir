@@ -68,4 +68,20 @@
 // PTXAS-DAG: kiln_gemm_fp8_m128n64s8c2k2: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // PTXAS-DAG: kiln_gemm_fp8_m128n64s8c2k4: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // PTXAS-DAG: kiln_gemm_fp8_m128n128s6c2: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
+// The grouped kernels of the expert GEMMs the grouped benchmark runs.
+// PTXAS-DAG: kiln_gemm_fp8_m64n128s8c1_contiguous: {{[0-9]+}} registers, 0 spill bytes, 210060 B shared memory: ok
+// PTXAS-DAG: kiln_gemm_fp8_m128n128s6c2_contiguous: {{[0-9]+}} registers, 0 spill bytes, 210028 B shared memory: ok
+// PTXAS-DAG: kiln_gemm_fp8_m64n64s8c1_masked: {{[0-9]+}} registers, 0 spill bytes, 144524 B shared memory: ok
+// PTXAS-DAG: kiln_gemm_fp8_m64n128s8c1_masked: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
+// PTXAS-DAG: kiln_gemm_fp8_m128n64s8c2_masked: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
+// PTXAS-DAG: kiln_gemm_fp8_m128n128s6c2_masked: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
+// Split-K grouped kernels (decode shapes with few tiles), and the contiguous
+// configurations the plans pick at decode.
+// RUN: %python %kiln_compile_gemm --kiln-opt %kiln_opt_path --ptxas %ptxas --out %t/grouped --config 64,64,8,1,1,contiguous --config 64,64,8,1,2,contiguous --config 128,64,8,2,4,masked --config 128,64,8,2,1,contiguous | FileCheck %s --check-prefix=GROUPED
+// GROUPED: kiln_gemm_fp8_m64n64s8c1_contiguous: {{[0-9]+}} registers, 0 spill bytes, 144524 B shared memory: ok
+// GROUPED: kiln_gemm_fp8_m64n64s8c1k2_contiguous: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
+// GROUPED: kiln_gemm_fp8_m128n64s8c2k4_masked: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
+// GROUPED: kiln_gemm_fp8_m128n64s8c2_contiguous: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
+// RUN: %python -c "import json; m = json.load(open('%t/grouped/kiln_gemm_fp8_m64n64s8c1k2_contiguous.json')); print(m['grouped'], m['split_k'], m['smem_bytes'])" | FileCheck %s --check-prefix=MANIFEST
+// MANIFEST: contiguous 2 144524
 // PTXAS-NOT: SPILLS

@@ -50,3 +50,50 @@ func.func @chosen(%a: tensor<4096x512xf8E4M3FN>, %as: tensor<4096x4xf32>, %b: te
   %0 = kiln.scaled_matmul %a, %as, %b, %bs {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 64, stages = 4, consumers = 2, split_k = 3>} : (tensor<4096x512xf8E4M3FN>, tensor<4096x4xf32>, tensor<32768x512xf8E4M3FN>, tensor<256x4xf32>) -> tensor<4096x32768xbf16>
   return %0 : tensor<4096x32768xbf16>
 }
+
+// Grouped GEMMs get the grouped kernel of their layout. Decode, contiguous:
+// 8 routed rows over 256 experts can fill at most 8 groups of 1 row: the
+// decode configuration, and split-K weighed on those 8 groups' tiles (8 x 32
+// tiles of 64x64 for N = 2048: two waves already, no split; 8 x 16 tiles of
+// 64x128 would leave 4 multiprocessors idle).
+// CHECK-LABEL: func.func @grouped_decode
+// CHECK: kiln.grouped_scaled_matmul contiguous {{.*}} {gemm_config = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, grouped = contiguous>}
+func.func @grouped_decode(%a: tensor<8x7168xf8E4M3FN>, %as: tensor<8x56xf32>, %b: tensor<256x2048x7168xf8E4M3FN>, %bs: tensor<256x16x56xf32>, %o: tensor<257xi32>) -> tensor<8x2048xbf16> {
+  %0 = kiln.grouped_scaled_matmul contiguous %a, %as, %b, %bs, %o : (tensor<8x7168xf8E4M3FN>, tensor<8x56xf32>, tensor<256x2048x7168xf8E4M3FN>, tensor<256x16x56xf32>, tensor<257xi32>) -> tensor<8x2048xbf16>
+  return %0 : tensor<8x2048xbf16>
+}
+
+// 8 groups of 1 row over N = 4096 have 8 x 32 = 256 tiles of 64x128: every
+// multiprocessor gets one, so the wider tiles, which stream the weights
+// faster.
+// CHECK-LABEL: func.func @grouped_decode_wide
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 64, block_n = 128, stages = 8, consumers = 1, grouped = contiguous>
+func.func @grouped_decode_wide(%a: tensor<8x7168xf8E4M3FN>, %as: tensor<8x56xf32>, %b: tensor<8x4096x7168xf8E4M3FN>, %bs: tensor<8x32x56xf32>, %o: tensor<9xi32>) -> tensor<8x4096xbf16> {
+  %0 = kiln.grouped_scaled_matmul contiguous %a, %as, %b, %bs, %o : (tensor<8x7168xf8E4M3FN>, tensor<8x56xf32>, tensor<8x4096x7168xf8E4M3FN>, tensor<8x32x56xf32>, tensor<9xi32>) -> tensor<8x4096xbf16>
+  return %0 : tensor<8x4096xbf16>
+}
+
+// One group of 64 rows has 32 tiles: split in 4, as a plain GEMM would be.
+// CHECK-LABEL: func.func @grouped_one
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 4, grouped = contiguous>
+func.func @grouped_one(%a: tensor<64x7168xf8E4M3FN>, %as: tensor<64x56xf32>, %b: tensor<1x2048x7168xf8E4M3FN>, %bs: tensor<1x16x56xf32>, %o: tensor<2xi32>) -> tensor<64x2048xbf16> {
+  %0 = kiln.grouped_scaled_matmul contiguous %a, %as, %b, %bs, %o : (tensor<64x7168xf8E4M3FN>, tensor<64x56xf32>, tensor<1x2048x7168xf8E4M3FN>, tensor<1x16x56xf32>, tensor<2xi32>) -> tensor<64x2048xbf16>
+  return %0 : tensor<64x2048xbf16>
+}
+
+// Masked: each slab's capacity is the rows per group (128: two consumers on
+// 128x64 tiles); 32 full slabs are 2048 tiles, no split.
+// CHECK-LABEL: func.func @grouped_masked
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 64, stages = 8, consumers = 2, grouped = masked>
+func.func @grouped_masked(%a: tensor<32x128x7168xf8E4M3FN>, %as: tensor<32x128x56xf32>, %b: tensor<32x4096x7168xf8E4M3FN>, %bs: tensor<32x32x56xf32>, %n: tensor<32xi32>) -> tensor<32x128x4096xbf16> {
+  %0 = kiln.grouped_scaled_matmul masked %a, %as, %b, %bs, %n : (tensor<32x128x7168xf8E4M3FN>, tensor<32x128x56xf32>, tensor<32x4096x7168xf8E4M3FN>, tensor<32x32x56xf32>, tensor<32xi32>) -> tensor<32x128x4096xbf16>
+  return %0 : tensor<32x128x4096xbf16>
+}
+
+// Prefill (dynamic rows): the large-M grouped kernel.
+// CHECK-LABEL: func.func @grouped_prefill
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 6, consumers = 2, grouped = contiguous>
+func.func @grouped_prefill(%a: tensor<?x7168xf8E4M3FN>, %as: tensor<?x56xf32>, %b: tensor<256x2048x7168xf8E4M3FN>, %bs: tensor<256x16x56xf32>, %o: tensor<257xi32>) -> tensor<?x2048xbf16> {
+  %0 = kiln.grouped_scaled_matmul contiguous %a, %as, %b, %bs, %o : (tensor<?x7168xf8E4M3FN>, tensor<?x56xf32>, tensor<256x2048x7168xf8E4M3FN>, tensor<256x16x56xf32>, tensor<257xi32>) -> tensor<?x2048xbf16>
+  return %0 : tensor<?x2048xbf16>
+}

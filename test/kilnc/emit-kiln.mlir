@@ -73,7 +73,7 @@
 // CHECK: %[[TQ:.*]], %[[TS:.*]] = kiln.quantize %[[M]] tile_1x128
 // CHECK: %[[RQ:.*]], %[[RS:.*]], %[[OFF:.*]], %[[ROWS:.*]] = kiln.moe_permute %[[TQ]] scales %[[TS]] experts %[[IDS]] : {{.*}} -> (tensor<32x256xf8E4M3FN>, tensor<32x2xf32>, tensor<17xi32>, tensor<8x4xi32>)
 // Grouped GEMMs: ceil(32 rows / 16 experts) = 2 rows per expert, a decode-sized M.
-// CHECK: %[[EG:.*]] = kiln.grouped_scaled_matmul contiguous %[[RQ]], %[[RS]], %{{.*}}, %{{.*}}, %[[OFF]] {gemm_config = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1>}
+// CHECK: %[[EG:.*]] = kiln.grouped_scaled_matmul contiguous %[[RQ]], %[[RS]], %{{.*}}, %{{.*}}, %[[OFF]] {gemm_config = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, grouped = contiguous>}
 // CHECK: %[[EU:.*]] = kiln.grouped_scaled_matmul contiguous %[[RQ]], %[[RS]]
 // CHECK: kiln.swiglu %[[EG]], %[[EU]]
 // CHECK: %[[ED:.*]] = kiln.grouped_scaled_matmul contiguous {{.*}}, %[[OFF]] {{.*}} -> tensor<32x256xbf16>

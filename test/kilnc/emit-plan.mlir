@@ -12,6 +12,7 @@
 // Two kernels: the decode-sized and the large-M configuration.
 // CHECK: "kernels": [
 // CHECK-NEXT: {"name": "kiln_gemm_fp8_m64n64s8c1", "block_m": 64, "block_n": 64, "stages": 8, "consumers": 1, "split_k": 1, "shared_memory_bytes": 132224},
+// CHECK-NEXT: {"name": "kiln_gemm_fp8_m64n64s8c1_contiguous", "block_m": 64, "block_n": 64, "stages": 8, "consumers": 1, "split_k": 1, "grouped": "contiguous", "shared_memory_bytes": 144524},
 // CHECK-NEXT: {"name": "kiln_gemm_fp8_m128n128s6c2", "block_m": 128, "block_n": 128, "stages": 6, "consumers": 2, "split_k": 1, "shared_memory_bytes": 197728}
 // CHECK-NEXT: ],
 
@@ -71,7 +72,7 @@
 // CHECK-NEXT: {"op": "moe_route", "inputs": [{"buffer":"l1.router"}], "outputs": [{"buffer":"l1.route_ids"},{"buffer":"l1.route_weights"}], "weights": ["model.layers.1.mlp.gate.e_score_correction_bias"], "attrs": {"n_group":4,"norm_topk_prob":1,"routed_scaling_factor":2.5,"scoring":"sigmoid","top_k":4,"topk_group":2}},
 // CHECK-NEXT: {"op": "quantize", "inputs": [{"buffer":"l1.mlp_norm"}], "outputs": [{"buffer":"l1.mlp_in_q"},{"buffer":"l1.mlp_in_s"}]
 // CHECK-NEXT: {"op": "moe_dispatch", "inputs": [{"buffer":"l1.mlp_in_q"},{"buffer":"l1.mlp_in_s"},{"buffer":"l1.route_ids"}], "outputs": [{"buffer":"l1.experts_in_q"},{"buffer":"l1.experts_in_s"},{"buffer":"l1.experts_in_offsets"},{"buffer":"l1.experts_in_rows"}], "weights": [], "attrs": {}},
-// CHECK-NEXT: {"op": "grouped_gemm", "inputs": [{"buffer":"l1.experts_in_q"},{"buffer":"l1.experts_in_s"},{"buffer":"l1.experts_in_offsets"}], "outputs": [{"buffer":"l1.experts_gate"}], "weights": ["model.layers.1.mlp.experts.{e}.gate_proj.weight"], "kernel": "kiln_gemm_fp8_m64n64s8c1", "attrs": {}},
+// CHECK-NEXT: {"op": "grouped_gemm", "inputs": [{"buffer":"l1.experts_in_q"},{"buffer":"l1.experts_in_s"},{"buffer":"l1.experts_in_offsets"}], "outputs": [{"buffer":"l1.experts_gate"}], "weights": ["model.layers.1.mlp.experts.{e}.gate_proj.weight"], "kernel": "kiln_gemm_fp8_m64n64s8c1_contiguous", "attrs": {}},
 // CHECK-NEXT: {"op": "grouped_gemm", {{.*}} "outputs": [{"buffer":"l1.experts_up"}]
 // CHECK-NEXT: {"op": "swiglu", "inputs": [{"buffer":"l1.experts_gate"},{"buffer":"l1.experts_up"},{"buffer":"l1.experts_in_offsets"}], "outputs": [{"buffer":"l1.experts_act_q"},{"buffer":"l1.experts_act_s"}]
 // CHECK-NEXT: {"op": "grouped_gemm", "inputs": [{"buffer":"l1.experts_act_q"},{"buffer":"l1.experts_act_s"},{"buffer":"l1.experts_in_offsets"}], "outputs": [{"buffer":"l1.experts_down"}]
@@ -95,4 +96,4 @@
 // CHECK-NEXT: "prefill": {"max_tokens": 256, "max_sequences": 8, "arena_bytes": {{[0-9]+}},
 // CHECK: {"name": "l1.experts_in_q", "dtype": "f8e4m3", "rows": "R", "cols": 256, "offset": {{[0-9]+}}, "bytes": 262144},
 // CHECK: {"op": "gemm", {{.*}} "outputs": [{"buffer":"l0.q_a"}], {{.*}} "kernel": "kiln_gemm_fp8_m128n128s6c2"
-// CHECK: {"op": "grouped_gemm", {{.*}} "kernel": "kiln_gemm_fp8_m64n64s8c1"
+// CHECK: {"op": "grouped_gemm", {{.*}} "kernel": "kiln_gemm_fp8_m64n64s8c1_contiguous"

@@ -34,7 +34,8 @@ def main():
         ptx = blobs.get(kernel.get("ptx", ""), b"")
         elf = "elf" if cubin.startswith(ELF_MAGIC) else "NOT ELF"
         target = "sm_90a" if b".target sm_90a" in ptx else "none"
-        print(f"kernel {kernel['name']} split_k {kernel['split_k']} "
+        grouped = f" grouped {kernel['grouped']}" if "grouped" in kernel else ""
+        print(f"kernel {kernel['name']} split_k {kernel['split_k']}{grouped} "
               f"smem {kernel['shared_memory_bytes']} cubin {elf} ptx {target}")
     print(f"weights {len(manifest['weights'])}")
     for name, plan in sorted(manifest["plans"].items()):

@@ -166,9 +166,12 @@ kiln::Artifact realisticArtifact() {
   a.options.prefillChunk = 64;
   a.options.kvCacheDtype = "fp8";
   a.kernels.push_back({"kiln_gemm_m64n64s8c1", 64, 64, 8, 1, 197632, 1,
-                       binaryBlob(3001, 1), ".version 8.8\n.target sm_90a\n"});
-  a.kernels.push_back(
-      {"kiln_gemm_m128n128s4c2", 128, 128, 4, 2, 0, 2, binaryBlob(700, 2), ""});
+                       binaryBlob(3001, 1), ".version 8.8\n.target sm_90a\n",
+                       ""});
+  a.kernels.push_back({"kiln_gemm_m128n128s4c2", 128, 128, 4, 2, 0, 2,
+                       binaryBlob(700, 2), "", ""});
+  a.kernels.push_back({"kiln_gemm_m64n64s8c1_contiguous", 64, 64, 8, 1, 0, 1,
+                       binaryBlob(900, 3), "", "contiguous"});
   a.weights = {
       {"model.embed_tokens.weight", "bf16", {129280, 256}, "none"},
       {"model.layers.0.input_layernorm.weight", "bf16", {256}, "none"},
@@ -189,9 +192,9 @@ kiln::Artifact realisticArtifact() {
       {"lm_head.weight", "bf16", {129280, 256}, "none"},
   };
   a.plans["decode"] =
-      makePlan(8, 8, "kiln_gemm_m64n64s8c1", "kiln_gemm_m64n64s8c1");
-  a.plans["prefill"] =
-      makePlan(64, 4, "kiln_gemm_m128n128s4c2", "kiln_gemm_m128n128s4c2");
+      makePlan(8, 8, "kiln_gemm_m64n64s8c1", "kiln_gemm_m64n64s8c1_contiguous");
+  a.plans["prefill"] = makePlan(64, 4, "kiln_gemm_m128n128s4c2",
+                                "kiln_gemm_m64n64s8c1_contiguous");
   return a;
 }
 
@@ -201,7 +204,7 @@ kiln::Artifact smallArtifact() {
   a.producer = "kilnc test";
   a.source = "graph.mlir";
   a.kernels.push_back(
-      {"k", 64, 64, 4, 1, 0, 1, std::string("c\0b\0n", 5), "ptx"});
+      {"k", 64, 64, 4, 1, 0, 1, std::string("c\0b\0n", 5), "ptx", ""});
   a.weights.push_back({"w", "f8e4m3", {128, 128}, "none"});
   kiln::LaunchPlan plan;
   plan.maxTokens = 2;
@@ -394,14 +397,14 @@ TEST(ArtifactTest, ContainerLayoutIsTheDocumentedOne) {
   EXPECT_EQ(u32At(bytes, 12), 0u);
   Json manifest = manifestOf(bytes);
   EXPECT_EQ(manifest["format"], "kiln-artifact");
-  EXPECT_EQ(manifest["format_version"], 1);
+  EXPECT_EQ(manifest["format_version"], 2);
   EXPECT_EQ(manifest["target"]["arch"], "sm_90a");
   EXPECT_EQ(manifest["model"]["hash"], artifact.modelHash);
   EXPECT_EQ(manifest["options"]["kv_cache_dtype"], "fp8");
   EXPECT_EQ(manifest["options"]["ep"], 1);
-  // Two cubins and one PTX, each at a multiple of 256 after the manifest,
-  // holding exactly the kernel's bytes.
-  ASSERT_EQ(manifest["blobs"].size(), 3u);
+  // Three cubins and one PTX, each at a multiple of 256 after the
+  // manifest, holding exactly the kernel's bytes.
+  ASSERT_EQ(manifest["blobs"].size(), 4u);
   for (const Json &blob : manifest["blobs"]) {
     uint64_t offset = blob["offset"], size = blob["size"];
     EXPECT_EQ(offset % 256, 0u);
@@ -481,14 +484,14 @@ TEST(ArtifactTest, RejectsBadMagic) {
 
 TEST(ArtifactTest, RejectsAnotherFormatVersionNamingItsProducer) {
   std::string bytes = kiln::serializeArtifact(smallArtifact());
-  bytes[8] = 2;
+  bytes[8] = 3;
   expectMentions(
       errorOf([&] { kiln::parseArtifact(bytes, "new.kiln"); }),
-      {"new.kiln", "version 2", "written by kilnc test", "reads version 1"});
+      {"new.kiln", "version 3", "written by kilnc test", "reads version 2"});
   // A manifest this build cannot read does not hide the version problem.
   std::string garbled = bytes.substr(0, 24) + "{\"produc";
   expectMentions(errorOf([&] { kiln::parseArtifact(garbled, "new.kiln"); }),
-                 {"new.kiln", "version 2", "unknown producer"});
+                 {"new.kiln", "version 3", "unknown producer"});
 }
 
 TEST(ArtifactTest, RejectsANonZeroReservedField) {
@@ -603,7 +606,7 @@ TEST(ArtifactTest, RejectsMissingAndMistypedFields) {
        {"\"plans.decode.steps[0].attrs.a\"", "list of numbers"}},
       {[](Json &m) { m["format"] = "zip"; }, {"\"format\"", "kiln-artifact"}},
       {[](Json &m) { m["format_version"] = 3; },
-       {"\"format_version\"", "header says 1"}},
+       {"\"format_version\"", "header says 2"}},
   };
   for (const Case &c : cases)
     expectMentions(errorOf([&] {
@@ -676,6 +679,22 @@ TEST(ArtifactTest, RejectsUnknownBuffersWeightsAndKernels) {
                    a.plans["decode"].steps[2].kernel.clear();
                  }),
                  {"step 2 (gemm)", "names no kernel"});
+  // grouped_gemm launches one grouped kernel for all experts; gemm a plain
+  // one.
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.plans["decode"].steps[7].kernel = "kiln_gemm_m64n64s8c1";
+                 }),
+                 {"step 7 (grouped_gemm)", "is not grouped",
+                  "a contiguous grouped kernel"});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.plans["decode"].steps[2].kernel =
+                       "kiln_gemm_m64n64s8c1_contiguous";
+                 }),
+                 {"step 2 (gemm)", "is grouped contiguous", "a plain kernel"});
+  expectMentions(
+      invalidBecause(
+          [](kiln::Artifact &a) { a.kernels[2].grouped = "ragged"; }),
+      {"kiln_gemm_m64n64s8c1_contiguous", "\"contiguous\"", "ragged"});
   expectMentions(invalidBecause([](kiln::Artifact &a) {
                    a.plans["decode"].steps[0].kernel = "kiln_gemm_m64n64s8c1";
                  }),
@@ -882,7 +901,7 @@ TEST(ArtifactTest, ChecksTheArtifactAgainstTheModel) {
 TEST(ArtifactTest, DescribeSummarizesTheArtifact) {
   std::string text = kiln::describeArtifact(realisticArtifact());
   expectMentions(text,
-                 {"format 1", "kilnc 0.1.0", "sm_90a", "deepseek_v3",
+                 {"format 2", "kilnc 0.1.0", "sm_90a", "deepseek_v3",
                   kiln::modelHash(tinyConfig()), "kiln_gemm_m64n64s8c1",
                   "kiln_gemm_m128n128s4c2", "split_k 2", "cubin 3001 B",
                   "model.layers.1.mlp.experts.{e}.gate_proj.weight",

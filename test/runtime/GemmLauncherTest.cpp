@@ -174,6 +174,57 @@ TEST(GemmOperandChecks, GridIsPersistent) {
   EXPECT_EQ(gemmGridSize(config, 1, 129, 132), 2u);
 }
 
+TEST(GroupedGemm, ManifestReadsTheLayout) {
+  // kiln-compile-gemm.py's manifest of a grouped kernel.
+  GemmKernelConfig config = parseGemmManifest(
+      R"({"kernel": "kiln_gemm_fp8_m64n64s8c1k2_contiguous", "block_m": 64,
+          "block_n": 64, "stages": 8, "consumer_warpgroups": 1,
+          "split_k": 2, "threads": 256, "smem_bytes": 144524,
+          "grouped": "contiguous"})",
+      "grouped.json");
+  EXPECT_EQ(config.grouping, GemmGrouping::Contiguous);
+  EXPECT_EQ(config.splitK, 2);
+  // The ring, the mbarriers and three group tables of 1025 int32.
+  EXPECT_EQ(config.abiSharedMemoryBytes(), 8 * 128 * 128 + 128 + 12300);
+  GemmKernelConfig again =
+      parseGemmManifest(toManifestJson(config), "round trip");
+  EXPECT_EQ(again.grouping, GemmGrouping::Contiguous);
+  config.grouping = GemmGrouping::Masked;
+  EXPECT_EQ(parseGemmManifest(toManifestJson(config), "round trip").grouping,
+            GemmGrouping::Masked);
+  EXPECT_EQ(parseGemmManifest(kManifest, "plain.json").grouping,
+            GemmGrouping::None);
+  expectMentions(errorOf([] {
+                   parseGemmManifest(
+                       R"({"kernel": "k", "block_m": 64, "block_n": 64,
+                           "stages": 2, "consumer_warpgroups": 1,
+                           "grouped": "ragged"})",
+                       "bad.json");
+                 }),
+                 {"bad.json", "\"grouped\"", "contiguous", "ragged"});
+}
+
+TEST(GroupedGemm, GridAndWorkspaceHoldAnyGroupSizes) {
+  GemmKernelConfig config = parseGemmManifest(kManifest, "test.json");
+  config.grouping = GemmGrouping::Contiguous;
+  // 300 rows in 8 groups: at most 300/128 = 2 full tiles' worth plus one
+  // partial tile per group with rows, over 2112/128 = 17 column tiles
+  // (e.g. 7 groups of 1 row and one of 293: 7 + 3 = 10 <= 2 + 8).
+  EXPECT_EQ(groupedGemmTileBound(config, 300, 8, 2112), (2 + 8) * 17);
+  // More groups than rows: at most one per row.
+  EXPECT_EQ(groupedGemmTileBound(config, 5, 256, 2112), (0 + 5) * 17);
+  EXPECT_EQ(groupedGemmGridSize(config, 300, 8, 2112, 132), 132u);
+  EXPECT_EQ(groupedGemmGridSize(config, 1, 8, 128, 132), 1u);
+  EXPECT_EQ(groupedGemmWorkspaceBytes(config, 300, 8, 2112), 0u);
+  config.splitK = 2;
+  EXPECT_EQ(groupedGemmWorkspaceBytes(config, 1, 8, 128),
+            256 + 2 * 128 * 128 * 4u);
+  config.grouping = GemmGrouping::Masked;
+  // Masked: G slabs of maxRows.
+  EXPECT_EQ(groupedGemmTileBound(config, 130, 4, 2112), 4 * 2 * 17);
+  EXPECT_EQ(groupedGemmGridSize(config, 130, 4, 2112, 132), 132u);
+}
+
 TEST(CudaErrors, NameTheCallAndContext) {
   try {
     check(CUDA_ERROR_INVALID_VALUE, "cuTensorMapEncodeTiled",
@@ -285,6 +336,24 @@ TEST_F(GemmLauncherOnGpu, MissingKernelNamesTheSymbol) {
   expectMentions(errorOf([&] { loadReference(config); }),
                  {"cuModuleGetFunction failed for kernel kiln_gemm_absent",
                   "CUDA_ERROR_NOT_FOUND"});
+}
+
+TEST_F(GemmLauncherOnGpu, GroupedKernelsTakeGroupsAndCount) {
+  // A grouped configuration expects the group pointer and G after K.
+  GemmKernelConfig config = reference::kernelConfig();
+  config.operandPointers = false;
+  config.grouping = GemmGrouping::Contiguous;
+  expectMentions(errorOf([&] { loadReference(config); }),
+                 {"kiln_gemm_reference", "(128, 128, 8, 8, 8, 4, 4, 4, 8, 4)",
+                  "groups, G (grouped)"});
+  // A plain kernel is not launched as a grouped one, nor the reverse.
+  GemmKernel plain = loadReference(reference::kernelConfig());
+  GroupedGemmOperands grouped;
+  grouped.gemm = {0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 64, 128, 128};
+  grouped.groups = 0x6000;
+  grouped.numGroups = 2;
+  expectMentions(errorOf([&] { plain.prepareGrouped(grouped); }),
+                 {"not a grouped kernel", "prepare()"});
 }
 
 TEST_F(GemmLauncherOnGpu, ParametersAreCheckedAgainstTheAbi) {

@@ -41,7 +41,7 @@ def kiln_artifact(manifest, blobs):
         if manifest.get("blobs") == table:
             break
         manifest["blobs"] = table  # offsets change the manifest's length
-    out = b"KILNART\0" + struct.pack("<IIQ", 1, 0, len(text)) + text
+    out = b"KILNART\0" + struct.pack("<IIQ", manifest["format_version"], 0, len(text)) + text
     for entry, (_, data) in zip(table, blobs):
         out = out.ljust(entry["offset"], b"\0") + data
     return out
@@ -92,7 +92,7 @@ with tempfile.TemporaryDirectory() as scratch:
                        "outputs": [{"buffer": "y", "col": 0, "cols": 64}], "weights": ["w"],
                        "kernel": "kiln_gemm_m64n64s4c1", "attrs": {}}]}
     manifest = {
-        "format": "kiln-artifact", "format_version": 1, "producer": "cli_test.py",
+        "format": "kiln-artifact", "format_version": 2, "producer": "cli_test.py",
         "source": "graph.mlir", "target": {"arch": "sm_90a"},
         "model": {"model_type": "", "hash": "", "hidden_size": 0, "num_hidden_layers": 0,
                   "vocab_size": 0},

@@ -47,11 +47,31 @@ constexpr const char *kPipeline =
     "nvvm-attach-target{module=kiln_kernels chip=sm_90a features=+ptx80 O=3},"
     "gpu-module-to-binary{format=isa}";
 
-/// A matmul that carries `config`: the emitter builds one kernel per
-/// configuration and the kernel does not depend on the shapes.
+/// A matmul that carries `config` (a grouped one in the config's layout for
+/// a grouped kernel): the emitter builds one kernel per configuration and
+/// the kernel does not depend on the shapes.
 std::string matmulCarrying(GemmConfigAttr config) {
   std::string text;
   llvm::raw_string_ostream os(text);
+  if (std::optional<GroupLayout> layout = config.getGrouped()) {
+    bool masked = *layout == GroupLayout::Masked;
+    std::string rows = masked ? "2x4" : "8";
+    std::string types =
+        "tensor<" + rows + "x128xf8E4M3FN>, tensor<" + rows +
+        "x1xf32>, tensor<2x128x128xf8E4M3FN>, tensor<2x1x1xf32>, tensor<" +
+        (masked ? "2" : "3") + "xi32>";
+    std::string result = "tensor<" + rows + "x128xbf16>";
+    os << "func.func @gemm(%a: tensor<" << rows
+       << "x128xf8E4M3FN>, %as: tensor<" << rows
+       << "x1xf32>, %b: tensor<2x128x128xf8E4M3FN>, %bs: tensor<2x1x1xf32>, "
+          "%g: tensor<"
+       << (masked ? "2" : "3") << "xi32>) -> " << result
+       << " {\n  %y = kiln.grouped_scaled_matmul "
+       << stringifyGroupLayout(*layout)
+       << " %a, %as, %b, %bs, %g {gemm_config = " << config << "} : (" << types
+       << ") -> " << result << "\n  return %y : " << result << "\n}\n";
+    return text;
+  }
   os << "func.func @gemm(%a: tensor<?x128xf8E4M3FN>, %as: tensor<?x1xf32>, "
         "%b: tensor<128x128xf8E4M3FN>, %bs: tensor<1x1xf32>) -> "
         "tensor<?x128xbf16> {\n"

@@ -744,6 +744,11 @@ private:
         failed(checkScales(op, gemm.getB(), gemm.getBScales())) ||
         failed(checkBf16Result(op, gemm.getResult())))
       return failure();
+    if (auto config = op->getAttrOfType<GemmConfigAttr>("gemm_config");
+        config && config.getGrouped() != GroupLayout::Contiguous)
+      return op->emitOpError("needs a grouped contiguous kernel "
+                             "(gemm_config with grouped = contiguous): the "
+                             "plan launches one kernel for all experts");
     if (b->find(kExpertPlaceholder) == std::string::npos)
       return op->emitOpError("'b' must be a routed-expert weight, named "
                              "with '")

@@ -63,6 +63,7 @@ public:
     int64_t stages = config.getStages(), consumers = config.getConsumers();
     int64_t accRegs = bn / 2;
     splitK = config.getSplitK();
+    grouped = config.getGrouped();
     std::string name = config.getKernelName();
     structType = "!llvm.struct<(";
     for (int64_t i = 0; i < accRegs; ++i)
@@ -70,8 +71,15 @@ public:
     structType += ")>";
 
     int64_t barriers = stages * (bm + bn) * kSliceBytes;
-    layout = {/*ringA=*/0, /*ringB=*/stages * bm * kSliceBytes,
-              /*fullBar=*/barriers, /*emptyBar=*/barriers + 8 * stages};
+    int64_t tables = barriers + 16 * stages;
+    int64_t tableBytes = 4 * (kiln::GemmConfigAttr::kMaxGroups + 1);
+    layout = {/*ringA=*/0,
+              /*ringB=*/stages * bm * kSliceBytes,
+              /*fullBar=*/barriers,
+              /*emptyBar=*/barriers + 8 * stages,
+              /*tilePrefix=*/tables,
+              /*groupRow=*/tables + tableBytes,
+              /*groupRows=*/tables + 2 * tableBytes};
 
     emit("gpu.module @" + kKernelModuleName.str() + " {");
     emit("llvm.mlir.global external @" + name +
@@ -87,6 +95,7 @@ public:
          "%scaleB: !llvm.ptr<1>, %out: !llvm.ptr<1>, %M: i32, %N: i32, %K: "
          "i32" +
          std::string(splitK > 1 ? ", %workspace: !llvm.ptr<1>" : "") +
+         std::string(grouped ? ", %groups: !llvm.ptr<1>, %G: i32" : "") +
          ") attributes {nvvm.kernel, nvvm.maxntid = array<i32: " +
          std::to_string(config.getThreads()) +
          ", 1, 1>, nvvm.minctasm = 1 : i32, kiln.gemm_config = " +
@@ -110,17 +119,17 @@ public:
     emit("%bid = nvvm.read.ptx.sreg.ctaid.x : i32");
     emit("%nbid = nvvm.read.ptx.sreg.nctaid.x : i32");
     emit("%wg = arith.divui %tid, %c128 : i32");
-    emit("%mPad = arith.addi %M, " + i32(bm - 1) + " : i32");
-    emit("%mTiles = arith.divui %mPad, " + i32(bm) + " : i32");
     emit("%nPad = arith.addi %N, " + i32(bn - 1) + " : i32");
     emit("%nTiles = arith.divui %nPad, " + i32(bn) + " : i32");
-    emit("%numTiles = arith.muli %mTiles, %nTiles : i32");
+    if (!grouped) {
+      emit("%mPad = arith.addi %M, " + i32(bm - 1) + " : i32");
+      emit("%mTiles = arith.divui %mPad, " + i32(bm) + " : i32");
+      emit("%numTiles = arith.muli %mTiles, %nTiles : i32");
+    }
     // A partial last K block reads zeros past K (TMA's out-of-bounds fill),
     // so ceil(K / 128) blocks cover any K.
     emit("%kPad = arith.addi %K, " + i32(127) + " : i32");
     emit("%numKB = arith.divui %kPad, %c128 : i32");
-    if (splitK > 1)
-      emit("%numUnits = arith.muli %numTiles, " + i32(splitK) + " : i32");
     emit("%isT0 = arith.cmpi eq, %tid, %c0 : i32");
 
     // Thread 0 initializes the ring's barriers: full[s] completes when the
@@ -136,7 +145,12 @@ public:
     emit("}");
     emit("nvvm.fence.mbarrier.init");
     emit("}");
-    emit("nvvm.barrier0");
+    if (grouped)
+      writeGroupTables(bm);
+    else
+      emit("nvvm.barrier0");
+    if (splitK > 1)
+      emit("%numUnits = arith.muli %numTiles, " + i32(splitK) + " : i32");
 
     emit("%isProducer = arith.cmpi eq, %wg, %c0 : i32");
     emit("scf.if %isProducer {");
@@ -178,11 +192,15 @@ private:
     emit("%aDst = " + ringSlot(layout.ringA, bm * kSliceBytes, "%s"));
     emit("%aDst7 = llvm.addrspacecast %aDst : !llvm.ptr<3> to !llvm.ptr<7>");
     emit("nvvm.cp.async.bulk.tensor.shared.cluster.global %aDst7, %tmA, "
-         "%full, box[%kOff, %mOff] : !llvm.ptr<7>, !llvm.ptr");
+         "%full, box[%kOff, " +
+         std::string(grouped ? "%aRow" : "%mOff") +
+         "] : !llvm.ptr<7>, !llvm.ptr");
     emit("%bDst = " + ringSlot(layout.ringB, bn * kSliceBytes, "%s"));
     emit("%bDst7 = llvm.addrspacecast %bDst : !llvm.ptr<3> to !llvm.ptr<7>");
     emit("nvvm.cp.async.bulk.tensor.shared.cluster.global %bDst7, %tmB, "
-         "%full, box[%kOff, %nOff] : !llvm.ptr<7>, !llvm.ptr");
+         "%full, box[%kOff, " +
+         std::string(grouped ? "%bRow" : "%nOff") +
+         "] : !llvm.ptr<7>, !llvm.ptr");
     emit("%j1 = arith.addi %j, %c1 : i32");
     emit("scf.yield %j1 : i32");
     emit("}");
@@ -214,7 +232,12 @@ private:
     emit("%isLeader = arith.cmpi eq, %local, %c0 : i32");
     emit("%aConsumerOff = arith.muli %consumer, " +
          i32(kRowsPerConsumer * kSliceBytes) + " : i32");
-    emit("%lastRow = arith.subi %M, %c1 : i32");
+    if (grouped) {
+      emit("%nScalePad = arith.addi %N, " + i32(127) + " : i32");
+      emit("%nScaleBlocks = arith.divui %nScalePad, %c128 : i32");
+    } else {
+      emit("%lastRow = arith.subi %M, %c1 : i32");
+    }
     emit("%N64 = arith.extui %N : i32 to i64");
     emit("%addrMask = arith.constant 262143 : i64");
     emit("%c4i64 = arith.constant 4 : i64");
@@ -237,10 +260,25 @@ private:
     writeTileOrigin(bm, bn);
     emit("%row0 = arith.addi %mOff, %rowInTile : i32");
     emit("%row1 = arith.addi %row0, %c8 : i32");
-    // Rows past M read a valid scale; their results are never stored.
-    emit("%row0c = arith.minui %row0, %lastRow : i32");
-    emit("%row1c = arith.minui %row1, %lastRow : i32");
-    emit("%nBlock = arith.divui %nOff, %c128 : i32");
+    if (grouped) {
+      // Rows past the group's (the next group's, or padding) read a valid
+      // scale of the group; their results are never stored. Both layouts
+      // put group g's activation scales at ceil(K/128) * groupRow[g].
+      emit("%lastRow = arith.subi %groupRows, %c1 : i32");
+      emit("%row0l = arith.minui %row0, %lastRow : i32");
+      emit("%row1l = arith.minui %row1, %lastRow : i32");
+      emit("%aScaleBase = arith.muli %groupRow, %numKB : i32");
+      emit("%row0c = arith.addi %row0l, %aScaleBase : i32");
+      emit("%row1c = arith.addi %row1l, %aScaleBase : i32");
+      emit("%nBlockInGroup = arith.divui %nOff, %c128 : i32");
+      emit("%groupScaleRow = arith.muli %search#0, %nScaleBlocks : i32");
+      emit("%nBlock = arith.addi %groupScaleRow, %nBlockInGroup : i32");
+    } else {
+      // Rows past M read a valid scale; their results are never stored.
+      emit("%row0c = arith.minui %row0, %lastRow : i32");
+      emit("%row1c = arith.minui %row1, %lastRow : i32");
+      emit("%nBlock = arith.divui %nOff, %c128 : i32");
+    }
     emit("%bScaleRow = arith.muli %nBlock, %numKB : i32");
     // K blocks in pairs: the second block's wgmmas run while the first
     // block's partial is promoted on the CUDA cores.
@@ -434,10 +472,21 @@ private:
   /// i % 4 >= 2) and column 8 * (i / 4) + 2 * (lane % 4) + i % 2.
   void writeStores(const std::string &acc, int64_t accRegs) {
     emit("%colBase = arith.addi %nOff, %colInTile : i32");
-    emit("%row0ok = arith.cmpi ult, %row0, %M : i32");
-    emit("%row1ok = arith.cmpi ult, %row1, %M : i32");
-    emit("%row0w = arith.extui %row0 : i32 to i64");
-    emit("%row1w = arith.extui %row1 : i32 to i64");
+    if (grouped) {
+      // Only the group's own rows: a tile straddling into the next group's
+      // rows (contiguous) or past the count (masked) stores none of them.
+      emit("%row0ok = arith.cmpi ult, %row0, %groupRows : i32");
+      emit("%row1ok = arith.cmpi ult, %row1, %groupRows : i32");
+      emit("%row0g = arith.addi %groupRow, %row0 : i32");
+      emit("%row1g = arith.addi %groupRow, %row1 : i32");
+      emit("%row0w = arith.extui %row0g : i32 to i64");
+      emit("%row1w = arith.extui %row1g : i32 to i64");
+    } else {
+      emit("%row0ok = arith.cmpi ult, %row0, %M : i32");
+      emit("%row1ok = arith.cmpi ult, %row1, %M : i32");
+      emit("%row0w = arith.extui %row0 : i32 to i64");
+      emit("%row1w = arith.extui %row1 : i32 to i64");
+    }
     emit("%rowBase0 = arith.muli %row0w, %N64 : i64");
     emit("%rowBase1 = arith.muli %row1w, %N64 : i64");
     for (int64_t i = 0; i < accRegs; ++i) {
@@ -474,7 +523,8 @@ private:
     emit("%round" + tag + " = arith.divui " + j + ", " + i32(stages) +
          " : i32");
     emit("%phase" + tag + " = arith.andi %round" + tag + ", %c1 : i32");
-    emit("%kbRows" + tag + " = arith.muli " + kb + ", %M : i32");
+    emit("%kbRows" + tag + " = arith.muli " + kb + ", " + aScaleStride() +
+         " : i32");
     emit("%ia0" + tag + " = arith.addi %kbRows" + tag + ", %row0c : i32");
     emit("%ia1" + tag + " = arith.addi %kbRows" + tag + ", %row1c : i32");
     emit("%ib" + tag + " = arith.addi %bScaleRow, " + kb + " : i32");
@@ -574,11 +624,148 @@ private:
 
   /// %mOff, %nOff: the tile's first row and column; N tiles run fastest so
   /// that neighbouring blocks share rows of A in L2.
+  ///
+  /// Grouped kernels number the tiles of all groups in group order (each
+  /// group's tiles as in a plain kernel) and find a tile's group by binary
+  /// search in the tile prefix sums: %search#0, its first row %groupRow and
+  /// row count %groupRows; %mOff is then relative to the group, and %aRow,
+  /// %bRow are the TMA rows of A and of the stacked B ([G * N, K]).
   void writeTileOrigin(int64_t bm, int64_t bn) {
-    emit("%mTile = arith.divui %tile, %nTiles : i32");
-    emit("%nTile = arith.remui %tile, %nTiles : i32");
+    std::string localTile = "%tile";
+    if (grouped) {
+      // prefix[lo] <= tile < prefix[hi] holds throughout; 10 halvings take
+      // hi - lo from at most kMaxGroups = 1024 down to 1.
+      emit("%search:2 = scf.for %searchStep = %c0 to " + i32(10) +
+           " step %c1 iter_args(%lo = %c0, %hi = %numGroups) -> (i32, i32) "
+           ": i32 {");
+      emit("%midSum = arith.addi %lo, %hi : i32");
+      emit("%mid = arith.shrui %midSum, %c1 : i32");
+      emit("%midTiles = llvm.load " + table(layout.tilePrefix, "%mid") +
+           " : !llvm.ptr<3> -> i32");
+      emit("%below = arith.cmpi ule, %midTiles, %tile : i32");
+      emit("%lo1 = arith.select %below, %mid, %lo : i32");
+      emit("%hi1 = arith.select %below, %hi, %mid : i32");
+      emit("scf.yield %lo1, %hi1 : i32, i32");
+      emit("}");
+      emit("%groupTiles = llvm.load " + table(layout.tilePrefix, "%search#0") +
+           " : !llvm.ptr<3> -> i32");
+      emit("%groupRow = llvm.load " + table(layout.groupRow, "%search#0") +
+           " : !llvm.ptr<3> -> i32");
+      emit("%groupRows = llvm.load " + table(layout.groupRows, "%search#0") +
+           " : !llvm.ptr<3> -> i32");
+      emit("%localTile = arith.subi %tile, %groupTiles : i32");
+      localTile = "%localTile";
+    }
+    emit("%mTile = arith.divui " + localTile + ", %nTiles : i32");
+    emit("%nTile = arith.remui " + localTile + ", %nTiles : i32");
     emit("%mOff = arith.muli %mTile, " + i32(bm) + " : i32");
     emit("%nOff = arith.muli %nTile, " + i32(bn) + " : i32");
+    if (grouped) {
+      emit("%aRow = arith.addi %groupRow, %mOff : i32");
+      emit("%groupN = arith.muli %search#0, %N : i32");
+      emit("%bRow = arith.addi %groupN, %nOff : i32");
+    }
+  }
+
+  /// Row stride of the activation scales: M, or a contiguous group's count.
+  std::string aScaleStride() const {
+    return grouped == kiln::GroupLayout::Contiguous ? "%groupRows" : "%M";
+  }
+
+  /// Grouped kernels: every block builds the group tables in shared memory
+  /// from the offsets or counts in global memory (no host involvement, so a
+  /// launch's group sizes may be written by an earlier kernel on the same
+  /// stream): all threads read one group each, clamp it into the rows of A
+  /// and count its tiles; warp 0 turns the counts into prefix sums, 32
+  /// groups at a time with shuffles. %numTiles is the total.
+  void writeGroupTables(int64_t bm) {
+    emit("%numGroups = arith.minui %G, " +
+         i32(kiln::GemmConfigAttr::kMaxGroups) + " : i32");
+    emit("scf.for %g = %tid to %numGroups step " + i32(config.getThreads()) +
+         " : i32 {");
+    emit("%g1 = arith.addi %g, %c1 : i32");
+    if (grouped == kiln::GroupLayout::Contiguous) {
+      // Group g owns rows [offsets[g], offsets[g+1]), clamped into [0, M].
+      emit("%beginPtr = llvm.getelementptr %groups[%g] : (!llvm.ptr<1>, i32) "
+           "-> !llvm.ptr<1>, i32");
+      emit("%endPtr = llvm.getelementptr %groups[%g1] : (!llvm.ptr<1>, i32) "
+           "-> !llvm.ptr<1>, i32");
+      emit("%begin0 = llvm.load %beginPtr : !llvm.ptr<1> -> i32");
+      emit("%end0 = llvm.load %endPtr : !llvm.ptr<1> -> i32");
+      emit("%begin1 = arith.maxsi %begin0, %c0 : i32");
+      emit("%rowOfGroup = arith.minsi %begin1, %M : i32");
+      emit("%end1 = arith.maxsi %end0, %rowOfGroup : i32");
+      emit("%end2 = arith.minsi %end1, %M : i32");
+      emit("%rowsOfGroup = arith.subi %end2, %rowOfGroup : i32");
+    } else {
+      // Group g's slab holds rows [g * M, g * M + counts[g]), counts
+      // clamped into [0, M].
+      emit("%countPtr = llvm.getelementptr %groups[%g] : (!llvm.ptr<1>, i32) "
+           "-> !llvm.ptr<1>, i32");
+      emit("%count0 = llvm.load %countPtr : !llvm.ptr<1> -> i32");
+      emit("%count1 = arith.maxsi %count0, %c0 : i32");
+      emit("%rowsOfGroup = arith.minsi %count1, %M : i32");
+      emit("%rowOfGroup = arith.muli %g, %M : i32");
+    }
+    emit("%rowsPad = arith.addi %rowsOfGroup, " + i32(bm - 1) + " : i32");
+    emit("%mTilesOfGroup = arith.divui %rowsPad, " + i32(bm) + " : i32");
+    emit("%tilesOfGroup = arith.muli %mTilesOfGroup, %nTiles : i32");
+    emit("llvm.store %rowOfGroup, " + table(layout.groupRow, "%g") +
+         " : i32, !llvm.ptr<3>");
+    emit("llvm.store %rowsOfGroup, " + table(layout.groupRows, "%g") +
+         " : i32, !llvm.ptr<3>");
+    emit("llvm.store %tilesOfGroup, " + table(layout.tilePrefix, "%g1") +
+         " : i32, !llvm.ptr<3>");
+    emit("}");
+    // The barriers' initialization is also published by this barrier.
+    emit("nvvm.barrier0");
+    emit("%isWarp0 = arith.cmpi ult, %tid, %c32 : i32");
+    emit("scf.if %isWarp0 {");
+    emit("%scanMask = arith.constant -1 : i32");
+    emit("%chunksPad = arith.addi %numGroups, " + i32(31) + " : i32");
+    emit("%chunks = arith.divui %chunksPad, %c32 : i32");
+    emit("%scanned = scf.for %chunk = %c0 to %chunks step %c1 iter_args("
+         "%carry = %c0) -> (i32) : i32 {");
+    emit("%chunkBase = arith.muli %chunk, %c32 : i32");
+    emit("%sg = arith.addi %chunkBase, %tid : i32");
+    emit("%sg1 = arith.addi %sg, %c1 : i32");
+    emit("%inRange = arith.cmpi ult, %sg, %numGroups : i32");
+    emit("%own = scf.if %inRange -> (i32) {");
+    emit("%ownTiles = llvm.load " + table(layout.tilePrefix, "%sg1") +
+         " : !llvm.ptr<3> -> i32");
+    emit("scf.yield %ownTiles : i32");
+    emit("} else {");
+    emit("scf.yield %c0 : i32");
+    emit("}");
+    // Inclusive scan across the warp (Hillis-Steele).
+    std::string sum = "%own";
+    for (int64_t d : {1, 2, 4, 8, 16}) {
+      std::string n = std::to_string(d);
+      emit("%up" + n + " = nvvm.shfl.sync up %scanMask, " + sum + ", " +
+           i32(d) + ", %c0 : i32 -> i32");
+      emit("%has" + n + " = arith.cmpi uge, %tid, " + i32(d) + " : i32");
+      emit("%add" + n + " = arith.select %has" + n + ", %up" + n +
+           ", %c0 : i32");
+      emit("%scan" + n + " = arith.addi " + sum + ", %add" + n + " : i32");
+      sum = "%scan" + n;
+    }
+    emit("%prefixed = arith.addi %carry, " + sum + " : i32");
+    emit("scf.if %inRange {");
+    emit("llvm.store %prefixed, " + table(layout.tilePrefix, "%sg1") +
+         " : i32, !llvm.ptr<3>");
+    emit("}");
+    emit("%chunkTotal = nvvm.shfl.sync idx %scanMask, %prefixed, " + i32(31) +
+         ", " + i32(31) + " : i32 -> i32");
+    emit("scf.yield %chunkTotal : i32");
+    emit("}");
+    emit("scf.if %isT0 {");
+    emit("llvm.store %c0, " + table(layout.tilePrefix, "%c0") +
+         " : i32, !llvm.ptr<3>");
+    emit("}");
+    emit("}");
+    emit("nvvm.barrier0");
+    emit("%numTiles = llvm.load " + table(layout.tilePrefix, "%numGroups") +
+         " : !llvm.ptr<3> -> i32");
   }
 
   /// %s, %phase: the ring slot of the j-th k block and its phase parity.
@@ -604,6 +791,18 @@ private:
          " : i32");
     return "llvm.getelementptr %smem[%barAt" + id +
            "] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8";
+  }
+
+  /// Emits a pointer to int32 entry `index` of the group table at byte
+  /// `base` and returns its name.
+  std::string table(int64_t base, const std::string &index) {
+    std::string id = std::to_string(counter++);
+    emit("%tabOff" + id + " = arith.muli " + index + ", %c4 : i32");
+    emit("%tabAt" + id + " = arith.addi %tabOff" + id + ", " + i32(base) +
+         " : i32");
+    emit("%tabPtr" + id + " = llvm.getelementptr %smem[%tabAt" + id +
+         "] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8");
+    return "%tabPtr" + id;
   }
 
   /// Pointer to slot `index` of a ring of `slotBytes` slots at byte `base`.
@@ -644,14 +843,17 @@ private:
     body << "    " << line << "\n";
   }
 
-  /// Byte offsets in the aligned shared memory: the A and B rings and the
-  /// full and empty barrier arrays.
+  /// Byte offsets in the aligned shared memory: the A and B rings, the
+  /// full and empty barrier arrays and, in grouped kernels, the group
+  /// tables (tile prefix sums, first row and row count of each group).
   struct Layout {
     int64_t ringA = 0, ringB = 0, fullBar = 0, emptyBar = 0;
+    int64_t tilePrefix = 0, groupRow = 0, groupRows = 0;
   };
 
   kiln::GemmConfigAttr config;
   int64_t splitK = 1;
+  std::optional<kiln::GroupLayout> grouped;
   Layout layout;
   std::string structType;
   std::ostringstream body, constants;
@@ -666,11 +868,27 @@ struct EmitGemmKernelsPass
     ModuleOp module = getOperation();
     MLIRContext *context = &getContext();
     llvm::SetVector<kiln::GemmConfigAttr> configs;
-    WalkResult walk = module.walk([&](kiln::ScaledMatmulOp op) {
+    WalkResult walk = module.walk([&](Operation *op) {
+      auto grouped = dyn_cast<kiln::GroupedScaledMatmulOp>(op);
+      if (!grouped && !isa<kiln::ScaledMatmulOp>(op))
+        return WalkResult::advance();
       auto config = op->getAttrOfType<kiln::GemmConfigAttr>("gemm_config");
       if (!config) {
-        op.emitOpError("has no 'gemm_config'; run kiln-select-gemm-config "
-                       "first");
+        op->emitOpError("has no 'gemm_config'; run kiln-select-gemm-config "
+                        "first");
+        return WalkResult::interrupt();
+      }
+      // A grouped kernel reads its group sizes in one layout; a plain one
+      // has no group parameters.
+      std::optional<kiln::GroupLayout> layout;
+      if (grouped)
+        layout = grouped.getLayout();
+      if (config.getGrouped() != layout) {
+        op->emitOpError("needs a gemm_config with ")
+            << (layout
+                    ? "grouped = " + kiln::stringifyGroupLayout(*layout).str()
+                    : std::string("no 'grouped'"))
+            << ", got " << config;
         return WalkResult::interrupt();
       }
       configs.insert(config);

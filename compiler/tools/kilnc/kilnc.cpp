@@ -225,15 +225,17 @@ void printArray(llvm::raw_ostream &os, llvm::StringRef indent,
 /// one kernel, weight, buffer or step per line.
 std::string planJson(const kiln::LoweredModel &model) {
   std::vector<std::string> kernels, weights;
-  for (kiln::GemmConfigAttr config : model.gemmConfigs)
-    kernels.push_back(orderedObject(
-        {{"name", config.getKernelName()},
-         {"block_m", config.getBlockM()},
-         {"block_n", config.getBlockN()},
-         {"stages", config.getStages()},
-         {"consumers", config.getConsumers()},
-         {"split_k", config.getSplitK()},
-         {"shared_memory_bytes", config.getSharedMemoryBytes()}}));
+  for (kiln::GemmConfigAttr config : model.gemmConfigs) {
+    std::vector<std::pair<llvm::StringRef, llvm::json::Value>> fields = {
+        {"name", config.getKernelName()},     {"block_m", config.getBlockM()},
+        {"block_n", config.getBlockN()},      {"stages", config.getStages()},
+        {"consumers", config.getConsumers()}, {"split_k", config.getSplitK()}};
+    if (config.getGrouped())
+      fields.emplace_back("grouped",
+                          kiln::stringifyGroupLayout(*config.getGrouped()));
+    fields.emplace_back("shared_memory_bytes", config.getSharedMemoryBytes());
+    kernels.push_back(orderedObject(fields));
+  }
   for (const kiln::ArtifactWeight &weight : model.weights)
     weights.push_back(orderedObject({{"name", weight.name},
                                      {"dtype", weight.dtype},
@@ -296,6 +298,8 @@ std::string kernelManifest(const kiln::ArtifactKernel &kernel,
                               {"split_k", kernel.splitK},
                               {"threads", 128 * (1 + kernel.consumers)},
                               {"smem_bytes", kernel.sharedMemoryBytes}};
+  if (!kernel.grouped.empty())
+    manifest["grouped"] = kernel.grouped;
   if (assembled) {
     manifest["registers"] = assembled->registers;
     manifest["spill_bytes"] = assembled->spillBytes;
@@ -468,6 +472,8 @@ int run() {
     kernel.stages = gemm.getStages();
     kernel.consumers = gemm.getConsumers();
     kernel.splitK = gemm.getSplitK();
+    if (gemm.getGrouped())
+      kernel.grouped = kiln::stringifyGroupLayout(*gemm.getGrouped()).str();
     kernel.sharedMemoryBytes = gemm.getSharedMemoryBytes();
     llvm::Expected<std::string> ptx =
         kiln::compileGemmKernelToPtx(context, gemm);

@@ -94,7 +94,8 @@ static constexpr int64_t kMaxSplitK = 16;
 LogicalResult
 GemmConfigAttr::verify(function_ref<InFlightDiagnostic()> emitError,
                        int64_t blockM, int64_t blockN, int64_t stages,
-                       int64_t consumers, int64_t splitK) {
+                       int64_t consumers, int64_t splitK,
+                       std::optional<GroupLayout> grouped) {
   if (consumers < 1 || consumers > 2)
     return emitError() << "gemm_config: consumers must be 1 or 2, got "
                        << consumers;
@@ -114,8 +115,11 @@ GemmConfigAttr::verify(function_ref<InFlightDiagnostic()> emitError,
   if (splitK < 1 || splitK > kMaxSplitK)
     return emitError() << "gemm_config: split_k must be in [1, " << kMaxSplitK
                        << "], got " << splitK;
-  // The rings, two mbarriers per stage and 1 KB for aligning the ring.
-  int64_t bytes = stages * (blockM + blockN) * 128 + 16 * stages + 1024;
+  // The rings, two mbarriers per stage, a grouped kernel's group tables
+  // and 1 KB for aligning the ring.
+  int64_t tables = grouped ? 3 * 4 * (GemmConfigAttr::kMaxGroups + 1) : 0;
+  int64_t bytes =
+      stages * (blockM + blockN) * 128 + 16 * stages + tables + 1024;
   if (bytes > kMaxSharedMemoryBytes)
     return emitError() << "gemm_config: " << bytes
                        << " bytes of shared memory exceed the "
@@ -123,9 +127,63 @@ GemmConfigAttr::verify(function_ref<InFlightDiagnostic()> emitError,
   return success();
 }
 
+Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
+  int64_t blockM = 0, blockN = 0, stages = 0, consumers = 0, splitK = 1;
+  std::optional<GroupLayout> grouped;
+  auto parseKey = [&](StringRef key, int64_t &value) -> ParseResult {
+    return failure(parser.parseKeyword(key) || parser.parseEqual() ||
+                   parser.parseInteger(value));
+  };
+  if (parser.parseLess() || parseKey("block_m", blockM) ||
+      parser.parseComma() || parseKey("block_n", blockN) ||
+      parser.parseComma() || parseKey("stages", stages) ||
+      parser.parseComma() || parseKey("consumers", consumers))
+    return {};
+  bool seenSplit = false;
+  while (succeeded(parser.parseOptionalComma())) {
+    if (!seenSplit && !grouped &&
+        succeeded(parser.parseOptionalKeyword("split_k"))) {
+      seenSplit = true;
+      if (parser.parseEqual() || parser.parseInteger(splitK))
+        return {};
+      continue;
+    }
+    StringRef layout;
+    SMLoc at = parser.getCurrentLocation();
+    if (grouped || parser.parseKeyword("grouped") || parser.parseEqual() ||
+        parser.parseKeyword(&layout)) {
+      parser.emitError(at, "expected 'split_k = N' then 'grouped = "
+                           "contiguous|masked', each at most once");
+      return {};
+    }
+    grouped = symbolizeGroupLayout(layout);
+    if (!grouped) {
+      parser.emitError(at, "grouped must be 'contiguous' or 'masked', got '")
+          << layout << "'";
+      return {};
+    }
+  }
+  if (parser.parseGreater())
+    return {};
+  return getChecked([&] { return parser.emitError(parser.getNameLoc()); },
+                    parser.getContext(), blockM, blockN, stages, consumers,
+                    splitK, grouped);
+}
+
+void GemmConfigAttr::print(AsmPrinter &printer) const {
+  printer << "<block_m = " << getBlockM() << ", block_n = " << getBlockN()
+          << ", stages = " << getStages() << ", consumers = " << getConsumers();
+  if (getSplitK() != 1)
+    printer << ", split_k = " << getSplitK();
+  if (getGrouped())
+    printer << ", grouped = " << stringifyGroupLayout(*getGrouped());
+  printer << ">";
+}
+
 std::string GemmConfigAttr::getKernelName() const {
   return "kiln_gemm_fp8_m" + std::to_string(getBlockM()) + "n" +
          std::to_string(getBlockN()) + "s" + std::to_string(getStages()) + "c" +
          std::to_string(getConsumers()) +
-         (getSplitK() > 1 ? "k" + std::to_string(getSplitK()) : "");
+         (getSplitK() > 1 ? "k" + std::to_string(getSplitK()) : "") +
+         (getGrouped() ? "_" + stringifyGroupLayout(*getGrouped()).str() : "");
 }

@@ -23,8 +23,10 @@
 
 namespace kiln {
 
-/// The container's format version this build reads and writes.
-constexpr uint32_t kArtifactFormatVersion = 1;
+/// The container's format version this build reads and writes. 2:
+/// `grouped_gemm` runs one grouped kernel over the experts' stacked weights
+/// (kernels[].grouped), where 1 ran a plain kernel per expert.
+constexpr uint32_t kArtifactFormatVersion = 2;
 
 /// "fnv1a64:<16 hex digits>" of toJson(config): what an artifact records of
 /// the model it was compiled for.
@@ -44,6 +46,9 @@ struct ArtifactKernel {
   int splitK = 1;
   std::string cubin;
   std::string ptx;
+  /// "contiguous" or "masked" for a grouped kernel (gemm-abi.md "Grouped
+  /// kernels"), empty for a plain one.
+  std::string grouped;
 };
 
 /// A checkpoint tensor a plan reads.

@@ -9,18 +9,29 @@
 #include "kiln/fp8.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <map>
 #include <mutex>
 #include <set>
+#include <tuple>
 
 namespace kiln::cuda {
 
 namespace {
 
 constexpr uint64_t kArenaAlignment = 256;
+
+constexpr const char *kGraphsNotTried =
+    "decode steps will run as CUDA Graphs once a bucket has run twice";
+constexpr const char *kGraphsRunning =
+    "decode steps run as CUDA Graphs (one per bucket of tokens, sequences "
+    "and context, powers of two)";
 
 //===----------------------------------------------------------------------===//
 // Paged latent KV cache
@@ -163,6 +174,59 @@ struct ChunkShape {
   int64_t sequences = 0; // S
   int64_t routed = 0;    // R
   int64_t experts1 = 0;  // E1
+  /// Bound on the context any token attends to (mla_attention).
+  int64_t maxContext = 0;
+};
+
+/// The smallest power of two ≥ `n`, at most `limit` (≥ n).
+int64_t bucketUp(int64_t n, int64_t limit) {
+  int64_t b = 1;
+  while (b < n)
+    b *= 2;
+  return std::min(b, limit);
+}
+
+/// Driver results that mean "this cannot be captured in a graph" (a host
+/// synchronization or a legacy-stream call during capture), not a fault.
+bool isCaptureError(CUresult result) {
+  switch (result) {
+  case CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED:
+  case CUDA_ERROR_STREAM_CAPTURE_INVALIDATED:
+  case CUDA_ERROR_STREAM_CAPTURE_MERGE:
+  case CUDA_ERROR_STREAM_CAPTURE_UNMATCHED:
+  case CUDA_ERROR_STREAM_CAPTURE_UNJOINED:
+  case CUDA_ERROR_STREAM_CAPTURE_ISOLATION:
+  case CUDA_ERROR_STREAM_CAPTURE_IMPLICIT:
+  case CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD:
+  case CUDA_ERROR_CAPTURED_EVENT:
+    return true;
+  default:
+    return false;
+  }
+}
+
+/// Holds a stream until the host opens it (timeline mode: the GPU starts a
+/// plan only once every step is enqueued, so event intervals measure kernels,
+/// not launch gaps). It opens by itself after a while, so that a step that
+/// waits for the GPU from the host (e.g. reads data back) only delays.
+struct StreamGate {
+  std::mutex mutex;
+  std::condition_variable opened;
+  bool open = false;
+
+  static void CUDA_CB wait(void *gate) {
+    auto *g = static_cast<StreamGate *>(gate);
+    std::unique_lock<std::mutex> lock(g->mutex);
+    g->opened.wait_for(lock, std::chrono::milliseconds(20),
+                       [g] { return g->open; });
+  }
+  void release() {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      open = true;
+    }
+    opened.notify_all();
+  }
 };
 
 int64_t resolveRows(const PlanBuffer &buffer, const ChunkShape &shape) {
@@ -199,6 +263,7 @@ struct CudaBackend::Impl {
   std::map<std::string, GemmKernel> gemms;
   std::map<std::string, DeviceWeight> weights;
   struct PlanState {
+    std::string name;
     const LaunchPlan *plan = nullptr;
     DeviceBuffer arena;
     /// mla_attention steps' rotation frequencies, by step index.
@@ -213,6 +278,27 @@ struct CudaBackend::Impl {
   int64_t maxTokensAnyPlan = 0;
   DeviceBuffer pageTable;     // i32 [sequences][maxPagesPerSequence]
   DeviceBuffer sequenceSlots; // i32 [tokens]
+  DeviceBuffer mlaWorkspace;  // mla_attention's scratch, for maxTokensAnyPlan
+
+  // CUDA Graphs of the decode plan, by (tokens, sequences, context) bucket.
+  // A bucket runs eagerly once first (that warms what launches set up
+  // lazily), is captured the second time and replayed from then on.
+  using GraphKey = std::tuple<int64_t, int64_t, int64_t>;
+  bool graphsEnabled = true;
+  bool graphsUnsupported = false;
+  bool graphsProbed = false;
+  bool graphStatusLogged = false;
+  std::string graphStatus = kGraphsNotTried;
+  std::map<GraphKey, CUgraphExec> decodeGraphs;
+  std::set<GraphKey> warmedBuckets;
+
+  // Per-op timeline (setTimeline, KILN_TIMELINE).
+  bool timelineOn = false;
+  std::string timelinePath;
+  Timeline timeline;
+  std::chrono::steady_clock::time_point timelineStart;
+  std::vector<CUevent> timelineEvents;
+  StreamGate gate;
 
   mutable std::mutex statsMutex;
   CudaBackendStats statistics;
@@ -251,8 +337,29 @@ struct CudaBackend::Impl {
   };
   void runChunk(const std::vector<BackendStepEntry> &entries,
                 const Chunk &chunk, std::vector<float> &logits);
+  /// Every step of the plan, eagerly (with the timeline when it is on).
+  void runPlan(PlanState &state, const ChunkShape &shape);
+  void runPlanTimed(PlanState &state, const ChunkShape &shape);
+  /// The decode plan from its graph for `shape`'s bucket (captured on the
+  /// bucket's second use), or eagerly when it cannot be captured.
+  void runDecodeGraph(PlanState &state, const ChunkShape &shape);
+  /// Records the plan into a graph (nothing runs); null, with
+  /// graphsUnsupported set and the reason logged, when a step cannot be
+  /// captured.
+  CUgraph recordDecode(PlanState &state, const ChunkShape &shape);
+  CUgraphExec captureDecode(PlanState &state, const ChunkShape &shape);
+  /// Records the decode plan once before its first run, so that a plan
+  /// that cannot be captured never takes the bucket shapes (its results
+  /// then never depend on whether graphs were tried).
+  void probeDecodeCapture(PlanState &decode);
   void runStep(PlanState &state, size_t index, const PlanStep &step,
-               const ChunkShape &shape, const Chunk &chunk);
+               const ChunkShape &shape);
+  /// Grows every GEMM kernel's split-K workspace to what the largest chunk
+  /// of any plan needs, so that no later launch reallocates one that a
+  /// captured graph points to.
+  void sizeGemmWorkspaces();
+  void logGraphStatus(const std::string &status);
+  void destroyGraphs();
 };
 
 void CudaBackend::Impl::loadKernels() {
@@ -266,6 +373,9 @@ void CudaBackend::Impl::loadKernels() {
     cfg.consumerWarpgroups = k.consumers;
     cfg.sharedMemoryBytes = k.sharedMemoryBytes;
     cfg.splitK = k.splitK;
+    cfg.grouping = k.grouped == "contiguous" ? GemmGrouping::Contiguous
+                   : k.grouped == "masked"   ? GemmGrouping::Masked
+                                             : GemmGrouping::None;
     cfg.validate(origin + ": kernel " + k.name);
     if (k.cubin.empty())
       throw Error(origin + ": kernel " + k.name +
@@ -276,20 +386,46 @@ void CudaBackend::Impl::loadKernels() {
   }
 }
 
+/// The routed experts' weights of one projection, stacked for the grouped
+/// GEMM (gemm-abi.md "Grouped kernels"): shape {E, N, K}, data [E·N, K]
+/// E4M3 (expert e's rows at e·N), scales [E·⌈N/128⌉][⌈K/128⌉]; stored under
+/// the artifact's "{e}" name, filled expert by expert.
+DeviceWeight stackedExpertWeight(const ArtifactWeight &spec, int64_t experts,
+                                 const std::string &what) {
+  if (spec.dtype != "f8e4m3" || spec.transform != "none" ||
+      spec.shape.size() != 2)
+    throw Error(what + ": routed-expert weights feed grouped FP8 GEMMs and "
+                       "must be 2-D f8e4m3 weights without a transform");
+  DeviceWeight dw{
+      ElementType::F8E4M3, {experts, spec.shape[0], spec.shape[1]}, {}, {}};
+  dw.data = DeviceBuffer(experts * spec.shape[0] * spec.shape[1], what);
+  dw.scales = DeviceBuffer(experts * scaleBlocks(spec.shape[0]) *
+                               scaleBlocks(spec.shape[1]) * 4,
+                           what + " scales");
+  return dw;
+}
+
 void CudaBackend::Impl::loadWeights(const Checkpoint &checkpoint,
                                     const CudaBackendOptions &options) {
-  // Expand {e} patterns, then upload in the artifact's order.
+  // Expand {e} patterns, then upload in the artifact's order; experts go
+  // into their projection's stacked weight.
   struct Load {
     std::string name;
     const ArtifactWeight *spec;
+    int64_t expert = -1;
   };
   std::vector<Load> loads;
   for (const ArtifactWeight &w : artifact.weights) {
-    if (w.name.find("{e}") == std::string::npos)
+    if (w.name.find("{e}") == std::string::npos) {
       loads.push_back({w.name, &w});
-    else
-      for (int64_t e = 0; e < config.nRoutedExperts; ++e)
-        loads.push_back({expandExpert(w.name, e), &w});
+      continue;
+    }
+    DeviceWeight stacked = stackedExpertWeight(w, config.nRoutedExperts,
+                                               origin + ": weight " + w.name);
+    statistics.weightBytes += stacked.data.size() + stacked.scales.size();
+    weights.emplace(w.name, std::move(stacked));
+    for (int64_t e = 0; e < config.nRoutedExperts; ++e)
+      loads.push_back({expandExpert(w.name, e), &w, e});
   }
   uint64_t totalBytes = 0;
   for (const Load &l : loads)
@@ -302,6 +438,44 @@ void CudaBackend::Impl::loadWeights(const Checkpoint &checkpoint,
       throw Error(what + ": the checkpoint has shape " +
                   formatShape(view.shape) + ", the artifact expects " +
                   formatShape(l.spec->shape));
+    done += view.byteSize;
+    auto progress = [&] {
+      if (options.progress &&
+          !options.progress(totalBytes ? double(done) / totalBytes : 1.0))
+        throw Error(origin + ": loading cancelled");
+    };
+    if (l.expert >= 0) {
+      // Expert e's [N, K] and scales into its slot of the stacked weight.
+      DeviceWeight &stacked = weights.at(l.spec->name);
+      const size_t dataBytes = view.shape[0] * view.shape[1];
+      const size_t scaleBytes =
+          scaleBlocks(view.shape[0]) * scaleBlocks(view.shape[1]) * 4;
+      CUdeviceptr data = stacked.data.get() + l.expert * dataBytes;
+      CUdeviceptr scales = stacked.scales.get() + l.expert * scaleBytes;
+      if (view.dtype == DType::F8_E4M3) {
+        const TensorView *scale = checkpoint.scaleInv(l.name);
+        if (!scale)
+          throw Error(what + ": FP8 weight without its scale_inv");
+        if (scale->byteSize != scaleBytes)
+          throw Error(what + "_scale_inv: " + std::to_string(scale->byteSize) +
+                      " bytes, expected " + std::to_string(scaleBytes));
+        KILN_CU(what, cuMemcpyHtoD, data, view.data, dataBytes);
+        KILN_CU(what, cuMemcpyHtoD, scales, scale->data, scaleBytes);
+      } else if (view.dtype == DType::BF16) {
+        // A BF16 checkpoint feeding an FP8 GEMM: quantize at load.
+        std::vector<uint8_t> q;
+        std::vector<float> s;
+        quantizeWeightBlocks(checkpoint.loadFloat(l.name, view.shape),
+                             view.shape[0], view.shape[1], q, s);
+        KILN_CU(what, cuMemcpyHtoD, data, q.data(), dataBytes);
+        KILN_CU(what, cuMemcpyHtoD, scales, s.data(), scaleBytes);
+      } else {
+        throw Error(what + ": dtype " + dtypeName(view.dtype) +
+                    " cannot feed the grouped FP8 GEMM");
+      }
+      progress();
+      continue;
+    }
     DeviceWeight dw{ElementType::BF16, view.shape, {}, {}};
     const std::string &transform = l.spec->transform;
     if (transform == "bf16") {
@@ -344,10 +518,7 @@ void CudaBackend::Impl::loadWeights(const Checkpoint &checkpoint,
     }
     statistics.weightBytes += dw.data.size() + dw.scales.size();
     weights.emplace(l.name, std::move(dw));
-    done += view.byteSize;
-    if (options.progress &&
-        !options.progress(totalBytes ? double(done) / totalBytes : 1.0))
-      throw Error(origin + ": loading cancelled");
+    progress();
   }
 }
 
@@ -359,48 +530,63 @@ void CudaBackend::Impl::makeSyntheticWeights(uint64_t seed) {
                         amplitude);
   };
   for (const ArtifactWeight &w : artifact.weights) {
-    int64_t experts =
-        w.name.find("{e}") == std::string::npos ? 1 : config.nRoutedExperts;
-    for (int64_t e = 0; e < experts; ++e) {
-      std::string name = expandExpert(w.name, e);
-      const std::string what = origin + ": synthetic " + name;
-      // Built from the shape (not assigned into an empty one: GCC 12 warns
-      // about the empty vector's null data in that copy at -O3).
-      DeviceWeight dw{ElementType::BF16, w.shape, {}, {}};
-      int64_t count = numElements(w.shape);
-      int64_t fanIn = w.shape.size() == 2 ? w.shape[1] : 1;
-      bool isNorm = name.find("norm.weight") != std::string::npos;
-      float amplitude = isNorm || name.find("embed_tokens") != std::string::npos
-                            ? 1.0f
-                            : 1.0f / std::sqrt(static_cast<float>(fanIn));
-      if (w.dtype == "f8e4m3" && w.transform == "none") {
-        dw.type = ElementType::F8E4M3;
-        dw.data = DeviceBuffer(count, what);
-        fill(dw.data, count, dw.type, kE4M3Max);
-        int64_t blocks = scaleBlocks(w.shape[0]) * scaleBlocks(w.shape[1]);
-        dw.scales = DeviceBuffer(blocks * 4, what + " scales");
-        float scale = amplitude / kE4M3Max;
-        unsigned bits;
-        std::memcpy(&bits, &scale, 4);
-        KILN_CU(what, cuMemsetD32Async, dw.scales.get(), bits, blocks, stream);
-      } else {
-        dw.type =
-            w.transform == "f32" || (w.transform == "none" && w.dtype == "f32")
-                ? ElementType::F32
-                : ElementType::BF16;
-        dw.data = DeviceBuffer(count * elementBytes(dw.type), what);
-        fill(dw.data, count, dw.type,
-             w.dtype == "f32" && !isNorm ? 0.01f : amplitude);
-      }
+    if (w.name.find("{e}") != std::string::npos) {
+      // Stacked for the grouped GEMM; expert by expert with the seeds and
+      // scale of unstacked experts.
+      const std::string what = origin + ": synthetic " + w.name;
+      DeviceWeight dw = stackedExpertWeight(w, config.nRoutedExperts, what);
+      const int64_t count = numElements(w.shape);
+      for (int64_t e = 0; e < config.nRoutedExperts; ++e)
+        kernels->fillRandom(stream, dw.data.get() + e * count, count,
+                            ElementType::F8E4M3, seed + index++, kE4M3Max);
+      float scale = 1.0f / std::sqrt(static_cast<float>(w.shape[1])) / kE4M3Max;
+      unsigned bits;
+      std::memcpy(&bits, &scale, 4);
+      KILN_CU(what, cuMemsetD32Async, dw.scales.get(), bits,
+              dw.scales.size() / 4, stream);
       statistics.weightBytes += dw.data.size() + dw.scales.size();
-      weights.emplace(name, std::move(dw));
+      weights.emplace(w.name, std::move(dw));
+      continue;
     }
+    const std::string &name = w.name;
+    const std::string what = origin + ": synthetic " + name;
+    // Built from the shape (not assigned into an empty one: GCC 12 warns
+    // about the empty vector's null data in that copy at -O3).
+    DeviceWeight dw{ElementType::BF16, w.shape, {}, {}};
+    int64_t count = numElements(w.shape);
+    int64_t fanIn = w.shape.size() == 2 ? w.shape[1] : 1;
+    bool isNorm = name.find("norm.weight") != std::string::npos;
+    float amplitude = isNorm || name.find("embed_tokens") != std::string::npos
+                          ? 1.0f
+                          : 1.0f / std::sqrt(static_cast<float>(fanIn));
+    if (w.dtype == "f8e4m3" && w.transform == "none") {
+      dw.type = ElementType::F8E4M3;
+      dw.data = DeviceBuffer(count, what);
+      fill(dw.data, count, dw.type, kE4M3Max);
+      int64_t blocks = scaleBlocks(w.shape[0]) * scaleBlocks(w.shape[1]);
+      dw.scales = DeviceBuffer(blocks * 4, what + " scales");
+      float scale = amplitude / kE4M3Max;
+      unsigned bits;
+      std::memcpy(&bits, &scale, 4);
+      KILN_CU(what, cuMemsetD32Async, dw.scales.get(), bits, blocks, stream);
+    } else {
+      dw.type =
+          w.transform == "f32" || (w.transform == "none" && w.dtype == "f32")
+              ? ElementType::F32
+              : ElementType::BF16;
+      dw.data = DeviceBuffer(count * elementBytes(dw.type), what);
+      fill(dw.data, count, dw.type,
+           w.dtype == "f32" && !isNorm ? 0.01f : amplitude);
+    }
+    statistics.weightBytes += dw.data.size() + dw.scales.size();
+    weights.emplace(name, std::move(dw));
   }
 }
 
 void CudaBackend::Impl::allocate(const CudaBackendOptions &options) {
   for (auto &[name, plan] : artifact.plans) {
     PlanState state;
+    state.name = name;
     state.plan = &plan;
     state.arena = DeviceBuffer(std::max<uint64_t>(plan.arenaBytes, 256),
                                origin + ": arena of plan " + name);
@@ -448,6 +634,11 @@ void CudaBackend::Impl::allocate(const CudaBackendOptions &options) {
       "page table");
   sequenceSlots =
       DeviceBuffer(std::max<int64_t>(1, maxTokensAnyPlan) * 4, "token slots");
+  mlaWorkspace = DeviceBuffer(
+      mlaAttentionWorkspaceBytes(std::max<int64_t>(1, maxTokensAnyPlan),
+                                 static_cast<int>(config.numAttentionHeads),
+                                 static_cast<int>(config.kvLoraRank)),
+      "MLA attention workspace");
 }
 
 //===----------------------------------------------------------------------===//
@@ -455,8 +646,7 @@ void CudaBackend::Impl::allocate(const CudaBackendOptions &options) {
 //===----------------------------------------------------------------------===//
 
 void CudaBackend::Impl::runStep(PlanState &state, size_t index,
-                                const PlanStep &step, const ChunkShape &shape,
-                                const Chunk &chunk) {
+                                const PlanStep &step, const ChunkShape &shape) {
   const LaunchPlan &plan = *state.plan;
   const std::string where =
       origin + ": step " + std::to_string(index) + " (" + step.op + ")";
@@ -524,42 +714,38 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
     DeviceMatrix a = input(0), as = input(1), y = output(0);
     if (y.stride != y.cols || a.stride != a.cols)
       throw Error(where + ": GEMM operands must be whole buffers");
-    auto launch = [&](const DeviceWeight &w, int64_t rowOffset, int64_t m) {
-      if (w.type != ElementType::F8E4M3)
-        throw Error(where + ": GEMM weight is not FP8");
-      GemmOperands g;
-      g.m = static_cast<int>(m);
-      g.n = static_cast<int>(w.shape[0]);
-      g.k = static_cast<int>(w.shape[1]);
-      if (g.k != a.cols || g.n != y.cols)
-        throw Error(where + ": weight shape " + formatShape(w.shape) +
-                    " does not fit input cols " + std::to_string(a.cols) +
-                    " and output cols " + std::to_string(y.cols));
-      g.a = a.data + rowOffset * a.cols;
-      // Grouped scales: group e's [ceil(K/128)][count] start at
-      // ceil(K/128) * offset floats (artifact.md, moe_dispatch).
-      g.scaleA = as.data + 4 * ((a.cols + 127) / 128) * rowOffset;
-      g.b = w.data.get();
-      g.scaleB = w.scales.get();
-      g.out = y.data + 2 * rowOffset * y.cols;
-      kernel->second.launch(g, stream);
-    };
+    const DeviceWeight &w = weightAt(0);
+    // gemm: W [N, K]; grouped_gemm: the experts' weights stacked, {E, N, K}.
+    size_t rank = op == "gemm" ? 2 : 3;
+    if (w.type != ElementType::F8E4M3 || w.shape.size() != rank)
+      throw Error(where + ": GEMM weight " + step.weights.at(0) +
+                  " is not an FP8 " + (rank == 2 ? "[N, K]" : "[E, N, K]") +
+                  " weight");
+    GemmOperands g;
+    g.a = a.data;
+    g.scaleA = as.data;
+    g.b = w.data.get();
+    g.scaleB = w.scales.get();
+    g.out = y.data;
+    g.m = static_cast<int>(a.rows);
+    g.n = static_cast<int>(w.shape[rank - 2]);
+    g.k = static_cast<int>(w.shape[rank - 1]);
+    if (g.k != a.cols || g.n != y.cols)
+      throw Error(where + ": weight shape " + formatShape(w.shape) +
+                  " does not fit input cols " + std::to_string(a.cols) +
+                  " and output cols " + std::to_string(y.cols));
     if (op == "gemm") {
-      launch(weightAt(0), 0, a.rows);
+      kernel->second.launch(g, stream);
     } else {
-      // Group sizes are data: read the offsets (one small synchronous copy
-      // per grouped GEMM; the masked layout avoids it, see the notes).
-      DeviceMatrix offsets = input(2);
-      std::vector<int32_t> host(config.nRoutedExperts + 1);
-      KILN_CU(where, cuStreamSynchronize, stream);
-      KILN_CU(where, cuMemcpyDtoH, host.data(), offsets.data, host.size() * 4);
-      for (int64_t e = 0; e < config.nRoutedExperts; ++e) {
-        int64_t count = host[e + 1] - host[e];
-        if (count <= 0)
-          continue;
-        launch(weight(expandExpert(step.weights.at(0), e), where), host[e],
-               count);
-      }
+      // One launch for all experts: the kernel reads the offsets (and the
+      // grouped scales, group e's [ceil(K/128)][count] at ceil(K/128) ·
+      // offsets[e]) on the device, so nothing here waits for the GPU and
+      // the step can be captured in a CUDA graph.
+      GroupedGemmOperands grouped;
+      grouped.gemm = g;
+      grouped.groups = input(2).data;
+      grouped.numGroups = static_cast<int>(w.shape[0]);
+      kernel->second.launchGrouped(grouped, stream);
     }
   } else if (op == "matmul") {
     const DeviceWeight &w = weightAt(0);
@@ -595,7 +781,9 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
                   " has no KV cache");
     args.cache = cacheLayers[layer].get();
     args.cacheType = ElementType::BF16;
-    args.maxContext = chunk.maxContext;
+    args.maxContext = static_cast<int>(shape.maxContext);
+    args.workspace = mlaWorkspace.get();
+    args.workspaceBytes = mlaWorkspace.size();
     kernels->mlaAttention(stream, args);
   } else if (op == "swiglu") {
     if (step.outputs.size() == 2) {
@@ -643,32 +831,42 @@ void CudaBackend::Impl::runChunk(const std::vector<BackendStepEntry> &entries,
                                  std::vector<float> &logits) {
   const int64_t T = static_cast<int64_t>(chunk.tokenIds.size());
   PlanState &decode = plans.at("decode");
-  PlanState &state = T <= decode.plan->maxTokens &&
-                             static_cast<int64_t>(chunk.entries.size()) <=
-                                 decode.plan->maxSequences
-                         ? decode
-                         : plans.at("prefill");
+  const bool isDecode =
+      T <= decode.plan->maxTokens &&
+      static_cast<int64_t>(chunk.entries.size()) <= decode.plan->maxSequences;
+  PlanState &state = isDecode ? decode : plans.at("prefill");
   const LaunchPlan &plan = *state.plan;
+  const int64_t S = static_cast<int64_t>(chunk.finishing.size());
 
   ChunkShape shape;
   shape.tokens = T;
-  shape.sequences = static_cast<int64_t>(chunk.finishing.size());
-  shape.routed = T * config.numExpertsPerTok;
+  shape.sequences = S;
   shape.experts1 = config.nRoutedExperts + 1;
+  shape.maxContext = chunk.maxContext;
+  // A graph's launches are fixed: it runs a bucket's rows (the padding rows
+  // repeat the chunk's last token, which writes the same cache row with the
+  // same values, and its last sequence) and attends up to the bucket's
+  // context bound. Decode chunks of a capturable plan take the bucket's
+  // shape also when they run eagerly (graphs off, the timeline, a bucket's
+  // first run): kernels may choose their work split from the shape (the
+  // attention's KV splits do), and the same launches give the same bits.
+  if (isDecode && !graphsProbed)
+    probeDecodeCapture(state);
+  const bool bucketed = isDecode && !graphsUnsupported && S > 0;
+  const bool graph = bucketed && graphsEnabled && !timelineOn;
+  if (bucketed) {
+    shape.tokens = bucketUp(T, plan.maxTokens);
+    shape.sequences = bucketUp(S, plan.maxSequences);
+    const int64_t maxPages = bucketUp(
+        (chunk.maxContext + pageTokens - 1) / pageTokens, maxPagesPerSequence);
+    shape.maxContext = maxPages * pageTokens;
+  }
+  shape.routed = shape.tokens * config.numExpertsPerTok;
 
-  auto fill = [&](const char *name, const std::vector<int32_t> &values) {
-    const PlanBuffer *b = plan.findBuffer(name);
-    if (!b)
-      throw Error(origin + ": plan has no '" + name + "' buffer");
-    if (!values.empty())
-      KILN_CU(origin + ": step input " + name, cuMemcpyHtoD,
-              state.arena.get() + b->offset, values.data(), values.size() * 4);
-  };
-  fill("tokens", chunk.tokenIds);
-  fill("positions", chunk.positions);
-  fill("last_rows", chunk.lastRows);
-
-  // Token → local slot, and the slots' page lists.
+  // The step's inputs go into fixed device buffers, ordered on the stream
+  // (pageable sources: the driver stages them before returning).
+  std::vector<int32_t> tokens = chunk.tokenIds, positions = chunk.positions;
+  std::vector<int32_t> lastRows = chunk.lastRows;
   std::vector<int32_t> slots(T);
   std::vector<int32_t> table(chunk.entries.size() * maxPagesPerSequence, -1);
   for (size_t s = 0; s < chunk.entries.size(); ++s) {
@@ -681,30 +879,287 @@ void CudaBackend::Impl::runChunk(const std::vector<BackendStepEntry> &entries,
                                               chunk.entries.end(),
                                               chunk.tokenEntry[t]) -
                                     chunk.entries.begin());
-  KILN_CU(origin + ": token slots", cuMemcpyHtoD, sequenceSlots.get(),
-          slots.data(), slots.size() * 4);
-  KILN_CU(origin + ": page table", cuMemcpyHtoD, pageTable.get(), table.data(),
-          table.size() * 4);
+  tokens.resize(shape.tokens, tokens.back());
+  positions.resize(shape.tokens, positions.back());
+  slots.resize(shape.tokens, slots.back());
+  if (S > 0)
+    lastRows.resize(shape.sequences, lastRows.back());
+  auto copy = [&](CUdeviceptr to, const std::vector<int32_t> &values,
+                  const std::string &what) {
+    if (!values.empty())
+      KILN_CU(origin + ": step input " + what, cuMemcpyHtoDAsync, to,
+              values.data(), values.size() * 4, stream);
+  };
+  auto fill = [&](const char *name, const std::vector<int32_t> &values) {
+    const PlanBuffer *b = plan.findBuffer(name);
+    if (!b)
+      throw Error(origin + ": plan has no '" + name + "' buffer");
+    copy(state.arena.get() + b->offset, values, name);
+  };
+  fill("tokens", tokens);
+  fill("positions", positions);
+  fill("last_rows", lastRows);
+  copy(sequenceSlots.get(), slots, "token slots");
+  copy(pageTable.get(), table, "page table");
 
-  for (size_t i = 0; i < plan.steps.size(); ++i)
-    runStep(state, i, plan.steps[i], shape, chunk);
+  if (graph)
+    runDecodeGraph(state, shape);
+  else
+    runPlan(state, shape);
 
-  if (shape.sequences > 0) {
+  if (S > 0) {
     const PlanBuffer *out = plan.findBuffer("logits");
     if (!out)
       throw Error(origin + ": plan has no 'logits' buffer");
-    std::vector<float> rows(shape.sequences * config.vocabSize);
+    // Straight into the caller's rows: a staging vector cost as much again
+    // (page faults and a copy; 66 MB a step at batch 128). The finishing
+    // entries of a chunk are consecutive, so this is one copy.
+    const size_t rowBytes = config.vocabSize * 4;
+    const CUdeviceptr from = state.arena.get() + out->offset;
     KILN_CU(origin + ": logits", cuStreamSynchronize, stream);
-    KILN_CU(origin + ": logits", cuMemcpyDtoH, rows.data(),
-            state.arena.get() + out->offset, rows.size() * 4);
-    for (size_t s = 0; s < chunk.finishing.size(); ++s)
-      std::copy(rows.begin() + s * config.vocabSize,
-                rows.begin() + (s + 1) * config.vocabSize,
-                logits.begin() + chunk.finishing[s] * config.vocabSize);
+    const bool consecutive =
+        chunk.finishing.back() - chunk.finishing.front() + 1 == S;
+    for (int64_t s = 0; s < S; s += consecutive ? S : 1)
+      KILN_CU(origin + ": logits", cuMemcpyDtoH,
+              logits.data() + chunk.finishing[s] * config.vocabSize,
+              from + s * rowBytes, (consecutive ? S : 1) * rowBytes);
   }
   std::lock_guard<std::mutex> lock(statsMutex);
   ++statistics.planLaunches;
   statistics.tokens += T;
+}
+
+void CudaBackend::Impl::runPlan(PlanState &state, const ChunkShape &shape) {
+  if (timelineOn) {
+    runPlanTimed(state, shape);
+    return;
+  }
+  const LaunchPlan &plan = *state.plan;
+  for (size_t i = 0; i < plan.steps.size(); ++i)
+    runStep(state, i, plan.steps[i], shape);
+}
+
+void CudaBackend::Impl::runPlanTimed(PlanState &state,
+                                     const ChunkShape &shape) {
+  using Clock = std::chrono::steady_clock;
+  auto micros = [&](Clock::time_point t) {
+    return std::chrono::duration<double, std::micro>(t - timelineStart).count();
+  };
+  const LaunchPlan &plan = *state.plan;
+  const size_t n = plan.steps.size();
+  while (timelineEvents.size() < n + 1) {
+    CUevent event = nullptr;
+    KILN_CU(origin + ": timeline", cuEventCreate, &event, CU_EVENT_DEFAULT);
+    timelineEvents.push_back(event);
+  }
+  {
+    std::lock_guard<std::mutex> lock(gate.mutex);
+    gate.open = false;
+  }
+  KILN_CU(origin + ": timeline", cuLaunchHostFunc, stream, &StreamGate::wait,
+          &gate);
+  KILN_CU(origin + ": timeline", cuEventRecord, timelineEvents[0], stream);
+  std::vector<double> hostStart(n), hostUs(n);
+  try {
+    for (size_t i = 0; i < n; ++i) {
+      Clock::time_point t0 = Clock::now();
+      runStep(state, i, plan.steps[i], shape);
+      KILN_CU(origin + ": timeline", cuEventRecord, timelineEvents[i + 1],
+              stream);
+      hostStart[i] = micros(t0);
+      hostUs[i] = micros(Clock::now()) - hostStart[i];
+    }
+  } catch (...) {
+    gate.release();
+    throw;
+  }
+  // The GPU row starts when the gate opens (every step enqueued).
+  const double gpuStart = micros(Clock::now());
+  gate.release();
+  KILN_CU(origin + ": timeline", cuEventSynchronize, timelineEvents[n]);
+  auto elapsedUs = [&](size_t from, size_t to) {
+    float ms = 0;
+    KILN_CU(origin + ": timeline", cuEventElapsedTime, &ms,
+            timelineEvents[from], timelineEvents[to]);
+    return 1e3 * ms;
+  };
+  for (size_t i = 0; i < n; ++i) {
+    const PlanStep &step = plan.steps[i];
+    TimelineEvent e;
+    e.op = step.op;
+    e.step = static_cast<int64_t>(i);
+    e.plan = state.name;
+    e.kernel = step.kernel;
+    e.tokens = shape.tokens;
+    e.row = TimelineRow::Gpu;
+    e.startUs = gpuStart + elapsedUs(0, i);
+    e.durationUs = elapsedUs(i, i + 1);
+    timeline.events.push_back(e);
+    e.row = TimelineRow::Host;
+    e.startUs = hostStart[i];
+    e.durationUs = hostUs[i];
+    timeline.events.push_back(e);
+  }
+  ++timeline.runs;
+}
+
+void CudaBackend::Impl::runDecodeGraph(PlanState &state,
+                                       const ChunkShape &shape) {
+  GraphKey key{shape.tokens, shape.sequences, shape.maxContext};
+  auto it = decodeGraphs.find(key);
+  if (it == decodeGraphs.end()) {
+    if (warmedBuckets.insert(key).second) {
+      runPlan(state, shape);
+      return;
+    }
+    CUgraphExec exec = captureDecode(state, shape);
+    if (!exec) {
+      runPlan(state, shape);
+      return;
+    }
+    it = decodeGraphs.emplace(key, exec).first;
+  }
+  KILN_CU(origin + ": decode graph", cuGraphLaunch, it->second, stream);
+  std::lock_guard<std::mutex> lock(statsMutex);
+  ++statistics.graphReplays;
+}
+
+CUgraph CudaBackend::Impl::recordDecode(PlanState &state,
+                                        const ChunkShape &shape) {
+  const LaunchPlan &plan = *state.plan;
+  const std::string where = origin + ": capturing the decode plan";
+  // Thread-local mode: a call on this thread that cannot be captured (a
+  // synchronization, a copy to the host) fails instead of running.
+  KILN_CU(where, cuStreamBeginCapture, stream,
+          CU_STREAM_CAPTURE_MODE_THREAD_LOCAL);
+  auto abandon = [&] {
+    CUgraph broken = nullptr;
+    driver().cuStreamEndCapture(stream, &broken);
+    if (broken)
+      driver().cuGraphDestroy(broken);
+  };
+  for (size_t i = 0; i < plan.steps.size(); ++i) {
+    try {
+      runStep(state, i, plan.steps[i], shape);
+    } catch (const CudaError &error) {
+      abandon();
+      if (!isCaptureError(error.result()))
+        throw;
+      graphsUnsupported = true;
+      logGraphStatus("decode steps run eagerly: step " + std::to_string(i) +
+                     " (" + plan.steps[i].op +
+                     ") cannot be captured in a CUDA Graph (" + error.what() +
+                     ")");
+      return nullptr;
+    } catch (...) {
+      abandon();
+      throw;
+    }
+  }
+  CUgraph graph = nullptr;
+  KILN_CU(where, cuStreamEndCapture, stream, &graph);
+  return graph;
+}
+
+void CudaBackend::Impl::probeDecodeCapture(PlanState &decode) {
+  graphsProbed = true;
+  ChunkShape shape;
+  shape.tokens = shape.sequences = 1;
+  shape.routed = config.numExpertsPerTok;
+  shape.experts1 = config.nRoutedExperts + 1;
+  shape.maxContext = pageTokens;
+  if (CUgraph graph = recordDecode(decode, shape))
+    driver().cuGraphDestroy(graph);
+}
+
+CUgraphExec CudaBackend::Impl::captureDecode(PlanState &state,
+                                             const ChunkShape &shape) {
+  CUgraph graph = recordDecode(state, shape);
+  if (!graph)
+    return nullptr;
+  CUgraphExec exec = nullptr;
+  CUresult instantiated = driver().cuGraphInstantiate(&exec, graph, 0);
+  driver().cuGraphDestroy(graph);
+  check(instantiated, "cuGraphInstantiate",
+        origin + ": instantiating the decode graph");
+  {
+    std::lock_guard<std::mutex> lock(statsMutex);
+    ++statistics.graphCaptures;
+  }
+  logGraphStatus(kGraphsRunning);
+  return exec;
+}
+
+void CudaBackend::Impl::logGraphStatus(const std::string &status) {
+  graphStatus = status;
+  if (graphStatusLogged)
+    return;
+  graphStatusLogged = true;
+  std::fprintf(stderr, "kiln: CUDA backend: %s\n", status.c_str());
+}
+
+void CudaBackend::Impl::destroyGraphs() {
+  for (auto &[key, exec] : decodeGraphs)
+    driver().cuGraphExecDestroy(exec);
+  decodeGraphs.clear();
+  warmedBuckets.clear();
+}
+
+void CudaBackend::Impl::sizeGemmWorkspaces() {
+  // Only kernels the decode plan launches end up in graphs, but a prefill
+  // launch of the same kernel could grow (reallocate) their workspace: size
+  // them for every plan.
+  std::set<std::string> captured;
+  for (const PlanStep &step : plans.at("decode").plan->steps)
+    captured.insert(step.kernel);
+  for (auto &[name, state] : plans) {
+    const LaunchPlan &plan = *state.plan;
+    ChunkShape largest;
+    largest.tokens = plan.maxTokens;
+    largest.sequences = plan.maxSequences;
+    largest.routed = plan.maxTokens * config.numExpertsPerTok;
+    largest.experts1 = config.nRoutedExperts + 1;
+    for (const PlanStep &step : plan.steps) {
+      if ((step.op != "gemm" && step.op != "grouped_gemm") ||
+          !captured.count(step.kernel))
+        continue;
+      auto kernel = gemms.find(step.kernel);
+      const PlanBuffer *a = step.inputs.empty()
+                                ? nullptr
+                                : plan.findBuffer(step.inputs[0].buffer);
+      const PlanBuffer *y = step.outputs.empty()
+                                ? nullptr
+                                : plan.findBuffer(step.outputs[0].buffer);
+      // A malformed step fails with its own message when it runs.
+      if (kernel == gemms.end() || !a || !y)
+        continue;
+      // The shape from the operands (GEMM steps use whole buffers); nothing
+      // is launched, so any aligned device pointers do.
+      GemmOperands g;
+      g.m = static_cast<int>(std::max<int64_t>(1, resolveRows(*a, largest)));
+      g.n = static_cast<int>(y->cols);
+      g.k = static_cast<int>(a->cols);
+      g.a = g.b = g.scaleA = g.scaleB = g.out = state.arena.get();
+      const GemmKernel &k = kernel->second;
+      if (k.config().grouping == GemmGrouping::None) {
+        // Per-expert launches of a grouped_gemm have at most T rows each (a
+        // token picks an expert once).
+        if (step.op == "grouped_gemm")
+          g.m = static_cast<int>(plan.maxTokens);
+        k.prepare(g);
+      } else {
+        // One launch over all R rows (contiguous), or slabs of at most T
+        // rows per expert (masked).
+        GroupedGemmOperands grouped;
+        grouped.gemm = g;
+        if (k.config().grouping == GemmGrouping::Masked)
+          grouped.gemm.m = static_cast<int>(plan.maxTokens);
+        grouped.groups = state.arena.get();
+        grouped.numGroups = static_cast<int>(config.nRoutedExperts);
+        k.prepareGrouped(grouped);
+      }
+    }
+  }
 }
 
 //===----------------------------------------------------------------------===//
@@ -715,6 +1170,18 @@ void CudaBackend::Impl::open(const std::string &configOrigin,
                              const CudaBackendOptions &options,
                              const std::function<void()> &weights) {
   checkArtifactMatchesModel(artifact, config, origin, configOrigin);
+  const char *graphsEnv = std::getenv("KILN_CUDA_GRAPHS");
+  graphsEnabled =
+      options.cudaGraphs && !(graphsEnv && std::string(graphsEnv) == "0");
+  if (!graphsEnabled)
+    graphStatus = "decode steps run eagerly: CUDA Graphs are off";
+  if (!graphsEnabled && graphsEnv)
+    logGraphStatus(graphStatus + " (KILN_CUDA_GRAPHS=0)");
+  const char *timelineEnv = std::getenv("KILN_TIMELINE");
+  if (timelineEnv && *timelineEnv)
+    timelinePath = timelineEnv;
+  timelineOn = options.timeline || !timelinePath.empty();
+  timelineStart = std::chrono::steady_clock::now();
   context = std::make_unique<PrimaryContext>(options.device);
   deviceName = context->name();
   computeMajor =
@@ -736,6 +1203,7 @@ void CudaBackend::Impl::open(const std::string &configOrigin,
     loadKernels();
     allocate(options);
     weights();
+    sizeGemmWorkspaces();
     KILN_CU(origin, cuCtxSynchronize);
   } catch (...) {
     // Free device memory while the context is current, then the context.
@@ -779,11 +1247,28 @@ CudaBackend::~CudaBackend() {
   impl->makeCurrent();
   if (impl->stream)
     driver().cuStreamSynchronize(impl->stream);
+  if (!impl->timelinePath.empty()) {
+    try {
+      writeChromeTrace(impl->timeline, impl->timelinePath);
+      std::fprintf(stderr,
+                   "kiln: CUDA backend: timeline of %lld plan runs "
+                   "in %s\n%s",
+                   static_cast<long long>(impl->timeline.runs),
+                   impl->timelinePath.c_str(),
+                   formatOpBreakdown(impl->timeline).c_str());
+    } catch (const std::exception &error) {
+      std::fprintf(stderr, "kiln: CUDA backend: %s\n", error.what());
+    }
+  }
+  impl->destroyGraphs();
+  for (CUevent event : impl->timelineEvents)
+    driver().cuEventDestroy(event);
   impl->weights.clear();
   impl->plans.clear();
   impl->cacheLayers.clear();
   impl->pageTable = DeviceBuffer();
   impl->sequenceSlots = DeviceBuffer();
+  impl->mlaWorkspace = DeviceBuffer();
   impl->gemms.clear();
   impl->kernels.reset();
   if (impl->stream)
@@ -814,6 +1299,29 @@ std::string CudaBackend::deviceDescription() const {
   return impl->deviceName + " (sm_" + std::to_string(impl->computeMajor) +
          std::to_string(impl->computeMinor) + ", " +
          std::to_string(impl->multiprocessors) + " SMs)";
+}
+
+void CudaBackend::setCudaGraphs(bool enabled) {
+  Impl &s = *impl;
+  s.graphsEnabled = enabled;
+  if (s.graphsUnsupported)
+    return;
+  if (!enabled)
+    s.graphStatus = "decode steps run eagerly: CUDA Graphs are off";
+  else if (s.decodeGraphs.empty())
+    s.graphStatus = kGraphsNotTried;
+  else
+    s.graphStatus = kGraphsRunning;
+}
+
+std::string CudaBackend::cudaGraphStatus() const { return impl->graphStatus; }
+
+void CudaBackend::setTimeline(bool enabled) { impl->timelineOn = enabled; }
+
+Timeline CudaBackend::takeTimeline() {
+  Timeline taken = std::move(impl->timeline);
+  impl->timeline = Timeline();
+  return taken;
 }
 
 std::vector<float>

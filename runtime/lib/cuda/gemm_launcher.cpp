@@ -88,6 +88,8 @@ void checkParameters(CUfunction function, const GemmKernelConfig &config,
       sizeof(CUtensorMap), sizeof(CUtensorMap), 8, 8, 8, 4, 4, 4};
   if (config.splitK > 1)
     expected.push_back(8);
+  if (config.grouping != GemmGrouping::None)
+    expected.insert(expected.end(), {8, 4});
   if (config.operandPointers)
     expected.insert(expected.end(), {8, 8});
   std::vector<size_t> actual;
@@ -110,18 +112,22 @@ void checkParameters(CUfunction function, const GemmKernelConfig &config,
       text += (text.empty() ? "" : ", ") + std::to_string(size);
     return "(" + text + ")";
   };
-  throw Error(context + ": the kernel's parameter sizes are " + list(actual) +
-              "; the ABI needs " + list(expected) +
-              " bytes: tmA, tmB (CUtensorMap by value), scaleA, scaleB, out, "
-              "M, N, K" +
-              (config.splitK > 1 ? ", workspace (split_k > 1)" : "") +
-              (config.operandPointers ? ", a, b (operand_pointers)" : ""));
+  throw Error(
+      context + ": the kernel's parameter sizes are " + list(actual) +
+      "; the ABI needs " + list(expected) +
+      " bytes: tmA, tmB (CUtensorMap by value), scaleA, scaleB, out, "
+      "M, N, K" +
+      (config.splitK > 1 ? ", workspace (split_k > 1)" : "") +
+      (config.grouping != GemmGrouping::None ? ", groups, G (grouped)" : "") +
+      (config.operandPointers ? ", a, b (operand_pointers)" : ""));
 }
 
 } // namespace
 
 int GemmKernelConfig::abiSharedMemoryBytes() const {
-  return stages * (blockM + blockN) * kBlockK + 2 * stages * 8;
+  int tables =
+      grouping == GemmGrouping::None ? 0 : 3 * 4 * (kMaxGemmGroups + 1);
+  return stages * (blockM + blockN) * kBlockK + 2 * stages * 8 + tables;
 }
 
 int GemmKernelConfig::launchSharedMemoryBytes() const {
@@ -153,13 +159,15 @@ void GemmKernelConfig::validate(const std::string &origin) const {
          std::to_string(splitK));
   if (splitK > 1 && operandPointers)
     fail("split_k > 1 and operand_pointers exclude each other");
+  if (grouping != GemmGrouping::None && operandPointers)
+    fail("grouped and operand_pointers exclude each other");
   if (sharedMemoryBytes < 0)
     fail("smem_bytes must not be negative, got " +
          std::to_string(sharedMemoryBytes));
   if (sharedMemoryBytes > 0 && sharedMemoryBytes < abiSharedMemoryBytes())
     fail("smem_bytes " + std::to_string(sharedMemoryBytes) +
          " is below the ABI's stages * (block_m + block_n) * 128 + "
-         "16 * stages = " +
+         "16 * stages (+ the group tables of a grouped kernel) = " +
          std::to_string(abiSharedMemoryBytes()));
 }
 
@@ -204,6 +212,17 @@ GemmKernelConfig parseGemmManifest(const std::string &json,
     config.sharedMemoryBytes = manifestInt(manifest, "smem_bytes", origin);
   if (manifest.contains("split_k"))
     config.splitK = manifestInt(manifest, "split_k", origin);
+  if (auto grouped = manifest.find("grouped"); grouped != manifest.end()) {
+    if (*grouped == "contiguous")
+      config.grouping = GemmGrouping::Contiguous;
+    else if (*grouped == "masked")
+      config.grouping = GemmGrouping::Masked;
+    else
+      throw Error(origin +
+                  ": field \"grouped\" must be \"contiguous\" or "
+                  "\"masked\", got " +
+                  grouped->dump());
+  }
   if (auto pointers = manifest.find("operand_pointers");
       pointers != manifest.end()) {
     if (!pointers->is_boolean())
@@ -236,6 +255,9 @@ std::string toManifestJson(const GemmKernelConfig &config) {
     manifest["split_k"] = config.splitK;
   if (config.operandPointers)
     manifest["operand_pointers"] = true;
+  if (config.grouping != GemmGrouping::None)
+    manifest["grouped"] =
+        config.grouping == GemmGrouping::Contiguous ? "contiguous" : "masked";
   return manifest.dump(2) + "\n";
 }
 
@@ -297,6 +319,35 @@ size_t gemmWorkspaceBytes(const GemmKernelConfig &config, int m, int n) {
     return 0;
   // One record per tile: 256 bytes of arrival counters, then the slots.
   size_t tiles = static_cast<size_t>(gemmTileCount(config, m, n));
+  return tiles * (256 + size_t(config.splitK) * config.blockM * config.blockN *
+                            sizeof(float));
+}
+
+int64_t groupedGemmTileBound(const GemmKernelConfig &config, int rows,
+                             int groups, int n) {
+  int64_t tilesN = (int64_t(n) + config.blockN - 1) / config.blockN;
+  int64_t tilesM =
+      config.grouping == GemmGrouping::Masked
+          ? int64_t(groups) *
+                ((int64_t(rows) + config.blockM - 1) / config.blockM)
+          // Σ ⌈c_g / BM⌉ ≤ Σ (⌊c_g / BM⌋ + 1) over the groups with rows.
+          : int64_t(rows) / config.blockM + std::min(groups, rows);
+  return tilesM * tilesN;
+}
+
+unsigned groupedGemmGridSize(const GemmKernelConfig &config, int rows,
+                             int groups, int n, int multiprocessors) {
+  return static_cast<unsigned>(std::min<int64_t>(
+      multiprocessors,
+      groupedGemmTileBound(config, rows, groups, n) * config.splitK));
+}
+
+size_t groupedGemmWorkspaceBytes(const GemmKernelConfig &config, int rows,
+                                 int groups, int n) {
+  if (config.splitK <= 1)
+    return 0;
+  size_t tiles =
+      static_cast<size_t>(groupedGemmTileBound(config, rows, groups, n));
   return tiles * (256 + size_t(config.splitK) * config.blockM * config.blockN *
                             sizeof(float));
 }
@@ -408,6 +459,9 @@ GemmKernel &GemmKernel::operator=(GemmKernel &&other) noexcept {
 }
 
 GemmLaunch GemmKernel::prepare(const GemmOperands &operands) const {
+  if (cfg.grouping != GemmGrouping::None)
+    throw Error(kernelContext(cfg) +
+                ": a grouped kernel is launched with prepareGrouped()");
   checkGemmOperands(cfg, operands);
   std::string context =
       kernelContext(cfg) + " (" + describeShape(operands) + ")";
@@ -418,8 +472,56 @@ GemmLaunch GemmKernel::prepare(const GemmOperands &operands) const {
                                        cfg.blockN, context + ", tensor map B");
   launch.operands = operands;
   launch.gridSize = gemmGridSize(cfg, operands.m, operands.n, multiprocessors);
-  size_t workspaceBytes = gemmWorkspaceBytes(cfg, operands.m, operands.n);
-  if (workspaceBytes > 0 && operands.workspace == 0) {
+  useOwnWorkspace(launch, gemmWorkspaceBytes(cfg, operands.m, operands.n),
+                  context);
+  return launch;
+}
+
+GemmLaunch
+GemmKernel::prepareGrouped(const GroupedGemmOperands &grouped) const {
+  const GemmOperands &operands = grouped.gemm;
+  int groups = grouped.numGroups;
+  std::string context = kernelContext(cfg) + " (" + describeShape(operands) +
+                        " G=" + std::to_string(groups) + ")";
+  if (cfg.grouping == GemmGrouping::None)
+    throw Error(context + ": not a grouped kernel; launch it with prepare()");
+  checkGemmOperands(cfg, operands);
+  if (groups < 1 || groups > kMaxGemmGroups)
+    throw Error(context + ": G must be 1 to " + std::to_string(kMaxGemmGroups));
+  if (grouped.groups == 0 || grouped.groups % 4 != 0)
+    throw Error(
+        context + ": the group " +
+        (cfg.grouping == GemmGrouping::Contiguous ? "offsets" : "counts") +
+        " must be a 4-byte aligned device pointer");
+  // Contiguous: A and out hold R rows; masked: G slabs of maxRows rows.
+  int64_t rowsA = cfg.grouping == GemmGrouping::Masked
+                      ? int64_t(groups) * operands.m
+                      : int64_t(operands.m);
+  int64_t rowsB = int64_t(groups) * operands.n;
+  if (rowsA > std::numeric_limits<int32_t>::max() ||
+      rowsB > std::numeric_limits<int32_t>::max())
+    throw Error(context + ": G * rows and G * N must fit in int32");
+  GemmLaunch launch;
+  launch.tensorMapA =
+      encodeOperandMap(operands.a, static_cast<int>(rowsA), operands.k,
+                       cfg.blockM, context + ", tensor map A");
+  launch.tensorMapB =
+      encodeOperandMap(operands.b, static_cast<int>(rowsB), operands.k,
+                       cfg.blockN, context + ", tensor map B");
+  launch.operands = operands;
+  launch.groups = grouped.groups;
+  launch.numGroups = groups;
+  launch.gridSize =
+      groupedGemmGridSize(cfg, operands.m, groups, operands.n, multiprocessors);
+  useOwnWorkspace(
+      launch, groupedGemmWorkspaceBytes(cfg, operands.m, groups, operands.n),
+      context);
+  return launch;
+}
+
+void GemmKernel::useOwnWorkspace(GemmLaunch &launch, size_t workspaceBytes,
+                                 const std::string &context) const {
+  if (workspaceBytes > 0 && launch.operands.workspace == 0) {
     if (workspace.size() < workspaceBytes) {
       // Freeing the smaller one waits for the launches that still use it
       // (cuMemFree synchronizes); the counters start at zero.
@@ -431,25 +533,33 @@ GemmLaunch GemmKernel::prepare(const GemmOperands &operands) const {
     }
     launch.operands.workspace = workspace.get();
   }
-  return launch;
 }
 
 void GemmKernel::launch(const GemmLaunch &prepared, CUstream stream) const {
   if (!function)
     throw Error(kernelContext(cfg) + ": launched after being moved from");
-  // cuLaunchKernel reads as many parameters as the kernel declares (checked
-  // against the ABI at load), so the trailing A and B pointers reach only the
-  // reference kernels that take them.
+  // The parameter list was checked against the ABI at load.
   CUtensorMap tensorMapA = prepared.tensorMapA;
   CUtensorMap tensorMapB = prepared.tensorMapB;
   GemmOperands operands = prepared.operands;
-  void *parameters[] = {&tensorMapA,      &tensorMapB,   &operands.scaleA,
-                        &operands.scaleB, &operands.out, &operands.m,
-                        &operands.n,      &operands.k,   &operands.a,
-                        &operands.b};
-  // Split-K kernels (never reference kernels) take the workspace after K.
+  CUdeviceptr groups = prepared.groups;
+  int numGroups = prepared.numGroups;
+  void *parameters[12] = {&tensorMapA,      &tensorMapB,   &operands.scaleA,
+                          &operands.scaleB, &operands.out, &operands.m,
+                          &operands.n,      &operands.k};
+  // After K: the workspace (split-K), then groups and G (grouped), or A and
+  // B (reference kernels, which are neither).
+  size_t next = 8;
   if (cfg.splitK > 1)
-    parameters[8] = &operands.workspace;
+    parameters[next++] = &operands.workspace;
+  if (cfg.grouping != GemmGrouping::None) {
+    parameters[next++] = &groups;
+    parameters[next++] = &numGroups;
+  }
+  if (cfg.operandPointers) {
+    parameters[next++] = &operands.a;
+    parameters[next++] = &operands.b;
+  }
   CUresult result = driver().cuLaunchKernel(
       function, prepared.gridSize, 1, 1, cfg.threadsPerBlock(), 1, 1,
       cfg.launchSharedMemoryBytes(), stream, parameters, nullptr);
@@ -460,6 +570,11 @@ void GemmKernel::launch(const GemmLaunch &prepared, CUstream stream) const {
 
 void GemmKernel::launch(const GemmOperands &operands, CUstream stream) const {
   launch(prepare(operands), stream);
+}
+
+void GemmKernel::launchGrouped(const GroupedGemmOperands &operands,
+                               CUstream stream) const {
+  launch(prepareGrouped(operands), stream);
 }
 
 } // namespace kiln::cuda

@@ -243,6 +243,22 @@ size_t mlaAttentionSharedBytes(const MlaAttentionArgs &args) {
                           9 * size_t(args.kvLoraRank) + 16);
 }
 
+/// A single token over a short context is faster on the per-(head, token)
+/// kernel: its 128 blocks stream kv_b and the cache once, where the
+/// tensor-core path pays three launches and ~20 µs of fixed cost per block
+/// (H100, kiln-bench-mla: 33 vs 64 µs at context 128, even near 460, 86 vs
+/// 422 µs at 4096; runtime/lib/cuda/kernels/README.md).
+constexpr int kScalarPathMaxContext = 448;
+
+bool mlaAttentionOnTensorCores(const MlaAttentionArgs &a) {
+  if (a.q.rows == 1 && a.maxContext <= kScalarPathMaxContext)
+    return false;
+  return a.workspace != 0 && a.cacheType == ElementType::BF16 &&
+         a.kvLoraRank % 8 == 0 && a.kvLoraRank <= k::kFlashLatent &&
+         a.ropeDim % 8 == 0 && a.ropeDim <= k::kFlashRope &&
+         a.nopeDim % 2 == 0 && a.vDim % 2 == 0;
+}
+
 void checkMlaAttention(const MlaAttentionArgs &a) {
   Checker check("mla_attention");
   check.require(a.heads >= 1, "heads must be at least 1");
@@ -297,6 +313,15 @@ void checkMlaAttention(const MlaAttentionArgs &a) {
   check.pointer(a.cache, "cache", 4);
   if (a.cacheType == ElementType::F8E4M3)
     check.pointer(a.cacheScales, "cacheScales (f8e4m3 cache)", 4);
+  if (mlaAttentionOnTensorCores(a)) {
+    check.pointer(a.workspace, "workspace", 16);
+    check.pointer(a.cache, "cache (tensor-core path)", 16);
+    size_t need = mlaAttentionWorkspaceBytes(T, a.heads, a.kvLoraRank);
+    check.require(a.workspaceBytes >= need,
+                  "the workspace has " + std::to_string(a.workspaceBytes) +
+                      " bytes, " + std::to_string(T) + " tokens need " +
+                      std::to_string(need));
+  }
 }
 
 void checkMoeRoute(const MoeRouteArgs &a) {
@@ -405,6 +430,44 @@ void checkSelectRows(const DeviceMatrix &x, CUdeviceptr rows, int64_t count,
 
 namespace {
 
+/// Bytes of the workspace's q_latent/o_latent part, 256-byte aligned.
+size_t latentWorkspaceBytes(int64_t tokens, int heads, int kvLoraRank) {
+  return (size_t(tokens) * heads * kvLoraRank * 2 + 255) / 256 * 256;
+}
+
+/// Flash blocks split a token's KV range when the step has at most
+/// kMlaMaxPartials / 2 (token, head group) blocks (one wave of 132 SMs):
+/// splits of at least kMinSplitLength positions, up to kMlaMaxPartials
+/// blocks in all, so that a decode step of few sequences still fills the
+/// GPU; each split costs a Q load and a partial O write, hence the minimum.
+struct MlaSplit {
+  int splits;
+  int length;
+};
+constexpr int kMinSplitLength = 128;
+
+MlaSplit mlaSplit(int64_t blocks, int maxContext) {
+  auto roundUp = [](int64_t x, int64_t to) { return (x + to - 1) / to * to; };
+  int64_t splits =
+      std::min<int64_t>((maxContext + kMinSplitLength - 1) / kMinSplitLength,
+                        k::kMlaMaxPartials / std::max<int64_t>(blocks, 1));
+  if (splits <= 1)
+    return {1, static_cast<int>(roundUp(maxContext, k::kFlashTile))};
+  int64_t length = roundUp((maxContext + splits - 1) / splits, k::kFlashTile);
+  return {static_cast<int>((maxContext + length - 1) / length),
+          static_cast<int>(length)};
+}
+
+} // namespace
+
+size_t mlaAttentionWorkspaceBytes(int64_t maxTokens, int heads,
+                                  int kvLoraRank) {
+  return latentWorkspaceBytes(maxTokens, heads, kvLoraRank) +
+         size_t(k::kMlaMaxPartials) * k::kFlashRows * (kvLoraRank + 1) * 4;
+}
+
+namespace {
+
 enum Kernel {
   kEmbed,
   kRmsNorm,
@@ -422,10 +485,18 @@ enum Kernel {
   kMatmulScalarT2,
   kMatmulScalarT4,
   kMatmulScalarT8,
+  kMatmulSplitKT1,
+  kMatmulSplitKT2,
+  kMatmulSplitKT4,
+  kMatmulSplitKT8,
   kMlaAppendBF16,
   kMlaAppendF8,
   kMlaAttentionBF16,
   kMlaAttentionF8,
+  kMlaAbsorbQ,
+  kMlaAbsorbOut,
+  kMlaFlash,
+  kMlaCombine,
   kMoeRoute,
   kMoeDispatchPlan,
   kMoeDispatchCopy,
@@ -451,10 +522,18 @@ constexpr std::array<const char *, kKernelCount> kKernelNames = {
     "kiln_matmul_f32_scalar_t2",
     "kiln_matmul_f32_scalar_t4",
     "kiln_matmul_f32_scalar_t8",
+    "kiln_matmul_f32_split_k_t1",
+    "kiln_matmul_f32_split_k_t2",
+    "kiln_matmul_f32_split_k_t4",
+    "kiln_matmul_f32_split_k_t8",
     "kiln_mla_append_bf16",
     "kiln_mla_append_f8",
     "kiln_mla_attention_bf16",
     "kiln_mla_attention_f8",
+    "kiln_mla_absorb_q",
+    "kiln_mla_absorb_out",
+    "kiln_mla_flash",
+    "kiln_mla_combine",
     "kiln_moe_route",
     "kiln_moe_dispatch_plan",
     "kiln_moe_dispatch_copy",
@@ -463,8 +542,12 @@ constexpr std::array<const char *, kKernelCount> kKernelNames = {
 };
 
 constexpr unsigned kRowThreads = 256;    // kernels/dense.cuh
+constexpr unsigned kNormThreads = 1024;  // kernels/dense.cuh
 constexpr unsigned kMatmulThreads = 256; // 8 warps of 4 columns
 constexpr unsigned kMatmulBlockColumns = 32;
+constexpr unsigned kMatmulColumnsPerWarp = 4;
+/// Below 4096 columns (128 blocks of 32) the split-K product runs instead.
+constexpr int64_t kMatmulSplitKBelowColumns = 4096;
 constexpr unsigned kMlaThreads = 256;
 constexpr unsigned kRouteThreads = 256;
 constexpr unsigned kDispatchThreads = 1024;
@@ -493,6 +576,11 @@ k::QuantizedRef ref(const QuantizedMatrix &q) {
 
 unsigned gridFor(int64_t items, int64_t perBlock) {
   return static_cast<unsigned>((items + perBlock - 1) / perBlock);
+}
+
+/// Column chunks of the element-wise row kernels (grid y).
+unsigned columnChunks(int64_t cols) {
+  return std::max(1u, gridFor(cols, kRowThreads));
 }
 
 } // namespace
@@ -543,6 +631,10 @@ ModelKernels::ModelKernels() : impl(new Impl) {
       KILN_CU(std::string("model kernel ") + kKernelNames[kernel],
               cuModuleGetFunction, &impl->functions[kernel], impl->module,
               kKernelNames[kernel]);
+    KILN_CU("model kernel kiln_mla_flash", cuFuncSetAttribute,
+            impl->functions[kMlaFlash],
+            CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            k::kFlashSharedBytes);
   } catch (...) {
     if (impl->module)
       driver().cuModuleUnload(impl->module);
@@ -569,7 +661,8 @@ void ModelKernels::embed(CUstream stream, CUdeviceptr tokens, int64_t T,
   p.rows = T;
   p.cols = out.cols;
   p.vocab = vocab;
-  impl->launch(kEmbed, gridFor(T, 1), 1, kRowThreads, 0, stream, p);
+  impl->launch(kEmbed, gridFor(T, 1), columnChunks(out.cols), kRowThreads, 0,
+               stream, p);
 }
 
 void ModelKernels::rmsNorm(CUstream stream, const DeviceMatrix &x,
@@ -583,7 +676,7 @@ void ModelKernels::rmsNorm(CUstream stream, const DeviceMatrix &x,
   p.rows = x.rows;
   p.cols = x.cols;
   p.eps = eps;
-  impl->launch(kRmsNorm, gridFor(x.rows, 1), 1, kRowThreads, 0, stream, p);
+  impl->launch(kRmsNorm, gridFor(x.rows, 1), 1, kNormThreads, 0, stream, p);
 }
 
 void ModelKernels::rmsNormQuantize(CUstream stream, const DeviceMatrix &x,
@@ -597,7 +690,7 @@ void ModelKernels::rmsNormQuantize(CUstream stream, const DeviceMatrix &x,
   p.rows = x.rows;
   p.cols = x.cols;
   p.eps = eps;
-  impl->launch(kRmsNormQuantize, gridFor(x.rows, 1), 1, kRowThreads, 0, stream,
+  impl->launch(kRmsNormQuantize, gridFor(x.rows, 1), 1, kNormThreads, 0, stream,
                p);
 }
 
@@ -627,9 +720,17 @@ void ModelKernels::matmulF32(CUstream stream, const DeviceMatrix &x,
   // once without wasted FMAs on padding rows.
   int tokens = x.rows <= 1 ? 1 : x.rows <= 2 ? 2 : x.rows <= 4 ? 4 : 8;
   int index = tokens == 1 ? 0 : tokens == 2 ? 1 : tokens == 4 ? 2 : 3;
-  Kernel kernel = static_cast<Kernel>(
-      (detail::matmulVectorizable(x, weight) ? kMatmulT1 : kMatmulScalarT1) +
-      index);
+  const bool vector = detail::matmulVectorizable(x, weight);
+  if (vector && n < kMatmulSplitKBelowColumns) {
+    // Too few columns to fill the GPU a warp per 4 columns (the router gate:
+    // 8 blocks): a block per 4 columns with K split across its warps.
+    impl->launch(static_cast<Kernel>(kMatmulSplitKT1 + index),
+                 gridFor(n, kMatmulColumnsPerWarp), gridFor(x.rows, tokens),
+                 kMatmulThreads, 0, stream, p);
+    return;
+  }
+  Kernel kernel =
+      static_cast<Kernel>((vector ? kMatmulT1 : kMatmulScalarT1) + index);
   impl->launch(kernel, gridFor(n, kMatmulBlockColumns), gridFor(x.rows, tokens),
                kMatmulThreads, 0, stream, p);
 }
@@ -663,7 +764,8 @@ void ModelKernels::add(CUstream stream, const DeviceMatrix &a,
   p.out = ref(out);
   p.rows = a.rows;
   p.cols = a.cols;
-  impl->launch(kAdd, gridFor(a.rows, 1), 1, kRowThreads, 0, stream, p);
+  impl->launch(kAdd, gridFor(a.rows, 1), columnChunks(a.cols), kRowThreads, 0,
+               stream, p);
 }
 
 void ModelKernels::mlaAttention(CUstream stream, const MlaAttentionArgs &args) {
@@ -696,9 +798,31 @@ void ModelKernels::mlaAttention(CUstream stream, const MlaAttentionArgs &args) {
   // Stream order puts every append before every read of the step.
   impl->launch(f8 ? kMlaAppendF8 : kMlaAppendBF16, tokens, 1, kMlaThreads,
                sizeof(float) * (args.kvLoraRank + args.ropeDim), stream, p);
-  impl->launch(f8 ? kMlaAttentionF8 : kMlaAttentionBF16,
-               static_cast<unsigned>(args.heads), tokens, kMlaThreads,
-               detail::mlaAttentionSharedBytes(args), stream, p);
+  if (!detail::mlaAttentionOnTensorCores(args)) {
+    impl->launch(f8 ? kMlaAttentionF8 : kMlaAttentionBF16,
+                 static_cast<unsigned>(args.heads), tokens, kMlaThreads,
+                 detail::mlaAttentionSharedBytes(args), stream, p);
+    return;
+  }
+  const int groups = (args.heads + k::kFlashRows - 1) / k::kFlashRows;
+  const MlaSplit split = mlaSplit(tokens * int64_t(groups), args.maxContext);
+  p.splits = split.splits;
+  p.splitLength = split.length;
+  p.workspaceLatent = args.workspace;
+  p.workspacePartial =
+      args.workspace +
+      latentWorkspaceBytes(args.q.rows, args.heads, args.kvLoraRank);
+  p.partialLseFloats = int64_t(k::kMlaMaxPartials) * k::kFlashRows;
+  const unsigned tokenTiles = gridFor(args.q.rows, k::kAbsorbM);
+  impl->launch(kMlaAbsorbQ, gridFor(args.kvLoraRank, k::kAbsorbN) * args.heads,
+               tokenTiles, k::kAbsorbThreads, 0, stream, p);
+  impl->launch(kMlaFlash, static_cast<unsigned>(groups * split.splits), tokens,
+               k::kFlashThreads, k::kFlashSharedBytes, stream, p);
+  if (split.splits > 1)
+    impl->launch(kMlaCombine, static_cast<unsigned>(args.heads), tokens,
+                 k::kCombineThreads, 0, stream, p);
+  impl->launch(kMlaAbsorbOut, gridFor(args.vDim, k::kAbsorbN) * args.heads,
+               tokenTiles, k::kAbsorbThreads, 0, stream, p);
 }
 
 void ModelKernels::moeRoute(CUstream stream, const MoeRouteArgs &args) {
@@ -753,7 +877,8 @@ void ModelKernels::swiglu(CUstream stream, const DeviceMatrix &gate,
   p.out = ref(out);
   p.rows = gate.rows;
   p.cols = gate.cols;
-  impl->launch(kSwiglu, gridFor(gate.rows, 1), 1, kRowThreads, 0, stream, p);
+  impl->launch(kSwiglu, gridFor(gate.rows, 1), columnChunks(gate.cols),
+               kRowThreads, 0, stream, p);
 }
 
 void ModelKernels::swigluQuantize(CUstream stream, const DeviceMatrix &gate,
@@ -784,7 +909,8 @@ void ModelKernels::moeCombine(CUstream stream, const DeviceMatrix &y,
   p.cols = out.cols;
   p.routedRows = y.rows;
   p.topK = topK;
-  impl->launch(kMoeCombine, gridFor(out.rows, 1), 1, kRowThreads, 0, stream, p);
+  impl->launch(kMoeCombine, gridFor(out.rows, 1), columnChunks(out.cols),
+               kRowThreads, 0, stream, p);
 }
 
 void ModelKernels::selectRows(CUstream stream, const DeviceMatrix &x,
@@ -798,7 +924,8 @@ void ModelKernels::selectRows(CUstream stream, const DeviceMatrix &x,
   p.count = count;
   p.cols = x.cols;
   p.sourceRows = x.rows;
-  impl->launch(kSelectRows, gridFor(count, 1), 1, kRowThreads, 0, stream, p);
+  impl->launch(kSelectRows, gridFor(count, 1), columnChunks(x.cols),
+               kRowThreads, 0, stream, p);
 }
 
 } // namespace kiln::cuda

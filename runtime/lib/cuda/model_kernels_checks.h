@@ -32,6 +32,8 @@ bool matmulVectorizable(const DeviceMatrix &x, CUdeviceptr weight);
 void checkAdd(const DeviceMatrix &a, const DeviceMatrix &b,
               const DeviceMatrix &out);
 void checkMlaAttention(const MlaAttentionArgs &args);
+/// Whether mlaAttention takes the tensor-core path (model_kernels.h).
+bool mlaAttentionOnTensorCores(const MlaAttentionArgs &args);
 /// Dynamic shared memory of the attention kernel for `args`' shapes.
 size_t mlaAttentionSharedBytes(const MlaAttentionArgs &args);
 void checkMoeRoute(const MoeRouteArgs &args);

@@ -83,3 +83,20 @@ func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n 
 
 // expected-error @+1 {{gemm_config: split_k must be in [1, 16], got 0}}
 func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 0>}
+
+// -----
+
+// expected-error @+1 {{grouped must be 'contiguous' or 'masked', got 'ragged'}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, grouped = ragged>}
+
+// -----
+
+// expected-error @+1 {{expected 'split_k = N' then 'grouped = contiguous|masked', each at most once}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, grouped = masked, split_k = 2>}
+
+// -----
+
+// The group tables (12300 bytes) count against shared memory: 7 stages of
+// 128x128 fit a plain kernel (230512 bytes), not a grouped one.
+// expected-error @+1 {{gemm_config: 242812 bytes of shared memory exceed the 232448 of an sm_90 block}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 7, consumers = 2, grouped = contiguous>}

@@ -8,10 +8,14 @@
 // the artifact's launch plans op by op (compiler/docs/artifact.md): the
 // `decode` plan for steps of up to max_batch tokens, the `prefill` plan in
 // chunks for longer ones. Every GEMM runs one of the artifact's compiled FP8
-// kernels; the other ops run the CUDA kernels of model_kernels.h.
+// kernels; the other ops run the CUDA kernels of model_kernels.h. Decode
+// steps replay CUDA Graphs, one per batch bucket, when every op of the plan
+// can be captured; an opt-in per-op timeline times each plan step
+// (runtime/README.md "CUDA backend" says how both work).
 //
 // Threading: as Backend says. Every entry point makes the backend's context
-// current on the calling thread.
+// current on the calling thread; the setters below take effect between
+// steps (call them from the thread that steps).
 //
 //===----------------------------------------------------------------------===//
 
@@ -21,6 +25,7 @@
 #include "kiln/artifact.h"
 #include "kiln/backend.h"
 #include "kiln/checkpoint.h"
+#include "kiln/cuda/timeline.h"
 
 #include <filesystem>
 #include <functional>
@@ -38,6 +43,15 @@ struct CudaBackendOptions {
   /// uploaded, in [0, 1]; returning false cancels the load (kiln::Error
   /// "cancelled" after everything is freed).
   std::function<bool(double)> progress;
+  /// Run decode steps as CUDA Graphs (one captured per batch and context
+  /// bucket, replayed after; see cudaGraphStatus()). The environment
+  /// variable KILN_CUDA_GRAPHS=0 turns it off whatever this says.
+  bool cudaGraphs = true;
+  /// Record a per-op timeline of every plan run (setTimeline() says how).
+  /// KILN_TIMELINE=FILE.json turns it on too and writes the Chrome trace to
+  /// FILE.json, and the per-op table to stderr, when the backend is
+  /// destroyed.
+  bool timeline = false;
 };
 
 /// Statistics of the steps run so far.
@@ -49,6 +63,9 @@ struct CudaBackendStats {
   uint64_t kvCacheBytes = 0;
   int64_t kvPagesFree = 0;
   int64_t kvPagesTotal = 0;
+  /// Decode chunks replayed from a CUDA Graph, and graphs captured.
+  int64_t graphReplays = 0;
+  int64_t graphCaptures = 0;
 };
 
 class CudaBackend : public Backend {
@@ -79,6 +96,21 @@ public:
   CudaBackendStats stats() const;
   /// "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)".
   std::string deviceDescription() const;
+
+  /// Turns CUDA Graph replay of decode steps on or off for later steps
+  /// (graphs already captured are kept).
+  void setCudaGraphs(bool enabled);
+  /// Whether decode steps run as graphs, and why not when they do not (off,
+  /// not tried yet, or the step of the plan that cannot be captured).
+  std::string cudaGraphStatus() const;
+  /// Turns the per-op timeline on or off for later steps. While it is on,
+  /// every plan runs eagerly with a CUDA event recorded after each step and
+  /// the GPU held until the whole plan is enqueued, so that each step's GPU
+  /// time is its kernels' alone, without the host's launch gaps (the host's
+  /// enqueue time is recorded on its own row).
+  void setTimeline(bool enabled);
+  /// The timeline recorded so far; recording starts afresh.
+  Timeline takeTimeline();
 
   struct Impl;
 

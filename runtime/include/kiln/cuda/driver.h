@@ -65,11 +65,13 @@ private:
   X(cuOccupancyMaxActiveBlocksPerMultiprocessor)                               \
   X(cuTensorMapEncodeTiled)                                                    \
   X(cuLaunchKernel)                                                            \
+  X(cuLaunchHostFunc)                                                          \
   X(cuMemAlloc)                                                                \
   X(cuMemFree)                                                                 \
   X(cuMemGetInfo)                                                              \
   X(cuMemcpyHtoD)                                                              \
   X(cuMemcpyDtoH)                                                              \
+  X(cuMemcpyHtoDAsync)                                                         \
   X(cuMemcpyDtoDAsync)                                                         \
   X(cuMemsetD32Async)                                                          \
   X(cuMemsetD16Async)                                                          \
@@ -82,7 +84,13 @@ private:
   X(cuEventRecord)                                                             \
   X(cuEventQuery)                                                              \
   X(cuEventSynchronize)                                                        \
-  X(cuEventElapsedTime)
+  X(cuEventElapsedTime)                                                        \
+  X(cuStreamBeginCapture)                                                      \
+  X(cuStreamEndCapture)                                                        \
+  X(cuGraphInstantiate)                                                        \
+  X(cuGraphLaunch)                                                             \
+  X(cuGraphDestroy)                                                            \
+  X(cuGraphExecDestroy)
 
 /// Function pointers into libcuda.so.1.
 struct Driver {

@@ -4,9 +4,13 @@
 // compiler/docs/gemm-abi.md specifies: two TMA tensor maps for A and B, the
 // 1×128 and 128×128 scales, BF16 out, a persistent grid of
 // min(#SMs, tiles × split_k) blocks; split-K kernels also take an FP32
-// workspace, which the GemmKernel allocates unless the caller passes one. The
-// kernel's configuration comes from the manifest the compiler writes beside the
-// cubin (`<name>.json`, format in gemm-abi.md "Kernel manifest").
+// workspace, which the GemmKernel allocates unless the caller passes one.
+// Grouped kernels (gemm-abi.md "Grouped kernels") compute one GEMM per group
+// of rows against a stacked [G·N, K] weight in one launch, reading the group
+// offsets or counts from device memory: launchGrouped() never synchronizes
+// or reads anything back, so it can be captured in a CUDA graph. The
+// kernel's configuration comes from the manifest the compiler writes beside
+// the cubin (`<name>.json`, format in gemm-abi.md "Kernel manifest").
 //
 // Every driver error is a kiln::cuda::CudaError naming the call, the kernel
 // and the shape. Launches are asynchronous: faults inside the kernel surface
@@ -24,6 +28,14 @@
 #include <string>
 
 namespace kiln::cuda {
+
+/// What a grouped kernel reads as its groups (gemm-abi.md "Grouped
+/// kernels"): none (a plain GEMM), G + 1 row offsets into one [R, K] A, or G
+/// row counts of [G, maxRows, K] slabs.
+enum class GemmGrouping { None, Contiguous, Masked };
+
+/// Groups a grouped kernel accepts (its group tables live in shared memory).
+constexpr int kMaxGemmGroups = 1024;
 
 /// How a GEMM kernel is launched (gemm-abi.md "Launch", "Kernel manifest").
 struct GemmKernelConfig {
@@ -46,10 +58,13 @@ struct GemmKernelConfig {
   /// Reference kernels only (runtime/tools/gemm_reference.cu): A and B are
   /// also passed as plain `const uint8_t *` after K.
   bool operandPointers = false;
+  /// Grouped kernels take `groups` and `G` after K (and the workspace).
+  GemmGrouping grouping = GemmGrouping::None;
 
   int threadsPerBlock() const { return 128 * (1 + consumerWarpgroups); }
   /// `stages * (BLOCK_M + BLOCK_N) * 128` bytes of tiles plus `2 * stages`
-  /// 8-byte mbarriers.
+  /// 8-byte mbarriers, plus a grouped kernel's group tables (three int32
+  /// arrays of kMaxGemmGroups + 1).
   int abiSharedMemoryBytes() const;
   /// `sharedMemoryBytes`, or the ABI minimum when it is 0.
   int launchSharedMemoryBytes() const;
@@ -105,6 +120,34 @@ unsigned gemmGridSize(const GemmKernelConfig &config, int m, int n,
 /// slots of BLOCK_M × BLOCK_N. 0 when split_k is 1.
 size_t gemmWorkspaceBytes(const GemmKernelConfig &config, int m, int n);
 
+/// One grouped launch (gemm-abi.md "Grouped kernels"): G GEMMs
+/// out_g = A_g · B_gᵀ with B = [G·N, K] (expert g's weight at rows g·N) and
+/// scaleB = [G·⌈N/128⌉][⌈K/128⌉]. `gemm.m` is R, the rows of A and out
+/// (contiguous), or maxRows, the rows of each group's slab (masked: A is
+/// [G, maxRows, K], scaleA [G][⌈K/128⌉][maxRows], out [G, maxRows, N]).
+struct GroupedGemmOperands {
+  GemmOperands gemm;
+  /// int32 in device memory: G + 1 row offsets (contiguous; group g owns
+  /// rows offsets[g] .. offsets[g+1] of A, scaleA in the grouped layout of
+  /// artifact.md) or G row counts (masked). Read by the kernel only.
+  CUdeviceptr groups = 0;
+  int numGroups = 0;
+};
+
+/// Tiles of a grouped launch whatever the group sizes turn out to be (the
+/// grid and the split-K workspace are sized by it): contiguous
+/// (⌊R/BLOCK_M⌋ + min(G, R)) · ⌈N/BLOCK_N⌉, masked G · ⌈maxRows/BLOCK_M⌉ ·
+/// ⌈N/BLOCK_N⌉.
+int64_t groupedGemmTileBound(const GemmKernelConfig &config, int rows,
+                             int groups, int n);
+/// The persistent grid: min(multiprocessors, tile bound × split_k).
+unsigned groupedGemmGridSize(const GemmKernelConfig &config, int rows,
+                             int groups, int n, int multiprocessors);
+/// Split-K workspace of a grouped launch: gemmWorkspaceBytes' record for
+/// each of the tile bound's tiles. 0 when split_k is 1.
+size_t groupedGemmWorkspaceBytes(const GemmKernelConfig &config, int rows,
+                                 int groups, int n);
+
 /// Everything a launch passes, prepared once per operand set: encoding the
 /// tensor maps is host work that timed loops should not repeat.
 struct GemmLaunch {
@@ -112,6 +155,9 @@ struct GemmLaunch {
   CUtensorMap tensorMapB;
   GemmOperands operands;
   unsigned gridSize = 0;
+  /// Grouped kernels: the offsets or counts, and G.
+  CUdeviceptr groups = 0;
+  int numGroups = 0;
 };
 
 /// The kernel's resources as the driver reports them.
@@ -146,10 +192,19 @@ public:
   /// workspace must then be ordered (one stream), and a prepared launch is
   /// valid until a later prepare() grows it.
   GemmLaunch prepare(const GemmOperands &operands) const;
+  /// The same for a grouped kernel. Nothing is read back from the device:
+  /// the group sizes stay where they are until the kernel reads them. To
+  /// capture launches in a CUDA graph, pass a workspace (split-K) or
+  /// prepare once outside the capture so that the kernel's own is sized
+  /// for the largest R (growing it synchronizes).
+  GemmLaunch prepareGrouped(const GroupedGemmOperands &operands) const;
   /// Enqueues the kernel on `stream` (no synchronization).
   void launch(const GemmLaunch &prepared, CUstream stream) const;
   /// prepare + launch.
   void launch(const GemmOperands &operands, CUstream stream) const;
+  /// prepareGrouped + launch: no synchronization, nothing read back.
+  void launchGrouped(const GroupedGemmOperands &operands,
+                     CUstream stream) const;
 
   const GemmKernelConfig &config() const { return cfg; }
   const GemmKernelAttributes &attributes() const { return attrs; }
@@ -157,6 +212,10 @@ public:
 
 private:
   void unload();
+  /// Points `launch` at the kernel's own split-K workspace when it needs
+  /// one and brings none, growing (and zeroing) it first if too small.
+  void useOwnWorkspace(GemmLaunch &launch, size_t workspaceBytes,
+                       const std::string &context) const;
 
   GemmKernelConfig cfg;
   GemmKernelAttributes attrs;

@@ -100,7 +100,24 @@ struct MlaAttentionArgs {
   CUdeviceptr cacheScales = 0;
   /// The longest sequence (positions + 1) in the step: bounds the work.
   int maxContext = 0;
+
+  /// Scratch of at least mlaAttentionWorkspaceBytes(T, heads, kvLoraRank)
+  /// bytes (16-byte aligned, device), or 0. With it, a BF16 cache with
+  /// kvLoraRank ≤ 512 and ropeDim ≤ 64 (multiples of 8) takes the
+  /// tensor-core path: absorption as per-head batched GEMMs over the step's
+  /// tokens, flash attention over 64 heads of a token per block with the KV
+  /// range split across blocks when the step has few. Otherwise (an FP8
+  /// cache, other shapes, or no workspace) one block per (head, token).
+  /// Allocate it once for the most tokens a step will have: the call
+  /// allocates nothing and never synchronizes.
+  CUdeviceptr workspace = 0;
+  size_t workspaceBytes = 0;
 };
+
+/// Bytes of MlaAttentionArgs::workspace for steps of up to `maxTokens`
+/// tokens: q_latent/o_latent bf16 [maxTokens][heads][kvLoraRank] plus the
+/// KV splits' partials (fixed, ≈ 35 MB at kvLoraRank 512).
+size_t mlaAttentionWorkspaceBytes(int64_t maxTokens, int heads, int kvLoraRank);
 
 /// noaux_tc routing.
 struct MoeRouteArgs {

@@ -2,7 +2,10 @@
 //
 // Embedding, RMSNorm (plain and fused with 1×128 quantization), quantization,
 // SwiGLU, residual adds, row selection and the FP32 product with a BF16
-// weight (router gate, output head). Row kernels run one block per row;
+// weight (router gate, output head). Element-wise row kernels run a grid of
+// rows × column chunks of kRowThreads (one block per whole row left a decode
+// step's few rows latency-bound: 28 dependent loads per thread at width
+// 7168); RMSNorm runs one block of kNormThreads per row (it reduces the row);
 // per-tile work runs one warp per 128-column tile.
 //
 //===----------------------------------------------------------------------===//
@@ -15,7 +18,12 @@
 namespace kiln::cuda::kernels {
 
 constexpr int kRowThreads = 256;
+constexpr int kNormThreads = 1024;
 
+/// Column of this thread in a rows × column-chunks grid (y: chunks).
+__device__ __forceinline__ long long chunkColumn() {
+  return static_cast<long long>(blockIdx.y) * blockDim.x + threadIdx.x;
+}
 __device__ __forceinline__ float silu(float x) {
   // kiln::silu's formula, so that only expf's rounding differs.
   return x / (1.0f + expf(-x));
@@ -49,11 +57,12 @@ extern "C" __global__ void __launch_bounds__(kRowThreads)
   bool valid = token >= 0 && token < p.vocab;
   const unsigned short *source =
       pointer<const unsigned short>(p.table) + (valid ? token * p.cols : 0);
-  for (long long c = threadIdx.x; c < p.cols; c += blockDim.x)
+  long long c = chunkColumn();
+  if (c < p.cols)
     out[c] = valid ? bf16Bits(source[c]) : __int_as_float(0x7FC00000);
 }
 
-extern "C" __global__ void __launch_bounds__(kRowThreads)
+extern "C" __global__ void __launch_bounds__(kNormThreads)
     kiln_rms_norm(const RmsNormParams p) {
   long long row = blockIdx.x;
   float scale = inverseRms(p.x, row, p.cols, p.eps);
@@ -63,7 +72,7 @@ extern "C" __global__ void __launch_bounds__(kRowThreads)
                    bf16Bits(weight[c]) * (loadF32OrBF16(p.x, row, c) * scale));
 }
 
-extern "C" __global__ void __launch_bounds__(kRowThreads)
+extern "C" __global__ void __launch_bounds__(kNormThreads)
     kiln_rms_norm_quantize(const RmsNormParams p) {
   long long row = blockIdx.x;
   float scale = inverseRms(p.x, row, p.cols, p.eps);
@@ -103,8 +112,8 @@ extern "C" __global__ void __launch_bounds__(kRowThreads)
 
 extern "C" __global__ void __launch_bounds__(kRowThreads)
     kiln_swiglu(const SwigluParams p) {
-  long long row = blockIdx.x;
-  for (long long c = threadIdx.x; c < p.cols; c += blockDim.x)
+  long long row = blockIdx.x, c = chunkColumn();
+  if (c < p.cols)
     storeF32OrBF16(p.out, row, c,
                    silu(loadF32OrBF16(p.gate, row, c)) *
                        loadF32OrBF16(p.up, row, c));
@@ -132,8 +141,8 @@ extern "C" __global__ void __launch_bounds__(kRowThreads)
 
 extern "C" __global__ void __launch_bounds__(kRowThreads)
     kiln_add(const AddParams p) {
-  long long row = blockIdx.x;
-  for (long long c = threadIdx.x; c < p.cols; c += blockDim.x)
+  long long row = blockIdx.x, c = chunkColumn();
+  if (c < p.cols)
     pointer<float>(p.out.data)[row * p.out.stride + c] =
         loadF32OrBF16(p.a, row, c) + loadF32OrBF16(p.b, row, c);
 }
@@ -143,7 +152,8 @@ extern "C" __global__ void __launch_bounds__(kRowThreads)
   long long row = blockIdx.x;
   int source = pointer<const int>(p.rows)[row];
   bool valid = source >= 0 && source < p.sourceRows;
-  for (long long c = threadIdx.x; c < p.cols; c += blockDim.x)
+  long long c = chunkColumn();
+  if (c < p.cols)
     pointer<float>(p.out.data)[row * p.out.stride + c] =
         valid ? loadF32OrBF16(p.x, source, c) : __int_as_float(0x7FC00000);
 }
@@ -180,7 +190,10 @@ __device__ __forceinline__ void matmulF32(const MatmulParams &p) {
 
   float sum[kTokens][kMatmulColumns] = {};
   if constexpr (kVector) {
-#pragma unroll 2
+    // A decode step's router product (few tokens, 256 columns: 8 blocks) is
+    // bound by each lane's chain of loads; unrolling deeper keeps more of
+    // them in flight (the FMA order, hence every sum, is unchanged).
+#pragma unroll(kTokens <= 2 ? 4 : 2)
     for (long long k = lane * 8; k < p.k; k += kWarpSize * 8) {
       float weights[kMatmulColumns][8];
 #pragma unroll
@@ -233,6 +246,73 @@ __device__ __forceinline__ void matmulF32(const MatmulParams &p) {
     }
 }
 
+// Narrow outputs (the router gate's 256 columns: 8 blocks of the layout
+// above) split K instead: a block owns kMatmulColumns weight rows, its warps
+// take interleaved 256-wide slices of K and their sums meet in shared
+// memory, added in warp order (so every launch gives the same bits).
+template <int kTokens>
+__device__ __forceinline__ void matmulF32SplitK(const MatmulParams &p) {
+  int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  long long firstColumn = static_cast<long long>(blockIdx.x) * kMatmulColumns;
+  long long firstToken = static_cast<long long>(blockIdx.y) * kTokens;
+  const float *x[kTokens];
+  for (int t = 0; t < kTokens; ++t)
+    x[t] = pointer<const float>(p.x.data) +
+           min(firstToken + t, p.rows - 1) * p.x.stride;
+  const unsigned short *w[kMatmulColumns];
+  for (int c = 0; c < kMatmulColumns; ++c)
+    w[c] = pointer<const unsigned short>(p.weight) +
+           min(firstColumn + c, p.n - 1) * p.k;
+  float sum[kTokens][kMatmulColumns] = {};
+#pragma unroll 2
+  for (long long k = (warp * kWarpSize + lane) * 8; k < p.k;
+       k += kMatmulWarps * kWarpSize * 8) {
+    float weights[kMatmulColumns][8];
+#pragma unroll
+    for (int c = 0; c < kMatmulColumns; ++c) {
+      uint4 packed = __ldg(reinterpret_cast<const uint4 *>(w[c] + k));
+      unsigned words[4] = {packed.x, packed.y, packed.z, packed.w};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        weights[c][2 * i] = __uint_as_float(words[i] << 16);
+        weights[c][2 * i + 1] = __uint_as_float(words[i] & 0xFFFF0000u);
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kTokens; ++t) {
+      float4 low = __ldg(reinterpret_cast<const float4 *>(x[t] + k));
+      float4 high = __ldg(reinterpret_cast<const float4 *>(x[t] + k + 4));
+      float values[8] = {low.x,  low.y,  low.z,  low.w,
+                         high.x, high.y, high.z, high.w};
+#pragma unroll
+      for (int c = 0; c < kMatmulColumns; ++c)
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+          sum[t][c] = fmaf(values[i], weights[c][i], sum[t][c]);
+    }
+  }
+  __shared__ float partial[kMatmulWarps][kTokens][kMatmulColumns];
+#pragma unroll
+  for (int t = 0; t < kTokens; ++t)
+#pragma unroll
+    for (int c = 0; c < kMatmulColumns; ++c) {
+      float total = warpSum(sum[t][c]);
+      if (lane == 0)
+        partial[warp][t][c] = total;
+    }
+  __syncthreads();
+  if (threadIdx.x < kTokens * kMatmulColumns) {
+    int t = threadIdx.x / kMatmulColumns, c = threadIdx.x % kMatmulColumns;
+    float total = 0;
+    for (int w8 = 0; w8 < kMatmulWarps; ++w8)
+      total += partial[w8][t][c];
+    if (firstToken + t < p.rows && firstColumn + c < p.n)
+      pointer<float>(
+          p.out.data)[(firstToken + t) * p.out.stride + firstColumn + c] =
+          total;
+  }
+}
+
 #define KILN_MATMUL_KERNEL(tokens)                                             \
   extern "C" __global__ void __launch_bounds__(kMatmulWarps *kWarpSize)        \
       kiln_matmul_f32_t##tokens(const MatmulParams p) {                        \
@@ -241,6 +321,10 @@ __device__ __forceinline__ void matmulF32(const MatmulParams &p) {
   extern "C" __global__ void __launch_bounds__(kMatmulWarps *kWarpSize)        \
       kiln_matmul_f32_scalar_t##tokens(const MatmulParams p) {                 \
     matmulF32<tokens, false>(p);                                               \
+  }                                                                            \
+  extern "C" __global__ void __launch_bounds__(kMatmulWarps *kWarpSize)        \
+      kiln_matmul_f32_split_k_t##tokens(const MatmulParams p) {                \
+    matmulF32SplitK<tokens>(p);                                                \
   }
 KILN_MATMUL_KERNEL(1)
 KILN_MATMUL_KERNEL(2)

@@ -6,7 +6,9 @@
 //
 //  - append: one block per token writes [latent, RoPE(k_pe)] at the token's
 //    position in its sequence's pages (BF16, or E4M3 with one scale per row).
-//  - attention: one block per (head, token). RoPE on q_pe; q_latent = q_nope ·
+//  - attention (the FP8-cache path, and the path of a call without a
+//    workspace; mla_attention_mma.cuh is the BF16 tensor-core path): one
+//    block per (head, token). RoPE on q_pe; q_latent = q_nope ·
 //    W_UK (the head's first `nope` rows of kv_b_proj); each warp walks a share
 //    of the positions ≤ the token's with an online softmax in FP32 (lanes
 //    split the 576 cached values in pairs, four positions in flight); the

@@ -9,4 +9,5 @@
 
 #include "dense.cuh"
 #include "mla_attention.cuh"
+#include "mla_attention_mma.cuh"
 #include "moe.cuh"

@@ -98,6 +98,31 @@ struct AddParams {
   long long cols;
 };
 
+/// The tensor-core MLA path's fixed tiling (mla_attention_mma.cuh), shared
+/// with the host for launch sizes: a flash block holds 64 query rows (heads
+/// of one token) and 32-position cache tiles of kvLoraRank ≤ 512 latent plus
+/// ropeDim ≤ 64 columns, padded; at most kMlaMaxPartials (token, head group,
+/// split) partial results exist in a step (two waves of 132 SMs).
+constexpr int kFlashRows = 64;
+constexpr int kFlashTile = 32;
+constexpr int kFlashLatent = 512;
+constexpr int kFlashRope = 64;
+constexpr int kFlashDims = kFlashLatent + kFlashRope;
+/// Shared-memory row strides in elements: +8 keeps ldmatrix conflict-free.
+constexpr int kFlashStride = kFlashDims + 8;
+constexpr int kFlashPStride = kFlashTile + 8;
+constexpr int kFlashThreads = 256;
+/// Q, two cache tiles, P (all bf16), the halves' row maxima and sums (f32).
+constexpr int kFlashSharedBytes =
+    (kFlashRows + 2 * kFlashTile) * kFlashStride * 2 +
+    kFlashRows * kFlashPStride * 2 + 4 * kFlashRows * 4;
+constexpr int kMlaMaxPartials = 264;
+constexpr int kCombineThreads = 256;
+constexpr int kAbsorbM = 64;
+constexpr int kAbsorbN = 64;
+constexpr int kAbsorbK = 64;
+constexpr int kAbsorbThreads = 128;
+
 struct MlaParams {
   MatrixRef q;      // bf16 [T, heads * (nope + rope)]
   MatrixRef latent; // bf16 or f32 [T, kvLoraRank]
@@ -110,6 +135,13 @@ struct MlaParams {
   Address pageTable;
   Address cache;
   Address cacheScales;
+  /// The tensor-core path's workspace (mla_attention_mma.cuh): q_latent,
+  /// then o_latent over it, bf16 [tokens][heads][kvLoraRank]; and the KV
+  /// splits' partials, f32: log2-sum-exp [partials][64], then O/l
+  /// [partials][64][kvLoraRank] from partialLseFloats on.
+  Address workspaceLatent;
+  Address workspacePartial;
+  long long partialLseFloats;
   long long tokens;
   int heads;
   int nopeDim;
@@ -121,6 +153,9 @@ struct MlaParams {
   int maxContext;
   float softmaxScale;
   float attentionFactor;
+  /// KV splits per (token, 64 heads) and the positions each covers.
+  int splits;
+  int splitLength;
 };
 
 struct RouteParams {

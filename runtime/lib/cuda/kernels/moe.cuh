@@ -249,7 +249,9 @@ extern "C" __global__ void __launch_bounds__(kiln::cuda::kernels::kRowThreads)
   const int *rows = pointer<const int>(p.rows) + token * p.topK;
   const float *weights = pointer<const float>(p.weights) + token * p.topK;
   const unsigned short *y = pointer<const unsigned short>(p.y.data);
-  for (long long c = threadIdx.x; c < p.cols; c += blockDim.x) {
+  // Columns in chunks along y, as the dense row kernels.
+  const long long c = kiln::cuda::kernels::chunkColumn();
+  if (c < p.cols) {
     float sum = 0.0f;
     for (int j = 0; j < p.topK; ++j) {
       int row = rows[j];

@@ -110,37 +110,52 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
     blocks of every tile into that many slices computed by separate blocks,
     which write FP32 partials to a workspace; the last one to finish a tile
     sums them and stores BF16 (compiler/docs/gemm-abi.md "Split-K"). It is
-    printed only when it is not 1. See compiler/docs/gemm-kernels.md.
+    printed only when it is not 1. `grouped` (absent: one GEMM) makes it the
+    kernel of a `kiln.grouped_scaled_matmul`: one launch computes every
+    group's GEMM, reading the group sizes (offsets for `contiguous`, row
+    counts for `masked`) from device memory itself (gemm-abi.md "Grouped
+    kernels"). See compiler/docs/gemm-kernels.md.
 
     ```mlir
     #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2>
     #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 4>
+    #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, grouped = masked>
     ```
   }];
   let parameters = (ins "int64_t":$blockM, "int64_t":$blockN,
                         "int64_t":$stages, "int64_t":$consumers,
-                        DefaultValuedParameter<"int64_t", "1">:$splitK);
+                        DefaultValuedParameter<"int64_t", "1">:$splitK,
+                        OptionalParameter<"std::optional<::kiln::GroupLayout>">:$grouped);
   let builders = [
     AttrBuilder<(ins "int64_t":$blockM, "int64_t":$blockN, "int64_t":$stages,
-                     "int64_t":$consumers, CArg<"int64_t", "1">:$splitK), [{
-      return $_get($_ctxt, blockM, blockN, stages, consumers, splitK);
+                     "int64_t":$consumers, CArg<"int64_t", "1">:$splitK,
+                     CArg<"std::optional<::kiln::GroupLayout>", "std::nullopt">:$grouped), [{
+      return $_get($_ctxt, blockM, blockN, stages, consumers, splitK, grouped);
     }]>
   ];
   let skipDefaultBuilders = 1;
-  let assemblyFormat = [{
-    `<` `block_m` `=` $blockM `,` `block_n` `=` $blockN `,`
-        `stages` `=` $stages `,` `consumers` `=` $consumers
-        (`,` `split_k` `=` $splitK^)? `>`
-  }];
+  // `<block_m = .., block_n = .., stages = .., consumers = ..
+  //   [, split_k = ..] [, grouped = contiguous|masked]>`; the two optional
+  // keys both follow a comma, which the declarative format cannot tell apart.
+  let hasCustomAssemblyFormat = 1;
   let genVerifyDecl = 1;
   let extraClassDeclaration = [{
     /// Threads per block: the producer warpgroup and the consumers.
     int64_t getThreads() const { return 128 * (1 + getConsumers()); }
+    /// Groups a grouped kernel accepts: its per-group tables live in shared
+    /// memory (DeepSeek-V3 has 256 routed experts).
+    static constexpr int64_t kMaxGroups = 1024;
+    /// Grouped kernels: three int32 tables of kMaxGroups + 1 entries (tile
+    /// prefix, first row, row count per group); 0 otherwise.
+    int64_t getGroupTableBytes() const {
+      return getGrouped() ? 3 * 4 * (kMaxGroups + 1) : 0;
+    }
     /// Dynamic shared memory: the A and B rings, then 2 mbarriers per stage,
-    /// plus 1 KB to align the ring to 1024 bytes at run time.
+    /// the group tables of a grouped kernel, plus 1 KB to align the ring to
+    /// 1024 bytes at run time.
     int64_t getSharedMemoryBytes() const {
       return getStages() * (getBlockM() + getBlockN()) * 128 +
-             2 * 8 * getStages() + 1024;
+             2 * 8 * getStages() + getGroupTableBytes() + 1024;
     }
     /// The kernel's symbol name, unique per configuration.
     std::string getKernelName() const;

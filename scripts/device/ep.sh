@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (device tool), from the repository root: the
+# expert-parallel exchange across one process per GPU (kiln-ep-check: the
+# variable all-to-all checked byte for byte, then its bandwidth), and the
+# one-rank NCCL device test. Build here, stage (scripts/device/stage.sh copies
+# kiln-ep-check and the test binary) and carry the stage folder.
+#   EP_RANKS=N   processes (default: every GPU);  EP_MB=M  MiB per peer pair
+set -uo pipefail
+device_dir=${KILN_DEVICE_DIR:-.device}
+export LD_LIBRARY_PATH=$PWD/$device_dir/lib:/usr/local/cuda/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+bin=$device_dir/bin
+gpus=$(nvidia-smi -L | wc -l)
+ranks=${EP_RANKS:-$gpus}
+echo "== kiln-ep-check: $ranks rank(s) on $gpus GPU(s)"
+pids=()
+for ((r = 0; r < ranks; ++r)); do
+  KILN_RANK=$r KILN_WORLD_SIZE=$ranks KILN_LOCAL_RANK=$r KILN_MASTER_PORT=${EP_PORT:-29517} \
+    "$bin/kiln-ep-check" --mb "${EP_MB:-64}" &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+if [[ -x $bin/kiln-runtime-tests ]]; then
+  echo "== NCCL at one rank"
+  "$bin/kiln-runtime-tests" --gtest_filter='NcclTest.*:Distributed*:Rendezvous*:ExpertPlacement*' 2>&1 | tail -4 || status=1
+fi
+exit $status

@@ -1,0 +1,17 @@
+// #kiln.gemm_config prints and parses back, the optional split_k and
+// grouped keys only when set.
+// RUN: kiln-opt %s | kiln-opt | FileCheck %s
+// RUN: kiln-opt %s --mlir-print-op-generic | kiln-opt | FileCheck %s
+
+// CHECK-DAG: plain = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 6, consumers = 2>
+// CHECK-DAG: split = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 4>
+// CHECK-DAG: contiguous = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, grouped = contiguous>
+// CHECK-DAG: masked = #kiln.gemm_config<block_m = 128, block_n = 64, stages = 8, consumers = 2, split_k = 2, grouped = masked>
+// split_k = 1 is the default and is not printed.
+// CHECK-DAG: default_split = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, grouped = masked>
+func.func private @f() attributes {
+  plain = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 6, consumers = 2>,
+  split = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 4>,
+  contiguous = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, grouped = contiguous>,
+  masked = #kiln.gemm_config<block_m = 128, block_n = 64, stages = 8, consumers = 2, split_k = 2, grouped = masked>,
+  default_split = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 1, grouped = masked>}
