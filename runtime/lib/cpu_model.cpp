@@ -206,6 +206,25 @@ void roundToBf16(float *x, int64_t n) {
     x[i] = decodeBF16(encodeBF16(x[i]));
 }
 
+/// What an E4M3 latent cache gives back of each token's [latent, k_pe] row:
+/// one scale max(amax, 1e-4) / 448 per row (CpuModelOptions::
+/// emulateFp8KvCache).
+void roundCacheRowsToE4M3(float *latent, float *ropeKey, int64_t rows,
+                          int64_t kvLora, int64_t ropeDim) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float *parts[2] = {latent + r * kvLora, ropeKey + r * ropeDim};
+    const int64_t widths[2] = {kvLora, ropeDim};
+    float amax = 0;
+    for (int i = 0; i < 2; ++i)
+      for (int64_t c = 0; c < widths[i]; ++c)
+        amax = std::max(amax, std::fabs(parts[i][c]));
+    const float scale = std::max(amax, kMinAmax) / kE4M3Max;
+    for (int i = 0; i < 2; ++i)
+      for (int64_t c = 0; c < widths[i]; ++c)
+        parts[i][c] = decodeE4M3(encodeE4M3(parts[i][c] / scale)) * scale;
+  }
+}
+
 /// x quantized per 1x128 tile along each row and dequantized again: what an
 /// FP8 GEMM sees of its activation input.
 std::vector<float> fp8RoundTrip(const float *x, int64_t rows, int64_t cols) {
@@ -876,7 +895,10 @@ struct CpuModel::Impl {
           rotateInterleaved(q.data() + (r * heads + h) * qkDim + nope,
                             rotation);
       }
-    if (options.emulateBf16Storage)
+    if (options.emulateFp8KvCache)
+      roundCacheRowsToE4M3(latent.data(), ropeKey.data(), rows, kvLora,
+                           ropeDim);
+    else if (options.emulateBf16Storage)
       roundToBf16(ropeKey.data(), rows * ropeDim);
 
     std::vector<float> attended(rows * heads * vDim);
@@ -1281,10 +1303,11 @@ CpuModel::CpuModel(const ModelConfig &config, const WeightSource &weights,
   if (options.numThreads < 0)
     throw Error("CpuModelOptions::numThreads must not be negative, got " +
                 std::to_string(options.numThreads));
-  if (options.emulateBf16Storage && !options.emulateFp8Activations)
-    throw Error("CpuModelOptions::emulateBf16Storage needs "
-                "emulateFp8Activations (it emulates the CUDA backend's FP8 "
-                "recipe)");
+  if ((options.emulateBf16Storage || options.emulateFp8KvCache) &&
+      !options.emulateFp8Activations)
+    throw Error("CpuModelOptions::emulateBf16Storage and emulateFp8KvCache "
+                "need emulateFp8Activations (they emulate the CUDA backend's "
+                "FP8 recipe)");
   impl = std::make_unique<Impl>(config, weights, options);
 }
 

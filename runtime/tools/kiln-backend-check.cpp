@@ -24,14 +24,24 @@
 //    per-kernel device tests' (test/runtime/ModelKernelsTest.cpp).
 // 2. Greedy generation of --tokens tokens from several prompts on the GPU
 //    and on the GPU-numerics reference: equal, or first different at a step
-//    whose difference is within the measured FP8 noise (at most the two CPU
-//    draws' largest) and where the reference's margin between the two
-//    tokens is within 4 standard deviations of the per-logit difference
-//    (such a pair is ordered by the noise).
+//    whose difference is within the measured FP8 noise (at most
+//    --noise-factor times the two CPU draws' largest: the largest of two
+//    exchangeable samples is either one's half the time) and where the
+//    reference's margin between the two tokens is within 4 standard
+//    deviations of the per-logit difference (such a pair is ordered by the
+//    noise).
 //    The same count for the recipe against the GPU-numerics reference shows
 //    how soon two CPU FP8 runs part.
 // 3. Continuous batching: all prompts in one batched prefill step and then
-//    batched decode steps must give each sequence the logits it got alone.
+//    batched decode steps must give each sequence the logits it got alone,
+//    up to FP8 noise: a step's kernels may differ with its size (MLA runs a
+//    single short-context token on the scalar kernel, more on tensor cores;
+//    KV splits follow the step's blocks), and any difference grows to FP8
+//    noise. The per-step errors must be distributed like the two CPU draws'
+//    (as in 1.), and no step may reach 1: a sequence mixed up with another
+//    (wrong rows, pages or positions) gives unrelated logits, about sqrt(2)
+//    relative, in every step it touches (the noise's heavy tail reached 0.8
+//    in 256 steps).
 // 4. Prefill chunking: the longest prompt is longer than the artifact's
 //    prefill chunk when compiled with a small --prefill-chunk.
 //
@@ -65,15 +75,6 @@ struct Args {
   int tokens = 32;
   double noiseFactor = 1.5;
 };
-
-double relativeError(const float *a, const float *reference, int64_t n) {
-  double diff = 0, scale = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    diff = std::max(diff, std::fabs(double(a[i]) - reference[i]));
-    scale = std::max(scale, std::fabs(double(reference[i])));
-  }
-  return scale > 0 ? diff / scale : diff;
-}
 
 /// ||a - b|| / ||b||.
 double rmsRelativeError(const float *a, const float *reference, int64_t n) {
@@ -196,27 +197,31 @@ int main(int argc, char **argv) {
     fp32.mlaForm = MlaForm::Absorbed;
     CpuModelOptions recipe = fp32;
     recipe.emulateFp8Activations = true;
+    auto loadStart = std::chrono::steady_clock::now();
+    Artifact artifact = readArtifact(args.artifact);
     CpuModelOptions gpuNumerics = recipe;
     gpuNumerics.emulateBf16Storage = true;
+    // An FP8 KV cache is part of the GPU's numerics when compiled in.
+    gpuNumerics.emulateFp8KvCache = artifact.options.kvCacheDtype == "fp8";
     CpuBackend reference(config, checkpoint, fp32);
     CpuBackend fp8Recipe(config, checkpoint, recipe);
     CpuBackend emulated(config, checkpoint, gpuNumerics);
-    auto loadStart = std::chrono::steady_clock::now();
-    Artifact artifact = readArtifact(args.artifact);
     const int64_t prefillChunk = artifact.plan("prefill").maxTokens;
     cuda::CudaBackend gpu(checkpoint, std::move(artifact), args.artifact);
     double loadSeconds = std::chrono::duration<double>(
                              std::chrono::steady_clock::now() - loadStart)
                              .count();
     std::printf("model %s, artifact %s on %s, loaded in %.2f s, prefill "
-                "chunk %lld\n",
+                "chunk %lld, KV cache %s\n",
                 args.model.c_str(), args.artifact.c_str(),
                 gpu.deviceDescription().c_str(), loadSeconds,
-                static_cast<long long>(prefillChunk));
+                static_cast<long long>(prefillChunk),
+                gpuNumerics.emulateFp8KvCache ? "fp8" : "bf16");
 
     auto prompts = makePrompts(vocab);
     bool ok = true;
-    double worstBatched = 0;
+    std::vector<double> batchedVsAlone;
+    int batchedBitwise = 0;
     int tokensCompared = 0, tokensEqual = 0, unexplainedFlips = 0;
     // Per step: GPU vs GPU-numerics reference, recipe vs GPU-numerics
     // reference (two FP8 draws), GPU vs FP32, recipe vs FP32.
@@ -289,18 +294,18 @@ int main(int argc, char **argv) {
       append(recipeVsFp32, pRecipe32);
     }
     // A flip is explained when that step's difference is one the FP8 noise
-    // makes (no larger than the largest of the two CPU draws' over all
-    // steps) and it is large enough to swap the pair: the reference's margin
-    // between the two tokens is within 4 standard deviations of the
-    // per-logit difference at that step.
-    const double largestNoise = quantile(drawNoise, 1);
+    // makes (within the noise factor of the largest of the two CPU draws'
+    // over all steps) and it is large enough to swap the pair: the
+    // reference's margin between the two tokens is within 4 standard
+    // deviations of the per-logit difference at that step.
+    const double largestNoise = args.noiseFactor * quantile(drawNoise, 1);
     for (const Flip &f : flips) {
       bool explained =
           f.relativeError <= largestNoise && f.margin <= 4 * f.sigma;
       if (!explained)
         ++unexplainedFlips;
       std::printf("  prompt %zu: token %d differs (reference %d, gpu %d): "
-                  "step error %.3g (largest FP8 noise %.3g), the reference's "
+                  "step error %.3g (bound %.3g), the reference's "
                   "margin between them %.3g, 4 sigma of the per-logit "
                   "difference %.3g: %s\n",
                   f.prompt, f.step, f.reference, f.gpu, f.relativeError,
@@ -347,9 +352,11 @@ int main(int argc, char **argv) {
       for (int i = 0; i < args.tokens; ++i) {
         std::vector<float> logits = gpu.step(entries);
         for (size_t p = 0; p < prompts.size(); ++p) {
-          worstBatched = std::max(
-              worstBatched, relativeError(logits.data() + p * vocab,
-                                          gpuAlone[p].logits[i].data(), vocab));
+          const float *alone = gpuAlone[p].logits[i].data();
+          batchedVsAlone.push_back(
+              rmsRelativeError(logits.data() + p * vocab, alone, vocab));
+          batchedBitwise +=
+              std::equal(alone, alone + vocab, logits.data() + p * vocab);
           int64_t position = entries[p].startPosition +
                              static_cast<int64_t>(entries[p].tokens.size());
           entries[p].tokens = {gpuAlone[p].tokens[i]};
@@ -357,11 +364,14 @@ int main(int argc, char **argv) {
         }
       }
     }
-    // Batched rows go through the same kernels row by row; only the GEMM
-    // tile shapes differ (decode vs prefill plan), which changes nothing
-    // per row, so the bound is tight.
-    bool batchedOk = worstBatched <= 1e-3;
+    const bool batchedOk =
+        within(batchedVsAlone, drawNoise) && quantile(batchedVsAlone, 1) < 1;
     ok = ok && batchedOk;
+    std::printf("  batched vs alone:   %s   %s (%d of %zu steps bitwise "
+                "equal)\n",
+                summary(batchedVsAlone).c_str(), batchedOk ? "ok" : "FAILED",
+                batchedBitwise, batchedVsAlone.size());
+    const double worstBatched = quantile(batchedVsAlone, 1);
 
     // Decode speed on this model (one sequence, steady state).
     double stepMs = 0;
@@ -379,12 +389,13 @@ int main(int argc, char **argv) {
                steps;
     }
 
-    std::printf("\ngreedy tokens equal to the GPU-numerics reference: gpu "
-                "%d of %d (unexplained flips: %d), CPU FP8 recipe %d of "
-                "%d\nbatched vs alone: %.3g (bound 1e-3)\ndecode step, batch "
-                "1: %.3f ms\n",
-                tokensEqual, tokensCompared, unexplainedFlips,
-                recipeTokensEqual, tokensCompared, worstBatched, stepMs);
+    std::printf(
+        "\ngreedy tokens equal to the GPU-numerics reference: gpu "
+        "%d of %d (unexplained flips: %d), CPU FP8 recipe %d of "
+        "%d\nbatched vs alone: worst %.3g relative RMS\ndecode step, batch "
+        "1: %.3f ms\n",
+        tokensEqual, tokensCompared, unexplainedFlips, recipeTokensEqual,
+        tokensCompared, worstBatched, stepMs);
     std::printf(
         "kiln-backend-check: {\"ok\": %s, \"tokens_equal\": %d, "
         "\"recipe_tokens_equal\": %d, \"tokens_compared\": %d, "

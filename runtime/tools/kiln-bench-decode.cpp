@@ -158,7 +158,12 @@ void printLayerBreakdown(const ModelConfig &config, const Artifact &artifact,
                          const cuda::Timeline &timeline, int batch,
                          int64_t context, double hbmGbps) {
   int64_t layer = config.numHiddenLayers - 1;
-  const LaunchPlan &plan = artifact.plans.at("decode");
+  // The plan the backend runs a decode step of `batch` tokens with.
+  auto small = artifact.plans.find("decode_small");
+  const LaunchPlan &plan =
+      small != artifact.plans.end() && batch <= small->second.maxTokens
+          ? small->second
+          : artifact.plans.at("decode");
   std::map<std::string, const ArtifactWeight *> specs;
   for (const ArtifactWeight &w : artifact.weights)
     specs[w.name] = &w;

@@ -1147,6 +1147,19 @@ TEST(CpuModel, Bf16StorageEmulationAddsBf16RoundingToTheFp8Recipe) {
   CpuModelOptions bf16Only;
   bf16Only.emulateBf16Storage = true;
   EXPECT_THROW(CpuModel(c, weights, bf16Only), kiln::Error);
+
+  // An E4M3 latent cache: one more rounding of the same size.
+  CpuModelOptions fp8Cache = gpu;
+  fp8Cache.emulateFp8KvCache = true;
+  std::vector<float> cached = CpuModel(c, weights, fp8Cache).forward(tokens, 0);
+  EXPECT_NE(cached, stored);
+  const double cachedNoise = l2RelativeDifference(cached, exact);
+  std::printf("with an FP8 KV cache: %.4f from FP32\n", cachedNoise);
+  EXPECT_GT(cachedNoise, recipeNoise / 3);
+  EXPECT_LT(cachedNoise, recipeNoise * 3);
+  CpuModelOptions cacheOnly;
+  cacheOnly.emulateFp8KvCache = true;
+  EXPECT_THROW(CpuModel(c, weights, cacheOnly), kiln::Error);
 }
 
 TEST(CpuModel, Fp8EmulationLeavesEmbeddingNormAndHeadAlone) {

@@ -340,8 +340,11 @@ private:
 
 std::vector<ModelStep> defaultModelSteps(int64_t maxBatch,
                                          int64_t prefillChunk) {
-  return {{"decode", maxBatch, maxBatch},
-          {"prefill", prefillChunk, std::min(maxBatch, prefillChunk)}};
+  std::vector<ModelStep> steps = {{"decode", maxBatch, maxBatch}};
+  if (maxBatch > kSmallDecodeTokens)
+    steps.push_back({"decode_small", kSmallDecodeTokens, kSmallDecodeTokens});
+  steps.push_back({"prefill", prefillChunk, std::min(maxBatch, prefillChunk)});
+  return steps;
 }
 
 OwningOpRef<ModuleOp> buildModelGraph(MLIRContext &context,

@@ -121,6 +121,12 @@ struct CpuModelOptions {
   /// GPU is summation order, so it is the oracle that greedy tokens are
   /// compared against (kiln-backend-check); off, the FP8 recipe alone.
   bool emulateBf16Storage = false;
+  /// With emulateFp8Activations: the latent KV cache in E4M3 with one scale
+  /// per cached token, as the CUDA backend keeps it for an artifact compiled
+  /// with `kilnc --kv-cache-dtype fp8`: each token's [latent, rotated k_pe]
+  /// row rounds through E4M3 at scale max(amax, 1e-4) / 448 before
+  /// attention reads it (absorbed form).
+  bool emulateFp8KvCache = false;
   /// Worker threads for matmuls and attention; 0 means
   /// std::thread::hardware_concurrency().
   int numThreads = 0;

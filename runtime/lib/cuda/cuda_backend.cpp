@@ -271,6 +271,9 @@ struct CudaBackend::Impl {
   };
   std::map<std::string, PlanState> plans;
   std::vector<DeviceBuffer> cacheLayers;
+  /// FP8 caches only: one FP32 scale per cached token, per layer.
+  std::vector<DeviceBuffer> cacheScaleLayers;
+  ElementType cacheType = ElementType::BF16;
   std::shared_ptr<PagePool> pool;
   int64_t pageTokens = 64;
   int64_t maxPagesPerSequence = 0;
@@ -280,10 +283,11 @@ struct CudaBackend::Impl {
   DeviceBuffer sequenceSlots; // i32 [tokens]
   DeviceBuffer mlaWorkspace;  // mla_attention's scratch, for maxTokensAnyPlan
 
-  // CUDA Graphs of the decode plan, by (tokens, sequences, context) bucket.
+  // CUDA Graphs of the decode plans, by (plan, tokens, sequences, context)
+  // bucket.
   // A bucket runs eagerly once first (that warms what launches set up
   // lazily), is captured the second time and replayed from then on.
-  using GraphKey = std::tuple<int64_t, int64_t, int64_t>;
+  using GraphKey = std::tuple<std::string, int64_t, int64_t, int64_t>;
   bool graphsEnabled = true;
   bool graphsUnsupported = false;
   bool graphsProbed = false;
@@ -620,15 +624,25 @@ void CudaBackend::Impl::allocate(const CudaBackendOptions &options) {
   int64_t pages = (cacheTokens + pageTokens - 1) / pageTokens;
   pool = std::make_shared<PagePool>(pages);
   const int64_t rowValues = config.kvLoraRank + config.qkRopeHeadDim;
-  if (artifact.options.kvCacheDtype != "bf16")
-    throw Error(origin + ": KV cache dtype '" + artifact.options.kvCacheDtype +
-                "' is not supported by this runtime yet (bf16 is)");
-  const uint64_t layerBytes =
-      static_cast<uint64_t>(pages) * pageTokens * rowValues * 2;
-  for (int64_t l = 0; l < config.numHiddenLayers; ++l)
-    cacheLayers.emplace_back(layerBytes, origin + ": KV cache of layer " +
-                                             std::to_string(l));
-  statistics.kvCacheBytes = layerBytes * config.numHiddenLayers;
+  // BF16, or E4M3 with one FP32 scale per cached token (half the bytes;
+  // attention then runs the per-(head, token) kernel, the tensor-core path
+  // reads BF16 only).
+  const std::string &cacheDtype = artifact.options.kvCacheDtype;
+  if (cacheDtype != "bf16" && cacheDtype != "fp8")
+    throw Error(origin + ": KV cache dtype '" + cacheDtype +
+                "' is not supported (bf16 or fp8)");
+  cacheType = cacheDtype == "fp8" ? ElementType::F8E4M3 : ElementType::BF16;
+  const uint64_t rows = static_cast<uint64_t>(pages) * pageTokens;
+  const uint64_t layerBytes = rows * rowValues * elementBytes(cacheType);
+  const uint64_t scaleBytes = cacheType == ElementType::F8E4M3 ? rows * 4 : 0;
+  for (int64_t l = 0; l < config.numHiddenLayers; ++l) {
+    const std::string what =
+        origin + ": KV cache of layer " + std::to_string(l);
+    cacheLayers.emplace_back(layerBytes, what);
+    if (scaleBytes)
+      cacheScaleLayers.emplace_back(scaleBytes, what + " (scales)");
+  }
+  statistics.kvCacheBytes = (layerBytes + scaleBytes) * config.numHiddenLayers;
   pageTable = DeviceBuffer(
       std::max<int64_t>(1, maxSequencesAnyPlan * maxPagesPerSequence) * 4,
       "page table");
@@ -780,7 +794,9 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
       throw Error(where + ": layer " + std::to_string(layer) +
                   " has no KV cache");
     args.cache = cacheLayers[layer].get();
-    args.cacheType = ElementType::BF16;
+    args.cacheType = cacheType;
+    if (cacheType == ElementType::F8E4M3)
+      args.cacheScales = cacheScaleLayers[layer].get();
     args.maxContext = static_cast<int>(shape.maxContext);
     args.workspace = mlaWorkspace.get();
     args.workspaceBytes = mlaWorkspace.size();
@@ -830,11 +846,20 @@ void CudaBackend::Impl::runChunk(const std::vector<BackendStepEntry> &entries,
                                  const Chunk &chunk,
                                  std::vector<float> &logits) {
   const int64_t T = static_cast<int64_t>(chunk.tokenIds.size());
-  PlanState &decode = plans.at("decode");
-  const bool isDecode =
-      T <= decode.plan->maxTokens &&
-      static_cast<int64_t>(chunk.entries.size()) <= decode.plan->maxSequences;
-  PlanState &state = isDecode ? decode : plans.at("prefill");
+  // The smallest decode plan the chunk fits (decode_small's GEMM kernels are
+  // chosen for M <= 64), else prefill.
+  PlanState *decode = nullptr;
+  for (const char *name : {"decode_small", "decode"}) {
+    auto it = plans.find(name);
+    if (it != plans.end() && T <= it->second.plan->maxTokens &&
+        static_cast<int64_t>(chunk.entries.size()) <=
+            it->second.plan->maxSequences) {
+      decode = &it->second;
+      break;
+    }
+  }
+  const bool isDecode = decode != nullptr;
+  PlanState &state = isDecode ? *decode : plans.at("prefill");
   const LaunchPlan &plan = *state.plan;
   const int64_t S = static_cast<int64_t>(chunk.finishing.size());
 
@@ -1005,7 +1030,7 @@ void CudaBackend::Impl::runPlanTimed(PlanState &state,
 
 void CudaBackend::Impl::runDecodeGraph(PlanState &state,
                                        const ChunkShape &shape) {
-  GraphKey key{shape.tokens, shape.sequences, shape.maxContext};
+  GraphKey key{state.name, shape.tokens, shape.sequences, shape.maxContext};
   auto it = decodeGraphs.find(key);
   if (it == decodeGraphs.end()) {
     if (warmedBuckets.insert(key).second) {
@@ -1110,8 +1135,10 @@ void CudaBackend::Impl::sizeGemmWorkspaces() {
   // launch of the same kernel could grow (reallocate) their workspace: size
   // them for every plan.
   std::set<std::string> captured;
-  for (const PlanStep &step : plans.at("decode").plan->steps)
-    captured.insert(step.kernel);
+  for (auto &[name, state] : plans)
+    if (name.rfind("decode", 0) == 0)
+      for (const PlanStep &step : state.plan->steps)
+        captured.insert(step.kernel);
   for (auto &[name, state] : plans) {
     const LaunchPlan &plan = *state.plan;
     ChunkShape largest;
@@ -1210,6 +1237,7 @@ void CudaBackend::Impl::open(const std::string &configOrigin,
     this->weights.clear();
     plans.clear();
     cacheLayers.clear();
+    cacheScaleLayers.clear();
     gemms.clear();
     kernels.reset();
     if (stream)
@@ -1266,6 +1294,7 @@ CudaBackend::~CudaBackend() {
   impl->weights.clear();
   impl->plans.clear();
   impl->cacheLayers.clear();
+  impl->cacheScaleLayers.clear();
   impl->pageTable = DeviceBuffer();
   impl->sequenceSlots = DeviceBuffer();
   impl->mlaWorkspace = DeviceBuffer();

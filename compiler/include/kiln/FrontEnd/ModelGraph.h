@@ -30,8 +30,16 @@ struct ModelStep {
   int64_t maxSequences = 0;
 };
 
-/// `decode` (max_batch tokens of max_batch sequences) and `prefill`
-/// (prefill_chunk tokens of up to min(max_batch, prefill_chunk) sequences).
+/// Steps of at most this many tokens get their own decode plan when
+/// max_batch is larger: its GEMMs get the kernels chosen for M <= 64
+/// (64-row tiles, split-K), which stream the weights faster at small batch
+/// than the 128-row ones chosen for M = max_batch.
+constexpr int64_t kSmallDecodeTokens = 64;
+
+/// `decode` (max_batch tokens of max_batch sequences), `decode_small`
+/// (kSmallDecodeTokens of as many sequences, when max_batch is larger) and
+/// `prefill` (prefill_chunk tokens of up to min(max_batch, prefill_chunk)
+/// sequences).
 std::vector<ModelStep> defaultModelSteps(int64_t maxBatch,
                                          int64_t prefillChunk);
 
