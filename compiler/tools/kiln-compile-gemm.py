@@ -232,10 +232,13 @@ def main():
             raise SystemExit(f"kiln-compile-gemm: ptxas failed for {name}")
         registers = re.search(r"Used (\d+) registers", report)
         spills = [int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]
-        # The rings, the mbarriers, a grouped kernel's group tables (three
-        # int32 arrays of 1025) and 1 KB the kernel uses to align the ring.
+        # The rings, the epilogue's staging (16 rows per consumer warp, at
+        # most 64 columns, rows padded by 16 bytes), the mbarriers, a grouped
+        # kernel's group tables (three int32 arrays of 1025) and 1 KB the
+        # kernel uses to align the ring.
         tables = 3 * 4 * 1025 if grouped else 0
-        smem = stages * (bm + bn) * 128 + 16 * stages + tables + 1024
+        epilogue = bm * (min(bn, 64) * 2 + 16)
+        smem = stages * (bm + bn) * 128 + epilogue + 16 * stages + tables + 1024
         manifest = {"kernel": name, "block_m": bm, "block_n": bn, "stages": stages,
                     "consumer_warpgroups": consumers, "split_k": split_k,
                     "threads": 128 * (1 + consumers),

@@ -49,9 +49,9 @@
 // CHECK: arith.subi %[[CROWS]], %{{.*}} : i32
 // CHECK: arith.muli %{{.*}}, %[[CROWS]] : i32
 // CHECK: nvvm.wgmma.mma_async
-// CHECK: arith.cmpi ult, %{{.*}}, %[[CROWS]] : i32
 // CHECK: arith.addi %[[CROW]], %{{.*}} : i32
-// CHECK: llvm.store %{{.*}}, %{{.*}} : bf16, !llvm.ptr<1>
+// CHECK: arith.cmpi ult, %{{.*}}, %[[CROWS]] : i32
+// CHECK: llvm.store %{{.*}}, %{{.*}} {alignment = 16 : i64} : vector<8xbf16>, !llvm.ptr<1>
 func.func @contiguous(%a: tensor<?x7168xf8E4M3FN>, %as: tensor<?x56xf32>, %b: tensor<8x4096x7168xf8E4M3FN>, %bs: tensor<8x32x56xf32>, %offsets: tensor<9xi32>) -> tensor<?x4096xbf16> {
   %0 = kiln.grouped_scaled_matmul contiguous %a, %as, %b, %bs, %offsets {gemm_config = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, grouped = contiguous>} : (tensor<?x7168xf8E4M3FN>, tensor<?x56xf32>, tensor<8x4096x7168xf8E4M3FN>, tensor<8x32x56xf32>, tensor<9xi32>) -> tensor<?x4096xbf16>
   return %0 : tensor<?x4096xbf16>

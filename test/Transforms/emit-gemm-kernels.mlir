@@ -22,6 +22,12 @@
 // The producer warpgroup gives registers back and streams A and B with TMA.
 // CHECK: nvvm.setmaxregister decrease 40
 // CHECK: scf.for
+// Tiles in bands of 8 tile rows (the last band may be shorter), M fastest
+// inside a band.
+// CHECK: %[[BAND_ROWS:.*]] = arith.minui
+// CHECK: %[[M_IN_BAND:.*]] = arith.remui %{{.*}}, %[[BAND_ROWS]] : i32
+// CHECK: arith.addi %{{.*}}, %[[M_IN_BAND]] : i32
+// CHECK: arith.divui %{{.*}}, %[[BAND_ROWS]] : i32
 // CHECK: nvvm.mbarrier.try_wait.parity
 // CHECK: nvvm.mbarrier.arrive.expect_tx %{{.*}}, %{{.*}} : !llvm.ptr<3>, i32
 // CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global
@@ -44,9 +50,16 @@
 // Promotion into the FP32 accumulator with the activation and weight scales.
 // CHECK: llvm.intr.fma
 // CHECK: nvvm.wgmma.wait.group.sync.aligned 0
-// The BF16 epilogue stores only inside M x N.
-// CHECK: arith.truncf %{{.*}} : f32 to bf16
+// The BF16 epilogue: each warp converts column pairs into its slice of
+// shared memory, syncs, reads 16-byte chunks back and stores the ones inside
+// M x N whole, the others (ragged N) element by element.
+// CHECK: arith.truncf %{{.*}} : vector<2xf32> to vector<2xbf16>
+// CHECK: llvm.store %{{.*}}, %{{.*}} {alignment = 4 : i64} : vector<2xbf16>, !llvm.ptr<3>
+// CHECK: nvvm.bar.warp.sync
+// CHECK: llvm.load %{{.*}} {alignment = 16 : i64} : !llvm.ptr<3> -> vector<8xbf16>
+// CHECK: llvm.store %{{.*}}, %{{.*}} {alignment = 16 : i64} : vector<8xbf16>, !llvm.ptr<1>
 // CHECK: llvm.store %{{.*}}, %{{.*}} : bf16, !llvm.ptr<1>
+// CHECK: nvvm.bar.warp.sync
 func.func @gemm(%a: tensor<?x7168xf8E4M3FN>, %as: tensor<?x56xf32>, %b: tensor<2112x7168xf8E4M3FN>, %bs: tensor<17x56xf32>) -> tensor<?x2112xbf16> {
   %0 = kiln.scaled_matmul %a, %as, %b, %bs {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2>} : (tensor<?x7168xf8E4M3FN>, tensor<?x56xf32>, tensor<2112x7168xf8E4M3FN>, tensor<17x56xf32>) -> tensor<?x2112xbf16>
   return %0 : tensor<?x2112xbf16>

@@ -737,7 +737,10 @@ TEST_F(ModelKernelsOnGpu, MoeDispatchAndCombine) {
     int topK, experts;
   };
   for (const Case &c :
-       {Case{37, 8, 256}, Case{300, 8, 256}, Case{5, 4, 16}, Case{1, 8, 256}}) {
+       {Case{37, 8, 256}, Case{300, 8, 256}, Case{5, 4, 16}, Case{1, 8, 256},
+        // Many entries over the plan's per-warp segments; experts past 256
+        // leave fewer warps (8192 / 1000 = 8 histograms).
+        Case{3000, 8, 256}, Case{3000, 8, 1000}}) {
     const int64_t H = 256, tiles = H / 128, R = c.T * c.topK;
     // Skewed ids (a few hot experts), duplicates within a token included.
     std::vector<int32_t> ids(R);

@@ -50,6 +50,10 @@ constexpr int kWaitTicks = 10000000;
 /// Split-K: the 256 bytes at the head of each tile's workspace record, for
 /// its arrival counters (4 bytes per consumer warp, at most 8).
 constexpr int64_t kCounterRecordFloats = 64;
+/// Columns of the BF16 epilogue's staging in shared memory (per pass).
+constexpr int64_t kEpilogueCols = 64;
+/// Tile rows per band of the plain kernels' tile order (writeTileOrigin).
+constexpr int64_t kRasterRows = 8;
 constexpr uint64_t kDescriptorHighBits =
     (uint64_t{1} << 62) | (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 16);
 
@@ -70,11 +74,13 @@ public:
       structType += i ? ", f32" : "f32";
     structType += ")>";
 
-    int64_t barriers = stages * (bm + bn) * kSliceBytes;
+    int64_t epilogue = stages * (bm + bn) * kSliceBytes;
+    int64_t barriers = epilogue + config.getEpilogueBytes();
     int64_t tables = barriers + 16 * stages;
     int64_t tableBytes = 4 * (kiln::GemmConfigAttr::kMaxGroups + 1);
     layout = {/*ringA=*/0,
               /*ringB=*/stages * bm * kSliceBytes,
+              /*epilogue=*/epilogue,
               /*fullBar=*/barriers,
               /*emptyBar=*/barriers + 8 * stages,
               /*tilePrefix=*/tables,
@@ -228,7 +234,6 @@ private:
     emit("%rowInTile0 = arith.addi %consumerRow, %warpRow : i32");
     emit("%rowInTile = arith.addi %rowInTile0, %laneRow : i32");
     emit("%laneQuad = arith.remui %lane, %c4 : i32");
-    emit("%colInTile = arith.muli %laneQuad, %c2 : i32");
     emit("%isLeader = arith.cmpi eq, %local, %c0 : i32");
     emit("%aConsumerOff = arith.muli %consumer, " +
          i32(kRowsPerConsumer * kSliceBytes) + " : i32");
@@ -318,7 +323,7 @@ private:
     if (splitK > 1) {
       writeSplitEpilogue(bm, bn, accRegs);
     } else {
-      writeStores("%final", accRegs);
+      writeStores("%final");
     }
     emit("scf.yield %itNext : i32");
     emit("}");
@@ -463,51 +468,158 @@ private:
         sum = next;
       }
     }
-    writeStores(sum, accRegs);
+    writeStores(sum);
     emit("}");
   }
 
   /// Converts the accumulator `acc` to BF16 and stores the elements inside
   /// M x N. Register i of the m64nN accumulator is at row r (+8 for
-  /// i % 4 >= 2) and column 8 * (i / 4) + 2 * (lane % 4) + i % 2.
-  void writeStores(const std::string &acc, int64_t accRegs) {
-    emit("%colBase = arith.addi %nOff, %colInTile : i32");
+  /// i % 4 >= 2) and column 8 * (i / 4) + 2 * (lane % 4) + i % 2, so a
+  /// warp's direct stores would each write 4 bytes in 8 rows. Instead each
+  /// warp stages its 16 rows in its own slice of shared memory, 64 columns
+  /// at a time, and reads them back as whole 16-byte chunks: 8 lanes store
+  /// 128 contiguous bytes of a row. Staged rows are 16 bytes longer than
+  /// their data, so the 4-byte writes (8 rows, same columns) and the 16-byte
+  /// reads (8 chunks of a row) hit distinct banks, and every address is one
+  /// per-thread base plus a constant. Only the warp touches its slice, so
+  /// bar.warp.sync orders it. Chunks that stick out of M x N, or any chunk
+  /// when rows are not 16-byte aligned (N % 8 != 0 or an unaligned output),
+  /// are stored element by element.
+  void writeStores(const std::string &acc) {
+    int64_t bn = config.getBlockN();
+    int64_t halfCols = std::min<int64_t>(bn, kEpilogueCols);
+    int64_t chunks = halfCols / 8;
+    int64_t stride = kiln::GemmConfigAttr::getEpilogueRowBytes(bn);
+    int64_t rowsPerRead = std::min<int64_t>(16, 32 / chunks);
+    int64_t reads = 16 / rowsPerRead;
+    emit("%epiWarp0 = arith.divui %tid, %c32 : i32");
+    emit("%epiWarp = arith.subi %epiWarp0, %c4 : i32");
+    emit("%epiWarpOff = arith.muli %epiWarp, " + i32(16 * stride) + " : i32");
+    emit("%epiBase = arith.addi %epiWarpOff, " + i32(layout.epilogue) +
+         " : i32");
+    // Write side: this thread's row and column pair in the first chunk.
+    emit("%wrRowOff = arith.muli %laneRow, " + i32(stride) + " : i32");
+    emit("%wrQuadOff = arith.muli %laneQuad, %c4 : i32");
+    emit("%wrOff = arith.addi %wrRowOff, %wrQuadOff : i32");
+    emit("%wrAt = arith.addi %epiBase, %wrOff : i32");
+    emit("%wrBase = llvm.getelementptr %smem[%wrAt] : (!llvm.ptr<3>, i32) "
+         "-> !llvm.ptr<3>, i8");
+    // Read side: lane -> (row in the warp's 16, chunk).
+    emit("%rdChunk = arith.remui %lane, " + i32(chunks) + " : i32");
+    emit("%rdRow = arith.divui %lane, " + i32(chunks) + " : i32");
+    emit("%rdLaneOk = arith.cmpi ult, %rdRow, " + i32(rowsPerRead) + " : i32");
+    emit("%rdRowOff = arith.muli %rdRow, " + i32(stride) + " : i32");
+    emit("%rdChunkOff = arith.muli %rdChunk, %c16 : i32");
+    emit("%rdOff = arith.addi %rdRowOff, %rdChunkOff : i32");
+    emit("%rdAt = arith.addi %epiBase, %rdOff : i32");
+    emit("%rdBase = llvm.getelementptr %smem[%rdAt] : (!llvm.ptr<3>, i32) "
+         "-> !llvm.ptr<3>, i8");
+    emit("%rdChunkCol = arith.muli %rdChunk, %c8 : i32");
+    emit("%outAddr = llvm.ptrtoint %out : !llvm.ptr<1> to i64");
+    emit("%c15i64 = arith.constant 15 : i64");
+    emit("%c0i64 = arith.constant 0 : i64");
+    emit("%outMis = arith.andi %outAddr, %c15i64 : i64");
+    emit("%outAligned = arith.cmpi eq, %outMis, %c0i64 : i64");
+    emit("%nMis = arith.andi %N, " + i32(7) + " : i32");
+    emit("%nAligned = arith.cmpi eq, %nMis, %c0 : i32");
+    emit("%vecOk = arith.andi %outAligned, %nAligned : i1");
+    emit("%epiFullMask = arith.constant -1 : i32");
+    // The first row this lane reads, in the tile, and its place in C.
+    emit("%warpRowInTile = arith.addi %consumerRow, %warpRow : i32");
+    emit("%rdRowInTile = arith.addi %warpRowInTile, %rdRow : i32");
+    emit("%rdRowLocal = arith.addi %mOff, %rdRowInTile : i32");
+    std::string rowLimit = grouped ? "%groupRows" : "%M";
+    std::string rdRowGlobal = "%rdRowLocal";
     if (grouped) {
       // Only the group's own rows: a tile straddling into the next group's
       // rows (contiguous) or past the count (masked) stores none of them.
-      emit("%row0ok = arith.cmpi ult, %row0, %groupRows : i32");
-      emit("%row1ok = arith.cmpi ult, %row1, %groupRows : i32");
-      emit("%row0g = arith.addi %groupRow, %row0 : i32");
-      emit("%row1g = arith.addi %groupRow, %row1 : i32");
-      emit("%row0w = arith.extui %row0g : i32 to i64");
-      emit("%row1w = arith.extui %row1g : i32 to i64");
-    } else {
-      emit("%row0ok = arith.cmpi ult, %row0, %M : i32");
-      emit("%row1ok = arith.cmpi ult, %row1, %M : i32");
-      emit("%row0w = arith.extui %row0 : i32 to i64");
-      emit("%row1w = arith.extui %row1 : i32 to i64");
+      emit("%rdRowGlobal = arith.addi %groupRow, %rdRowLocal : i32");
+      rdRowGlobal = "%rdRowGlobal";
     }
-    emit("%rowBase0 = arith.muli %row0w, %N64 : i64");
-    emit("%rowBase1 = arith.muli %row1w, %N64 : i64");
-    for (int64_t i = 0; i < accRegs; ++i) {
-      std::string n = std::to_string(i);
-      bool upper = (i % 4) >= 2;
-      emit("%colOff" + n + " = arith.constant " +
-           std::to_string(8 * (i / 4) + i % 2) + " : i32");
-      emit("%col" + n + " = arith.addi %colBase, %colOff" + n + " : i32");
-      emit("%colOk" + n + " = arith.cmpi ult, %col" + n + ", %N : i32");
-      emit("%ok" + n + " = arith.andi %colOk" + n + ", " +
-           (upper ? "%row1ok" : "%row0ok") + " : i1");
-      emit("scf.if %ok" + n + " {");
-      emit("%v = llvm.extractvalue " + acc + "[" + n + "] : " + structType);
-      emit("%h = arith.truncf %v : f32 to bf16");
-      emit("%colw = arith.extui %col" + n + " : i32 to i64");
-      emit(std::string("%idx = arith.addi ") +
-           (upper ? "%rowBase1" : "%rowBase0") + ", %colw : i64");
-      emit("%dst = llvm.getelementptr %out[%idx] : (!llvm.ptr<1>, i64) -> "
-           "!llvm.ptr<1>, bf16");
-      emit("llvm.store %h, %dst : bf16, !llvm.ptr<1>");
-      emit("}");
+    emit("%rdRowW = arith.extui " + rdRowGlobal + " : i32 to i64");
+    emit("%rdRowBase = arith.muli %rdRowW, %N64 : i64");
+    emit("%rdColBase = arith.addi %nOff, %rdChunkCol : i32");
+    emit("%rdColW = arith.extui %rdColBase : i32 to i64");
+    emit("%rdIdx = arith.addi %rdRowBase, %rdColW : i64");
+    emit("%rdStep = arith.constant " + std::to_string(rowsPerRead) + " : i64");
+    emit("%rdStride = arith.muli %N64, %rdStep : i64");
+    for (int64_t h = 0; h < bn / halfCols; ++h) {
+      std::string hs = std::to_string(h);
+      for (int64_t c = 0; c < chunks; ++c) {
+        for (int64_t upper = 0; upper < 2; ++upper) {
+          std::string n =
+              hs + "_" + std::to_string(c) + "_" + std::to_string(upper);
+          int64_t reg = 4 * (h * chunks + c) + 2 * upper;
+          emit("%wrPtr" + n + " = llvm.getelementptr %wrBase[" +
+               i32(8 * upper * stride + 16 * c) +
+               "] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8");
+          std::string vec = "%wrU" + n;
+          emit(vec + " = llvm.mlir.undef : vector<2xf32>");
+          for (int64_t e = 0; e < 2; ++e) {
+            std::string x = "%wrV" + n + "_" + std::to_string(e);
+            emit(x + "s = llvm.extractvalue " + acc + "[" +
+                 std::to_string(reg + e) + "] : " + structType);
+            emit(x + " = llvm.insertelement " + x + "s, " + vec + "[" + i32(e) +
+                 " : i32] : vector<2xf32>");
+            vec = x;
+          }
+          emit("%wrH" + n + " = arith.truncf " + vec +
+               " : vector<2xf32> to vector<2xbf16>");
+          emit("llvm.store %wrH" + n + ", %wrPtr" + n +
+               " {alignment = 4 : i64} : vector<2xbf16>, !llvm.ptr<3>");
+        }
+      }
+      emit("nvvm.bar.warp.sync %epiFullMask : i32");
+      for (int64_t t = 0; t < reads; ++t) {
+        std::string n = hs + "_" + std::to_string(t);
+        emit("%rdPtr" + n + " = llvm.getelementptr %rdBase[" +
+             i32(t * rowsPerRead * stride) +
+             "] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8");
+        emit("%row" + n + " = arith.addi %rdRowLocal, " + i32(t * rowsPerRead) +
+             " : i32");
+        emit("%rowOk" + n + " = arith.cmpi ult, %row" + n + ", " + rowLimit +
+             " : i32");
+        emit("%live" + n + " = arith.andi %rowOk" + n + ", %rdLaneOk : i1");
+        emit("%col" + n + " = arith.addi %rdColBase, " + i32(h * halfCols) +
+             " : i32");
+        emit("%colEnd" + n + " = arith.addi %col" + n + ", %c8 : i32");
+        emit("%colsIn" + n + " = arith.cmpi ule, %colEnd" + n + ", %N : i32");
+        emit("%whole" + n + " = arith.andi %colsIn" + n + ", %vecOk : i1");
+        emit("%tStep" + n + " = arith.constant " + std::to_string(t) +
+             " : i64");
+        emit("%tOff" + n + " = arith.muli %rdStride, %tStep" + n + " : i64");
+        emit("%idx" + n + " = arith.addi %rdIdx, %tOff" + n + " : i64");
+        emit("%dst" + n + " = llvm.getelementptr %out[%idx" + n +
+             "] : (!llvm.ptr<1>, i64) -> !llvm.ptr<1>, bf16");
+        emit("%dstH" + n + " = llvm.getelementptr %dst" + n + "[" +
+             i32(h * halfCols) +
+             "] : (!llvm.ptr<1>, i32) -> !llvm.ptr<1>, bf16");
+        emit("scf.if %live" + n + " {");
+        emit("%chunk" + n + " = llvm.load %rdPtr" + n +
+             " {alignment = 16 : i64} : !llvm.ptr<3> -> vector<8xbf16>");
+        emit("scf.if %whole" + n + " {");
+        emit("llvm.store %chunk" + n + ", %dstH" + n +
+             " {alignment = 16 : i64} : vector<8xbf16>, !llvm.ptr<1>");
+        emit("} else {");
+        for (int64_t e = 0; e < 8; ++e) {
+          std::string es = n + "_" + std::to_string(e);
+          emit("%colE" + es + " = arith.addi %col" + n + ", " + i32(e) +
+               " : i32");
+          emit("%inE" + es + " = arith.cmpi ult, %colE" + es + ", %N : i32");
+          emit("scf.if %inE" + es + " {");
+          emit("%elem" + es + " = llvm.extractelement %chunk" + n + "[" +
+               i32(e) + " : i32] : vector<8xbf16>");
+          emit("%elemPtr" + es + " = llvm.getelementptr %dstH" + n + "[" +
+               i32(e) + "] : (!llvm.ptr<1>, i32) -> !llvm.ptr<1>, bf16");
+          emit("llvm.store %elem" + es + ", %elemPtr" + es +
+               " : bf16, !llvm.ptr<1>");
+          emit("}");
+        }
+        emit("}");
+        emit("}");
+      }
+      // The next half (or tile) overwrites the slice.
+      emit("nvvm.bar.warp.sync %epiFullMask : i32");
     }
   }
 
@@ -622,8 +734,9 @@ private:
     return acc;
   }
 
-  /// %mOff, %nOff: the tile's first row and column; N tiles run fastest so
-  /// that neighbouring blocks share rows of A in L2.
+  /// %mOff, %nOff: the tile's first row and column. Plain kernels walk the
+  /// tiles in bands of kRasterRows tile rows, M fastest inside a band, so
+  /// that the blocks of one wave share rows of A and of B in L2.
   ///
   /// Grouped kernels number the tiles of all groups in group order (each
   /// group's tiles as in a plain kernel) and find a tile's group by binary
@@ -656,8 +769,25 @@ private:
       emit("%localTile = arith.subi %tile, %groupTiles : i32");
       localTile = "%localTile";
     }
-    emit("%mTile = arith.divui " + localTile + ", %nTiles : i32");
-    emit("%nTile = arith.remui " + localTile + ", %nTiles : i32");
+    if (grouped) {
+      emit("%mTile = arith.divui " + localTile + ", %nTiles : i32");
+      emit("%nTile = arith.remui " + localTile + ", %nTiles : i32");
+    } else {
+      // Bands of kRasterRows tile rows, M fastest inside a band: the blocks
+      // running at the same time cover about 8 x 16 tiles instead of 2 x 56
+      // (7168 x 16384 at M = 4096), so each K block of A and B is fetched
+      // from DRAM for fewer of them; at M <= 128 (one tile row) the order is
+      // the N order as before.
+      emit("%bandTiles = arith.muli %nTiles, " + i32(kRasterRows) + " : i32");
+      emit("%band = arith.divui %tile, %bandTiles : i32");
+      emit("%inBand = arith.remui %tile, %bandTiles : i32");
+      emit("%bandFirst = arith.muli %band, " + i32(kRasterRows) + " : i32");
+      emit("%bandLeft = arith.subi %mTiles, %bandFirst : i32");
+      emit("%bandRows = arith.minui %bandLeft, " + i32(kRasterRows) + " : i32");
+      emit("%mInBand = arith.remui %inBand, %bandRows : i32");
+      emit("%mTile = arith.addi %bandFirst, %mInBand : i32");
+      emit("%nTile = arith.divui %inBand, %bandRows : i32");
+    }
     emit("%mOff = arith.muli %mTile, " + i32(bm) + " : i32");
     emit("%nOff = arith.muli %nTile, " + i32(bn) + " : i32");
     if (grouped) {
@@ -844,10 +974,11 @@ private:
   }
 
   /// Byte offsets in the aligned shared memory: the A and B rings, the
-  /// full and empty barrier arrays and, in grouped kernels, the group
+  /// epilogue's staging (16 rows per consumer warp), the full and empty
+  /// barrier arrays and, in grouped kernels, the group
   /// tables (tile prefix sums, first row and row count of each group).
   struct Layout {
-    int64_t ringA = 0, ringB = 0, fullBar = 0, emptyBar = 0;
+    int64_t ringA = 0, ringB = 0, epilogue = 0, fullBar = 0, emptyBar = 0;
     int64_t tilePrefix = 0, groupRow = 0, groupRows = 0;
   };
 

@@ -115,11 +115,12 @@ GemmConfigAttr::verify(function_ref<InFlightDiagnostic()> emitError,
   if (splitK < 1 || splitK > kMaxSplitK)
     return emitError() << "gemm_config: split_k must be in [1, " << kMaxSplitK
                        << "], got " << splitK;
-  // The rings, two mbarriers per stage, a grouped kernel's group tables
-  // and 1 KB for aligning the ring.
+  // The rings, the epilogue's staging, two mbarriers per stage, a grouped
+  // kernel's group tables and 1 KB for aligning the ring.
   int64_t tables = grouped ? 3 * 4 * (GemmConfigAttr::kMaxGroups + 1) : 0;
+  int64_t epilogue = blockM * GemmConfigAttr::getEpilogueRowBytes(blockN);
   int64_t bytes =
-      stages * (blockM + blockN) * 128 + 16 * stages + tables + 1024;
+      stages * (blockM + blockN) * 128 + epilogue + 16 * stages + tables + 1024;
   if (bytes > kMaxSharedMemoryBytes)
     return emitError() << "gemm_config: " << bytes
                        << " bytes of shared memory exceed the "

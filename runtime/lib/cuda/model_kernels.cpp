@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <array>
 #include <climits>
+#include <cstddef>
 #include <initializer_list>
 #include <vector>
 
@@ -422,6 +423,46 @@ void checkSelectRows(const DeviceMatrix &x, CUdeviceptr rows, int64_t count,
     check.pointer(rows, "rows", 4);
 }
 
+void checkSample(const DeviceMatrix &logits,
+                 const std::vector<SamplingRow> &rows, CUdeviceptr rowsBuffer,
+                 size_t rowsBufferBytes, CUdeviceptr tokens) {
+  Checker check("sample");
+  const int64_t count = static_cast<int64_t>(rows.size());
+  check.matrix(logits, "logits", {ElementType::F32}, count);
+  // Token ids are i32.
+  check.require(logits.cols <= INT_MAX,
+                "the vocabulary of " + std::to_string(logits.cols) +
+                    " ids exceeds the i32 token ids");
+  check.rowsFitGrid(count);
+  for (int64_t r = 0; r < count; ++r) {
+    const SamplingRow &row = rows[r];
+    std::string where = "row " + std::to_string(r) + ": ";
+    check.require(row.temperature >= 0,
+                  where + "temperature must be >= 0, got " +
+                      std::to_string(row.temperature));
+    check.require(row.topK >= 0,
+                  where + "topK must be >= 0, got " + std::to_string(row.topK));
+    check.require(row.topP > 0 && row.topP <= 1,
+                  where + "topP must be in (0, 1], got " +
+                      std::to_string(row.topP));
+    check.require(row.u >= 0 && row.u < 1,
+                  where + "u must be in [0, 1), got " + std::to_string(row.u));
+    check.require(row.vocabLimit >= 1 && row.vocabLimit <= logits.cols,
+                  where + "the vocabulary limit " +
+                      std::to_string(row.vocabLimit) + " is outside [1, " +
+                      std::to_string(logits.cols) + "]");
+  }
+  if (count == 0)
+    return;
+  check.pointer(rowsBuffer, "the rows buffer", 8);
+  check.require(rowsBufferBytes >= rows.size() * sizeof(SamplingRow),
+                "the rows buffer of " + std::to_string(rowsBufferBytes) +
+                    " bytes is below the " +
+                    std::to_string(rows.size() * sizeof(SamplingRow)) +
+                    " the rows take");
+  check.pointer(tokens, "tokens", 4);
+}
+
 } // namespace detail
 
 //===----------------------------------------------------------------------===//
@@ -502,6 +543,7 @@ enum Kernel {
   kMoeDispatchCopy,
   kMoeCombine,
   kFillRandom,
+  kSample,
   kKernelCount
 };
 
@@ -539,6 +581,7 @@ constexpr std::array<const char *, kKernelCount> kKernelNames = {
     "kiln_moe_dispatch_copy",
     "kiln_moe_combine",
     "kiln_fill_random",
+    "kiln_sample",
 };
 
 constexpr unsigned kRowThreads = 256;    // kernels/dense.cuh
@@ -926,6 +969,38 @@ void ModelKernels::selectRows(CUstream stream, const DeviceMatrix &x,
   p.sourceRows = x.rows;
   impl->launch(kSelectRows, gridFor(count, 1), columnChunks(x.cols),
                kRowThreads, 0, stream, p);
+}
+
+// The device reads the host's rows as they are.
+static_assert(sizeof(SamplingRow) == sizeof(k::SampleRowParams) &&
+              offsetof(SamplingRow, u) == offsetof(k::SampleRowParams, u) &&
+              offsetof(SamplingRow, temperature) ==
+                  offsetof(k::SampleRowParams, temperature) &&
+              offsetof(SamplingRow, topP) ==
+                  offsetof(k::SampleRowParams, topP) &&
+              offsetof(SamplingRow, topK) ==
+                  offsetof(k::SampleRowParams, topK) &&
+              offsetof(SamplingRow, vocabLimit) ==
+                  offsetof(k::SampleRowParams, limit));
+
+void ModelKernels::sample(CUstream stream, const DeviceMatrix &logits,
+                          const std::vector<SamplingRow> &rows,
+                          CUdeviceptr rowsBuffer, size_t rowsBufferBytes,
+                          CUdeviceptr tokens) {
+  detail::checkSample(logits, rows, rowsBuffer, rowsBufferBytes, tokens);
+  if (rows.empty())
+    return;
+  // Pageable source: the driver stages it before returning.
+  KILN_CU("model kernel kiln_sample: rows", cuMemcpyHtoDAsync, rowsBuffer,
+          rows.data(), rows.size() * sizeof(SamplingRow), stream);
+  k::SampleParams p{};
+  p.logits = ref(logits);
+  p.rows = rowsBuffer;
+  p.tokens = tokens;
+  p.count = logits.rows;
+  p.vocab = logits.cols;
+  impl->launch(kSample, gridFor(logits.rows, 1), 1, k::kSampleThreads, 0,
+               stream, p);
 }
 
 } // namespace kiln::cuda

@@ -48,6 +48,9 @@ void checkMoeCombine(const DeviceMatrix &y, CUdeviceptr rows,
                      CUdeviceptr weights, int topK, const DeviceMatrix &out);
 void checkSelectRows(const DeviceMatrix &x, CUdeviceptr rows, int64_t count,
                      const DeviceMatrix &out);
+void checkSample(const DeviceMatrix &logits,
+                 const std::vector<SamplingRow> &rows, CUdeviceptr rowsBuffer,
+                 size_t rowsBufferBytes, CUdeviceptr tokens);
 
 } // namespace kiln::cuda::detail
 

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace kiln::cuda {
 
@@ -132,6 +133,23 @@ struct MoeRouteArgs {
   bool normTopkProb = true;
 };
 
+/// One row's sampling parameters (kiln::SamplingParams plus the row's draw
+/// and vocabulary limit), as sample() hands them to the device.
+struct SamplingRow {
+  /// The uniform in [0, 1) the CPU sampler would draw for this row (its
+  /// Random::uniform()); unused when greedy.
+  double u = 0;
+  /// 0 picks the argmax (the lower id among equals).
+  float temperature = 0;
+  /// (0, 1]
+  float topP = 1;
+  /// 0 keeps all.
+  int64_t topK = 0;
+  /// Ids at or above this are never sampled (as if their logits were -inf);
+  /// in [1, vocab].
+  int64_t vocabLimit = 0;
+};
+
 /// The non-GEMM kernels, loaded into the context current on the calling
 /// thread. Use (and destroy) them with that context current.
 class ModelKernels {
@@ -189,6 +207,18 @@ public:
   /// out[s] = x[rows[s]] (f32).
   void selectRows(CUstream stream, const DeviceMatrix &x, CUdeviceptr rows,
                   int64_t count, const DeviceMatrix &out);
+  /// kiln::Sampler::sample over each row of `logits` (f32 [rows.size(),
+  /// vocab]) with that row's parameters: tokens (i32 [rows.size()], device)
+  /// gets the chosen ids, -1 where the CPU sampler throws (a NaN or +inf
+  /// logit below the row's limit, or none finite). Greedy rows equal the
+  /// CPU's argmax; sampled rows choose from the CPU's kept set by the CPU's
+  /// walk with the row's u, equal to the CPU's choice except when u lies
+  /// within double rounding of a cumulative boundary (kernels/sampling.cuh).
+  /// The rows are copied on the stream into `rowsBuffer` (device, at least
+  /// rows.size() * sizeof(SamplingRow) bytes, 8-byte aligned) first.
+  void sample(CUstream stream, const DeviceMatrix &logits,
+              const std::vector<SamplingRow> &rows, CUdeviceptr rowsBuffer,
+              size_t rowsBufferBytes, CUdeviceptr tokens);
 
 private:
   struct Impl;

@@ -11,3 +11,4 @@
 #include "mla_attention.cuh"
 #include "mla_attention_mma.cuh"
 #include "moe.cuh"
+#include "sampling.cuh"

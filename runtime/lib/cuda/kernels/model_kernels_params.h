@@ -207,6 +207,26 @@ struct SelectRowsParams {
   long long sourceRows;
 };
 
+/// One row's sampling parameters (kiln::cuda::SamplingRow on the host).
+struct SampleRowParams {
+  double u;          // uniform in [0, 1), the row's draw
+  float temperature; // 0: greedy
+  float topP;        // (0, 1]
+  long long topK;    // 0: all
+  long long limit;   // ids >= limit are never sampled
+};
+
+/// sampling.cuh: one block of kSampleThreads per row.
+constexpr int kSampleThreads = 512;
+
+struct SampleParams {
+  MatrixRef logits; // f32 [count, vocab]
+  Address rows;     // SampleRowParams [count]
+  Address tokens;   // i32 [count], out
+  long long count;
+  long long vocab;
+};
+
 } // namespace kiln::cuda::kernels
 
 #endif // KILN_CUDA_KERNELS_MODEL_KERNELS_PARAMS_H

@@ -145,33 +145,53 @@ extern "C" __global__ void __launch_bounds__(kRouteThreads)
   }
 }
 
+/// Per-warp expert histograms of the dispatch plan: warps × experts ints.
+constexpr int kDispatchHistogram = 8192;
+
 /// The dispatch plan in one block: counts per expert, their exclusive scan
 /// into offsets[E + 1], and each routed entry's row (token-major entries
 /// ranked in order within their expert, so the grouping is stable). An id
-/// outside [0, E) is dropped: its row is -1.
+/// outside [0, E) is dropped: its row is -1. The entries are cut into one
+/// contiguous segment per warp (as many warps as the histograms fit: 32 for
+/// 256 experts); each warp counts its segment's experts, a scan over
+/// (expert, warp) gives every warp its own cursor per expert, and the warps
+/// then rank their segments in parallel, in order, 32 entries at a time.
 extern "C" __global__ void __launch_bounds__(kDispatchThreads)
     kiln_moe_dispatch_plan(const DispatchParams p) {
-  __shared__ int counts[kDispatchThreads];
-  __shared__ int cursor[kDispatchThreads];
-  __shared__ int chunk[kDispatchThreads];
+  __shared__ int histogram[kDispatchHistogram]; // [warp][expert]
   __shared__ int warpTotals[kDispatchThreads / kWarpSize];
   const int *ids = pointer<const int>(p.expertIds);
   int *rows = pointer<int>(p.rows);
   const long long entries = p.tokens * p.topK;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int warps = min(static_cast<int>(blockDim.x / kWarpSize),
+                        max(1, kDispatchHistogram / p.experts));
+  const long long segment = (entries + warps - 1) / warps;
+  const long long first = warp * segment, last = min(entries, first + segment);
+  int *mine = histogram + warp * p.experts;
 
-  for (int e = threadIdx.x; e < p.experts; e += blockDim.x)
-    counts[e] = 0;
+  for (int i = threadIdx.x; i < warps * p.experts; i += blockDim.x)
+    histogram[i] = 0;
   __syncthreads();
-  for (long long i = threadIdx.x; i < entries; i += blockDim.x) {
-    int expert = ids[i];
-    if (expert >= 0 && expert < p.experts)
-      atomicAdd(&counts[expert], 1);
-  }
+  // Counts: lanes with the same expert add once, from their lowest lane.
+  if (warp < warps)
+    for (long long base = first; base < last; base += kWarpSize) {
+      long long entry = base + lane;
+      int expert = entry < last ? ids[entry] : -1;
+      bool valid = expert >= 0 && expert < p.experts;
+      unsigned peers = __match_any_sync(kFullMask, valid ? expert : -1);
+      if (valid && __popc(peers & ((1u << lane) - 1)) == 0)
+        mine[expert] += __popc(peers);
+      __syncwarp();
+    }
   __syncthreads();
 
-  // Exclusive scan, one expert per thread (experts ≤ blockDim).
-  int count = threadIdx.x < p.experts ? counts[threadIdx.x] : 0;
+  // Exclusive scan of the experts' totals, one expert per thread (experts
+  // ≤ blockDim); then each warp's cursor per expert, in warp order.
+  int count = 0;
+  if (threadIdx.x < p.experts)
+    for (int w = 0; w < warps; ++w)
+      count += histogram[w * p.experts + threadIdx.x];
   int inclusive = count;
   for (int offset = 1; offset < kWarpSize; offset *= 2) {
     int other = __shfl_up_sync(kFullMask, inclusive, offset);
@@ -187,38 +207,34 @@ extern "C" __global__ void __launch_bounds__(kDispatchThreads)
   int *offsets = pointer<int>(p.offsets);
   if (threadIdx.x < p.experts) {
     int exclusive = before + inclusive - count;
-    cursor[threadIdx.x] = exclusive;
     offsets[threadIdx.x] = exclusive;
     if (threadIdx.x == p.experts - 1)
       offsets[p.experts] = exclusive + count;
+    for (int w = 0; w < warps; ++w) {
+      int &slot = histogram[w * p.experts + threadIdx.x];
+      int segmentCount = slot;
+      slot = exclusive;
+      exclusive += segmentCount;
+    }
   }
   __syncthreads();
 
-  // Ranks: chunks of entries staged in shared memory, then walked in order by
-  // warp 0, 32 at a time; lanes with the same expert rank by lane order.
-  for (long long start = 0; start < entries; start += blockDim.x) {
-    long long i = start + threadIdx.x;
-    chunk[threadIdx.x] = i < entries ? ids[i] : -1;
-    __syncthreads();
-    if (warp == 0)
-      for (int sub = 0;
-           sub < static_cast<int>(blockDim.x) && start + sub < entries;
-           sub += kWarpSize) {
-        long long entry = start + sub + lane;
-        int expert = chunk[sub + lane];
-        bool valid = entry < entries && expert >= 0 && expert < p.experts;
-        unsigned peers = __match_any_sync(kFullMask, valid ? expert : -1);
-        int rank = __popc(peers & ((1u << lane) - 1));
-        int row = valid ? cursor[expert] + rank : -1;
-        __syncwarp();
-        if (valid && rank == 0)
-          cursor[expert] += __popc(peers);
-        if (entry < entries)
-          rows[entry] = row;
-        __syncwarp();
-      }
-    __syncthreads();
-  }
+  // Ranks: each warp walks its segment in order with its own cursors.
+  if (warp < warps)
+    for (long long base = first; base < last; base += kWarpSize) {
+      long long entry = base + lane;
+      int expert = entry < last ? ids[entry] : -1;
+      bool valid = expert >= 0 && expert < p.experts;
+      unsigned peers = __match_any_sync(kFullMask, valid ? expert : -1);
+      int rank = __popc(peers & ((1u << lane) - 1));
+      int row = valid ? mine[expert] + rank : -1;
+      __syncwarp();
+      if (valid && rank == 0)
+        mine[expert] += __popc(peers);
+      if (entry < last)
+        rows[entry] = row;
+      __syncwarp();
+    }
 }
 
 /// Copies token t's FP8 row and its scales to each row it was routed to.

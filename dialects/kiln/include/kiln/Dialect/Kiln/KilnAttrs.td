@@ -150,12 +150,22 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
     int64_t getGroupTableBytes() const {
       return getGrouped() ? 3 * 4 * (kMaxGroups + 1) : 0;
     }
-    /// Dynamic shared memory: the A and B rings, then 2 mbarriers per stage,
-    /// the group tables of a grouped kernel, plus 1 KB to align the ring to
-    /// 1024 bytes at run time.
+    /// A row of the BF16 epilogue's staging: at most 64 columns at a time,
+    /// plus 16 bytes so that 8 consecutive rows start in different banks.
+    static int64_t getEpilogueRowBytes(int64_t blockN) {
+      return std::min<int64_t>(blockN, 64) * 2 + 16;
+    }
+    /// The BF16 epilogue's staging: 16 rows per consumer warp.
+    int64_t getEpilogueBytes() const {
+      return getBlockM() * getEpilogueRowBytes(getBlockN());
+    }
+    /// Dynamic shared memory: the A and B rings, the epilogue's staging,
+    /// then 2 mbarriers per stage, the group tables of a grouped kernel, plus
+    /// 1 KB to align the ring to 1024 bytes at run time.
     int64_t getSharedMemoryBytes() const {
       return getStages() * (getBlockM() + getBlockN()) * 128 +
-             2 * 8 * getStages() + getGroupTableBytes() + 1024;
+             getEpilogueBytes() + 2 * 8 * getStages() + getGroupTableBytes() +
+             1024;
     }
     /// The kernel's symbol name, unique per configuration.
     std::string getKernelName() const;
