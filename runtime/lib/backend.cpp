@@ -5,6 +5,7 @@
 #include "kiln/error.h"
 
 #include <algorithm>
+#include <limits>
 #include <string>
 
 namespace kiln {
@@ -26,6 +27,44 @@ CpuModelOptions withoutMtp(CpuModelOptions options) {
 }
 
 } // namespace
+
+void Backend::checkSampling(const std::vector<BackendStepEntry> &entries,
+                            const std::vector<BackendSampling> &sampling,
+                            int64_t vocabSize) {
+  if (sampling.size() != entries.size())
+    throw Error("backend: " + std::to_string(sampling.size()) +
+                " sampling inputs for " + std::to_string(entries.size()) +
+                " step entries");
+  for (size_t i = 0; i < sampling.size(); ++i) {
+    std::string where = "backend: sampling of step entry " + std::to_string(i);
+    if (!sampling[i].sampler)
+      throw Error(where + " has no sampler");
+    if (sampling[i].vocabLimit < 1 || sampling[i].vocabLimit > vocabSize)
+      throw Error(where + ": the vocabulary limit " +
+                  std::to_string(sampling[i].vocabLimit) + " is outside [1, " +
+                  std::to_string(vocabSize) + "]");
+  }
+}
+
+std::vector<SampledToken>
+Backend::stepAndSample(const std::vector<BackendStepEntry> &entries,
+                       const std::vector<BackendSampling> &sampling) {
+  const int64_t vocab = config().vocabSize;
+  checkSampling(entries, sampling, vocab);
+  std::vector<float> logits = step(entries);
+  std::vector<SampledToken> tokens(entries.size());
+  for (size_t i = 0; i < entries.size(); ++i) {
+    float *row = logits.data() + i * vocab;
+    std::fill(row + sampling[i].vocabLimit, row + vocab,
+              -std::numeric_limits<float>::infinity());
+    try {
+      tokens[i].token = sampling[i].sampler->sample(row, vocab);
+    } catch (...) {
+      tokens[i].error = std::current_exception();
+    }
+  }
+  return tokens;
+}
 
 CpuBackend::CpuBackend(const ModelConfig &config, const WeightSource &weights,
                        CpuModelOptions options)

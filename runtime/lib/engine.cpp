@@ -526,9 +526,17 @@ void Engine::Impl::stepOnce(std::vector<Active> &active) {
   entries.reserve(active.size());
   for (Active &a : active)
     entries.push_back({a.sequence.get(), a.next, a.position});
-  std::vector<float> logits;
+  // The embedding is padded past the tokenizer's vocabulary; ids there have
+  // no text and are never sampled.
+  const int64_t textVocab = std::min<int64_t>(model->config().vocabSize,
+                                              model->tokenizer().vocabSize());
+  std::vector<BackendSampling> sampling;
+  sampling.reserve(active.size());
+  for (Active &a : active)
+    sampling.push_back({&a.sampler, textVocab});
+  std::vector<SampledToken> sampled;
   try {
-    logits = model->backend().step(entries);
+    sampled = model->backend().stepAndSample(entries, sampling);
   } catch (...) {
     std::string message = "backend step failed: " + describeCurrentException();
     for (Active &a : active)
@@ -540,20 +548,14 @@ void Engine::Impl::stepOnce(std::vector<Active> &active) {
     ++stats.steps;
   }
 
-  const int64_t vocab = model->config().vocabSize;
-  // The embedding is padded past the tokenizer's vocabulary; ids there have
-  // no text and are never sampled.
-  const int64_t textVocab =
-      std::min<int64_t>(vocab, model->tokenizer().vocabSize());
   for (size_t i = 0; i < active.size(); ++i) {
     Active &a = active[i];
     a.position += static_cast<int64_t>(a.next.size());
-    float *row = logits.data() + i * vocab;
-    std::fill(row + textVocab, row + vocab,
-              -std::numeric_limits<float>::infinity());
     int32_t token = -1;
     try {
-      token = a.sampler.sample(row, vocab);
+      if (sampled[i].error)
+        std::rethrow_exception(sampled[i].error);
+      token = sampled[i].token;
       a.text += a.decoder.push(token);
     } catch (...) {
       finishActive(a, FinishReason::Error, token, describeCurrentException());

@@ -161,6 +161,10 @@ int32_t Sampler::sample(const float *logits, int64_t vocabSize) {
   return kept.back().first; // u beyond a sum that rounded below 1
 }
 
+double Sampler::nextUniform() {
+  return samplingParams.temperature == 0 ? 0.0 : random.uniform();
+}
+
 int32_t Sampler::sample(const std::vector<float> &logits) {
   return sample(logits.data(), static_cast<int64_t>(logits.size()));
 }

@@ -13,9 +13,11 @@
 
 #include "kiln/config.h"
 #include "kiln/cpu_model.h"
+#include "kiln/sampler.h"
 #include "kiln/weights.h"
 
 #include <cstdint>
+#include <exception>
 #include <memory>
 #include <vector>
 
@@ -38,6 +40,24 @@ struct BackendStepEntry {
   int64_t startPosition = 0;
 };
 
+/// One entry's sampling in stepAndSample().
+struct BackendSampling {
+  /// The entry's sampler: its parameters, and its PRNG, advanced exactly as
+  /// sample() would advance it.
+  Sampler *sampler = nullptr;
+  /// Ids at or above this are never sampled, as if their logits were -inf
+  /// (the engine's text vocabulary); in [1, vocab_size].
+  int64_t vocabLimit = 0;
+};
+
+/// One entry's result of stepAndSample().
+struct SampledToken {
+  int32_t token = -1;
+  /// What Sampler::sample threw on this entry's logits (token is then -1),
+  /// e.g. for a NaN logit; null when a token was chosen.
+  std::exception_ptr error;
+};
+
 /// A model on some device. The engine calls step() from one thread at a
 /// time; the other functions may be called from any thread.
 class Backend {
@@ -58,6 +78,23 @@ public:
   /// exception each sequence is cut back to its entry's startPosition.
   virtual std::vector<float>
   step(const std::vector<BackendStepEntry> &entries) = 0;
+  /// step(), then each entry's next token from its logits as
+  /// sampling[i].sampler->sample() chooses it with ids from vocabLimit up
+  /// masked: one result per entry, in entry order. A sampling error is that
+  /// entry's result; step errors, and a `sampling` that does not fit the
+  /// entries (checked before any cache changes), are thrown. This default
+  /// samples step()'s logits on the CPU; a device backend may sample where
+  /// the logits are and return only the ids.
+  virtual std::vector<SampledToken>
+  stepAndSample(const std::vector<BackendStepEntry> &entries,
+                const std::vector<BackendSampling> &sampling);
+
+protected:
+  /// Throws kiln::Error unless there is one sampling per entry, each with a
+  /// sampler and a vocabLimit in [1, vocabSize].
+  static void checkSampling(const std::vector<BackendStepEntry> &entries,
+                            const std::vector<BackendSampling> &sampling,
+                            int64_t vocabSize);
 };
 
 /// The FP32 reference backend: one CpuModel, one CpuSequence per sequence.

@@ -54,6 +54,12 @@ public:
   int32_t sample(const float *logits, int64_t vocabSize);
   int32_t sample(const std::vector<float> &logits);
 
+  /// The uniform sample() compares the cumulative probability with, drawn
+  /// and the PRNG advanced exactly as sample() does on valid logits: for
+  /// sampling the same distribution elsewhere (the CUDA backend's kernel).
+  /// Greedy samplers draw nothing and return 0.
+  double nextUniform();
+
   /// The distribution sample() draws from: softmax(logits / temperature)
   /// restricted to the top-k and top-p set and renormalized (one-hot at the
   /// argmax when greedy). For tests and log-probabilities.

@@ -339,8 +339,27 @@ struct CudaBackend::Impl {
     /// The longest context any token of the chunk attends to.
     int32_t maxContext = 0;
   };
+  /// Where the finishing rows of a step go: their logits (step()), or the
+  /// tokens sampled from them (stepAndSample()).
+  struct Outputs {
+    std::vector<float> *logits = nullptr;
+    const std::vector<BackendSampling> *sampling = nullptr;
+    std::vector<SampledToken> *tokens = nullptr;
+  };
+  /// Checks every entry before any cache changes (kiln::Error).
+  void checkEntries(const std::vector<BackendStepEntry> &entries) const;
+  /// Runs a checked step: cuts and grows the caches, runs its chunks.
+  void runEntries(const std::vector<BackendStepEntry> &entries,
+                  const Outputs &outputs);
   void runChunk(const std::vector<BackendStepEntry> &entries,
-                const Chunk &chunk, std::vector<float> &logits);
+                const Chunk &chunk, const Outputs &outputs);
+  /// Samples the chunk's S finishing rows of `logits` into outputs.tokens.
+  void sampleRows(const Chunk &chunk, CUdeviceptr logits, int64_t S,
+                  const Outputs &outputs);
+  // ModelKernels::sample's rows and ids, for maxSequencesAnyPlan rows (made
+  // on the first stepAndSample()).
+  DeviceBuffer samplingRows;
+  DeviceBuffer sampledTokens;
   /// Every step of the plan, eagerly (with the timeline when it is on).
   void runPlan(PlanState &state, const ChunkShape &shape);
   void runPlanTimed(PlanState &state, const ChunkShape &shape);
@@ -843,8 +862,7 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
 }
 
 void CudaBackend::Impl::runChunk(const std::vector<BackendStepEntry> &entries,
-                                 const Chunk &chunk,
-                                 std::vector<float> &logits) {
+                                 const Chunk &chunk, const Outputs &outputs) {
   const int64_t T = static_cast<int64_t>(chunk.tokenIds.size());
   // The smallest decode plan the chunk fits (decode_small's GEMM kernels are
   // chosen for M <= 64), else prefill.
@@ -936,22 +954,80 @@ void CudaBackend::Impl::runChunk(const std::vector<BackendStepEntry> &entries,
     const PlanBuffer *out = plan.findBuffer("logits");
     if (!out)
       throw Error(origin + ": plan has no 'logits' buffer");
-    // Straight into the caller's rows: a staging vector cost as much again
-    // (page faults and a copy; 66 MB a step at batch 128). The finishing
-    // entries of a chunk are consecutive, so this is one copy.
-    const size_t rowBytes = config.vocabSize * 4;
-    const CUdeviceptr from = state.arena.get() + out->offset;
-    KILN_CU(origin + ": logits", cuStreamSynchronize, stream);
-    const bool consecutive =
-        chunk.finishing.back() - chunk.finishing.front() + 1 == S;
-    for (int64_t s = 0; s < S; s += consecutive ? S : 1)
-      KILN_CU(origin + ": logits", cuMemcpyDtoH,
-              logits.data() + chunk.finishing[s] * config.vocabSize,
-              from + s * rowBytes, (consecutive ? S : 1) * rowBytes);
+    if (outputs.tokens) {
+      sampleRows(chunk, state.arena.get() + out->offset, S, outputs);
+    } else {
+      std::vector<float> &logits = *outputs.logits;
+      // Straight into the caller's rows: a staging vector cost as much again
+      // (page faults and a copy; 66 MB a step at batch 128). The finishing
+      // entries of a chunk are consecutive, so this is one copy.
+      const size_t rowBytes = config.vocabSize * 4;
+      const CUdeviceptr from = state.arena.get() + out->offset;
+      KILN_CU(origin + ": logits", cuStreamSynchronize, stream);
+      const bool consecutive =
+          chunk.finishing.back() - chunk.finishing.front() + 1 == S;
+      for (int64_t s = 0; s < S; s += consecutive ? S : 1)
+        KILN_CU(origin + ": logits", cuMemcpyDtoH,
+                logits.data() + chunk.finishing[s] * config.vocabSize,
+                from + s * rowBytes, (consecutive ? S : 1) * rowBytes);
+    }
   }
   std::lock_guard<std::mutex> lock(statsMutex);
   ++statistics.planLaunches;
   statistics.tokens += T;
+}
+
+void CudaBackend::Impl::sampleRows(const Chunk &chunk, CUdeviceptr logits,
+                                   int64_t S, const Outputs &outputs) {
+  const int64_t vocab = config.vocabSize;
+  if (!sampledTokens.get()) {
+    samplingRows = DeviceBuffer(maxSequencesAnyPlan * sizeof(SamplingRow),
+                                origin + ": sampling rows");
+    sampledTokens =
+        DeviceBuffer(maxSequencesAnyPlan * 4, origin + ": sampled tokens");
+  }
+  std::vector<SamplingRow> rows(S);
+  for (int64_t s = 0; s < S; ++s) {
+    const BackendSampling &b = (*outputs.sampling)[chunk.finishing[s]];
+    const SamplingParams &params = b.sampler->params();
+    rows[s].u = b.sampler->nextUniform();
+    rows[s].temperature = params.temperature;
+    rows[s].topP = params.topP;
+    rows[s].topK = params.topK;
+    rows[s].vocabLimit = b.vocabLimit;
+  }
+  kernels->sample(stream,
+                  DeviceMatrix{logits, S, vocab, vocab, ElementType::F32}, rows,
+                  samplingRows.get(), samplingRows.size(), sampledTokens.get());
+  std::vector<int32_t> ids(S);
+  KILN_CU(origin + ": sampled tokens", cuStreamSynchronize, stream);
+  KILN_CU(origin + ": sampled tokens", cuMemcpyDtoH, ids.data(),
+          sampledTokens.get(), S * 4);
+  for (int64_t s = 0; s < S; ++s) {
+    const int32_t entry = chunk.finishing[s];
+    SampledToken &result = (*outputs.tokens)[entry];
+    if (ids[s] >= 0) {
+      result.token = ids[s];
+      continue;
+    }
+    // The kernel flags what the CPU sampler throws for: let it say what.
+    const BackendSampling &b = (*outputs.sampling)[entry];
+    std::vector<float> row(vocab);
+    KILN_CU(origin + ": logits", cuMemcpyDtoH, row.data(),
+            logits + s * vocab * 4, vocab * 4);
+    std::fill(row.begin() + b.vocabLimit, row.end(),
+              -std::numeric_limits<float>::infinity());
+    try {
+      b.sampler->sample(row.data(), vocab);
+      result.error = std::make_exception_ptr(
+          Error(origin +
+                ": the sampling kernel rejected the logits of step "
+                "entry " +
+                std::to_string(entry) + ", which the CPU sampler accepts"));
+    } catch (...) {
+      result.error = std::current_exception();
+    }
+  }
 }
 
 void CudaBackend::Impl::runPlan(PlanState &state, const ChunkShape &shape) {
@@ -1353,17 +1429,15 @@ Timeline CudaBackend::takeTimeline() {
   return taken;
 }
 
-std::vector<float>
-CudaBackend::step(const std::vector<BackendStepEntry> &entries) {
-  Impl &s = *impl;
-  const std::string &origin = s.origin;
+void CudaBackend::Impl::checkEntries(
+    const std::vector<BackendStepEntry> &entries) const {
   // Check every entry before touching any cache.
   std::set<const BackendSequence *> seen;
   for (size_t i = 0; i < entries.size(); ++i) {
     const BackendStepEntry &e = entries[i];
     std::string where = "CUDA backend: step entry " + std::to_string(i);
     auto *seq = dynamic_cast<CudaSequence *>(e.sequence);
-    if (!seq || seq->owner != impl.get())
+    if (!seq || seq->owner != this)
       throw Error(where + ": the sequence was not made by this backend");
     if (!seen.insert(seq).second)
       throw Error(where + ": the sequence appears twice in one step");
@@ -1374,18 +1448,44 @@ CudaBackend::step(const std::vector<BackendStepEntry> &entries) {
                   std::to_string(e.startPosition) + " is past the " +
                   std::to_string(seq->cachedTokens()) + " cached tokens");
     int64_t end = e.startPosition + static_cast<int64_t>(e.tokens.size());
-    if (end > s.artifact.options.maxSeqLen)
+    if (end > artifact.options.maxSeqLen)
       throw Error(where + ": position " + std::to_string(end - 1) +
                   " is past the artifact's max_seq_len " +
-                  std::to_string(s.artifact.options.maxSeqLen));
+                  std::to_string(artifact.options.maxSeqLen));
     for (int32_t t : e.tokens)
-      if (t < 0 || t >= s.config.vocabSize)
+      if (t < 0 || t >= config.vocabSize)
         throw Error(where + ": token id " + std::to_string(t) +
                     " is outside the vocabulary [0, " +
-                    std::to_string(s.config.vocabSize) + ")");
+                    std::to_string(config.vocabSize) + ")");
   }
+}
+
+std::vector<float>
+CudaBackend::step(const std::vector<BackendStepEntry> &entries) {
+  Impl &s = *impl;
+  s.checkEntries(entries);
   s.makeCurrent();
   std::vector<float> logits(entries.size() * s.config.vocabSize);
+  s.runEntries(entries, {&logits});
+  return logits;
+}
+
+std::vector<SampledToken>
+CudaBackend::stepAndSample(const std::vector<BackendStepEntry> &entries,
+                           const std::vector<BackendSampling> &sampling) {
+  Impl &s = *impl;
+  checkSampling(entries, sampling, s.config.vocabSize);
+  s.checkEntries(entries);
+  s.makeCurrent();
+  std::vector<SampledToken> tokens(entries.size());
+  s.runEntries(entries, {nullptr, &sampling, &tokens});
+  return tokens;
+}
+
+void CudaBackend::Impl::runEntries(const std::vector<BackendStepEntry> &entries,
+                                   const Outputs &outputs) {
+  Impl &s = *this;
+  const std::string &origin = s.origin;
   try {
     for (const BackendStepEntry &e : entries) {
       auto *seq = static_cast<CudaSequence *>(e.sequence);
@@ -1397,7 +1497,7 @@ CudaBackend::step(const std::vector<BackendStepEntry> &entries) {
     Impl::Chunk chunk;
     auto flush = [&] {
       if (!chunk.tokenIds.empty())
-        s.runChunk(entries, chunk, logits);
+        s.runChunk(entries, chunk, outputs);
       chunk = Impl::Chunk();
     };
     for (size_t i = 0; i < entries.size(); ++i) {
@@ -1437,7 +1537,6 @@ CudaBackend::step(const std::vector<BackendStepEntry> &entries) {
         e.startPosition + static_cast<int64_t>(e.tokens.size());
   std::lock_guard<std::mutex> lock(s.statsMutex);
   ++s.statistics.steps;
-  return logits;
 }
 
 } // namespace kiln::cuda

@@ -430,16 +430,16 @@ void checkSample(const DeviceMatrix &logits,
   const int64_t count = static_cast<int64_t>(rows.size());
   check.matrix(logits, "logits", {ElementType::F32}, count);
   // Token ids are i32.
-  check.require(logits.cols <= INT_MAX,
-                "the vocabulary of " + std::to_string(logits.cols) +
-                    " ids exceeds the i32 token ids");
+  check.require(logits.cols <= INT_MAX, "the vocabulary of " +
+                                            std::to_string(logits.cols) +
+                                            " ids exceeds the i32 token ids");
   check.rowsFitGrid(count);
   for (int64_t r = 0; r < count; ++r) {
     const SamplingRow &row = rows[r];
     std::string where = "row " + std::to_string(r) + ": ";
-    check.require(row.temperature >= 0,
-                  where + "temperature must be >= 0, got " +
-                      std::to_string(row.temperature));
+    check.require(row.temperature >= 0, where +
+                                            "temperature must be >= 0, got " +
+                                            std::to_string(row.temperature));
     check.require(row.topK >= 0,
                   where + "topK must be >= 0, got " + std::to_string(row.topK));
     check.require(row.topP > 0 && row.topP <= 1,
@@ -972,16 +972,14 @@ void ModelKernels::selectRows(CUstream stream, const DeviceMatrix &x,
 }
 
 // The device reads the host's rows as they are.
-static_assert(sizeof(SamplingRow) == sizeof(k::SampleRowParams) &&
-              offsetof(SamplingRow, u) == offsetof(k::SampleRowParams, u) &&
-              offsetof(SamplingRow, temperature) ==
-                  offsetof(k::SampleRowParams, temperature) &&
-              offsetof(SamplingRow, topP) ==
-                  offsetof(k::SampleRowParams, topP) &&
-              offsetof(SamplingRow, topK) ==
-                  offsetof(k::SampleRowParams, topK) &&
-              offsetof(SamplingRow, vocabLimit) ==
-                  offsetof(k::SampleRowParams, limit));
+static_assert(
+    sizeof(SamplingRow) == sizeof(k::SampleRowParams) &&
+    offsetof(SamplingRow, u) == offsetof(k::SampleRowParams, u) &&
+    offsetof(SamplingRow, temperature) ==
+        offsetof(k::SampleRowParams, temperature) &&
+    offsetof(SamplingRow, topP) == offsetof(k::SampleRowParams, topP) &&
+    offsetof(SamplingRow, topK) == offsetof(k::SampleRowParams, topK) &&
+    offsetof(SamplingRow, vocabLimit) == offsetof(k::SampleRowParams, limit));
 
 void ModelKernels::sample(CUstream stream, const DeviceMatrix &logits,
                           const std::vector<SamplingRow> &rows,

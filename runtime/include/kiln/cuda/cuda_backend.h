@@ -92,6 +92,13 @@ public:
   std::unique_ptr<BackendSequence> newSequence() override;
   std::vector<float>
   step(const std::vector<BackendStepEntry> &entries) override;
+  /// Samples each finishing row on the device (ModelKernels::sample, on the
+  /// step's stream after the plan or its graph) and copies back only the
+  /// ids; a row the kernel flags is copied back and run through the CPU
+  /// sampler for its error.
+  std::vector<SampledToken>
+  stepAndSample(const std::vector<BackendStepEntry> &entries,
+                const std::vector<BackendSampling> &sampling) override;
 
   CudaBackendStats stats() const;
   /// "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)".
