@@ -30,6 +30,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "bench_util.h"
 #include "kiln/artifact.h"
 #include "kiln/config.h"
 #include "kiln/cuda/cuda_backend.h"
@@ -73,15 +74,6 @@ struct Options {
   std::string timelinePrefix;
   std::vector<int> timelineBatches = {1, 32};
 };
-
-std::vector<int> parseList(const std::string &text) {
-  std::vector<int> out;
-  std::stringstream stream(text);
-  std::string item;
-  while (std::getline(stream, item, ','))
-    out.push_back(std::stoi(item));
-  return out;
-}
 
 double median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
@@ -428,7 +420,7 @@ int main(int argc, char **argv) {
         c.artifactPath = value.substr(comma + 1);
         cases.push_back(c);
       } else if (arg == "--batches") {
-        batches = parseList(value);
+        batches = kiln::bench::parseIntList(value);
       } else if (arg == "--context") {
         context = std::stoi(value);
       } else if (arg == "--prefill") {
@@ -438,7 +430,7 @@ int main(int argc, char **argv) {
       } else if (arg == "--timeline") {
         options.timelinePrefix = value;
       } else if (arg == "--timeline-batches") {
-        options.timelineBatches = parseList(value);
+        options.timelineBatches = kiln::bench::parseIntList(value);
       } else if (arg == "--hbm-gbps") {
         hbmGbps = std::stod(value);
       } else {

@@ -6,16 +6,20 @@
 // steps of B sequences at context C (B tokens, each at position C - 1) and
 // one prefill chunk of P tokens of a new sequence (causal). Each case runs
 // the one-block-per-(head, token) kernel (no workspace) and the tensor-core
-// path (with a workspace) on the same inputs, prints both times, the bytes
-// a decode step must read (cache rows + kv_b_proj) over the time against the
-// HBM bandwidth, the FLOPs of a prefill over the time, and the largest
-// difference between the two outputs relative to a token's rms.
+// path (with a workspace; a single token at context <= 448 stays on the
+// first kernel either way: mlaAttentionOnTensorCores) on the same inputs,
+// prints both times, the bytes a decode step must read (cache rows + kv_b_proj)
+// over the time against the HBM bandwidth, the FLOPs of a prefill over the
+// time, and the largest difference between the two outputs relative to a
+// token's rms.
 //
 // usage: kiln-bench-mla [--batches 1,8,32,128] [--contexts 128,4096]
 //          [--prefill 4096] [--hbm-gbps 3350]
 //
 //===----------------------------------------------------------------------===//
 
+#include "bench_util.h"
+#include "event_timer.h"
 #include "kiln/cuda/driver.h"
 #include "kiln/cuda/model_kernels.h"
 
@@ -42,15 +46,6 @@ double bf16(uint16_t bits) {
   return value;
 }
 
-std::vector<int> parseList(const std::string &text) {
-  std::vector<int> values;
-  std::stringstream stream(text);
-  std::string item;
-  while (std::getline(stream, item, ','))
-    values.push_back(std::stoi(item));
-  return values;
-}
-
 struct Result {
   double seconds;
   std::vector<uint16_t> out;
@@ -58,15 +53,6 @@ struct Result {
 
 class Bench {
 public:
-  Bench() {
-    KILN_CU("bench", cuEventCreate, &start, 0);
-    KILN_CU("bench", cuEventCreate, &stop, 0);
-  }
-  ~Bench() {
-    driver().cuEventDestroy(start);
-    driver().cuEventDestroy(stop);
-  }
-
   /// Times the step of `sequences` sequences with `tokensEach` tokens at
   /// positions context - tokensEach .. context - 1.
   Result run(int sequences, int tokensEach, int context, bool tensorCores) {
@@ -140,22 +126,10 @@ public:
       a.workspace = buffers.back().get();
     }
 
-    kernels.mlaAttention(nullptr, a); // warm-up, and the time of one call
-    KILN_CU("bench", cuEventRecord, start, nullptr);
-    kernels.mlaAttention(nullptr, a);
-    KILN_CU("bench", cuEventRecord, stop, nullptr);
-    KILN_CU("bench", cuEventSynchronize, stop);
-    float ms = 0;
-    KILN_CU("bench", cuEventElapsedTime, &ms, start, stop);
     // About 0.3 s of repeats, 1 to 50 of them.
-    const int repeats = std::clamp(static_cast<int>(300.0 / ms), 1, 50);
-    KILN_CU("bench", cuEventRecord, start, nullptr);
-    for (int i = 0; i < repeats; ++i)
-      kernels.mlaAttention(nullptr, a);
-    KILN_CU("bench", cuEventRecord, stop, nullptr);
-    KILN_CU("bench", cuEventSynchronize, stop);
-    KILN_CU("bench", cuEventElapsedTime, &ms, start, stop);
-    Result result{ms / 1e3 / repeats, std::vector<uint16_t>(T * kHeads * kV)};
+    const double seconds = timer.secondsPerCall(
+        [&] { kernels.mlaAttention(nullptr, a); }, 300.0, 1, 50);
+    Result result{seconds, std::vector<uint16_t>(T * kHeads * kV)};
     KILN_CU("bench", cuMemcpyDtoH, result.out.data(), a.out.data,
             result.out.size() * 2);
     return result;
@@ -185,7 +159,7 @@ public:
   ModelKernels kernels;
 
 private:
-  CUevent start = nullptr, stop = nullptr;
+  kiln::bench::EventTimer timer;
 };
 
 } // namespace
@@ -197,9 +171,9 @@ int main(int argc, char **argv) {
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i], value = argv[i + 1];
     if (flag == "--batches")
-      batches = parseList(value);
+      batches = kiln::bench::parseIntList(value);
     else if (flag == "--contexts")
-      contexts = parseList(value);
+      contexts = kiln::bench::parseIntList(value);
     else if (flag == "--prefill")
       prefill = std::stoi(value);
     else if (flag == "--hbm-gbps")

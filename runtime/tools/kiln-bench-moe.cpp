@@ -12,13 +12,14 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "bench_util.h"
+#include "event_timer.h"
 #include "kiln/cuda/driver.h"
 #include "kiln/cuda/model_kernels.h"
 
 #include <algorithm>
 #include <cstdio>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -29,51 +30,6 @@ namespace {
 constexpr int kHidden = 7168, kExperts = 256, kTopK = 8;
 constexpr int kScaleBlocks = kHidden / 128;
 
-class Bench {
-public:
-  Bench() {
-    KILN_CU("bench", cuEventCreate, &start, 0);
-    KILN_CU("bench", cuEventCreate, &stop, 0);
-  }
-  ~Bench() {
-    driver().cuEventDestroy(start);
-    driver().cuEventDestroy(stop);
-  }
-
-  /// Seconds per call of `launch`, about 0.2 s of repeats after a warm-up.
-  template <typename Launch> double time(Launch launch) {
-    launch();
-    KILN_CU("bench", cuEventRecord, start, nullptr);
-    launch();
-    KILN_CU("bench", cuEventRecord, stop, nullptr);
-    KILN_CU("bench", cuEventSynchronize, stop);
-    float ms = 0;
-    KILN_CU("bench", cuEventElapsedTime, &ms, start, stop);
-    const int repeats = std::clamp(static_cast<int>(200.0 / ms), 3, 200);
-    KILN_CU("bench", cuEventRecord, start, nullptr);
-    for (int i = 0; i < repeats; ++i)
-      launch();
-    KILN_CU("bench", cuEventRecord, stop, nullptr);
-    KILN_CU("bench", cuEventSynchronize, stop);
-    KILN_CU("bench", cuEventElapsedTime, &ms, start, stop);
-    return ms / 1e3 / repeats;
-  }
-
-  ModelKernels kernels;
-
-private:
-  CUevent start = nullptr, stop = nullptr;
-};
-
-std::vector<int> parseList(const std::string &text) {
-  std::vector<int> values;
-  std::stringstream stream(text);
-  std::string item;
-  while (std::getline(stream, item, ','))
-    values.push_back(std::stoi(item));
-  return values;
-}
-
 } // namespace
 
 int main(int argc, char **argv) {
@@ -82,7 +38,7 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--tokens" && i + 1 < argc) {
-      tokenCounts = parseList(argv[++i]);
+      tokenCounts = kiln::bench::parseIntList(argv[++i]);
     } else if (arg == "--hbm-gbps" && i + 1 < argc) {
       hbm = std::stod(argv[++i]);
     } else {
@@ -93,7 +49,12 @@ int main(int argc, char **argv) {
   }
   try {
     PrimaryContext context;
-    Bench bench;
+    ModelKernels kernels;
+    kiln::bench::EventTimer timer;
+    // About 0.2 s of calls per measurement.
+    auto time = [&](auto launch) {
+      return timer.secondsPerCall(launch, 200.0, 3, 200);
+    };
     std::printf("device: %s; hidden %d, %d experts, top-%d\n\n"
                 "| tokens | dispatch us | dispatch GB/s | combine us | combine "
                 "GB/s | both, of %.0f GB/s |\n| --- | --- | --- | --- | --- | "
@@ -122,28 +83,25 @@ int main(int argc, char **argv) {
       DeviceBuffer expertOut(R * kHidden * 2, "expert outputs");
       DeviceBuffer weights(R * 4, "weights");
       DeviceBuffer combined(int64_t(T) * kHidden * 4, "combined");
-      bench.kernels.fillRandom(nullptr, inValues.get(), int64_t(T) * kHidden,
-                               ElementType::F8E4M3, 1, 1.0f);
-      bench.kernels.fillRandom(nullptr, inScales.get(),
-                               int64_t(T) * kScaleBlocks, ElementType::F32, 2,
-                               1.0f);
-      bench.kernels.fillRandom(nullptr, expertOut.get(), R * kHidden,
-                               ElementType::BF16, 3, 1.0f);
-      bench.kernels.fillRandom(nullptr, weights.get(), R, ElementType::F32, 4,
-                               1.0f);
+      kernels.fillRandom(nullptr, inValues.get(), int64_t(T) * kHidden,
+                         ElementType::F8E4M3, 1, 1.0f);
+      kernels.fillRandom(nullptr, inScales.get(), int64_t(T) * kScaleBlocks,
+                         ElementType::F32, 2, 1.0f);
+      kernels.fillRandom(nullptr, expertOut.get(), R * kHidden,
+                         ElementType::BF16, 3, 1.0f);
+      kernels.fillRandom(nullptr, weights.get(), R, ElementType::F32, 4, 1.0f);
 
       QuantizedMatrix in{inValues.get(), inScales.get(), T, kHidden, 0, 0};
       QuantizedMatrix out{outValues.get(), outScales.get(), R,
                           kHidden,         offsets.get(),   kExperts};
-      const double dispatch = bench.time([&] {
-        bench.kernels.moeDispatch(nullptr, in, idsDevice.get(), kTopK, kExperts,
-                                  out, offsets.get(), rows.get());
+      const double dispatch = time([&] {
+        kernels.moeDispatch(nullptr, in, idsDevice.get(), kTopK, kExperts, out,
+                            offsets.get(), rows.get());
       });
       DeviceMatrix y{expertOut.get(), R, kHidden, kHidden, ElementType::BF16};
       DeviceMatrix sum{combined.get(), T, kHidden, kHidden, ElementType::F32};
-      const double combine = bench.time([&] {
-        bench.kernels.moeCombine(nullptr, y, rows.get(), weights.get(), kTopK,
-                                 sum);
+      const double combine = time([&] {
+        kernels.moeCombine(nullptr, y, rows.get(), weights.get(), kTopK, sum);
       });
       // Dispatch reads each token row once per choice and writes every
       // copy (values + scales); combine reads k BF16 rows and writes one

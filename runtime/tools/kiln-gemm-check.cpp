@@ -1393,6 +1393,27 @@ Json groupedJson(const std::string &label, const GemmKernelConfig &config,
 }
 
 /// The grouped cases of a grouped kernel; exit status as for shapes.
+/// The end of a run: the results as JSON into --json (when given), how many
+/// of `total` came out right, and the exit status (0: all run and right).
+template <typename Result, typename MakeJson>
+int finishRun(const Options &options, const std::string &label,
+              const std::vector<Result> &results, size_t total,
+              const char *noun, bool allRight, MakeJson makeJson) {
+  if (!options.jsonPath.empty()) {
+    std::ofstream file(options.jsonPath);
+    file << makeJson().dump(2) << "\n";
+    if (!file)
+      throw Error(options.jsonPath + ": cannot write the results");
+  }
+  size_t wrong =
+      std::count_if(results.begin(), results.end(),
+                    [](const Result &r) { return r.status != "ok"; });
+  std::printf("\n%s: %zu of %zu %s right%s\n", label.c_str(),
+              results.size() - wrong, total, noun,
+              results.size() < total ? " (stopped early)" : "");
+  return allRight && results.size() == total ? 0 : 1;
+}
+
 int runGrouped(const Options &options, const GemmKernel &kernel,
                const CheckKernels &check, const DeviceInfo &device,
                CUstream stream, const std::string &label, uint64_t seed) {
@@ -1432,22 +1453,11 @@ int runGrouped(const Options &options, const GemmKernel &kernel,
     }
   }
   printGroupedTable(label, results, device);
-  if (!options.jsonPath.empty()) {
-    std::ofstream file(options.jsonPath);
-    file << groupedJson(label, config, options.cubinPath, device, results, seed,
-                        options)
-                .dump(2)
-         << "\n";
-    if (!file)
-      throw Error(options.jsonPath + ": cannot write the results");
-  }
-  size_t wrong =
-      std::count_if(results.begin(), results.end(),
-                    [](const GroupedResult &r) { return r.status != "ok"; });
-  std::printf("\n%s: %zu of %zu cases right%s\n", label.c_str(),
-              results.size() - wrong, cases.size(),
-              results.size() < cases.size() ? " (stopped early)" : "");
-  return allRight && results.size() == cases.size() ? 0 : 1;
+  return finishRun(options, label, results, cases.size(), "cases", allRight,
+                   [&] {
+                     return groupedJson(label, config, options.cubinPath,
+                                        device, results, seed, options);
+                   });
 }
 
 int run(const Options &options) {
@@ -1539,22 +1549,11 @@ int run(const Options &options) {
   }
 
   printTable(label, results, device);
-  if (!options.jsonPath.empty()) {
-    std::ofstream file(options.jsonPath);
-    file << toJson(label, config, options.cubinPath, device, results, seed,
-                   options)
-                .dump(2)
-         << "\n";
-    if (!file)
-      throw Error(options.jsonPath + ": cannot write the results");
-  }
-  size_t wrong =
-      std::count_if(results.begin(), results.end(),
-                    [](const ShapeResult &r) { return r.status != "ok"; });
-  std::printf("\n%s: %zu of %zu shapes right%s\n", label.c_str(),
-              results.size() - wrong, options.shapes.size(),
-              results.size() < options.shapes.size() ? " (stopped early)" : "");
-  return allRight && results.size() == options.shapes.size() ? 0 : 1;
+  return finishRun(options, label, results, options.shapes.size(), "shapes",
+                   allRight, [&] {
+                     return toJson(label, config, options.cubinPath, device,
+                                   results, seed, options);
+                   });
 }
 
 } // namespace

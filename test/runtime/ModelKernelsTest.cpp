@@ -17,7 +17,7 @@
 #include "kiln/cuda/model_kernels.h"
 #include "kiln/fp8.h"
 
-#include "HopperTest.h"
+#include "ModelKernelsFixture.h"
 #include "TestSupport.h"
 
 #include <gtest/gtest.h>
@@ -242,51 +242,13 @@ TEST(ModelKernelChecks, MoeRouteAndDispatch) {
 // On a GPU
 //===----------------------------------------------------------------------===//
 
-/// Poison patterns: NaNs with payloads no arithmetic produces.
-constexpr uint32_t kPoisonF32 = 0x7FA5A5A5;
-constexpr uint16_t kPoisonBF16 = 0x7FA5;
-constexpr uint8_t kPoisonF8 = 0x7F;
-constexpr uint32_t kPoisonI32 = 0xDEADBEEF;
+using kiln::testing::kPoisonBF16;
+using kiln::testing::kPoisonF32;
+using kiln::testing::kPoisonF8;
+using kiln::testing::kPoisonI32;
 
-class ModelKernelsOnGpu : public kiln::testing::HopperTest {
+class ModelKernelsOnGpu : public kiln::testing::ModelKernelsGpuTest {
 protected:
-  void SetUp() override {
-    HopperTest::SetUp();
-    if (IsSkipped())
-      return;
-    kernels = std::make_unique<ModelKernels>();
-  }
-  void TearDown() override {
-    buffers.clear();
-    kernels.reset();
-    context.reset();
-  }
-
-  /// A device buffer of `bytes` filled with the 32-bit `pattern`.
-  CUdeviceptr alloc(size_t bytes, uint32_t pattern = kPoisonF32) {
-    bytes = (bytes + 3) / 4 * 4 + 256;
-    buffers.emplace_back(bytes, "test buffer");
-    KILN_CU("test", cuMemsetD32Async, buffers.back().get(), pattern, bytes / 4,
-            nullptr);
-    return buffers.back().get();
-  }
-  template <typename T> CUdeviceptr upload(const std::vector<T> &host) {
-    CUdeviceptr device = alloc(host.size() * sizeof(T));
-    KILN_CU("test", cuCtxSynchronize);
-    if (!host.empty())
-      KILN_CU("test", cuMemcpyHtoD, device, host.data(),
-              host.size() * sizeof(T));
-    return device;
-  }
-  template <typename T>
-  std::vector<T> download(CUdeviceptr device, size_t count) {
-    KILN_CU("test", cuCtxSynchronize);
-    std::vector<T> host(count);
-    if (count)
-      KILN_CU("test", cuMemcpyDtoH, host.data(), device, count * sizeof(T));
-    return host;
-  }
-
   std::vector<float> normals(size_t count, float sigma = 1.0f) {
     std::normal_distribution<float> normal(0.0f, sigma);
     std::vector<float> values(count);
@@ -307,8 +269,6 @@ protected:
     return values;
   }
 
-  std::unique_ptr<ModelKernels> kernels;
-  std::vector<DeviceBuffer> buffers;
   std::mt19937 random{20261123};
 };
 

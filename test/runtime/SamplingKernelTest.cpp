@@ -20,7 +20,7 @@
 #include "kiln/error.h"
 #include "kiln/sampler.h"
 
-#include "HopperTest.h"
+#include "ModelKernelsFixture.h"
 #include "TestSupport.h"
 
 #include <gtest/gtest.h>
@@ -168,32 +168,10 @@ TEST(SamplingKernelChecks, NextUniformIsTheDrawOfSample) {
 // On the GPU
 //===----------------------------------------------------------------------===//
 
-constexpr uint32_t kPoisonI32 = 0xDEADBEEF;
+using kiln::testing::kPoisonI32;
 
-class SamplingOnGpu : public kiln::testing::HopperTest {
+class SamplingOnGpu : public kiln::testing::ModelKernelsGpuTest {
 protected:
-  void SetUp() override {
-    HopperTest::SetUp();
-    if (IsSkipped())
-      return;
-    kernels = std::make_unique<ModelKernels>();
-  }
-  void TearDown() override {
-    buffers.clear();
-    kernels.reset();
-    context.reset();
-  }
-  CUdeviceptr alloc(size_t bytes, uint32_t pattern) {
-    bytes = (bytes + 3) / 4 * 4 + 256;
-    buffers.emplace_back(bytes, "test buffer");
-    KILN_CU("test", cuMemsetD32Async, buffers.back().get(), pattern, bytes / 4,
-            nullptr);
-    KILN_CU("test", cuCtxSynchronize);
-    return buffers.back().get();
-  }
-
-  std::unique_ptr<ModelKernels> kernels;
-  std::vector<DeviceBuffer> buffers;
   std::mt19937 random{20261124};
 };
 
@@ -310,8 +288,7 @@ TEST_F(SamplingOnGpu, MatchesTheCpuSampler) {
                        drawer.nextUniform(), c.limit);
   }
 
-  CUdeviceptr logits = alloc(all.size() * 4, 0);
-  KILN_CU("test", cuMemcpyHtoD, logits, all.data(), all.size() * 4);
+  CUdeviceptr logits = upload(all);
   CUdeviceptr rowsBuffer = alloc(rows * sizeof(SamplingRow), 0);
   CUdeviceptr tokens = alloc(rows * 4, kPoisonI32);
   kernels->sample(nullptr, logitsMatrix(rows, kVocab, logits), rowParams,
@@ -338,8 +315,7 @@ TEST_F(SamplingOnGpu, Timings) {
   std::vector<float> all(rows * kVocab);
   for (float &l : all)
     l = normal(random);
-  CUdeviceptr logits = alloc(all.size() * 4, 0);
-  KILN_CU("test", cuMemcpyHtoD, logits, all.data(), all.size() * 4);
+  CUdeviceptr logits = upload(all);
   CUdeviceptr rowsBuffer = alloc(rows * sizeof(SamplingRow), 0);
   CUdeviceptr tokens = alloc(rows * 4, kPoisonI32);
   CUevent start, stop;

@@ -169,6 +169,54 @@ extern "C" __global__ void __launch_bounds__(kRowThreads)
 constexpr int kMatmulWarps = 8;
 constexpr int kMatmulColumns = 4;
 
+/// The rows a product's lane reads: x's token rows from `firstToken` and
+/// W's rows from `firstColumn`; rows past the end read the last valid one
+/// (their sums are dropped).
+template <int kTokens>
+__device__ __forceinline__ void
+matmulRows(const MatmulParams &p, long long firstToken, long long firstColumn,
+           const float *(&x)[kTokens],
+           const unsigned short *(&w)[kMatmulColumns]) {
+  for (int t = 0; t < kTokens; ++t)
+    x[t] = pointer<const float>(p.x.data) +
+           min(firstToken + t, p.rows - 1) * p.x.stride;
+  for (int c = 0; c < kMatmulColumns; ++c)
+    w[c] = pointer<const unsigned short>(p.weight) +
+           min(firstColumn + c, p.n - 1) * p.k;
+}
+
+/// sum[t][c] += x[t][k..k+8) · w[c][k..k+8), with 16-byte loads of 8 BF16
+/// weights per column and 8 FP32 values per token, FMAs in index order.
+template <int kTokens>
+__device__ __forceinline__ void
+matmulStep8(const float *const (&x)[kTokens],
+            const unsigned short *const (&w)[kMatmulColumns], long long k,
+            float (&sum)[kTokens][kMatmulColumns]) {
+  float weights[kMatmulColumns][8];
+#pragma unroll
+  for (int c = 0; c < kMatmulColumns; ++c) {
+    uint4 packed = __ldg(reinterpret_cast<const uint4 *>(w[c] + k));
+    unsigned words[4] = {packed.x, packed.y, packed.z, packed.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      weights[c][2 * i] = __uint_as_float(words[i] << 16);
+      weights[c][2 * i + 1] = __uint_as_float(words[i] & 0xFFFF0000u);
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kTokens; ++t) {
+    float4 low = __ldg(reinterpret_cast<const float4 *>(x[t] + k));
+    float4 high = __ldg(reinterpret_cast<const float4 *>(x[t] + k + 4));
+    float values[8] = {low.x,  low.y,  low.z,  low.w,
+                       high.x, high.y, high.z, high.w};
+#pragma unroll
+    for (int c = 0; c < kMatmulColumns; ++c)
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+        sum[t][c] = fmaf(values[i], weights[c][i], sum[t][c]);
+  }
+}
+
 template <int kTokens, bool kVector>
 __device__ __forceinline__ void matmulF32(const MatmulParams &p) {
   int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
@@ -178,15 +226,9 @@ __device__ __forceinline__ void matmulF32(const MatmulParams &p) {
   long long firstToken = static_cast<long long>(blockIdx.y) * kTokens;
   if (firstColumn >= p.n)
     return;
-  // Rows past the end read the last valid one; their sums are dropped.
   const float *x[kTokens];
-  for (int t = 0; t < kTokens; ++t)
-    x[t] = pointer<const float>(p.x.data) +
-           min(firstToken + t, p.rows - 1) * p.x.stride;
   const unsigned short *w[kMatmulColumns];
-  for (int c = 0; c < kMatmulColumns; ++c)
-    w[c] = pointer<const unsigned short>(p.weight) +
-           min(firstColumn + c, p.n - 1) * p.k;
+  matmulRows<kTokens>(p, firstToken, firstColumn, x, w);
 
   float sum[kTokens][kMatmulColumns] = {};
   if constexpr (kVector) {
@@ -194,31 +236,8 @@ __device__ __forceinline__ void matmulF32(const MatmulParams &p) {
     // bound by each lane's chain of loads; unrolling deeper keeps more of
     // them in flight (the FMA order, hence every sum, is unchanged).
 #pragma unroll(kTokens <= 2 ? 4 : 2)
-    for (long long k = lane * 8; k < p.k; k += kWarpSize * 8) {
-      float weights[kMatmulColumns][8];
-#pragma unroll
-      for (int c = 0; c < kMatmulColumns; ++c) {
-        uint4 packed = __ldg(reinterpret_cast<const uint4 *>(w[c] + k));
-        unsigned words[4] = {packed.x, packed.y, packed.z, packed.w};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          weights[c][2 * i] = __uint_as_float(words[i] << 16);
-          weights[c][2 * i + 1] = __uint_as_float(words[i] & 0xFFFF0000u);
-        }
-      }
-#pragma unroll
-      for (int t = 0; t < kTokens; ++t) {
-        float4 low = __ldg(reinterpret_cast<const float4 *>(x[t] + k));
-        float4 high = __ldg(reinterpret_cast<const float4 *>(x[t] + k + 4));
-        float values[8] = {low.x,  low.y,  low.z,  low.w,
-                           high.x, high.y, high.z, high.w};
-#pragma unroll
-        for (int c = 0; c < kMatmulColumns; ++c)
-#pragma unroll
-          for (int i = 0; i < 8; ++i)
-            sum[t][c] = fmaf(values[i], weights[c][i], sum[t][c]);
-      }
-    }
+    for (long long k = lane * 8; k < p.k; k += kWarpSize * 8)
+      matmulStep8<kTokens>(x, w, k, sum);
   } else {
     for (long long k = lane; k < p.k; k += kWarpSize) {
       float weights[kMatmulColumns];
@@ -256,41 +275,13 @@ __device__ __forceinline__ void matmulF32SplitK(const MatmulParams &p) {
   long long firstColumn = static_cast<long long>(blockIdx.x) * kMatmulColumns;
   long long firstToken = static_cast<long long>(blockIdx.y) * kTokens;
   const float *x[kTokens];
-  for (int t = 0; t < kTokens; ++t)
-    x[t] = pointer<const float>(p.x.data) +
-           min(firstToken + t, p.rows - 1) * p.x.stride;
   const unsigned short *w[kMatmulColumns];
-  for (int c = 0; c < kMatmulColumns; ++c)
-    w[c] = pointer<const unsigned short>(p.weight) +
-           min(firstColumn + c, p.n - 1) * p.k;
+  matmulRows<kTokens>(p, firstToken, firstColumn, x, w);
   float sum[kTokens][kMatmulColumns] = {};
 #pragma unroll 2
   for (long long k = (warp * kWarpSize + lane) * 8; k < p.k;
-       k += kMatmulWarps * kWarpSize * 8) {
-    float weights[kMatmulColumns][8];
-#pragma unroll
-    for (int c = 0; c < kMatmulColumns; ++c) {
-      uint4 packed = __ldg(reinterpret_cast<const uint4 *>(w[c] + k));
-      unsigned words[4] = {packed.x, packed.y, packed.z, packed.w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        weights[c][2 * i] = __uint_as_float(words[i] << 16);
-        weights[c][2 * i + 1] = __uint_as_float(words[i] & 0xFFFF0000u);
-      }
-    }
-#pragma unroll
-    for (int t = 0; t < kTokens; ++t) {
-      float4 low = __ldg(reinterpret_cast<const float4 *>(x[t] + k));
-      float4 high = __ldg(reinterpret_cast<const float4 *>(x[t] + k + 4));
-      float values[8] = {low.x,  low.y,  low.z,  low.w,
-                         high.x, high.y, high.z, high.w};
-#pragma unroll
-      for (int c = 0; c < kMatmulColumns; ++c)
-#pragma unroll
-        for (int i = 0; i < 8; ++i)
-          sum[t][c] = fmaf(values[i], weights[c][i], sum[t][c]);
-    }
-  }
+       k += kMatmulWarps * kWarpSize * 8)
+    matmulStep8<kTokens>(x, w, k, sum);
   __shared__ float partial[kMatmulWarps][kTokens][kMatmulColumns];
 #pragma unroll
   for (int t = 0; t < kTokens; ++t)

@@ -148,6 +148,31 @@ extern "C" __global__ void __launch_bounds__(kRouteThreads)
 /// Per-warp expert histograms of the dispatch plan: warps × experts ints.
 constexpr int kDispatchHistogram = 8192;
 
+/// Walks one warp's segment [first, last) of the routed entries in order,
+/// 32 at a time: lanes routed to the same expert take consecutive places
+/// from that expert's cursor, which then moves past them (so the order is
+/// the entries'). With `rows`, each entry's place is written there, -1 for
+/// an id outside [0, experts).
+__device__ __forceinline__ void walkSegment(const int *ids, long long first,
+                                            long long last, int experts,
+                                            int *cursors, int *rows) {
+  const int lane = threadIdx.x % kWarpSize;
+  for (long long base = first; base < last; base += kWarpSize) {
+    long long entry = base + lane;
+    int expert = entry < last ? ids[entry] : -1;
+    bool valid = expert >= 0 && expert < experts;
+    unsigned peers = __match_any_sync(kFullMask, valid ? expert : -1);
+    int rank = __popc(peers & ((1u << lane) - 1));
+    int row = valid ? cursors[expert] + rank : -1;
+    __syncwarp();
+    if (valid && rank == 0)
+      cursors[expert] += __popc(peers);
+    if (rows && entry < last)
+      rows[entry] = row;
+    __syncwarp();
+  }
+}
+
 /// The dispatch plan in one block: counts per expert, their exclusive scan
 /// into offsets[E + 1], and each routed entry's row (token-major entries
 /// ranked in order within their expert, so the grouping is stable). An id
@@ -173,17 +198,9 @@ extern "C" __global__ void __launch_bounds__(kDispatchThreads)
   for (int i = threadIdx.x; i < warps * p.experts; i += blockDim.x)
     histogram[i] = 0;
   __syncthreads();
-  // Counts: lanes with the same expert add once, from their lowest lane.
+  // Counts: a walk from zeroed cursors leaves each expert's count.
   if (warp < warps)
-    for (long long base = first; base < last; base += kWarpSize) {
-      long long entry = base + lane;
-      int expert = entry < last ? ids[entry] : -1;
-      bool valid = expert >= 0 && expert < p.experts;
-      unsigned peers = __match_any_sync(kFullMask, valid ? expert : -1);
-      if (valid && __popc(peers & ((1u << lane) - 1)) == 0)
-        mine[expert] += __popc(peers);
-      __syncwarp();
-    }
+    walkSegment(ids, first, last, p.experts, mine, nullptr);
   __syncthreads();
 
   // Exclusive scan of the experts' totals, one expert per thread (experts
@@ -219,22 +236,9 @@ extern "C" __global__ void __launch_bounds__(kDispatchThreads)
   }
   __syncthreads();
 
-  // Ranks: each warp walks its segment in order with its own cursors.
+  // Ranks: each warp walks its segment again from its own cursors.
   if (warp < warps)
-    for (long long base = first; base < last; base += kWarpSize) {
-      long long entry = base + lane;
-      int expert = entry < last ? ids[entry] : -1;
-      bool valid = expert >= 0 && expert < p.experts;
-      unsigned peers = __match_any_sync(kFullMask, valid ? expert : -1);
-      int rank = __popc(peers & ((1u << lane) - 1));
-      int row = valid ? mine[expert] + rank : -1;
-      __syncwarp();
-      if (valid && rank == 0)
-        mine[expert] += __popc(peers);
-      if (entry < last)
-        rows[entry] = row;
-      __syncwarp();
-    }
+    walkSegment(ids, first, last, p.experts, mine, rows);
 }
 
 /// Copies token t's FP8 row and its scales to each row it was routed to.
