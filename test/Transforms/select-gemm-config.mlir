@@ -26,6 +26,24 @@ func.func @small(%a: tensor<128x7168xf8E4M3FN>, %as: tensor<128x56xf32>, %b: ten
   return %0 : tensor<128x4096xbf16>
 }
 
+// M <= 128, chains of 4 K blocks, 256 tiles of 128x128 (one per SM and
+// more): the wider tiles, half as many fixed costs.
+// CHECK-LABEL: func.func @small_wide
+// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 6, consumers = 2>}
+func.func @small_wide(%a: tensor<128x512xf8E4M3FN>, %as: tensor<128x4xf32>, %b: tensor<32768x512xf8E4M3FN>, %bs: tensor<256x4xf32>) -> tensor<128x32768xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<128x512xf8E4M3FN>, tensor<128x4xf32>, tensor<32768x512xf8E4M3FN>, tensor<256x4xf32>) -> tensor<128x32768xbf16>
+  return %0 : tensor<128x32768xbf16>
+}
+
+// Longer chains (12 K blocks) keep 128x64 tiles, though 192 of 128x128
+// would fill the SMs.
+// CHECK-LABEL: func.func @small_wide_long
+// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 64, stages = 8, consumers = 2>}
+func.func @small_wide_long(%a: tensor<128x1536xf8E4M3FN>, %as: tensor<128x12xf32>, %b: tensor<24576x1536xf8E4M3FN>, %bs: tensor<192x12xf32>) -> tensor<128x24576xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<128x1536xf8E4M3FN>, tensor<128x12xf32>, tensor<24576x1536xf8E4M3FN>, tensor<192x12xf32>) -> tensor<128x24576xbf16>
+  return %0 : tensor<128x24576xbf16>
+}
+
 // Slices of fewer than 4 K blocks are not worth their reduction.
 // CHECK-LABEL: func.func @short_k
 // CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1>}

@@ -3,9 +3,10 @@
 // The heuristic (compiler/docs/gemm-kernels.md "Configuration heuristic"):
 // decode-sized M (<= 64, known statically) gets one consumer warpgroup and
 // 64-wide N tiles, M <= 128 two consumers and 128x64 tiles, so that more
-// blocks stream the weights; everything else gets two consumers and 128x128
-// tiles. Stages fill shared memory up to a ring of 8. For M <= 128 with a
-// static N and K, split-K cuts each tile's chain of K blocks into slices
+// blocks stream the weights (128x128 where K is at most 512 and they still
+// give every multiprocessor a tile); everything else gets two consumers and
+// 128x128 tiles. Stages fill shared memory up to a ring of 8. For M <= 128 with
+// a static N and K, split-K cuts each tile's chain of K blocks into slices
 // computed by separate blocks, when that shortens the busiest
 // multiprocessor's work. Grouped GEMMs get the grouped kernel of their
 // layout, configured for the rows one group sees, with the tiles of all
@@ -85,6 +86,16 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
   if (grouped && decode && !ShapedType::isDynamic(n) &&
       !ShapedType::isDynamic(groups) &&
       groups * ceilDiv(m, blockM) * ceilDiv(n, 128) >= kMultiprocessors)
+    blockN = 128;
+  // A plain GEMM of 65-128 rows whose tiles are chains of at most 4 K blocks
+  // is dominated by each tile's fixed cost (first loads, epilogue): with
+  // 128x128 tiles still one per multiprocessor it runs half as many (128 x
+  // 32768 x 512: 16.9 -> 16.1 us). Measured not to carry over to longer
+  // chains (128 x 24576 x 1536: 23.8 -> 24.7 us) or to 64x128 tiles at
+  // M <= 64 (gemm-kernels.md "Version 7").
+  if (small && !decode && !grouped && !ShapedType::isDynamic(n) &&
+      !ShapedType::isDynamic(k) && k <= 4 * 128 &&
+      ceilDiv(m, blockM) * ceilDiv(n, 128) >= kMultiprocessors)
     blockN = 128;
   int64_t stageBytes = (blockM + blockN) * 128;
   int64_t stages = std::min(kMaxStages, kStageBudgetBytes / stageBytes);
