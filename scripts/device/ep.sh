@@ -6,6 +6,9 @@
 # kiln-ep-check and the test binary) and carry the stage folder.
 #   EP_RANKS=N   processes (default: every GPU);  EP_MB=M  MiB per peer pair
 set -uo pipefail
+# NVLink multicast stays off on the shared GPU hosts (device KINDS.md): a
+# program that uses it can take the host's GPUs out of service.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 device_dir=${KILN_DEVICE_DIR:-.device}
 export LD_LIBRARY_PATH=$PWD/$device_dir/lib:/usr/local/cuda/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 bin=$device_dir/bin
