@@ -40,18 +40,6 @@ size_t blockBytes(int from, int to, int round) {
   return h % 5 == 0 ? 0 : 1 + h % (1 << 20); // some empty blocks
 }
 
-/// Offsets of consecutive blocks of `sizes`, each 256-byte aligned.
-std::vector<ByteRange> layout(const std::vector<size_t> &sizes, size_t *total) {
-  std::vector<ByteRange> ranges;
-  size_t offset = 0;
-  for (size_t s : sizes) {
-    ranges.push_back({offset, s});
-    offset += (s + 255) / 256 * 256;
-  }
-  *total = offset;
-  return ranges;
-}
-
 } // namespace
 
 int main(int argc, char **argv) {
@@ -90,8 +78,8 @@ int main(int argc, char **argv) {
           ++mismatches;
       }
       size_t sendTotal = 0, receiveTotal = 0;
-      auto send = layout(sendSizes, &sendTotal);
-      auto receive = layout(receiveSizes, &receiveTotal);
+      auto send = packBlocks(sendSizes, &sendTotal);
+      auto receive = packBlocks(receiveSizes, &receiveTotal);
       std::vector<uint8_t> host(std::max(sendTotal, receiveTotal) + 256);
       for (int p = 0; p < ranks; ++p)
         for (size_t i = 0; i < send[p].bytes; ++i)

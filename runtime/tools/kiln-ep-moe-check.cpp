@@ -28,6 +28,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "kiln/artifact.h"
+#include "kiln/cuda/artifact_kernel.h"
 #include "kiln/cuda/driver.h"
 #include "kiln/cuda/gemm_launcher.h"
 #include "kiln/cuda/model_kernels.h"
@@ -278,18 +279,6 @@ std::vector<float> combine(ModelKernels &kernels, CUstream stream,
   return download<float>(out.get(), size_t(T) * kHidden);
 }
 
-/// Offsets of consecutive blocks of `sizes`, each 256-byte aligned.
-std::vector<ByteRange> layout(const std::vector<size_t> &sizes, size_t *total) {
-  std::vector<ByteRange> ranges;
-  size_t offset = 0;
-  for (size_t s : sizes) {
-    ranges.push_back({offset, s});
-    offset += (s + 255) / 256 * 256;
-  }
-  *total = offset;
-  return ranges;
-}
-
 /// Bytes of one routed row on the wire: E4M3 values, its 1×128 scales and
 /// its expert's slot on the receiving rank.
 constexpr size_t kRowBytes = kHidden + kHiddenBlocks * 4 + 4;
@@ -371,22 +360,9 @@ int main(int argc, char **argv) {
     ModelKernels kernels;
     Artifact artifact = readArtifact(artifactPath);
     std::vector<std::pair<std::string, GemmKernel>> gemms;
-    for (const ArtifactKernel &k : artifact.kernels) {
-      if (k.grouped != "contiguous")
-        continue;
-      GemmKernelConfig cfg;
-      cfg.kernelName = k.name;
-      cfg.blockM = k.blockM;
-      cfg.blockN = k.blockN;
-      cfg.stages = k.stages;
-      cfg.consumerWarpgroups = k.consumers;
-      cfg.sharedMemoryBytes = k.sharedMemoryBytes;
-      cfg.splitK = k.splitK;
-      cfg.grouping = GemmGrouping::Contiguous;
-      cfg.validate(artifactPath + ": kernel " + k.name);
-      gemms.emplace_back(
-          k.name, GemmKernel(k.cubin.data(), k.cubin.size(), std::move(cfg)));
-    }
+    for (const ArtifactKernel &k : artifact.kernels)
+      if (k.grouped == "contiguous")
+        gemms.emplace_back(k.name, loadArtifactGemmKernel(k, artifactPath));
     if (gemms.empty())
       throw Error(artifactPath + " has no contiguous grouped GEMM kernel");
 
@@ -417,8 +393,8 @@ int main(int argc, char **argv) {
       receiveBytes[p] = size_t(receivedRows[p]) * kRowBytes;
     }
     size_t sendTotal = 0, receiveTotal = 0;
-    const auto send = layout(sendBytes, &sendTotal);
-    const auto receive = layout(receiveBytes, &receiveTotal);
+    const auto send = packBlocks(sendBytes, &sendTotal);
+    const auto receive = packBlocks(receiveBytes, &receiveTotal);
     std::vector<uint8_t> host(sendTotal + 256, 0);
     for (int p = 0; p < ranks; ++p)
       std::copy(sendBlocks[p].begin(), sendBlocks[p].end(),
@@ -474,9 +450,9 @@ int main(int argc, char **argv) {
       combineReceiveBytes[p] = size_t(sentRows[p]) * kHidden * 2;
     }
     size_t combineReceiveTotal = 0;
-    const auto combineSend = layout(combineSendBytes, &combineSendTotal);
+    const auto combineSend = packBlocks(combineSendBytes, &combineSendTotal);
     const auto combineReceive =
-        layout(combineReceiveBytes, &combineReceiveTotal);
+        packBlocks(combineReceiveBytes, &combineReceiveTotal);
     DeviceBuffer combineSendBuffer(combineSendTotal + 256, "combine send"),
         combineReceiveBuffer(combineReceiveTotal + 256, "combine receive");
 

@@ -1,6 +1,7 @@
 //===- cuda_backend.cpp - the GPU backend: executes a kilnc launch plan ---===//
 
 #include "kiln/cuda/cuda_backend.h"
+#include "kiln/cuda/artifact_kernel.h"
 
 #include "kiln/cuda/driver.h"
 #include "kiln/cuda/gemm_launcher.h"
@@ -387,26 +388,8 @@ struct CudaBackend::Impl {
 
 void CudaBackend::Impl::loadKernels() {
   kernels = std::make_unique<ModelKernels>();
-  for (const ArtifactKernel &k : artifact.kernels) {
-    GemmKernelConfig cfg;
-    cfg.kernelName = k.name;
-    cfg.blockM = k.blockM;
-    cfg.blockN = k.blockN;
-    cfg.stages = k.stages;
-    cfg.consumerWarpgroups = k.consumers;
-    cfg.sharedMemoryBytes = k.sharedMemoryBytes;
-    cfg.splitK = k.splitK;
-    cfg.grouping = k.grouped == "contiguous" ? GemmGrouping::Contiguous
-                   : k.grouped == "masked"   ? GemmGrouping::Masked
-                                             : GemmGrouping::None;
-    cfg.validate(origin + ": kernel " + k.name);
-    if (k.cubin.empty())
-      throw Error(origin + ": kernel " + k.name +
-                  " has no cubin (compiled with --no-cubin?); recompile "
-                  "with ptxas available");
-    gemms.emplace(k.name,
-                  GemmKernel(k.cubin.data(), k.cubin.size(), std::move(cfg)));
-  }
+  for (const ArtifactKernel &k : artifact.kernels)
+    gemms.emplace(k.name, loadArtifactGemmKernel(k, origin));
 }
 
 /// The routed experts' weights of one projection, stacked for the grouped

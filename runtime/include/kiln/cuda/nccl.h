@@ -33,6 +33,20 @@ struct ByteRange {
   size_t bytes = 0;
 };
 
+/// Consecutive blocks of `sizes` bytes in one buffer, each starting on a
+/// 256-byte boundary; `*total` gets the buffer's size.
+inline std::vector<ByteRange> packBlocks(const std::vector<size_t> &sizes,
+                                         size_t *total) {
+  std::vector<ByteRange> ranges;
+  size_t offset = 0;
+  for (size_t s : sizes) {
+    ranges.push_back({offset, s});
+    offset += (s + 255) / 256 * 256;
+  }
+  *total = offset;
+  return ranges;
+}
+
 class NcclCommunicator {
 public:
   /// Joins the ranks of `environment` (collective: every rank calls it). The
