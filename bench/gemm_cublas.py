@@ -131,15 +131,21 @@ def measure_hbm_bandwidth():
     return 2 * nbytes / sorted(times)[len(times) // 2] / 1e9
 
 
-def time_shape(sets, runs, warmup, clock_hz):
+def time_shape(sets, runs, warmup, clock_hz, spin_s=None):
+    """Median, min and max µs of one `run()` of the sets, in turn.
+
+    The GPU spins for `spin_s` (default: 5 ms + 100 µs per run) while Python
+    enqueues the timed launches (tens of µs each), so that they run back to
+    back and each event pair brackets one run's GPU time, not host overhead.
+    """
     for w in range(warmup):
         sets[w % len(sets)].run()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
     stops = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
-    # The GPU spins while Python enqueues the timed launches (tens of us
-    # each), so that they run back to back and each event pair brackets one
-    # launch's GPU time, not host overhead.
-    torch.cuda._sleep(int(clock_hz * (0.005 + 100e-6 * runs)))
+    torch.cuda.synchronize()
+    if spin_s is None:
+        spin_s = 0.005 + 100e-6 * runs
+    torch.cuda._sleep(int(clock_hz * spin_s))
     for r in range(runs):
         starts[r].record()
         sets[(warmup + r) % len(sets)].run()

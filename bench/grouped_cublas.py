@@ -37,7 +37,8 @@ import sys
 import torch
 
 from gemm_cublas import (SCALE_BASE_A, SCALE_BASE_B, TOLERANCE,
-                         measure_hbm_bandwidth, random_e4m3, random_scales)
+                         measure_hbm_bandwidth, random_e4m3, random_scales,
+                         time_shape)
 
 
 def group_counts(layout, groups, rows, dist):
@@ -126,25 +127,6 @@ class Problem:
         return (error / torch.linalg.vector_norm(reference)).item()
 
 
-def time_loop(sets, runs, warmup, clock_hz, calls):
-    for w in range(warmup):
-        sets[w % len(sets)].run()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
-    stops = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
-    torch.cuda.synchronize()
-    # Python enqueues a call in ~20-40 us: spin long enough for all of them.
-    torch.cuda._sleep(int(clock_hz * (0.01 + 60e-6 * runs * calls)))
-    for r in range(runs):
-        starts[r].record()
-        sets[(warmup + r) % len(sets)].run()
-        stops[r].record()
-    torch.cuda.synchronize()
-    us = sorted(s.elapsed_time(e) * 1e3 for s, e in zip(starts, stops))
-    median = (us[runs // 2] if runs % 2
-              else 0.5 * (us[runs // 2 - 1] + us[runs // 2]))
-    return median, us[0], us[-1]
-
-
 def run_case(case, args, generator, l2_bytes, clock_hz):
     counts = group_counts(case["layout"], case["groups"], case["rows"], case["dist"])
     n, k = case["n"], case["k"]
@@ -173,7 +155,9 @@ def run_case(case, args, generator, l2_bytes, clock_hz):
     while len(sets) < wanted:
         sets.append(Problem(case, counts, generator))
     row["sets"] = len(sets)
-    median, low, high = time_loop(sets, args.runs, args.warmup, clock_hz, active)
+    # Python enqueues a call in ~20-40 us: spin long enough for all of them.
+    median, low, high = time_shape(sets, args.runs, args.warmup, clock_hz,
+                                   spin_s=0.01 + 60e-6 * args.runs * active)
     row.update(us=median, min_us=low, max_us=high,
                tflops=2.0 * routed * n * k / (median * 1e6),
                weight_gbps=weight_bytes / (median * 1e3))

@@ -767,6 +767,19 @@ const ArtifactKernel *Artifact::findKernel(const std::string &name) const {
   return nullptr;
 }
 
+const std::string &Artifact::stepPlanName(int64_t tokens,
+                                          int64_t sequences) const {
+  static const std::string kDecodePlans[] = {"decode_small", "decode"};
+  static const std::string kPrefill = "prefill";
+  for (const std::string &name : kDecodePlans) {
+    auto it = plans.find(name);
+    if (it != plans.end() && tokens <= it->second.maxTokens &&
+        sequences <= it->second.maxSequences)
+      return name;
+  }
+  return kPrefill;
+}
+
 const LaunchPlan &Artifact::plan(const std::string &name) const {
   auto it = plans.find(name);
   if (it != plans.end())

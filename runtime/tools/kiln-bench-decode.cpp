@@ -151,11 +151,7 @@ void printLayerBreakdown(const ModelConfig &config, const Artifact &artifact,
                          int64_t context, double hbmGbps) {
   int64_t layer = config.numHiddenLayers - 1;
   // The plan the backend runs a decode step of `batch` tokens with.
-  auto small = artifact.plans.find("decode_small");
-  const LaunchPlan &plan =
-      small != artifact.plans.end() && batch <= small->second.maxTokens
-          ? small->second
-          : artifact.plans.at("decode");
+  const LaunchPlan &plan = artifact.plan(artifact.stepPlanName(batch, batch));
   std::map<std::string, const ArtifactWeight *> specs;
   for (const ArtifactWeight &w : artifact.weights)
     specs[w.name] = &w;

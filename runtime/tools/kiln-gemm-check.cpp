@@ -850,26 +850,35 @@ void printTable(const std::string &label, const std::vector<ShapeResult> &rows,
   }
 }
 
+/// A JSON number, or null where nothing was measured (NaN, inf).
+Json jsonNumber(double value) {
+  return std::isfinite(value) ? Json(value) : Json(nullptr);
+}
+
+/// What every results file starts with: the run, the kernel, the device.
+Json runHeader(const std::string &label, const GemmKernelConfig &config,
+               const std::string &cubin, const DeviceInfo &device,
+               uint64_t seed, const Options &options) {
+  std::time_t now = std::time(nullptr);
+  char date[32];
+  std::strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  return {{"tool", "kiln-gemm-check"},
+          {"label", label},
+          {"cubin", cubin},
+          {"manifest", Json::parse(toManifestJson(config))},
+          {"device", device.name},
+          {"date", date},
+          {"hbm_gbps", jsonNumber(device.hbmGBps)},
+          {"seed", seed},
+          {"runs", options.time ? options.runs : 0},
+          {"tolerance", kTolerance}};
+}
+
 Json toJson(const std::string &label, const GemmKernelConfig &config,
             const std::string &cubin, const DeviceInfo &device,
             const std::vector<ShapeResult> &rows, uint64_t seed,
             const Options &options) {
-  auto number = [](double value) -> Json {
-    return std::isfinite(value) ? Json(value) : Json(nullptr);
-  };
-  std::time_t now = std::time(nullptr);
-  char date[32];
-  std::strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-  Json json = {{"tool", "kiln-gemm-check"},
-               {"label", label},
-               {"cubin", cubin},
-               {"manifest", Json::parse(toManifestJson(config))},
-               {"device", device.name},
-               {"date", date},
-               {"hbm_gbps", number(device.hbmGBps)},
-               {"seed", seed},
-               {"runs", options.time ? options.runs : 0},
-               {"tolerance", kTolerance}};
+  Json json = runHeader(label, config, cubin, device, seed, options);
   Json list = Json::array();
   for (const ShapeResult &row : rows) {
     double us = row.medianUs;
@@ -878,15 +887,15 @@ Json toJson(const std::string &label, const GemmKernelConfig &config,
         {{"m", row.shape.m},
          {"n", row.shape.n},
          {"k", row.shape.k},
-         {"us", number(us)},
-         {"min_us", number(row.minUs)},
-         {"max_us", number(row.maxUs)},
-         {"tflops", number(row.flops() / (us * 1e6))},
-         {"gbps", number(gbps)},
+         {"us", jsonNumber(us)},
+         {"min_us", jsonNumber(row.minUs)},
+         {"max_us", jsonNumber(row.maxUs)},
+         {"tflops", jsonNumber(row.flops() / (us * 1e6))},
+         {"gbps", jsonNumber(gbps)},
          {"hbm_fraction", memoryBound(row.shape) && device.hbmGBps > 0
-                              ? number(gbps / device.hbmGBps)
+                              ? jsonNumber(gbps / device.hbmGBps)
                               : Json(nullptr)},
-         {"rel_error", number(row.relativeError)},
+         {"rel_error", jsonNumber(row.relativeError)},
          {"sets", row.sets},
          {"status", row.status},
          {"detail", row.detail}});
@@ -1349,22 +1358,7 @@ Json groupedJson(const std::string &label, const GemmKernelConfig &config,
                  const std::string &cubin, const DeviceInfo &device,
                  const std::vector<GroupedResult> &rows, uint64_t seed,
                  const Options &options) {
-  auto number = [](double value) -> Json {
-    return std::isfinite(value) ? Json(value) : Json(nullptr);
-  };
-  std::time_t now = std::time(nullptr);
-  char date[32];
-  std::strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
-  Json json = {{"tool", "kiln-gemm-check"},
-               {"label", label},
-               {"cubin", cubin},
-               {"manifest", Json::parse(toManifestJson(config))},
-               {"device", device.name},
-               {"date", date},
-               {"hbm_gbps", number(device.hbmGBps)},
-               {"seed", seed},
-               {"runs", options.time ? options.runs : 0},
-               {"tolerance", kTolerance}};
+  Json json = runHeader(label, config, cubin, device, seed, options);
   Json list = Json::array();
   for (const GroupedResult &row : rows) {
     double us = row.timing.medianUs;
@@ -1376,13 +1370,13 @@ Json groupedJson(const std::string &label, const GemmKernelConfig &config,
                     {"distribution", row.c.distribution},
                     {"routed_rows", row.routedRows},
                     {"active_groups", row.activeGroups},
-                    {"us", number(us)},
-                    {"min_us", number(row.timing.minUs)},
-                    {"max_us", number(row.timing.maxUs)},
-                    {"tflops", number(row.flops() / (us * 1e6))},
-                    {"weight_gbps", number(row.weightBytes() / (us * 1e3))},
-                    {"gbps", number(row.bytes() / (us * 1e3))},
-                    {"rel_error", number(row.relativeError)},
+                    {"us", jsonNumber(us)},
+                    {"min_us", jsonNumber(row.timing.minUs)},
+                    {"max_us", jsonNumber(row.timing.maxUs)},
+                    {"tflops", jsonNumber(row.flops() / (us * 1e6))},
+                    {"weight_gbps", jsonNumber(row.weightBytes() / (us * 1e3))},
+                    {"gbps", jsonNumber(row.bytes() / (us * 1e3))},
+                    {"rel_error", jsonNumber(row.relativeError)},
                     {"checked_fraction", row.checkedFraction},
                     {"sets", row.sets},
                     {"status", row.status},
@@ -1392,7 +1386,6 @@ Json groupedJson(const std::string &label, const GemmKernelConfig &config,
   return json;
 }
 
-/// The grouped cases of a grouped kernel; exit status as for shapes.
 /// The end of a run: the results as JSON into --json (when given), how many
 /// of `total` came out right, and the exit status (0: all run and right).
 template <typename Result, typename MakeJson>
@@ -1414,6 +1407,7 @@ int finishRun(const Options &options, const std::string &label,
   return allRight && results.size() == total ? 0 : 1;
 }
 
+/// The grouped cases of a grouped kernel; exit status as for shapes.
 int runGrouped(const Options &options, const GemmKernel &kernel,
                const CheckKernels &check, const DeviceInfo &device,
                CUstream stream, const std::string &label, uint64_t seed) {

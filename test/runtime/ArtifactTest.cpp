@@ -382,6 +382,21 @@ TEST(ArtifactTest, RoundTripKeepsEverything) {
   EXPECT_EQ(mla.attrs.list("mla_attention", "inv_freq").size(), 8u);
 }
 
+TEST(ArtifactTest, StepsRunOnTheSmallestPlanTheyFit) {
+  kiln::Artifact a = realisticArtifact();
+  const int64_t decodeTokens = a.plans.at("decode").maxTokens,
+                decodeSequences = a.plans.at("decode").maxSequences;
+  EXPECT_EQ(a.stepPlanName(1, 1), "decode");
+  EXPECT_EQ(a.stepPlanName(decodeTokens, decodeSequences), "decode");
+  EXPECT_EQ(a.stepPlanName(decodeTokens + 1, 1), "prefill");
+  EXPECT_EQ(a.stepPlanName(1, decodeSequences + 1), "prefill");
+  kiln::LaunchPlan small = a.plans.at("decode");
+  small.maxTokens = small.maxSequences = 1;
+  a.plans["decode_small"] = small;
+  EXPECT_EQ(a.stepPlanName(1, 1), "decode_small");
+  EXPECT_EQ(a.stepPlanName(2, 1), "decode");
+}
+
 TEST(ArtifactTest, OverwritesAnExistingFile) {
   ScratchDir dir;
   dir.write("model.kiln", "old contents");

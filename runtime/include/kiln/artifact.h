@@ -146,11 +146,16 @@ struct Artifact {
   ArtifactOptions options;
   std::vector<ArtifactKernel> kernels;
   std::vector<ArtifactWeight> weights;
-  /// "decode" and "prefill" (a hand-written graph may have others).
+  /// "decode", "prefill" and (max_batch > 64) "decode_small"; a
+  /// hand-written graph may have others.
   std::map<std::string, LaunchPlan> plans;
 
   const ArtifactKernel *findKernel(const std::string &name) const;
   const LaunchPlan &plan(const std::string &name) const;
+  /// The plan a step of `tokens` tokens from `sequences` sequences runs on
+  /// (artifact.md "Plans"): the smallest decode plan it fits
+  /// (`decode_small`, then `decode`), else `prefill`.
+  const std::string &stepPlanName(int64_t tokens, int64_t sequences) const;
 };
 
 /// Checks the internal consistency artifact.md requires (every step's op is

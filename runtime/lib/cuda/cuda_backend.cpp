@@ -650,6 +650,12 @@ void CudaBackend::Impl::allocate(const CudaBackendOptions &options) {
       "page table");
   sequenceSlots =
       DeviceBuffer(std::max<int64_t>(1, maxTokensAnyPlan) * 4, "token slots");
+  // GPU sampling: one row of parameters and one token per sequence.
+  samplingRows = DeviceBuffer(std::max<int64_t>(1, maxSequencesAnyPlan) *
+                                  sizeof(SamplingRow),
+                              origin + ": sampling rows");
+  sampledTokens = DeviceBuffer(std::max<int64_t>(1, maxSequencesAnyPlan) * 4,
+                               origin + ": sampled tokens");
   mlaWorkspace = DeviceBuffer(
       mlaAttentionWorkspaceBytes(std::max<int64_t>(1, maxTokensAnyPlan),
                                  static_cast<int>(config.numAttentionHeads),
@@ -847,20 +853,12 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
 void CudaBackend::Impl::runChunk(const std::vector<BackendStepEntry> &entries,
                                  const Chunk &chunk, const Outputs &outputs) {
   const int64_t T = static_cast<int64_t>(chunk.tokenIds.size());
-  // The smallest decode plan the chunk fits (decode_small's GEMM kernels are
-  // chosen for M <= 64), else prefill.
-  PlanState *decode = nullptr;
-  for (const char *name : {"decode_small", "decode"}) {
-    auto it = plans.find(name);
-    if (it != plans.end() && T <= it->second.plan->maxTokens &&
-        static_cast<int64_t>(chunk.entries.size()) <=
-            it->second.plan->maxSequences) {
-      decode = &it->second;
-      break;
-    }
-  }
-  const bool isDecode = decode != nullptr;
-  PlanState &state = isDecode ? *decode : plans.at("prefill");
+  // decode_small's GEMM kernels are chosen for M <= 64, decode's for
+  // max_batch, prefill's for prefill_chunk.
+  const std::string &planName =
+      artifact.stepPlanName(T, static_cast<int64_t>(chunk.entries.size()));
+  const bool isDecode = planName != "prefill";
+  PlanState &state = plans.at(planName);
   const LaunchPlan &plan = *state.plan;
   const int64_t S = static_cast<int64_t>(chunk.finishing.size());
 
@@ -963,12 +961,6 @@ void CudaBackend::Impl::runChunk(const std::vector<BackendStepEntry> &entries,
 void CudaBackend::Impl::sampleRows(const Chunk &chunk, CUdeviceptr logits,
                                    int64_t S, const Outputs &outputs) {
   const int64_t vocab = config.vocabSize;
-  if (!sampledTokens.get()) {
-    samplingRows = DeviceBuffer(maxSequencesAnyPlan * sizeof(SamplingRow),
-                                origin + ": sampling rows");
-    sampledTokens =
-        DeviceBuffer(maxSequencesAnyPlan * 4, origin + ": sampled tokens");
-  }
   std::vector<SamplingRow> rows(S);
   for (int64_t s = 0; s < S; ++s) {
     const BackendSampling &b = (*outputs.sampling)[chunk.finishing[s]];
@@ -1357,6 +1349,8 @@ CudaBackend::~CudaBackend() {
   impl->pageTable = DeviceBuffer();
   impl->sequenceSlots = DeviceBuffer();
   impl->mlaWorkspace = DeviceBuffer();
+  impl->samplingRows = DeviceBuffer();
+  impl->sampledTokens = DeviceBuffer();
   impl->gemms.clear();
   impl->kernels.reset();
   if (impl->stream)
