@@ -1360,7 +1360,11 @@ CudaBackend::~CudaBackend() {
 const ModelConfig &CudaBackend::config() const { return impl->config; }
 
 int64_t CudaBackend::kvBytesPerToken() const {
-  return (impl->config.kvLoraRank + impl->config.qkRopeHeadDim) * 2 *
+  // A cached row per layer, plus its scale in an FP8 cache.
+  const bool fp8 = impl->cacheType == ElementType::F8E4M3;
+  return ((impl->config.kvLoraRank + impl->config.qkRopeHeadDim) *
+              elementBytes(impl->cacheType) +
+          (fp8 ? 4 : 0)) *
          impl->config.numHiddenLayers;
 }
 
