@@ -2,7 +2,7 @@
 """Compiles Kiln's FP8 GEMM kernels to PTX and cubins, ahead of time.
 
 For each configuration (block_m, block_n, stages, consumers[, split_k[,
-grouped]]) it writes a kiln.scaled_matmul (kiln.grouped_scaled_matmul for a
+grouped]][, xCLUSTER_M]) it writes a kiln.scaled_matmul (kiln.grouped_scaled_matmul for a
 grouped one) carrying that #kiln.gemm_config, runs kiln-opt's kernel
 pipeline (kiln-emit-gemm-kernels, then SCF/arith/CF/NVVM to LLVM, NVPTX
 through gpu-module-to-binary), takes the PTX out of the gpu.binary, assembles
@@ -11,7 +11,7 @@ leaves NAME.ptx, NAME.cubin and NAME.json (the launch manifest of
 compiler/docs/gemm-abi.md) in the output directory.
 
 Usage: kiln-compile-gemm.py --kiln-opt PATH --out DIR [--ptxas PATH]
-           [--config 128,128,6,2[,split_k[,contiguous|masked]] ...]
+           [--config 128,128,6,2[,split_k[,contiguous|masked]][,x2] ...]
            [--shapes MxNxK,...] [--grouped-shapes GxRxNxK:LAYOUT,...]
            [--plan FILE] [--ptx-only]
 Without --config it builds the configurations kiln-select-gemm-config picks
@@ -56,18 +56,22 @@ PIPELINE = ["--kiln-gemm-to-ptx"]
 
 
 def config_attr(config):
-    bm, bn, stages, consumers, split_k, grouped = config
-    # split_k = 1 is the attribute's default, which it does not print.
+    bm, bn, stages, consumers, split_k, grouped, cluster_m = config
+    # split_k = 1 and cluster_m = 1 are the attribute's defaults, which it
+    # does not print.
     split = f", split_k = {split_k}" if split_k != 1 else ""
+    cluster = f", cluster_m = {cluster_m}" if cluster_m != 1 else ""
     group = f", grouped = {grouped}" if grouped else ""
     return (f"#kiln.gemm_config<block_m = {bm}, block_n = {bn}, stages = {stages}, "
-            f"consumers = {consumers}{split}{group}>")
+            f"consumers = {consumers}{split}{cluster}{group}>")
 
 
 def kernel_name(config):
-    bm, bn, stages, consumers, split_k, grouped = config
+    bm, bn, stages, consumers, split_k, grouped, cluster_m = config
     return (f"kiln_gemm_fp8_m{bm}n{bn}s{stages}c{consumers}"
-            + (f"k{split_k}" if split_k != 1 else "") + (f"_{grouped}" if grouped else ""))
+            + (f"k{split_k}" if split_k != 1 else "")
+            + (f"x{cluster_m}" if cluster_m != 1 else "")
+            + (f"_{grouped}" if grouped else ""))
 
 
 def grouped_types(g, r, n, k, layout):
@@ -125,22 +129,25 @@ def selected_configs(kiln_opt, shapes, grouped_shapes=()):
         sys.stderr.write(run.stderr)
         raise SystemExit("kiln-compile-gemm: kiln-select-gemm-config failed")
     picked = re.findall(r"gemm_config<block_m = (\d+), block_n = (\d+), stages = (\d+), "
-                        r"consumers = (\d+)(?:, split_k = (\d+))?(?:, grouped = (\w+))?>",
+                        r"consumers = (\d+)(?:, split_k = (\d+))?(?:, cluster_m = (\d+))?"
+                        r"(?:, grouped = (\w+))?>",
                         run.stdout)
     if len(picked) != len(shapes) + len(grouped_shapes):
         raise SystemExit("kiln-compile-gemm: kiln-select-gemm-config left a matmul unconfigured")
-    return [tuple(int(v or 1) for v in config[:5]) + (config[5] or None,) for config in picked]
+    return [tuple(int(v or 1) for v in config[:5]) + (config[6] or None, int(config[5] or 1))
+            for config in picked]
 
 
 def parse_config(text):
-    """block_m,block_n,stages,consumers[,split_k[,layout]]"""
+    """block_m,block_n,stages,consumers[,split_k[,layout]][,xCLUSTER_M]"""
     fields = text.split(",")
+    cluster_m = int(fields.pop()[1:]) if fields[-1].startswith("x") else 1
     grouped = fields.pop() if fields[-1] in LAYOUTS else None
     if len(fields) not in (4, 5):
         raise SystemExit(f"kiln-compile-gemm: --config needs 4 or 5 integers and an optional "
                          f"layout, got {text}")
     values = [int(v) for v in fields] + [1] * (5 - len(fields))
-    return tuple(values) + (grouped,)
+    return tuple(values) + (grouped, cluster_m)
 
 
 def parse_grouped_shape(text):
@@ -176,7 +183,7 @@ def main():
     parser.add_argument("--ptxas", default=shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas")
     parser.add_argument("--out", required=True)
     parser.add_argument("--config", action="append", default=[],
-                        help="block_m,block_n,stages,consumers[,split_k[,contiguous|masked]]")
+                        help="block_m,block_n,stages,consumers[,split_k[,contiguous|masked]][,x2]")
     parser.add_argument("--shapes", help="MxNxK,...: build what the heuristic picks for these")
     parser.add_argument("--grouped-shapes",
                         help="GxRxNxK:LAYOUT,...: the same for grouped GEMMs")
@@ -207,7 +214,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     failures = 0
     for config in configs:
-        bm, bn, stages, consumers, split_k, grouped = config
+        bm, bn, stages, consumers, split_k, grouped, cluster_m = config
         name = kernel_name(config)
         with tempfile.TemporaryDirectory() as scratch:
             source = os.path.join(scratch, "gemm.mlir")
@@ -246,6 +253,8 @@ def main():
                     "spill_bytes": sum(spills)}
         if grouped:
             manifest["grouped"] = grouped
+        if cluster_m != 1:
+            manifest["cluster_m"] = cluster_m
         with open(os.path.join(args.out, name + ".json"), "w") as f:
             json.dump(manifest, f, indent=1)
         status = "ok" if sum(spills) == 0 else "SPILLS"

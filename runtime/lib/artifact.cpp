@@ -40,9 +40,11 @@ constexpr uint64_t kBufferAlignment = 256;
 constexpr const char *kFormatName = "kiln-artifact";
 
 const std::set<std::string> kKnownOps = {
-    "embed",        "rms_norm",      "quantize",   "gemm",      "matmul",
-    "add",          "mla_attention", "swiglu",     "moe_route", "moe_dispatch",
-    "grouped_gemm", "moe_combine",   "select_rows"};
+    "embed",       "rms_norm",     "quantize",      "gemm",
+    "matmul",      "add",          "mla_attention", "swiglu",
+    "moe_route",   "moe_dispatch", "grouped_gemm",  "moe_combine",
+    "select_rows", "event_record", "event_wait"};
+const std::set<std::string> kEventOps = {"event_record", "event_wait"};
 const std::set<std::string> kKernelOps = {"gemm", "grouped_gemm"};
 const std::set<std::string> kBufferDtypes = {"f32", "bf16", "f8e4m3", "i32"};
 const std::set<std::string> kWeightDtypes = {"f8e4m3", "bf16", "f32"};
@@ -99,6 +101,53 @@ bool parseDecimalRows(const std::string &text, int64_t &rows) {
   rows = std::stoll(text);
   return rows > 0;
 }
+
+} // namespace
+
+int64_t microBatchBegin(int64_t rows, int64_t part, int64_t parts) {
+  return rows * part / parts;
+}
+
+int64_t microBatchRows(int64_t rows, int64_t part, int64_t parts) {
+  return microBatchBegin(rows, part + 1, parts) -
+         microBatchBegin(rows, part, parts);
+}
+
+bool parseRowSymbol(const std::string &rows, RowSymbol &symbol) {
+  symbol = RowSymbol();
+  if (kSymbolicRows.count(rows)) {
+    symbol.base = rows;
+    return true;
+  }
+  if (parseDecimalRows(rows, symbol.count))
+    return true;
+  // "T.p/n" or "R.p/n".
+  size_t dot = rows.find('.'), slash = rows.find('/');
+  if (dot != 1 || slash == std::string::npos || slash < dot + 2)
+    return false;
+  std::string base = rows.substr(0, 1);
+  int64_t part = 0, parts = 0;
+  std::string partText = rows.substr(dot + 1, slash - dot - 1);
+  bool digits = std::all_of(partText.begin(), partText.end(),
+                            [](char c) { return c >= '0' && c <= '9'; });
+  if ((base != "T" && base != "R") || !digits || partText.size() > 9 ||
+      !parseDecimalRows(rows.substr(slash + 1), parts))
+    return false;
+  part = std::stoll(partText);
+  if (parts < 2 || part >= parts)
+    return false;
+  symbol.base = base;
+  symbol.part = part;
+  symbol.parts = parts;
+  return true;
+}
+
+std::string microBatchRowSymbol(const std::string &base, int64_t part,
+                                int64_t parts) {
+  return base + "." + std::to_string(part) + "/" + std::to_string(parts);
+}
+
+namespace {
 
 std::string formatNumber(double value) {
   char text[32];
@@ -248,6 +297,14 @@ PlanTensor readTensor(const Fields &fields) {
   tensor.buffer = fields.string("buffer");
   tensor.col = fields.optionalInteger("col", 0);
   tensor.cols = fields.optionalInteger("cols", 0);
+  const Json &part = fields.optionalArray("micro_batch");
+  if (!part.empty()) {
+    if (part.size() != 2 || !part[0].is_number_integer() ||
+        !part[1].is_number_integer())
+      fields.fail("micro_batch", "must be [part, parts], got " + part.dump());
+    tensor.part = part[0].get<int64_t>();
+    tensor.parts = part[1].get<int64_t>();
+  }
   return tensor;
 }
 
@@ -283,6 +340,8 @@ PlanAttrs readAttrs(const Fields &fields) {
 PlanStep readStep(const Fields &fields) {
   PlanStep step;
   step.op = fields.string("op");
+  step.stream = fields.optionalInteger("stream", 0);
+  step.event = fields.optionalInteger("event", -1);
   for (const char *role : {"inputs", "outputs"}) {
     std::vector<PlanTensor> &tensors =
         std::string(role) == "inputs" ? step.inputs : step.outputs;
@@ -308,6 +367,8 @@ LaunchPlan readPlan(const Fields &fields) {
   plan.maxTokens = fields.integer("max_tokens");
   plan.maxSequences = fields.integer("max_sequences");
   plan.arenaBytes = fields.unsignedInteger("arena_bytes");
+  plan.streams = fields.optionalInteger("streams", 1);
+  plan.events = fields.optionalInteger("events", 0);
   size_t buffers = fields.array("buffers").size();
   for (size_t i = 0; i < buffers; ++i) {
     Fields b = fields.element("buffers", i);
@@ -351,17 +412,18 @@ std::string blobBytes(const Fields &k, const std::string &field,
 }
 
 Artifact readManifest(const Json &manifest, const std::string &bytes,
-                      uint64_t manifestEnd, const std::string &origin) {
+                      uint64_t manifestEnd, uint32_t headerVersion,
+                      const std::string &origin) {
   Fields root(manifest, origin, "");
   std::string format = root.string("format");
   if (format != kFormatName)
     root.fail("format",
               "is " + quote(format) + ", expected " + quote(kFormatName));
   int64_t version = root.integer("format_version");
-  if (version != kArtifactFormatVersion)
+  if (version != headerVersion)
     root.fail("format_version", "is " + std::to_string(version) +
                                     " but the container header says " +
-                                    std::to_string(kArtifactFormatVersion));
+                                    std::to_string(headerVersion));
 
   Artifact artifact;
   artifact.producer = root.string("producer");
@@ -382,6 +444,8 @@ Artifact readManifest(const Json &manifest, const std::string &bytes,
   artifact.options.kvCacheDtype = options.string("kv_cache_dtype");
   artifact.options.kvPageTokens = options.integer("kv_page_tokens");
   artifact.options.expertParallel = options.integer("ep");
+  artifact.options.overlapMicroBatches =
+      options.optionalInteger("overlap_micro_batches", 1);
 
   // Blobs: after the manifest, aligned, inside the file.
   std::map<std::string, BlobRange> blobs;
@@ -419,6 +483,7 @@ Artifact readManifest(const Json &manifest, const std::string &bytes,
     kernel.consumers = k.intField("consumers");
     kernel.sharedMemoryBytes = k.intField("shared_memory_bytes");
     kernel.splitK = k.intField("split_k");
+    kernel.clusterM = static_cast<int>(k.optionalInteger("cluster_m", 1));
     kernel.grouped = k.optionalString("grouped", "");
     kernel.cubin = blobBytes(k, "cubin", blobs, bytes);
     if (!k.optionalString("ptx", "").empty())
@@ -475,6 +540,8 @@ Json tensorJson(const PlanTensor &tensor) {
     out["col"] = tensor.col;
     out["cols"] = tensor.cols;
   }
+  if (tensor.parts)
+    out["micro_batch"] = {tensor.part, tensor.parts};
   return out;
 }
 
@@ -508,13 +575,22 @@ Json planJson(const LaunchPlan &plan) {
                 {"attrs", attrs}};
     if (!step.kernel.empty())
       out["kernel"] = step.kernel;
+    if (step.stream != 0)
+      out["stream"] = step.stream;
+    if (step.event >= 0)
+      out["event"] = step.event;
     steps.push_back(std::move(out));
   }
-  return {{"max_tokens", plan.maxTokens},
-          {"max_sequences", plan.maxSequences},
-          {"arena_bytes", plan.arenaBytes},
-          {"buffers", buffers},
-          {"steps", steps}};
+  Json out = {{"max_tokens", plan.maxTokens},
+              {"max_sequences", plan.maxSequences},
+              {"arena_bytes", plan.arenaBytes},
+              {"buffers", buffers},
+              {"steps", steps}};
+  if (plan.streams != 1 || plan.events != 0) {
+    out["streams"] = plan.streams;
+    out["events"] = plan.events;
+  }
+  return out;
 }
 
 /// A blob to write: its name and bytes.
@@ -542,6 +618,8 @@ Json manifestJson(const Artifact &a, const std::vector<BlobOut> &blobs,
                    {"cubin", k.name + ".cubin"}};
     if (!k.grouped.empty())
       kernel["grouped"] = k.grouped;
+    if (k.clusterM != 1)
+      kernel["cluster_m"] = k.clusterM;
     if (!k.ptx.empty())
       kernel["ptx"] = k.name + ".ptx";
     kernels.push_back(std::move(kernel));
@@ -572,7 +650,8 @@ Json manifestJson(const Artifact &a, const std::vector<BlobOut> &blobs,
             {"prefill_chunk", a.options.prefillChunk},
             {"kv_cache_dtype", a.options.kvCacheDtype},
             {"kv_page_tokens", a.options.kvPageTokens},
-            {"ep", a.options.expertParallel}}},
+            {"ep", a.options.expertParallel},
+            {"overlap_micro_batches", a.options.overlapMicroBatches}}},
           {"blobs", blobTable},
           {"kernels", kernels},
           {"weights", weights},
@@ -605,11 +684,12 @@ void validatePlan(const Artifact &artifact, const std::string &planName,
     if (!kBufferDtypes.count(b.dtype))
       fail(buffer + "dtype " + quote(b.dtype) + " is not one of " +
            joined(kBufferDtypes));
-    int64_t rows = 0;
-    bool symbolic = kSymbolicRows.count(b.rows);
-    if (!symbolic && !parseDecimalRows(b.rows, rows))
+    RowSymbol symbol;
+    if (!parseRowSymbol(b.rows, symbol))
       fail(buffer + "rows " + quote(b.rows) +
-           " is not T, R, S, E1 or a positive decimal count");
+           " is not T, R, S, E1, a micro-batch part of T or R (\"T.0/2\") "
+           "or a positive decimal count");
+    int64_t rows = symbol.count;
     if (b.cols <= 0)
       fail(buffer + "cols must be positive, got " + std::to_string(b.cols));
     if (b.offset % kBufferAlignment)
@@ -622,9 +702,11 @@ void validatePlan(const Artifact &artifact, const std::string &planName,
            " bytes");
     // Where the row count is known from the plan alone, the buffer must hold
     // it (R and E1 depend on the model's top_k and expert count).
-    if (b.rows == "T")
-      rows = plan.maxTokens;
-    else if (b.rows == "S")
+    if (symbol.base == "T")
+      rows = symbol.parts
+                 ? microBatchRows(plan.maxTokens, symbol.part, symbol.parts)
+                 : plan.maxTokens;
+    else if (symbol.base == "S")
       rows = plan.maxSequences;
     if (rows > 0) {
       long double needed = static_cast<long double>(rows) * b.cols *
@@ -637,6 +719,14 @@ void validatePlan(const Artifact &artifact, const std::string &planName,
     }
   }
 
+  if (plan.streams < 1)
+    fail("streams must be at least 1, got " + std::to_string(plan.streams));
+  if (plan.events < 0)
+    fail("events must not be negative, got " + std::to_string(plan.events));
+  // Streams and events (artifact.md "Streams and micro-batches"): the step
+  // that recorded each event, and each stream's steps so far.
+  std::vector<int64_t> recordedBy(plan.events, -1);
+  std::vector<int64_t> stepsOn(plan.streams, 0);
   for (size_t i = 0; i < plan.steps.size(); ++i) {
     const PlanStep &step = plan.steps[i];
     std::string stepWhere = where + ", step " + std::to_string(i) + " (" +
@@ -647,6 +737,46 @@ void validatePlan(const Artifact &artifact, const std::string &planName,
     if (!kKnownOps.count(step.op))
       failStep("unknown op " + quote(step.op) +
                " (known: " + joined(kKnownOps) + ")");
+    if (step.stream < 0 || step.stream >= plan.streams)
+      failStep("runs on stream " + std::to_string(step.stream) +
+               ", but the plan has " + std::to_string(plan.streams) +
+               " stream" + (plan.streams == 1 ? "" : "s") + " (0 to " +
+               std::to_string(plan.streams - 1) + ")");
+    if (kEventOps.count(step.op)) {
+      if (step.event < 0 || step.event >= plan.events)
+        failStep("event " + std::to_string(step.event) +
+                 " is not one of the plan's " + std::to_string(plan.events) +
+                 " events");
+      if (!step.inputs.empty() || !step.outputs.empty() ||
+          !step.weights.empty())
+        failStep("an event step has no inputs, outputs or weights");
+      int64_t &recorder = recordedBy[step.event];
+      if (step.op == "event_record") {
+        if (recorder >= 0)
+          failStep("records event " + std::to_string(step.event) +
+                   ", already recorded by step " + std::to_string(recorder) +
+                   " (each event is recorded once)");
+        recorder = static_cast<int64_t>(i);
+      } else if (recorder < 0) {
+        failStep("waits for event " + std::to_string(step.event) +
+                 ", which no earlier step records (a dangling wait)");
+      } else if (plan.steps[recorder].stream == step.stream) {
+        failStep("waits on stream " + std::to_string(step.stream) +
+                 " for event " + std::to_string(step.event) +
+                 ", recorded on the same stream by step " +
+                 std::to_string(recorder));
+      }
+    } else if (step.event >= 0) {
+      failStep("names event " + std::to_string(step.event) +
+               ", but only event_record and event_wait take one");
+    }
+    // A stream other than 0 starts after work on stream 0 (the step inputs
+    // are written there): its first step is a wait.
+    if (stepsOn[step.stream]++ == 0 && step.stream != 0 &&
+        step.op != "event_wait")
+      failStep("is the first step on stream " + std::to_string(step.stream) +
+               " but not an event_wait: the stream would not wait for the "
+               "step's inputs");
     for (const char *role : {"input", "output"}) {
       const std::vector<PlanTensor> &tensors =
           std::string(role) == "input" ? step.inputs : step.outputs;
@@ -656,6 +786,14 @@ void validatePlan(const Artifact &artifact, const std::string &planName,
         const PlanBuffer *buffer = plan.findBuffer(tensor.buffer);
         if (!buffer)
           failStep(what + "names an unknown buffer " + quote(tensor.buffer));
+        if (tensor.parts != 0 &&
+            (tensor.parts < 2 || tensor.part < 0 ||
+             tensor.part >= tensor.parts || buffer->rows != "T"))
+          failStep(what + "micro-batch [" + std::to_string(tensor.part) + ", " +
+                   std::to_string(tensor.parts) +
+                   "] must be part p of n >= 2 parts (0 <= p < n) of a "
+                   "buffer of T rows; buffer " +
+                   quote(buffer->name) + " has rows " + quote(buffer->rows));
         if (tensor.cols == 0 && tensor.col == 0)
           continue;
         if (tensor.col < 0 || tensor.cols <= 0 ||
@@ -700,6 +838,29 @@ void validatePlan(const Artifact &artifact, const std::string &planName,
       for (double value : values)
         if (!std::isfinite(value))
           failStep("attribute " + quote(name) + " holds a non-finite value");
+  }
+  // Every stream's last step is a record that a later step of stream 0
+  // waits for: the plan's end (the logits, the next step's inputs, a CUDA
+  // Graph's capture) follows all of its work.
+  for (int64_t stream = 1; stream < plan.streams; ++stream) {
+    int64_t last = -1;
+    for (size_t i = 0; i < plan.steps.size(); ++i)
+      if (plan.steps[i].stream == stream)
+        last = static_cast<int64_t>(i);
+    if (last < 0)
+      continue;
+    const PlanStep &step = plan.steps[last];
+    bool joined = step.op == "event_record" &&
+                  std::any_of(plan.steps.begin() + last + 1, plan.steps.end(),
+                              [&](const PlanStep &s) {
+                                return s.op == "event_wait" &&
+                                       s.event == step.event && s.stream == 0;
+                              });
+    if (!joined)
+      fail("step " + std::to_string(last) + " (" + step.op +
+           ") is the last on stream " + std::to_string(stream) +
+           " but is not an event_record that a later step of stream 0 "
+           "waits for: the stream is never joined");
   }
 }
 
@@ -812,7 +973,8 @@ void validateArtifact(const Artifact &artifact, const std::string &origin) {
         {"max_seq_len", o.maxSeqLen},
         {"prefill_chunk", o.prefillChunk},
         {"kv_page_tokens", o.kvPageTokens},
-        {"ep", o.expertParallel}})
+        {"ep", o.expertParallel},
+        {"overlap_micro_batches", o.overlapMicroBatches}})
     if (value <= 0)
       fail(std::string("option ") + name + " must be positive, got " +
            std::to_string(value));
@@ -832,6 +994,9 @@ void validateArtifact(const Artifact &artifact, const std::string &origin) {
     if (k.splitK < 1)
       fail(kernel + "split_k must be at least 1, got " +
            std::to_string(k.splitK));
+    if (k.clusterM != 1 && k.clusterM != 2)
+      fail(kernel + "cluster_m must be 1 or 2, got " +
+           std::to_string(k.clusterM));
     if (k.sharedMemoryBytes < 0)
       fail(kernel + "shared_memory_bytes must not be negative");
     if (!k.grouped.empty() && k.grouped != "contiguous" &&
@@ -877,12 +1042,14 @@ Artifact parseArtifact(const std::string &bytes, const std::string &origin) {
                 ": a Kiln artifact starts with " +
                 std::to_string(kHeaderBytes) + " header bytes");
   uint32_t version = readU32(bytes, 8);
-  if (version != kArtifactFormatVersion) {
+  if (version < kOldestArtifactFormatVersion ||
+      version > kArtifactFormatVersion) {
     std::string producer = producerOf(bytes);
     throw Error(origin + ": artifact format version " +
                 std::to_string(version) + " written by " +
                 (producer.empty() ? "an unknown producer" : producer) +
-                ", while this build reads version " +
+                ", while this build reads versions " +
+                std::to_string(kOldestArtifactFormatVersion) + " to " +
                 std::to_string(kArtifactFormatVersion) +
                 "; recompile it with this release's kilnc");
   }
@@ -905,7 +1072,8 @@ Artifact parseArtifact(const std::string &bytes, const std::string &origin) {
   }
   Artifact artifact;
   try {
-    artifact = readManifest(manifest, bytes, kHeaderBytes + length, origin);
+    artifact =
+        readManifest(manifest, bytes, kHeaderBytes + length, version, origin);
   } catch (const Json::exception &error) {
     // Every access is type-checked first; this is a last line of defence.
     throw Error(origin + ": malformed manifest: " + error.what());
@@ -1058,13 +1226,14 @@ std::string describeArtifact(const Artifact &a) {
   out << "options: max_batch " << o.maxBatch << ", max_seq_len " << o.maxSeqLen
       << ", prefill_chunk " << o.prefillChunk << ", kv cache " << o.kvCacheDtype
       << " in pages of " << o.kvPageTokens << " tokens, ep " << o.expertParallel
-      << "\n";
+      << ", overlap_micro_batches " << o.overlapMicroBatches << "\n";
 
   out << "kernels (" << a.kernels.size() << "):\n";
   for (const ArtifactKernel &k : a.kernels)
     out << "  " << k.name << ": block " << k.blockM << "x" << k.blockN << ", "
         << k.stages << " stages, " << k.consumers
         << " consumer warpgroups, split_k " << k.splitK
+        << (k.clusterM > 1 ? ", cluster_m " + std::to_string(k.clusterM) : "")
         << (k.grouped.empty() ? "" : ", grouped " + k.grouped) << ", "
         << k.sharedMemoryBytes << " B shared memory; cubin " << k.cubin.size()
         << " B"
@@ -1084,16 +1253,23 @@ std::string describeArtifact(const Artifact &a) {
   }
 
   auto tensorText = [](const PlanTensor &t) {
+    std::string text = t.buffer;
+    if (t.parts)
+      text += "{micro-batch " + std::to_string(t.part) + "/" +
+              std::to_string(t.parts) + "}";
     if (t.col == 0 && t.cols == 0)
-      return t.buffer;
-    return t.buffer + "[:, " + std::to_string(t.col) + ":" +
+      return text;
+    return text + "[:, " + std::to_string(t.col) + ":" +
            std::to_string(t.col + t.cols) + "]";
   };
   for (const auto &[name, plan] : a.plans) {
     out << "plan " << name << ": max_tokens " << plan.maxTokens
         << ", max_sequences " << plan.maxSequences << ", arena "
         << plan.arenaBytes << " B, " << plan.buffers.size() << " buffers, "
-        << plan.steps.size() << " steps\n";
+        << plan.steps.size() << " steps";
+    if (plan.streams > 1)
+      out << ", " << plan.streams << " streams, " << plan.events << " events";
+    out << "\n";
     out << "  buffers:\n";
     for (const PlanBuffer &b : plan.buffers)
       out << "    " << b.name << ": " << b.dtype << " [" << b.rows << ", "
@@ -1102,6 +1278,10 @@ std::string describeArtifact(const Artifact &a) {
     for (size_t i = 0; i < plan.steps.size(); ++i) {
       const PlanStep &step = plan.steps[i];
       out << "    " << i << " " << step.op << " ";
+      if (plan.streams > 1)
+        out << "[stream " << step.stream << "] ";
+      if (step.event >= 0)
+        out << "event " << step.event;
       for (size_t t = 0; t < step.inputs.size(); ++t)
         out << (t ? ", " : "") << tensorText(step.inputs[t]);
       out << " -> ";

@@ -23,10 +23,17 @@
 // output head outweigh one layer, so the per-layer difference of two
 // whole steps is noise there; the timeline's layer table is not.)
 //
+// The prefill runs --prefill-runs times (median); with --timeline, once
+// more with the timeline (PREFIX-<case>-prefill.json and the time the
+// plan's streams overlapped). Cases with equally many MoE layers (e.g. one
+// artifact compiled with --overlap-micro-batches 2 and one without) are
+// compared instead: prefill time and whether the prefill logits are equal
+// bit for bit (same synthetic weights: seed 1).
+//
 // usage: kiln-bench-decode --case CONFIG.json,ARTIFACT.kiln [--case ...]
 //          [--batches 1,8,32,128] [--context 256] [--prefill 4096]
 //          [--steps 16] [--hbm-gbps 3350] [--timeline PREFIX]
-//          [--timeline-batches 1,32]
+//          [--timeline-batches 1,32] [--prefill-runs 5]
 //
 //===----------------------------------------------------------------------===//
 
@@ -63,13 +70,17 @@ struct Case {
   std::map<int, double> stepMs;
   std::map<int, double> eagerMs;
   double prefillMs = 0;
+  /// The prefill's logits (one row), and the weights the artifact reads (the
+  /// synthetic weights follow their order).
+  std::vector<float> prefillLogits;
+  std::vector<std::string> weightNames;
   /// Whether every decode step's logits agreed between graphs and eager.
   bool graphsMatch = true;
 };
 
 struct Options {
   std::vector<int> batches = {1, 8, 32, 128};
-  int context = 256, prefill = 4096, steps = 16;
+  int context = 256, prefill = 4096, steps = 16, prefillRuns = 5;
   double hbmGbps = 3350;
   std::string timelinePrefix;
   std::vector<int> timelineBatches = {1, 32};
@@ -371,18 +382,44 @@ void runCase(Case &bench, int index, const Options &options) {
     state = state * 6364136223846793005ull + 1442695040888963407ull;
     return static_cast<int32_t>((state >> 33) % vocab);
   };
+  for (const ArtifactWeight &w : artifact.weights)
+    bench.weightNames.push_back(w.name);
   if (prefill > 0) {
-    auto sequence = gpu.newSequence();
     std::vector<int32_t> prompt(prefill);
     for (int32_t &t : prompt)
       t = token();
-    gpu.step({{sequence.get(), prompt, 0}}); // warm-up
-    auto again = gpu.newSequence();
-    auto t0 = Clock::now();
-    gpu.step({{again.get(), prompt, 0}});
-    bench.prefillMs = msSince(t0);
-    std::printf("  prefill %d tokens: %.1f ms, %.0f tokens/s\n", prefill,
-                bench.prefillMs, prefill / (bench.prefillMs / 1e3));
+    {
+      auto sequence = gpu.newSequence();
+      gpu.step({{sequence.get(), prompt, 0}}); // warm-up
+    }
+    std::vector<double> times;
+    for (int run = 0; run < options.prefillRuns; ++run) {
+      auto again = gpu.newSequence();
+      auto t0 = Clock::now();
+      bench.prefillLogits = gpu.step({{again.get(), prompt, 0}});
+      times.push_back(msSince(t0));
+    }
+    bench.prefillMs = median(times);
+    std::printf("  prefill %d tokens: %.1f ms (median of %d), %.0f tokens/s\n",
+                prefill, bench.prefillMs, options.prefillRuns,
+                prefill / (bench.prefillMs / 1e3));
+    if (!options.timelinePrefix.empty()) {
+      gpu.takeTimeline();
+      gpu.setTimeline(true);
+      {
+        auto timed = gpu.newSequence();
+        gpu.step({{timed.get(), prompt, 0}});
+      }
+      gpu.setTimeline(false);
+      cuda::Timeline timeline = gpu.takeTimeline();
+      std::string path = options.timelinePrefix + "-" + std::to_string(index) +
+                         "-prefill.json";
+      cuda::writeChromeTrace(timeline, path);
+      std::printf("\n%s: prefill of %d tokens, per run:\n%s%s\n\n",
+                  path.c_str(), prefill,
+                  cuda::formatOpBreakdown(timeline).c_str(),
+                  cuda::formatStreamOverlap(timeline).c_str());
+    }
   }
 }
 
@@ -421,6 +458,8 @@ int main(int argc, char **argv) {
         context = std::stoi(value);
       } else if (arg == "--prefill") {
         prefill = std::stoi(value);
+      } else if (arg == "--prefill-runs") {
+        options.prefillRuns = std::max(1, std::stoi(value));
       } else if (arg == "--steps") {
         options.steps = std::stoi(value);
       } else if (arg == "--timeline") {
@@ -438,7 +477,35 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < cases.size(); ++i)
       runCase(cases[i], static_cast<int>(i), options);
 
-    if (cases.size() >= 2) {
+    const bool sameModel =
+        cases.size() >= 2 &&
+        std::all_of(cases.begin(), cases.end(), [&](const Case &c) {
+          return moeLayers(c.config) == moeLayers(cases.front().config);
+        });
+    if (sameModel && prefill > 0) {
+      const Case &base = cases.front();
+      std::printf("\n| case | prefill ms | tokens/s | logits vs case 0 |\n"
+                  "| --- | --- | --- | --- |\n");
+      for (const Case &c : cases) {
+        int differ = 0;
+        double worst = 0;
+        for (size_t i = 0;
+             i < c.prefillLogits.size() && i < base.prefillLogits.size(); ++i) {
+          float a = c.prefillLogits[i], b = base.prefillLogits[i];
+          differ += std::memcmp(&a, &b, sizeof a) != 0;
+          worst = std::max(worst, double(std::fabs(a - b)));
+        }
+        std::printf(
+            "| %s | %.2f | %.0f | %s |\n", c.artifactPath.c_str(), c.prefillMs,
+            prefill / (c.prefillMs / 1e3),
+            c.weightNames != base.weightNames ? "other weights (not comparable)"
+            : differ == 0                     ? "bitwise equal"
+                          : (std::to_string(differ) + " of " +
+                             std::to_string(c.prefillLogits.size()) +
+                             " differ, max |diff| " + std::to_string(worst))
+                                .c_str());
+      }
+    } else if (cases.size() >= 2) {
       const Case &small = cases.front(), &large = cases.back();
       int64_t layers = moeLayers(large.config) - moeLayers(small.config);
       if (layers <= 0)

@@ -12,9 +12,9 @@ device_dir=${KILN_DEVICE_DIR:-.device}
 grep -qx "/$device_dir/" .git/info/exclude 2>/dev/null || echo "/$device_dir/" >> .git/info/exclude
 mkdir -p $device_dir/bin
 cp "$build_dir/bin/kiln" $device_dir/bin/
-# The CUDA backend's check (scripts/device/backend.sh), the runtime library
+# The CUDA backend's check (scripts/device/backend.sh) and benchmark, the runtime library
 # it links, and the kilnc artifacts named in $KILN_ARTIFACTS (space-separated).
-for tool in kiln-backend-check kiln-ep-check kiln-ep-moe-check; do
+for tool in kiln-backend-check kiln-bench-decode kiln-ep-check kiln-ep-moe-check; do
   if [[ -x $build_dir/bin/$tool ]]; then
     cp "$build_dir/bin/$tool" $device_dir/bin/
   fi

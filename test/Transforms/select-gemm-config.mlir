@@ -60,6 +60,22 @@ func.func @prefill(%a: tensor<?x1536xf8E4M3FN>, %as: tensor<?x12xf32>, %b: tenso
   return %0 : tensor<?x24576xbf16>
 }
 
+// Static M of at least 2048 rows: the same tiles in clusters of two blocks
+// along M, which share each B slice by TMA multicast; 1000 rows stay plain.
+// CHECK-LABEL: func.func @large_static
+// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 6, consumers = 2, cluster_m = 2>}
+func.func @large_static(%a: tensor<4096x16384xf8E4M3FN>, %as: tensor<4096x128xf32>, %b: tensor<7168x16384xf8E4M3FN>, %bs: tensor<56x128xf32>) -> tensor<4096x7168xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<4096x16384xf8E4M3FN>, tensor<4096x128xf32>, tensor<7168x16384xf8E4M3FN>, tensor<56x128xf32>) -> tensor<4096x7168xbf16>
+  return %0 : tensor<4096x7168xbf16>
+}
+
+// CHECK-LABEL: func.func @medium_static
+// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 6, consumers = 2>}
+func.func @medium_static(%a: tensor<1000x7168xf8E4M3FN>, %as: tensor<1000x56xf32>, %b: tensor<2112x7168xf8E4M3FN>, %bs: tensor<17x56xf32>) -> tensor<1000x2112xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<1000x7168xf8E4M3FN>, tensor<1000x56xf32>, tensor<2112x7168xf8E4M3FN>, tensor<17x56xf32>) -> tensor<1000x2112xbf16>
+  return %0 : tensor<1000x2112xbf16>
+}
+
 // A configuration already chosen (by hand or by a search) is kept, split_k
 // included.
 // CHECK-LABEL: func.func @chosen

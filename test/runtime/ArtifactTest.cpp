@@ -172,6 +172,8 @@ kiln::Artifact realisticArtifact() {
                        binaryBlob(700, 2), "", ""});
   a.kernels.push_back({"kiln_gemm_m64n64s8c1_contiguous", 64, 64, 8, 1, 0, 1,
                        binaryBlob(900, 3), "", "contiguous"});
+  a.kernels.push_back({"kiln_gemm_m128n128s6c2x2", 128, 128, 6, 2, 0, 1,
+                       binaryBlob(800, 4), "", "", 2});
   a.weights = {
       {"model.embed_tokens.weight", "bf16", {129280, 256}, "none"},
       {"model.layers.0.input_layernorm.weight", "bf16", {256}, "none"},
@@ -258,6 +260,7 @@ void expectSameArtifact(const kiln::Artifact &a, const kiln::Artifact &b) {
     EXPECT_EQ(x.consumers, y.consumers);
     EXPECT_EQ(x.sharedMemoryBytes, y.sharedMemoryBytes);
     EXPECT_EQ(x.splitK, y.splitK);
+    EXPECT_EQ(x.clusterM, y.clusterM);
     EXPECT_EQ(x.cubin, y.cubin);
     EXPECT_EQ(x.ptx, y.ptx);
   }
@@ -412,14 +415,14 @@ TEST(ArtifactTest, ContainerLayoutIsTheDocumentedOne) {
   EXPECT_EQ(u32At(bytes, 12), 0u);
   Json manifest = manifestOf(bytes);
   EXPECT_EQ(manifest["format"], "kiln-artifact");
-  EXPECT_EQ(manifest["format_version"], 2);
+  EXPECT_EQ(manifest["format_version"], kiln::kArtifactFormatVersion);
   EXPECT_EQ(manifest["target"]["arch"], "sm_90a");
   EXPECT_EQ(manifest["model"]["hash"], artifact.modelHash);
   EXPECT_EQ(manifest["options"]["kv_cache_dtype"], "fp8");
   EXPECT_EQ(manifest["options"]["ep"], 1);
-  // Three cubins and one PTX, each at a multiple of 256 after the
+  // Four cubins and one PTX, each at a multiple of 256 after the
   // manifest, holding exactly the kernel's bytes.
-  ASSERT_EQ(manifest["blobs"].size(), 4u);
+  ASSERT_EQ(manifest["blobs"].size(), 5u);
   for (const Json &blob : manifest["blobs"]) {
     uint64_t offset = blob["offset"], size = blob["size"];
     EXPECT_EQ(offset % 256, 0u);
@@ -437,6 +440,9 @@ TEST(ArtifactTest, ContainerLayoutIsTheDocumentedOne) {
     }
   }
   EXPECT_FALSE(manifest["kernels"][1].contains("ptx"));
+  // cluster_m only where it is not 1.
+  EXPECT_FALSE(manifest["kernels"][0].contains("cluster_m"));
+  EXPECT_EQ(manifest["kernels"][3]["cluster_m"], 2);
   // Slices and attrs as artifact.md writes them.
   const Json &steps = manifest["plans"]["decode"]["steps"];
   EXPECT_EQ(steps[3]["inputs"][0],
@@ -499,14 +505,14 @@ TEST(ArtifactTest, RejectsBadMagic) {
 
 TEST(ArtifactTest, RejectsAnotherFormatVersionNamingItsProducer) {
   std::string bytes = kiln::serializeArtifact(smallArtifact());
-  bytes[8] = 3;
-  expectMentions(
-      errorOf([&] { kiln::parseArtifact(bytes, "new.kiln"); }),
-      {"new.kiln", "version 3", "written by kilnc test", "reads version 2"});
+  bytes[8] = 4;
+  expectMentions(errorOf([&] { kiln::parseArtifact(bytes, "new.kiln"); }),
+                 {"new.kiln", "version 4", "written by kilnc test",
+                  "reads versions 2 to 3"});
   // A manifest this build cannot read does not hide the version problem.
   std::string garbled = bytes.substr(0, 24) + "{\"produc";
   expectMentions(errorOf([&] { kiln::parseArtifact(garbled, "new.kiln"); }),
-                 {"new.kiln", "version 3", "unknown producer"});
+                 {"new.kiln", "version 4", "unknown producer"});
 }
 
 TEST(ArtifactTest, RejectsANonZeroReservedField) {
@@ -620,8 +626,8 @@ TEST(ArtifactTest, RejectsMissingAndMistypedFields) {
        },
        {"\"plans.decode.steps[0].attrs.a\"", "list of numbers"}},
       {[](Json &m) { m["format"] = "zip"; }, {"\"format\"", "kiln-artifact"}},
-      {[](Json &m) { m["format_version"] = 3; },
-       {"\"format_version\"", "header says 2"}},
+      {[](Json &m) { m["format_version"] = 2; },
+       {"\"format_version\"", "header says 3"}},
   };
   for (const Case &c : cases)
     expectMentions(errorOf([&] {
@@ -804,6 +810,9 @@ TEST(ArtifactTest, RejectsKernelsWithoutACubin) {
   expectMentions(
       invalidBecause([](kiln::Artifact &a) { a.kernels[0].splitK = 0; }),
       {"split_k"});
+  expectMentions(
+      invalidBecause([](kiln::Artifact &a) { a.kernels[3].clusterM = 4; }),
+      {"kiln_gemm_m128n128s6c2x2", "cluster_m must be 1 or 2, got 4"});
 }
 
 TEST(ArtifactTest, WriteLeavesNothingBehindOnFailure) {
@@ -916,7 +925,7 @@ TEST(ArtifactTest, ChecksTheArtifactAgainstTheModel) {
 TEST(ArtifactTest, DescribeSummarizesTheArtifact) {
   std::string text = kiln::describeArtifact(realisticArtifact());
   expectMentions(text,
-                 {"format 2", "kilnc 0.1.0", "sm_90a", "deepseek_v3",
+                 {"format 3", "kilnc 0.1.0", "sm_90a", "deepseek_v3",
                   kiln::modelHash(tinyConfig()), "kiln_gemm_m64n64s8c1",
                   "kiln_gemm_m128n128s4c2", "split_k 2", "cubin 3001 B",
                   "model.layers.1.mlp.experts.{e}.gate_proj.weight",
@@ -926,3 +935,157 @@ TEST(ArtifactTest, DescribeSummarizesTheArtifact) {
 }
 
 } // namespace
+
+//===----------------------------------------------------------------------===//
+// Streams, events and micro-batches (format version 3)
+//===----------------------------------------------------------------------===//
+
+/// The decode plan with its first rms_norm moved to stream 1 and reading
+/// micro-batch 0 of 2 of `hidden`: a fork (record on 0, wait on 1) before
+/// it and a join (record on 1, wait on 0) after it. Steps: 0 embed,
+/// 1 record, 2 wait, 3 rms_norm, 4 record, 5 wait, ...
+void addStreams(kiln::Artifact &artifact) {
+  kiln::LaunchPlan &plan = artifact.plans["decode"];
+  plan.streams = 2;
+  plan.events = 2;
+  auto event = [](const char *op, int64_t stream, int64_t id) {
+    kiln::PlanStep step;
+    step.op = op;
+    step.stream = stream;
+    step.event = id;
+    return step;
+  };
+  plan.steps[1].stream = 1;
+  plan.steps[1].inputs[0].part = 0;
+  plan.steps[1].inputs[0].parts = 2;
+  plan.steps.insert(plan.steps.begin() + 2,
+                    {event("event_record", 1, 1), event("event_wait", 0, 1)});
+  plan.steps.insert(plan.steps.begin() + 1,
+                    {event("event_record", 0, 0), event("event_wait", 1, 0)});
+}
+
+TEST(ArtifactTest, StreamsEventsAndMicroBatchesRoundTrip) {
+  kiln::Artifact artifact = realisticArtifact();
+  addStreams(artifact);
+  kiln::Artifact back =
+      kiln::parseArtifact(kiln::serializeArtifact(artifact), "s.kiln");
+  const kiln::LaunchPlan &plan = back.plans.at("decode");
+  EXPECT_EQ(plan.streams, 2);
+  EXPECT_EQ(plan.events, 2);
+  ASSERT_EQ(plan.steps.size(), artifact.plans["decode"].steps.size());
+  EXPECT_EQ(plan.steps[1].op, "event_record");
+  EXPECT_EQ(plan.steps[2].op, "event_wait");
+  EXPECT_EQ(plan.steps[2].stream, 1);
+  EXPECT_EQ(plan.steps[2].event, 0);
+  EXPECT_EQ(plan.steps[3].stream, 1);
+  EXPECT_EQ(plan.steps[3].event, -1);
+  EXPECT_EQ(plan.steps[3].inputs[0].part, 0);
+  EXPECT_EQ(plan.steps[3].inputs[0].parts, 2);
+  EXPECT_EQ(plan.steps[4].stream, 1);
+  EXPECT_EQ(plan.steps[5].stream, 0);
+  // Single-stream plans are written as before (no stream fields).
+  Json manifest = manifestOf(kiln::serializeArtifact(realisticArtifact()));
+  EXPECT_FALSE(manifest["plans"]["decode"].contains("streams"));
+  EXPECT_FALSE(manifest["plans"]["decode"]["steps"][1].contains("stream"));
+  std::string described = kiln::describeArtifact(back);
+  EXPECT_NE(described.find("2 streams, 2 events"), std::string::npos);
+  EXPECT_NE(described.find("rms_norm [stream 1] hidden{micro-batch 0/2}"),
+            std::string::npos)
+      << described;
+}
+
+TEST(ArtifactTest, ReadsVersion2Artifacts) {
+  // Version 2 is version 3 without streams: it still loads.
+  std::string bytes = kiln::serializeArtifact(smallArtifact());
+  bytes = withManifest(bytes, [](Json &m) { m["format_version"] = 2; });
+  bytes[8] = 2;
+  kiln::Artifact artifact = kiln::parseArtifact(bytes, "old.kiln");
+  EXPECT_EQ(artifact.plans.at("decode").streams, 1);
+  EXPECT_EQ(artifact.options.overlapMicroBatches, 1);
+}
+
+TEST(ArtifactTest, RejectsBadStreamsAndEventsNamingTheStep) {
+  auto invalid = [](const std::function<void(kiln::LaunchPlan &)> &edit) {
+    return invalidBecause([&](kiln::Artifact &a) {
+      addStreams(a);
+      edit(a.plans["decode"]);
+    });
+  };
+  expectMentions(invalid([](kiln::LaunchPlan &p) { p.steps[3].stream = 2; }),
+                 {"v.kiln", "plan \"decode\"", "step 3 (rms_norm)",
+                  "runs on stream 2", "has 2 streams"});
+  expectMentions(invalid([](kiln::LaunchPlan &p) { p.steps[6].stream = -1; }),
+                 {"step 6", "runs on stream -1"});
+  // A wait before any record of its event dangles.
+  expectMentions(
+      invalid([](kiln::LaunchPlan &p) { p.steps[2].event = 1; }),
+      {"step 2 (event_wait)", "waits for event 1", "no earlier step records"});
+  expectMentions(invalid([](kiln::LaunchPlan &p) { p.steps[5].event = 7; }),
+                 {"step 5 (event_wait)", "event 7", "2 events"});
+  expectMentions(invalid([](kiln::LaunchPlan &p) { p.steps[4].event = 0; }),
+                 {"step 4 (event_record)", "already recorded by step 1"});
+  expectMentions(invalid([](kiln::LaunchPlan &p) { p.steps[2].stream = 0; }),
+                 {"step 2 (event_wait)", "recorded on the same stream"});
+  // Stream 1 must start with a wait and end joined into stream 0.
+  expectMentions(
+      invalid([](kiln::LaunchPlan &p) { p.steps.erase(p.steps.begin() + 2); }),
+      {"step 2 (rms_norm)", "first step on stream 1", "not an event_wait"});
+  expectMentions(
+      invalid([](kiln::LaunchPlan &p) { p.steps.erase(p.steps.begin() + 5); }),
+      {"step 4 (event_record)", "last on stream 1", "never joined"});
+  expectMentions(invalid([](kiln::LaunchPlan &p) { p.steps[6].event = 0; }),
+                 {"step 6", "names event 0", "only event_record"});
+  expectMentions(invalid([](kiln::LaunchPlan &p) {
+                   p.steps[1].inputs.push_back(whole("hidden"));
+                 }),
+                 {"step 1 (event_record)", "no inputs, outputs or weights"});
+  // Micro-batch parts: of a T-row buffer, 0 <= part < parts, parts >= 2.
+  expectMentions(
+      invalid([](kiln::LaunchPlan &p) { p.steps[3].inputs[0].part = 2; }),
+      {"step 3 (rms_norm)", "micro-batch [2, 2]"});
+  expectMentions(
+      invalid([](kiln::LaunchPlan &p) { p.steps[3].inputs[0].parts = 1; }),
+      {"step 3", "micro-batch [0, 1]"});
+  expectMentions(invalid([](kiln::LaunchPlan &p) {
+                   p.steps[3].inputs[0].buffer = "last_rows";
+                 }),
+                 {"step 3", "buffer \"last_rows\" has rows \"S\""});
+}
+
+TEST(ArtifactTest, MicroBatchRowSymbols) {
+  kiln::RowSymbol symbol;
+  ASSERT_TRUE(kiln::parseRowSymbol("T.1/2", symbol));
+  EXPECT_EQ(symbol.base, "T");
+  EXPECT_EQ(symbol.part, 1);
+  EXPECT_EQ(symbol.parts, 2);
+  ASSERT_TRUE(kiln::parseRowSymbol("R.0/3", symbol));
+  EXPECT_EQ(symbol.base, "R");
+  ASSERT_TRUE(kiln::parseRowSymbol("E1", symbol));
+  EXPECT_EQ(symbol.parts, 0);
+  ASSERT_TRUE(kiln::parseRowSymbol("12", symbol));
+  EXPECT_EQ(symbol.count, 12);
+  for (const char *bad :
+       {"T.2/2", "T.0/1", "S.0/2", "T.a/2", "T0/2", "T.0/", "T./2", "X"})
+    EXPECT_FALSE(kiln::parseRowSymbol(bad, symbol)) << bad;
+  EXPECT_EQ(kiln::microBatchRowSymbol("R", 1, 2), "R.1/2");
+  // Parts cover the rows exactly, in order, at any row count.
+  for (int64_t rows : {2, 3, 7, 4096})
+    for (int64_t parts : {2, 3}) {
+      int64_t next = 0;
+      for (int64_t part = 0; part < parts; ++part) {
+        EXPECT_EQ(kiln::microBatchBegin(rows, part, parts), next);
+        next += kiln::microBatchRows(rows, part, parts);
+      }
+      EXPECT_EQ(next, rows);
+    }
+  // A buffer's rows may be a part: checked against the plan's maxima.
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   kiln::LaunchPlan &p = a.plans["decode"];
+                   addBuffer(p, "half", "f32", "T.1/2", 256, 1);
+                 }),
+                 {"buffer \"half\"", "needs"});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.plans["decode"].buffers[3].rows = "T.2/2";
+                 }),
+                 {"rows \"T.2/2\"", "micro-batch part"});
+}

@@ -134,6 +134,12 @@ TEST(GemmManifest, ReportsWhatIsWrong) {
       {R"({"kernel": "k", "block_m": 64, "block_n": 128, "stages": 1,
            "consumer_warpgroups": 1, "threads": 384})",
        {"\"threads\" is 384", "means 256"}},
+      {R"({"kernel": "k", "block_m": 128, "block_n": 128, "stages": 6,
+           "consumer_warpgroups": 2, "cluster_m": 3})",
+       {"cluster_m must be 1 or 2", "3"}},
+      {R"({"kernel": "k", "block_m": 128, "block_n": 128, "stages": 6,
+           "consumer_warpgroups": 2, "split_k": 2, "cluster_m": 2})",
+       {"cluster_m = 2 needs split_k = 1"}},
   };
   for (const Case &c : cases)
     expectMentions(errorOf([&] { parseGemmManifest(c.json, "bad.json"); }),
@@ -172,6 +178,21 @@ TEST(GemmOperandChecks, GridIsPersistent) {
   // Partial tiles count: 1 row, 129 columns is 1 x 2 tiles.
   EXPECT_EQ(gemmTileCount(config, 1, 129), 2);
   EXPECT_EQ(gemmGridSize(config, 1, 129, 132), 2u);
+}
+
+TEST(GemmOperandChecks, ClusterGridIsWholeClusters) {
+  GemmKernelConfig config = parseGemmManifest(
+      R"({"kernel": "k", "block_m": 128, "block_n": 128, "stages": 6,
+          "consumer_warpgroups": 2, "cluster_m": 2})",
+      "cluster.json");
+  EXPECT_EQ(config.clusterM, 2);
+  EXPECT_NE(toManifestJson(config).find("\"cluster_m\": 2"), std::string::npos);
+  // 32 x 56 tiles are 16 x 56 units of two: 66 clusters of 2 blocks.
+  EXPECT_EQ(gemmGridSize(config, 4096, 7168, 132), 132u);
+  // 3 tile rows round up to 2 units per column; 2 columns: 4 clusters.
+  EXPECT_EQ(gemmGridSize(config, 300, 256, 132), 8u);
+  // An odd SM count leaves one SM out rather than splitting a cluster.
+  EXPECT_EQ(gemmGridSize(config, 4096, 7168, 131), 130u);
 }
 
 TEST(GroupedGemm, ManifestReadsTheLayout) {

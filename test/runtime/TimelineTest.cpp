@@ -136,3 +136,59 @@ TEST(TimelineTest, BreakdownSumsPerOpKind) {
 }
 
 } // namespace
+
+/// Random intervals on two streams; the overlap of their unions computed
+/// on a 0.5 us grid (the intervals' ends lie on it) must match the sweep.
+TEST(TimelineTest, StreamOverlapIsTheIntersectionOfTheStreamsBusyTime) {
+  std::mt19937 random(7);
+  std::uniform_int_distribution<int> slot(0, 2000), length(1, 200);
+  Timeline t;
+  std::vector<int> busy[2];
+  for (auto &b : busy)
+    b.assign(2400, 0);
+  for (int i = 0; i < 300; ++i) {
+    TimelineEvent e;
+    e.op = "op";
+    e.stream = i % 3 == 0 ? 1 : 0;
+    int from = slot(random), to = from + length(random);
+    e.startUs = from * 0.5;
+    e.durationUs = (to - from) * 0.5;
+    for (int s = from; s < to; ++s)
+      busy[e.stream][s] = 1;
+    t.events.push_back(e);
+    e.row = TimelineRow::Host; // host rows do not count
+    e.startUs = 0;
+    e.durationUs = 5000;
+    t.events.push_back(e);
+  }
+  t.runs = 1;
+  double compute = 0, other = 0, both = 0, any = 0;
+  for (int s = 0; s < 2400; ++s) {
+    compute += busy[0][s] * 0.5;
+    other += busy[1][s] * 0.5;
+    both += busy[0][s] * busy[1][s] * 0.5;
+    any += (busy[0][s] | busy[1][s]) * 0.5;
+  }
+  StreamOverlap o = streamOverlap(t);
+  EXPECT_NEAR(o.computeUs, compute, 1e-6);
+  EXPECT_NEAR(o.otherUs, other, 1e-6);
+  EXPECT_NEAR(o.bothUs, both, 1e-6);
+  EXPECT_NEAR(o.anyUs, any, 1e-6);
+  EXPECT_GT(o.bothUs, 0);
+  EXPECT_NE(formatStreamOverlap(t).find("both"), std::string::npos);
+
+  // One trace row per stream: stream 1 on tid 3, named.
+  nlohmann::json trace = nlohmann::json::parse(chromeTraceJson(t));
+  std::map<int, std::string> names;
+  int onStream1 = 0;
+  for (const auto &e : trace["traceEvents"]) {
+    if (e["ph"] == "M")
+      names[e["tid"].get<int>()] = e["args"]["name"].get<std::string>();
+    else if (e["args"]["stream"] == 1 && e["tid"] == 3)
+      ++onStream1;
+  }
+  EXPECT_EQ(names[1], "GPU stream 0");
+  EXPECT_EQ(names[2], "host enqueue");
+  EXPECT_EQ(names[3], "GPU stream 1");
+  EXPECT_EQ(onStream1, 100);
+}

@@ -55,6 +55,12 @@ public:
   func::FuncOp build(ModuleOp module, const ModelStep &step) {
     tokens = step.maxTokens;
     sequences = step.maxSequences;
+    microBatches = std::max<int64_t>(1, step.overlapMicroBatches);
+    if (microBatches > 1 && tokens % microBatches != 0)
+      throw Error("step '" + step.name + "' of " + std::to_string(tokens) +
+                  " tokens cannot be split into " +
+                  std::to_string(microBatches) +
+                  " equal micro-batches; choose a chunk they divide");
     builder.setInsertionPointToEnd(module.getBody());
     auto func = func::FuncOp::create(builder, origin, step.name,
                                      builder.getFunctionType({}, {}));
@@ -247,9 +253,15 @@ private:
                 p + "mlp.down_proj.weight", c.hiddenSize, n + "down");
   }
 
-  Value moe(Value hidden, const std::string &p, const std::string &n) {
+  /// The router's choices and the layer's quantized input.
+  struct MoERouting {
+    std::pair<Value, Value> x;
+    Value expertIds, expertWeights;
+  };
+
+  MoERouting moeRoute(Value hidden, const std::string &p,
+                      const std::string &n) {
     const int64_t experts = c.nRoutedExperts, topK = c.numExpertsPerTok;
-    const int64_t routed = tokens * topK;
     Value normed =
         rmsNorm(hidden, p + "post_attention_layernorm.weight",
                 static_cast<float>(c.rmsNormEps), f32, n + "mlp_norm");
@@ -272,41 +284,164 @@ private:
         builder.getI64IntegerAttr(grouped ? c.topkGroup : 1),
         builder.getF32FloatAttr(static_cast<float>(c.routedScalingFactor)),
         builder.getBoolAttr(c.normTopkProb));
+    return {quantize(normed, n + "mlp_in"), route.getExpertIds(),
+            route.getExpertWeights()};
+  }
 
-    auto x = quantize(normed, n + "mlp_in");
-    int64_t hiddenBlocks = scaleBlocks(c.hiddenSize);
-    auto permute = MoEPermuteOp::create(
+  /// The tokens' rows grouped by expert (tokens, scales, offsets, rows).
+  MoEPermuteOp moePermute(std::pair<Value, Value> x, Value expertIds,
+                          const std::string &n) {
+    const int64_t experts = c.nRoutedExperts, topK = c.numExpertsPerTok;
+    const int64_t routed = tokens * topK;
+    return MoEPermuteOp::create(
         builder, at(n + "experts_in"), tensor({routed, c.hiddenSize}, f8),
-        tensor({routed, hiddenBlocks}, f32), tensor({experts + 1}, i32),
-        tensor({tokens, topK}, i32), x.first, x.second, route.getExpertIds());
-    std::pair<Value, Value> routedIn = {permute.getExpertTokens(),
-                                        permute.getExpertScales()};
-    Value offsets = permute.getOffsets();
+        tensor({routed, scaleBlocks(c.hiddenSize)}, f32),
+        tensor({experts + 1}, i32), tensor({tokens, topK}, i32), x.first,
+        x.second, expertIds);
+  }
+
+  /// The routed experts' outputs, one row per routed token.
+  Value routedExperts(std::pair<Value, Value> routedIn, Value offsets,
+                      const std::string &p, const std::string &n) {
     const std::string expert = p + "mlp.experts." + kExpertPlaceholder + ".";
     const int64_t inter = c.moeIntermediateSize;
     Value gate = groupedGemm(routedIn, offsets, expert + "gate_proj.weight",
                              inter, n + "experts_gate");
     Value up = groupedGemm(routedIn, offsets, expert + "up_proj.weight", inter,
                            n + "experts_up");
-    Value down = groupedGemm(swigluQuantized(gate, up, n + "experts_act"),
-                             offsets, expert + "down_proj.weight", c.hiddenSize,
-                             n + "experts_down");
-    Value out = MoEUnpermuteOp::create(
-        builder, at(n + "routed"), tensor({tokens, c.hiddenSize}, f32), down,
-        permute.getRows(), route.getExpertWeights());
-    if (c.nSharedExperts == 0)
-      return out;
+    return groupedGemm(swigluQuantized(gate, up, n + "experts_act"), offsets,
+                       expert + "down_proj.weight", c.hiddenSize,
+                       n + "experts_down");
+  }
 
+  Value unpermute(Value down, Value rows, Value expertWeights,
+                  const std::string &n) {
+    return MoEUnpermuteOp::create(builder, at(n + "routed"),
+                                  tensor({tokens, c.hiddenSize}, f32), down,
+                                  rows, expertWeights);
+  }
+
+  /// The shared experts' output, or null without shared experts.
+  Value sharedExpert(std::pair<Value, Value> x, const std::string &p,
+                     const std::string &n) {
+    if (c.nSharedExperts == 0)
+      return {};
     const std::string shared = p + "mlp.shared_experts.";
-    const int64_t sharedInter = inter * c.nSharedExperts;
+    const int64_t sharedInter = c.moeIntermediateSize * c.nSharedExperts;
     Value sharedGate =
         gemm(x, shared + "gate_proj.weight", sharedInter, n + "shared_gate");
     Value sharedUp =
         gemm(x, shared + "up_proj.weight", sharedInter, n + "shared_up");
-    Value sharedDown =
-        gemm(swigluQuantized(sharedGate, sharedUp, n + "shared_act"),
-             shared + "down_proj.weight", c.hiddenSize, n + "shared_down");
-    return add(out, sharedDown, n + "moe_out");
+    return gemm(swigluQuantized(sharedGate, sharedUp, n + "shared_act"),
+                shared + "down_proj.weight", c.hiddenSize, n + "shared_down");
+  }
+
+  Value moe(Value hidden, const std::string &p, const std::string &n) {
+    MoERouting routing = moeRoute(hidden, p, n);
+    MoEPermuteOp permute = moePermute(routing.x, routing.expertIds, n);
+    Value down =
+        routedExperts({permute.getExpertTokens(), permute.getExpertScales()},
+                      permute.getOffsets(), p, n);
+    Value out = unpermute(down, permute.getRows(), routing.expertWeights, n);
+    Value shared = sharedExpert(routing.x, p, n);
+    return shared ? add(out, shared, n + "moe_out") : out;
+  }
+
+  /// A kiln.stage named `name` whose body `build` makes from the block
+  /// arguments standing for `inputs`; its results.
+  SmallVector<Value>
+  stage(StringRef name, StageKind kind, ValueRange inputs,
+        llvm::function_ref<SmallVector<Value>(ValueRange)> build) {
+    auto *block = new Block();
+    for (Value input : inputs)
+      block->addArgument(input.getType(), input.getLoc());
+    SmallVector<Value> results;
+    {
+      OpBuilder::InsertionGuard guard(builder);
+      builder.setInsertionPointToEnd(block);
+      results = build(block->getArguments());
+      YieldOp::create(builder, origin, results);
+    }
+    auto op = StageOp::create(builder, origin, ValueRange(results).getTypes(),
+                              name, kind, inputs);
+    op.getBody().push_back(block);
+    return SmallVector<Value>(op.getResults());
+  }
+
+  /// hidden + moe(hidden), the step's tokens split into micro-batches of a
+  /// kiln.overlap (ModelStep::overlapMicroBatches) and joined again by a
+  /// tensor.concat. Per micro-batch: route (compute), dispatch
+  /// (communication), routed and shared experts (compute), combine
+  /// (communication), the residual adds (compute). The ops are the ones
+  /// moe() and decoderLayer() make, in the same order per micro-batch.
+  Value overlappedMoE(Value hidden, const std::string &p,
+                      const std::string &n) {
+    const int64_t parts = microBatches, rows = tokens / parts;
+    auto partType = tensor({rows, c.hiddenSize}, f32);
+    SmallVector<Value> inputs;
+    for (int64_t part = 0; part < parts; ++part) {
+      SmallVector<OpFoldResult> offsets = {builder.getIndexAttr(part * rows),
+                                           builder.getIndexAttr(0)};
+      SmallVector<OpFoldResult> sizes = {builder.getIndexAttr(rows),
+                                         builder.getIndexAttr(c.hiddenSize)};
+      SmallVector<OpFoldResult> strides = {builder.getIndexAttr(1),
+                                           builder.getIndexAttr(1)};
+      inputs.push_back(tensor::ExtractSliceOp::create(
+          builder, at(n + "micro_batch"), partType, hidden, offsets, sizes,
+          strides));
+    }
+    auto overlap =
+        OverlapOp::create(builder, at(n + "moe_overlap"),
+                          SmallVector<Type>(parts, partType), inputs);
+    auto *body = new Block();
+    overlap.getBody().push_back(body);
+    Value x = body->addArgument(partType, at(n + "micro_batch"));
+    {
+      OpBuilder::InsertionGuard guard(builder);
+      builder.setInsertionPointToEnd(body);
+      const int64_t chunkTokens = tokens;
+      tokens = rows;
+      const bool hasShared = c.nSharedExperts != 0;
+      auto routing =
+          stage("route", StageKind::Compute, {x}, [&](ValueRange in) {
+            MoERouting r = moeRoute(in[0], p, n);
+            return SmallVector<Value>{r.x.first, r.x.second, r.expertIds,
+                                      r.expertWeights};
+          });
+      auto dispatched =
+          stage("dispatch", StageKind::Communication,
+                {routing[0], routing[1], routing[2]}, [&](ValueRange in) {
+                  MoEPermuteOp permute = moePermute({in[0], in[1]}, in[2], n);
+                  return SmallVector<Value>(permute.getResults());
+                });
+      auto experts = stage(
+          "experts", StageKind::Compute,
+          {dispatched[0], dispatched[1], dispatched[2], routing[0], routing[1]},
+          [&](ValueRange in) {
+            SmallVector<Value> out = {
+                routedExperts({in[0], in[1]}, in[2], p, n)};
+            if (hasShared)
+              out.push_back(sharedExpert({in[3], in[4]}, p, n));
+            return out;
+          });
+      auto combined =
+          stage("combine", StageKind::Communication,
+                {experts[0], dispatched[3], routing[3]}, [&](ValueRange in) {
+                  return SmallVector<Value>{unpermute(in[0], in[1], in[2], n)};
+                });
+      SmallVector<Value> residualInputs = {x, combined[0]};
+      if (hasShared)
+        residualInputs.push_back(experts[1]);
+      auto residual = stage(
+          "residual", StageKind::Compute, residualInputs, [&](ValueRange in) {
+            Value mlp = hasShared ? add(in[1], in[2], n + "moe_out") : in[1];
+            return SmallVector<Value>{add(in[0], mlp, n + "mlp_residual")};
+          });
+      YieldOp::create(builder, origin, residual);
+      tokens = chunkTokens;
+    }
+    return tensor::ConcatOp::create(builder, at(n + "mlp_residual"), 0,
+                                    overlap.getResults());
   }
 
   Value decoderLayer(int64_t layer, Value hidden) {
@@ -317,6 +452,8 @@ private:
                               n + "attn_norm"),
                       n + "attn_in");
     hidden = add(hidden, attention(layer, x, p, n), n + "attn_residual");
+    if (c.isMoELayer(layer) && microBatches > 1)
+      return overlappedMoE(hidden, p, n);
     Value mlp =
         c.isMoELayer(layer) ? moe(hidden, p, n) : denseMlp(hidden, p, n);
     return add(hidden, mlp, n + "mlp_residual");
@@ -329,7 +466,7 @@ private:
   OpBuilder builder;
   Type f32, bf16, f8, i32;
 
-  int64_t tokens = 0, sequences = 0;
+  int64_t tokens = 0, sequences = 0, microBatches = 1;
   Block *body = nullptr;
   Value positions;
   std::map<std::string, Value> weights;
@@ -338,12 +475,13 @@ private:
 
 } // namespace
 
-std::vector<ModelStep> defaultModelSteps(int64_t maxBatch,
-                                         int64_t prefillChunk) {
+std::vector<ModelStep> defaultModelSteps(int64_t maxBatch, int64_t prefillChunk,
+                                         int64_t overlapMicroBatches) {
   std::vector<ModelStep> steps = {{"decode", maxBatch, maxBatch}};
   if (maxBatch > kSmallDecodeTokens)
     steps.push_back({"decode_small", kSmallDecodeTokens, kSmallDecodeTokens});
-  steps.push_back({"prefill", prefillChunk, std::min(maxBatch, prefillChunk)});
+  steps.push_back({"prefill", prefillChunk, std::min(maxBatch, prefillChunk),
+                   overlapMicroBatches});
   return steps;
 }
 

@@ -11,6 +11,16 @@
 // (T * top_k routed rows) and E1 (experts + 1 offsets). Static shapes
 // cannot tell T from S when both are 8, so the symbols flow with the data.
 //
+// A kiln.overlap (scheduled by kiln-schedule-overlap) is first flattened, in
+// a copy of the function: its stages are cloned per micro-batch in schedule
+// order, tagged with their stream and waits. Micro-batch m of n reads rows
+// "T.m/n" of the step's buffers (row views) and writes its part of the
+// tensor.concat that joins them. The steps then get event_record /
+// event_wait steps for the schedule's waits, a fork into and a join out of
+// each overlap region, and every buffer the region touches lives through
+// the whole region, so that no buffer's space is reused while another
+// stream may still read it.
+//
 //===----------------------------------------------------------------------===//
 
 #include "kiln/Plan/LaunchPlanLowering.h"
@@ -24,6 +34,7 @@
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
 #include "mlir/IR/BuiltinTypes.h"
 #include "mlir/IR/Diagnostics.h"
+#include "mlir/IR/IRMapping.h"
 #include "llvm/ADT/DenseMap.h"
 #include "llvm/ADT/DenseSet.h"
 #include "llvm/ADT/StringSet.h"
@@ -33,8 +44,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
-
+#include <map>
 #include <optional>
+#include <set>
 
 using namespace mlir;
 
@@ -48,7 +60,93 @@ constexpr const char *kLowerableOps =
     "kiln.grouped_scaled_matmul (contiguous), kiln.matmul, kiln.add, "
     "kiln.swiglu, kiln.mla_attention, kiln.moe_route, kiln.moe_permute, "
     "kiln.moe_unpermute, kiln.select_rows, tensor.extract_slice (column "
-    "slices)";
+    "slices, micro-batch row parts), tensor.concat (of micro-batch parts), "
+    "kiln.overlap (scheduled)";
+
+// Attributes of the ops flattened out of a kiln.overlap.
+constexpr const char *kRegionAttr = "kiln.overlap_region";
+constexpr const char *kEntryAttr = "kiln.overlap_entry";
+constexpr const char *kStreamAttr = "kiln.overlap_stream";
+constexpr const char *kWaitsAttr = "kiln.overlap_waits";
+
+/// Replaces `overlap` by its stages cloned per micro-batch in the order of
+/// its kiln.schedule, each op tagged with the region, its schedule entry,
+/// stream and waits; its ops' names get ".mb<m>".
+LogicalResult flattenOverlap(OverlapOp overlap, int64_t region) {
+  auto schedule = overlap->getAttrOfType<ArrayAttr>("kiln.schedule");
+  if (!schedule)
+    return overlap.emitOpError("has no kiln.schedule; run "
+                               "kiln-schedule-overlap before lowering");
+  Block &body = overlap.getBody().front();
+  const unsigned perBatch = body.getNumArguments();
+  const unsigned batches = overlap.getNumMicroBatches();
+  llvm::StringMap<StageOp> stages;
+  for (auto stage : body.getOps<StageOp>())
+    stages[stage.getName()] = stage;
+  SmallVector<IRMapping> mappings(batches);
+  for (unsigned m = 0; m < batches; ++m)
+    for (unsigned i = 0; i < perBatch; ++i)
+      mappings[m].map(body.getArgument(i),
+                      overlap.getInputs()[m * perBatch + i]);
+  OpBuilder builder(overlap);
+  for (auto [index, attr] : llvm::enumerate(schedule)) {
+    auto entry = dyn_cast<DictionaryAttr>(attr);
+    auto batch = entry ? entry.getAs<IntegerAttr>("micro_batch") : nullptr;
+    auto name = entry ? entry.getAs<StringAttr>("stage") : nullptr;
+    auto stream = entry ? entry.getAs<IntegerAttr>("stream") : nullptr;
+    auto waits = entry ? entry.getAs<DenseI64ArrayAttr>("waits") : nullptr;
+    if (!batch || !name || !stream || !waits ||
+        batch.getInt() >= static_cast<int64_t>(batches) || batch.getInt() < 0 ||
+        !stages.count(name.getValue()) || stream.getInt() < 0 ||
+        llvm::any_of(waits.asArrayRef(), [&](int64_t w) {
+          return w < 0 || w >= static_cast<int64_t>(index);
+        }))
+      return overlap.emitOpError("kiln.schedule entry #")
+             << index << " is not {micro_batch, stage, stream, waits} of "
+             << "this overlap with waits on earlier entries";
+    const int64_t m = batch.getInt();
+    StageOp stage = stages[name.getValue()];
+    IRMapping &mapping = mappings[m];
+    Block &stageBody = stage.getBody().front();
+    for (auto [arg, input] :
+         llvm::zip_equal(stageBody.getArguments(), stage.getInputs())) {
+      if (!mapping.contains(input))
+        return overlap.emitOpError("kiln.schedule runs stage '")
+               << name.getValue() << "' of micro-batch " << m
+               << " before a stage it reads";
+      mapping.map(arg, mapping.lookup(input));
+    }
+    for (Operation &op : stageBody.without_terminator()) {
+      Operation *clone = builder.clone(op, mapping);
+      clone->setAttr(kRegionAttr, builder.getI64IntegerAttr(region));
+      clone->setAttr(kEntryAttr, builder.getI64IntegerAttr(index));
+      clone->setAttr(kStreamAttr, stream);
+      clone->setAttr(kWaitsAttr, waits);
+      if (auto loc = dyn_cast<NameLoc>(clone->getLoc()))
+        clone->setLoc(
+            NameLoc::get(builder.getStringAttr(loc.getName().str() + ".mb" +
+                                               std::to_string(m)),
+                         loc.getChildLoc()));
+    }
+    for (auto [result, yielded] : llvm::zip_equal(
+             stage.getResults(), stageBody.getTerminator()->getOperands()))
+      mapping.map(result, mapping.lookup(yielded));
+  }
+  Operation *yield = body.getTerminator();
+  const unsigned perYield = yield->getNumOperands();
+  for (unsigned m = 0; m < batches; ++m)
+    for (unsigned j = 0; j < perYield; ++j) {
+      Value yielded = yield->getOperand(j);
+      if (!mappings[m].contains(yielded))
+        return overlap.emitOpError("kiln.schedule does not run every stage "
+                                   "of micro-batch ")
+               << m;
+      overlap.getResult(m * perYield + j)
+          .replaceAllUsesWith(mappings[m].lookup(yielded));
+    }
+  overlap.erase();
+  return success();
+}
 
 std::string replaceExpert(std::string name, const std::string &by) {
   size_t at = name.find(kExpertPlaceholder);
@@ -131,9 +229,13 @@ public:
              << func.getSymName() << " must have one block";
     if (failed(bindArguments()))
       return failure();
-    for (Operation &op : func.getBody().front())
+    for (Operation &op : func.getBody().front()) {
+      current = &op;
       if (!fused.contains(&op) && failed(lowerOp(&op)))
         return failure();
+    }
+    if (failed(insertStreamEvents()))
+      return failure();
     placeBuffers();
     return plan;
   }
@@ -339,6 +441,10 @@ private:
 
   /// The rows of `symbol` at this plan's maxima.
   int64_t rowExtent(StringRef symbol) {
+    RowSymbol parsed;
+    if (parseRowSymbol(symbol.str(), parsed) && parsed.parts)
+      return microBatchRows(plan.maxTokens, parsed.part, parsed.parts) *
+             (parsed.base == "R" ? topK.value_or(0) : 1);
     if (symbol == "S")
       return plan.maxSequences;
     if (symbol == "R")
@@ -378,9 +484,60 @@ private:
   LogicalResult output(PlanStep &step, Value value, Operation *namer,
                        StringRef suffix, const std::string &rows) {
     rowSymbols[value] = rows;
+    if (auto [concat, part] = concatPart(value); concat) {
+      // Micro-batch `part` writes its rows of the concatenation's buffer.
+      Value joined = concat.getResult();
+      if (!tensors.count(joined)) {
+        rowSymbols[joined] = "T";
+        if (failed(newBuffer(joined, resultName(concat, ""))))
+          return failure();
+      }
+      PlanTensor view = tensors[joined];
+      view.part = part;
+      view.parts = concat.getInputs().size();
+      tensors[value] = view;
+      Lifetime &lifetime = lifetimes[bufferIndex[view.buffer]];
+      lifetime.last =
+          std::max(lifetime.last, static_cast<int64_t>(plan.steps.size()));
+      step.outputs.push_back(view);
+      return success();
+    }
     if (failed(newBuffer(value, resultName(namer, suffix))))
       return failure();
     step.outputs.push_back(tensors[value]);
+    return success();
+  }
+
+  /// The tensor.concat of micro-batch parts that `value` is part `part` of
+  /// (its only use, rows "T.part/n" of n operands), or null.
+  std::pair<tensor::ConcatOp, int64_t> concatPart(Value value) {
+    if (!value.hasOneUse())
+      return {};
+    OpOperand &use = *value.getUses().begin();
+    auto concat = dyn_cast<tensor::ConcatOp>(use.getOwner());
+    if (!concat || concat.getDim() != 0)
+      return {};
+    int64_t part = use.getOperandNumber();
+    int64_t parts = concat.getInputs().size();
+    if (rowsOf(value) != microBatchRowSymbol("T", part, parts))
+      return {};
+    return {concat, part};
+  }
+
+  LogicalResult lowerConcat(tensor::ConcatOp concat) {
+    auto it = tensors.find(concat.getResult());
+    int64_t parts = concat.getInputs().size();
+    for (auto [part, input] : llvm::enumerate(concat.getInputs())) {
+      auto view = tensors.find(input);
+      if (it == tensors.end() || view == tensors.end() ||
+          view->second.buffer != it->second.buffer ||
+          view->second.part != static_cast<int64_t>(part) ||
+          view->second.parts != parts)
+        return concat.emitOpError("cannot be lowered to a launch plan: "
+                                  "plans concatenate only the micro-batch "
+                                  "parts (rows T.m/n) of one value, each "
+                                  "written by an op whose only user this is");
+    }
     return success();
   }
 
@@ -396,6 +553,8 @@ private:
             [&](auto slice) -> LogicalResult { return lowerSlice(slice); })
         .Case<func::ReturnOp>(
             [&](auto ret) -> LogicalResult { return lowerReturn(ret); })
+        .Case<tensor::ConcatOp>(
+            [&](auto concat) -> LogicalResult { return lowerConcat(concat); })
         .Case<EmbedOp>([&](EmbedOp embed) -> LogicalResult {
           PlanStep step = makeStep("embed");
           auto tokens = use(op, embed.getTokens(), "tokens");
@@ -494,7 +653,173 @@ private:
   }
 
   LogicalResult emit(PlanStep step) {
+    StepOrigin origin;
+    origin.op = current;
+    if (auto region = current->getAttrOfType<IntegerAttr>(kRegionAttr)) {
+      origin.region = region.getInt();
+      origin.entry = current->getAttrOfType<IntegerAttr>(kEntryAttr).getInt();
+      step.stream = current->getAttrOfType<IntegerAttr>(kStreamAttr).getInt();
+      llvm::append_range(
+          origin.waits,
+          current->getAttrOfType<DenseI64ArrayAttr>(kWaitsAttr).asArrayRef());
+    }
     plan.steps.push_back(std::move(step));
+    origins.push_back(std::move(origin));
+    return success();
+  }
+
+  //===--------------------------------------------------------------------===//
+  // Streams and events
+  //===--------------------------------------------------------------------===//
+
+  /// Adds the event steps of the overlap regions (see the file comment) and
+  /// renumbers the buffers' lifetimes, which the regions first widen.
+  LogicalResult insertStreamEvents() {
+    const int64_t n = static_cast<int64_t>(plan.steps.size());
+    // Each region's steps, and the entries some entry waits for.
+    std::map<int64_t, std::pair<int64_t, int64_t>> regions;
+    std::set<std::pair<int64_t, int64_t>> waited;
+    std::set<std::pair<int64_t, int64_t>> lowered;
+    for (int64_t i = 0; i < n; ++i) {
+      const StepOrigin &o = origins[i];
+      if (o.region < 0)
+        continue;
+      auto [it, inserted] = regions.try_emplace(o.region, i, i);
+      if (!inserted && it->second.second != i - 1)
+        return o.op->emitOpError("internal error: the steps of overlap "
+                                 "region ")
+               << o.region << " are not contiguous";
+      it->second.second = i;
+      lowered.insert({o.region, o.entry});
+      for (int64_t w : o.waits)
+        waited.insert({o.region, w});
+    }
+    if (regions.empty())
+      return success();
+    for (auto [region, entry] : waited)
+      if (!lowered.count({region, entry}))
+        return func.emitError("kiln.schedule entry #")
+               << entry << " of overlap region " << region
+               << " is waited for but lowers to no step";
+    for (Lifetime &lifetime : lifetimes)
+      for (auto &[region, range] : regions)
+        if (lifetime.first <= range.second && lifetime.last >= range.first) {
+          lifetime.first = std::min(lifetime.first, range.first);
+          if (lifetime.last != kForever)
+            lifetime.last = std::max(lifetime.last, range.second);
+        }
+
+    std::vector<PlanStep> steps;
+    std::vector<int64_t> newIndex(n + 1);
+    // The event recorded after each waited-for entry, and its stream.
+    std::map<std::pair<int64_t, int64_t>, int64_t> eventOf;
+    std::map<int64_t, int64_t> eventStreams, recordedAt;
+    std::map<std::pair<int64_t, int64_t>, int64_t> waitedUpTo;
+    int64_t events = 0, streams = 1;
+    auto eventStep = [&](const char *op, int64_t stream, int64_t event) {
+      PlanStep step = makeStep(op);
+      step.stream = stream;
+      step.event = event;
+      steps.push_back(std::move(step));
+    };
+    std::map<int64_t, std::set<int64_t>> sideStreams;
+    for (auto &[region, range] : regions)
+      for (int64_t i = range.first; i <= range.second; ++i)
+        if (plan.steps[i].stream != 0)
+          sideStreams[region].insert(plan.steps[i].stream);
+    for (int64_t i = 0; i < n; ++i) {
+      const StepOrigin &o = origins[i];
+      const bool opens =
+          o.region >= 0 && (i == 0 || origins[i - 1].region != o.region);
+      const bool entryStarts =
+          o.region >= 0 && (opens || origins[i - 1].entry != o.entry);
+      if (opens) {
+        // Fork: every side stream starts after stream 0's work so far.
+        int64_t fork = events++;
+        const int64_t forkAt = static_cast<int64_t>(steps.size());
+        eventStep("event_record", 0, fork);
+        for (int64_t stream : sideStreams[o.region]) {
+          waitedUpTo[{stream, 0}] = forkAt;
+          eventStep("event_wait", stream, fork);
+        }
+      }
+      if (entryStarts)
+        for (int64_t w : o.waits) {
+          auto it = eventOf.find({o.region, w});
+          if (it == eventOf.end())
+            return o.op->emitOpError("internal error: kiln.schedule entry #")
+                   << w << " is waited for before it ran";
+          // A stream that already waited for a later record of the same
+          // stream needs no second wait.
+          int64_t stream = plan.steps[i].stream;
+          int64_t &seen = waitedUpTo[{stream, eventStreams[it->second]}];
+          if (eventStreams[it->second] != stream &&
+              recordedAt[it->second] > seen) {
+            seen = recordedAt[it->second];
+            eventStep("event_wait", stream, it->second);
+          }
+        }
+      newIndex[i] = static_cast<int64_t>(steps.size());
+      streams = std::max(streams, plan.steps[i].stream + 1);
+      steps.push_back(std::move(plan.steps[i]));
+      const bool entryEnds =
+          o.region >= 0 && (i + 1 == n || origins[i + 1].region != o.region ||
+                            origins[i + 1].entry != o.entry);
+      if (entryEnds && waited.count({o.region, o.entry})) {
+        eventOf[{o.region, o.entry}] = events;
+        eventStreams[events] = steps.back().stream;
+        recordedAt[events] = static_cast<int64_t>(steps.size());
+        eventStep("event_record", steps.back().stream, events++);
+      }
+      const bool closes =
+          o.region >= 0 && (i + 1 == n || origins[i + 1].region != o.region);
+      if (closes)
+        // Join: stream 0 goes on after every side stream's work.
+        for (int64_t stream : sideStreams[o.region]) {
+          int64_t join = events++;
+          eventStep("event_record", stream, join);
+          eventStep("event_wait", 0, join);
+        }
+    }
+    newIndex[n] = static_cast<int64_t>(steps.size());
+    for (Lifetime &lifetime : lifetimes) {
+      lifetime.first = newIndex[lifetime.first];
+      if (lifetime.last != kForever)
+        lifetime.last = newIndex[lifetime.last];
+    }
+    plan.steps = std::move(steps);
+    plan.streams = streams;
+    plan.events = events;
+    return success();
+  }
+
+  /// Micro-batch `part` of n of the rows of a whole buffer of T rows: the
+  /// rows [part * T / n, (part + 1) * T / n) at any T.
+  LogicalResult lowerRowSlice(tensor::ExtractSliceOp slice) {
+    auto source = slice.getSourceType();
+    int64_t rows = slice.getStaticSizes()[0];
+    int64_t offset = slice.getStaticOffsets()[0];
+    auto it = tensors.find(slice.getSource());
+    if (it == tensors.end())
+      return slice.emitOpError("slices a value that has no buffer");
+    const PlanTensor &source_ = it->second;
+    bool wholeRows = slice.getStaticOffsets()[1] == 0 &&
+                     slice.getStaticSizes()[1] == source.getDimSize(1);
+    if (!wholeRows || source_.col || source_.cols || source_.parts ||
+        rowsOf(slice.getSource()) != "T" || rows <= 0 ||
+        plan.maxTokens % rows != 0 || offset % rows != 0 ||
+        plan.maxTokens / rows < 2 ||
+        isa_and_nonnull<QuantizeOp>(slice.getSource().getDefiningOp()))
+      return slice.emitOpError("cannot be lowered to a launch plan: a row "
+                               "slice must be micro-batch m of n equal "
+                               "parts of the whole rows of an activation "
+                               "of T rows");
+    PlanTensor view = source_;
+    view.part = offset / rows;
+    view.parts = plan.maxTokens / rows;
+    tensors[slice.getResult()] = view;
+    rowSymbols[slice.getResult()] =
+        microBatchRowSymbol("T", view.part, view.parts);
     return success();
   }
 
@@ -502,6 +827,14 @@ private:
   LogicalResult lowerSlice(tensor::ExtractSliceOp slice) {
     auto source = slice.getSourceType();
     auto result = slice.getResultType();
+    if (source.getRank() == 2 && result.getRank() == 2 &&
+        result.hasStaticShape() &&
+        llvm::none_of(slice.getStaticOffsets(), ShapedType::isDynamic) &&
+        !ShapedType::isDynamic(source.getDimSize(0)) &&
+        llvm::all_of(slice.getStaticStrides(),
+                     [](int64_t stride) { return stride == 1; }) &&
+        slice.getStaticSizes()[0] != source.getDimSize(0))
+      return lowerRowSlice(slice);
     bool columnSlice =
         source.getRank() == 2 && result.getRank() == 2 &&
         slice.getStaticOffsets().size() == 2 &&
@@ -581,6 +914,10 @@ private:
       return {};
     auto quantize = dyn_cast<QuantizeOp>(*value.getUsers().begin());
     if (!quantize || failed(checkActivationQuantize(quantize)))
+      return {};
+    // Ops of different overlap stages are different steps.
+    if (value.getDefiningOp()->getAttr(kEntryAttr) !=
+        quantize->getAttr(kEntryAttr))
       return {};
     return quantize;
   }
@@ -766,7 +1103,8 @@ private:
   std::optional<std::string> inPlaceBuffer(AddOp add) {
     auto it = tensors.find(add.getLhs());
     if (it == tensors.end() || it->second.col || it->second.cols ||
-        add.getLhs().getType() != add.getType())
+        it->second.parts || add.getLhs().getType() != add.getType() ||
+        concatPart(add.getResult()).first)
       return std::nullopt;
     const std::string &buffer = it->second.buffer;
     Lifetime &lifetime = lifetimes[bufferIndex[buffer]];
@@ -887,10 +1225,17 @@ private:
              << experts.value_or(e) << " (R and E1 are one size per plan)";
     topK = k;
     experts = e;
-    if (rowsOf(permute.getTokens()) != "T")
+    RowSymbol tokenRows;
+    std::string rows = rowsOf(permute.getTokens());
+    if (!parseRowSymbol(rows, tokenRows) || tokenRows.base != "T")
       return op->emitOpError("dispatches rows ")
-             << rowsOf(permute.getTokens())
-             << "; plans dispatch the step's tokens (T)";
+             << rows
+             << "; plans dispatch the step's tokens (T) or a micro-batch "
+                "of them (T.m/n)";
+    std::string routedRows =
+        tokenRows.parts
+            ? microBatchRowSymbol("R", tokenRows.part, tokenRows.parts)
+            : "R";
     PlanStep step = makeStep("moe_dispatch");
     auto tokens = use(op, permute.getTokens(), "tokens");
     auto scales = use(op, permute.getTokenScales(), "token_scales");
@@ -898,8 +1243,8 @@ private:
     if (failed(tokens) || failed(scales) || failed(idsRef))
       return failure();
     step.inputs = {*tokens, *scales, *idsRef};
-    if (failed(output(step, permute.getExpertTokens(), op, "_q", "R")) ||
-        failed(output(step, permute.getExpertScales(), op, "_s", "R")) ||
+    if (failed(output(step, permute.getExpertTokens(), op, "_q", routedRows)) ||
+        failed(output(step, permute.getExpertScales(), op, "_s", routedRows)) ||
         failed(output(step, permute.getOffsets(), op, "_offsets", "E1")) ||
         failed(output(step, permute.getRows(), op, "_rows",
                       rowsOf(permute.getExpertIds()))))
@@ -929,6 +1274,14 @@ private:
   struct Lifetime {
     int64_t first = 0, last = 0;
   };
+  /// Where a step came from: its op and, for a step of an overlap region,
+  /// the region, its kiln.schedule entry and the entries that entry waits
+  /// for (region -1: outside every overlap).
+  struct StepOrigin {
+    Operation *op = nullptr;
+    int64_t region = -1, entry = -1;
+    SmallVector<int64_t> waits;
+  };
   static constexpr int64_t kForever = std::numeric_limits<int64_t>::max();
 
   func::FuncOp func;
@@ -943,6 +1296,8 @@ private:
   llvm::DenseSet<Value> groupedScales;
   llvm::DenseSet<Operation *> fused;
   std::vector<Lifetime> lifetimes;
+  std::vector<StepOrigin> origins;
+  Operation *current = nullptr;
   std::map<std::string, size_t> bufferIndex;
   llvm::StringSet<> bufferNames;
   Value positions;
@@ -963,8 +1318,19 @@ FailureOr<LoweredModel> lowerToLaunchPlans(ModuleOp module,
     if (func.isExternal())
       continue;
     any = true;
+    // Overlaps are flattened in a copy: the module keeps its IR.
+    OwningOpRef<func::FuncOp> flat;
+    if (!func.getOps<OverlapOp>().empty()) {
+      flat = func.clone();
+      int64_t region = 0;
+      for (OverlapOp overlap :
+           llvm::make_early_inc_range(flat->getOps<OverlapOp>()))
+        if (failed(flattenOverlap(overlap, region++)))
+          return failure();
+    }
     FailureOr<LaunchPlan> plan =
-        StepLowering(func, layout ? &*layout : nullptr, model, weightsByName)
+        StepLowering(flat ? *flat : func, layout ? &*layout : nullptr, model,
+                     weightsByName)
             .lower();
     if (failed(plan))
       return failure();

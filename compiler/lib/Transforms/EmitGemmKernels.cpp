@@ -68,6 +68,7 @@ public:
     int64_t accRegs = bn / 2;
     splitK = config.getSplitK();
     grouped = config.getGrouped();
+    clusterM = config.getClusterM();
     std::string name = config.getKernelName();
     structType = "!llvm.struct<(";
     for (int64_t i = 0; i < accRegs; ++i)
@@ -104,8 +105,11 @@ public:
          std::string(grouped ? ", %groups: !llvm.ptr<1>, %G: i32" : "") +
          ") attributes {nvvm.kernel, nvvm.maxntid = array<i32: " +
          std::to_string(config.getThreads()) +
-         ", 1, 1>, nvvm.minctasm = 1 : i32, kiln.gemm_config = " +
-         printAttr(config) + "} {");
+         ", 1, 1>, nvvm.minctasm = 1 : i32, " +
+         (clusterM > 1 ? "nvvm.cluster_dim = array<i32: " +
+                             std::to_string(clusterM) + ", 1, 1>, "
+                       : std::string()) +
+         "kiln.gemm_config = " + printAttr(config) + "} {");
     for (int64_t v : {0, 1, 2, 4, 8, 16, 32, 64, 128})
       emit("%c" + std::to_string(v) + " = arith.constant " + std::to_string(v) +
            " : i32");
@@ -132,6 +136,19 @@ public:
       emit("%mTiles = arith.divui %mPad, " + i32(bm) + " : i32");
       emit("%numTiles = arith.muli %mTiles, %nTiles : i32");
     }
+    if (clusterM > 1) {
+      // A cluster's work unit is clusterM tiles stacked along M; block
+      // %cta of the cluster computes the %cta-th of them. A last unit that
+      // sticks out of M leaves its blocks with rows TMA fills with zeros
+      // and the epilogue does not store.
+      emit("%cta = nvvm.read.ptx.sreg.cluster.ctarank : i32");
+      emit("%peer = arith.xori %cta, %c1 : i32");
+      emit("%cid = nvvm.read.ptx.sreg.clusterid.x : i32");
+      emit("%ncid = nvvm.read.ptx.sreg.nclusterid.x : i32");
+      emit("%mUnitsPad = arith.addi %mTiles, " + i32(clusterM - 1) + " : i32");
+      emit("%mUnits = arith.divui %mUnitsPad, " + i32(clusterM) + " : i32");
+      emit("%numUnits = arith.muli %mUnits, %nTiles : i32");
+    }
     // A partial last K block reads zeros past K (TMA's out-of-bounds fill),
     // so ceil(K / 128) blocks cover any K.
     emit("%kPad = arith.addi %K, " + i32(127) + " : i32");
@@ -145,16 +162,24 @@ public:
     emit("scf.for %s = %c0 to " + i32(stages) + " step %c1 : i32 {");
     emit("%full = " + barrier(layout.fullBar, "%s"));
     emit("nvvm.mbarrier.init %full, %c1 : !llvm.ptr<3>, i32");
+    // In a cluster, every consumer warpgroup of both blocks releases a
+    // stage in both: each producer overwrites its peer's B half too.
     emit("%empty = " + barrier(layout.emptyBar, "%s"));
-    emit("nvvm.mbarrier.init %empty, " + i32(consumers) +
+    emit("nvvm.mbarrier.init %empty, " + i32(consumers * clusterM) +
          " : !llvm.ptr<3>, i32");
     emit("}");
     emit("nvvm.fence.mbarrier.init");
     emit("}");
-    if (grouped)
+    if (grouped) {
       writeGroupTables(bm);
-    else
+    } else if (clusterM > 1) {
+      // The peer's barriers must be initialized before anything arrives on
+      // them or multicasts into its ring.
+      emit("nvvm.cluster.arrive");
+      emit("nvvm.cluster.wait");
+    } else {
       emit("nvvm.barrier0");
+    }
     if (splitK > 1)
       emit("%numUnits = arith.muli %numTiles, " + i32(splitK) + " : i32");
 
@@ -164,6 +189,11 @@ public:
     emit("} else {");
     writeConsumer(bm, bn, accRegs);
     emit("}");
+    if (clusterM > 1) {
+      // No block exits while its peer may still arrive on its barriers.
+      emit("nvvm.cluster.arrive");
+      emit("nvvm.cluster.wait");
+    }
     emit("llvm.return");
     emit("}");
     emit("}");
@@ -202,11 +232,31 @@ private:
          std::string(grouped ? "%aRow" : "%mOff") +
          "] : !llvm.ptr<7>, !llvm.ptr");
     emit("%bDst = " + ringSlot(layout.ringB, bn * kSliceBytes, "%s"));
-    emit("%bDst7 = llvm.addrspacecast %bDst : !llvm.ptr<3> to !llvm.ptr<7>");
-    emit("nvvm.cp.async.bulk.tensor.shared.cluster.global %bDst7, %tmB, "
-         "%full, box[%kOff, " +
-         std::string(grouped ? "%bRow" : "%nOff") +
-         "] : !llvm.ptr<7>, !llvm.ptr");
+    if (clusterM > 1) {
+      // This block's share of the B slice: rows [cta, cta + 1) * bn / 2 of
+      // the tile (whole 1024-byte swizzle atoms), multicast to the same
+      // offset of both blocks' rings and counted on both full barriers.
+      int64_t half = bn / clusterM;
+      emit("%bHalfRow = arith.muli %cta, " + i32(half) + " : i32");
+      emit("%bHalfOff = arith.muli %cta, " + i32(half * kSliceBytes) +
+           " : i32");
+      emit("%bRowHalf = arith.addi %nOff, %bHalfRow : i32");
+      emit("%bDstHalf = llvm.getelementptr %bDst[%bHalfOff] : (!llvm.ptr<3>, "
+           "i32) -> !llvm.ptr<3>, i8");
+      emit("%bDst7 = llvm.addrspacecast %bDstHalf : !llvm.ptr<3> to "
+           "!llvm.ptr<7>");
+      emit("%castMask = arith.constant " + std::to_string((1 << clusterM) - 1) +
+           " : i16");
+      emit("nvvm.cp.async.bulk.tensor.shared.cluster.global %bDst7, %tmB, "
+           "%full, box[%kOff, %bRowHalf] multicast_mask = %castMask : "
+           "!llvm.ptr<7>, !llvm.ptr");
+    } else {
+      emit("%bDst7 = llvm.addrspacecast %bDst : !llvm.ptr<3> to !llvm.ptr<7>");
+      emit("nvvm.cp.async.bulk.tensor.shared.cluster.global %bDst7, %tmB, "
+           "%full, box[%kOff, " +
+           std::string(grouped ? "%bRow" : "%nOff") +
+           "] : !llvm.ptr<7>, !llvm.ptr");
+    }
     emit("%j1 = arith.addi %j, %c1 : i32");
     emit("scf.yield %j1 : i32");
     emit("}");
@@ -286,11 +336,32 @@ private:
     }
     emit("%bScaleRow = arith.muli %nBlock, %numKB : i32");
     // K blocks in pairs: the second block's wgmmas run while the first
-    // block's partial is promoted on the CUDA cores.
+    // block's partial is promoted on the CUDA cores. Where the registers
+    // allow, the scales of a pair are loaded one pair ahead and carried in
+    // registers, so the global loads' latency hides behind a whole pair
+    // instead of stalling the promotion (the largest stall reason in ncu
+    // before version 8). Block indices past the unit's last are clamped to
+    // it: those loads are valid and their values unused. One consumer with
+    // 128-wide tiles (64 accumulator and 2 x 64 partial registers) spills
+    // 60 bytes with the 4 more live values, so it loads them per pair.
+    bool prefetch = !(config.getConsumers() == 1 && bn > 64);
+    std::string scaleTypes, scaleArgs, nextScales;
+    if (prefetch) {
+      emit("%kbLast = arith.subi " + kbEnd() + ", %c1 : i32");
+      emit("%kbP1 = arith.addi " + kbBegin() + ", %c1 : i32");
+      emit("%kbP1c = arith.minui %kbP1, %kbLast : i32");
+      auto [firstA0, firstA1] = loadScales("PA", kbBegin());
+      auto [firstB0, firstB1] = loadScales("PB", "%kbP1c");
+      scaleArgs = ", %scale0A = " + firstA0 + ", %scale1A = " + firstA1 +
+                  ", %scale0B = " + firstB0 + ", %scale1B = " + firstB1;
+      scaleTypes = ", f32, f32, f32, f32";
+    }
     emit("%numPairs = arith.divui " + kbCount() + ", %c2 : i32");
-    emit("%res:2 = scf.for %pair = %c0 to %numPairs step %c1 iter_args(%j = "
-         "%it, %acc = " +
-         zero + ") -> (i32, " + structType + ") : i32 {");
+    emit("%res:" + std::to_string(prefetch ? 6 : 2) +
+         " = scf.for %pair = %c0 to %numPairs step %c1 iter_args(%j = %it, "
+         "%acc = " +
+         zero + scaleArgs + ") -> (i32, " + structType + scaleTypes +
+         ") : i32 {");
     if (splitK > 1) {
       emit("%kbA0 = arith.muli %pair, %c2 : i32");
       emit("%kbA = arith.addi %kbA0, %kbBegin : i32");
@@ -299,21 +370,42 @@ private:
     }
     emit("%kbB = arith.addi %kbA, %c1 : i32");
     emit("%jB = arith.addi %j, %c1 : i32");
-    std::string partialA = issueBlock("A", "%kbA", "%j");
-    std::string partialB = issueBlock("B", "%kbB", "%jB");
-    std::string accA = finishBlock("A", partialA, "%acc", /*pending=*/1);
-    std::string accB = finishBlock("B", partialB, accA, /*pending=*/0);
+    if (prefetch) {
+      emit("%kbNA0 = arith.addi %kbA, %c2 : i32");
+      emit("%kbNA = arith.minui %kbNA0, %kbLast : i32");
+      emit("%kbNB0 = arith.addi %kbA, " + i32(3) + " : i32");
+      emit("%kbNB = arith.minui %kbNB0, %kbLast : i32");
+      auto [nextA0, nextA1] = loadScales("NA", "%kbNA");
+      auto [nextB0, nextB1] = loadScales("NB", "%kbNB");
+      nextScales =
+          ", " + nextA0 + ", " + nextA1 + ", " + nextB0 + ", " + nextB1;
+    } else {
+      loadScales("A", "%kbA");
+      loadScales("B", "%kbB");
+    }
+    std::string partialA = issueBlock("A", "%j");
+    std::string partialB = issueBlock("B", "%jB");
+    std::string accA =
+        finishBlock("A", partialA, "%acc", {"%scale0A", "%scale1A"}, 1);
+    std::string accB =
+        finishBlock("B", partialB, accA, {"%scale0B", "%scale1B"}, 0);
     emit("%j2 = arith.addi %j, %c2 : i32");
-    emit("scf.yield %j2, " + accB + " : i32, " + structType);
+    emit("scf.yield %j2, " + accB + nextScales + " : i32, " + structType +
+         scaleTypes);
     emit("}");
-    // An odd number of K blocks leaves one.
+    // An odd number of K blocks leaves one; with prefetching its scales are
+    // the loop's last prefetch (or the first block's).
     emit("%pairBlocks = arith.muli %numPairs, %c2 : i32");
     emit("%hasTail = arith.cmpi ne, %pairBlocks, " + kbCount() + " : i32");
     emit("%final = scf.if %hasTail -> (" + structType + ") {");
-    emit("%kbT = arith.subi " + kbEnd() + ", %c1 : i32");
     emit("%jT = arith.addi %it, %pairBlocks : i32");
-    std::string partialT = issueBlock("T", "%kbT", "%jT");
-    std::string accT = finishBlock("T", partialT, "%res#1", /*pending=*/0);
+    std::pair<std::string, std::string> tailScales = {"%res#2", "%res#3"};
+    if (!prefetch) {
+      emit("%kbT = arith.subi " + kbEnd() + ", %c1 : i32");
+      tailScales = loadScales("T", "%kbT");
+    }
+    std::string partialT = issueBlock("T", "%jT");
+    std::string accT = finishBlock("T", partialT, "%res#1", tailScales, 0);
     emit("scf.yield " + accT + " : " + structType);
     emit("} else {");
     emit("scf.yield %res#1 : " + structType);
@@ -334,6 +426,12 @@ private:
   /// tile u / S, so a tile's slices run side by side. Slice s covers K blocks
   /// [s * numKB / S, (s + 1) * numKB / S): sizes differ by at most one.
   void writeWorkLoop() {
+    if (clusterM > 1) {
+      // Clusters take units the way blocks take tiles.
+      emit("%done = scf.for %tile = %cid to %numUnits step %ncid "
+           "iter_args(%it = %c0) -> (i32) : i32 {");
+      return;
+    }
     if (splitK == 1) {
       emit("%done = scf.for %tile = %bid to %numTiles step %nbid "
            "iter_args(%it = %c0) -> (i32) : i32 {");
@@ -623,18 +721,10 @@ private:
     }
   }
 
-  /// For K block `kb` at ring position `j`: loads the block's scales (first,
-  /// so their latency hides behind the wait and the MMAs), waits for the
-  /// stage, issues four k32 wgmmas into a fresh partial accumulator and
-  /// commits them as one group. SSA names end in `tag`; returns the partial.
-  std::string issueBlock(const std::string &tag, const std::string &kb,
-                         const std::string &j) {
-    int64_t bm = config.getBlockM(), bn = config.getBlockN();
-    int64_t stages = config.getStages();
-    emit("%s" + tag + " = arith.remui " + j + ", " + i32(stages) + " : i32");
-    emit("%round" + tag + " = arith.divui " + j + ", " + i32(stages) +
-         " : i32");
-    emit("%phase" + tag + " = arith.andi %round" + tag + ", %c1 : i32");
+  /// The combined scales of K block `kb` for this thread's two rows:
+  /// scaleA[kb][row] * scaleB[n block][kb]. SSA names end in `tag`.
+  std::pair<std::string, std::string> loadScales(const std::string &tag,
+                                                 const std::string &kb) {
     emit("%kbRows" + tag + " = arith.muli " + kb + ", " + aScaleStride() +
          " : i32");
     emit("%ia0" + tag + " = arith.addi %kbRows" + tag + ", %row0c : i32");
@@ -653,6 +743,19 @@ private:
          " : f32");
     emit("%scale1" + tag + " = arith.mulf %sa1" + tag + ", %sb" + tag +
          " : f32");
+    return {"%scale0" + tag, "%scale1" + tag};
+  }
+
+  /// For the K block at ring position `j`: waits for the stage, issues four
+  /// k32 wgmmas into a fresh partial accumulator and commits them as one
+  /// group. SSA names end in `tag`; returns the partial.
+  std::string issueBlock(const std::string &tag, const std::string &j) {
+    int64_t bm = config.getBlockM(), bn = config.getBlockN();
+    int64_t stages = config.getStages();
+    emit("%s" + tag + " = arith.remui " + j + ", " + i32(stages) + " : i32");
+    emit("%round" + tag + " = arith.divui " + j + ", " + i32(stages) +
+         " : i32");
+    emit("%phase" + tag + " = arith.andi %round" + tag + ", %c1 : i32");
     emit("%full" + tag + " = " + barrier(layout.fullBar, "%s" + tag));
     emit("nvvm.mbarrier.try_wait.parity %full" + tag + ", %phase" + tag +
          ", %ticks : !llvm.ptr<3>, i32, i32");
@@ -700,23 +803,37 @@ private:
 
   /// Waits until at most `pending` wgmma groups are in flight (the block's
   /// own is then done), releases its stage, and promotes its partial into
-  /// `accIn`: acc += partial * scaleA[row] * scaleB. Every partial register
+  /// `accIn`: acc += partial * scaleA[row] * scaleB, with `scales` the
+  /// block's combined scales of rows r and r + 8 (loadScales). Every partial
+  /// register
   /// passes through an empty volatile asm after the wait, so the promotion
   /// cannot be scheduled before the MMAs complete. Returns the accumulator.
   std::string finishBlock(const std::string &tag, const std::string &partial,
-                          const std::string &accIn, int pending) {
+                          const std::string &accIn,
+                          const std::pair<std::string, std::string> &scales,
+                          int pending) {
     int64_t accRegs = config.getBlockN() / 2;
     emit("nvvm.wgmma.wait.group.sync.aligned " + std::to_string(pending));
     emit("scf.if %isLeader {");
     emit("%empty = " + barrier(layout.emptyBar, "%s" + tag));
     emit("%token = nvvm.mbarrier.arrive %empty : !llvm.ptr<3> -> i64");
+    if (clusterM > 1) {
+      // The peer's producer multicasts into this block's ring too. The
+      // stage's only readers were this warpgroup's wgmmas, complete after
+      // the wait, so the arrive orders nothing else: .release.cta, not a
+      // cluster-scope release, which would first drain the warp's
+      // outstanding memory operations (2x slower kernels, measured).
+      emit("%emptyPeer = nvvm.mapa %empty, %peer : !llvm.ptr<3> -> "
+           "!llvm.ptr<7>");
+      emit("nvvm.mbarrier.arrive %emptyPeer : !llvm.ptr<7>");
+    }
     emit("}");
     std::string acc = accIn;
     for (int64_t i = 0; i < accRegs; ++i) {
       std::string n = std::to_string(i) + tag;
       std::string idx = std::to_string(i);
       // Accumulator register i holds row (i % 4 < 2 ? r : r + 8).
-      std::string scale = ((i % 4) < 2 ? "%scale0" : "%scale1") + tag;
+      const std::string &scale = (i % 4) < 2 ? scales.first : scales.second;
       emit("%raw" + n + " = llvm.extractvalue " + partial + "[" + idx +
            "] : " + structType);
       emit("%p" + n +
@@ -778,15 +895,24 @@ private:
       // (7168 x 16384 at M = 4096), so each K block of A and B is fetched
       // from DRAM for fewer of them; at M <= 128 (one tile row) the order is
       // the N order as before.
-      emit("%bandTiles = arith.muli %nTiles, " + i32(kRasterRows) + " : i32");
+      // A cluster's units are rows of clusterM tiles, so its bands hold
+      // kRasterRows / clusterM unit rows (the same kRasterRows tile rows).
+      int64_t bandUnits = kRasterRows / clusterM;
+      std::string rows = clusterM > 1 ? "%mUnits" : "%mTiles";
+      std::string row = clusterM > 1 ? "%mUnit" : "%mTile";
+      emit("%bandTiles = arith.muli %nTiles, " + i32(bandUnits) + " : i32");
       emit("%band = arith.divui %tile, %bandTiles : i32");
       emit("%inBand = arith.remui %tile, %bandTiles : i32");
-      emit("%bandFirst = arith.muli %band, " + i32(kRasterRows) + " : i32");
-      emit("%bandLeft = arith.subi %mTiles, %bandFirst : i32");
-      emit("%bandRows = arith.minui %bandLeft, " + i32(kRasterRows) + " : i32");
+      emit("%bandFirst = arith.muli %band, " + i32(bandUnits) + " : i32");
+      emit("%bandLeft = arith.subi " + rows + ", %bandFirst : i32");
+      emit("%bandRows = arith.minui %bandLeft, " + i32(bandUnits) + " : i32");
       emit("%mInBand = arith.remui %inBand, %bandRows : i32");
-      emit("%mTile = arith.addi %bandFirst, %mInBand : i32");
+      emit(row + " = arith.addi %bandFirst, %mInBand : i32");
       emit("%nTile = arith.divui %inBand, %bandRows : i32");
+      if (clusterM > 1) {
+        emit("%mUnitTile = arith.muli %mUnit, " + i32(clusterM) + " : i32");
+        emit("%mTile = arith.addi %mUnitTile, %cta : i32");
+      }
     }
     emit("%mOff = arith.muli %mTile, " + i32(bm) + " : i32");
     emit("%nOff = arith.muli %nTile, " + i32(bn) + " : i32");
@@ -985,6 +1111,8 @@ private:
   kiln::GemmConfigAttr config;
   int64_t splitK = 1;
   std::optional<kiln::GroupLayout> grouped;
+  /// Blocks per cluster along M (1: no cluster, no multicast).
+  int64_t clusterM = 1;
   Layout layout;
   std::string structType;
   std::ostringstream body, constants;

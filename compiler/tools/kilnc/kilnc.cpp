@@ -85,6 +85,13 @@ cl::opt<int64_t> expertParallel("ep", cl::init(1),
                                 cl::desc("Expert-parallel ranks (only 1 so "
                                          "far: the plans are single-GPU)"),
                                 cl::cat(kilncCategory));
+cl::opt<int64_t> overlapMicroBatches(
+    "overlap-micro-batches", cl::init(1),
+    cl::desc("Split each MoE layer of the prefill plan into this many "
+             "micro-batches whose dispatch and combine run on a second "
+             "stream beside the other micro-batches' GEMMs (default 1: "
+             "off)"),
+    cl::cat(kilncCategory));
 cl::opt<Emit> emit(
     "emit", cl::init(Emit::Artifact), cl::desc("What to produce:"),
     cl::values(
@@ -158,6 +165,8 @@ llvm::json::Value tensorJson(const kiln::PlanTensor &tensor) {
     object["col"] = tensor.col;
     object["cols"] = tensor.cols;
   }
+  if (tensor.parts)
+    object["micro_batch"] = llvm::json::Array{tensor.part, tensor.parts};
   return object;
 }
 
@@ -230,6 +239,8 @@ std::string planJson(const kiln::LoweredModel &model) {
         {"name", config.getKernelName()},     {"block_m", config.getBlockM()},
         {"block_n", config.getBlockN()},      {"stages", config.getStages()},
         {"consumers", config.getConsumers()}, {"split_k", config.getSplitK()}};
+    if (config.getClusterM() != 1)
+      fields.emplace_back("cluster_m", config.getClusterM());
     if (config.getGrouped())
       fields.emplace_back("grouped",
                           kiln::stringifyGroupLayout(*config.getGrouped()));
@@ -264,10 +275,14 @@ std::string planJson(const kiln::LoweredModel &model) {
       for (const kiln::PlanTensor &tensor : step.outputs)
         outputs.push_back(tensorJson(tensor));
       std::vector<std::pair<llvm::StringRef, llvm::json::Value>> fields = {
-          {"op", step.op},
-          {"inputs", std::move(inputs)},
-          {"outputs", std::move(outputs)},
-          {"weights", llvm::json::Array(step.weights)}};
+          {"op", step.op}};
+      if (plan.streams > 1)
+        fields.emplace_back("stream", step.stream);
+      if (step.event >= 0)
+        fields.emplace_back("event", step.event);
+      fields.emplace_back("inputs", std::move(inputs));
+      fields.emplace_back("outputs", std::move(outputs));
+      fields.emplace_back("weights", llvm::json::Array(step.weights));
       if (!step.kernel.empty())
         fields.emplace_back("kernel", step.kernel);
       std::string line = orderedObject(fields);
@@ -277,7 +292,11 @@ std::string planJson(const kiln::LoweredModel &model) {
     os << "  " << compact(entry.first)
        << ": {\"max_tokens\": " << plan.maxTokens
        << ", \"max_sequences\": " << plan.maxSequences
-       << ", \"arena_bytes\": " << plan.arenaBytes << ",\n";
+       << ", \"arena_bytes\": " << plan.arenaBytes;
+    if (plan.streams > 1)
+      os << ", \"streams\": " << plan.streams
+         << ", \"events\": " << plan.events;
+    os << ",\n";
     printArray(os, "   ", "buffers", buffers, false);
     printArray(os, "   ", "steps", steps, true);
     os << "  }" << (index + 1 < model.plans.size() ? ",\n" : "\n");
@@ -300,6 +319,8 @@ std::string kernelManifest(const kiln::ArtifactKernel &kernel,
                               {"smem_bytes", kernel.sharedMemoryBytes}};
   if (!kernel.grouped.empty())
     manifest["grouped"] = kernel.grouped;
+  if (kernel.clusterM != 1)
+    manifest["cluster_m"] = kernel.clusterM;
   if (assembled) {
     manifest["registers"] = assembled->registers;
     manifest["spill_bytes"] = assembled->spillBytes;
@@ -322,7 +343,8 @@ int checkOptions() {
         {"--max-seq-len", maxSeqLen},
         {"--prefill-chunk", prefillChunk},
         {"--kv-page-tokens", kvPageTokens},
-        {"--ep", expertParallel}})
+        {"--ep", expertParallel},
+        {"--overlap-micro-batches", overlapMicroBatches}})
     if (value < 1)
       return fail(llvm::Twine(name) + " must be positive, got " +
                   llvm::Twine(value));
@@ -333,6 +355,9 @@ int checkOptions() {
     return fail("--ep " + llvm::Twine(expertParallel.getValue()) +
                 ": expert parallelism is not implemented yet; the plans are "
                 "single-GPU (--ep 1)");
+  if (overlapMicroBatches > 1 && isGraph(inputPath))
+    return fail("--overlap-micro-batches applies to a config's model graph; "
+                "a hand-written graph writes its own kiln.overlap ops");
   if ((emit == Emit::Artifact || emit == Emit::Kernels) && outputPath.empty())
     return fail(llvm::Twine("-o is required for --emit=") +
                 (emit == Emit::Artifact ? "artifact" : "kernels"));
@@ -415,7 +440,8 @@ int run() {
                                   prefillChunk.getValue())
                         .str());
       module = kiln::buildModelGraph(
-          context, *config, kiln::defaultModelSteps(maxBatch, prefillChunk),
+          context, *config,
+          kiln::defaultModelSteps(maxBatch, prefillChunk, overlapMicroBatches),
           inputPath);
     } catch (const kiln::Error &error) {
       return fail(error.what());
@@ -424,10 +450,12 @@ int run() {
   if (failed(verify(*module)))
     return 1;
 
-  // 2. GEMM configurations.
+  // 2. GEMM configurations, and the two-stream schedule of every
+  // kiln.overlap (launch-plan lowering turns it into streams and events).
   progress.step("selecting GEMM configurations");
   PassManager selection(&context);
   selection.addPass(kiln::createKilnSelectGemmConfig());
+  selection.addPass(kiln::createKilnScheduleOverlap());
   if (failed(selection.run(*module)))
     return 1;
   if (emit == Emit::Kiln) {
@@ -472,6 +500,7 @@ int run() {
     kernel.stages = gemm.getStages();
     kernel.consumers = gemm.getConsumers();
     kernel.splitK = gemm.getSplitK();
+    kernel.clusterM = gemm.getClusterM();
     if (gemm.getGrouped())
       kernel.grouped = kiln::stringifyGroupLayout(*gemm.getGrouped()).str();
     kernel.sharedMemoryBytes = gemm.getSharedMemoryBytes();
@@ -538,6 +567,7 @@ int run() {
   artifact.options.kvCacheDtype = kvCacheDtype;
   artifact.options.kvPageTokens = kvPageTokens;
   artifact.options.expertParallel = expertParallel;
+  artifact.options.overlapMicroBatches = overlapMicroBatches;
   artifact.kernels = std::move(kernels);
   artifact.weights = std::move(lowered->weights);
   artifact.plans = std::move(lowered->plans);

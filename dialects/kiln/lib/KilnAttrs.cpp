@@ -95,7 +95,7 @@ LogicalResult
 GemmConfigAttr::verify(function_ref<InFlightDiagnostic()> emitError,
                        int64_t blockM, int64_t blockN, int64_t stages,
                        int64_t consumers, int64_t splitK,
-                       std::optional<GroupLayout> grouped) {
+                       std::optional<GroupLayout> grouped, int64_t clusterM) {
   if (consumers < 1 || consumers > 2)
     return emitError() << "gemm_config: consumers must be 1 or 2, got "
                        << consumers;
@@ -115,6 +115,14 @@ GemmConfigAttr::verify(function_ref<InFlightDiagnostic()> emitError,
   if (splitK < 1 || splitK > kMaxSplitK)
     return emitError() << "gemm_config: split_k must be in [1, " << kMaxSplitK
                        << "], got " << splitK;
+  // A cluster's blocks split each B slice in halves of whole 8-row swizzle
+  // atoms, and walk the same units (no K slices, no group tables).
+  if (clusterM != 1 && clusterM != 2)
+    return emitError() << "gemm_config: cluster_m must be 1 or 2, got "
+                       << clusterM;
+  if (clusterM == 2 && (splitK != 1 || grouped || blockN % 16 != 0))
+    return emitError() << "gemm_config: cluster_m = 2 needs split_k = 1, no "
+                          "'grouped' and block_n a multiple of 16";
   // The rings, the epilogue's staging, two mbarriers per stage, a grouped
   // kernel's group tables and 1 KB for aligning the ring.
   int64_t tables = grouped ? 3 * 4 * (GemmConfigAttr::kMaxGroups + 1) : 0;
@@ -140,21 +148,30 @@ Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
       parser.parseComma() || parseKey("stages", stages) ||
       parser.parseComma() || parseKey("consumers", consumers))
     return {};
-  bool seenSplit = false;
+  // Optional keys, each at most once, in any order.
+  bool seenSplit = false, seenCluster = false;
+  int64_t clusterM = 1;
   while (succeeded(parser.parseOptionalComma())) {
-    if (!seenSplit && !grouped &&
-        succeeded(parser.parseOptionalKeyword("split_k"))) {
+    StringRef key;
+    SMLoc at = parser.getCurrentLocation();
+    if (parser.parseKeyword(&key) || parser.parseEqual())
+      return {};
+    if (key == "split_k" && !seenSplit) {
       seenSplit = true;
-      if (parser.parseEqual() || parser.parseInteger(splitK))
+      if (parser.parseInteger(splitK))
+        return {};
+      continue;
+    }
+    if (key == "cluster_m" && !seenCluster) {
+      seenCluster = true;
+      if (parser.parseInteger(clusterM))
         return {};
       continue;
     }
     StringRef layout;
-    SMLoc at = parser.getCurrentLocation();
-    if (grouped || parser.parseKeyword("grouped") || parser.parseEqual() ||
-        parser.parseKeyword(&layout)) {
-      parser.emitError(at, "expected 'split_k = N' then 'grouped = "
-                           "contiguous|masked', each at most once");
+    if (key != "grouped" || grouped || parser.parseKeyword(&layout)) {
+      parser.emitError(at, "expected 'split_k = N', 'cluster_m = N' or "
+                           "'grouped = contiguous|masked', each at most once");
       return {};
     }
     grouped = symbolizeGroupLayout(layout);
@@ -168,7 +185,7 @@ Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
     return {};
   return getChecked([&] { return parser.emitError(parser.getNameLoc()); },
                     parser.getContext(), blockM, blockN, stages, consumers,
-                    splitK, grouped);
+                    splitK, grouped, clusterM);
 }
 
 void GemmConfigAttr::print(AsmPrinter &printer) const {
@@ -176,6 +193,8 @@ void GemmConfigAttr::print(AsmPrinter &printer) const {
           << ", stages = " << getStages() << ", consumers = " << getConsumers();
   if (getSplitK() != 1)
     printer << ", split_k = " << getSplitK();
+  if (getClusterM() != 1)
+    printer << ", cluster_m = " << getClusterM();
   if (getGrouped())
     printer << ", grouped = " << stringifyGroupLayout(*getGrouped());
   printer << ">";
@@ -186,5 +205,6 @@ std::string GemmConfigAttr::getKernelName() const {
          std::to_string(getBlockN()) + "s" + std::to_string(getStages()) + "c" +
          std::to_string(getConsumers()) +
          (getSplitK() > 1 ? "k" + std::to_string(getSplitK()) : "") +
+         (getClusterM() > 1 ? "x" + std::to_string(getClusterM()) : "") +
          (getGrouped() ? "_" + stringifyGroupLayout(*getGrouped()).str() : "");
 }

@@ -751,6 +751,13 @@ LogicalResult StageOp::verifyRegions() {
                              "body; pass it as a stage input";
         return WalkResult::interrupt();
       }
+    // At one rank dispatch and combine are the local permutation and its
+    // inverse: they make a communication stage too, and stay allowed in
+    // compute stages.
+    if (isa<MoEPermuteOp, MoEUnpermuteOp>(op)) {
+      hasCollective = true;
+      return WalkResult::advance();
+    }
     if (!isa<MoEDispatchOp, MoECombineOp>(op))
       return WalkResult::advance();
     hasCollective = true;
@@ -765,8 +772,9 @@ LogicalResult StageOp::verifyRegions() {
     return failure();
   if (isCommunication && !hasCollective)
     return emitOpError() << "communication stage '" << getName()
-                         << "' contains no 'kiln.moe_dispatch' or "
-                            "'kiln.moe_combine'";
+                         << "' contains no 'kiln.moe_dispatch', "
+                            "'kiln.moe_combine', 'kiln.moe_permute' or "
+                            "'kiln.moe_unpermute'";
   return success();
 }
 

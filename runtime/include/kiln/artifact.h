@@ -23,10 +23,15 @@
 
 namespace kiln {
 
-/// The container's format version this build reads and writes. 2:
-/// `grouped_gemm` runs one grouped kernel over the experts' stacked weights
-/// (kernels[].grouped), where 1 ran a plain kernel per expert.
-constexpr uint32_t kArtifactFormatVersion = 2;
+/// The container's format version this build writes. 2: `grouped_gemm`
+/// runs one grouped kernel over the experts' stacked weights
+/// (kernels[].grouped), where 1 ran a plain kernel per expert. 3: plans may
+/// run on several streams ordered by events, and read micro-batch row parts
+/// of buffers (artifact.md "Streams and micro-batches").
+constexpr uint32_t kArtifactFormatVersion = 3;
+/// The oldest version this build reads: a version 2 plan is a version 3 plan
+/// on one stream without micro-batches.
+constexpr uint32_t kOldestArtifactFormatVersion = 2;
 
 /// "fnv1a64:<16 hex digits>" of toJson(config): what an artifact records of
 /// the model it was compiled for.
@@ -49,6 +54,9 @@ struct ArtifactKernel {
   /// "contiguous" or "masked" for a grouped kernel (gemm-abi.md "Grouped
   /// kernels"), empty for a plain one.
   std::string grouped;
+  /// Blocks per cluster along M, sharing B by TMA multicast (1: none); see
+  /// gemm-abi.md "Clusters".
+  int clusterM = 1;
 };
 
 /// A checkpoint tensor a plan reads.
@@ -74,12 +82,37 @@ struct PlanBuffer {
   uint64_t bytes = 0;
 };
 
-/// A whole buffer or a column slice of one.
+/// Rows [rows * part / parts, rows * (part + 1) / parts) of `rows`: micro-
+/// batch `part` of `parts` (integer division; every part has rows when
+/// rows >= parts).
+int64_t microBatchBegin(int64_t rows, int64_t part, int64_t parts);
+int64_t microBatchRows(int64_t rows, int64_t part, int64_t parts);
+
+/// A buffer row count as artifact.md "Plans" writes it: a symbol ("T",
+/// "R", "S", "E1"), a micro-batch part of T or R ("T.1/2": micro-batch 1 of
+/// 2 of T), or a decimal count (base "", count set).
+struct RowSymbol {
+  std::string base;
+  int64_t part = 0;
+  /// 0: not a micro-batch part.
+  int64_t parts = 0;
+  int64_t count = 0;
+};
+/// Parses `rows`; false when it is none of the forms above.
+bool parseRowSymbol(const std::string &rows, RowSymbol &symbol);
+/// "T.1/2" for ("T", 1, 2).
+std::string microBatchRowSymbol(const std::string &base, int64_t part,
+                                int64_t parts);
+
+/// A whole buffer, a column slice of one, or (parts > 0) the rows of
+/// micro-batch `part` of `parts` of a buffer of T rows.
 struct PlanTensor {
   std::string buffer;
   int64_t col = 0;
   /// Width of the slice; 0 means the whole row (the buffer's cols).
   int64_t cols = 0;
+  int64_t part = 0;
+  int64_t parts = 0;
 };
 
 /// An op's attributes: numbers, strings and lists of numbers.
@@ -98,6 +131,11 @@ struct PlanAttrs {
 /// One op of a launch plan (the op table of artifact.md).
 struct PlanStep {
   std::string op;
+  /// The stream the step runs on, in [0, LaunchPlan::streams).
+  int64_t stream = 0;
+  /// `event_record` and `event_wait`: the event, in [0, LaunchPlan::events);
+  /// -1 for other ops.
+  int64_t event = -1;
   std::vector<PlanTensor> inputs;
   std::vector<PlanTensor> outputs;
   std::vector<std::string> weights;
@@ -111,6 +149,10 @@ struct LaunchPlan {
   int64_t maxTokens = 0;
   int64_t maxSequences = 0;
   uint64_t arenaBytes = 0;
+  /// Streams the steps run on (1: all on stream 0) and events that order
+  /// them (artifact.md "Streams and micro-batches").
+  int64_t streams = 1;
+  int64_t events = 0;
   std::vector<PlanBuffer> buffers;
   std::vector<PlanStep> steps;
 
@@ -127,6 +169,8 @@ struct ArtifactOptions {
   std::string kvCacheDtype = "bf16";
   int64_t kvPageTokens = 64;
   int64_t expertParallel = 1;
+  /// Micro-batches the prefill plan's MoE layers overlap (1: none).
+  int64_t overlapMicroBatches = 1;
 };
 
 /// A whole artifact in memory.
@@ -160,7 +204,9 @@ struct Artifact {
 
 /// Checks the internal consistency artifact.md requires (every step's op is
 /// known and its buffers, weights and kernel exist; buffers fit the arena
-/// and are 256-byte aligned). Throws kiln::Error naming `origin`, the plan,
+/// and are 256-byte aligned; streams and events are in range, every wait
+/// follows a record of its event, every other stream starts with a wait and
+/// is joined into stream 0). Throws kiln::Error naming `origin`, the plan,
 /// the step index and op, and what is wrong.
 void validateArtifact(const Artifact &artifact, const std::string &origin);
 

@@ -175,6 +175,7 @@ struct ChunkShape {
   int64_t sequences = 0; // S
   int64_t routed = 0;    // R
   int64_t experts1 = 0;  // E1
+  int64_t topK = 0;      // R = T * topK, per micro-batch too
   /// Bound on the context any token attends to (mla_attention).
   int64_t maxContext = 0;
 };
@@ -231,6 +232,10 @@ struct StreamGate {
 };
 
 int64_t resolveRows(const PlanBuffer &buffer, const ChunkShape &shape) {
+  RowSymbol symbol;
+  if (parseRowSymbol(buffer.rows, symbol) && symbol.parts)
+    return microBatchRows(shape.tokens, symbol.part, symbol.parts) *
+           (symbol.base == "R" ? shape.topK : 1);
   if (buffer.rows == "T")
     return shape.tokens;
   if (buffer.rows == "S")
@@ -260,6 +265,11 @@ struct CudaBackend::Impl {
   int multiprocessors = 0;
   int computeMajor = 0, computeMinor = 0;
   CUstream stream = nullptr;
+  /// Streams 1, 2, ... of multi-stream plans (artifact.md "Streams and
+  /// micro-batches"); stream 0 is `stream`.
+  std::vector<CUstream> sideStreams;
+  /// The events of every plan, each plan's from PlanState::firstEvent.
+  std::vector<CUevent> planEvents;
   std::unique_ptr<ModelKernels> kernels;
   std::map<std::string, GemmKernel> gemms;
   std::map<std::string, DeviceWeight> weights;
@@ -269,6 +279,9 @@ struct CudaBackend::Impl {
     DeviceBuffer arena;
     /// mla_attention steps' rotation frequencies, by step index.
     std::map<size_t, DeviceBuffer> invFreq;
+    size_t firstEvent = 0;
+    /// The most micro-batches a step's rows are split into (1: none).
+    int64_t microBatches = 1;
   };
   std::map<std::string, PlanState> plans;
   std::vector<DeviceBuffer> cacheLayers;
@@ -384,7 +397,24 @@ struct CudaBackend::Impl {
   void sizeGemmWorkspaces();
   void logGraphStatus(const std::string &status);
   void destroyGraphs();
+  void destroyStreams();
+  /// The stream a step runs on.
+  CUstream streamOf(const PlanStep &step) const {
+    return step.stream == 0 ? stream : sideStreams.at(step.stream - 1);
+  }
 };
+
+void CudaBackend::Impl::destroyStreams() {
+  for (CUevent event : planEvents)
+    driver().cuEventDestroy(event);
+  planEvents.clear();
+  for (CUstream side : sideStreams)
+    driver().cuStreamDestroy(side);
+  sideStreams.clear();
+  if (stream)
+    driver().cuStreamDestroy(stream);
+  stream = nullptr;
+}
 
 void CudaBackend::Impl::loadKernels() {
   kernels = std::make_unique<ModelKernels>();
@@ -606,6 +636,24 @@ void CudaBackend::Impl::allocate(const CudaBackendOptions &options) {
             i, upload(f.data(), f.size() * 4, origin + ": inv_freq"));
       }
     }
+    // Events are recorded without timing: an ordering costs least so.
+    state.firstEvent = planEvents.size();
+    for (int64_t e = 0; e < plan.events; ++e) {
+      CUevent event = nullptr;
+      KILN_CU(origin + ": events of plan " + name, cuEventCreate, &event,
+              CU_EVENT_DISABLE_TIMING);
+      planEvents.push_back(event);
+    }
+    while (static_cast<int64_t>(sideStreams.size()) + 1 < plan.streams) {
+      CUstream side = nullptr;
+      KILN_CU(origin + ": streams of plan " + name, cuStreamCreate, &side,
+              CU_STREAM_NON_BLOCKING);
+      sideStreams.push_back(side);
+    }
+    for (const PlanStep &step : plan.steps)
+      for (const auto *tensors : {&step.inputs, &step.outputs})
+        for (const PlanTensor &t : *tensors)
+          state.microBatches = std::max(state.microBatches, t.parts);
     maxSequencesAnyPlan = std::max(maxSequencesAnyPlan, plan.maxSequences);
     maxTokensAnyPlan = std::max(maxTokensAnyPlan, plan.maxTokens);
     plans.emplace(name, std::move(state));
@@ -672,6 +720,8 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
   const LaunchPlan &plan = *state.plan;
   const std::string where =
       origin + ": step " + std::to_string(index) + " (" + step.op + ")";
+  // Every launch below goes on the step's stream.
+  const CUstream stream = streamOf(step);
   auto matrix = [&](const PlanTensor &t) {
     const PlanBuffer *b = plan.findBuffer(t.buffer);
     if (!b)
@@ -682,6 +732,12 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
     m.stride = b->cols;
     m.cols = t.cols > 0 ? t.cols : b->cols - t.col;
     m.data = state.arena.get() + b->offset + t.col * elementBytes(m.type);
+    if (t.parts) {
+      // A micro-batch's rows of a T-row buffer (validated at load).
+      m.data += microBatchBegin(m.rows, t.part, t.parts) * b->cols *
+                elementBytes(m.type);
+      m.rows = microBatchRows(m.rows, t.part, t.parts);
+    }
     return m;
   };
   auto input = [&](size_t i) {
@@ -714,7 +770,13 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
   };
 
   const std::string &op = step.op;
-  if (op == "embed") {
+  if (op == "event_record") {
+    KILN_CU(where, cuEventRecord, planEvents.at(state.firstEvent + step.event),
+            stream);
+  } else if (op == "event_wait") {
+    KILN_CU(where, cuStreamWaitEvent, stream,
+            planEvents.at(state.firstEvent + step.event), 0);
+  } else if (op == "embed") {
     const DeviceWeight &table = weightAt(0);
     DeviceMatrix tokens = input(0);
     kernels->embed(stream, tokens.data, tokens.rows, table.data.get(),
@@ -885,7 +947,13 @@ void CudaBackend::Impl::runChunk(const std::vector<BackendStepEntry> &entries,
         (chunk.maxContext + pageTokens - 1) / pageTokens, maxPagesPerSequence);
     shape.maxContext = maxPages * pageTokens;
   }
-  shape.routed = shape.tokens * config.numExpertsPerTok;
+  shape.topK = config.numExpertsPerTok;
+  shape.routed = shape.tokens * shape.topK;
+  if (shape.tokens < state.microBatches)
+    throw Error(origin + ": plan '" + planName + "' splits a step into " +
+                std::to_string(state.microBatches) +
+                " micro-batches, which needs as many tokens; this chunk has " +
+                std::to_string(shape.tokens));
 
   // The step's inputs go into fixed device buffers, ordered on the stream
   // (pageable sources: the driver stages them before returning).
@@ -1023,11 +1091,16 @@ void CudaBackend::Impl::runPlanTimed(PlanState &state,
   };
   const LaunchPlan &plan = *state.plan;
   const size_t n = plan.steps.size();
-  while (timelineEvents.size() < n + 1) {
+  // An origin event, then a start and an end event around each step on its
+  // stream (event steps only order streams and are not timed).
+  while (timelineEvents.size() < 2 * n + 1) {
     CUevent event = nullptr;
     KILN_CU(origin + ": timeline", cuEventCreate, &event, CU_EVENT_DEFAULT);
     timelineEvents.push_back(event);
   }
+  auto timed = [](const PlanStep &step) {
+    return step.op != "event_record" && step.op != "event_wait";
+  };
   {
     std::lock_guard<std::mutex> lock(gate.mutex);
     gate.open = false;
@@ -1038,10 +1111,15 @@ void CudaBackend::Impl::runPlanTimed(PlanState &state,
   std::vector<double> hostStart(n), hostUs(n);
   try {
     for (size_t i = 0; i < n; ++i) {
+      const PlanStep &step = plan.steps[i];
       Clock::time_point t0 = Clock::now();
-      runStep(state, i, plan.steps[i], shape);
-      KILN_CU(origin + ": timeline", cuEventRecord, timelineEvents[i + 1],
-              stream);
+      if (timed(step))
+        KILN_CU(origin + ": timeline", cuEventRecord, timelineEvents[2 * i + 1],
+                streamOf(step));
+      runStep(state, i, step, shape);
+      if (timed(step))
+        KILN_CU(origin + ": timeline", cuEventRecord, timelineEvents[2 * i + 2],
+                streamOf(step));
       hostStart[i] = micros(t0);
       hostUs[i] = micros(Clock::now()) - hostStart[i];
     }
@@ -1049,10 +1127,11 @@ void CudaBackend::Impl::runPlanTimed(PlanState &state,
     gate.release();
     throw;
   }
-  // The GPU row starts when the gate opens (every step enqueued).
+  // The GPU rows start when the gate opens (every step enqueued).
   const double gpuStart = micros(Clock::now());
   gate.release();
-  KILN_CU(origin + ": timeline", cuEventSynchronize, timelineEvents[n]);
+  // A valid plan joins every stream into stream 0 before it ends.
+  KILN_CU(origin + ": timeline", cuStreamSynchronize, stream);
   auto elapsedUs = [&](size_t from, size_t to) {
     float ms = 0;
     KILN_CU(origin + ": timeline", cuEventElapsedTime, &ms,
@@ -1061,15 +1140,18 @@ void CudaBackend::Impl::runPlanTimed(PlanState &state,
   };
   for (size_t i = 0; i < n; ++i) {
     const PlanStep &step = plan.steps[i];
+    if (!timed(step))
+      continue;
     TimelineEvent e;
     e.op = step.op;
     e.step = static_cast<int64_t>(i);
     e.plan = state.name;
     e.kernel = step.kernel;
     e.tokens = shape.tokens;
+    e.stream = step.stream;
     e.row = TimelineRow::Gpu;
-    e.startUs = gpuStart + elapsedUs(0, i);
-    e.durationUs = elapsedUs(i, i + 1);
+    e.startUs = gpuStart + elapsedUs(0, 2 * i + 1);
+    e.durationUs = elapsedUs(2 * i + 1, 2 * i + 2);
     timeline.events.push_back(e);
     e.row = TimelineRow::Host;
     e.startUs = hostStart[i];
@@ -1141,6 +1223,7 @@ void CudaBackend::Impl::probeDecodeCapture(PlanState &decode) {
   graphsProbed = true;
   ChunkShape shape;
   shape.tokens = shape.sequences = 1;
+  shape.topK = config.numExpertsPerTok;
   shape.routed = config.numExpertsPerTok;
   shape.experts1 = config.nRoutedExperts + 1;
   shape.maxContext = pageTokens;
@@ -1291,9 +1374,7 @@ void CudaBackend::Impl::open(const std::string &configOrigin,
     cacheScaleLayers.clear();
     gemms.clear();
     kernels.reset();
-    if (stream)
-      driver().cuStreamDestroy(stream);
-    stream = nullptr;
+    destroyStreams();
     throw;
   }
 }
@@ -1331,10 +1412,11 @@ CudaBackend::~CudaBackend() {
       writeChromeTrace(impl->timeline, impl->timelinePath);
       std::fprintf(stderr,
                    "kiln: CUDA backend: timeline of %lld plan runs "
-                   "in %s\n%s",
+                   "in %s\n%s%s\n",
                    static_cast<long long>(impl->timeline.runs),
                    impl->timelinePath.c_str(),
-                   formatOpBreakdown(impl->timeline).c_str());
+                   formatOpBreakdown(impl->timeline).c_str(),
+                   formatStreamOverlap(impl->timeline).c_str());
     } catch (const std::exception &error) {
       std::fprintf(stderr, "kiln: CUDA backend: %s\n", error.what());
     }
@@ -1353,8 +1435,7 @@ CudaBackend::~CudaBackend() {
   impl->sampledTokens = DeviceBuffer();
   impl->gemms.clear();
   impl->kernels.reset();
-  if (impl->stream)
-    driver().cuStreamDestroy(impl->stream);
+  impl->destroyStreams();
 }
 
 const ModelConfig &CudaBackend::config() const { return impl->config; }

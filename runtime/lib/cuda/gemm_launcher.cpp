@@ -161,6 +161,12 @@ void GemmKernelConfig::validate(const std::string &origin) const {
     fail("split_k > 1 and operand_pointers exclude each other");
   if (grouping != GemmGrouping::None && operandPointers)
     fail("grouped and operand_pointers exclude each other");
+  if (clusterM != 1 && clusterM != 2)
+    fail("cluster_m must be 1 or 2, got " + std::to_string(clusterM));
+  if (clusterM == 2 && (splitK != 1 || grouping != GemmGrouping::None ||
+                        operandPointers || blockN % 16 != 0))
+    fail("cluster_m = 2 needs split_k = 1, a plain kernel and block_n a "
+         "multiple of 16");
   if (sharedMemoryBytes < 0)
     fail("smem_bytes must not be negative, got " +
          std::to_string(sharedMemoryBytes));
@@ -212,6 +218,8 @@ GemmKernelConfig parseGemmManifest(const std::string &json,
     config.sharedMemoryBytes = manifestInt(manifest, "smem_bytes", origin);
   if (manifest.contains("split_k"))
     config.splitK = manifestInt(manifest, "split_k", origin);
+  if (manifest.contains("cluster_m"))
+    config.clusterM = manifestInt(manifest, "cluster_m", origin);
   if (auto grouped = manifest.find("grouped"); grouped != manifest.end()) {
     if (*grouped == "contiguous")
       config.grouping = GemmGrouping::Contiguous;
@@ -253,6 +261,8 @@ std::string toManifestJson(const GemmKernelConfig &config) {
                    {"smem_bytes", config.launchSharedMemoryBytes()}};
   if (config.splitK > 1)
     manifest["split_k"] = config.splitK;
+  if (config.clusterM > 1)
+    manifest["cluster_m"] = config.clusterM;
   if (config.operandPointers)
     manifest["operand_pointers"] = true;
   if (config.grouping != GemmGrouping::None)
@@ -310,6 +320,14 @@ int64_t gemmWorkUnitCount(const GemmKernelConfig &config, int m, int n) {
 
 unsigned gemmGridSize(const GemmKernelConfig &config, int m, int n,
                       int multiprocessors) {
+  if (config.clusterM > 1) {
+    int64_t tilesM = (int64_t(m) + config.blockM - 1) / config.blockM;
+    int64_t tilesN = (int64_t(n) + config.blockN - 1) / config.blockN;
+    int64_t units = (tilesM + config.clusterM - 1) / config.clusterM * tilesN;
+    return static_cast<unsigned>(
+        config.clusterM *
+        std::min<int64_t>(multiprocessors / config.clusterM, units));
+  }
   return static_cast<unsigned>(
       std::min<int64_t>(multiprocessors, gemmWorkUnitCount(config, m, n)));
 }
@@ -468,8 +486,10 @@ GemmLaunch GemmKernel::prepare(const GemmOperands &operands) const {
   GemmLaunch launch;
   launch.tensorMapA = encodeOperandMap(operands.a, operands.m, operands.k,
                                        cfg.blockM, context + ", tensor map A");
-  launch.tensorMapB = encodeOperandMap(operands.b, operands.n, operands.k,
-                                       cfg.blockN, context + ", tensor map B");
+  // In a cluster each block loads its half of the B tile.
+  launch.tensorMapB =
+      encodeOperandMap(operands.b, operands.n, operands.k,
+                       cfg.blockN / cfg.clusterM, context + ", tensor map B");
   launch.operands = operands;
   launch.gridSize = gemmGridSize(cfg, operands.m, operands.n, multiprocessors);
   useOwnWorkspace(launch, gemmWorkspaceBytes(cfg, operands.m, operands.n),

@@ -13,28 +13,48 @@
 
 namespace kiln::cuda {
 
+namespace {
+
+int traceThread(const TimelineEvent &e) {
+  if (e.row == TimelineRow::Host || e.stream == 0)
+    return static_cast<int>(e.row);
+  return static_cast<int>(TimelineRow::Host) + static_cast<int>(e.stream);
+}
+
+} // namespace
+
 std::string chromeTraceJson(const Timeline &timeline) {
   nlohmann::json events = nlohmann::json::array();
-  for (auto [row, name] : {std::pair{TimelineRow::Gpu, "GPU stream"},
-                           std::pair{TimelineRow::Host, "host enqueue"}})
+  std::map<int, std::string> rows = {
+      {static_cast<int>(TimelineRow::Gpu), "GPU stream"},
+      {static_cast<int>(TimelineRow::Host), "host enqueue"}};
+  for (const TimelineEvent &e : timeline.events)
+    if (e.row == TimelineRow::Gpu && e.stream > 0)
+      rows[traceThread(e)] = "GPU stream " + std::to_string(e.stream);
+  if (rows.size() > 2)
+    rows[static_cast<int>(TimelineRow::Gpu)] = "GPU stream 0";
+  for (const auto &[tid, name] : rows)
     events.push_back({{"name", "thread_name"},
                       {"ph", "M"},
                       {"pid", 1},
-                      {"tid", static_cast<int>(row)},
+                      {"tid", tid},
                       {"args", {{"name", name}}}});
   for (const TimelineEvent &e : timeline.events) {
     std::string name = e.op + " #" + std::to_string(e.step);
     if (!e.kernel.empty())
       name += " " + e.kernel;
-    nlohmann::json args = {
-        {"op", e.op}, {"step", e.step}, {"plan", e.plan}, {"tokens", e.tokens}};
+    nlohmann::json args = {{"op", e.op},
+                           {"step", e.step},
+                           {"plan", e.plan},
+                           {"tokens", e.tokens},
+                           {"stream", e.stream}};
     if (!e.kernel.empty())
       args["kernel"] = e.kernel;
     events.push_back({{"name", name},
                       {"cat", e.op},
                       {"ph", "X"},
                       {"pid", 1},
-                      {"tid", static_cast<int>(e.row)},
+                      {"tid", traceThread(e)},
                       {"ts", e.startUs},
                       {"dur", e.durationUs},
                       {"args", args}});
@@ -100,6 +120,62 @@ std::string formatOpBreakdown(const Timeline &timeline) {
     add(t.op, double(t.count), t.gpuUs, t.hostUs);
   add("total", double(count), gpu, host);
   return out;
+}
+
+} // namespace kiln::cuda
+
+namespace kiln::cuda {
+
+StreamOverlap streamOverlap(const Timeline &timeline) {
+  // Sweep the GPU intervals' ends in time order, counting the busy
+  // intervals of stream 0 and of the others.
+  struct Edge {
+    double at;
+    bool compute;
+    int delta;
+  };
+  std::vector<Edge> edges;
+  for (const TimelineEvent &e : timeline.events)
+    if (e.row == TimelineRow::Gpu && e.durationUs > 0) {
+      edges.push_back({e.startUs, e.stream == 0, +1});
+      edges.push_back({e.startUs + e.durationUs, e.stream == 0, -1});
+    }
+  // Ends before starts at the same instant: touching intervals do not
+  // overlap.
+  std::sort(edges.begin(), edges.end(), [](const Edge &a, const Edge &b) {
+    return a.at != b.at ? a.at < b.at : a.delta < b.delta;
+  });
+  StreamOverlap out;
+  int compute = 0, other = 0;
+  for (size_t i = 0; i < edges.size(); ++i) {
+    if (i > 0) {
+      double span = edges[i].at - edges[i - 1].at;
+      if (compute > 0)
+        out.computeUs += span;
+      if (other > 0)
+        out.otherUs += span;
+      if (compute > 0 && other > 0)
+        out.bothUs += span;
+      if (compute > 0 || other > 0)
+        out.anyUs += span;
+    }
+    (edges[i].compute ? compute : other) += edges[i].delta;
+  }
+  return out;
+}
+
+std::string formatStreamOverlap(const Timeline &timeline) {
+  StreamOverlap o = streamOverlap(timeline);
+  const double runs = timeline.runs > 0 ? double(timeline.runs) : 1.0;
+  char text[320];
+  std::snprintf(text, sizeof text,
+                "streams per run: stream 0 busy %.1f us, other streams %.1f "
+                "us, both %.1f us (%.1f%% of the %.1f us any stream was "
+                "busy, %.1f%% of the other streams' time)",
+                o.computeUs / runs, o.otherUs / runs, o.bothUs / runs,
+                o.anyUs > 0 ? 100.0 * o.bothUs / o.anyUs : 0.0, o.anyUs / runs,
+                o.otherUs > 0 ? 100.0 * o.bothUs / o.otherUs : 0.0);
+  return text;
 }
 
 } // namespace kiln::cuda

@@ -91,8 +91,25 @@ func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n =
 
 // -----
 
-// expected-error @+1 {{expected 'split_k = N' then 'grouped = contiguous|masked', each at most once}}
-func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, grouped = masked, split_k = 2>}
+// expected-error @+1 {{expected 'split_k = N', 'cluster_m = N' or 'grouped = contiguous|masked', each at most once}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 2, split_k = 2>}
+
+// -----
+
+// expected-error @+1 {{gemm_config: cluster_m must be 1 or 2, got 4}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 6, consumers = 2, cluster_m = 4>}
+
+// -----
+
+// A cluster shares B between two tiles of one unit; split-K units would
+// give its blocks different K slices.
+// expected-error @+1 {{gemm_config: cluster_m = 2 needs split_k = 1, no 'grouped' and block_n a multiple of 16}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 6, consumers = 2, split_k = 2, cluster_m = 2>}
+
+// -----
+
+// expected-error @+1 {{gemm_config: cluster_m = 2 needs split_k = 1, no 'grouped' and block_n a multiple of 16}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 6, consumers = 2, grouped = contiguous, cluster_m = 2>}
 
 // -----
 

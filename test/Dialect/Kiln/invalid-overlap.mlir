@@ -277,7 +277,7 @@ func.func @f(%x0: tensor<4x128xbf16>, %x1: tensor<4x128xbf16>, %ids: tensor<4x1x
 func.func @f(%x0: tensor<4x128xbf16>, %x1: tensor<4x128xbf16>) {
   kiln.overlap %x0, %x1 : (tensor<4x128xbf16>, tensor<4x128xbf16>) -> () {
   ^bb0(%x: tensor<4x128xbf16>):
-    // expected-error @+1 {{communication stage 'wait' contains no 'kiln.moe_dispatch' or 'kiln.moe_combine'}}
+    // expected-error @+1 {{communication stage 'wait' contains no 'kiln.moe_dispatch', 'kiln.moe_combine', 'kiln.moe_permute' or 'kiln.moe_unpermute'}}
     %a = kiln.stage "wait" communication %x : (tensor<4x128xbf16>) -> tensor<4x128xbf16> {
     ^bb0(%in: tensor<4x128xbf16>):
       kiln.yield %in : tensor<4x128xbf16>

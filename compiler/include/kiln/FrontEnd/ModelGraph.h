@@ -28,6 +28,11 @@ struct ModelStep {
   std::string name;
   int64_t maxTokens = 0;
   int64_t maxSequences = 0;
+  /// With 2 or more, each MoE layer splits the step's tokens into this many
+  /// micro-batches in a kiln.overlap (route, dispatch, experts, combine,
+  /// residual stages), so that one micro-batch's dispatch and combine can
+  /// run beside another's GEMMs. maxTokens must divide evenly.
+  int64_t overlapMicroBatches = 1;
 };
 
 /// Steps of at most this many tokens get their own decode plan when
@@ -39,14 +44,15 @@ constexpr int64_t kSmallDecodeTokens = 64;
 /// `decode` (max_batch tokens of max_batch sequences), `decode_small`
 /// (kSmallDecodeTokens of as many sequences, when max_batch is larger) and
 /// `prefill` (prefill_chunk tokens of up to min(max_batch, prefill_chunk)
-/// sequences).
-std::vector<ModelStep> defaultModelSteps(int64_t maxBatch,
-                                         int64_t prefillChunk);
+/// sequences). `overlapMicroBatches` applies to `prefill` (decode steps are
+/// too small to split).
+std::vector<ModelStep> defaultModelSteps(int64_t maxBatch, int64_t prefillChunk,
+                                         int64_t overlapMicroBatches = 1);
 
 /// Builds the graph of `config` (already validated) with one function per
 /// step; `origin` (the config file) is the location of every op. Throws
 /// kiln::Error for a config the graph cannot express (a BF16 checkpoint,
-/// bad RoPE fields).
+/// bad RoPE fields) or a step whose tokens its micro-batches do not divide.
 mlir::OwningOpRef<mlir::ModuleOp>
 buildModelGraph(mlir::MLIRContext &context, const ModelConfig &config,
                 llvm::ArrayRef<ModelStep> steps, llvm::StringRef origin);

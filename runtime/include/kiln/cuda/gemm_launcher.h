@@ -60,6 +60,10 @@ struct GemmKernelConfig {
   bool operandPointers = false;
   /// Grouped kernels take `groups` and `G` after K (and the workspace).
   GemmGrouping grouping = GemmGrouping::None;
+  /// Blocks per cluster along M (gemm-abi.md "Clusters"): 2 means each
+  /// block loads half of its B tile (the tensor map's box is BLOCK_N / 2
+  /// rows) and multicasts it to its peer, and the grid is whole clusters.
+  int clusterM = 1;
 
   int threadsPerBlock() const { return 128 * (1 + consumerWarpgroups); }
   /// `stages * (BLOCK_M + BLOCK_N) * 128` bytes of tiles plus `2 * stages`
@@ -112,7 +116,9 @@ void checkGemmOperands(const GemmKernelConfig &config,
 int64_t gemmTileCount(const GemmKernelConfig &config, int m, int n);
 /// Work units of the persistent schedule: tiles × split_k.
 int64_t gemmWorkUnitCount(const GemmKernelConfig &config, int m, int n);
-/// The persistent grid: min(multiprocessors, work units).
+/// The persistent grid: min(multiprocessors, work units); with clusters,
+/// cluster_m blocks per unit of cluster_m tiles stacked along M and at most
+/// multiprocessors / cluster_m clusters.
 unsigned gemmGridSize(const GemmKernelConfig &config, int m, int n,
                       int multiprocessors);
 /// Bytes of split-K workspace a launch on M×N needs (gemm-abi.md

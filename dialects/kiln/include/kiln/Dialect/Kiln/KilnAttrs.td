@@ -114,29 +114,39 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
     kernel of a `kiln.grouped_scaled_matmul`: one launch computes every
     group's GEMM, reading the group sizes (offsets for `contiguous`, row
     counts for `masked`) from device memory itself (gemm-abi.md "Grouped
-    kernels"). See compiler/docs/gemm-kernels.md.
+    kernels"). `cluster_m` = 2 (plain kernels without split-K) runs the
+    blocks in clusters of two along M: the pair computes two vertically
+    adjacent tiles of the same columns, and each block loads half of their
+    shared B slice and multicasts it to both, so a K block costs each SM
+    (BLOCK_M + BLOCK_N / 2) x 128 bytes from L2 instead of (BLOCK_M +
+    BLOCK_N) x 128 (gemm-abi.md "Clusters"). See compiler/docs/gemm-kernels.md.
 
     ```mlir
     #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2>
     #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 4>
     #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, grouped = masked>
+    #kiln.gemm_config<block_m = 128, block_n = 128, stages = 6, consumers = 2, cluster_m = 2>
     ```
   }];
   let parameters = (ins "int64_t":$blockM, "int64_t":$blockN,
                         "int64_t":$stages, "int64_t":$consumers,
                         DefaultValuedParameter<"int64_t", "1">:$splitK,
-                        OptionalParameter<"std::optional<::kiln::GroupLayout>">:$grouped);
+                        OptionalParameter<"std::optional<::kiln::GroupLayout>">:$grouped,
+                        DefaultValuedParameter<"int64_t", "1">:$clusterM);
   let builders = [
     AttrBuilder<(ins "int64_t":$blockM, "int64_t":$blockN, "int64_t":$stages,
                      "int64_t":$consumers, CArg<"int64_t", "1">:$splitK,
-                     CArg<"std::optional<::kiln::GroupLayout>", "std::nullopt">:$grouped), [{
-      return $_get($_ctxt, blockM, blockN, stages, consumers, splitK, grouped);
+                     CArg<"std::optional<::kiln::GroupLayout>", "std::nullopt">:$grouped,
+                     CArg<"int64_t", "1">:$clusterM), [{
+      return $_get($_ctxt, blockM, blockN, stages, consumers, splitK, grouped,
+                   clusterM);
     }]>
   ];
   let skipDefaultBuilders = 1;
   // `<block_m = .., block_n = .., stages = .., consumers = ..
-  //   [, split_k = ..] [, grouped = contiguous|masked]>`; the two optional
-  // keys both follow a comma, which the declarative format cannot tell apart.
+  //   [, split_k = ..] [, cluster_m = ..] [, grouped = contiguous|masked]>`;
+  // the optional keys all follow a comma, which the declarative format
+  // cannot tell apart.
   let hasCustomAssemblyFormat = 1;
   let genVerifyDecl = 1;
   let extraClassDeclaration = [{
