@@ -129,11 +129,9 @@ public:
     emit("%bid = nvvm.read.ptx.sreg.ctaid.x : i32");
     emit("%nbid = nvvm.read.ptx.sreg.nctaid.x : i32");
     emit("%wg = arith.divui %tid, %c128 : i32");
-    emit("%nPad = arith.addi %N, " + i32(bn - 1) + " : i32");
-    emit("%nTiles = arith.divui %nPad, " + i32(bn) + " : i32");
+    emitCeilDiv("%nTiles", "%N", bn);
     if (!grouped) {
-      emit("%mPad = arith.addi %M, " + i32(bm - 1) + " : i32");
-      emit("%mTiles = arith.divui %mPad, " + i32(bm) + " : i32");
+      emitCeilDiv("%mTiles", "%M", bm);
       emit("%numTiles = arith.muli %mTiles, %nTiles : i32");
     }
     if (clusterM > 1) {
@@ -145,14 +143,12 @@ public:
       emit("%peer = arith.xori %cta, %c1 : i32");
       emit("%cid = nvvm.read.ptx.sreg.clusterid.x : i32");
       emit("%ncid = nvvm.read.ptx.sreg.nclusterid.x : i32");
-      emit("%mUnitsPad = arith.addi %mTiles, " + i32(clusterM - 1) + " : i32");
-      emit("%mUnits = arith.divui %mUnitsPad, " + i32(clusterM) + " : i32");
+      emitCeilDiv("%mUnits", "%mTiles", clusterM);
       emit("%numUnits = arith.muli %mUnits, %nTiles : i32");
     }
     // A partial last K block reads zeros past K (TMA's out-of-bounds fill),
     // so ceil(K / 128) blocks cover any K.
-    emit("%kPad = arith.addi %K, " + i32(127) + " : i32");
-    emit("%numKB = arith.divui %kPad, %c128 : i32");
+    emitCeilDiv("%numKB", "%K", 128);
     emit("%isT0 = arith.cmpi eq, %tid, %c0 : i32");
 
     // Thread 0 initializes the ring's barriers: full[s] completes when the
@@ -288,8 +284,7 @@ private:
     emit("%aConsumerOff = arith.muli %consumer, " +
          i32(kRowsPerConsumer * kSliceBytes) + " : i32");
     if (grouped) {
-      emit("%nScalePad = arith.addi %N, " + i32(127) + " : i32");
-      emit("%nScaleBlocks = arith.divui %nScalePad, %c128 : i32");
+      emitCeilDiv("%nScaleBlocks", "%N", 128);
     } else {
       emit("%lastRow = arith.subi %M, %c1 : i32");
     }
@@ -963,8 +958,7 @@ private:
       emit("%rowsOfGroup = arith.minsi %count1, %M : i32");
       emit("%rowOfGroup = arith.muli %g, %M : i32");
     }
-    emit("%rowsPad = arith.addi %rowsOfGroup, " + i32(bm - 1) + " : i32");
-    emit("%mTilesOfGroup = arith.divui %rowsPad, " + i32(bm) + " : i32");
+    emitCeilDiv("%mTilesOfGroup", "%rowsOfGroup", bm);
     emit("%tilesOfGroup = arith.muli %mTilesOfGroup, %nTiles : i32");
     emit("llvm.store %rowOfGroup, " + table(layout.groupRow, "%g") +
          " : i32, !llvm.ptr<3>");
@@ -978,8 +972,7 @@ private:
     emit("%isWarp0 = arith.cmpi ult, %tid, %c32 : i32");
     emit("scf.if %isWarp0 {");
     emit("%scanMask = arith.constant -1 : i32");
-    emit("%chunksPad = arith.addi %numGroups, " + i32(31) + " : i32");
-    emit("%chunks = arith.divui %chunksPad, %c32 : i32");
+    emitCeilDiv("%chunks", "%numGroups", 32);
     emit("%scanned = scf.for %chunk = %c0 to %chunks step %c1 iter_args("
          "%carry = %c0) -> (i32) : i32 {");
     emit("%chunkBase = arith.muli %chunk, %c32 : i32");
@@ -1071,6 +1064,15 @@ private:
          " : i32");
     return "llvm.getelementptr %smem[%slotAt" + id +
            "] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8";
+  }
+
+  /// `result` = ceil(`value` / `divisor`) for a non-negative i32 `value`.
+  void emitCeilDiv(const std::string &result, const std::string &value,
+                   int64_t divisor) {
+    emit(result + "Pad = arith.addi " + value + ", " + i32(divisor - 1) +
+         " : i32");
+    emit(result + " = arith.divui " + result + "Pad, " + i32(divisor) +
+         " : i32");
   }
 
   /// An i32 constant as an SSA value, materialized once.
