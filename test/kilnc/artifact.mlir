@@ -14,7 +14,7 @@
 // PROGRESS-NEXT: kilnc: [5/6] compiling 3 GEMM kernels (PTX, ptxas {{.*}})
 // PROGRESS-NEXT: kilnc: kiln_gemm_fp8_m64n64s8c1: {{[0-9]+}} registers, 141440 B shared memory, {{[0-9]+}} B cubin
 // PROGRESS-NEXT: kilnc: kiln_gemm_fp8_m64n64s8c1_contiguous: {{[0-9]+}} registers, 153740 B shared memory, {{[0-9]+}} B cubin
-// PROGRESS-NEXT: kilnc: kiln_gemm_fp8_m128n128s6c2: {{[0-9]+}} registers, 216160 B shared memory, {{[0-9]+}} B cubin
+// PROGRESS-NEXT: kilnc: kiln_gemm_fp8_m128n128s4c2: {{[0-9]+}} registers, 150592 B shared memory, {{[0-9]+}} B cubin
 // PROGRESS-NEXT: kilnc: [6/6] writing {{.*}}.kiln
 // PROGRESS-NEXT: kilnc: wrote {{.*}}.kiln: 3 kernels, 2 plans, 49 weights, {{[0-9]+}} bytes, in {{[0-9.]+}} s
 
@@ -24,7 +24,7 @@
 // CHECK-NEXT: options ep=1 kv_cache_dtype=bf16 kv_page_tokens=64 max_batch=8 max_seq_len=4096 overlap_micro_batches=1 prefill_chunk=256
 // CHECK-NEXT: kernel kiln_gemm_fp8_m64n64s8c1 split_k 1 smem 141440 cubin elf ptx sm_90a
 // CHECK-NEXT: kernel kiln_gemm_fp8_m64n64s8c1_contiguous split_k 1 grouped contiguous smem 153740 cubin elf ptx sm_90a
-// CHECK-NEXT: kernel kiln_gemm_fp8_m128n128s6c2 split_k 1 smem 216160 cubin elf ptx sm_90a
+// CHECK-NEXT: kernel kiln_gemm_fp8_m128n128s4c2 split_k 1 smem 150592 cubin elf ptx sm_90a
 // CHECK-NEXT: weights 49
 // CHECK-NEXT: plan decode max_tokens 8 max_sequences 8 buffers 92 steps 72
 // CHECK-NEXT: plan prefill max_tokens 256 max_sequences 8 buffers 92 steps 72

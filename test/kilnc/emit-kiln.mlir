@@ -96,5 +96,5 @@
 // CHECK-SAME: tensor<256xi32> {kiln.input = "tokens"}
 // CHECK-SAME: tensor<8xi32> {kiln.input = "last_rows"}
 // CHECK-SAME: -> tensor<8x129280xf32>
-// CHECK: kiln.scaled_matmul {{.*}}gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 6, consumers = 2>{{.*}} -> tensor<256x192xbf16>
+// CHECK: kiln.scaled_matmul {{.*}}gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2>{{.*}} -> tensor<256x192xbf16>
 // CHECK: kiln.moe_permute {{.*}} -> (tensor<1024x256xf8E4M3FN>, tensor<1024x2xf32>, tensor<17xi32>, tensor<256x4xi32>)

@@ -13,7 +13,7 @@
 // CHECK: "kernels": [
 // CHECK-NEXT: {"name": "kiln_gemm_fp8_m64n64s8c1", "block_m": 64, "block_n": 64, "stages": 8, "consumers": 1, "split_k": 1, "shared_memory_bytes": 141440},
 // CHECK-NEXT: {"name": "kiln_gemm_fp8_m64n64s8c1_contiguous", "block_m": 64, "block_n": 64, "stages": 8, "consumers": 1, "split_k": 1, "grouped": "contiguous", "shared_memory_bytes": 153740},
-// CHECK-NEXT: {"name": "kiln_gemm_fp8_m128n128s6c2", "block_m": 128, "block_n": 128, "stages": 6, "consumers": 2, "split_k": 1, "shared_memory_bytes": 216160}
+// CHECK-NEXT: {"name": "kiln_gemm_fp8_m128n128s4c2", "block_m": 128, "block_n": 128, "stages": 4, "consumers": 2, "split_k": 1, "shared_memory_bytes": 150592}
 // CHECK-NEXT: ],
 
 // Weights as the checkpoint stores them; kv_b_proj converted to BF16 at
@@ -95,5 +95,5 @@
 // plain GEMMs; the grouped ones see ceil(1024 / 16) = 64 rows per expert.
 // CHECK-NEXT: "prefill": {"max_tokens": 256, "max_sequences": 8, "arena_bytes": {{[0-9]+}},
 // CHECK: {"name": "l1.experts_in_q", "dtype": "f8e4m3", "rows": "R", "cols": 256, "offset": {{[0-9]+}}, "bytes": 262144},
-// CHECK: {"op": "gemm", {{.*}} "outputs": [{"buffer":"l0.q_a"}], {{.*}} "kernel": "kiln_gemm_fp8_m128n128s6c2"
+// CHECK: {"op": "gemm", {{.*}} "outputs": [{"buffer":"l0.q_a"}], {{.*}} "kernel": "kiln_gemm_fp8_m128n128s4c2"
 // CHECK: {"op": "grouped_gemm", {{.*}} "kernel": "kiln_gemm_fp8_m64n64s8c1_contiguous"

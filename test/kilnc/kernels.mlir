@@ -3,7 +3,7 @@
 // ptxas, so this part runs everywhere.
 // RUN: rm -rf %t && kilnc %kiln_src_root/examples/tiny/config.json --emit=kernels --no-cubin -q -o %t
 // RUN: FileCheck %s --check-prefix=PTX < %t/kiln_gemm_fp8_m64n64s8c1.ptx
-// RUN: FileCheck %s --check-prefix=MANIFEST < %t/kiln_gemm_fp8_m128n128s6c2.json
+// RUN: FileCheck %s --check-prefix=MANIFEST < %t/kiln_gemm_fp8_m128n128s4c2.json
 // RUN: not ls %t/kiln_gemm_fp8_m64n64s8c1.cubin
 // An artifact needs the cubins.
 // RUN: not kilnc %kiln_src_root/examples/tiny/config.json --no-cubin -q -o %t.kiln 2>&1 | FileCheck %s --check-prefix=NOCUBIN
@@ -16,10 +16,10 @@
 // MANIFEST: "block_m": 128,
 // MANIFEST: "block_n": 128,
 // MANIFEST: "consumer_warpgroups": 2,
-// MANIFEST: "kernel": "kiln_gemm_fp8_m128n128s6c2",
-// MANIFEST: "smem_bytes": 216160,
+// MANIFEST: "kernel": "kiln_gemm_fp8_m128n128s4c2",
+// MANIFEST: "smem_bytes": 150592,
 // MANIFEST: "split_k": 1,
-// MANIFEST: "stages": 6,
+// MANIFEST: "stages": 4,
 // MANIFEST: "threads": 384
 
 // NOCUBIN: kilnc: error: {{.*}}kernel "kiln_gemm_fp8_m64n64s8c1": has no cubin (--no-cubin: an artifact needs the cubins; use --emit=kernels or --emit=plan without ptxas)

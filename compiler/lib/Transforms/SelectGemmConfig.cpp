@@ -11,13 +11,16 @@
 // multiprocessor's work. Grouped GEMMs get the grouped kernel of their
 // layout, configured for the rows one group sees, with the tiles of all
 // groups that have rows counted for split-K (they run in one launch).
-// Plain GEMMs of at least kClusterMinRows rows run in clusters of two blocks
-// along M that share each B slice by TMA multicast.
+// The ring is a power of two of stages (its index arithmetic is then shifts
+// and masks); 2-block clusters (`cluster_m = 2`) are never picked: measured
+// neutral once the 128x128 ring is 4 deep (gemm-kernels.md "Version 8").
 //
 //===----------------------------------------------------------------------===//
 
 #include "kiln/Dialect/Kiln/KilnOps.h"
 #include "kiln/Transforms/Passes.h"
+
+#include "llvm/ADT/bit.h"
 
 namespace kiln {
 #define GEN_PASS_DEF_KILNSELECTGEMMCONFIG
@@ -45,12 +48,6 @@ constexpr int64_t kReductionRegisters = 128;
 /// and, for one slice in S, the reduction (1 more).
 constexpr int64_t kEpilogueBlocks = 1;
 constexpr int64_t kSplitBlocks = 1;
-/// Static M from which plain GEMMs run as 2-block clusters sharing B
-/// (cluster_m = 2): measured at M = 4096 (gemm-kernels.md "Version 8"),
-/// 7168 x 16384 -9%, 32768 x 512 -4%, 4096 x 7168 -3%, the other shapes
-/// within 2%; at 300-1000 rows 2-4% slower (fewer tile rows to pair, the
-/// last pair half empty).
-constexpr int64_t kClusterMinRows = 2048;
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -106,17 +103,19 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
       ceilDiv(m, blockM) * ceilDiv(n, 128) >= kMultiprocessors)
     blockN = 128;
   int64_t stageBytes = (blockM + blockN) * 128;
-  int64_t stages = std::min(kMaxStages, kStageBudgetBytes / stageBytes);
+  // The largest power of two that fits: 128x128 tiles get 4 stages, not 6
+  // (M = 4096: 0.84 -> 0.87 of cuBLAS; 32768 x 512 -7%, 4096 x 7168 -4%,
+  // the rest equal; gemm-kernels.md "Version 8").
+  int64_t stages = llvm::bit_floor(static_cast<uint64_t>(
+      std::min(kMaxStages, kStageBudgetBytes / stageBytes)));
   int64_t splitK = 1;
   if (small && !ShapedType::isDynamic(n) && !ShapedType::isDynamic(k) &&
       !ShapedType::isDynamic(groups)) {
     int64_t tiles = groups * ceilDiv(m, blockM) * ceilDiv(n, blockN);
     splitK = chooseSplitK(tiles, k / 128, blockN);
   }
-  int64_t clusterM =
-      known && m >= kClusterMinRows && !grouped && splitK == 1 ? 2 : 1;
   return kiln::GemmConfigAttr::get(context, blockM, blockN, stages, consumers,
-                                   splitK, grouped, clusterM);
+                                   splitK, grouped);
 }
 
 struct SelectGemmConfigPass
