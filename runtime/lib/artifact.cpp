@@ -9,6 +9,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "kiln/artifact.h"
+#include "kiln/expert_placement.h"
 
 #include "kiln/error.h"
 
@@ -40,16 +41,20 @@ constexpr uint64_t kBufferAlignment = 256;
 constexpr const char *kFormatName = "kiln-artifact";
 
 const std::set<std::string> kKnownOps = {
-    "embed",       "rms_norm",     "quantize",      "gemm",
-    "matmul",      "add",          "mla_attention", "swiglu",
-    "moe_route",   "moe_dispatch", "grouped_gemm",  "moe_combine",
-    "select_rows", "event_record", "event_wait"};
+    "embed",         "rms_norm",     "quantize",      "gemm",
+    "matmul",        "add",          "mla_attention", "swiglu",
+    "moe_route",     "moe_dispatch", "grouped_gemm",  "moe_combine",
+    "select_rows",   "event_record", "event_wait",    "ep_slots",
+    "ep_all_to_all", "ep_group",     "ep_ungroup"};
+/// Steps of an expert-parallel MoE layer (artifact.md "Expert parallelism").
+const std::set<std::string> kExpertParallelOps = {"ep_slots", "ep_all_to_all",
+                                                  "ep_group", "ep_ungroup"};
 const std::set<std::string> kEventOps = {"event_record", "event_wait"};
 const std::set<std::string> kKernelOps = {"gemm", "grouped_gemm"};
 const std::set<std::string> kBufferDtypes = {"f32", "bf16", "f8e4m3", "i32"};
 const std::set<std::string> kWeightDtypes = {"f8e4m3", "bf16", "f32"};
 const std::set<std::string> kWeightTransforms = {"none", "bf16", "f32"};
-const std::set<std::string> kSymbolicRows = {"T", "R", "S", "E1"};
+const std::set<std::string> kSymbolicRows = {"T", "R", "S", "E1", "X"};
 const std::set<std::string> kKvCacheDtypes = {"bf16", "fp8"};
 
 std::string quote(const std::string &text) { return "\"" + text + "\""; }
@@ -446,6 +451,15 @@ Artifact readManifest(const Json &manifest, const std::string &bytes,
   artifact.options.expertParallel = options.integer("ep");
   artifact.options.overlapMicroBatches =
       options.optionalInteger("overlap_micro_batches", 1);
+  if (root.find("expert_parallel")) {
+    Fields ep = root.object("expert_parallel");
+    artifact.expertParallel.worldSize = ep.integer("world_size");
+    artifact.expertParallel.slotsPerRank = ep.integer("slots_per_rank");
+    const Json &placement = ep.array("placement");
+    for (size_t i = 0; i < placement.size(); ++i)
+      artifact.expertParallel.placement.push_back(static_cast<int>(
+          ep.toInteger("placement[" + std::to_string(i) + "]", placement[i])));
+  }
 
   // Blobs: after the manifest, aligned, inside the file.
   std::map<std::string, BlobRange> blobs;
@@ -633,34 +647,98 @@ Json manifestJson(const Artifact &a, const std::vector<BlobOut> &blobs,
   Json plans = Json::object();
   for (const auto &[name, plan] : a.plans)
     plans[name] = planJson(plan);
-  return {{"format", kFormatName},
-          {"format_version", kArtifactFormatVersion},
-          {"producer", a.producer},
-          {"source", a.source},
-          {"target", {{"arch", a.targetArch}}},
-          {"model",
-           {{"model_type", a.modelType},
-            {"hash", a.modelHash},
-            {"hidden_size", a.hiddenSize},
-            {"num_hidden_layers", a.numHiddenLayers},
-            {"vocab_size", a.vocabSize}}},
-          {"options",
-           {{"max_batch", a.options.maxBatch},
-            {"max_seq_len", a.options.maxSeqLen},
-            {"prefill_chunk", a.options.prefillChunk},
-            {"kv_cache_dtype", a.options.kvCacheDtype},
-            {"kv_page_tokens", a.options.kvPageTokens},
-            {"ep", a.options.expertParallel},
-            {"overlap_micro_batches", a.options.overlapMicroBatches}}},
-          {"blobs", blobTable},
-          {"kernels", kernels},
-          {"weights", weights},
-          {"plans", plans}};
+  Json manifest = {{"format", kFormatName},
+                   {"format_version", kArtifactFormatVersion},
+                   {"producer", a.producer},
+                   {"source", a.source},
+                   {"target", {{"arch", a.targetArch}}},
+                   {"model",
+                    {{"model_type", a.modelType},
+                     {"hash", a.modelHash},
+                     {"hidden_size", a.hiddenSize},
+                     {"num_hidden_layers", a.numHiddenLayers},
+                     {"vocab_size", a.vocabSize}}},
+                   {"options",
+                    {{"max_batch", a.options.maxBatch},
+                     {"max_seq_len", a.options.maxSeqLen},
+                     {"prefill_chunk", a.options.prefillChunk},
+                     {"kv_cache_dtype", a.options.kvCacheDtype},
+                     {"kv_page_tokens", a.options.kvPageTokens},
+                     {"ep", a.options.expertParallel},
+                     {"overlap_micro_batches", a.options.overlapMicroBatches}}},
+                   {"blobs", blobTable},
+                   {"kernels", kernels},
+                   {"weights", weights},
+                   {"plans", plans}};
+  if (a.expertParallel.enabled())
+    manifest["expert_parallel"] = {
+        {"world_size", a.expertParallel.worldSize},
+        {"slots_per_rank", a.expertParallel.slotsPerRank},
+        {"placement", a.expertParallel.placement}};
+  return manifest;
 }
 
 //===----------------------------------------------------------------------===//
 // Validation
 //===----------------------------------------------------------------------===//
+
+/// The operands artifact.md "Expert parallelism" gives each ep_* op: their
+/// count, and the rows of the count and offset tables (W·S counts, W·S + 1
+/// dispatch offsets, S + 1 local offsets) and of the exchanged rows (X).
+template <typename Fail>
+void validateExpertParallelStep(const Artifact &artifact,
+                                const LaunchPlan &plan, const PlanStep &step,
+                                const Fail &failStep) {
+  const ArtifactExpertParallel &ep = artifact.expertParallel;
+  if (!ep.enabled())
+    failStep("needs the manifest's \"expert_parallel\" placement, which "
+             "this artifact lacks");
+  const std::string slots = std::to_string(ep.worldSize * ep.slotsPerRank);
+  const std::string sendOffsets =
+      std::to_string(ep.worldSize * ep.slotsPerRank + 1);
+  const std::string localOffsets = std::to_string(ep.slotsPerRank + 1);
+  std::vector<std::string> inputs, outputs; // expected rows; "" = any
+  if (step.op == "ep_slots") {
+    inputs = {""};
+    outputs = {""};
+  } else if (step.op == "ep_all_to_all") {
+    auto direction = step.attrs.strings.find("direction");
+    if (direction == step.attrs.strings.end() ||
+        (direction->second != "dispatch" && direction->second != "combine"))
+      failStep("attribute \"direction\" must be \"dispatch\" or "
+               "\"combine\"");
+    if (direction->second == "dispatch") {
+      inputs = {"R", "R", sendOffsets};
+      outputs = {"X", "X", slots};
+    } else {
+      inputs = {"X", slots, sendOffsets};
+      outputs = {"R"};
+    }
+  } else if (step.op == "ep_group") {
+    inputs = {"X", "X", slots};
+    outputs = {"X", "X", localOffsets};
+  } else { // ep_ungroup
+    inputs = {"X", slots};
+    outputs = {"X"};
+  }
+  auto check = [&](const std::vector<PlanTensor> &tensors,
+                   const std::vector<std::string> &rows, const char *role) {
+    if (tensors.size() != rows.size())
+      failStep("has " + std::to_string(tensors.size()) + " " + role + "s; " +
+               step.op + " takes " + std::to_string(rows.size()));
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const PlanBuffer *b = plan.findBuffer(tensors[i].buffer);
+      if (!rows[i].empty() && b->rows != rows[i])
+        failStep(std::string(role) + " " + std::to_string(i) + " (buffer " +
+                 quote(b->name) + ") has rows " + quote(b->rows) +
+                 ", expected " + quote(rows[i]) + " (world_size " +
+                 std::to_string(ep.worldSize) + ", slots_per_rank " +
+                 std::to_string(ep.slotsPerRank) + ")");
+    }
+  };
+  check(step.inputs, inputs, "input");
+  check(step.outputs, outputs, "output");
+}
 
 void validatePlan(const Artifact &artifact, const std::string &planName,
                   const LaunchPlan &plan, const std::string &origin) {
@@ -687,7 +765,7 @@ void validatePlan(const Artifact &artifact, const std::string &planName,
     RowSymbol symbol;
     if (!parseRowSymbol(b.rows, symbol))
       fail(buffer + "rows " + quote(b.rows) +
-           " is not T, R, S, E1, a micro-batch part of T or R (\"T.0/2\") "
+           " is not T, R, S, E1, X, a micro-batch part of T or R (\"T.0/2\") "
            "or a positive decimal count");
     int64_t rows = symbol.count;
     if (b.cols <= 0)
@@ -805,6 +883,12 @@ void validatePlan(const Artifact &artifact, const std::string &planName,
                    " columns");
       }
     }
+    if (kExpertParallelOps.count(step.op))
+      validateExpertParallelStep(artifact, plan, step, failStep);
+    else if (step.op == "moe_dispatch" && step.attrs.numbers.count("groups") &&
+             (step.attrs.numbers.at("groups") < 1 ||
+              step.attrs.numbers.at("groups") > 1024))
+      failStep("groups must be 1 to 1024");
     for (const std::string &weight : step.weights)
       if (std::none_of(
               artifact.weights.begin(), artifact.weights.end(),
@@ -1023,6 +1107,28 @@ void validateArtifact(const Artifact &artifact, const std::string &origin) {
     if (w.shape.empty() || std::any_of(w.shape.begin(), w.shape.end(),
                                        [](int64_t d) { return d <= 0; }))
       fail(weight + "shape must have positive dimensions");
+  }
+
+  const ArtifactExpertParallel &ep = artifact.expertParallel;
+  if (ep.enabled()) {
+    if (ep.worldSize != o.expertParallel)
+      fail("expert_parallel.world_size " + std::to_string(ep.worldSize) +
+           " is not option ep " + std::to_string(o.expertParallel));
+    if (ep.slotsPerRank < 1 || static_cast<int64_t>(ep.placement.size()) !=
+                                   ep.worldSize * ep.slotsPerRank)
+      fail("expert_parallel: " + std::to_string(ep.placement.size()) +
+           " placement entries for world_size " + std::to_string(ep.worldSize) +
+           " x slots_per_rank " + std::to_string(ep.slotsPerRank));
+    try {
+      ExpertPlacement::fromSlots(
+          ep.placement, static_cast<int>(ep.worldSize),
+          *std::max_element(ep.placement.begin(), ep.placement.end()) + 1);
+    } catch (const Error &e) {
+      fail(std::string("expert_parallel: ") + e.what());
+    }
+  } else if (o.expertParallel != 1) {
+    fail("option ep is " + std::to_string(o.expertParallel) +
+         " but the manifest has no \"expert_parallel\" placement");
   }
 
   for (const auto &[name, plan] : artifact.plans)

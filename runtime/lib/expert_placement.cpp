@@ -114,6 +114,35 @@ ExpertPlacement ExpertPlacement::balanced(const std::vector<double> &loads,
   return p;
 }
 
+ExpertPlacement ExpertPlacement::fromSlots(const std::vector<int> &slots,
+                                           int ranks, int experts) {
+  const int total = static_cast<int>(slots.size());
+  if (ranks < 1 || total % ranks)
+    throw Error("expert placement: " + std::to_string(total) +
+                " slots are not the same number on each of " +
+                std::to_string(ranks) + " ranks");
+  checkShape(experts, ranks, total / ranks);
+  ExpertPlacement p;
+  p.numRanks = ranks;
+  p.numSlotsPerRank = total / ranks;
+  p.slots = slots;
+  p.replicas.resize(experts);
+  for (int s = 0; s < total; ++s) {
+    if (slots[s] < -1 || slots[s] >= experts)
+      throw Error("expert placement: slot " + std::to_string(s) +
+                  " holds expert " + std::to_string(slots[s]) +
+                  ", outside [0, " + std::to_string(experts) +
+                  ") (-1: unused)");
+    if (slots[s] >= 0)
+      p.replicas[slots[s]].push_back(s);
+  }
+  for (int e = 0; e < experts; ++e)
+    if (p.replicas[e].empty())
+      throw Error("expert placement: expert " + std::to_string(e) +
+                  " is in no slot");
+  return p;
+}
+
 int ExpertPlacement::slotFor(int expert, int64_t tokenIndex) const {
   const std::vector<int> &r = replicas.at(expert);
   return r[static_cast<size_t>(tokenIndex % static_cast<int64_t>(r.size()))];

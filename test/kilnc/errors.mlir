@@ -9,7 +9,7 @@
 // RUN: not kilnc --frobnicate %kiln_src_root/examples/tiny/config.json 2>&1 | FileCheck %s --check-prefix=UNKNOWN-OPTION
 // RUN: not kilnc 2>&1 | FileCheck %s --check-prefix=NO-INPUT
 // RUN: not kilnc %kiln_src_root/examples/tiny/config.json 2>&1 | FileCheck %s --check-prefix=NO-OUTPUT
-// RUN: not kilnc %kiln_src_root/examples/tiny/config.json --ep 8 -o %t.kiln 2>&1 | FileCheck %s --check-prefix=EP
+// RUN: not kilnc %kiln_src_root/examples/tiny/config.json --ep 9 -o %t.kiln 2>&1 | FileCheck %s --check-prefix=EP
 // RUN: not kilnc %kiln_src_root/examples/tiny/config.json --kv-cache-dtype f16 -o %t.kiln 2>&1 | FileCheck %s --check-prefix=KV-DTYPE
 // RUN: not kilnc %kiln_src_root/examples/tiny/config.json --max-batch 0 -o %t.kiln 2>&1 | FileCheck %s --check-prefix=MAX-BATCH
 // RUN: not kilnc %kiln_src_root/examples/tiny/config.json --emit=bytecode -o %t.kiln 2>&1 | FileCheck %s --check-prefix=EMIT
@@ -25,7 +25,7 @@
 // UNKNOWN-OPTION: Unknown command line argument '--frobnicate'
 // NO-INPUT: Not enough positional command line arguments specified!
 // NO-OUTPUT: kilnc: error: -o is required for --emit=artifact
-// EP: kilnc: error: --ep 8: expert parallelism is not implemented yet; the plans are single-GPU (--ep 1)
+// EP: kilnc: error: --ep 9: at most 8 expert-parallel ranks (one host's GPUs)
 // KV-DTYPE: kilnc: error: --kv-cache-dtype must be bf16 or fp8, got 'f16'
 // MAX-BATCH: kilnc: error: --max-batch must be positive, got 0
 // EMIT: Cannot find option named 'bytecode'!

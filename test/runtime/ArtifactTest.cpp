@@ -505,14 +505,14 @@ TEST(ArtifactTest, RejectsBadMagic) {
 
 TEST(ArtifactTest, RejectsAnotherFormatVersionNamingItsProducer) {
   std::string bytes = kiln::serializeArtifact(smallArtifact());
-  bytes[8] = 4;
+  bytes[8] = 5;
   expectMentions(errorOf([&] { kiln::parseArtifact(bytes, "new.kiln"); }),
-                 {"new.kiln", "version 4", "written by kilnc test",
-                  "reads versions 2 to 3"});
+                 {"new.kiln", "version 5", "written by kilnc test",
+                  "reads versions 2 to 4"});
   // A manifest this build cannot read does not hide the version problem.
   std::string garbled = bytes.substr(0, 24) + "{\"produc";
   expectMentions(errorOf([&] { kiln::parseArtifact(garbled, "new.kiln"); }),
-                 {"new.kiln", "version 4", "unknown producer"});
+                 {"new.kiln", "version 5", "unknown producer"});
 }
 
 TEST(ArtifactTest, RejectsANonZeroReservedField) {
@@ -627,7 +627,7 @@ TEST(ArtifactTest, RejectsMissingAndMistypedFields) {
        {"\"plans.decode.steps[0].attrs.a\"", "list of numbers"}},
       {[](Json &m) { m["format"] = "zip"; }, {"\"format\"", "kiln-artifact"}},
       {[](Json &m) { m["format_version"] = 2; },
-       {"\"format_version\"", "header says 3"}},
+       {"\"format_version\"", "header says 4"}},
   };
   for (const Case &c : cases)
     expectMentions(errorOf([&] {
@@ -766,7 +766,7 @@ TEST(ArtifactTest, RejectsIllegalBufferAndWeightValues) {
                    a.plans["decode"].buffers[3].dtype = "f16";
                  }),
                  {"buffer \"hidden\"", "dtype \"f16\""});
-  for (const char *rows : {"X", "", "-3", "0", "1e3"})
+  for (const char *rows : {"Y", "", "-3", "0", "1e3"})
     expectMentions(invalidBecause([&](kiln::Artifact &a) {
                      a.plans["decode"].buffers[3].rows = rows;
                    }),
@@ -925,7 +925,7 @@ TEST(ArtifactTest, ChecksTheArtifactAgainstTheModel) {
 TEST(ArtifactTest, DescribeSummarizesTheArtifact) {
   std::string text = kiln::describeArtifact(realisticArtifact());
   expectMentions(text,
-                 {"format 3", "kilnc 0.1.0", "sm_90a", "deepseek_v3",
+                 {"format 4", "kilnc 0.1.0", "sm_90a", "deepseek_v3",
                   kiln::modelHash(tinyConfig()), "kiln_gemm_m64n64s8c1",
                   "kiln_gemm_m128n128s4c2", "split_k 2", "cubin 3001 B",
                   "model.layers.1.mlp.experts.{e}.gate_proj.weight",
@@ -1065,7 +1065,7 @@ TEST(ArtifactTest, MicroBatchRowSymbols) {
   ASSERT_TRUE(kiln::parseRowSymbol("12", symbol));
   EXPECT_EQ(symbol.count, 12);
   for (const char *bad :
-       {"T.2/2", "T.0/1", "S.0/2", "T.a/2", "T0/2", "T.0/", "T./2", "X"})
+       {"T.2/2", "T.0/1", "S.0/2", "T.a/2", "T0/2", "T.0/", "T./2", "Y"})
     EXPECT_FALSE(kiln::parseRowSymbol(bad, symbol)) << bad;
   EXPECT_EQ(kiln::microBatchRowSymbol("R", 1, 2), "R.1/2");
   // Parts cover the rows exactly, in order, at any row count.

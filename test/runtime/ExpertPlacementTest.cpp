@@ -133,3 +133,33 @@ TEST(ExpertPlacement, BadInputIsAnErrorNamingIt) {
   EXPECT_THROW(ExpertPlacement::contiguous(8, 0), kiln::Error);
   EXPECT_THROW(ExpertPlacement::contiguous(8, 2).rankLoads({1.0}), kiln::Error);
 }
+
+// An artifact's placement table (artifact.md "Expert parallelism") rebuilds
+// the same replicas; a table that drops an expert or names a bad one fails
+// naming it.
+TEST(ExpertPlacement, FromSlotsRebuildsAnArtifactsTable) {
+  kiln::ExpertPlacement p =
+      kiln::ExpertPlacement::fromSlots({3, 3, 0, 1, 3, 2}, 2, 4);
+  EXPECT_EQ(p.ranks(), 2);
+  EXPECT_EQ(p.slotsPerRank(), 3);
+  EXPECT_EQ(p.replicasOf(3), (std::vector<int>{0, 1, 4}));
+  EXPECT_EQ(p.slotFor(3, 4), 1);
+  EXPECT_EQ(p.slotFor(2, 7), 5);
+  try {
+    kiln::ExpertPlacement::fromSlots({0, 1, 1, 1}, 2, 3);
+    FAIL() << "expert 2 has no slot";
+  } catch (const kiln::Error &e) {
+    EXPECT_NE(std::string(e.what()).find("expert 2 is in no slot"),
+              std::string::npos)
+        << e.what();
+  }
+  try {
+    kiln::ExpertPlacement::fromSlots({0, 7}, 2, 2);
+    FAIL() << "expert 7 is out of range";
+  } catch (const kiln::Error &e) {
+    EXPECT_NE(std::string(e.what()).find("slot 1 holds expert 7"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(kiln::ExpertPlacement::fromSlots({0, 1, 2}, 2, 3), kiln::Error);
+}

@@ -219,9 +219,10 @@ class StepLowering {
 public:
   StepLowering(func::FuncOp func, const CheckpointLayout *layout,
                LoweredModel &model,
-               std::map<std::string, ArtifactWeight> &weightsByName)
-      : func(func), layout(layout), model(model), weightsByName(weightsByName) {
-  }
+               std::map<std::string, ArtifactWeight> &weightsByName,
+               ExpertParallelAttr expertParallel)
+      : func(func), layout(layout), model(model), weightsByName(weightsByName),
+        expertParallel(expertParallel) {}
 
   FailureOr<LaunchPlan> lower() {
     if (!func.getBody().hasOneBlock())
@@ -413,7 +414,11 @@ private:
     if (symbol == rowSymbols.end())
       return fail() << "internal error: no row symbol for a result";
     int64_t rows = rowExtent(symbol->second);
-    if (rows != type.getDimSize(0))
+    // The graph is one rank's view: an expert-parallel layer's received
+    // rows (X) stand where its routed rows (R) are.
+    const bool exchanged =
+        symbol->second == "X" && type.getDimSize(0) == rowExtent("R");
+    if (rows != type.getDimSize(0) && !exchanged)
       return fail() << "result " << type << " has " << type.getDimSize(0)
                     << " rows, but its rows are " << symbol->second << " = "
                     << rows << " in this step";
@@ -451,7 +456,40 @@ private:
       return plan.maxTokens * topK.value_or(0);
     if (symbol == "E1")
       return experts.value_or(0) + 1;
+    if (symbol == "X")
+      return expertParallel.getWorldSize() * plan.maxTokens * topK.value_or(0);
+    if (parsed.count)
+      return parsed.count;
     return plan.maxTokens;
+  }
+
+  /// A buffer no graph value has (the expert-parallel exchange's send and
+  /// receive sides and count tables), written by the step being built.
+  PlanTensor newPlanBuffer(const std::string &name, const std::string &dtype,
+                           const std::string &rows, int64_t cols) {
+    std::string unique = name;
+    for (int suffix = 1; !bufferNames.insert(unique).second; ++suffix)
+      unique = name + "." + std::to_string(suffix);
+    PlanBuffer buffer;
+    buffer.name = unique;
+    buffer.dtype = dtype;
+    buffer.rows = rows;
+    buffer.cols = cols;
+    buffer.bytes =
+        static_cast<uint64_t>(rowExtent(rows) * cols * dtypeBytes(dtype));
+    lifetimes.push_back({static_cast<int64_t>(plan.steps.size()),
+                         static_cast<int64_t>(plan.steps.size())});
+    bufferIndex[unique] = plan.buffers.size();
+    plan.buffers.push_back(std::move(buffer));
+    return {unique, 0, 0};
+  }
+
+  /// `tensor` read by the step being built (its lifetime grows to it).
+  PlanTensor usePlanBuffer(const PlanTensor &tensor) {
+    Lifetime &lifetime = lifetimes[bufferIndex[tensor.buffer]];
+    lifetime.last =
+        std::max(lifetime.last, static_cast<int64_t>(plan.steps.size()));
+    return tensor;
   }
 
   /// The tensor reference of operand `value`, marked used by this step.
@@ -618,8 +656,14 @@ private:
           return lowerPermute(permute);
         })
         .Case<MoEUnpermuteOp>([&](MoEUnpermuteOp unpermute) -> LogicalResult {
+          if (expertParallel && failed(lowerExpertParallelReturn(unpermute)))
+            return failure();
           PlanStep step = makeStep("moe_combine");
-          auto y = use(op, unpermute.getExpertOutputs(), "expert_outputs");
+          auto y =
+              expertParallel
+                  ? FailureOr<PlanTensor>(
+                        usePlanBuffer(exchanges[unpermute.getRows()].back))
+                  : use(op, unpermute.getExpertOutputs(), "expert_outputs");
           auto rows = use(op, unpermute.getRows(), "rows");
           auto weights = use(op, unpermute.getWeights(), "weights");
           if (failed(y) || failed(rows) || failed(weights))
@@ -1236,6 +1280,8 @@ private:
         tokenRows.parts
             ? microBatchRowSymbol("R", tokenRows.part, tokenRows.parts)
             : "R";
+    if (expertParallel)
+      return lowerExpertParallelPermute(permute, routedRows);
     PlanStep step = makeStep("moe_dispatch");
     auto tokens = use(op, permute.getTokens(), "tokens");
     auto scales = use(op, permute.getTokenScales(), "token_scales");
@@ -1251,6 +1297,120 @@ private:
       return failure();
     groupedScales.insert(permute.getExpertScales());
     return emit(std::move(step));
+  }
+
+  /// An expert-parallel dispatch (artifact.md "Expert parallelism"): each
+  /// routed row's global slot (ep_slots), the rows grouped by slot, so by
+  /// destination rank (moe_dispatch over world_size × slots_per_rank
+  /// groups), the all-to-all of rows and scales with the per-peer counts
+  /// (ep_all_to_all), and the received rows regrouped by this rank's slots
+  /// (ep_group): the permute's results, X rows, that the grouped GEMMs read.
+  LogicalResult lowerExpertParallelPermute(MoEPermuteOp permute,
+                                           const std::string &routedRows) {
+    Operation *op = permute;
+    if (routedRows != "R")
+      return op->emitOpError("expert-parallel plans do not split MoE layers "
+                             "into micro-batches (--overlap-micro-batches "
+                             "1 with --ep)");
+    const int64_t ranks = expertParallel.getWorldSize(),
+                  slots = expertParallel.getSlotsPerRank();
+    const int64_t hidden =
+        cast<RankedTensorType>(permute.getTokens().getType()).getDimSize(1);
+    const int64_t tiles = llvm::divideCeil(hidden, 128);
+    const std::string name = resultName(op, "");
+    auto tokens = use(op, permute.getTokens(), "tokens");
+    auto scales = use(op, permute.getTokenScales(), "token_scales");
+    auto ids = use(op, permute.getExpertIds(), "expert_ids");
+    if (failed(tokens) || failed(scales) || failed(ids))
+      return failure();
+
+    PlanStep slotStep = makeStep("ep_slots");
+    slotStep.inputs = {*ids};
+    PlanTensor slotIds = newPlanBuffer(name + "_slots", "i32",
+                                       rowsOf(permute.getExpertIds()), *topK);
+    slotStep.outputs = {slotIds};
+    if (failed(emit(std::move(slotStep))))
+      return failure();
+
+    PlanStep dispatch = makeStep("moe_dispatch");
+    dispatch.attrs.numbers["groups"] = static_cast<double>(ranks * slots);
+    dispatch.inputs = {*use(op, permute.getTokens(), "tokens"),
+                       *use(op, permute.getTokenScales(), "token_scales"),
+                       usePlanBuffer(slotIds)};
+    ExpertParallelExchange exchange;
+    exchange.sendQ = newPlanBuffer(name + "_send_q", "f8e4m3", "R", hidden);
+    exchange.sendS = newPlanBuffer(name + "_send_s", "f32", "R", tiles);
+    exchange.sendOffsets = newPlanBuffer(name + "_send_offsets", "i32",
+                                         std::to_string(ranks * slots + 1), 1);
+    dispatch.outputs = {exchange.sendQ, exchange.sendS, exchange.sendOffsets};
+    if (failed(output(dispatch, permute.getRows(), op, "_rows",
+                      rowsOf(permute.getExpertIds()))) ||
+        failed(emit(std::move(dispatch))))
+      return failure();
+
+    PlanStep send = makeStep("ep_all_to_all");
+    send.attrs.strings["direction"] = "dispatch";
+    send.inputs = {usePlanBuffer(exchange.sendQ), usePlanBuffer(exchange.sendS),
+                   usePlanBuffer(exchange.sendOffsets)};
+    PlanTensor receivedQ =
+        newPlanBuffer(name + "_recv_q", "f8e4m3", "X", hidden);
+    PlanTensor receivedS = newPlanBuffer(name + "_recv_s", "f32", "X", tiles);
+    exchange.counts = newPlanBuffer(name + "_recv_counts", "i32",
+                                    std::to_string(ranks * slots), 1);
+    send.outputs = {receivedQ, receivedS, exchange.counts};
+    if (failed(emit(std::move(send))))
+      return failure();
+
+    PlanStep group = makeStep("ep_group");
+    group.inputs = {usePlanBuffer(receivedQ), usePlanBuffer(receivedS),
+                    usePlanBuffer(exchange.counts)};
+    PlanTensor q = newPlanBuffer(name + "_q", "f8e4m3", "X", hidden);
+    PlanTensor qs = newPlanBuffer(name + "_s", "f32", "X", tiles);
+    PlanTensor offsets =
+        newPlanBuffer(name + "_offsets", "i32", std::to_string(slots + 1), 1);
+    group.outputs = {q, qs, offsets};
+    tensors[permute.getExpertTokens()] = q;
+    tensors[permute.getExpertScales()] = qs;
+    tensors[permute.getOffsets()] = offsets;
+    rowSymbols[permute.getExpertTokens()] = "X";
+    rowSymbols[permute.getExpertScales()] = "X";
+    rowSymbols[permute.getOffsets()] = std::to_string(slots + 1);
+    groupedScales.insert(permute.getExpertScales());
+    exchanges[permute.getRows()] = exchange;
+    return emit(std::move(group));
+  }
+
+  /// The way back of an expert-parallel layer: the experts' outputs from
+  /// slot-major to peer-major order (ep_ungroup) and home to the ranks that
+  /// sent the rows (ep_all_to_all), into the dispatch's order, which
+  /// moe_combine then reads with the dispatch's rows.
+  LogicalResult lowerExpertParallelReturn(MoEUnpermuteOp unpermute) {
+    Operation *op = unpermute;
+    auto found = exchanges.find(unpermute.getRows());
+    if (found == exchanges.end())
+      return op->emitOpError("combines rows that no expert-parallel "
+                             "kiln.moe_permute of this step dispatched");
+    ExpertParallelExchange &exchange = found->second;
+    auto y = use(op, unpermute.getExpertOutputs(), "expert_outputs");
+    if (failed(y))
+      return failure();
+    const int64_t hidden =
+        cast<RankedTensorType>(unpermute.getExpertOutputs().getType())
+            .getDimSize(1);
+    const std::string name = resultName(op, "");
+    PlanStep ungroup = makeStep("ep_ungroup");
+    ungroup.inputs = {*y, usePlanBuffer(exchange.counts)};
+    PlanTensor peerMajor = newPlanBuffer(name + "_send_y", "bf16", "X", hidden);
+    ungroup.outputs = {peerMajor};
+    if (failed(emit(std::move(ungroup))))
+      return failure();
+    PlanStep back = makeStep("ep_all_to_all");
+    back.attrs.strings["direction"] = "combine";
+    back.inputs = {usePlanBuffer(peerMajor), usePlanBuffer(exchange.counts),
+                   usePlanBuffer(exchange.sendOffsets)};
+    exchange.back = newPlanBuffer(name + "_recv_y", "bf16", "R", hidden);
+    back.outputs = {exchange.back};
+    return emit(std::move(back));
   }
 
   //===--------------------------------------------------------------------===//
@@ -1302,16 +1462,39 @@ private:
   llvm::StringSet<> bufferNames;
   Value positions;
   std::optional<int64_t> topK, experts;
+  /// The module's kiln.expert_parallel (null: single-GPU plans).
+  ExpertParallelAttr expertParallel;
+  /// An expert-parallel dispatch's buffers its combine reads, by the
+  /// permute's rows value.
+  struct ExpertParallelExchange {
+    PlanTensor sendQ, sendS, sendOffsets, counts, back;
+  };
+  llvm::DenseMap<Value, ExpertParallelExchange> exchanges;
 };
 
 } // namespace
 
 FailureOr<LoweredModel> lowerToLaunchPlans(ModuleOp module,
                                            const ModelConfig *config) {
+  ExpertParallelAttr expertParallel;
+  if (Attribute attr = module->getAttr(kExpertParallelModuleAttr)) {
+    expertParallel = dyn_cast<ExpertParallelAttr>(attr);
+    if (!expertParallel)
+      return module.emitError("'")
+             << kExpertParallelModuleAttr
+             << "' must be a #kiln.expert_parallel attribute";
+  }
   std::optional<CheckpointLayout> layout;
   if (config)
     layout.emplace(*config);
   LoweredModel model;
+  if (expertParallel) {
+    model.expertParallel.worldSize = expertParallel.getWorldSize();
+    model.expertParallel.slotsPerRank = expertParallel.getSlotsPerRank();
+    for (int64_t slot = 0; slot < expertParallel.getNumSlots(); ++slot)
+      model.expertParallel.placement.push_back(
+          static_cast<int>(expertParallel.getExpertInSlot(slot)));
+  }
   std::map<std::string, ArtifactWeight> weightsByName;
   bool any = false;
   for (auto func : module.getOps<func::FuncOp>()) {
@@ -1330,7 +1513,7 @@ FailureOr<LoweredModel> lowerToLaunchPlans(ModuleOp module,
     }
     FailureOr<LaunchPlan> plan =
         StepLowering(flat ? *flat : func, layout ? &*layout : nullptr, model,
-                     weightsByName)
+                     weightsByName, expertParallel)
             .lower();
     if (failed(plan))
       return failure();

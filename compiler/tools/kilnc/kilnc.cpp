@@ -16,6 +16,7 @@
 #include "kiln/artifact.h"
 #include "kiln/config.h"
 #include "kiln/error.h"
+#include "kiln/expert_placement.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/Tensor/IR/Tensor.h"
@@ -81,10 +82,28 @@ cl::opt<std::string>
 cl::opt<int64_t> kvPageTokens("kv-page-tokens", cl::init(64),
                               cl::desc("Tokens per KV cache page (default 64)"),
                               cl::cat(kilncCategory));
-cl::opt<int64_t> expertParallel("ep", cl::init(1),
-                                cl::desc("Expert-parallel ranks (only 1 so "
-                                         "far: the plans are single-GPU)"),
-                                cl::cat(kilncCategory));
+cl::opt<int64_t> expertParallel(
+    "ep", cl::init(1),
+    cl::desc("Expert-parallel ranks, 1 to 8 (default 1): above 1, every MoE "
+             "layer exchanges its routed rows over NCCL (one process per "
+             "GPU; kilnc.md \"Expert parallelism\")"),
+    cl::cat(kilncCategory));
+cl::opt<std::string> expertPlacement(
+    "ep-placement", cl::init("contiguous"), cl::value_desc("contiguous|FILE"),
+    cl::desc("Routed experts on the --ep ranks: contiguous (default: expert "
+             "e on rank e / (E / ep)), or an EPLB placement balanced for the "
+             "per-expert loads in FILE (JSON array of E numbers)"),
+    cl::cat(kilncCategory));
+cl::opt<int64_t> expertSlotsPerRank(
+    "ep-slots-per-rank", cl::init(0),
+    cl::desc("Expert slots per rank with --ep-placement FILE (default E / ep "
+             "+ 1: one redundant expert per rank)"),
+    cl::cat(kilncCategory));
+cl::opt<bool> expertParallelSteps(
+    "ep-steps",
+    cl::desc("Write the expert-parallel steps also at --ep 1 (the exchange "
+             "is then a local copy): tests the EP path on one GPU"),
+    cl::cat(kilncCategory));
 cl::opt<int64_t> overlapMicroBatches(
     "overlap-micro-batches", cl::init(1),
     cl::desc("Split each MoE layer of the prefill plan into this many "
@@ -257,6 +276,13 @@ std::string planJson(const kiln::LoweredModel &model) {
   os << "{\n";
   printArray(os, " ", "kernels", kernels, false);
   printArray(os, " ", "weights", weights, false);
+  if (model.expertParallel.enabled())
+    os << " \"expert_parallel\": "
+       << orderedObject({{"world_size", model.expertParallel.worldSize},
+                         {"slots_per_rank", model.expertParallel.slotsPerRank},
+                         {"placement",
+                          llvm::json::Array(model.expertParallel.placement)}})
+       << ",\n";
   os << " \"plans\": {\n";
   for (auto [index, entry] : llvm::enumerate(model.plans)) {
     const kiln::LaunchPlan &plan = entry.second;
@@ -351,10 +377,21 @@ int checkOptions() {
   if (kvCacheDtype != "bf16" && kvCacheDtype != "fp8")
     return fail("--kv-cache-dtype must be bf16 or fp8, got '" + kvCacheDtype +
                 "'");
-  if (expertParallel != 1)
+  if (expertParallel > 8)
     return fail("--ep " + llvm::Twine(expertParallel.getValue()) +
-                ": expert parallelism is not implemented yet; the plans are "
-                "single-GPU (--ep 1)");
+                ": at most 8 expert-parallel ranks (one host's GPUs)");
+  const bool ep = expertParallel > 1 || expertParallelSteps ||
+                  expertPlacement != "contiguous" ||
+                  expertSlotsPerRank.getNumOccurrences();
+  if (ep && isGraph(inputPath))
+    return fail("--ep, --ep-steps and --ep-placement apply to a config's "
+                "model graph; a hand-written graph sets its own "
+                "kiln.expert_parallel module attribute");
+  if (ep && overlapMicroBatches > 1)
+    return fail("--ep with --overlap-micro-batches " +
+                llvm::Twine(overlapMicroBatches.getValue()) +
+                ": expert-parallel plans do not split MoE layers into "
+                "micro-batches yet");
   if (overlapMicroBatches > 1 && isGraph(inputPath))
     return fail("--overlap-micro-batches applies to a config's model graph; "
                 "a hand-written graph writes its own kiln.overlap ops");
@@ -385,6 +422,65 @@ LogicalResult takeStepSizesFromGraph(const kiln::LoweredModel &model) {
     *option = size;
   }
   return success();
+}
+
+/// The placement of --ep, --ep-placement and --ep-slots-per-rank as the
+/// module attribute the plan lowering reads; kiln::Error on bad input.
+kiln::ExpertParallelAttr expertParallelAttr(MLIRContext &context,
+                                            const kiln::ModelConfig &config) {
+  const int experts = static_cast<int>(config.nRoutedExperts);
+  const int ranks = static_cast<int>(expertParallel);
+  if (experts < 1)
+    throw kiln::Error("--ep: the config has no routed experts");
+  std::optional<kiln::ExpertPlacement> placement;
+  if (expertPlacement == "contiguous") {
+    if (expertSlotsPerRank.getNumOccurrences())
+      throw kiln::Error("--ep-slots-per-rank applies to --ep-placement FILE "
+                        "(the contiguous placement has E / ep slots)");
+    if (experts % ranks)
+      throw kiln::Error("--ep " + std::to_string(ranks) + " does not divide " +
+                        std::to_string(experts) +
+                        " routed experts: the contiguous placement needs it "
+                        "(or give --ep-placement LOADS.json)");
+    placement.emplace(kiln::ExpertPlacement::contiguous(experts, ranks));
+  } else {
+    auto file = llvm::MemoryBuffer::getFile(expertPlacement, /*IsText=*/true);
+    if (!file)
+      throw kiln::Error("--ep-placement: cannot read '" + expertPlacement +
+                        "': " + file.getError().message());
+    llvm::Expected<llvm::json::Value> json =
+        llvm::json::parse((*file)->getBuffer());
+    const llvm::json::Array *array = json ? json->getAsArray() : nullptr;
+    if (!json)
+      llvm::consumeError(json.takeError());
+    std::vector<double> loads;
+    for (size_t i = 0; array && i < array->size(); ++i) {
+      std::optional<double> load = (*array)[i].getAsNumber();
+      if (!load)
+        throw kiln::Error("--ep-placement " + expertPlacement + ": entry " +
+                          std::to_string(i) + " is not a number");
+      loads.push_back(*load);
+    }
+    if (!array || static_cast<int>(loads.size()) != experts)
+      throw kiln::Error("--ep-placement " + expertPlacement +
+                        ": expected a JSON array of " +
+                        std::to_string(experts) +
+                        " per-expert loads (one per routed expert)");
+    const int slots = expertSlotsPerRank > 0
+                          ? static_cast<int>(expertSlotsPerRank)
+                          : (experts + ranks - 1) / ranks + 1;
+    placement.emplace(kiln::ExpertPlacement::balanced(loads, ranks, slots));
+  }
+  std::vector<int64_t> slots;
+  for (int slot = 0; slot < placement->ranks() * placement->slotsPerRank();
+       ++slot) {
+    // A slot the loads left unused (nothing left to relieve) holds one more
+    // replica, so that every slot names an expert as the attribute wants.
+    int expert = placement->slotExpert(slot);
+    slots.push_back(expert >= 0 ? expert : slot % experts);
+  }
+  return kiln::ExpertParallelAttr::get(&context, ranks, experts,
+                                       placement->slotsPerRank(), slots);
 }
 
 int run() {
@@ -443,6 +539,17 @@ int run() {
           context, *config,
           kiln::defaultModelSteps(maxBatch, prefillChunk, overlapMicroBatches),
           inputPath);
+    } catch (const kiln::Error &error) {
+      return fail(error.what());
+    }
+  }
+  const bool ep = expertParallel > 1 || expertParallelSteps ||
+                  expertPlacement != "contiguous" ||
+                  expertSlotsPerRank.getNumOccurrences();
+  if (ep) {
+    try {
+      (*module)->setAttr(kiln::kExpertParallelModuleAttr,
+                         expertParallelAttr(context, *config));
     } catch (const kiln::Error &error) {
       return fail(error.what());
     }
@@ -566,7 +673,9 @@ int run() {
   artifact.options.prefillChunk = prefillChunk;
   artifact.options.kvCacheDtype = kvCacheDtype;
   artifact.options.kvPageTokens = kvPageTokens;
-  artifact.options.expertParallel = expertParallel;
+  artifact.options.expertParallel =
+      lowered->expertParallel.enabled() ? lowered->expertParallel.worldSize : 1;
+  artifact.expertParallel = lowered->expertParallel;
   artifact.options.overlapMicroBatches = overlapMicroBatches;
   artifact.kernels = std::move(kernels);
   artifact.weights = std::move(lowered->weights);

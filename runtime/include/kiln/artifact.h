@@ -27,8 +27,9 @@ namespace kiln {
 /// runs one grouped kernel over the experts' stacked weights
 /// (kernels[].grouped), where 1 ran a plain kernel per expert. 3: plans may
 /// run on several streams ordered by events, and read micro-batch row parts
-/// of buffers (artifact.md "Streams and micro-batches").
-constexpr uint32_t kArtifactFormatVersion = 3;
+/// of buffers (artifact.md "Streams and micro-batches"). 4: expert-parallel
+/// MoE layers (the manifest's expert_parallel, the ep_* ops, rows X).
+constexpr uint32_t kArtifactFormatVersion = 4;
 /// The oldest version this build reads: a version 2 plan is a version 3 plan
 /// on one stream without micro-batches.
 constexpr uint32_t kOldestArtifactFormatVersion = 2;
@@ -75,7 +76,8 @@ struct PlanBuffer {
   std::string name;
   /// "f32", "bf16", "f8e4m3" or "i32".
   std::string dtype;
-  /// "T", "R", "S", "E1" or a decimal row count (artifact.md "Plans").
+  /// "T", "R", "S", "E1", "X" or a decimal row count (artifact.md
+  /// "Plans").
   std::string rows;
   int64_t cols = 0;
   uint64_t offset = 0;
@@ -160,6 +162,23 @@ struct LaunchPlan {
   const PlanBuffer *findBuffer(const std::string &name) const;
 };
 
+/// How the plans' MoE layers spread the routed experts over ranks
+/// (artifact.md "Expert parallelism"); empty placement: no ep_* steps.
+struct ArtifactExpertParallel {
+  int64_t worldSize = 1;
+  int64_t slotsPerRank = 0;
+  /// Global slot (rank · slotsPerRank + local slot) → the routed expert it
+  /// holds, -1 for an unused slot.
+  std::vector<int> placement;
+
+  bool enabled() const { return !placement.empty(); }
+  /// Rows a rank may receive in one exchange of a plan of `maxTokens`
+  /// tokens: every rank's routed rows (the X row symbol).
+  int64_t exchangeRows(int64_t maxTokens, int64_t topK) const {
+    return worldSize * maxTokens * topK;
+  }
+};
+
 /// Build options recorded in the manifest.
 struct ArtifactOptions {
   int64_t maxBatch = 8;
@@ -188,6 +207,7 @@ struct Artifact {
   int64_t numHiddenLayers = 0;
   int64_t vocabSize = 0;
   ArtifactOptions options;
+  ArtifactExpertParallel expertParallel;
   std::vector<ArtifactKernel> kernels;
   std::vector<ArtifactWeight> weights;
   /// "decode", "prefill" and (max_batch > 64) "decode_small"; a

@@ -39,6 +39,13 @@ public:
   static ExpertPlacement balanced(const std::vector<double> &loads, int ranks,
                                   int slotsPerRank);
 
+  /// The placement whose global slot s holds `slots[s]` (-1: unused), as
+  /// an artifact records it (artifact.md "Expert parallelism"). Throws
+  /// kiln::Error naming the slot or expert when `ranks` does not divide the
+  /// slots, an entry is outside [-1, experts) or an expert has no slot.
+  static ExpertPlacement fromSlots(const std::vector<int> &slots, int ranks,
+                                   int experts);
+
   int experts() const { return static_cast<int>(replicas.size()); }
   int ranks() const { return numRanks; }
   int slotsPerRank() const { return numSlotsPerRank; }

@@ -6,7 +6,10 @@
 #include "kiln/cuda/driver.h"
 #include "kiln/cuda/gemm_launcher.h"
 #include "kiln/cuda/model_kernels.h"
+#include "kiln/cuda/nccl.h"
+#include "kiln/distributed.h"
 #include "kiln/error.h"
+#include "kiln/expert_placement.h"
 #include "kiln/fp8.h"
 
 #include <algorithm>
@@ -19,6 +22,8 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <numeric>
+#include <optional>
 #include <set>
 #include <tuple>
 
@@ -176,6 +181,9 @@ struct ChunkShape {
   int64_t routed = 0;    // R
   int64_t experts1 = 0;  // E1
   int64_t topK = 0;      // R = T * topK, per micro-batch too
+  /// X: rows an expert-parallel exchange received (PlanState keeps the
+  /// latest; here only for sizing).
+  int64_t exchanged = 0;
   /// Bound on the context any token attends to (mla_attention).
   int64_t maxContext = 0;
 };
@@ -244,6 +252,8 @@ int64_t resolveRows(const PlanBuffer &buffer, const ChunkShape &shape) {
     return shape.routed;
   if (buffer.rows == "E1")
     return shape.experts1;
+  if (buffer.rows == "X")
+    return shape.exchanged;
   return std::stoll(buffer.rows);
 }
 
@@ -261,6 +271,16 @@ struct CudaBackend::Impl {
   // Declaration order is destruction order in reverse: everything on the
   // device goes before the context is released.
   std::unique_ptr<PrimaryContext> context;
+  /// Expert parallelism (artifact.md "Expert parallelism"): this rank, its
+  /// communicator (none at world size 1, where an exchange is a local
+  /// copy), and the placement's replica table on the device.
+  DistributedEnvironment distributed;
+  std::unique_ptr<NcclCommunicator> communicator;
+  std::optional<ExpertPlacement> placement;
+  int epRank = 0, epRanks = 1, epSlotsPerRank = 0, epMaxReplicas = 1;
+  DeviceBuffer epReplicas;      // i32 [experts][epMaxReplicas] global slots
+  DeviceBuffer epReplicaCounts; // i32 [experts]
+  DeviceBuffer epSendCounts;    // i32 [ranks · slots]: a dispatch's counts
   std::string deviceName;
   int multiprocessors = 0;
   int computeMajor = 0, computeMinor = 0;
@@ -282,6 +302,15 @@ struct CudaBackend::Impl {
     size_t firstEvent = 0;
     /// The most micro-batches a step's rows are split into (1: none).
     int64_t microBatches = 1;
+    /// An expert-parallel dispatch's rows per global slot sent, and per
+    /// (peer, local slot) received, by the name of its counts buffer: what
+    /// the matching combine sends back.
+    struct Exchange {
+      std::vector<int64_t> sent, received;
+    };
+    std::map<std::string, Exchange> exchanges;
+    /// Rows of the X buffers: the latest dispatch's received rows.
+    int64_t exchangedRows = 0;
   };
   std::map<std::string, PlanState> plans;
   std::vector<DeviceBuffer> cacheLayers;
@@ -328,6 +357,16 @@ struct CudaBackend::Impl {
   void loadWeights(const Checkpoint &checkpoint,
                    const CudaBackendOptions &options);
   void makeSyntheticWeights(uint64_t seed);
+  /// The experts this rank holds, in the order of its stacked weights:
+  /// every expert, or its slots' experts (-1: an unused slot).
+  std::vector<int64_t> localExperts() const;
+  /// Joins the ranks and uploads the replica table (ep artifacts).
+  void setUpExpertParallel();
+  /// ep_all_to_all (host-synchronizing: the counts come back first).
+  void exchange(PlanState &state, const PlanStep &step,
+                const std::string &where,
+                const std::function<DeviceMatrix(size_t)> &input,
+                const std::function<DeviceMatrix(size_t)> &output);
   void open(const std::string &configOrigin, const CudaBackendOptions &options,
             const std::function<void()> &weights);
   void allocate(const CudaBackendOptions &options);
@@ -456,12 +495,17 @@ void CudaBackend::Impl::loadWeights(const Checkpoint &checkpoint,
       loads.push_back({w.name, &w});
       continue;
     }
-    DeviceWeight stacked = stackedExpertWeight(w, config.nRoutedExperts,
-                                               origin + ": weight " + w.name);
+    const std::vector<int64_t> experts = localExperts();
+    DeviceWeight stacked = stackedExpertWeight(
+        w, static_cast<int64_t>(experts.size()), origin + ": weight " + w.name);
     statistics.weightBytes += stacked.data.size() + stacked.scales.size();
     weights.emplace(w.name, std::move(stacked));
-    for (int64_t e = 0; e < config.nRoutedExperts; ++e)
-      loads.push_back({expandExpert(w.name, e), &w, e});
+    // Only this rank's experts are read; an unused slot stays unwritten (no
+    // row is ever routed to it).
+    for (size_t i = 0; i < experts.size(); ++i)
+      if (experts[i] >= 0)
+        loads.push_back(
+            {expandExpert(w.name, experts[i]), &w, static_cast<int64_t>(i)});
   }
   uint64_t totalBytes = 0;
   for (const Load &l : loads)
@@ -558,6 +602,174 @@ void CudaBackend::Impl::loadWeights(const Checkpoint &checkpoint,
   }
 }
 
+std::vector<int64_t> CudaBackend::Impl::localExperts() const {
+  std::vector<int64_t> experts;
+  if (!placement) {
+    experts.resize(config.nRoutedExperts);
+    std::iota(experts.begin(), experts.end(), 0);
+    return experts;
+  }
+  for (int s = 0; s < epSlotsPerRank; ++s)
+    experts.push_back(placement->slotExpert(epRank * epSlotsPerRank + s));
+  return experts;
+}
+
+void CudaBackend::Impl::setUpExpertParallel() {
+  const ArtifactExpertParallel &ep = artifact.expertParallel;
+  epRanks = static_cast<int>(ep.worldSize);
+  epSlotsPerRank = static_cast<int>(ep.slotsPerRank);
+  try {
+    placement = ExpertPlacement::fromSlots(
+        ep.placement, epRanks, static_cast<int>(config.nRoutedExperts));
+  } catch (const Error &e) {
+    throw Error(origin +
+                ": the artifact's expert placement does not fit the "
+                "model's " +
+                std::to_string(config.nRoutedExperts) +
+                " routed experts: " + e.what());
+  }
+  if (epRanks > 1) {
+    try {
+      communicator = NcclCommunicator::create(distributed);
+    } catch (const Error &e) {
+      throw Error(origin + ": rank " + std::to_string(epRank) + " of " +
+                  std::to_string(epRanks) + " (" + distributed.source +
+                  ", rendezvous " + distributed.masterAddress + ":" +
+                  std::to_string(distributed.masterPort) +
+                  ") could not join the NCCL communicator: " + e.what());
+    }
+  }
+  const int experts = placement->experts();
+  for (int e = 0; e < experts; ++e)
+    epMaxReplicas = std::max(epMaxReplicas,
+                             static_cast<int>(placement->replicasOf(e).size()));
+  std::vector<int32_t> table(static_cast<size_t>(experts) * epMaxReplicas, -1),
+      counts(experts);
+  for (int e = 0; e < experts; ++e) {
+    const std::vector<int> &r = placement->replicasOf(e);
+    counts[e] = static_cast<int32_t>(r.size());
+    std::copy(r.begin(), r.end(), table.begin() + size_t(e) * epMaxReplicas);
+  }
+  epReplicas =
+      upload(table.data(), table.size() * 4, origin + ": expert replica table");
+  epReplicaCounts =
+      upload(counts.data(), counts.size() * 4, origin + ": expert replicas");
+  epSendCounts = DeviceBuffer(size_t(epRanks) * epSlotsPerRank * 4,
+                              origin + ": expert-parallel counts");
+}
+
+void CudaBackend::Impl::exchange(
+    PlanState &state, const PlanStep &step, const std::string &where,
+    const std::function<DeviceMatrix(size_t)> &input,
+    const std::function<DeviceMatrix(size_t)> &output) {
+  const int W = epRanks, S = epSlotsPerRank;
+  const bool dispatch = step.attrs.strings.at("direction") == "dispatch";
+  // Dispatch: inputs q [R, H] and grouped scales by global slot, their
+  // offsets [W·S + 1]; outputs the received rows peer-major, their scales
+  // (grouped by chunk) and the received counts [W][S]. Combine: inputs the
+  // expert outputs peer-major, those counts and the dispatch's offsets;
+  // output the rows back in the dispatch's order.
+  const DeviceMatrix offsets = input(2);
+  const std::string &countsName =
+      dispatch ? step.outputs.at(2).buffer : step.inputs.at(1).buffer;
+  std::vector<int32_t> sendOffsets(size_t(W) * S + 1);
+  // The stream is non-blocking: wait for it, then copy synchronously.
+  KILN_CU(where, cuStreamSynchronize, stream);
+  KILN_CU(where, cuMemcpyDtoH, sendOffsets.data(), offsets.data,
+          sendOffsets.size() * 4);
+  // Rows per peer: sent (global slots p·S .. p·S + S) and received.
+  std::vector<int64_t> sentRows(W), receivedRows(W);
+  PlanState::Exchange counts;
+  if (dispatch) {
+    std::vector<int32_t> send(size_t(W) * S), received(size_t(W) * S);
+    for (size_t g = 0; g < send.size(); ++g)
+      send[g] = sendOffsets[g + 1] - sendOffsets[g];
+    const DeviceMatrix receivedCounts = output(2);
+    KILN_CU(where, cuMemcpyHtoDAsync, epSendCounts.get(), send.data(),
+            send.size() * 4, stream);
+    if (communicator) {
+      std::vector<ByteRange> blocks(W);
+      for (int p = 0; p < W; ++p)
+        blocks[p] = {size_t(p) * S * 4, size_t(S) * 4};
+      communicator->allToAllV(epSendCounts.get(), blocks, receivedCounts.data,
+                              blocks, stream);
+    } else {
+      KILN_CU(where, cuMemcpyDtoDAsync, receivedCounts.data, epSendCounts.get(),
+              send.size() * 4, stream);
+    }
+    KILN_CU(where, cuStreamSynchronize, stream);
+    KILN_CU(where, cuMemcpyDtoH, received.data(), receivedCounts.data,
+            received.size() * 4);
+    counts.sent.assign(send.begin(), send.end());
+    counts.received.assign(received.begin(), received.end());
+    state.exchanges[countsName] = counts;
+  } else {
+    auto it = state.exchanges.find(countsName);
+    if (it == state.exchanges.end())
+      throw Error(where + ": no dispatch exchange wrote counts '" + countsName +
+                  "' before this combine");
+    counts = it->second;
+  }
+  int64_t received = 0;
+  for (int p = 0; p < W; ++p) {
+    sentRows[p] = sendOffsets[size_t(p + 1) * S] - sendOffsets[size_t(p) * S];
+    for (int s = 0; s < S; ++s)
+      receivedRows[p] += counts.received[size_t(p) * S + s];
+    received += receivedRows[p];
+  }
+  // The X buffers hold every rank's routed rows at the plan's maxima; more
+  // means the ranks run different plans in one step.
+  const PlanBuffer *xBuffer = state.plan->findBuffer(
+      dispatch ? step.outputs.at(0).buffer : step.inputs.at(0).buffer);
+  const int64_t capacity = static_cast<int64_t>(
+      xBuffer->bytes / (xBuffer->cols * (dispatch ? 1 : 2)));
+  if (received > capacity)
+    throw Error(where + ": rank " + std::to_string(epRank) + " receives " +
+                std::to_string(received) + " routed rows, but buffer '" +
+                xBuffer->name + "' holds " + std::to_string(capacity) +
+                " (every rank must run the same plan in a step)");
+  if (dispatch)
+    state.exchangedRows = received;
+
+  // One all-to-all per array: rows (and scales) of peer p are contiguous on
+  // both sides.
+  auto move = [&](CUdeviceptr from, const std::vector<int64_t> &fromRows,
+                  const std::vector<int64_t> &fromStart, CUdeviceptr to,
+                  const std::vector<int64_t> &toRows,
+                  const std::vector<int64_t> &toStart, size_t rowBytes) {
+    std::vector<ByteRange> send(W), receive(W);
+    for (int p = 0; p < W; ++p) {
+      send[p] = {size_t(fromStart[p]) * rowBytes,
+                 size_t(fromRows[p]) * rowBytes};
+      receive[p] = {size_t(toStart[p]) * rowBytes,
+                    size_t(toRows[p]) * rowBytes};
+    }
+    if (communicator) {
+      communicator->allToAllV(from, send, to, receive, stream);
+    } else if (send[0].bytes) {
+      KILN_CU(where, cuMemcpyDtoDAsync, to + receive[0].offset,
+              from + send[0].offset, send[0].bytes, stream);
+    }
+  };
+  std::vector<int64_t> sentStart(W), receivedStart(W);
+  for (int p = 0; p < W; ++p) {
+    sentStart[p] = sendOffsets[size_t(p) * S];
+    receivedStart[p] = p ? receivedStart[p - 1] + receivedRows[p - 1] : 0;
+  }
+  if (dispatch) {
+    const DeviceMatrix q = input(0);
+    const size_t tiles = size_t((q.cols + 127) / 128);
+    move(q.data, sentRows, sentStart, output(0).data, receivedRows,
+         receivedStart, size_t(q.cols));
+    move(input(1).data, sentRows, sentStart, output(1).data, receivedRows,
+         receivedStart, tiles * 4);
+  } else {
+    const DeviceMatrix y = input(0);
+    move(y.data, receivedRows, receivedStart, output(0).data, sentRows,
+         sentStart, size_t(y.cols) * elementBytes(y.type));
+  }
+}
+
 void CudaBackend::Impl::makeSyntheticWeights(uint64_t seed) {
   uint64_t index = 0;
   auto fill = [&](DeviceBuffer &buffer, int64_t count, ElementType type,
@@ -568,13 +780,20 @@ void CudaBackend::Impl::makeSyntheticWeights(uint64_t seed) {
   for (const ArtifactWeight &w : artifact.weights) {
     if (w.name.find("{e}") != std::string::npos) {
       // Stacked for the grouped GEMM; expert by expert with the seeds and
-      // scale of unstacked experts.
+      // scale of unstacked experts. Expert e's seed does not depend on
+      // which experts this rank holds, so every expert-parallel rank makes
+      // the same weights as a single GPU does.
       const std::string what = origin + ": synthetic " + w.name;
-      DeviceWeight dw = stackedExpertWeight(w, config.nRoutedExperts, what);
+      const std::vector<int64_t> experts = localExperts();
+      DeviceWeight dw =
+          stackedExpertWeight(w, static_cast<int64_t>(experts.size()), what);
       const int64_t count = numElements(w.shape);
-      for (int64_t e = 0; e < config.nRoutedExperts; ++e)
-        kernels->fillRandom(stream, dw.data.get() + e * count, count,
-                            ElementType::F8E4M3, seed + index++, kE4M3Max);
+      for (size_t i = 0; i < experts.size(); ++i)
+        if (experts[i] >= 0)
+          kernels->fillRandom(stream, dw.data.get() + i * count, count,
+                              ElementType::F8E4M3, seed + index + experts[i],
+                              kE4M3Max);
+      index += config.nRoutedExperts;
       float scale = 1.0f / std::sqrt(static_cast<float>(w.shape[1])) / kE4M3Max;
       unsigned bits;
       std::memcpy(&bits, &scale, 4);
@@ -728,7 +947,7 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
       throw Error(where + ": unknown buffer " + t.buffer);
     DeviceMatrix m;
     m.type = parseElementType(b->dtype, where);
-    m.rows = resolveRows(*b, shape);
+    m.rows = b->rows == "X" ? state.exchangedRows : resolveRows(*b, shape);
     m.stride = b->cols;
     m.cols = t.cols > 0 ? t.cols : b->cols - t.col;
     m.data = state.arena.get() + b->offset + t.col * elementBytes(m.type);
@@ -750,16 +969,18 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
       throw Error(where + ": missing output " + std::to_string(i));
     return matrix(step.outputs[i]);
   };
+  // Grouped scales: one group per offset but the last (experts, or a
+  // rank's expert slots).
   auto quantized = [&](const DeviceMatrix &values, const DeviceMatrix &scales,
-                       CUdeviceptr offsets = 0) {
+                       const DeviceMatrix *offsets = nullptr) {
     QuantizedMatrix q;
     q.values = values.data;
     q.scales = scales.data;
     q.rows = values.rows;
     q.cols = values.cols;
     if (offsets) {
-      q.groupOffsets = offsets;
-      q.groups = static_cast<int>(config.nRoutedExperts);
+      q.groupOffsets = offsets->data;
+      q.groups = static_cast<int>(offsets->rows - 1);
     }
     return q;
   };
@@ -873,9 +1094,12 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
     kernels->mlaAttention(stream, args);
   } else if (op == "swiglu") {
     if (step.outputs.size() == 2) {
-      CUdeviceptr offsets = step.inputs.size() > 2 ? input(2).data : 0;
-      kernels->swigluQuantize(stream, input(0), input(1),
-                              quantized(output(0), output(1), offsets));
+      std::optional<DeviceMatrix> offsets;
+      if (step.inputs.size() > 2)
+        offsets = input(2);
+      kernels->swigluQuantize(
+          stream, input(0), input(1),
+          quantized(output(0), output(1), offsets ? &*offsets : nullptr));
     } else {
       kernels->swiglu(stream, input(0), input(1), output(0));
     }
@@ -894,12 +1118,31 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
     args.normTopkProb = step.attrs.number(op, "norm_topk_prob") != 0;
     kernels->moeRoute(stream, args);
   } else if (op == "moe_dispatch") {
+    // Groups: the routed experts, or (expert parallel) the global slots.
     DeviceMatrix ids = input(2);
     DeviceMatrix outQ = output(0), outS = output(1), offsets = output(2);
     kernels->moeDispatch(
         stream, quantized(input(0), input(1)), ids.data,
-        static_cast<int>(ids.cols), static_cast<int>(config.nRoutedExperts),
-        quantized(outQ, outS, offsets.data), offsets.data, output(3).data);
+        static_cast<int>(ids.cols), static_cast<int>(offsets.rows - 1),
+        quantized(outQ, outS, &offsets), offsets.data, output(3).data);
+  } else if (op == "ep_slots") {
+    DeviceMatrix ids = input(0);
+    kernels->epSlots(stream, ids.data, ids.rows, static_cast<int>(ids.cols),
+                     epReplicas.get(), epReplicaCounts.get(),
+                     static_cast<int>(config.nRoutedExperts), epMaxReplicas,
+                     output(0).data);
+  } else if (op == "ep_all_to_all") {
+    exchange(state, step, where, input, output);
+  } else if (op == "ep_group") {
+    DeviceMatrix x = input(0), xs = input(1), q = output(0), qs = output(1);
+    kernels->epGroup(stream, x.data, xs.data, input(2).data, epRanks,
+                     epSlotsPerRank, x.rows, x.cols * elementBytes(x.type),
+                     x.cols, true, q.data, qs.data, output(2).data);
+  } else if (op == "ep_ungroup") {
+    DeviceMatrix y = input(0);
+    kernels->epGroup(stream, y.data, 0, input(1).data, epRanks, epSlotsPerRank,
+                     y.rows, y.cols * elementBytes(y.type), y.cols, false,
+                     output(0).data, 0, 0);
   } else if (op == "moe_combine") {
     DeviceMatrix rows = input(1);
     kernels->moeCombine(stream, input(0), rows.data, input(2).data,
@@ -1280,6 +1523,8 @@ void CudaBackend::Impl::sizeGemmWorkspaces() {
     largest.sequences = plan.maxSequences;
     largest.routed = plan.maxTokens * config.numExpertsPerTok;
     largest.experts1 = config.nRoutedExperts + 1;
+    largest.exchanged = artifact.expertParallel.exchangeRows(
+        plan.maxTokens, config.numExpertsPerTok);
     for (const PlanStep &step : plan.steps) {
       if ((step.op != "gemm" && step.op != "grouped_gemm") ||
           !captured.count(step.kernel))
@@ -1343,7 +1588,29 @@ void CudaBackend::Impl::open(const std::string &configOrigin,
     timelinePath = timelineEnv;
   timelineOn = options.timeline || !timelinePath.empty();
   timelineStart = std::chrono::steady_clock::now();
-  context = std::make_unique<PrimaryContext>(options.device);
+  int device = options.device;
+  if (artifact.expertParallel.enabled()) {
+    // One process per GPU: the launcher says which rank this is, and the
+    // rank's local index picks its GPU.
+    distributed = readDistributedEnvironment();
+    epRank = distributed.rank;
+    if (distributed.worldSize != artifact.expertParallel.worldSize)
+      throw Error(origin + ": compiled for expert parallelism over " +
+                  std::to_string(artifact.expertParallel.worldSize) +
+                  " ranks (kilnc --ep), but the environment (" +
+                  distributed.source + ") gives world size " +
+                  std::to_string(distributed.worldSize) + ": start " +
+                  std::to_string(artifact.expertParallel.worldSize) +
+                  " processes (runtime/README.md \"Expert parallelism\")");
+    if (distributed.worldSize > 1)
+      device = distributed.localRank;
+    // Every MoE layer synchronizes with the host for the exchange's counts,
+    // which a CUDA Graph cannot hold.
+    graphsProbed = graphsUnsupported = true;
+    graphStatus = "decode steps run eagerly: expert-parallel exchanges read "
+                  "their row counts back to the host";
+  }
+  context = std::make_unique<PrimaryContext>(device);
   deviceName = context->name();
   computeMajor =
       context->attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR);
@@ -1356,11 +1623,13 @@ void CudaBackend::Impl::open(const std::string &configOrigin,
     throw Error(origin +
                 ": compiled for sm_90a (compute capability 9.0, "
                 "Hopper), but CUDA device " +
-                std::to_string(options.device) + " (" + deviceName +
+                std::to_string(device) + " (" + deviceName +
                 ") is compute capability " + std::to_string(computeMajor) +
                 "." + std::to_string(computeMinor));
   try {
     KILN_CU(origin, cuStreamCreate, &stream, CU_STREAM_NON_BLOCKING);
+    if (artifact.expertParallel.enabled())
+      setUpExpertParallel();
     loadKernels();
     allocate(options);
     weights();
@@ -1374,6 +1643,10 @@ void CudaBackend::Impl::open(const std::string &configOrigin,
     cacheScaleLayers.clear();
     gemms.clear();
     kernels.reset();
+    epReplicas = DeviceBuffer();
+    epReplicaCounts = DeviceBuffer();
+    epSendCounts = DeviceBuffer();
+    communicator.reset();
     destroyStreams();
     throw;
   }

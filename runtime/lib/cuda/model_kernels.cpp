@@ -542,6 +542,8 @@ enum Kernel {
   kMoeDispatchPlan,
   kMoeDispatchCopy,
   kMoeCombine,
+  kEpSlots,
+  kEpGroup,
   kFillRandom,
   kSample,
   kKernelCount
@@ -580,6 +582,8 @@ constexpr std::array<const char *, kKernelCount> kKernelNames = {
     "kiln_moe_dispatch_plan",
     "kiln_moe_dispatch_copy",
     "kiln_moe_combine",
+    "kiln_ep_slots",
+    "kiln_ep_group",
     "kiln_fill_random",
     "kiln_sample",
 };
@@ -909,6 +913,70 @@ void ModelKernels::moeDispatch(CUstream stream, const QuantizedMatrix &in,
   impl->launch(kMoeDispatchPlan, 1, 1, kDispatchThreads, 0, stream, p);
   impl->launch(kMoeDispatchCopy, gridFor(in.rows * topK, 1), 1, kCopyThreads, 0,
                stream, p);
+}
+
+void ModelKernels::epSlots(CUstream stream, CUdeviceptr expertIds,
+                           int64_t tokens, int topK, CUdeviceptr replicas,
+                           CUdeviceptr replicaCounts, int experts,
+                           int maxReplicas, CUdeviceptr slots) {
+  Checker check("ep_slots");
+  check.require(topK >= 1 && experts >= 1 && maxReplicas >= 1,
+                "top_k, experts and replicas must be positive");
+  check.rowsFitGrid(gridFor(tokens * topK, kCopyThreads));
+  if (tokens == 0)
+    return;
+  check.pointer(expertIds, "expertIds", 4);
+  check.pointer(replicas, "replicas", 4);
+  check.pointer(replicaCounts, "replicaCounts", 4);
+  check.pointer(slots, "slots", 4);
+  k::EpSlotsParams p{};
+  p.expertIds = expertIds;
+  p.replicas = replicas;
+  p.counts = replicaCounts;
+  p.slots = slots;
+  p.entries = tokens * topK;
+  p.topK = topK;
+  p.experts = experts;
+  p.maxReplicas = maxReplicas;
+  impl->launch(kEpSlots, gridFor(p.entries, kCopyThreads), 1, kCopyThreads, 0,
+               stream, p);
+}
+
+void ModelKernels::epGroup(CUstream stream, CUdeviceptr in,
+                           CUdeviceptr inScales, CUdeviceptr counts, int ranks,
+                           int slots, int64_t rows, int64_t rowBytes,
+                           int64_t cols, bool toSlotMajor, CUdeviceptr out,
+                           CUdeviceptr outScales, CUdeviceptr offsets) {
+  Checker check("ep_group");
+  check.require(ranks >= 1 && slots >= 1, "ranks and slots must be positive");
+  check.require(rowBytes > 0 && rowBytes % 16 == 0,
+                "rows must be a positive multiple of 16 bytes, got " +
+                    std::to_string(rowBytes));
+  check.require(!inScales == !outScales,
+                "scales go in and out together or not at all");
+  check.require(toSlotMajor || (!inScales && !offsets),
+                "scales and offsets are written toward slot-major order only");
+  check.rowsFitGrid(rows);
+  check.pointer(counts, "counts", 4);
+  if (rows > 0) {
+    check.pointer(in, "input rows", 16);
+    check.pointer(out, "output rows", 16);
+  }
+  k::EpGroupParams p{};
+  p.inValues = in;
+  p.inScales = inScales;
+  p.counts = counts;
+  p.outValues = out;
+  p.outScales = outScales;
+  p.offsets = offsets;
+  p.rows = rows;
+  p.rowBytes = rowBytes;
+  p.cols = cols;
+  p.ranks = ranks;
+  p.slots = slots;
+  p.toSlotMajor = toSlotMajor ? 1 : 0;
+  impl->launch(kEpGroup, std::max<unsigned>(1, gridFor(rows, 1)), 1,
+               kCopyThreads, 0, stream, p);
 }
 
 void ModelKernels::swiglu(CUstream stream, const DeviceMatrix &gate,

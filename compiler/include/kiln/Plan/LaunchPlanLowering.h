@@ -31,7 +31,14 @@ struct LoweredModel {
   /// The GEMM configurations the plans' gemm steps use, in order of first
   /// use; each becomes a kernel named GemmConfigAttr::getKernelName().
   llvm::SetVector<GemmConfigAttr> gemmConfigs;
+  /// The module's kiln.expert_parallel placement (disabled without one).
+  ArtifactExpertParallel expertParallel;
 };
+
+/// The module attribute (a #kiln.expert_parallel) that makes every
+/// kiln.moe_permute / kiln.moe_unpermute an expert-parallel exchange
+/// (artifact.md "Expert parallelism"): kilnc --ep sets it.
+constexpr const char *kExpertParallelModuleAttr = "kiln.expert_parallel";
 
 /// Lowers every function of `module` to a launch plan. Every matmul must
 /// carry a `gemm_config` (kiln-select-gemm-config). With a `config`, weight

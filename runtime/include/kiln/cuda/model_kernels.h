@@ -190,6 +190,23 @@ public:
                    CUdeviceptr expertIds, int topK, int experts,
                    const QuantizedMatrix &out, CUdeviceptr offsets,
                    CUdeviceptr rows);
+  /// Expert parallelism (artifact.md "Expert parallelism"): slots[i] = the
+  /// global slot serving entry i's expert (ids i32 [T, topK]): replica
+  /// (i / topK) mod replicaCounts[e] of replicas[e] (i32 [experts]
+  /// [maxReplicas]); -1 for an id outside [0, experts).
+  void epSlots(CUstream stream, CUdeviceptr expertIds, int64_t tokens, int topK,
+               CUdeviceptr replicas, CUdeviceptr replicaCounts, int experts,
+               int maxReplicas, CUdeviceptr slots);
+  /// Reorders `rows` exchanged rows of `rowBytes` bytes between peer-major
+  /// order (the chunks counts[p][s] in order p, s) and slot-major order (the
+  /// chunks in order s, p). Toward slot-major (`toSlotMajor`), the scales
+  /// follow when given (f32 of `cols` columns: grouped by the peer-major
+  /// chunks in, by slot out) and `offsets` (i32 [slots + 1]) gets the slots'
+  /// row offsets; it runs even without rows, so that the offsets are set.
+  void epGroup(CUstream stream, CUdeviceptr in, CUdeviceptr inScales,
+               CUdeviceptr counts, int ranks, int slots, int64_t rows,
+               int64_t rowBytes, int64_t cols, bool toSlotMajor,
+               CUdeviceptr out, CUdeviceptr outScales, CUdeviceptr offsets);
   /// out = silu(gate) * up, bf16 → bf16.
   void swiglu(CUstream stream, const DeviceMatrix &gate, const DeviceMatrix &up,
               const DeviceMatrix &out);

@@ -186,6 +186,40 @@ struct DispatchParams {
   int experts;
 };
 
+/// Expert parallelism (artifact.md "Expert parallelism"): each routed
+/// entry's expert → the global slot serving it, replicas taking turns by
+/// token (ExpertPlacement::slotFor).
+struct EpSlotsParams {
+  Address expertIds; // i32 [T·k]
+  Address replicas;  // i32 [experts][maxReplicas] global slots
+  Address counts;    // i32 [experts] replicas of each expert
+  Address slots;     // i32 [T·k] out; -1 for an id outside [0, experts)
+  long long entries;
+  int topK;
+  int experts;
+  int maxReplicas;
+  int unused;
+};
+
+/// Rows of one exchange between peer-major order (chunk (p, s): peer p's
+/// rows for local slot s, in that order) and slot-major order (slot s's
+/// rows from peers 0, 1, ...). counts is i32 [ranks][slots].
+struct EpGroupParams {
+  Address inValues;
+  Address inScales; // f32, grouped by the peer-major chunks (may be 0)
+  Address counts;
+  Address outValues;
+  Address outScales; // f32, grouped by slot (may be 0)
+  Address offsets;   // i32 [slots + 1] out (may be 0)
+  long long rows;
+  long long rowBytes;
+  long long cols; // scale tiles = ceil(cols / 128)
+  int ranks;
+  int slots;
+  int toSlotMajor; // 1: peer-major → slot-major; 0: back
+  int unused;
+};
+
 struct CombineParams {
   MatrixRef y; // bf16 [R, cols]
   Address rows;

@@ -282,4 +282,95 @@ extern "C" __global__ void __launch_bounds__(kiln::cuda::kernels::kRowThreads)
   }
 }
 
+extern "C" __global__ void __launch_bounds__(kCopyThreads)
+    kiln_ep_slots(const EpSlotsParams p) {
+  const long long entry =
+      static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (entry >= p.entries)
+    return;
+  const int expert = pointer<const int>(p.expertIds)[entry];
+  int slot = -1;
+  if (expert >= 0 && expert < p.experts) {
+    const int replicas = pointer<const int>(p.counts)[expert];
+    slot = pointer<const int>(
+        p.replicas)[expert * p.maxReplicas + (entry / p.topK) % replicas];
+  }
+  pointer<int>(p.slots)[entry] = slot;
+}
+
+/// One block per peer-major row: finds its chunk (p, s) and its place among
+/// slot s's rows, then copies the row (and, toward slot-major order, its
+/// scales) one way or the other. Block 0 also writes the slot-major offsets.
+/// The chunk search scans the ranks × slots counts: a few hundred at most.
+extern "C" __global__ void __launch_bounds__(kCopyThreads)
+    kiln_ep_group(const EpGroupParams p) {
+  const int *counts = pointer<const int>(p.counts);
+  // chunk start, chunk rows, slot start, slot rows, slot-major row
+  __shared__ long long where[5];
+  const long long row = blockIdx.x;
+  if (threadIdx.x == 0) {
+    if (blockIdx.x == 0 && p.offsets) {
+      int *offsets = pointer<int>(p.offsets);
+      int total = 0;
+      for (int s = 0; s < p.slots; ++s) {
+        offsets[s] = total;
+        for (int r = 0; r < p.ranks; ++r)
+          total += counts[r * p.slots + s];
+      }
+      offsets[p.slots] = total;
+    }
+    long long start = 0;
+    int peer = -1, slot = -1;
+    for (int r = 0; r < p.ranks && peer < 0; ++r)
+      for (int s = 0; s < p.slots; ++s) {
+        const int n = counts[r * p.slots + s];
+        if (row < start + n) {
+          peer = r;
+          slot = s;
+          break;
+        }
+        start += n;
+      }
+    where[0] = -1;
+    if (peer >= 0) {
+      long long slotStart = 0, before = 0, total = 0;
+      for (int s = 0; s < slot; ++s)
+        for (int r = 0; r < p.ranks; ++r)
+          slotStart += counts[r * p.slots + s];
+      for (int r = 0; r < p.ranks; ++r) {
+        before += r < peer ? counts[r * p.slots + slot] : 0;
+        total += counts[r * p.slots + slot];
+      }
+      where[0] = start;
+      where[1] = counts[peer * p.slots + slot];
+      where[2] = slotStart;
+      where[3] = total;
+      where[4] = slotStart + before + (row - start);
+    }
+  }
+  __syncthreads();
+  if (row >= p.rows || where[0] < 0)
+    return;
+  const long long chunkStart = where[0], chunkRows = where[1],
+                  slotStart = where[2], slotRows = where[3],
+                  slotMajor = where[4];
+  const long long from = p.toSlotMajor ? row : slotMajor,
+                  to = p.toSlotMajor ? slotMajor : row;
+  const uint4 *source =
+      pointer<const uint4>(p.inValues) + from * (p.rowBytes / 16);
+  uint4 *target = pointer<uint4>(p.outValues) + to * (p.rowBytes / 16);
+  for (long long i = threadIdx.x; i < p.rowBytes / 16; i += blockDim.x)
+    target[i] = source[i];
+  if (!p.toSlotMajor || !p.inScales)
+    return;
+  // Chunk layout: [tiles][chunkRows] from tiles · chunkStart; slot layout:
+  // [tiles][slotRows] from tiles · slotStart (artifact.md "moe_dispatch").
+  const long long tiles = scaleTiles(p.cols);
+  for (long long tile = threadIdx.x; tile < tiles; tile += blockDim.x)
+    pointer<float>(p.outScales)[tiles * slotStart + tile * slotRows +
+                                (slotMajor - slotStart)] =
+        pointer<const float>(p.inScales)[tiles * chunkStart + tile * chunkRows +
+                                         (row - chunkStart)];
+}
+
 #endif // KILN_CUDA_KERNELS_MOE_CUH
