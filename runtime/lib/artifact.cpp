@@ -126,7 +126,7 @@ bool parseRowSymbol(const std::string &rows, RowSymbol &symbol) {
   }
   if (parseDecimalRows(rows, symbol.count))
     return true;
-  // "T.p/n" or "R.p/n".
+  // "T.p/n", "R.p/n" or "X.p/n".
   size_t dot = rows.find('.'), slash = rows.find('/');
   if (dot != 1 || slash == std::string::npos || slash < dot + 2)
     return false;
@@ -135,8 +135,8 @@ bool parseRowSymbol(const std::string &rows, RowSymbol &symbol) {
   std::string partText = rows.substr(dot + 1, slash - dot - 1);
   bool digits = std::all_of(partText.begin(), partText.end(),
                             [](char c) { return c >= '0' && c <= '9'; });
-  if ((base != "T" && base != "R") || !digits || partText.size() > 9 ||
-      !parseDecimalRows(rows.substr(slash + 1), parts))
+  if ((base != "T" && base != "R" && base != "X") || !digits ||
+      partText.size() > 9 || !parseDecimalRows(rows.substr(slash + 1), parts))
     return false;
   part = std::stoll(partText);
   if (parts < 2 || part >= parts)
@@ -721,12 +721,26 @@ void validateExpertParallelStep(const Artifact &artifact,
     inputs = {"X", slots};
     outputs = {"X"};
   }
+  // A micro-batch's exchange (kilnc --overlap-micro-batches) has R.m/n and
+  // X.m/n where a whole step's has R and X: the first such buffer's part
+  // for all of them.
+  std::string part;
+  for (const auto *tensors : {&step.inputs, &step.outputs})
+    for (const PlanTensor &tensor : *tensors) {
+      const PlanBuffer *b = plan.findBuffer(tensor.buffer);
+      RowSymbol symbol;
+      if (part.empty() && b && parseRowSymbol(b->rows, symbol) &&
+          symbol.parts && (symbol.base == "R" || symbol.base == "X"))
+        part = b->rows.substr(1);
+    }
   auto check = [&](const std::vector<PlanTensor> &tensors,
-                   const std::vector<std::string> &rows, const char *role) {
+                   std::vector<std::string> rows, const char *role) {
     if (tensors.size() != rows.size())
       failStep("has " + std::to_string(tensors.size()) + " " + role + "s; " +
                step.op + " takes " + std::to_string(rows.size()));
     for (size_t i = 0; i < rows.size(); ++i) {
+      if (rows[i] == "R" || rows[i] == "X")
+        rows[i] += part;
       const PlanBuffer *b = plan.findBuffer(tensors[i].buffer);
       if (!rows[i].empty() && b->rows != rows[i])
         failStep(std::string(role) + " " + std::to_string(i) + " (buffer " +
@@ -765,7 +779,8 @@ void validatePlan(const Artifact &artifact, const std::string &planName,
     RowSymbol symbol;
     if (!parseRowSymbol(b.rows, symbol))
       fail(buffer + "rows " + quote(b.rows) +
-           " is not T, R, S, E1, X, a micro-batch part of T or R (\"T.0/2\") "
+           " is not T, R, S, E1, X, a micro-batch part of T, R or X "
+           "(\"T.0/2\") "
            "or a positive decimal count");
     int64_t rows = symbol.count;
     if (b.cols <= 0)

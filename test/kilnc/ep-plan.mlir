@@ -16,7 +16,6 @@
 // RUN: FileCheck %s --check-prefix=EP1 < %t.ep1.json
 // Errors name the option.
 // RUN: not kilnc %kiln_src_root/examples/tiny/config.json --ep 3 -q -o %t.kiln 2>&1 | FileCheck %s --check-prefix=DIVIDE
-// RUN: not kilnc %kiln_src_root/examples/tiny/config.json --ep 2 --overlap-micro-batches 2 -q -o %t.kiln 2>&1 | FileCheck %s --check-prefix=OVERLAP
 // RUN: echo '[1,2]' > %t.short.json
 // RUN: not kilnc %kiln_src_root/examples/tiny/config.json --ep 2 --ep-placement %t.short.json -q -o %t.kiln 2>&1 | FileCheck %s --check-prefix=LOADS
 
@@ -60,5 +59,4 @@
 // EP1: {"op": "ep_all_to_all", {{.*}} "attrs": {"direction":"dispatch"}},
 
 // DIVIDE: kilnc: error: --ep 3 does not divide 16 routed experts
-// OVERLAP: kilnc: error: --ep with --overlap-micro-batches 2: expert-parallel plans do not split MoE layers into micro-batches yet
 // LOADS: kilnc: error: --ep-placement {{.*}}short.json: expected a JSON array of 16 per-expert loads

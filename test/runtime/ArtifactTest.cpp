@@ -1060,6 +1060,9 @@ TEST(ArtifactTest, MicroBatchRowSymbols) {
   EXPECT_EQ(symbol.parts, 2);
   ASSERT_TRUE(kiln::parseRowSymbol("R.0/3", symbol));
   EXPECT_EQ(symbol.base, "R");
+  ASSERT_TRUE(kiln::parseRowSymbol("X.1/2", symbol));
+  EXPECT_EQ(symbol.base, "X");
+  EXPECT_EQ(symbol.part, 1);
   ASSERT_TRUE(kiln::parseRowSymbol("E1", symbol));
   EXPECT_EQ(symbol.parts, 0);
   ASSERT_TRUE(kiln::parseRowSymbol("12", symbol));
@@ -1088,4 +1091,44 @@ TEST(ArtifactTest, MicroBatchRowSymbols) {
                    a.plans["decode"].buffers[3].rows = "T.2/2";
                  }),
                  {"rows \"T.2/2\"", "micro-batch part"});
+}
+
+/// A micro-batch's expert-parallel dispatch exchange (kilnc --ep-steps
+/// --overlap-micro-batches 2) appended to the decode plan: R.0/2 rows sent,
+/// X.0/2 received, at world size 1 with 16 slots.
+void addMicroBatchExchange(kiln::Artifact &artifact) {
+  artifact.expertParallel.worldSize = 1;
+  artifact.expertParallel.slotsPerRank = 16;
+  artifact.expertParallel.placement.clear();
+  for (int e = 0; e < 16; ++e)
+    artifact.expertParallel.placement.push_back(e);
+  kiln::LaunchPlan &plan = artifact.plans["decode"];
+  const int64_t routed = plan.maxTokens * 4;
+  addBuffer(plan, "send_q", "f8e4m3", "R.0/2", 256, routed);
+  addBuffer(plan, "send_s", "f32", "R.0/2", 2, routed);
+  addBuffer(plan, "send_offsets", "i32", "17", 1, 17);
+  addBuffer(plan, "recv_q", "f8e4m3", "X.0/2", 256, routed);
+  addBuffer(plan, "recv_s", "f32", "X.0/2", 2, routed);
+  addBuffer(plan, "recv_counts", "i32", "16", 1, 16);
+  kiln::PlanStep step;
+  step.op = "ep_all_to_all";
+  step.attrs.strings["direction"] = "dispatch";
+  step.inputs = {whole("send_q"), whole("send_s"), whole("send_offsets")};
+  step.outputs = {whole("recv_q"), whole("recv_s"), whole("recv_counts")};
+  plan.steps.push_back(step);
+}
+
+TEST(ArtifactTest, MicroBatchExchangesKeepOnePart) {
+  kiln::Artifact artifact = realisticArtifact();
+  addMicroBatchExchange(artifact);
+  EXPECT_NO_THROW(kiln::validateArtifact(artifact, "v.kiln"));
+  // Rows received for another micro-batch, or for the whole step, than the
+  // rows sent are not one exchange.
+  for (const char *rows : {"X.1/2", "X"})
+    expectMentions(
+        invalidBecause([&](kiln::Artifact &a) {
+          addMicroBatchExchange(a);
+          a.plans["decode"].buffers.end()[-3].rows = rows;
+        }),
+        {"ep_all_to_all", "buffer \"recv_q\"", "expected \"X.0/2\""});
 }

@@ -415,9 +415,16 @@ private:
       return fail() << "internal error: no row symbol for a result";
     int64_t rows = rowExtent(symbol->second);
     // The graph is one rank's view: an expert-parallel layer's received
-    // rows (X) stand where its routed rows (R) are.
+    // rows (X, or a micro-batch's X.m/n) stand where its routed rows (R,
+    // R.m/n) are.
+    RowSymbol parsedRows;
     const bool exchanged =
-        symbol->second == "X" && type.getDimSize(0) == rowExtent("R");
+        parseRowSymbol(symbol->second, parsedRows) && parsedRows.base == "X" &&
+        type.getDimSize(0) ==
+            rowExtent(parsedRows.parts
+                          ? microBatchRowSymbol("R", parsedRows.part,
+                                                parsedRows.parts)
+                          : std::string("R"));
     if (rows != type.getDimSize(0) && !exchanged)
       return fail() << "result " << type << " has " << type.getDimSize(0)
                     << " rows, but its rows are " << symbol->second << " = "
@@ -449,7 +456,8 @@ private:
     RowSymbol parsed;
     if (parseRowSymbol(symbol.str(), parsed) && parsed.parts)
       return microBatchRows(plan.maxTokens, parsed.part, parsed.parts) *
-             (parsed.base == "R" ? topK.value_or(0) : 1);
+             (parsed.base == "T" ? 1 : topK.value_or(0)) *
+             (parsed.base == "X" ? expertParallel.getWorldSize() : 1);
     if (symbol == "S")
       return plan.maxSequences;
     if (symbol == "R")
@@ -1308,10 +1316,13 @@ private:
   LogicalResult lowerExpertParallelPermute(MoEPermuteOp permute,
                                            const std::string &routedRows) {
     Operation *op = permute;
-    if (routedRows != "R")
-      return op->emitOpError("expert-parallel plans do not split MoE layers "
-                             "into micro-batches (--overlap-micro-batches "
-                             "1 with --ep)");
+    // A micro-batch's exchange (R.m/n routed rows) receives X.m/n rows:
+    // every rank's routed rows of that micro-batch at the plan's maxima.
+    RowSymbol routed;
+    parseRowSymbol(routedRows, routed);
+    const std::string received =
+        routed.parts ? microBatchRowSymbol("X", routed.part, routed.parts)
+                     : "X";
     const int64_t ranks = expertParallel.getWorldSize(),
                   slots = expertParallel.getSlotsPerRank();
     const int64_t hidden =
@@ -1338,8 +1349,11 @@ private:
                        *use(op, permute.getTokenScales(), "token_scales"),
                        usePlanBuffer(slotIds)};
     ExpertParallelExchange exchange;
-    exchange.sendQ = newPlanBuffer(name + "_send_q", "f8e4m3", "R", hidden);
-    exchange.sendS = newPlanBuffer(name + "_send_s", "f32", "R", tiles);
+    exchange.routedRows = routedRows;
+    exchange.receivedRows = received;
+    exchange.sendQ =
+        newPlanBuffer(name + "_send_q", "f8e4m3", routedRows, hidden);
+    exchange.sendS = newPlanBuffer(name + "_send_s", "f32", routedRows, tiles);
     exchange.sendOffsets = newPlanBuffer(name + "_send_offsets", "i32",
                                          std::to_string(ranks * slots + 1), 1);
     dispatch.outputs = {exchange.sendQ, exchange.sendS, exchange.sendOffsets};
@@ -1353,8 +1367,9 @@ private:
     send.inputs = {usePlanBuffer(exchange.sendQ), usePlanBuffer(exchange.sendS),
                    usePlanBuffer(exchange.sendOffsets)};
     PlanTensor receivedQ =
-        newPlanBuffer(name + "_recv_q", "f8e4m3", "X", hidden);
-    PlanTensor receivedS = newPlanBuffer(name + "_recv_s", "f32", "X", tiles);
+        newPlanBuffer(name + "_recv_q", "f8e4m3", received, hidden);
+    PlanTensor receivedS =
+        newPlanBuffer(name + "_recv_s", "f32", received, tiles);
     exchange.counts = newPlanBuffer(name + "_recv_counts", "i32",
                                     std::to_string(ranks * slots), 1);
     send.outputs = {receivedQ, receivedS, exchange.counts};
@@ -1364,16 +1379,16 @@ private:
     PlanStep group = makeStep("ep_group");
     group.inputs = {usePlanBuffer(receivedQ), usePlanBuffer(receivedS),
                     usePlanBuffer(exchange.counts)};
-    PlanTensor q = newPlanBuffer(name + "_q", "f8e4m3", "X", hidden);
-    PlanTensor qs = newPlanBuffer(name + "_s", "f32", "X", tiles);
+    PlanTensor q = newPlanBuffer(name + "_q", "f8e4m3", received, hidden);
+    PlanTensor qs = newPlanBuffer(name + "_s", "f32", received, tiles);
     PlanTensor offsets =
         newPlanBuffer(name + "_offsets", "i32", std::to_string(slots + 1), 1);
     group.outputs = {q, qs, offsets};
     tensors[permute.getExpertTokens()] = q;
     tensors[permute.getExpertScales()] = qs;
     tensors[permute.getOffsets()] = offsets;
-    rowSymbols[permute.getExpertTokens()] = "X";
-    rowSymbols[permute.getExpertScales()] = "X";
+    rowSymbols[permute.getExpertTokens()] = received;
+    rowSymbols[permute.getExpertScales()] = received;
     rowSymbols[permute.getOffsets()] = std::to_string(slots + 1);
     groupedScales.insert(permute.getExpertScales());
     exchanges[permute.getRows()] = exchange;
@@ -1400,7 +1415,8 @@ private:
     const std::string name = resultName(op, "");
     PlanStep ungroup = makeStep("ep_ungroup");
     ungroup.inputs = {*y, usePlanBuffer(exchange.counts)};
-    PlanTensor peerMajor = newPlanBuffer(name + "_send_y", "bf16", "X", hidden);
+    PlanTensor peerMajor =
+        newPlanBuffer(name + "_send_y", "bf16", exchange.receivedRows, hidden);
     ungroup.outputs = {peerMajor};
     if (failed(emit(std::move(ungroup))))
       return failure();
@@ -1408,7 +1424,8 @@ private:
     back.attrs.strings["direction"] = "combine";
     back.inputs = {usePlanBuffer(peerMajor), usePlanBuffer(exchange.counts),
                    usePlanBuffer(exchange.sendOffsets)};
-    exchange.back = newPlanBuffer(name + "_recv_y", "bf16", "R", hidden);
+    exchange.back =
+        newPlanBuffer(name + "_recv_y", "bf16", exchange.routedRows, hidden);
     back.outputs = {exchange.back};
     return emit(std::move(back));
   }
@@ -1468,6 +1485,8 @@ private:
   /// permute's rows value.
   struct ExpertParallelExchange {
     PlanTensor sendQ, sendS, sendOffsets, counts, back;
+    /// R and X, or a micro-batch's R.m/n and X.m/n.
+    std::string routedRows, receivedRows;
   };
   llvm::DenseMap<Value, ExpertParallelExchange> exchanges;
 };

@@ -387,11 +387,6 @@ int checkOptions() {
     return fail("--ep, --ep-steps and --ep-placement apply to a config's "
                 "model graph; a hand-written graph sets its own "
                 "kiln.expert_parallel module attribute");
-  if (ep && overlapMicroBatches > 1)
-    return fail("--ep with --overlap-micro-batches " +
-                llvm::Twine(overlapMicroBatches.getValue()) +
-                ": expert-parallel plans do not split MoE layers into "
-                "micro-batches yet");
   if (overlapMicroBatches > 1 && isGraph(inputPath))
     return fail("--overlap-micro-batches applies to a config's model graph; "
                 "a hand-written graph writes its own kiln.overlap ops");

@@ -91,8 +91,8 @@ int64_t microBatchBegin(int64_t rows, int64_t part, int64_t parts);
 int64_t microBatchRows(int64_t rows, int64_t part, int64_t parts);
 
 /// A buffer row count as artifact.md "Plans" writes it: a symbol ("T",
-/// "R", "S", "E1"), a micro-batch part of T or R ("T.1/2": micro-batch 1 of
-/// 2 of T), or a decimal count (base "", count set).
+/// "R", "S", "E1", "X"), a micro-batch part of T, R or X ("T.1/2":
+/// micro-batch 1 of 2 of T), or a decimal count (base "", count set).
 struct RowSymbol {
   std::string base;
   int64_t part = 0;

@@ -242,8 +242,11 @@ struct StreamGate {
 int64_t resolveRows(const PlanBuffer &buffer, const ChunkShape &shape) {
   RowSymbol symbol;
   if (parseRowSymbol(buffer.rows, symbol) && symbol.parts)
-    return microBatchRows(shape.tokens, symbol.part, symbol.parts) *
-           (symbol.base == "R" ? shape.topK : 1);
+    return symbol.base == "X"
+               // At most the whole step's exchange.
+               ? shape.exchanged
+               : microBatchRows(shape.tokens, symbol.part, symbol.parts) *
+                     (symbol.base == "R" ? shape.topK : 1);
   if (buffer.rows == "T")
     return shape.tokens;
   if (buffer.rows == "S")
@@ -303,14 +306,17 @@ struct CudaBackend::Impl {
     /// The most micro-batches a step's rows are split into (1: none).
     int64_t microBatches = 1;
     /// An expert-parallel dispatch's rows per global slot sent, and per
-    /// (peer, local slot) received, by the name of its counts buffer: what
-    /// the matching combine sends back.
+    /// (peer, local slot) received, and its send offsets [W·S + 1], by the
+    /// name of its counts buffer: what the matching combine sends back,
+    /// without reading anything from the device again.
     struct Exchange {
       std::vector<int64_t> sent, received;
+      std::vector<int32_t> sendOffsets;
     };
     std::map<std::string, Exchange> exchanges;
-    /// Rows of the X buffers: the latest dispatch's received rows.
-    int64_t exchangedRows = 0;
+    /// Rows of the X buffers, by row symbol ("X", or a micro-batch's
+    /// "X.m/n"): the latest dispatch of that symbol's received rows.
+    std::map<std::string, int64_t> exchangedRows;
   };
   std::map<std::string, PlanState> plans;
   std::vector<DeviceBuffer> cacheLayers;
@@ -362,7 +368,9 @@ struct CudaBackend::Impl {
   std::vector<int64_t> localExperts() const;
   /// Joins the ranks and uploads the replica table (ep artifacts).
   void setUpExpertParallel();
-  /// ep_all_to_all (host-synchronizing: the counts come back first).
+  /// ep_all_to_all on the step's stream. A dispatch synchronizes the host
+  /// with that stream (the counts come back first); a combine reuses its
+  /// dispatch's counts and does not.
   void exchange(PlanState &state, const PlanStep &step,
                 const std::string &where,
                 const std::function<DeviceMatrix(size_t)> &input,
@@ -669,18 +677,24 @@ void CudaBackend::Impl::exchange(
   // (grouped by chunk) and the received counts [W][S]. Combine: inputs the
   // expert outputs peer-major, those counts and the dispatch's offsets;
   // output the rows back in the dispatch's order.
-  const DeviceMatrix offsets = input(2);
   const std::string &countsName =
       dispatch ? step.outputs.at(2).buffer : step.inputs.at(1).buffer;
-  std::vector<int32_t> sendOffsets(size_t(W) * S + 1);
-  // The stream is non-blocking: wait for it, then copy synchronously.
-  KILN_CU(where, cuStreamSynchronize, stream);
-  KILN_CU(where, cuMemcpyDtoH, sendOffsets.data(), offsets.data,
-          sendOffsets.size() * 4);
+  // Every launch, copy and NCCL call goes on the step's stream (stream 1 of
+  // an overlapped layer, beside the other micro-batch's compute).
+  const CUstream stream = streamOf(step);
   // Rows per peer: sent (global slots p·S .. p·S + S) and received.
   std::vector<int64_t> sentRows(W), receivedRows(W);
   PlanState::Exchange counts;
   if (dispatch) {
+    // The stream is non-blocking: wait for it, then copy synchronously.
+    // This blocks the host thread that enqueues every stream, so work the
+    // plan lists after this step is enqueued only once the stream's earlier
+    // work (the other micro-batch's exchange included) has finished.
+    std::vector<int32_t> &sendOffsets = counts.sendOffsets;
+    sendOffsets.resize(size_t(W) * S + 1);
+    KILN_CU(where, cuStreamSynchronize, stream);
+    KILN_CU(where, cuMemcpyDtoH, sendOffsets.data(), input(2).data,
+            sendOffsets.size() * 4);
     std::vector<int32_t> send(size_t(W) * S), received(size_t(W) * S);
     for (size_t g = 0; g < send.size(); ++g)
       send[g] = sendOffsets[g + 1] - sendOffsets[g];
@@ -710,6 +724,7 @@ void CudaBackend::Impl::exchange(
                   "' before this combine");
     counts = it->second;
   }
+  const std::vector<int32_t> &sendOffsets = counts.sendOffsets;
   int64_t received = 0;
   for (int p = 0; p < W; ++p) {
     sentRows[p] = sendOffsets[size_t(p + 1) * S] - sendOffsets[size_t(p) * S];
@@ -729,7 +744,7 @@ void CudaBackend::Impl::exchange(
                 xBuffer->name + "' holds " + std::to_string(capacity) +
                 " (every rank must run the same plan in a step)");
   if (dispatch)
-    state.exchangedRows = received;
+    state.exchangedRows[xBuffer->rows] = received;
 
   // One all-to-all per array: rows (and scales) of peer p are contiguous on
   // both sides.
@@ -947,7 +962,13 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
       throw Error(where + ": unknown buffer " + t.buffer);
     DeviceMatrix m;
     m.type = parseElementType(b->dtype, where);
-    m.rows = b->rows == "X" ? state.exchangedRows : resolveRows(*b, shape);
+    if (b->rows[0] == 'X') {
+      // An exchange's received rows (0 before its first dispatch).
+      auto rows = state.exchangedRows.find(b->rows);
+      m.rows = rows == state.exchangedRows.end() ? 0 : rows->second;
+    } else {
+      m.rows = resolveRows(*b, shape);
+    }
     m.stride = b->cols;
     m.cols = t.cols > 0 ? t.cols : b->cols - t.col;
     m.data = state.arena.get() + b->offset + t.col * elementBytes(m.type);
