@@ -2,7 +2,7 @@
 """Compiles Kiln's FP8 GEMM kernels to PTX and cubins, ahead of time.
 
 For each configuration (block_m, block_n, stages, consumers[, split_k[,
-grouped]][, xCLUSTER_M]) it writes a kiln.scaled_matmul (kiln.grouped_scaled_matmul for a
+grouped]][, xCLUSTER_M][, swiglu]) it writes a kiln.scaled_matmul (kiln.grouped_scaled_matmul for a
 grouped one) carrying that #kiln.gemm_config, runs kiln-opt's kernel
 pipeline (kiln-emit-gemm-kernels, then SCF/arith/CF/NVVM to LLVM, NVPTX
 through gpu-module-to-binary), takes the PTX out of the gpu.binary, assembles
@@ -11,7 +11,7 @@ leaves NAME.ptx, NAME.cubin and NAME.json (the launch manifest of
 compiler/docs/gemm-abi.md) in the output directory.
 
 Usage: kiln-compile-gemm.py --kiln-opt PATH --out DIR [--ptxas PATH]
-           [--config 128,128,6,2[,split_k[,contiguous|masked]][,x2] ...]
+           [--config 128,128,6,2[,split_k[,contiguous|masked]][,x2][,swiglu] ...]
            [--shapes MxNxK,...] [--grouped-shapes GxRxNxK:LAYOUT,...]
            [--plan FILE] [--ptx-only]
 Without --config it builds the configurations kiln-select-gemm-config picks
@@ -47,6 +47,9 @@ DEFAULT_GROUPED = ([(g, r, n, k, layout) for n, k in [(4096, 7168), (7168, 2048)
                    + [(g, r, n, k, "contiguous") for n, k in [(4096, 7168), (7168, 2048)]
                       for g, r in [(8, 8), (32, 256)]])
 LAYOUTS = ("contiguous", "masked")
+# Fused epilogues (#kiln.gemm_config's `epilogue`): SwiGLU over interleaved
+# gate/up tiles (grouped, block_n = 128; gemm-abi.md "SwiGLU epilogue").
+EPILOGUES = ("swiglu",)
 
 # kiln-opt's kiln-gemm-to-ptx: kiln-emit-gemm-kernels, SCF/arith/index/CF/NVVM
 # to LLVM, nvvm-attach-target (sm_90a, +ptx80, O3), gpu-module-to-binary
@@ -56,22 +59,24 @@ PIPELINE = ["--kiln-gemm-to-ptx"]
 
 
 def config_attr(config):
-    bm, bn, stages, consumers, split_k, grouped, cluster_m = config
+    bm, bn, stages, consumers, split_k, grouped, cluster_m, epilogue = config
     # split_k = 1 and cluster_m = 1 are the attribute's defaults, which it
     # does not print.
     split = f", split_k = {split_k}" if split_k != 1 else ""
     cluster = f", cluster_m = {cluster_m}" if cluster_m != 1 else ""
     group = f", grouped = {grouped}" if grouped else ""
+    fused = f", epilogue = {epilogue}" if epilogue else ""
     return (f"#kiln.gemm_config<block_m = {bm}, block_n = {bn}, stages = {stages}, "
-            f"consumers = {consumers}{split}{cluster}{group}>")
+            f"consumers = {consumers}{split}{cluster}{group}{fused}>")
 
 
 def kernel_name(config):
-    bm, bn, stages, consumers, split_k, grouped, cluster_m = config
+    bm, bn, stages, consumers, split_k, grouped, cluster_m, epilogue = config
     return (f"kiln_gemm_fp8_m{bm}n{bn}s{stages}c{consumers}"
             + (f"k{split_k}" if split_k != 1 else "")
             + (f"x{cluster_m}" if cluster_m != 1 else "")
-            + (f"_{grouped}" if grouped else ""))
+            + (f"_{grouped}" if grouped else "")
+            + (f"_{epilogue}" if epilogue else ""))
 
 
 def grouped_types(g, r, n, k, layout):
@@ -134,20 +139,22 @@ def selected_configs(kiln_opt, shapes, grouped_shapes=()):
                         run.stdout)
     if len(picked) != len(shapes) + len(grouped_shapes):
         raise SystemExit("kiln-compile-gemm: kiln-select-gemm-config left a matmul unconfigured")
-    return [tuple(int(v or 1) for v in config[:5]) + (config[6] or None, int(config[5] or 1))
+    return [tuple(int(v or 1) for v in config[:5]) + (config[6] or None, int(config[5] or 1),
+                                                       None)
             for config in picked]
 
 
 def parse_config(text):
-    """block_m,block_n,stages,consumers[,split_k[,layout]][,xCLUSTER_M]"""
+    """block_m,block_n,stages,consumers[,split_k[,layout]][,xCLUSTER_M][,EPILOGUE]"""
     fields = text.split(",")
+    epilogue = fields.pop() if fields[-1] in EPILOGUES else None
     cluster_m = int(fields.pop()[1:]) if fields[-1].startswith("x") else 1
     grouped = fields.pop() if fields[-1] in LAYOUTS else None
     if len(fields) not in (4, 5):
         raise SystemExit(f"kiln-compile-gemm: --config needs 4 or 5 integers and an optional "
                          f"layout, got {text}")
     values = [int(v) for v in fields] + [1] * (5 - len(fields))
-    return tuple(values) + (grouped, cluster_m)
+    return tuple(values) + (grouped, cluster_m, epilogue)
 
 
 def parse_grouped_shape(text):
@@ -183,7 +190,8 @@ def main():
     parser.add_argument("--ptxas", default=shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas")
     parser.add_argument("--out", required=True)
     parser.add_argument("--config", action="append", default=[],
-                        help="block_m,block_n,stages,consumers[,split_k[,contiguous|masked]][,x2]")
+                        help="block_m,block_n,stages,consumers[,split_k[,contiguous|masked]][,x2]"
+                        "[,swiglu]")
     parser.add_argument("--shapes", help="MxNxK,...: build what the heuristic picks for these")
     parser.add_argument("--grouped-shapes",
                         help="GxRxNxK:LAYOUT,...: the same for grouped GEMMs")
@@ -214,7 +222,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     failures = 0
     for config in configs:
-        bm, bn, stages, consumers, split_k, grouped, cluster_m = config
+        bm, bn, stages, consumers, split_k, grouped, cluster_m, fused = config
         name = kernel_name(config)
         with tempfile.TemporaryDirectory() as scratch:
             source = os.path.join(scratch, "gemm.mlir")
@@ -255,6 +263,8 @@ def main():
             manifest["grouped"] = grouped
         if cluster_m != 1:
             manifest["cluster_m"] = cluster_m
+        if fused:
+            manifest["epilogue"] = fused
         with open(os.path.join(args.out, name + ".json"), "w") as f:
             json.dump(manifest, f, indent=1)
         status = "ok" if sum(spills) == 0 else "SPILLS"

@@ -299,6 +299,119 @@ extern "C" __global__ void __launch_bounds__(256) kiln_gemm_check_reference_f64(
   atomicMax(&stats->worstError, worst);
 }
 
+/// The SwiGLU epilogue's reference (gemm-abi.md "SwiGLU epilogue"): for B
+/// in the checkpoint's gate/up layout ([gate; up], N = 2I rows, NOT the
+/// interleaved layout the kernel reads), out[m, j] = silu(g) · u with
+/// g = (A·Bᵀ)[m, j] and u = (A·Bᵀ)[m, I + j] from the FP64 product of the
+/// dequantized operands, compared with `out` ([M, I] BF16 bits) into
+/// `stats` as kiln_gemm_check_reference_f64 does. Grid (⌈I/64⌉, ⌈M/64⌉),
+/// 256 threads.
+extern "C" __global__ void __launch_bounds__(256)
+    kiln_gemm_check_reference_swiglu_f64(const uint8_t *__restrict__ a,
+                                         const uint8_t *__restrict__ b,
+                                         const float *__restrict__ scaleA,
+                                         const float *__restrict__ scaleB,
+                                         const uint16_t *__restrict__ out,
+                                         int M, int N, int K,
+                                         CheckStats *stats) {
+  constexpr int kTile = kCheckTile, kChunk = 16;
+  __shared__ double tileA[kChunk][kTile + 1];
+  __shared__ double tileG[kChunk][kTile + 1];
+  __shared__ double tileU[kChunk][kTile + 1];
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int I = N / 2;
+  const int m0 = blockIdx.y * kTile, n0 = blockIdx.x * kTile;
+  const int blocksK = K / 128;
+
+  double gate[4][4] = {}, up[4][4] = {};
+  for (int k0 = 0; k0 < K; k0 += kChunk) {
+    const int kb = k0 / 128;
+    __syncthreads();
+    for (int index = threadIdx.x; index < kTile * kChunk; index += blockDim.x) {
+      int kk = index % kChunk, r = index / kChunk;
+      int row = m0 + r, col = n0 + r;
+      tileA[kk][r] =
+          row < M ? decodeE4M3(a[static_cast<size_t>(row) * K + k0 + kk]) *
+                        double(scaleA[static_cast<size_t>(kb) * M + row])
+                  : 0.0;
+      for (int half = 0; half < 2; ++half) {
+        int wrow = col + half * I;
+        double value =
+            col < I
+                ? decodeE4M3(b[static_cast<size_t>(wrow) * K + k0 + kk]) *
+                      double(scaleB[static_cast<size_t>(wrow / 128) * blocksK +
+                                    kb])
+                : 0.0;
+        (half ? tileU : tileG)[kk][r] = value;
+      }
+    }
+    __syncthreads();
+    for (int kk = 0; kk < kChunk; ++kk)
+      for (int i = 0; i < 4; ++i)
+        for (int j = 0; j < 4; ++j) {
+          gate[i][j] =
+              fma(tileA[kk][ty + 16 * i], tileG[kk][tx + 16 * j], gate[i][j]);
+          up[i][j] =
+              fma(tileA[kk][ty + 16 * i], tileU[kk][tx + 16 * j], up[i][j]);
+        }
+  }
+
+  double sumSquaredError = 0, sumSquaredReference = 0;
+  unsigned long long unwritten = 0, nonFinite = 0;
+  unsigned long long firstUnwritten = ~0ULL, firstNonFinite = ~0ULL;
+  unsigned long long worst = 0;
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) {
+      int row = m0 + ty + 16 * i, col = n0 + tx + 16 * j;
+      if (row >= M || col >= I)
+        continue;
+      unsigned long long index = static_cast<unsigned long long>(row) * I + col;
+      double g = gate[i][j];
+      double reference = g / (1.0 + exp(-g)) * up[i][j];
+      sumSquaredReference += reference * reference;
+      uint16_t bits = out[index];
+      if (bits == kPoisonBF16) {
+        ++unwritten;
+        firstUnwritten = min(firstUnwritten, index);
+        continue;
+      }
+      float value = __uint_as_float(static_cast<uint32_t>(bits) << 16);
+      if (!isfinite(value)) {
+        ++nonFinite;
+        firstNonFinite = min(firstNonFinite, index);
+        continue;
+      }
+      double error = double(value) - reference;
+      sumSquaredError += error * error;
+      float magnitude = static_cast<float>(fabs(error));
+      worst =
+          max(worst, static_cast<unsigned long long>(__float_as_uint(magnitude))
+                             << 32 |
+                         index);
+    }
+
+  warpSum(sumSquaredError);
+  warpSum(sumSquaredReference);
+  warpSum(unwritten);
+  warpSum(nonFinite);
+  warpMin(firstUnwritten);
+  warpMin(firstNonFinite);
+  warpMax(worst);
+  if (threadIdx.x % 32 != 0)
+    return;
+  atomicAdd(&stats->sumSquaredError, sumSquaredError);
+  atomicAdd(&stats->sumSquaredReference, sumSquaredReference);
+  if (unwritten) {
+    atomicAdd(&stats->unwritten, unwritten);
+    atomicMin(&stats->firstUnwritten, firstUnwritten);
+  }
+  if (nonFinite) {
+    atomicAdd(&stats->nonFinite, nonFinite);
+    atomicMin(&stats->firstNonFinite, firstNonFinite);
+  }
+  atomicMax(&stats->worstError, worst);
+}
+
 /// Counts the elements of `values` that differ from `expected` (the guard
 /// region past `out`, which must keep the poison).
 extern "C" __global__ void

@@ -44,6 +44,8 @@ constexpr uint16_t kPoisonBF16 = 0x7FA5;
 constexpr const char *kFillE4M3 = "kiln_gemm_check_fill_e4m3";
 constexpr const char *kFillScales = "kiln_gemm_check_fill_scales";
 constexpr const char *kReferenceF64 = "kiln_gemm_check_reference_f64";
+constexpr const char *kReferenceSwigluF64 =
+    "kiln_gemm_check_reference_swiglu_f64";
 constexpr const char *kCountNotEqual = "kiln_gemm_check_count_not_equal";
 constexpr const char *kCountMismatches = "kiln_gemm_check_count_mismatches";
 constexpr const char *kSpin = "kiln_gemm_check_spin";

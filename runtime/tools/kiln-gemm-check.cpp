@@ -15,7 +15,12 @@
 // Grouped kernels (manifest key "grouped") run grouped cases instead: G
 // random groups against a stacked [G·N, K] weight in one launch, each group
 // checked against the FP64 reference of its own GEMM, the rows outside every
-// group (and a guard past out) required to keep their poison.
+// group (and a guard past out) required to keep their poison. A SwiGLU
+// kernel (manifest "epilogue": "swiglu") gets the gate/up weight of every
+// expert interleaved by kiln::cuda::interleaveGateUpAsync and is checked
+// against silu(g)·u of the FP64 product of the checkpoint-layout weight;
+// with --unfused it is also timed against the plain grouped kernel plus the
+// runtime's swiglu kernel over [R, 2I].
 //
 // Exit status: 0 all shapes right, 1 a wrong result or a failed launch,
 // 2 bad usage or setup (no GPU, unreadable cubin or manifest), 3 a launch
@@ -27,6 +32,8 @@
 
 #include "kiln/cuda/driver.h"
 #include "kiln/cuda/gemm_launcher.h"
+#include "kiln/cuda/model_kernels.h"
+#include "kiln/cuda/swiglu_weights.h"
 #include "kiln/error.h"
 
 #include <nlohmann/json.hpp>
@@ -40,6 +47,7 @@
 #include <cstring>
 #include <ctime>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -90,6 +98,11 @@ Grouped kernels (manifest "grouped": "contiguous" or "masked"):
                          Default: small random cases with ragged N.
   --reference-gflop X    check groups against the FP64 reference until X
                          GFLOP of them are checked (default: all groups)
+  --unfused PLAIN.cubin  SwiGLU kernels: also time this plain grouped kernel
+                         (manifest beside it, same layout) followed by the
+                         runtime's swiglu kernel over its [R, 2I] output,
+                         and both with the intermediate's FP8 quantization
+                         (swiglu_quantize, or quantize after this kernel)
 )";
 
 struct Shape {
@@ -135,6 +148,7 @@ struct Options {
   // Grouped kernels.
   std::string cases;
   double referenceGflop = 0;
+  std::string unfusedCubinPath;
 };
 
 [[noreturn]] void usageError(const std::string &message) {
@@ -229,6 +243,8 @@ Options parseOptions(int argc, char **argv) {
       options.operandPointers = true;
     } else if (arg == "--cases") {
       options.cases = value();
+    } else if (arg == "--unfused") {
+      options.unfusedCubinPath = value();
     } else if (arg == "--reference-gflop") {
       std::string text = value();
       char *end = nullptr;
@@ -377,6 +393,7 @@ public:
          {std::pair{&fillE4M3, reference::kFillE4M3},
           std::pair{&fillScales, reference::kFillScales},
           std::pair{&referenceF64, reference::kReferenceF64},
+          std::pair{&referenceSwigluF64, reference::kReferenceSwigluF64},
           std::pair{&countNotEqual, reference::kCountNotEqual},
           std::pair{&countMismatches, reference::kCountMismatches},
           std::pair{&spin, reference::kSpin}})
@@ -412,6 +429,20 @@ public:
            (m + tile - 1) / tile, 256, 0, stream, args);
   }
 
+  /// `operands` as for a plain GEMM with B in the checkpoint's gate/up
+  /// layout (N = 2I rows); `out` is [M, I].
+  void compareWithSwigluReference(const GemmOperands &operands,
+                                  CUdeviceptr stats, CUstream stream) const {
+    CUdeviceptr a = operands.a, b = operands.b, scaleA = operands.scaleA,
+                scaleB = operands.scaleB, out = operands.out;
+    int m = operands.m, n = operands.n, k = operands.k;
+    void *args[] = {&a, &b, &scaleA, &scaleB, &out, &m, &n, &k, &stats};
+    const unsigned tile = reference::kCheckTile;
+    launch(referenceSwigluF64, reference::kReferenceSwigluF64,
+           (n / 2 + tile - 1) / tile, (m + tile - 1) / tile, 256, 0, stream,
+           args);
+  }
+
   void countDiffering(CUdeviceptr values, unsigned long long count,
                       uint16_t expected, CUdeviceptr counter,
                       CUstream stream) const {
@@ -443,7 +474,8 @@ private:
 
   CUmodule module = nullptr;
   CUfunction fillE4M3 = nullptr, fillScales = nullptr, referenceF64 = nullptr,
-             countNotEqual = nullptr, countMismatches = nullptr, spin = nullptr;
+             referenceSwigluF64 = nullptr, countNotEqual = nullptr,
+             countMismatches = nullptr, spin = nullptr;
 };
 
 template <typename T>
@@ -728,13 +760,13 @@ ShapeResult ShapeRunner::run(const Shape &shape, uint64_t seed) const {
 struct Timing {
   double medianUs = NAN, minUs = NAN, maxUs = NAN;
 };
-Timing timeLaunches(const GemmKernel &kernel, const CheckKernels &check,
-                    const Options &options,
-                    const std::vector<GemmLaunch> &launches, CUstream stream,
-                    const std::string &what) {
+/// The same for any work: `enqueue(i)` enqueues the i-th repetition.
+Timing timeWork(const CheckKernels &check, const Options &options,
+                const std::function<void(int)> &enqueue, CUstream stream,
+                const std::string &what) {
   const int runs = options.runs;
   for (int w = 0; w < options.warmup; ++w)
-    kernel.launch(launches[w % launches.size()], stream);
+    enqueue(w);
   std::vector<Event> starts, stops;
   for (int r = 0; r < runs; ++r) {
     starts.emplace_back();
@@ -746,7 +778,7 @@ Timing timeLaunches(const GemmKernel &kernel, const CheckKernels &check,
   check.busyWait(2'000'000ULL + 30'000ULL * runs, stream);
   for (int r = 0; r < runs; ++r) {
     KILN_CU("timing event", cuEventRecord, starts[r].get(), stream);
-    kernel.launch(launches[(options.warmup + r) % launches.size()], stream);
+    enqueue(options.warmup + r);
     KILN_CU("timing event", cuEventRecord, stops[r].get(), stream);
   }
   waitFor(stream, options.timeoutSeconds, what);
@@ -765,6 +797,16 @@ Timing timeLaunches(const GemmKernel &kernel, const CheckKernels &check,
       runs % 2 ? microseconds[runs / 2]
                : 0.5 * (microseconds[runs / 2 - 1] + microseconds[runs / 2]);
   return timing;
+}
+
+Timing timeLaunches(const GemmKernel &kernel, const CheckKernels &check,
+                    const Options &options,
+                    const std::vector<GemmLaunch> &launches, CUstream stream,
+                    const std::string &what) {
+  return timeWork(
+      check, options,
+      [&](int i) { kernel.launch(launches[i % launches.size()], stream); },
+      stream, what);
 }
 
 void ShapeRunner::time(const std::vector<OperandSet> &sets,
@@ -1055,10 +1097,16 @@ struct GroupedResult {
   double relativeError = NAN;
   double checkedFraction = 0;
   Timing timing;
+  /// SwiGLU kernels with --unfused: the plain kernel plus the swiglu kernel;
+  /// then with the FP8 quantization of the intermediate the down GEMM reads
+  /// (plain kernel + swiglu_quantize against this kernel + quantize).
+  Timing unfused, unfusedQuantize, fusedQuantize;
   int sets = 0;
   int64_t routedRows = 0;
   int activeGroups = 0;
   int maxRows = 0;
+  /// Columns of out: N, or N / 2 for a SwiGLU kernel.
+  int outCols = 0;
 
   double flops() const { return 2.0 * routedRows * c.n * double(c.k); }
   /// The weights (and their scales) of the groups that have rows.
@@ -1070,17 +1118,20 @@ struct GroupedResult {
   /// The weights, A and scales of the routed rows, BF16 out.
   double bytes() const {
     double blocksK = std::ceil(c.k / 128.0);
-    return weightBytes() + routedRows * (c.k + 4.0 * blocksK + 2.0 * c.n);
+    return weightBytes() + routedRows * (c.k + 4.0 * blocksK + 2.0 * outCols);
   }
 };
 
 class GroupedRunner {
 public:
+  /// `unfused`, `modelKernels`: SwiGLU kernels only, to time the plain
+  /// grouped kernel plus the runtime's swiglu kernel (may be null).
   GroupedRunner(const GemmKernel &kernel, const CheckKernels &check,
                 const Options &options, const DeviceInfo &device,
-                CUstream stream)
+                CUstream stream, const GemmKernel *unfused = nullptr,
+                ModelKernels *modelKernels = nullptr)
       : kernel(kernel), check(check), options(options), device(device),
-        stream(stream) {}
+        stream(stream), unfused(unfused), modelKernels(modelKernels) {}
 
   GroupedResult run(const GroupedCase &c, uint64_t seed) const;
 
@@ -1088,6 +1139,8 @@ private:
   struct Set {
     DeviceBuffer a, b, scaleA, scaleB, out, groups;
     GroupedGemmOperands operands;
+    /// The unfused path's [rows, N] product (SwiGLU with --unfused).
+    DeviceBuffer product;
   };
   unsigned long long countNotPoison(CUdeviceptr at, size_t elements,
                                     const DeviceBuffer &counter) const {
@@ -1112,6 +1165,8 @@ private:
   const Options &options;
   const DeviceInfo &device;
   CUstream stream;
+  const GemmKernel *unfused;
+  ModelKernels *modelKernels;
 };
 
 GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
@@ -1119,6 +1174,9 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
   result.c = c;
   const GemmKernelConfig &config = kernel.config();
   const bool masked = config.grouping == GemmGrouping::Masked;
+  const bool swiglu = config.epilogue == GemmEpilogue::Swiglu;
+  if (swiglu && c.n % 256 != 0)
+    throw Error(c.text() + ": a SwiGLU kernel needs N = 2I a multiple of 256");
   GroupLayoutOnHost layout = drawGroups(c, config.grouping, splitmix(seed));
   for (int count : layout.counts) {
     result.routedRows += count;
@@ -1128,9 +1186,11 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
   const size_t g = c.groups, n = c.n, k = c.k;
   const size_t blocksK = (k + 127) / 128, blocksN = (n + 127) / 128;
   const size_t rowsA = masked ? g * c.rows : size_t(c.rows);
-  const size_t outElements = rowsA * n;
+  const size_t outCols = swiglu ? n / 2 : n;
+  result.outCols = int(outCols);
+  const size_t outElements = rowsA * outCols;
   // A kernel that writes rows past the end lands here.
-  const size_t guardElements = size_t(config.blockM) * n + config.blockN;
+  const size_t guardElements = size_t(config.blockM) * outCols + config.blockN;
   const size_t bytesA = rowsA * k, bytesB = g * n * k;
   const size_t bytesScaleA = 4 * blocksK * rowsA;
   const size_t bytesScaleB = 4 * g * blocksN * blocksK;
@@ -1151,6 +1211,7 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
              : layout.offsets;
 
   std::vector<Set> setList;
+  DeviceBuffer checkpointB;
   for (int s = 0; s < sets; ++s) {
     std::string what = c.text() + " set " + std::to_string(s) + ": ";
     Set set{DeviceBuffer(bytesA, what + "A"),
@@ -1159,7 +1220,8 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
             DeviceBuffer(bytesScaleB, what + "scaleB"),
             DeviceBuffer(bytesOut, what + "out"),
             DeviceBuffer(groupWords.size() * 4, what + "groups"),
-            {}};
+            {},
+            DeviceBuffer()};
     set.operands.gemm = {set.a.get(),
                          set.b.get(),
                          set.scaleA.get(),
@@ -1174,7 +1236,19 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
             groupWords.size() * 4);
     uint64_t setSeed = splitmix(seed + s);
     check.fillValues(set.a.get(), bytesA, splitmix(setSeed + 1), stream);
-    check.fillValues(set.b.get(), bytesB, splitmix(setSeed + 2), stream);
+    if (swiglu && s == 0) {
+      // The checked set: the checkpoint's gate/up layout for the
+      // reference, interleaved for the kernel.
+      checkpointB = DeviceBuffer(bytesB, what + "checkpoint-layout B");
+      check.fillValues(checkpointB.get(), bytesB, splitmix(setSeed + 2),
+                       stream);
+      interleaveGateUpAsync(checkpointB.get(), set.b.get(), c.groups, c.n / 2,
+                            k, stream);
+    } else {
+      check.fillValues(set.b.get(), bytesB, splitmix(setSeed + 2), stream);
+    }
+    if (swiglu && unfused)
+      set.product = DeviceBuffer(2 * rowsA * n, what + "unfused product");
     check.fillPositiveScales(set.scaleA.get(), bytesScaleA / 4,
                              splitmix(setSeed + 3), kScaleBaseA, stream);
     check.fillPositiveScales(set.scaleB.get(), bytesScaleB / 4,
@@ -1207,9 +1281,9 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
     int64_t row = layout.firstRow[group];
     GemmOperands one;
     one.a = checked.a.get() + row * k;
-    one.b = checked.b.get() + group * n * k;
+    one.b = (swiglu ? checkpointB.get() : checked.b.get()) + group * n * k;
     one.scaleB = checked.scaleB.get() + 4 * group * blocksN * blocksK;
-    one.out = checked.out.get() + 2 * row * n;
+    one.out = checked.out.get() + 2 * row * outCols;
     one.m = count;
     one.n = c.n;
     one.k = c.k;
@@ -1230,7 +1304,10 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
     initial.firstUnwritten = initial.firstNonFinite = ~0ULL;
     KILN_CU("check statistics", cuMemcpyHtoD, statsBuffer.get(), &initial,
             sizeof(initial));
-    check.compareWithReference(one, statsBuffer.get(), stream);
+    if (swiglu)
+      check.compareWithSwigluReference(one, statsBuffer.get(), stream);
+    else
+      check.compareWithReference(one, statsBuffer.get(), stream);
     waitFor(stream, options.timeoutSeconds,
             c.text() + ": FP64 reference of group " + std::to_string(group));
     auto stats = copyToHost<reference::CheckStats>(statsBuffer.get(),
@@ -1242,22 +1319,22 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
     if (stats.unwritten)
       problems.push_back(where + ": " + std::to_string(stats.unwritten) +
                          " elements never written, first at " +
-                         position(stats.firstUnwritten, c.n));
+                         position(stats.firstUnwritten, int(outCols)));
     if (stats.nonFinite)
       problems.push_back(where + ": " + std::to_string(stats.nonFinite) +
                          " elements NaN or Inf, first at " +
-                         position(stats.firstNonFinite, c.n));
+                         position(stats.firstNonFinite, int(outCols)));
     if (stats.worstError && result.detail.empty()) {
       unsigned long long index = stats.worstError & 0xFFFFFFFFULL;
       uint32_t errorBits = uint32_t(stats.worstError >> 32);
       float worstError;
       std::memcpy(&worstError, &errorBits, sizeof(worstError));
-      result.detail =
-          "first group's worst |err| " + format("%.3g", worstError) + " at " +
-          position(index, c.n) + " (rms of ref " +
-          format("%.3g",
-                 std::sqrt(stats.sumSquaredReference / (double(count) * n))) +
-          ")";
+      result.detail = "first group's worst |err| " +
+                      format("%.3g", worstError) + " at " +
+                      position(index, int(outCols)) + " (rms of ref " +
+                      format("%.3g", std::sqrt(stats.sumSquaredReference /
+                                               (double(count) * outCols))) +
+                      ")";
     }
   }
   result.checkedFraction =
@@ -1277,13 +1354,14 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
     if (masked) {
       for (size_t group = 0; group < g; ++group)
         written += countNotPoison(
-            out + 2 * (group * c.rows + layout.counts[group]) * n,
-            size_t(c.rows - layout.counts[group]) * n, counter);
+            out + 2 * (group * c.rows + layout.counts[group]) * outCols,
+            size_t(c.rows - layout.counts[group]) * outCols, counter);
     } else {
+      written += countNotPoison(out, size_t(layout.offsets.front()) * outCols,
+                                counter);
       written +=
-          countNotPoison(out, size_t(layout.offsets.front()) * n, counter);
-      written += countNotPoison(out + 2 * size_t(layout.offsets.back()) * n,
-                                (rowsA - layout.offsets.back()) * n, counter);
+          countNotPoison(out + 2 * size_t(layout.offsets.back()) * outCols,
+                         (rowsA - layout.offsets.back()) * outCols, counter);
     }
     written += countNotPoison(out + 2 * outElements, guardElements, counter);
     if (written)
@@ -1302,6 +1380,59 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
       launches.push_back(kernel.prepareGrouped(set.operands));
     result.timing = timeLaunches(kernel, check, options, launches, stream,
                                  launchWhat + ", timed launches");
+    if (swiglu && unfused && modelKernels) {
+      // What the runtime runs today: the plain grouped GEMM into [rows, 2I]
+      // (same bytes of B; its column order does not change the time), then
+      // the swiglu kernel over the gate and up halves into [rows, I].
+      std::vector<GemmLaunch> plain;
+      for (const Set &set : setList) {
+        GroupedGemmOperands operands = set.operands;
+        operands.gemm.out = set.product.get();
+        plain.push_back(unfused->prepareGrouped(operands));
+      }
+      int64_t rows = int64_t(rowsA), cols = int64_t(outCols);
+      result.unfused = timeWork(
+          check, options,
+          [&](int i) {
+            const Set &set = setList[i % setList.size()];
+            unfused->launch(plain[i % plain.size()], stream);
+            DeviceMatrix gate{set.product.get(), rows, cols, 2 * cols,
+                              ElementType::BF16};
+            DeviceMatrix up{set.product.get() + 2 * cols, rows, cols, 2 * cols,
+                            ElementType::BF16};
+            DeviceMatrix out{set.out.get(), rows, cols, cols,
+                             ElementType::BF16};
+            modelKernels->swiglu(stream, gate, up, out);
+          },
+          stream, launchWhat + ", unfused timed launches");
+      // The same with the intermediate quantized 1x128 (one output for all
+      // sets: only the time matters).
+      DeviceBuffer values(rowsA * outCols, "quantized intermediate");
+      DeviceBuffer scales(4 * rowsA * ((outCols + 127) / 128),
+                          "intermediate scales");
+      QuantizedMatrix quantized{values.get(), scales.get(), rows, cols, 0, 0};
+      result.unfusedQuantize = timeWork(
+          check, options,
+          [&](int i) {
+            const Set &set = setList[i % setList.size()];
+            unfused->launch(plain[i % plain.size()], stream);
+            DeviceMatrix gate{set.product.get(), rows, cols, 2 * cols,
+                              ElementType::BF16};
+            DeviceMatrix up{set.product.get() + 2 * cols, rows, cols, 2 * cols,
+                            ElementType::BF16};
+            modelKernels->swigluQuantize(stream, gate, up, quantized);
+          },
+          stream, launchWhat + ", unfused + quantize timed launches");
+      result.fusedQuantize = timeWork(
+          check, options,
+          [&](int i) {
+            const Set &set = setList[i % setList.size()];
+            kernel.launch(launches[i % launches.size()], stream);
+            DeviceMatrix x{set.out.get(), rows, cols, cols, ElementType::BF16};
+            modelKernels->quantize(stream, x, quantized);
+          },
+          stream, launchWhat + ", fused + quantize timed launches");
+    }
   }
   poisonAndLaunch(checked, launchWhat + ", repeated");
   KILN_CU("repeat check", cuMemsetD8Async, counter.get(), 0, counter.size(),
@@ -1362,25 +1493,29 @@ Json groupedJson(const std::string &label, const GemmKernelConfig &config,
   Json list = Json::array();
   for (const GroupedResult &row : rows) {
     double us = row.timing.medianUs;
-    list.push_back({{"case", row.c.text()},
-                    {"groups", row.c.groups},
-                    {"rows", row.c.rows},
-                    {"n", row.c.n},
-                    {"k", row.c.k},
-                    {"distribution", row.c.distribution},
-                    {"routed_rows", row.routedRows},
-                    {"active_groups", row.activeGroups},
-                    {"us", jsonNumber(us)},
-                    {"min_us", jsonNumber(row.timing.minUs)},
-                    {"max_us", jsonNumber(row.timing.maxUs)},
-                    {"tflops", jsonNumber(row.flops() / (us * 1e6))},
-                    {"weight_gbps", jsonNumber(row.weightBytes() / (us * 1e3))},
-                    {"gbps", jsonNumber(row.bytes() / (us * 1e3))},
-                    {"rel_error", jsonNumber(row.relativeError)},
-                    {"checked_fraction", row.checkedFraction},
-                    {"sets", row.sets},
-                    {"status", row.status},
-                    {"detail", row.detail}});
+    list.push_back(
+        {{"case", row.c.text()},
+         {"groups", row.c.groups},
+         {"rows", row.c.rows},
+         {"n", row.c.n},
+         {"k", row.c.k},
+         {"distribution", row.c.distribution},
+         {"routed_rows", row.routedRows},
+         {"active_groups", row.activeGroups},
+         {"us", jsonNumber(us)},
+         {"min_us", jsonNumber(row.timing.minUs)},
+         {"max_us", jsonNumber(row.timing.maxUs)},
+         {"tflops", jsonNumber(row.flops() / (us * 1e6))},
+         {"weight_gbps", jsonNumber(row.weightBytes() / (us * 1e3))},
+         {"gbps", jsonNumber(row.bytes() / (us * 1e3))},
+         {"rel_error", jsonNumber(row.relativeError)},
+         {"unfused_us", jsonNumber(row.unfused.medianUs)},
+         {"unfused_quantize_us", jsonNumber(row.unfusedQuantize.medianUs)},
+         {"fused_quantize_us", jsonNumber(row.fusedQuantize.medianUs)},
+         {"checked_fraction", row.checkedFraction},
+         {"sets", row.sets},
+         {"status", row.status},
+         {"detail", row.detail}});
   }
   json["rows"] = list;
   return json;
@@ -1415,7 +1550,28 @@ int runGrouped(const Options &options, const GemmKernel &kernel,
   std::vector<GroupedCase> cases =
       options.cases.empty() ? defaultGroupedCases(config.grouping)
                             : parseGroupedCases(options.cases, config.grouping);
-  GroupedRunner runner(kernel, check, options, device, stream);
+  std::optional<GemmKernel> unfused;
+  std::optional<ModelKernels> modelKernels;
+  if (!options.unfusedCubinPath.empty()) {
+    if (config.epilogue != GemmEpilogue::Swiglu)
+      usageError("--unfused needs a SwiGLU kernel");
+    // The manifest beside the cubin, as for the kernel under test.
+    std::string path = options.unfusedCubinPath;
+    std::string stem = path;
+    if (stem.size() > 6 && stem.compare(stem.size() - 6, 6, ".cubin") == 0)
+      stem.resize(stem.size() - 6);
+    GemmKernelConfig plain = loadGemmManifest(stem + ".json");
+    if (plain.grouping != config.grouping ||
+        plain.epilogue != GemmEpilogue::Store)
+      usageError("--unfused: " + path +
+                 " must be a plain grouped kernel of the same layout");
+    std::string image = readFile(path);
+    unfused.emplace(image.data(), image.size(), plain);
+    modelKernels.emplace();
+  }
+  GroupedRunner runner(kernel, check, options, device, stream,
+                       unfused ? &*unfused : nullptr,
+                       modelKernels ? &*modelKernels : nullptr);
   std::vector<GroupedResult> results;
   bool allRight = true;
   for (size_t i = 0; i < cases.size(); ++i) {
@@ -1436,6 +1592,24 @@ int runGrouped(const Options &options, const GemmKernel &kernel,
                 cell(result.timing.maxUs, "%.1f").c_str(), result.sets,
                 (long long)result.routedRows, result.activeGroups,
                 result.detail.empty() ? "" : "\n    ", result.detail.c_str());
+    if (!std::isnan(result.unfused.medianUs))
+      std::printf(
+          "    unfused (plain grouped GEMM + swiglu): %s µs, fused "
+          "saves %s%%\n",
+          cell(result.unfused.medianUs, "%.1f").c_str(),
+          cell(100 * (1 - result.timing.medianUs / result.unfused.medianUs),
+               "%.1f")
+              .c_str());
+    if (!std::isnan(result.unfusedQuantize.medianUs))
+      std::printf("    with FP8 quantization of the intermediate: unfused "
+                  "(GEMM + swiglu_quantize) %s µs, fused (+ quantize) %s µs, "
+                  "saves %s%%\n",
+                  cell(result.unfusedQuantize.medianUs, "%.1f").c_str(),
+                  cell(result.fusedQuantize.medianUs, "%.1f").c_str(),
+                  cell(100 * (1 - result.fusedQuantize.medianUs /
+                                      result.unfusedQuantize.medianUs),
+                       "%.1f")
+                      .c_str());
     std::fflush(stdout);
     allRight = allRight && result.status == "ok";
     results.push_back(result);

@@ -1,5 +1,6 @@
 // #kiln.gemm_config prints and parses back, the optional split_k,
-// cluster_m and grouped keys only when set (in any order when parsed).
+// cluster_m, grouped and epilogue keys only when set (in any order when
+// parsed).
 // RUN: kiln-opt %s | kiln-opt | FileCheck %s
 // RUN: kiln-opt %s --mlir-print-op-generic | kiln-opt | FileCheck %s
 
@@ -9,6 +10,8 @@
 // CHECK-DAG: masked = #kiln.gemm_config<block_m = 128, block_n = 64, stages = 8, consumers = 2, split_k = 2, grouped = masked>
 // CHECK-DAG: cluster = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 6, consumers = 2, cluster_m = 2>
 // CHECK-DAG: reordered = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 2, grouped = masked>
+// CHECK-DAG: swiglu = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, grouped = contiguous, epilogue = swiglu>
+// CHECK-DAG: swiglu_masked = #kiln.gemm_config<block_m = 64, block_n = 128, stages = 8, consumers = 1, grouped = masked, epilogue = swiglu>
 // split_k = 1 is the default and is not printed.
 // CHECK-DAG: default_split = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, grouped = masked>
 func.func private @f() attributes {
@@ -18,4 +21,6 @@ func.func private @f() attributes {
   masked = #kiln.gemm_config<block_m = 128, block_n = 64, stages = 8, consumers = 2, split_k = 2, grouped = masked>,
   cluster = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 6, consumers = 2, cluster_m = 2>,
   reordered = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, grouped = masked, split_k = 2>,
-  default_split = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 1, grouped = masked>}
+  default_split = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 1, grouped = masked>,
+  swiglu = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, grouped = contiguous, epilogue = swiglu>,
+  swiglu_masked = #kiln.gemm_config<block_m = 64, block_n = 128, stages = 8, consumers = 1, epilogue = swiglu, grouped = masked>}

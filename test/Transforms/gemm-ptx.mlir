@@ -91,4 +91,23 @@
 // GROUPED: kiln_gemm_fp8_m128n64s8c2_contiguous: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // RUN: %python -c "import json; m = json.load(open('%t/grouped/kiln_gemm_fp8_m64n64s8c1k2_contiguous.json')); print(m['grouped'], m['split_k'], m['smem_bytes'])" | FileCheck %s --check-prefix=MANIFEST
 // MANIFEST: contiguous 2 153740
+// The SwiGLU epilogue (gemm-abi.md "SwiGLU epilogue") on the tiles the
+// heuristic picks for the gate/up GEMM: two weight scales per K block, the
+// one-consumer tile at 240 registers (spilled 60 bytes at 232).
+// RUN: %python %kiln_compile_gemm --kiln-opt %kiln_opt_path --ptxas %ptxas --out %t/swiglu --config 128,128,4,2,1,contiguous,swiglu --config 128,128,4,2,1,masked,swiglu --config 64,128,8,1,1,contiguous,swiglu --config 64,128,8,1,1,masked,swiglu | FileCheck %s --check-prefix=SWIGLU
+// SWIGLU: kiln_gemm_fp8_m128n128s4c2_contiguous_swiglu: {{[0-9]+}} registers, 0 spill bytes, 162892 B shared memory: ok
+// SWIGLU: kiln_gemm_fp8_m128n128s4c2_masked_swiglu: {{[0-9]+}} registers, 0 spill bytes, 162892 B shared memory: ok
+// SWIGLU: kiln_gemm_fp8_m64n128s8c1_contiguous_swiglu: 240 registers, 0 spill bytes, 219276 B shared memory: ok
+// SWIGLU: kiln_gemm_fp8_m64n128s8c1_masked_swiglu: 240 registers, 0 spill bytes, 219276 B shared memory: ok
+// RUN: %python -c "import json; m = json.load(open('%t/swiglu/kiln_gemm_fp8_m64n128s8c1_masked_swiglu.json')); print(m['grouped'], m['epilogue'], m['block_n'])" | FileCheck %s --check-prefix=SWIGLU-MANIFEST
+// SWIGLU-MANIFEST: masked swiglu 128
+// The epilogue computes silu(g) * u with ex2 and rcp before the m64n64
+// staging: 32 pairs per thread, then 16-byte stores as usual.
+// RUN: FileCheck %s --check-prefix=SWIGLU-PTX --input-file %t/swiglu/kiln_gemm_fp8_m128n128s4c2_contiguous_swiglu.ptx
+// SWIGLU-PTX: setmaxnreg.inc.sync.aligned.u32 232
+// SWIGLU-PTX: wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3
+// SWIGLU-PTX-COUNT-32: ex2.approx.ftz.f32
+// SWIGLU-PTX: rcp.approx.ftz.f32
+// SWIGLU-PTX: cvt.rn.bf16x2.f32
+// SWIGLU-PTX: st.global.v4.b32
 // PTXAS-NOT: SPILLS

@@ -11,6 +11,7 @@
 
 #include "kiln/cuda/driver.h"
 #include "kiln/cuda/gemm_launcher.h"
+#include "kiln/cuda/swiglu_weights.h"
 #include "kiln/fp8.h"
 
 #include "HopperTest.h"
@@ -244,6 +245,75 @@ TEST(GroupedGemm, GridAndWorkspaceHoldAnyGroupSizes) {
   // Masked: G slabs of maxRows.
   EXPECT_EQ(groupedGemmTileBound(config, 130, 4, 2112), 4 * 2 * 17);
   EXPECT_EQ(groupedGemmGridSize(config, 130, 4, 2112, 132), 132u);
+}
+
+TEST(SwigluGemm, ManifestReadsTheEpilogue) {
+  // kiln-compile-gemm.py's manifest of a SwiGLU kernel.
+  GemmKernelConfig config = parseGemmManifest(
+      R"({"kernel": "kiln_gemm_fp8_m128n128s4c2_contiguous_swiglu",
+          "block_m": 128, "block_n": 128, "stages": 4,
+          "consumer_warpgroups": 2, "split_k": 1, "threads": 384,
+          "smem_bytes": 162892, "grouped": "contiguous",
+          "epilogue": "swiglu"})",
+      "swiglu.json");
+  EXPECT_EQ(config.epilogue, GemmEpilogue::Swiglu);
+  EXPECT_EQ(parseGemmManifest(toManifestJson(config), "round trip").epilogue,
+            GemmEpilogue::Swiglu);
+  EXPECT_EQ(parseGemmManifest(kManifest, "plain.json").epilogue,
+            GemmEpilogue::Store);
+  expectMentions(errorOf([] {
+                   parseGemmManifest(
+                       R"({"kernel": "k", "block_m": 128, "block_n": 128,
+                           "stages": 4, "consumer_warpgroups": 2,
+                           "grouped": "masked", "epilogue": "gelu"})",
+                       "bad.json");
+                 }),
+                 {"bad.json", "\"epilogue\"", "swiglu", "gelu"});
+  // The tile's two halves are gate and up: only 128-wide grouped tiles
+  // without split-K.
+  for (const char *bad :
+       {R"({"kernel": "k", "block_m": 128, "block_n": 128, "stages": 4,
+            "consumer_warpgroups": 2, "epilogue": "swiglu"})",
+        R"({"kernel": "k", "block_m": 128, "block_n": 64, "stages": 4,
+            "consumer_warpgroups": 2, "grouped": "masked",
+            "epilogue": "swiglu"})",
+        R"({"kernel": "k", "block_m": 64, "block_n": 128, "stages": 4,
+            "consumer_warpgroups": 1, "grouped": "masked", "split_k": 2,
+            "epilogue": "swiglu"})"})
+    expectMentions(errorOf([&] { parseGemmManifest(bad, "bad.json"); }),
+                   {"bad.json", "swiglu", "block_n 128", "split_k 1"});
+}
+
+TEST(SwigluWeights, InterleavesGateAndUpInBlocksOf64Rows) {
+  // Two experts, I = 128, rows of 3 bytes: byte 0 names the expert, bytes
+  // 1-2 the checkpoint row (gate rows 0-127, up rows 128-255).
+  const int64_t experts = 2, intermediate = 128;
+  const size_t rowBytes = 3, rows = 2 * intermediate;
+  std::vector<uint8_t> src(experts * rows * rowBytes), dst(src.size(), 0xEE);
+  for (int64_t e = 0; e < experts; ++e)
+    for (size_t r = 0; r < rows; ++r) {
+      uint8_t *row = &src[(e * rows + r) * rowBytes];
+      row[0] = uint8_t(e);
+      row[1] = uint8_t(r & 0xFF);
+      row[2] = uint8_t(r >> 8);
+    }
+  interleaveGateUp(src.data(), dst.data(), experts, intermediate, rowBytes);
+  for (int64_t e = 0; e < experts; ++e)
+    for (size_t r = 0; r < rows; ++r) {
+      // Tile t = r / 128: gate rows 64t.., then up rows I + 64t...
+      size_t tile = r / 128, inTile = r % 128;
+      size_t expected = inTile < 64 ? 64 * tile + inTile
+                                    : intermediate + 64 * tile + inTile - 64;
+      const uint8_t *row = &dst[(e * rows + r) * rowBytes];
+      ASSERT_EQ(row[0], e) << "row " << r;
+      ASSERT_EQ(row[1] | row[2] << 8, int(expected)) << "row " << r;
+      EXPECT_EQ(swigluInterleavedRow(int64_t(expected), intermediate),
+                int64_t(r));
+    }
+  expectMentions(errorOf([&] {
+                   interleaveGateUp(src.data(), dst.data(), 1, 96, rowBytes);
+                 }),
+                 {"intermediate size 96", "multiple of 64"});
 }
 
 TEST(CudaErrors, NameTheCallAndContext) {

@@ -42,6 +42,10 @@ constexpr int64_t kRowsPerConsumer = 64;
 /// hold two accumulators. 128 * 40 + 256 * 232 fits the 64K register file.
 constexpr int kProducerRegisters = 40;
 constexpr int kConsumerRegisters = 232;
+/// One consumer warpgroup with the SwiGLU epilogue: its four scales per K
+/// block spill 60 bytes at 232 (gemm-kernels.md "SwiGLU epilogue"); with a
+/// single consumer 128 * 40 + 128 * 240 registers fit easily.
+constexpr int kSwigluSingleConsumerRegisters = 240;
 /// Suspend-time hint of mbarrier.try_wait, in nanoseconds.
 constexpr int kWaitTicks = 10000000;
 /// Matrix descriptor bits 62-63 = 1 (128-byte swizzle), stride byte offset
@@ -69,6 +73,7 @@ public:
     splitK = config.getSplitK();
     grouped = config.getGrouped();
     clusterM = config.getClusterM();
+    swiglu = config.getSwiglu();
     std::string name = config.getKernelName();
     structType = "!llvm.struct<(";
     for (int64_t i = 0; i < accRegs; ++i)
@@ -269,7 +274,10 @@ private:
   /// alone. The epilogue converts to BF16 and stores the rows and columns
   /// inside M x N.
   void writeConsumer(int64_t bm, int64_t bn, int64_t accRegs) {
-    emit("nvvm.setmaxregister increase " + std::to_string(kConsumerRegisters));
+    int registers = swiglu && config.getConsumers() == 1
+                        ? kSwigluSingleConsumerRegisters
+                        : kConsumerRegisters;
+    emit("nvvm.setmaxregister increase " + std::to_string(registers));
     emit("%consumer = arith.subi %wg, %c1 : i32");
     emit("%local = arith.remui %tid, %c128 : i32");
     emit("%warp = arith.divui %local, %c32 : i32");
@@ -320,9 +328,21 @@ private:
       emit("%aScaleBase = arith.muli %groupRow, %numKB : i32");
       emit("%row0c = arith.addi %row0l, %aScaleBase : i32");
       emit("%row1c = arith.addi %row1l, %aScaleBase : i32");
-      emit("%nBlockInGroup = arith.divui %nOff, %c128 : i32");
       emit("%groupScaleRow = arith.muli %search#0, %nScaleBlocks : i32");
-      emit("%nBlock = arith.addi %groupScaleRow, %nBlockInGroup : i32");
+      if (swiglu) {
+        // Tile t holds gate rows [64t, 64t + 64) and the same up rows: the
+        // gate's weight-scale block t / 2 and the up's N / 256 + t / 2
+        // (the checkpoint's 128-row blocks of the gate/up weight, gate
+        // blocks first).
+        emit("%nBlockInGroup = arith.divui %nOff, " + i32(256) + " : i32");
+        emit("%nBlock = arith.addi %groupScaleRow, %nBlockInGroup : i32");
+        emit("%upBlocks = arith.divui %nScaleBlocks, %c2 : i32");
+        emit("%nBlockUp = arith.addi %nBlock, %upBlocks : i32");
+        emit("%bScaleRowUp = arith.muli %nBlockUp, %numKB : i32");
+      } else {
+        emit("%nBlockInGroup = arith.divui %nOff, %c128 : i32");
+        emit("%nBlock = arith.addi %groupScaleRow, %nBlockInGroup : i32");
+      }
     } else {
       // Rows past M read a valid scale; their results are never stored.
       emit("%row0c = arith.minui %row0, %lastRow : i32");
@@ -340,19 +360,33 @@ private:
     // 128-wide tiles (64 accumulator and 2 x 64 partial registers) spills
     // 60 bytes with the 4 more live values, so it loads them per pair.
     bool prefetch = !(config.getConsumers() == 1 && bn > 64);
+    // The scales of one K block, as loadScales names them with tag "".
+    std::vector<std::string> blockScales = {"%scale0", "%scale1"};
+    if (swiglu)
+      blockScales = {"%scale0", "%scale1", "%scale0Up", "%scale1Up"};
+    auto tagged = [&](const std::string &tag) {
+      std::vector<std::string> names;
+      for (const std::string &name : blockScales)
+        names.push_back(name + tag);
+      return names;
+    };
     std::string scaleTypes, scaleArgs, nextScales;
     if (prefetch) {
       emit("%kbLast = arith.subi " + kbEnd() + ", %c1 : i32");
       emit("%kbP1 = arith.addi " + kbBegin() + ", %c1 : i32");
       emit("%kbP1c = arith.minui %kbP1, %kbLast : i32");
-      auto [firstA0, firstA1] = loadScales("PA", kbBegin());
-      auto [firstB0, firstB1] = loadScales("PB", "%kbP1c");
-      scaleArgs = ", %scale0A = " + firstA0 + ", %scale1A = " + firstA1 +
-                  ", %scale0B = " + firstB0 + ", %scale1B = " + firstB1;
-      scaleTypes = ", f32, f32, f32, f32";
+      std::vector<std::string> firstA = loadScales("PA", kbBegin());
+      std::vector<std::string> firstB = loadScales("PB", "%kbP1c");
+      for (size_t i = 0; i < blockScales.size(); ++i)
+        scaleArgs += ", " + blockScales[i] + "A = " + firstA[i];
+      for (size_t i = 0; i < blockScales.size(); ++i)
+        scaleArgs += ", " + blockScales[i] + "B = " + firstB[i];
+      for (size_t i = 0; i < 2 * blockScales.size(); ++i)
+        scaleTypes += ", f32";
     }
+    size_t carried = prefetch ? 2 * blockScales.size() : 0;
     emit("%numPairs = arith.divui " + kbCount() + ", %c2 : i32");
-    emit("%res:" + std::to_string(prefetch ? 6 : 2) +
+    emit("%res:" + std::to_string(2 + carried) +
          " = scf.for %pair = %c0 to %numPairs step %c1 iter_args(%j = %it, "
          "%acc = " +
          zero + scaleArgs + ") -> (i32, " + structType + scaleTypes +
@@ -370,20 +404,18 @@ private:
       emit("%kbNA = arith.minui %kbNA0, %kbLast : i32");
       emit("%kbNB0 = arith.addi %kbA, " + i32(3) + " : i32");
       emit("%kbNB = arith.minui %kbNB0, %kbLast : i32");
-      auto [nextA0, nextA1] = loadScales("NA", "%kbNA");
-      auto [nextB0, nextB1] = loadScales("NB", "%kbNB");
-      nextScales =
-          ", " + nextA0 + ", " + nextA1 + ", " + nextB0 + ", " + nextB1;
+      for (const std::string &next : loadScales("NA", "%kbNA"))
+        nextScales += ", " + next;
+      for (const std::string &next : loadScales("NB", "%kbNB"))
+        nextScales += ", " + next;
     } else {
       loadScales("A", "%kbA");
       loadScales("B", "%kbB");
     }
     std::string partialA = issueBlock("A", "%j");
     std::string partialB = issueBlock("B", "%jB");
-    std::string accA =
-        finishBlock("A", partialA, "%acc", {"%scale0A", "%scale1A"}, 1);
-    std::string accB =
-        finishBlock("B", partialB, accA, {"%scale0B", "%scale1B"}, 0);
+    std::string accA = finishBlock("A", partialA, "%acc", tagged("A"), 1);
+    std::string accB = finishBlock("B", partialB, accA, tagged("B"), 0);
     emit("%j2 = arith.addi %j, %c2 : i32");
     emit("scf.yield %j2, " + accB + nextScales + " : i32, " + structType +
          scaleTypes);
@@ -394,7 +426,9 @@ private:
     emit("%hasTail = arith.cmpi ne, %pairBlocks, " + kbCount() + " : i32");
     emit("%final = scf.if %hasTail -> (" + structType + ") {");
     emit("%jT = arith.addi %it, %pairBlocks : i32");
-    std::pair<std::string, std::string> tailScales = {"%res#2", "%res#3"};
+    std::vector<std::string> tailScales;
+    for (size_t i = 0; i < blockScales.size(); ++i)
+      tailScales.push_back("%res#" + std::to_string(2 + i));
     if (!prefetch) {
       emit("%kbT = arith.subi " + kbEnd() + ", %c1 : i32");
       tailScales = loadScales("T", "%kbT");
@@ -410,7 +444,7 @@ private:
     if (splitK > 1) {
       writeSplitEpilogue(bm, bn, accRegs);
     } else {
-      writeStores("%final");
+      writeStores(swiglu ? writeSwiglu("%final") : plainStores("%final"));
     }
     emit("scf.yield %itNext : i32");
     emit("}");
@@ -561,8 +595,70 @@ private:
         sum = next;
       }
     }
-    writeStores(sum);
+    writeStores(plainStores(sum));
     emit("}");
+  }
+
+  /// What writeStores stores: an accumulator `acc` of `type` in the m64nN
+  /// fragment layout, N = `cols`, into an output of `n` columns (`n64`, as
+  /// i64) starting at column `nOff`.
+  struct Stores {
+    std::string acc, type, n, n64, nOff;
+    int64_t cols;
+  };
+
+  /// The plain epilogue stores the accumulator as it is.
+  Stores plainStores(const std::string &acc) const {
+    return {acc, structType, "%N", "%N64", "%nOff", config.getBlockN()};
+  }
+
+  /// The SwiGLU epilogue: the tile's left 64 columns are gate, its right
+  /// 64 the up projection of the same intermediate columns (B interleaved
+  /// in blocks of 64 rows, gemm-abi.md "SwiGLU epilogue"), so register i
+  /// (column c) and register i + 32 (column c + 64) of a thread pair up.
+  /// Computes silu(g) * u = g * rcp(1 + 2^(-g log2 e)) * u in FP32 (both
+  /// approximations within a few ulp, far below BF16's rounding; a
+  /// full-precision division's slow path made ptxas spill) into an m64n64
+  /// fragment, for an output of N / 2 columns from column nOff / 2.
+  Stores writeSwiglu(const std::string &acc) {
+    int64_t half = config.getBlockN() / 4;
+    std::string type = "!llvm.struct<(";
+    for (int64_t i = 0; i < half; ++i)
+      type += i ? ", f32" : "f32";
+    type += ")>";
+    emit("%swiN = arith.divui %N, %c2 : i32");
+    emit("%swiN64 = arith.extui %swiN : i32 to i64");
+    emit("%swiNOff = arith.divui %nOff, %c2 : i32");
+    emit("%swiNegLog2e = arith.constant -1.44269504088896341 : f32");
+    emit("%swiOne = arith.constant 1.0 : f32");
+    std::string out = "%swiUndef";
+    emit(out + " = llvm.mlir.undef : " + type);
+    for (int64_t i = 0; i < half; ++i) {
+      std::string n = std::to_string(i);
+      emit("%swiG" + n + " = llvm.extractvalue " + acc + "[" + n +
+           "] : " + structType);
+      emit("%swiU" + n + " = llvm.extractvalue " + acc + "[" +
+           std::to_string(i + half) + "] : " + structType);
+      emit("%swiX" + n + " = arith.mulf %swiG" + n + ", %swiNegLog2e : f32");
+      // exp(-g); +inf for very negative g, where g * rcp(inf) = -0 is
+      // silu's limit.
+      emit("%swiE" + n +
+           " = llvm.inline_asm \"ex2.approx.ftz.f32 $0, $1;\", "
+           "\"=f,f\" %swiX" +
+           n + " : (f32) -> f32");
+      emit("%swiD" + n + " = arith.addf %swiE" + n + ", %swiOne : f32");
+      emit("%swiR" + n +
+           " = llvm.inline_asm \"rcp.approx.ftz.f32 $0, $1;\", \"=f,f\" "
+           "%swiD" +
+           n + " : (f32) -> f32");
+      emit("%swiS" + n + " = arith.mulf %swiG" + n + ", %swiR" + n + " : f32");
+      emit("%swiH" + n + " = arith.mulf %swiS" + n + ", %swiU" + n + " : f32");
+      std::string next = "%swiOut" + n;
+      emit(next + " = llvm.insertvalue %swiH" + n + ", " + out + "[" + n +
+           "] : " + type);
+      out = next;
+    }
+    return {out, type, "%swiN", "%swiN64", "%swiNOff", config.getBlockN() / 2};
   }
 
   /// Converts the accumulator `acc` to BF16 and stores the elements inside
@@ -578,8 +674,9 @@ private:
   /// bar.warp.sync orders it. Chunks that stick out of M x N, or any chunk
   /// when rows are not 16-byte aligned (N % 8 != 0 or an unaligned output),
   /// are stored element by element.
-  void writeStores(const std::string &acc) {
-    int64_t bn = config.getBlockN();
+  void writeStores(const Stores &stores) {
+    const std::string &acc = stores.acc;
+    int64_t bn = stores.cols;
     int64_t halfCols = std::min<int64_t>(bn, kEpilogueCols);
     int64_t chunks = halfCols / 8;
     int64_t stride = kiln::GemmConfigAttr::getEpilogueRowBytes(bn);
@@ -613,7 +710,7 @@ private:
     emit("%c0i64 = arith.constant 0 : i64");
     emit("%outMis = arith.andi %outAddr, %c15i64 : i64");
     emit("%outAligned = arith.cmpi eq, %outMis, %c0i64 : i64");
-    emit("%nMis = arith.andi %N, " + i32(7) + " : i32");
+    emit("%nMis = arith.andi " + stores.n + ", " + i32(7) + " : i32");
     emit("%nAligned = arith.cmpi eq, %nMis, %c0 : i32");
     emit("%vecOk = arith.andi %outAligned, %nAligned : i1");
     emit("%epiFullMask = arith.constant -1 : i32");
@@ -630,12 +727,12 @@ private:
       rdRowGlobal = "%rdRowGlobal";
     }
     emit("%rdRowW = arith.extui " + rdRowGlobal + " : i32 to i64");
-    emit("%rdRowBase = arith.muli %rdRowW, %N64 : i64");
-    emit("%rdColBase = arith.addi %nOff, %rdChunkCol : i32");
+    emit("%rdRowBase = arith.muli %rdRowW, " + stores.n64 + " : i64");
+    emit("%rdColBase = arith.addi " + stores.nOff + ", %rdChunkCol : i32");
     emit("%rdColW = arith.extui %rdColBase : i32 to i64");
     emit("%rdIdx = arith.addi %rdRowBase, %rdColW : i64");
     emit("%rdStep = arith.constant " + std::to_string(rowsPerRead) + " : i64");
-    emit("%rdStride = arith.muli %N64, %rdStep : i64");
+    emit("%rdStride = arith.muli " + stores.n64 + ", %rdStep : i64");
     for (int64_t h = 0; h < bn / halfCols; ++h) {
       std::string hs = std::to_string(h);
       for (int64_t c = 0; c < chunks; ++c) {
@@ -651,7 +748,7 @@ private:
           for (int64_t e = 0; e < 2; ++e) {
             std::string x = "%wrV" + n + "_" + std::to_string(e);
             emit(x + "s = llvm.extractvalue " + acc + "[" +
-                 std::to_string(reg + e) + "] : " + structType);
+                 std::to_string(reg + e) + "] : " + stores.type);
             emit(x + " = llvm.insertelement " + x + "s, " + vec + "[" + i32(e) +
                  " : i32] : vector<2xf32>");
             vec = x;
@@ -676,7 +773,8 @@ private:
         emit("%col" + n + " = arith.addi %rdColBase, " + i32(h * halfCols) +
              " : i32");
         emit("%colEnd" + n + " = arith.addi %col" + n + ", %c8 : i32");
-        emit("%colsIn" + n + " = arith.cmpi ule, %colEnd" + n + ", %N : i32");
+        emit("%colsIn" + n + " = arith.cmpi ule, %colEnd" + n + ", " +
+             stores.n + " : i32");
         emit("%whole" + n + " = arith.andi %colsIn" + n + ", %vecOk : i1");
         emit("%tStep" + n + " = arith.constant " + std::to_string(t) +
              " : i64");
@@ -698,7 +796,8 @@ private:
           std::string es = n + "_" + std::to_string(e);
           emit("%colE" + es + " = arith.addi %col" + n + ", " + i32(e) +
                " : i32");
-          emit("%inE" + es + " = arith.cmpi ult, %colE" + es + ", %N : i32");
+          emit("%inE" + es + " = arith.cmpi ult, %colE" + es + ", " + stores.n +
+               " : i32");
           emit("scf.if %inE" + es + " {");
           emit("%elem" + es + " = llvm.extractelement %chunk" + n + "[" +
                i32(e) + " : i32] : vector<8xbf16>");
@@ -717,9 +816,11 @@ private:
   }
 
   /// The combined scales of K block `kb` for this thread's two rows:
-  /// scaleA[kb][row] * scaleB[n block][kb]. SSA names end in `tag`.
-  std::pair<std::string, std::string> loadScales(const std::string &tag,
-                                                 const std::string &kb) {
+  /// scaleA[kb][row] * scaleB[n block][kb]; with the SwiGLU epilogue then
+  /// the same with the up block's weight scale (the tile's right half).
+  /// SSA names end in `tag`.
+  std::vector<std::string> loadScales(const std::string &tag,
+                                      const std::string &kb) {
     emit("%kbRows" + tag + " = arith.muli " + kb + ", " + aScaleStride() +
          " : i32");
     emit("%ia0" + tag + " = arith.addi %kbRows" + tag + ", %row0c : i32");
@@ -738,7 +839,18 @@ private:
          " : f32");
     emit("%scale1" + tag + " = arith.mulf %sa1" + tag + ", %sb" + tag +
          " : f32");
-    return {"%scale0" + tag, "%scale1" + tag};
+    if (!swiglu)
+      return {"%scale0" + tag, "%scale1" + tag};
+    emit("%ibUp" + tag + " = arith.addi %bScaleRowUp, " + kb + " : i32");
+    emit("%pbUp" + tag + " = llvm.getelementptr %scaleB[%ibUp" + tag +
+         "] : (!llvm.ptr<1>, i32) -> !llvm.ptr<1>, f32");
+    emit("%sbUp" + tag + " = llvm.load %pbUp" + tag + " : !llvm.ptr<1> -> f32");
+    emit("%scale0Up" + tag + " = arith.mulf %sa0" + tag + ", %sbUp" + tag +
+         " : f32");
+    emit("%scale1Up" + tag + " = arith.mulf %sa1" + tag + ", %sbUp" + tag +
+         " : f32");
+    return {"%scale0" + tag, "%scale1" + tag, "%scale0Up" + tag,
+            "%scale1Up" + tag};
   }
 
   /// For the K block at ring position `j`: waits for the stage, issues four
@@ -799,14 +911,14 @@ private:
   /// Waits until at most `pending` wgmma groups are in flight (the block's
   /// own is then done), releases its stage, and promotes its partial into
   /// `accIn`: acc += partial * scaleA[row] * scaleB, with `scales` the
-  /// block's combined scales of rows r and r + 8 (loadScales). Every partial
+  /// block's combined scales of rows r and r + 8 (loadScales; SwiGLU: then
+  /// those of the up half, for registers from BLOCK_N / 4 on). Every partial
   /// register
   /// passes through an empty volatile asm after the wait, so the promotion
   /// cannot be scheduled before the MMAs complete. Returns the accumulator.
   std::string finishBlock(const std::string &tag, const std::string &partial,
                           const std::string &accIn,
-                          const std::pair<std::string, std::string> &scales,
-                          int pending) {
+                          const std::vector<std::string> &scales, int pending) {
     int64_t accRegs = config.getBlockN() / 2;
     emit("nvvm.wgmma.wait.group.sync.aligned " + std::to_string(pending));
     emit("scf.if %isLeader {");
@@ -827,8 +939,12 @@ private:
     for (int64_t i = 0; i < accRegs; ++i) {
       std::string n = std::to_string(i) + tag;
       std::string idx = std::to_string(i);
-      // Accumulator register i holds row (i % 4 < 2 ? r : r + 8).
-      const std::string &scale = (i % 4) < 2 ? scales.first : scales.second;
+      // Accumulator register i holds row (i % 4 < 2 ? r : r + 8) and, for
+      // i >= accRegs / 2, column 64 + ... (the up half of a SwiGLU tile).
+      size_t which = (i % 4) < 2 ? 0 : 1;
+      if (swiglu && i >= accRegs / 2)
+        which += 2;
+      const std::string &scale = scales[which];
       emit("%raw" + n + " = llvm.extractvalue " + partial + "[" + idx +
            "] : " + structType);
       emit("%p" + n +
@@ -1115,6 +1231,8 @@ private:
   std::optional<kiln::GroupLayout> grouped;
   /// Blocks per cluster along M (1: no cluster, no multicast).
   int64_t clusterM = 1;
+  /// The SwiGLU epilogue (gemm-abi.md "SwiGLU epilogue").
+  bool swiglu = false;
   Layout layout;
   std::string structType;
   std::ostringstream body, constants;

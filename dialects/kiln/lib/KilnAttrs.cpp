@@ -91,11 +91,10 @@ static constexpr int64_t kMaxSharedMemoryBytes = 227 * 1024;
 /// K slices per tile: the last slice's block sums all of them, unrolled.
 static constexpr int64_t kMaxSplitK = 16;
 
-LogicalResult
-GemmConfigAttr::verify(function_ref<InFlightDiagnostic()> emitError,
-                       int64_t blockM, int64_t blockN, int64_t stages,
-                       int64_t consumers, int64_t splitK,
-                       std::optional<GroupLayout> grouped, int64_t clusterM) {
+LogicalResult GemmConfigAttr::verify(
+    function_ref<InFlightDiagnostic()> emitError, int64_t blockM,
+    int64_t blockN, int64_t stages, int64_t consumers, int64_t splitK,
+    std::optional<GroupLayout> grouped, int64_t clusterM, bool swiglu) {
   if (consumers < 1 || consumers > 2)
     return emitError() << "gemm_config: consumers must be 1 or 2, got "
                        << consumers;
@@ -123,6 +122,12 @@ GemmConfigAttr::verify(function_ref<InFlightDiagnostic()> emitError,
   if (clusterM == 2 && (splitK != 1 || grouped || blockN % 16 != 0))
     return emitError() << "gemm_config: cluster_m = 2 needs split_k = 1, no "
                           "'grouped' and block_n a multiple of 16";
+  // A SwiGLU tile pairs its left (gate) and right (up) 64 columns, whose
+  // weight scales are two different 128-row blocks of the gate/up weight;
+  // only the grouped MoE GEMM has a gate/up weight.
+  if (swiglu && (blockN != 128 || !grouped || splitK != 1))
+    return emitError() << "gemm_config: epilogue = swiglu needs block_n = "
+                          "128, 'grouped' and split_k = 1";
   // The rings, the epilogue's staging, two mbarriers per stage, a grouped
   // kernel's group tables and 1 KB for aligning the ring.
   int64_t tables = grouped ? 3 * 4 * (GemmConfigAttr::kMaxGroups + 1) : 0;
@@ -149,7 +154,7 @@ Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
       parser.parseComma() || parseKey("consumers", consumers))
     return {};
   // Optional keys, each at most once, in any order.
-  bool seenSplit = false, seenCluster = false;
+  bool seenSplit = false, seenCluster = false, swiglu = false;
   int64_t clusterM = 1;
   while (succeeded(parser.parseOptionalComma())) {
     StringRef key;
@@ -168,10 +173,24 @@ Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
         return {};
       continue;
     }
+    if (key == "epilogue" && !swiglu) {
+      StringRef kind;
+      SMLoc kindAt = parser.getCurrentLocation();
+      if (parser.parseKeyword(&kind))
+        return {};
+      if (kind != "swiglu") {
+        parser.emitError(kindAt, "epilogue must be 'swiglu', got '")
+            << kind << "'";
+        return {};
+      }
+      swiglu = true;
+      continue;
+    }
     StringRef layout;
     if (key != "grouped" || grouped || parser.parseKeyword(&layout)) {
-      parser.emitError(at, "expected 'split_k = N', 'cluster_m = N' or "
-                           "'grouped = contiguous|masked', each at most once");
+      parser.emitError(at, "expected 'split_k = N', 'cluster_m = N', "
+                           "'grouped = contiguous|masked' or 'epilogue = "
+                           "swiglu', each at most once");
       return {};
     }
     grouped = symbolizeGroupLayout(layout);
@@ -185,7 +204,7 @@ Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
     return {};
   return getChecked([&] { return parser.emitError(parser.getNameLoc()); },
                     parser.getContext(), blockM, blockN, stages, consumers,
-                    splitK, grouped, clusterM);
+                    splitK, grouped, clusterM, swiglu);
 }
 
 void GemmConfigAttr::print(AsmPrinter &printer) const {
@@ -197,6 +216,8 @@ void GemmConfigAttr::print(AsmPrinter &printer) const {
     printer << ", cluster_m = " << getClusterM();
   if (getGrouped())
     printer << ", grouped = " << stringifyGroupLayout(*getGrouped());
+  if (getSwiglu())
+    printer << ", epilogue = swiglu";
   printer << ">";
 }
 
@@ -206,5 +227,6 @@ std::string GemmConfigAttr::getKernelName() const {
          std::to_string(getConsumers()) +
          (getSplitK() > 1 ? "k" + std::to_string(getSplitK()) : "") +
          (getClusterM() > 1 ? "x" + std::to_string(getClusterM()) : "") +
-         (getGrouped() ? "_" + stringifyGroupLayout(*getGrouped()).str() : "");
+         (getGrouped() ? "_" + stringifyGroupLayout(*getGrouped()).str() : "") +
+         (getSwiglu() ? "_swiglu" : "");
 }

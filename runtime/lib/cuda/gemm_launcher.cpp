@@ -167,6 +167,11 @@ void GemmKernelConfig::validate(const std::string &origin) const {
                         operandPointers || blockN % 16 != 0))
     fail("cluster_m = 2 needs split_k = 1, a plain kernel and block_n a "
          "multiple of 16");
+  if (epilogue == GemmEpilogue::Swiglu &&
+      (grouping == GemmGrouping::None || blockN != 128 || splitK != 1 ||
+       operandPointers))
+    fail("epilogue swiglu needs a grouped kernel with block_n 128 and "
+         "split_k 1");
   if (sharedMemoryBytes < 0)
     fail("smem_bytes must not be negative, got " +
          std::to_string(sharedMemoryBytes));
@@ -231,6 +236,12 @@ GemmKernelConfig parseGemmManifest(const std::string &json,
                   "\"masked\", got " +
                   grouped->dump());
   }
+  if (auto epilogue = manifest.find("epilogue"); epilogue != manifest.end()) {
+    if (*epilogue != "swiglu")
+      throw Error(origin + ": field \"epilogue\" must be \"swiglu\", got " +
+                  epilogue->dump());
+    config.epilogue = GemmEpilogue::Swiglu;
+  }
   if (auto pointers = manifest.find("operand_pointers");
       pointers != manifest.end()) {
     if (!pointers->is_boolean())
@@ -268,6 +279,8 @@ std::string toManifestJson(const GemmKernelConfig &config) {
   if (config.grouping != GemmGrouping::None)
     manifest["grouped"] =
         config.grouping == GemmGrouping::Contiguous ? "contiguous" : "masked";
+  if (config.epilogue == GemmEpilogue::Swiglu)
+    manifest["epilogue"] = "swiglu";
   return manifest.dump(2) + "\n";
 }
 
@@ -508,6 +521,11 @@ GemmKernel::prepareGrouped(const GroupedGemmOperands &grouped) const {
   checkGemmOperands(cfg, operands);
   if (groups < 1 || groups > kMaxGemmGroups)
     throw Error(context + ": G must be 1 to " + std::to_string(kMaxGemmGroups));
+  // Each 128-wide tile pairs 64 gate and 64 up rows whose weight scales are
+  // the 128-row blocks t / 2 and I / 128 + t / 2: I must be whole blocks.
+  if (cfg.epilogue == GemmEpilogue::Swiglu && operands.n % 256 != 0)
+    throw Error(context + ": a SwiGLU kernel needs N = 2 * intermediate a "
+                          "multiple of 256");
   if (grouped.groups == 0 || grouped.groups % 4 != 0)
     throw Error(
         context + ": the group " +

@@ -91,7 +91,7 @@ func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n =
 
 // -----
 
-// expected-error @+1 {{expected 'split_k = N', 'cluster_m = N' or 'grouped = contiguous|masked', each at most once}}
+// expected-error @+1 {{expected 'split_k = N', 'cluster_m = N', 'grouped = contiguous|masked' or 'epilogue = swiglu', each at most once}}
 func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 2, split_k = 2>}
 
 // -----
@@ -118,3 +118,25 @@ func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n 
 // grouped one.
 // expected-error @+1 {{gemm_config: 235740 bytes of shared memory exceed the 232448 of an sm_90 block}}
 func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 13, consumers = 1, grouped = contiguous>}
+
+// -----
+
+// expected-error @+1 {{epilogue must be 'swiglu', got 'gelu'}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, grouped = contiguous, epilogue = gelu>}
+
+// -----
+
+// The SwiGLU epilogue pairs the gate and up halves of a 128-wide tile.
+// expected-error @+1 {{gemm_config: epilogue = swiglu needs block_n = 128, 'grouped' and split_k = 1}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 64, stages = 8, consumers = 2, grouped = contiguous, epilogue = swiglu>}
+
+// -----
+
+// Only the grouped MoE GEMM has a gate/up weight.
+// expected-error @+1 {{gemm_config: epilogue = swiglu needs block_n = 128, 'grouped' and split_k = 1}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, epilogue = swiglu>}
+
+// -----
+
+// expected-error @+1 {{gemm_config: epilogue = swiglu needs block_n = 128, 'grouped' and split_k = 1}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n = 128, stages = 8, consumers = 1, split_k = 2, grouped = masked, epilogue = swiglu>}

@@ -34,6 +34,11 @@ namespace kiln::cuda {
 /// row counts of [G, maxRows, K] slabs.
 enum class GemmGrouping { None, Contiguous, Masked };
 
+/// What a kernel stores: the product, or (grouped kernels over interleaved
+/// gate/up weights, gemm-abi.md "SwiGLU epilogue") silu(gate) · up, N / 2
+/// columns.
+enum class GemmEpilogue { Store, Swiglu };
+
 /// Groups a grouped kernel accepts (its group tables live in shared memory).
 constexpr int kMaxGemmGroups = 1024;
 
@@ -64,6 +69,9 @@ struct GemmKernelConfig {
   /// block loads half of its B tile (the tensor map's box is BLOCK_N / 2
   /// rows) and multicasts it to its peer, and the grid is whole clusters.
   int clusterM = 1;
+  /// Swiglu: a grouped kernel with block_n 128 and split_k 1 whose output
+  /// has N / 2 columns (manifest "epilogue": "swiglu").
+  GemmEpilogue epilogue = GemmEpilogue::Store;
 
   int threadsPerBlock() const { return 128 * (1 + consumerWarpgroups); }
   /// `stages * (BLOCK_M + BLOCK_N) * 128` bytes of tiles plus `2 * stages`
@@ -131,6 +139,8 @@ size_t gemmWorkspaceBytes(const GemmKernelConfig &config, int m, int n);
 /// scaleB = [G·⌈N/128⌉][⌈K/128⌉]. `gemm.m` is R, the rows of A and out
 /// (contiguous), or maxRows, the rows of each group's slab (masked: A is
 /// [G, maxRows, K], scaleA [G][⌈K/128⌉][maxRows], out [G, maxRows, N]).
+/// A SwiGLU kernel takes N = 2·I (a multiple of 256) with B interleaved
+/// (kiln/cuda/swiglu_weights.h) and writes out with I columns.
 struct GroupedGemmOperands {
   GemmOperands gemm;
   /// int32 in device memory: G + 1 row offsets (contiguous; group g owns

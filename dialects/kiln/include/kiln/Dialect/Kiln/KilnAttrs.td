@@ -119,32 +119,41 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
     adjacent tiles of the same columns, and each block loads half of their
     shared B slice and multicasts it to both, so a K block costs each SM
     (BLOCK_M + BLOCK_N / 2) x 128 bytes from L2 instead of (BLOCK_M +
-    BLOCK_N) x 128 (gemm-abi.md "Clusters"). See compiler/docs/gemm-kernels.md.
+    BLOCK_N) x 128 (gemm-abi.md "Clusters"). `epilogue = swiglu` (grouped,
+    block_n = 128, split_k = 1) fuses DeepSeek-V3's SwiGLU into the store:
+    B is the gate/up weight interleaved in blocks of 64 rows, so each tile
+    holds 64 gate and the same 64 up columns, and the kernel stores
+    silu(gate) * up, an output of N / 2 columns (gemm-abi.md "SwiGLU
+    epilogue"). See compiler/docs/gemm-kernels.md.
 
     ```mlir
     #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2>
     #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 4>
     #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, grouped = masked>
     #kiln.gemm_config<block_m = 128, block_n = 128, stages = 6, consumers = 2, cluster_m = 2>
+    #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, grouped = contiguous, epilogue = swiglu>
     ```
   }];
   let parameters = (ins "int64_t":$blockM, "int64_t":$blockN,
                         "int64_t":$stages, "int64_t":$consumers,
                         DefaultValuedParameter<"int64_t", "1">:$splitK,
                         OptionalParameter<"std::optional<::kiln::GroupLayout>">:$grouped,
-                        DefaultValuedParameter<"int64_t", "1">:$clusterM);
+                        DefaultValuedParameter<"int64_t", "1">:$clusterM,
+                        DefaultValuedParameter<"bool", "false">:$swiglu);
   let builders = [
     AttrBuilder<(ins "int64_t":$blockM, "int64_t":$blockN, "int64_t":$stages,
                      "int64_t":$consumers, CArg<"int64_t", "1">:$splitK,
                      CArg<"std::optional<::kiln::GroupLayout>", "std::nullopt">:$grouped,
-                     CArg<"int64_t", "1">:$clusterM), [{
+                     CArg<"int64_t", "1">:$clusterM,
+                     CArg<"bool", "false">:$swiglu), [{
       return $_get($_ctxt, blockM, blockN, stages, consumers, splitK, grouped,
-                   clusterM);
+                   clusterM, swiglu);
     }]>
   ];
   let skipDefaultBuilders = 1;
   // `<block_m = .., block_n = .., stages = .., consumers = ..
-  //   [, split_k = ..] [, cluster_m = ..] [, grouped = contiguous|masked]>`;
+  //   [, split_k = ..] [, cluster_m = ..] [, grouped = contiguous|masked]
+  //   [, epilogue = swiglu]>`;
   // the optional keys all follow a comma, which the declarative format
   // cannot tell apart.
   let hasCustomAssemblyFormat = 1;
