@@ -3,19 +3,22 @@
 // RUN: kiln-opt %s --kiln-schedule-overlap | FileCheck %s
 // RUN: kiln-opt %s --kiln-schedule-overlap | kiln-opt | FileCheck %s
 
-// Entries by (stage, micro-batch); a stage waits only for producers on the
-// other stream: combine reads the experts' output and route's weights
-// (stream 0), and dispatch's sources on its own stream (no event).
+// Entries in wavefront order (stage s of micro-batch m in step s + m,
+// compute before communication within a step), so the host queues a
+// micro-batch's experts before the other's dispatch, which may block it on
+// the exchange's counts. A stage waits only for producers on the other
+// stream: combine reads the experts' output and route's weights (stream 0),
+// and dispatch's sources on its own stream (no event).
 // CHECK-LABEL: func.func @two_micro_batches
 // CHECK: kiln.overlap
 // CHECK-SAME: kiln.schedule = [
 // CHECK-SAME: {micro_batch = 0 : i64, stage = "route", stream = 0 : i64, waits = array<i64>},
 // CHECK-SAME: {micro_batch = 1 : i64, stage = "route", stream = 0 : i64, waits = array<i64>},
 // CHECK-SAME: {micro_batch = 0 : i64, stage = "dispatch", stream = 1 : i64, waits = array<i64: 0>},
-// CHECK-SAME: {micro_batch = 1 : i64, stage = "dispatch", stream = 1 : i64, waits = array<i64: 1>},
 // CHECK-SAME: {micro_batch = 0 : i64, stage = "experts", stream = 0 : i64, waits = array<i64: 2>},
-// CHECK-SAME: {micro_batch = 1 : i64, stage = "experts", stream = 0 : i64, waits = array<i64: 3>},
-// CHECK-SAME: {micro_batch = 0 : i64, stage = "combine", stream = 1 : i64, waits = array<i64: 0, 4>},
+// CHECK-SAME: {micro_batch = 1 : i64, stage = "dispatch", stream = 1 : i64, waits = array<i64: 1>},
+// CHECK-SAME: {micro_batch = 1 : i64, stage = "experts", stream = 0 : i64, waits = array<i64: 4>},
+// CHECK-SAME: {micro_batch = 0 : i64, stage = "combine", stream = 1 : i64, waits = array<i64: 0, 3>},
 // CHECK-SAME: {micro_batch = 1 : i64, stage = "combine", stream = 1 : i64, waits = array<i64: 1, 5>}]
 // CHECK-SAME: kiln.streams = ["compute", "communication"]
 #ep = #kiln.expert_parallel<world_size = 8, experts = 256, slots_per_rank = 32>

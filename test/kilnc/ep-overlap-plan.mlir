@@ -22,8 +22,8 @@
 // CHECK: {"name": "l1.experts_in.mb0_send_q", "dtype": "f8e4m3", "rows": "R.0/2", "cols": 256, "offset": {{[0-9]+}}, "bytes": 8192},
 // CHECK: {"name": "l1.experts_in.mb0_recv_q", "dtype": "f8e4m3", "rows": "X.0/2", "cols": 256, "offset": {{[0-9]+}}, "bytes": 16384},
 // CHECK: {"name": "l1.experts_in.mb0_q", "dtype": "f8e4m3", "rows": "X.0/2", "cols": 256,
-// CHECK: {"name": "l1.experts_in.mb1_recv_q", "dtype": "f8e4m3", "rows": "X.1/2", "cols": 256,
 // CHECK: {"name": "l1.experts_down.mb0", "dtype": "bf16", "rows": "X.0/2", "cols": 256,
+// CHECK: {"name": "l1.experts_in.mb1_recv_q", "dtype": "f8e4m3", "rows": "X.1/2", "cols": 256,
 // CHECK: {"name": "l1.routed.mb0_send_y", "dtype": "bf16", "rows": "X.0/2", "cols": 256,
 // CHECK: {"name": "l1.routed.mb0_recv_y", "dtype": "bf16", "rows": "R.0/2", "cols": 256,
 
@@ -34,40 +34,42 @@
 // CHECK: {"op": "event_record", "stream": 0, "event": 1,
 // CHECK-NEXT: {"op": "rms_norm", "stream": 0, "inputs": [{"buffer":"hidden","micro_batch":[1,2]}]
 // CHECK: {"op": "event_record", "stream": 0, "event": 2,
-// Micro-batch 0's dispatch side on stream 1, beside micro-batch 1's router.
+// Micro-batch 0's dispatch side on stream 1.
 // CHECK-NEXT: {"op": "event_wait", "stream": 1, "event": 1,
 // CHECK-NEXT: {"op": "ep_slots", "stream": 1, "inputs": [{"buffer":"l1.route.mb0_ids"}], "outputs": [{"buffer":"l1.experts_in.mb0_slots"}]
 // CHECK-NEXT: {"op": "moe_dispatch", "stream": 1, "inputs": [{"buffer":"l1.mlp_in.mb0_q"},{"buffer":"l1.mlp_in.mb0_s"},{"buffer":"l1.experts_in.mb0_slots"}], "outputs": [{"buffer":"l1.experts_in.mb0_send_q"},{"buffer":"l1.experts_in.mb0_send_s"},{"buffer":"l1.experts_in.mb0_send_offsets"},{"buffer":"l1.experts_in.mb0_rows"}], "weights": [], "attrs": {"groups":16}},
 // CHECK-NEXT: {"op": "ep_all_to_all", "stream": 1, "inputs": [{"buffer":"l1.experts_in.mb0_send_q"},{"buffer":"l1.experts_in.mb0_send_s"},{"buffer":"l1.experts_in.mb0_send_offsets"}], "outputs": [{"buffer":"l1.experts_in.mb0_recv_q"},{"buffer":"l1.experts_in.mb0_recv_s"},{"buffer":"l1.experts_in.mb0_recv_counts"}], "weights": [], "attrs": {"direction":"dispatch"}},
 // CHECK-NEXT: {"op": "ep_group", "stream": 1, {{.*}} "outputs": [{"buffer":"l1.experts_in.mb0_q"},{"buffer":"l1.experts_in.mb0_s"},{"buffer":"l1.experts_in.mb0_offsets"}]
 // CHECK-NEXT: {"op": "event_record", "stream": 1, "event": 3,
+// Wavefront order: micro-batch 0's experts (waiting for its exchange only)
+// are queued before micro-batch 1's exchange, which blocks the host on its
+// counts while they run and then runs beside them.
+// CHECK-NEXT: {"op": "event_wait", "stream": 0, "event": 3,
+// CHECK-NEXT: {"op": "grouped_gemm", "stream": 0, "inputs": [{"buffer":"l1.experts_in.mb0_q"},{"buffer":"l1.experts_in.mb0_s"},{"buffer":"l1.experts_in.mb0_offsets"}], "outputs": [{"buffer":"l1.experts_gate.mb0"}]
+// CHECK: {"op": "event_record", "stream": 0, "event": 4,
 // CHECK-NEXT: {"op": "event_wait", "stream": 1, "event": 2,
 // CHECK-NEXT: {"op": "ep_slots", "stream": 1, "inputs": [{"buffer":"l1.route.mb1_ids"}]
 // CHECK-NEXT: {"op": "moe_dispatch", "stream": 1,
 // CHECK-NEXT: {"op": "ep_all_to_all", "stream": 1, {{.*}} "attrs": {"direction":"dispatch"}},
 // CHECK-NEXT: {"op": "ep_group", "stream": 1,
-// CHECK-NEXT: {"op": "event_record", "stream": 1, "event": 4,
-// Micro-batch 0's experts wait for its exchange only; micro-batch 1's
-// exchange runs beside them.
-// CHECK-NEXT: {"op": "event_wait", "stream": 0, "event": 3,
-// CHECK-NEXT: {"op": "grouped_gemm", "stream": 0, "inputs": [{"buffer":"l1.experts_in.mb0_q"},{"buffer":"l1.experts_in.mb0_s"},{"buffer":"l1.experts_in.mb0_offsets"}], "outputs": [{"buffer":"l1.experts_gate.mb0"}]
-// CHECK: {"op": "event_record", "stream": 0, "event": 5,
-// CHECK-NEXT: {"op": "event_wait", "stream": 0, "event": 4,
+// CHECK-NEXT: {"op": "event_record", "stream": 1, "event": 5,
+// CHECK-NEXT: {"op": "event_wait", "stream": 0, "event": 5,
 // CHECK-NEXT: {"op": "grouped_gemm", "stream": 0, "inputs": [{"buffer":"l1.experts_in.mb1_q"}
 // Micro-batch 0's way back on stream 1, beside micro-batch 1's experts.
 // CHECK: {"op": "event_record", "stream": 0, "event": 6,
-// CHECK-NEXT: {"op": "event_wait", "stream": 1, "event": 5,
+// CHECK-NEXT: {"op": "event_wait", "stream": 1, "event": 4,
 // CHECK-NEXT: {"op": "ep_ungroup", "stream": 1, "inputs": [{"buffer":"l1.experts_down.mb0"},{"buffer":"l1.experts_in.mb0_recv_counts"}], "outputs": [{"buffer":"l1.routed.mb0_send_y"}]
 // CHECK-NEXT: {"op": "ep_all_to_all", "stream": 1, "inputs": [{"buffer":"l1.routed.mb0_send_y"},{"buffer":"l1.experts_in.mb0_recv_counts"},{"buffer":"l1.experts_in.mb0_send_offsets"}], "outputs": [{"buffer":"l1.routed.mb0_recv_y"}], "weights": [], "attrs": {"direction":"combine"}},
 // CHECK-NEXT: {"op": "moe_combine", "stream": 1, "inputs": [{"buffer":"l1.routed.mb0_recv_y"},{"buffer":"l1.experts_in.mb0_rows"},{"buffer":"l1.route.mb0_weights"}], "outputs": [{"buffer":"l1.routed.mb0"}]
 // CHECK-NEXT: {"op": "event_record", "stream": 1, "event": 7,
-// CHECK-NEXT: {"op": "event_wait", "stream": 1, "event": 6,
+// Micro-batch 0's residual is queued before micro-batch 1's way back.
+// CHECK-NEXT: {"op": "event_wait", "stream": 0, "event": 7,
+// CHECK-NEXT: {"op": "add", "stream": 0, "inputs": [{"buffer":"l1.routed.mb0"},{"buffer":"l1.shared_down.mb0"}]
+// CHECK: {"op": "event_wait", "stream": 1, "event": 6,
 // CHECK-NEXT: {"op": "ep_ungroup", "stream": 1, "inputs": [{"buffer":"l1.experts_down.mb1"}
 // CHECK-NEXT: {"op": "ep_all_to_all", "stream": 1, {{.*}} "attrs": {"direction":"combine"}},
 // CHECK-NEXT: {"op": "moe_combine", "stream": 1,
 // CHECK-NEXT: {"op": "event_record", "stream": 1, "event": 8,
-// CHECK-NEXT: {"op": "event_wait", "stream": 0, "event": 7,
-// CHECK-NEXT: {"op": "add", "stream": 0, "inputs": [{"buffer":"l1.routed.mb0"},{"buffer":"l1.shared_down.mb0"}]
 
 // EP1: "expert_parallel": {"world_size": 1, "slots_per_rank": 16,
 // EP1: "prefill": {"max_tokens": 16, {{.*}} "streams": 2,

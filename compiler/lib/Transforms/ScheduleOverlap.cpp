@@ -43,26 +43,41 @@ void schedule(kiln::OverlapOp overlap) {
         if (auto it = indexOf.find(def); it != indexOf.end())
           producers[index].insert(it->second);
 
+  // Entries in wavefront order: stage s of micro-batch m comes in step
+  // s + m; within a step the compute stream's stages come first, then by
+  // micro-batch. Each stream sees its stages in the same order as stage by
+  // stage, but the host enqueues one micro-batch's compute before the other
+  // micro-batch's communication, so a communication stage that blocks the
+  // host (an exchange whose counts it reads back) waits while compute work
+  // is already queued.
   const int64_t batches = overlap.getNumMicroBatches();
-  auto entryIndex = [&](size_t stage, int64_t batch) {
-    return static_cast<int64_t>(stage) * batches + batch;
-  };
+  const int64_t numStages = static_cast<int64_t>(stages.size());
+  SmallVector<std::pair<int64_t, int64_t>> order; // (stage, micro-batch)
+  for (int64_t step = 0; step < numStages + batches - 1; ++step)
+    for (int64_t stream : {0, 1})
+      for (int64_t batch = 0; batch < batches; ++batch)
+        if (step - batch >= 0 && step - batch < numStages &&
+            streamOf(stages[step - batch]) == stream)
+          order.push_back({step - batch, batch});
+  llvm::DenseMap<std::pair<int64_t, int64_t>, int64_t> entryIndex;
+  for (auto [index, key] : llvm::enumerate(order))
+    entryIndex[key] = static_cast<int64_t>(index);
   Builder b(overlap.getContext());
   SmallVector<Attribute> entries;
-  for (auto [index, stage] : llvm::enumerate(stages))
-    for (int64_t batch = 0; batch < batches; ++batch) {
-      SmallVector<int64_t> waits;
-      for (size_t producer : producers[index])
-        if (streamOf(stages[producer]) != streamOf(stage))
-          waits.push_back(entryIndex(producer, batch));
-      llvm::sort(waits);
-      entries.push_back(b.getDictionaryAttr({
-          b.getNamedAttr("micro_batch", b.getI64IntegerAttr(batch)),
-          b.getNamedAttr("stage", stage.getNameAttr()),
-          b.getNamedAttr("stream", b.getI64IntegerAttr(streamOf(stage))),
-          b.getNamedAttr("waits", b.getDenseI64ArrayAttr(waits)),
-      }));
-    }
+  for (auto [index, batch] : order) {
+    kiln::StageOp stage = stages[index];
+    SmallVector<int64_t> waits;
+    for (size_t producer : producers[index])
+      if (streamOf(stages[producer]) != streamOf(stage))
+        waits.push_back(entryIndex.lookup({producer, batch}));
+    llvm::sort(waits);
+    entries.push_back(b.getDictionaryAttr({
+        b.getNamedAttr("micro_batch", b.getI64IntegerAttr(batch)),
+        b.getNamedAttr("stage", stage.getNameAttr()),
+        b.getNamedAttr("stream", b.getI64IntegerAttr(streamOf(stage))),
+        b.getNamedAttr("waits", b.getDenseI64ArrayAttr(waits)),
+    }));
+  }
   overlap->setAttr("kiln.schedule", b.getArrayAttr(entries));
   overlap->setAttr("kiln.streams",
                    b.getStrArrayAttr({"compute", "communication"}));

@@ -54,10 +54,15 @@ def KilnScheduleOverlap : Pass<"kiln-schedule-overlap", "mlir::ModuleOp"> {
     (`compute` stages) or stream 1 (`communication` stages), and for each
     the earlier entries of the other stream it waits for (one event each).
 
-    Entries are issued by (stage index, micro-batch): every micro-batch's
-    stage k before any micro-batch's stage k + 1. Each stream's order is then
-    a topological order of every micro-batch's stage graph, and a wait only
-    names an earlier entry, so no schedule deadlocks. A stage waits for the
+    Entries are issued in wavefront order: stage k of micro-batch m in step
+    k + m, and within a step the compute stream's stages first, then by
+    micro-batch. A stage's producers (earlier stages of its micro-batch) are
+    in earlier steps, so each stream's order is a topological order of every
+    micro-batch's stage graph and a wait only names an earlier entry: no
+    schedule deadlocks. The host issues one micro-batch's expert GEMMs before
+    the other micro-batch's dispatch, which may block it (an expert-parallel
+    exchange reads its counts back), so the GPU has the GEMMs queued while
+    the host waits (measured: bench/results/ep-overlap-h100.md). A stage waits for the
     stages of its own micro-batch on the other stream that produce its
     operands; within a stream, order does the rest. With alternating compute
     and communication stages (attention, dispatch, experts, combine) one
