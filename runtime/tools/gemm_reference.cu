@@ -101,6 +101,63 @@ __device__ void warpMax(unsigned long long &value) {
     value = max(value, __shfl_down_sync(0xFFFFFFFFu, value, offset));
 }
 
+/// One thread's comparison of BF16 outputs with FP64 references, then its
+/// warp's share of the CheckStats (one atomic per field and warp).
+struct ErrorTally {
+  double sumSquaredError = 0, sumSquaredReference = 0;
+  unsigned long long unwritten = 0, nonFinite = 0;
+  unsigned long long firstUnwritten = ~0ULL, firstNonFinite = ~0ULL;
+  /// The largest |error| (float bits, high word) and its index (low word).
+  unsigned long long worst = 0;
+
+  __device__ void add(double reference, uint16_t bits,
+                      unsigned long long index) {
+    sumSquaredReference += reference * reference;
+    if (bits == kPoisonBF16) {
+      ++unwritten;
+      firstUnwritten = min(firstUnwritten, index);
+      return;
+    }
+    float value = __uint_as_float(static_cast<uint32_t>(bits) << 16);
+    if (!isfinite(value)) {
+      ++nonFinite;
+      firstNonFinite = min(firstNonFinite, index);
+      return;
+    }
+    double error = double(value) - reference;
+    sumSquaredError += error * error;
+    float magnitude = static_cast<float>(fabs(error));
+    worst =
+        max(worst, static_cast<unsigned long long>(__float_as_uint(magnitude))
+                           << 32 |
+                       index);
+  }
+
+  /// Every thread of the warp calls it; lane 0 adds the warp's totals.
+  __device__ void flush(CheckStats *stats) {
+    warpSum(sumSquaredError);
+    warpSum(sumSquaredReference);
+    warpSum(unwritten);
+    warpSum(nonFinite);
+    warpMin(firstUnwritten);
+    warpMin(firstNonFinite);
+    warpMax(worst);
+    if (threadIdx.x % 32 != 0)
+      return;
+    atomicAdd(&stats->sumSquaredError, sumSquaredError);
+    atomicAdd(&stats->sumSquaredReference, sumSquaredReference);
+    if (unwritten) {
+      atomicAdd(&stats->unwritten, unwritten);
+      atomicMin(&stats->firstUnwritten, firstUnwritten);
+    }
+    if (nonFinite) {
+      atomicAdd(&stats->nonFinite, nonFinite);
+      atomicMin(&stats->firstNonFinite, firstNonFinite);
+    }
+    atomicMax(&stats->worstError, worst);
+  }
+};
+
 } // namespace
 
 /// The reference GEMM (gemm-abi.md's ABI plus `a`, `b`). Persistent: block b
@@ -244,10 +301,7 @@ extern "C" __global__ void __launch_bounds__(256) kiln_gemm_check_reference_f64(
               fma(tileA[kk][ty + 16 * i], tileB[kk][tx + 16 * j], acc[i][j]);
   }
 
-  double sumSquaredError = 0, sumSquaredReference = 0;
-  unsigned long long unwritten = 0, nonFinite = 0;
-  unsigned long long firstUnwritten = ~0ULL, firstNonFinite = ~0ULL;
-  unsigned long long worst = 0;
+  ErrorTally tally;
   for (int i = 0; i < 4; ++i)
     for (int j = 0; j < 4; ++j) {
       int row = m0 + ty + 16 * i, col = n0 + tx + 16 * j;
@@ -255,48 +309,9 @@ extern "C" __global__ void __launch_bounds__(256) kiln_gemm_check_reference_f64(
         continue;
       unsigned long long index = static_cast<unsigned long long>(row) * N + col;
       double reference = acc[i][j];
-      sumSquaredReference += reference * reference;
-      uint16_t bits = out[index];
-      if (bits == kPoisonBF16) {
-        ++unwritten;
-        firstUnwritten = min(firstUnwritten, index);
-        continue;
-      }
-      float value = __uint_as_float(static_cast<uint32_t>(bits) << 16);
-      if (!isfinite(value)) {
-        ++nonFinite;
-        firstNonFinite = min(firstNonFinite, index);
-        continue;
-      }
-      double error = double(value) - reference;
-      sumSquaredError += error * error;
-      float magnitude = static_cast<float>(fabs(error));
-      worst =
-          max(worst, static_cast<unsigned long long>(__float_as_uint(magnitude))
-                             << 32 |
-                         index);
+      tally.add(reference, out[index], index);
     }
-
-  warpSum(sumSquaredError);
-  warpSum(sumSquaredReference);
-  warpSum(unwritten);
-  warpSum(nonFinite);
-  warpMin(firstUnwritten);
-  warpMin(firstNonFinite);
-  warpMax(worst);
-  if (threadIdx.x % 32 != 0)
-    return;
-  atomicAdd(&stats->sumSquaredError, sumSquaredError);
-  atomicAdd(&stats->sumSquaredReference, sumSquaredReference);
-  if (unwritten) {
-    atomicAdd(&stats->unwritten, unwritten);
-    atomicMin(&stats->firstUnwritten, firstUnwritten);
-  }
-  if (nonFinite) {
-    atomicAdd(&stats->nonFinite, nonFinite);
-    atomicMin(&stats->firstNonFinite, firstNonFinite);
-  }
-  atomicMax(&stats->worstError, worst);
+  tally.flush(stats);
 }
 
 /// The SwiGLU epilogue's reference (gemm-abi.md "SwiGLU epilogue"): for B
@@ -356,10 +371,7 @@ extern "C" __global__ void __launch_bounds__(256)
         }
   }
 
-  double sumSquaredError = 0, sumSquaredReference = 0;
-  unsigned long long unwritten = 0, nonFinite = 0;
-  unsigned long long firstUnwritten = ~0ULL, firstNonFinite = ~0ULL;
-  unsigned long long worst = 0;
+  ErrorTally tally;
   for (int i = 0; i < 4; ++i)
     for (int j = 0; j < 4; ++j) {
       int row = m0 + ty + 16 * i, col = n0 + tx + 16 * j;
@@ -368,48 +380,9 @@ extern "C" __global__ void __launch_bounds__(256)
       unsigned long long index = static_cast<unsigned long long>(row) * I + col;
       double g = gate[i][j];
       double reference = g / (1.0 + exp(-g)) * up[i][j];
-      sumSquaredReference += reference * reference;
-      uint16_t bits = out[index];
-      if (bits == kPoisonBF16) {
-        ++unwritten;
-        firstUnwritten = min(firstUnwritten, index);
-        continue;
-      }
-      float value = __uint_as_float(static_cast<uint32_t>(bits) << 16);
-      if (!isfinite(value)) {
-        ++nonFinite;
-        firstNonFinite = min(firstNonFinite, index);
-        continue;
-      }
-      double error = double(value) - reference;
-      sumSquaredError += error * error;
-      float magnitude = static_cast<float>(fabs(error));
-      worst =
-          max(worst, static_cast<unsigned long long>(__float_as_uint(magnitude))
-                             << 32 |
-                         index);
+      tally.add(reference, out[index], index);
     }
-
-  warpSum(sumSquaredError);
-  warpSum(sumSquaredReference);
-  warpSum(unwritten);
-  warpSum(nonFinite);
-  warpMin(firstUnwritten);
-  warpMin(firstNonFinite);
-  warpMax(worst);
-  if (threadIdx.x % 32 != 0)
-    return;
-  atomicAdd(&stats->sumSquaredError, sumSquaredError);
-  atomicAdd(&stats->sumSquaredReference, sumSquaredReference);
-  if (unwritten) {
-    atomicAdd(&stats->unwritten, unwritten);
-    atomicMin(&stats->firstUnwritten, firstUnwritten);
-  }
-  if (nonFinite) {
-    atomicAdd(&stats->nonFinite, nonFinite);
-    atomicMin(&stats->firstNonFinite, firstNonFinite);
-  }
-  atomicMax(&stats->worstError, worst);
+  tally.flush(stats);
 }
 
 /// Counts the elements of `values` that differ from `expected` (the guard

@@ -1391,18 +1391,23 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
         plain.push_back(unfused->prepareGrouped(operands));
       }
       int64_t rows = int64_t(rowsA), cols = int64_t(outCols);
+      // The gate and up halves of a set's [rows, 2I] product.
+      auto gateOf = [&](const Set &set) {
+        return DeviceMatrix{set.product.get(), rows, cols, 2 * cols,
+                            ElementType::BF16};
+      };
+      auto upOf = [&](const Set &set) {
+        return DeviceMatrix{set.product.get() + 2 * cols, rows, cols, 2 * cols,
+                            ElementType::BF16};
+      };
       result.unfused = timeWork(
           check, options,
           [&](int i) {
             const Set &set = setList[i % setList.size()];
             unfused->launch(plain[i % plain.size()], stream);
-            DeviceMatrix gate{set.product.get(), rows, cols, 2 * cols,
-                              ElementType::BF16};
-            DeviceMatrix up{set.product.get() + 2 * cols, rows, cols, 2 * cols,
-                            ElementType::BF16};
             DeviceMatrix out{set.out.get(), rows, cols, cols,
                              ElementType::BF16};
-            modelKernels->swiglu(stream, gate, up, out);
+            modelKernels->swiglu(stream, gateOf(set), upOf(set), out);
           },
           stream, launchWhat + ", unfused timed launches");
       // The same with the intermediate quantized 1x128 (one output for all
@@ -1416,11 +1421,8 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
           [&](int i) {
             const Set &set = setList[i % setList.size()];
             unfused->launch(plain[i % plain.size()], stream);
-            DeviceMatrix gate{set.product.get(), rows, cols, 2 * cols,
-                              ElementType::BF16};
-            DeviceMatrix up{set.product.get() + 2 * cols, rows, cols, 2 * cols,
-                            ElementType::BF16};
-            modelKernels->swigluQuantize(stream, gate, up, quantized);
+            modelKernels->swigluQuantize(stream, gateOf(set), upOf(set),
+                                         quantized);
           },
           stream, launchWhat + ", unfused + quantize timed launches");
       result.fusedQuantize = timeWork(
