@@ -301,6 +301,21 @@ private:
     emit("%c4i64 = arith.constant 4 : i64");
     emit("%descHigh = arith.constant " + std::to_string(kDescriptorHighBits) +
          " : i64");
+    // The wgmma descriptors of stage 0 (this consumer's rows of A, B); stage
+    // s adds s times a stage's bytes / 16 in the 14-bit address field, which
+    // never carries out of it (shared memory ends below 256 KB). Computed
+    // once, so a K block's descriptors cost one multiply-add each.
+    emit("%aOff0 = arith.addi %aConsumerOff, " + i32(layout.ringA) + " : i32");
+    emit("%aPtr0 = llvm.getelementptr %smem[%aOff0] : (!llvm.ptr<3>, i32) -> "
+         "!llvm.ptr<3>, i8");
+    emit("%bPtr0 = llvm.getelementptr %smem[" + i32(layout.ringB) +
+         "] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8");
+    writeDescriptor("%descA0", "%aPtr0");
+    writeDescriptor("%descB0", "%bPtr0");
+    emit("%descAStage = arith.constant " +
+         std::to_string(bm * kSliceBytes / 16) + " : i64");
+    emit("%descBStage = arith.constant " +
+         std::to_string(bn * kSliceBytes / 16) + " : i64");
     emit("%zeroF = arith.constant 0.0 : f32");
     emit("%undefAcc = llvm.mlir.undef : " + structType);
     std::string zero = "%undefAcc";
@@ -857,7 +872,7 @@ private:
   /// k32 wgmmas into a fresh partial accumulator and commits them as one
   /// group. SSA names end in `tag`; returns the partial.
   std::string issueBlock(const std::string &tag, const std::string &j) {
-    int64_t bm = config.getBlockM(), bn = config.getBlockN();
+    int64_t bn = config.getBlockN();
     int64_t stages = config.getStages();
     emit("%s" + tag + " = arith.remui " + j + ", " + i32(stages) + " : i32");
     emit("%round" + tag + " = arith.divui " + j + ", " + i32(stages) +
@@ -866,18 +881,11 @@ private:
     emit("%full" + tag + " = " + barrier(layout.fullBar, "%s" + tag));
     emit("nvvm.mbarrier.try_wait.parity %full" + tag + ", %phase" + tag +
          ", %ticks : !llvm.ptr<3>, i32, i32");
-    emit("%aStage" + tag + " = arith.muli %s" + tag + ", " +
-         i32(bm * kSliceBytes) + " : i32");
-    emit("%aOffInRing" + tag + " = arith.addi %aStage" + tag +
-         ", %aConsumerOff : i32");
-    emit("%aOff" + tag + " = arith.addi %aOffInRing" + tag + ", " +
-         i32(layout.ringA) + " : i32");
-    emit("%aPtr" + tag + " = llvm.getelementptr %smem[%aOff" + tag +
-         "] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8");
-    emit("%bPtr" + tag + " = " +
-         ringSlot(layout.ringB, bn * kSliceBytes, "%s" + tag));
-    writeDescriptor("%descA" + tag, "%aPtr" + tag);
-    writeDescriptor("%descB" + tag, "%bPtr" + tag);
+    emit("%sW" + tag + " = arith.extui %s" + tag + " : i32 to i64");
+    emit("%descAOff" + tag + " = arith.muli %sW" + tag + ", %descAStage : i64");
+    emit("%descA" + tag + " = arith.addi %descA0, %descAOff" + tag + " : i64");
+    emit("%descBOff" + tag + " = arith.muli %sW" + tag + ", %descBStage : i64");
+    emit("%descB" + tag + " = arith.addi %descB0, %descBOff" + tag + " : i64");
     emit("nvvm.wgmma.fence.aligned");
     // The first wgmma ignores its accumulator input (scale-d 0): give it an
     // undefined one rather than a live value the compiler would copy.
