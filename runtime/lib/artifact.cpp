@@ -499,6 +499,7 @@ Artifact readManifest(const Json &manifest, const std::string &bytes,
     kernel.splitK = k.intField("split_k");
     kernel.clusterM = static_cast<int>(k.optionalInteger("cluster_m", 1));
     kernel.grouped = k.optionalString("grouped", "");
+    kernel.epilogue = k.optionalString("epilogue", "");
     kernel.cubin = blobBytes(k, "cubin", blobs, bytes);
     if (!k.optionalString("ptx", "").empty())
       kernel.ptx = blobBytes(k, "ptx", blobs, bytes);
@@ -634,6 +635,8 @@ Json manifestJson(const Artifact &a, const std::vector<BlobOut> &blobs,
       kernel["grouped"] = k.grouped;
     if (k.clusterM != 1)
       kernel["cluster_m"] = k.clusterM;
+    if (!k.epilogue.empty())
+      kernel["epilogue"] = k.epilogue;
     if (!k.ptx.empty())
       kernel["ptx"] = k.name + ".ptx";
     kernels.push_back(std::move(kernel));
@@ -926,6 +929,14 @@ void validatePlan(const Artifact &artifact, const std::string &planName,
                  "; " + step.op + " needs " +
                  (wanted.empty() ? std::string("a plain kernel")
                                  : "a contiguous grouped kernel"));
+      // A SwiGLU kernel reads the experts' gate and up weights (interleaved
+      // at load) and writes I columns; every other kernel one weight.
+      size_t weights = kernel->epilogue == "swiglu" ? 2 : 1;
+      if (step.weights.size() != weights)
+        failStep("kernel " + quote(step.kernel) + " reads " +
+                 std::to_string(weights) + " weight" +
+                 (weights == 1 ? "" : "s (the experts' gate and up)") +
+                 ", the step names " + std::to_string(step.weights.size()));
     } else if (!step.kernel.empty()) {
       failStep("names kernel " + quote(step.kernel) + ", but only " +
                joined(kKernelOps) + " run compiled kernels");
@@ -1102,6 +1113,11 @@ void validateArtifact(const Artifact &artifact, const std::string &origin) {
         k.grouped != "masked")
       fail(kernel + "grouped must be \"contiguous\" or \"masked\", got " +
            quote(k.grouped));
+    if (!k.epilogue.empty() && (k.epilogue != "swiglu" || k.grouped.empty() ||
+                                k.blockN != 128 || k.splitK != 1))
+      fail(kernel + "epilogue " + quote(k.epilogue) +
+           " is not \"swiglu\" of a grouped kernel with block_n 128 and "
+           "split_k 1");
     if (k.cubin.empty())
       fail(kernel + "has no cubin");
   }
@@ -1355,7 +1371,8 @@ std::string describeArtifact(const Artifact &a) {
         << k.stages << " stages, " << k.consumers
         << " consumer warpgroups, split_k " << k.splitK
         << (k.clusterM > 1 ? ", cluster_m " + std::to_string(k.clusterM) : "")
-        << (k.grouped.empty() ? "" : ", grouped " + k.grouped) << ", "
+        << (k.grouped.empty() ? "" : ", grouped " + k.grouped)
+        << (k.epilogue.empty() ? "" : ", epilogue " + k.epilogue) << ", "
         << k.sharedMemoryBytes << " B shared memory; cubin " << k.cubin.size()
         << " B"
         << (k.ptx.empty() ? ", no PTX"

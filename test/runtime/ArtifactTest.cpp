@@ -167,13 +167,16 @@ kiln::Artifact realisticArtifact() {
   a.options.kvCacheDtype = "fp8";
   a.kernels.push_back({"kiln_gemm_m64n64s8c1", 64, 64, 8, 1, 197632, 1,
                        binaryBlob(3001, 1), ".version 8.8\n.target sm_90a\n",
-                       ""});
+                       "", 1, ""});
   a.kernels.push_back({"kiln_gemm_m128n128s4c2", 128, 128, 4, 2, 0, 2,
-                       binaryBlob(700, 2), "", ""});
+                       binaryBlob(700, 2), "", "", 1, ""});
   a.kernels.push_back({"kiln_gemm_m64n64s8c1_contiguous", 64, 64, 8, 1, 0, 1,
-                       binaryBlob(900, 3), "", "contiguous"});
+                       binaryBlob(900, 3), "", "contiguous", 1, ""});
   a.kernels.push_back({"kiln_gemm_m128n128s6c2x2", 128, 128, 6, 2, 0, 1,
-                       binaryBlob(800, 4), "", "", 2});
+                       binaryBlob(800, 4), "", "", 2, ""});
+  a.kernels.push_back({"kiln_gemm_m64n128s8c1_contiguous_swiglu", 64, 128, 8, 1,
+                       0, 1, binaryBlob(950, 5), "", "contiguous", 1,
+                       "swiglu"});
   a.weights = {
       {"model.embed_tokens.weight", "bf16", {129280, 256}, "none"},
       {"model.layers.0.input_layernorm.weight", "bf16", {256}, "none"},
@@ -206,7 +209,7 @@ kiln::Artifact smallArtifact() {
   a.producer = "kilnc test";
   a.source = "graph.mlir";
   a.kernels.push_back(
-      {"k", 64, 64, 4, 1, 0, 1, std::string("c\0b\0n", 5), "ptx", ""});
+      {"k", 64, 64, 4, 1, 0, 1, std::string("c\0b\0n", 5), "ptx", "", 1, ""});
   a.weights.push_back({"w", "f8e4m3", {128, 128}, "none"});
   kiln::LaunchPlan plan;
   plan.maxTokens = 2;
@@ -261,6 +264,7 @@ void expectSameArtifact(const kiln::Artifact &a, const kiln::Artifact &b) {
     EXPECT_EQ(x.sharedMemoryBytes, y.sharedMemoryBytes);
     EXPECT_EQ(x.splitK, y.splitK);
     EXPECT_EQ(x.clusterM, y.clusterM);
+    EXPECT_EQ(x.epilogue, y.epilogue);
     EXPECT_EQ(x.cubin, y.cubin);
     EXPECT_EQ(x.ptx, y.ptx);
   }
@@ -420,9 +424,9 @@ TEST(ArtifactTest, ContainerLayoutIsTheDocumentedOne) {
   EXPECT_EQ(manifest["model"]["hash"], artifact.modelHash);
   EXPECT_EQ(manifest["options"]["kv_cache_dtype"], "fp8");
   EXPECT_EQ(manifest["options"]["ep"], 1);
-  // Four cubins and one PTX, each at a multiple of 256 after the
+  // Five cubins and one PTX, each at a multiple of 256 after the
   // manifest, holding exactly the kernel's bytes.
-  ASSERT_EQ(manifest["blobs"].size(), 5u);
+  ASSERT_EQ(manifest["blobs"].size(), 6u);
   for (const Json &blob : manifest["blobs"]) {
     uint64_t offset = blob["offset"], size = blob["size"];
     EXPECT_EQ(offset % 256, 0u);
@@ -505,14 +509,14 @@ TEST(ArtifactTest, RejectsBadMagic) {
 
 TEST(ArtifactTest, RejectsAnotherFormatVersionNamingItsProducer) {
   std::string bytes = kiln::serializeArtifact(smallArtifact());
-  bytes[8] = 5;
+  bytes[8] = 6;
   expectMentions(errorOf([&] { kiln::parseArtifact(bytes, "new.kiln"); }),
-                 {"new.kiln", "version 5", "written by kilnc test",
-                  "reads versions 2 to 4"});
+                 {"new.kiln", "version 6", "written by kilnc test",
+                  "reads versions 2 to 5"});
   // A manifest this build cannot read does not hide the version problem.
   std::string garbled = bytes.substr(0, 24) + "{\"produc";
   expectMentions(errorOf([&] { kiln::parseArtifact(garbled, "new.kiln"); }),
-                 {"new.kiln", "version 5", "unknown producer"});
+                 {"new.kiln", "version 6", "unknown producer"});
 }
 
 TEST(ArtifactTest, RejectsANonZeroReservedField) {
@@ -627,7 +631,7 @@ TEST(ArtifactTest, RejectsMissingAndMistypedFields) {
        {"\"plans.decode.steps[0].attrs.a\"", "list of numbers"}},
       {[](Json &m) { m["format"] = "zip"; }, {"\"format\"", "kiln-artifact"}},
       {[](Json &m) { m["format_version"] = 2; },
-       {"\"format_version\"", "header says 4"}},
+       {"\"format_version\"", "header says 5"}},
   };
   for (const Case &c : cases)
     expectMentions(errorOf([&] {
@@ -925,9 +929,10 @@ TEST(ArtifactTest, ChecksTheArtifactAgainstTheModel) {
 TEST(ArtifactTest, DescribeSummarizesTheArtifact) {
   std::string text = kiln::describeArtifact(realisticArtifact());
   expectMentions(text,
-                 {"format 4", "kilnc 0.1.0", "sm_90a", "deepseek_v3",
+                 {"format 5", "kilnc 0.1.0", "sm_90a", "deepseek_v3",
                   kiln::modelHash(tinyConfig()), "kiln_gemm_m64n64s8c1",
                   "kiln_gemm_m128n128s4c2", "split_k 2", "cubin 3001 B",
+                  "grouped contiguous, epilogue swiglu",
                   "model.layers.1.mlp.experts.{e}.gate_proj.weight",
                   "plan decode", "plan prefill", "kv_a[:, 160:176]",
                   "mla_attention", "inv_freq=[1, ", "(8 values)",
@@ -992,6 +997,51 @@ TEST(ArtifactTest, StreamsEventsAndMicroBatchesRoundTrip) {
   EXPECT_NE(described.find("rms_norm [stream 1] hidden{micro-batch 0/2}"),
             std::string::npos)
       << described;
+}
+
+/// `a` with decode's grouped_gemm (step 7) fused with the SwiGLU epilogue:
+/// the swiglu kernel over the experts' gate and up weights.
+void fuseSwiGLU(kiln::Artifact &a) {
+  a.weights.push_back({"model.layers.1.mlp.experts.{e}.up_proj.weight",
+                       "f8e4m3",
+                       {192, 256},
+                       "none"});
+  kiln::PlanStep &step = a.plans["decode"].steps[7];
+  step.kernel = "kiln_gemm_m64n128s8c1_contiguous_swiglu";
+  step.weights.push_back("model.layers.1.mlp.experts.{e}.up_proj.weight");
+}
+
+TEST(ArtifactTest, FusedSwiGLUStepsRoundTrip) {
+  kiln::Artifact original = realisticArtifact();
+  fuseSwiGLU(original);
+  kiln::Artifact read =
+      kiln::parseArtifact(kiln::serializeArtifact(original), "f.kiln");
+  expectSameArtifact(original, read);
+  const kiln::PlanStep &step = read.plans.at("decode").steps[7];
+  EXPECT_EQ(read.findKernel(step.kernel)->epilogue, "swiglu");
+  EXPECT_EQ(step.weights.size(), 2u);
+}
+
+TEST(ArtifactTest, RejectsFusedSwiGLUStepsWithTheWrongWeights) {
+  expectMentions(
+      invalidBecause([](kiln::Artifact &a) {
+        fuseSwiGLU(a);
+        a.plans["decode"].steps[7].weights.pop_back();
+      }),
+      {"step 7 (grouped_gemm)", "reads 2 weights", "gate and up", "names 1"});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   fuseSwiGLU(a);
+                   a.plans["decode"].steps[7].kernel =
+                       "kiln_gemm_m64n64s8c1_contiguous";
+                 }),
+                 {"step 7 (grouped_gemm)", "reads 1 weight", "names 2"});
+  expectMentions(
+      invalidBecause([](kiln::Artifact &a) { a.kernels[4].epilogue = "gelu"; }),
+      {"kiln_gemm_m64n128s8c1_contiguous_swiglu", "\"gelu\"", "block_n 128"});
+  expectMentions(
+      invalidBecause([](kiln::Artifact &a) { a.kernels[4].grouped.clear(); }),
+      {"kiln_gemm_m64n128s8c1_contiguous_swiglu", "\"swiglu\"",
+       "grouped kernel"});
 }
 
 TEST(ArtifactTest, ReadsVersion2Artifacts) {

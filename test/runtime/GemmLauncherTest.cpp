@@ -413,6 +413,62 @@ TEST_F(GemmLauncherOnGpu, ReferenceKernelMatchesTheCpu) {
     ASSERT_EQ(out[i], reference::kPoisonBF16) << "written past out at " << i;
 }
 
+TEST_F(GemmLauncherOnGpu, InterleavesSeparateGateAndUpStacks) {
+  // What the CUDA backend does at load for a fused SwiGLU grouped_gemm:
+  // the stacked gate and up weights ([E·I, K] each) and their scales
+  // ([E·I/128][K/128] each) into the kernel's layout, compared with the
+  // host interleave of each expert's [gate; up].
+  const int64_t experts = 3, intermediate = 256, k = 384;
+  const size_t weightBytes = experts * intermediate * k;
+  const size_t expertScaleBytes = intermediate / 128 * (k / 128) * 4;
+  std::mt19937 random(std::random_device{}());
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::vector<uint8_t> gate(weightBytes), up(weightBytes);
+  std::vector<uint8_t> gateScales(experts * expertScaleBytes),
+      upScales(gateScales.size());
+  for (auto *v : {&gate, &up, &gateScales, &upScales})
+    for (uint8_t &b : *v)
+      b = uint8_t(byte(random));
+  std::vector<uint8_t> stacked, stackedScales;
+  for (int64_t e = 0; e < experts; ++e) {
+    size_t rows = intermediate * k, scales = expertScaleBytes;
+    stacked.insert(stacked.end(), gate.begin() + e * rows,
+                   gate.begin() + (e + 1) * rows);
+    stacked.insert(stacked.end(), up.begin() + e * rows,
+                   up.begin() + (e + 1) * rows);
+    stackedScales.insert(stackedScales.end(), gateScales.begin() + e * scales,
+                         gateScales.begin() + (e + 1) * scales);
+    stackedScales.insert(stackedScales.end(), upScales.begin() + e * scales,
+                         upScales.begin() + (e + 1) * scales);
+  }
+  std::vector<uint8_t> expected(stacked.size());
+  interleaveGateUp(stacked.data(), expected.data(), experts, intermediate, k);
+
+  auto upload = [](const std::vector<uint8_t> &v) {
+    DeviceBuffer buffer(v.size(), "test");
+    KILN_CU("test", cuMemcpyHtoD, buffer.get(), v.data(), v.size());
+    return buffer;
+  };
+  DeviceBuffer dGate = upload(gate), dUp = upload(up);
+  DeviceBuffer dGateScales = upload(gateScales), dUpScales = upload(upScales);
+  DeviceBuffer out(stacked.size(), "out"), outScales(stackedScales.size(), "s");
+  KILN_CU("test", cuMemsetD8Async, out.get(), 0xEE, out.size(), nullptr);
+  KILN_CU("test", cuMemsetD8Async, outScales.get(), 0xEE, outScales.size(),
+          nullptr);
+  interleaveBlocksAsync(dGate.get(), dUp.get(), out.get(),
+                        experts * intermediate / kSwigluInterleaveRows,
+                        kSwigluInterleaveRows * k, nullptr);
+  interleaveBlocksAsync(dGateScales.get(), dUpScales.get(), outScales.get(),
+                        experts, expertScaleBytes, nullptr);
+  KILN_CU("test", cuCtxSynchronize);
+  std::vector<uint8_t> got(out.size()), gotScales(outScales.size());
+  KILN_CU("test", cuMemcpyDtoH, got.data(), out.get(), got.size());
+  KILN_CU("test", cuMemcpyDtoH, gotScales.data(), outScales.get(),
+          gotScales.size());
+  EXPECT_TRUE(got == expected);
+  EXPECT_TRUE(gotScales == stackedScales);
+}
+
 TEST_F(GemmLauncherOnGpu, BadCubinNamesTheCall) {
   const char garbage[] = "not a cubin";
   GemmKernelConfig config = reference::kernelConfig();

@@ -1006,10 +1006,11 @@ private:
     if (failed(offsets))
       return failure();
     if (*offsets) {
-      if (step.op != "swiglu")
+      if (step.op != "swiglu" && step.op != "quantize")
         return quantize.emitOpError(
-            "writes scales a grouped GEMM reads; only a quantized SwiGLU "
-            "(or moe_permute) writes the grouped scale layout");
+            "writes scales a grouped GEMM reads; only a quantize, a "
+            "quantized SwiGLU (or moe_permute) writes the grouped scale "
+            "layout");
       auto ref = use(quantize, *offsets, "offsets");
       if (failed(ref))
         return failure();
@@ -1042,7 +1043,71 @@ private:
     return emit(std::move(step));
   }
 
+  /// The SwiGLU epilogue configuration of `swiglu`, if
+  /// kiln-select-gemm-config fused it into its gate/up grouped GEMMs.
+  static GemmConfigAttr fusedSwiGLUConfig(SwiGLUOp swiglu) {
+    auto config = swiglu->getAttrOfType<GemmConfigAttr>(kGemmConfigAttrName);
+    return config && config.getSwiglu() ? config : GemmConfigAttr();
+  }
+
+  /// Whether `gemm` is the gate or up GEMM of a fused SwiGLU: it becomes
+  /// part of that swiglu's step.
+  static bool feedsFusedSwiGLU(GroupedScaledMatmulOp gemm) {
+    if (!gemm->hasOneUse())
+      return false;
+    auto swiglu = dyn_cast<SwiGLUOp>(*gemm->getUsers().begin());
+    return swiglu && fusedSwiGLUConfig(swiglu);
+  }
+
+  /// One grouped_gemm with the SwiGLU epilogue for the gate GEMM, the up
+  /// GEMM and `swiglu`: weights [gate, up] (the runtime interleaves them at
+  /// load), result silu(gate) * up in BF16.
+  LogicalResult lowerFusedSwiGLU(SwiGLUOp swiglu) {
+    Operation *op = swiglu;
+    auto gate = swiglu.getGate().getDefiningOp<GroupedScaledMatmulOp>();
+    auto up = swiglu.getUp()
+                  ? swiglu.getUp().getDefiningOp<GroupedScaledMatmulOp>()
+                  : GroupedScaledMatmulOp();
+    if (!gate || !up || gate.getA() != up.getA() ||
+        gate.getAScales() != up.getAScales() ||
+        gate.getGroups() != up.getGroups() ||
+        gate.getB().getType() != up.getB().getType())
+      return op->emitOpError("has an 'epilogue = swiglu' gemm_config but its "
+                             "gate and up are not grouped GEMMs of the same "
+                             "rows, offsets and weight shape");
+    if (gate.getLayout() != GroupLayout::Contiguous ||
+        !groupedScales.contains(gate.getAScales()))
+      return op->emitOpError("fuses grouped GEMMs that must be contiguous "
+                             "with 'a_scales' in the grouped layout");
+    PlanStep step = makeStep("grouped_gemm");
+    auto a = use(op, gate.getA(), "a");
+    auto scales = use(op, gate.getAScales(), "a_scales");
+    auto offsets = use(op, gate.getGroups(), "groups");
+    auto gateWeight = weight(gate, gate.getB(), "b");
+    auto upWeight = weight(up, up.getB(), "b");
+    auto kernel = kernelOf(op);
+    if (failed(a) || failed(scales) || failed(offsets) || failed(gateWeight) ||
+        failed(upWeight) || failed(kernel) ||
+        failed(checkScales(gate, gate.getB(), gate.getBScales())) ||
+        failed(checkScales(up, up.getB(), up.getBScales())) ||
+        failed(checkBf16Result(op, swiglu.getResult())))
+      return failure();
+    for (const std::string *name : {&*gateWeight, &*upWeight})
+      if (name->find(kExpertPlaceholder) == std::string::npos)
+        return op->emitOpError("fuses GEMMs whose weights must be "
+                               "routed-expert weights, named with '")
+               << kExpertPlaceholder << "'; got '" << *name << "'";
+    step.inputs = {*a, *scales, *offsets};
+    step.weights = {*gateWeight, *upWeight};
+    step.kernel = *kernel;
+    if (failed(output(step, swiglu.getResult(), op, "", rowsOf(gate.getA()))))
+      return failure();
+    return emit(std::move(step));
+  }
+
   LogicalResult lowerSwiGLU(SwiGLUOp swiglu) {
+    if (fusedSwiGLUConfig(swiglu))
+      return lowerFusedSwiGLU(swiglu);
     Operation *op = swiglu;
     PlanStep step = makeStep("swiglu");
     auto gate = use(op, swiglu.getGate(), "gate");
@@ -1114,6 +1179,9 @@ private:
   }
 
   LogicalResult lowerGroupedGemm(GroupedScaledMatmulOp gemm) {
+    // Its step is the fused SwiGLU's.
+    if (feedsFusedSwiGLU(gemm))
+      return success();
     Operation *op = gemm;
     if (gemm.getLayout() != GroupLayout::Contiguous)
       return op->emitOpError("cannot be lowered to a launch plan: plans "

@@ -18,6 +18,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "kiln/Dialect/Kiln/KilnOps.h"
+#include "kiln/FrontEnd/GraphConventions.h"
 #include "kiln/Transforms/Passes.h"
 
 #include "llvm/ADT/bit.h"
@@ -118,6 +119,34 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
                                    splitK, grouped);
 }
 
+/// The gate and up GEMMs of a kiln.swiglu marked for fusion
+/// (kiln::kFuseSwiGLUAttrName), if the SwiGLU epilogue kernel can compute
+/// it: contiguous grouped GEMMs over the same rows, offsets and weight
+/// shape [G, I, K], read by the swiglu alone, I a multiple of 128 (the
+/// fused N = 2I is whole 256-column pairs of 128x128 scale blocks), and a
+/// BF16 result (what the kernel stores).
+std::optional<
+    std::pair<kiln::GroupedScaledMatmulOp, kiln::GroupedScaledMatmulOp>>
+fusableGateUp(kiln::SwiGLUOp swiglu) {
+  if (!swiglu->hasAttr(kiln::kFuseSwiGLUAttrName) || !swiglu.getUp())
+    return std::nullopt;
+  auto gate = swiglu.getGate().getDefiningOp<kiln::GroupedScaledMatmulOp>();
+  auto up = swiglu.getUp().getDefiningOp<kiln::GroupedScaledMatmulOp>();
+  if (!gate || !up || gate == up ||
+      gate.getLayout() != kiln::GroupLayout::Contiguous ||
+      up.getLayout() != kiln::GroupLayout::Contiguous ||
+      gate.getA() != up.getA() || gate.getAScales() != up.getAScales() ||
+      gate.getGroups() != up.getGroups() ||
+      gate.getB().getType() != up.getB().getType() || !gate->hasOneUse() ||
+      !up->hasOneUse() ||
+      !cast<ShapedType>(swiglu.getType()).getElementType().isBF16())
+    return std::nullopt;
+  auto b = cast<RankedTensorType>(gate.getB().getType());
+  if (!b.hasStaticShape() || b.getDimSize(1) % 128 != 0)
+    return std::nullopt;
+  return std::make_pair(gate, up);
+}
+
 struct SelectGemmConfigPass
     : kiln::impl::KilnSelectGemmConfigBase<SelectGemmConfigPass> {
   void runOnOperation() override {
@@ -155,6 +184,28 @@ struct SelectGemmConfigPass
       op->setAttr("gemm_config",
                   chooseConfig(op.getContext(), rows, b.getDimSize(1),
                                b.getDimSize(2), groups, op.getLayout()));
+    });
+    // A fused gate/up GEMM gets the gate's tiles (the heuristic's choice
+    // for its rows) widened to 128 columns, the one width the
+    // SwiGLU epilogue pairs (64 gate and 64 up columns per tile), unsplit.
+    getOperation().walk([](kiln::SwiGLUOp op) {
+      if (op->hasAttr(kiln::kGemmConfigAttrName))
+        return;
+      auto gateUp = fusableGateUp(op);
+      if (!gateUp)
+        return;
+      auto gate = gateUp->first->getAttrOfType<kiln::GemmConfigAttr>(
+          kiln::kGemmConfigAttrName);
+      int64_t blockN = 128;
+      int64_t stages = llvm::bit_floor(static_cast<uint64_t>(
+          std::min(kMaxStages,
+                   kStageBudgetBytes / ((gate.getBlockM() + blockN) * 128))));
+      op->setAttr(kiln::kGemmConfigAttrName,
+                  kiln::GemmConfigAttr::get(
+                      op.getContext(), gate.getBlockM(), blockN, stages,
+                      gate.getConsumers(), /*splitK=*/1,
+                      kiln::GroupLayout::Contiguous, /*clusterM=*/1,
+                      /*swiglu=*/true));
     });
   }
 };

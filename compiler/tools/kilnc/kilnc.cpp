@@ -263,6 +263,8 @@ std::string planJson(const kiln::LoweredModel &model) {
     if (config.getGrouped())
       fields.emplace_back("grouped",
                           kiln::stringifyGroupLayout(*config.getGrouped()));
+    if (config.getSwiglu())
+      fields.emplace_back("epilogue", "swiglu");
     fields.emplace_back("shared_memory_bytes", config.getSharedMemoryBytes());
     kernels.push_back(orderedObject(fields));
   }
@@ -347,6 +349,8 @@ std::string kernelManifest(const kiln::ArtifactKernel &kernel,
     manifest["grouped"] = kernel.grouped;
   if (kernel.clusterM != 1)
     manifest["cluster_m"] = kernel.clusterM;
+  if (!kernel.epilogue.empty())
+    manifest["epilogue"] = kernel.epilogue;
   if (assembled) {
     manifest["registers"] = assembled->registers;
     manifest["spill_bytes"] = assembled->spillBytes;
@@ -605,6 +609,8 @@ int run() {
     kernel.clusterM = gemm.getClusterM();
     if (gemm.getGrouped())
       kernel.grouped = kiln::stringifyGroupLayout(*gemm.getGrouped()).str();
+    if (gemm.getSwiglu())
+      kernel.epilogue = "swiglu";
     kernel.sharedMemoryBytes = gemm.getSharedMemoryBytes();
     llvm::Expected<std::string> ptx =
         kiln::compileGemmKernelToPtx(context, gemm);

@@ -28,8 +28,11 @@ namespace kiln {
 /// (kernels[].grouped), where 1 ran a plain kernel per expert. 3: plans may
 /// run on several streams ordered by events, and read micro-batch row parts
 /// of buffers (artifact.md "Streams and micro-batches"). 4: expert-parallel
-/// MoE layers (the manifest's expert_parallel, the ep_* ops, rows X).
-constexpr uint32_t kArtifactFormatVersion = 4;
+/// MoE layers (the manifest's expert_parallel, the ep_* ops, rows X). 5:
+/// kernels[].epilogue, and a `grouped_gemm` with the SwiGLU epilogue over
+/// the experts' gate and up weights, then a `quantize` of grouped scales
+/// (artifact.md "Fused SwiGLU").
+constexpr uint32_t kArtifactFormatVersion = 5;
 /// The oldest version this build reads: a version 2 plan is a version 3 plan
 /// on one stream without micro-batches.
 constexpr uint32_t kOldestArtifactFormatVersion = 2;
@@ -58,6 +61,10 @@ struct ArtifactKernel {
   /// Blocks per cluster along M, sharing B by TMA multicast (1: none); see
   /// gemm-abi.md "Clusters".
   int clusterM = 1;
+  /// "swiglu" for a grouped kernel that stores silu(gate) * up of
+  /// interleaved gate/up weights (gemm-abi.md "SwiGLU epilogue"), empty for
+  /// one that stores the product.
+  std::string epilogue;
 };
 
 /// A checkpoint tensor a plan reads.

@@ -7,6 +7,7 @@
 #include "kiln/cuda/gemm_launcher.h"
 #include "kiln/cuda/model_kernels.h"
 #include "kiln/cuda/nccl.h"
+#include "kiln/cuda/swiglu_weights.h"
 #include "kiln/distributed.h"
 #include "kiln/error.h"
 #include "kiln/expert_placement.h"
@@ -363,6 +364,10 @@ struct CudaBackend::Impl {
   void loadWeights(const Checkpoint &checkpoint,
                    const CudaBackendOptions &options);
   void makeSyntheticWeights(uint64_t seed);
+  /// Builds the interleaved gate/up weight of every grouped_gemm step with
+  /// the SwiGLU epilogue from the loaded stacked gate and up weights, and
+  /// frees those where no other step reads them.
+  void fuseGateUpWeights();
   /// The experts this rank holds, in the order of its stacked weights:
   /// every expert, or its slots' experts (-1: an unused slot).
   std::vector<int64_t> localExperts() const;
@@ -853,6 +858,64 @@ void CudaBackend::Impl::makeSyntheticWeights(uint64_t seed) {
   }
 }
 
+/// The weight map's name of the interleaved gate/up weight of a fused
+/// grouped_gemm step (artifact.md "Fused SwiGLU").
+std::string fusedGateUpName(const std::vector<std::string> &weights) {
+  return weights.at(0) + "+" + weights.at(1);
+}
+
+void CudaBackend::Impl::fuseGateUpWeights() {
+  std::set<std::string> readAlone;
+  std::set<std::vector<std::string>> pairs;
+  for (const auto &[name, plan] : artifact.plans)
+    for (const PlanStep &step : plan.steps) {
+      if (step.op == "grouped_gemm" && step.weights.size() == 2)
+        pairs.insert(step.weights);
+      else
+        readAlone.insert(step.weights.begin(), step.weights.end());
+    }
+  for (const std::vector<std::string> &pair : pairs) {
+    const std::string what =
+        origin + ": fused gate/up weight of " + pair[0] + " and " + pair[1];
+    const DeviceWeight &gate = weight(pair[0], what);
+    const DeviceWeight &up = weight(pair[1], what);
+    if (gate.type != ElementType::F8E4M3 || gate.shape.size() != 3 ||
+        gate.shape != up.shape || gate.shape[1] % 128 != 0)
+      throw Error(what +
+                  ": the SwiGLU epilogue reads stacked FP8 gate and "
+                  "up weights of one shape [E, I, K], I a multiple "
+                  "of 128; got " +
+                  formatShape(gate.shape) + " and " + formatShape(up.shape));
+    const int64_t experts = gate.shape[0], inter = gate.shape[1],
+                  k = gate.shape[2];
+    DeviceWeight fused{ElementType::F8E4M3, {experts, 2 * inter, k}, {}, {}};
+    fused.data = DeviceBuffer(gate.data.size() + up.data.size(), what);
+    fused.scales =
+        DeviceBuffer(gate.scales.size() + up.scales.size(), what + " scales");
+    // 64-row blocks: gate block j to 2j, up block j to 2j + 1 (expert-major
+    // stacks, so each expert's blocks land in its own 2I rows); the scales
+    // per expert, gate's then up's.
+    interleaveBlocksAsync(gate.data.get(), up.data.get(), fused.data.get(),
+                          experts * inter / kSwigluInterleaveRows,
+                          size_t(kSwigluInterleaveRows * k), stream);
+    interleaveBlocksAsync(gate.scales.get(), up.scales.get(),
+                          fused.scales.get(), experts,
+                          gate.scales.size() / size_t(experts), stream);
+    statistics.weightBytes += fused.data.size() + fused.scales.size();
+    weights.emplace(fusedGateUpName(pair), std::move(fused));
+  }
+  KILN_CU(origin, cuStreamSynchronize, stream);
+  for (const std::vector<std::string> &pair : pairs)
+    for (const std::string &name : pair) {
+      auto it = weights.find(name);
+      if (readAlone.count(name) || it == weights.end())
+        continue;
+      statistics.weightBytes -=
+          it->second.data.size() + it->second.scales.size();
+      weights.erase(it);
+    }
+}
+
 void CudaBackend::Impl::allocate(const CudaBackendOptions &options) {
   for (auto &[name, plan] : artifact.plans) {
     PlanState state;
@@ -1032,7 +1095,13 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
       kernels->rmsNorm(stream, input(0), weightAt(0).data.get(), eps,
                        output(0));
   } else if (op == "quantize") {
-    kernels->quantize(stream, input(0), quantized(output(0), output(1)));
+    // With a second input (the offsets), the scales are grouped.
+    DeviceMatrix offsets;
+    if (step.inputs.size() == 2)
+      offsets = input(1);
+    kernels->quantize(stream, input(0),
+                      quantized(output(0), output(1),
+                                step.inputs.size() == 2 ? &offsets : nullptr));
   } else if (op == "gemm" || op == "grouped_gemm") {
     auto kernel = gemms.find(step.kernel);
     if (kernel == gemms.end())
@@ -1040,8 +1109,12 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
     DeviceMatrix a = input(0), as = input(1), y = output(0);
     if (y.stride != y.cols || a.stride != a.cols)
       throw Error(where + ": GEMM operands must be whole buffers");
-    const DeviceWeight &w = weightAt(0);
-    // gemm: W [N, K]; grouped_gemm: the experts' weights stacked, {E, N, K}.
+    // gemm: W [N, K]; grouped_gemm: the experts' weights stacked, {E, N, K};
+    // with the SwiGLU epilogue their gate and up weights interleaved,
+    // {E, 2I, K}, and an output of I columns.
+    const bool swiglu = op == "grouped_gemm" && step.weights.size() == 2;
+    const DeviceWeight &w =
+        swiglu ? weight(fusedGateUpName(step.weights), where) : weightAt(0);
     size_t rank = op == "gemm" ? 2 : 3;
     if (w.type != ElementType::F8E4M3 || w.shape.size() != rank)
       throw Error(where + ": GEMM weight " + step.weights.at(0) +
@@ -1056,7 +1129,7 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
     g.m = static_cast<int>(a.rows);
     g.n = static_cast<int>(w.shape[rank - 2]);
     g.k = static_cast<int>(w.shape[rank - 1]);
-    if (g.k != a.cols || g.n != y.cols)
+    if (g.k != a.cols || (swiglu ? g.n / 2 : g.n) != y.cols)
       throw Error(where + ": weight shape " + formatShape(w.shape) +
                   " does not fit input cols " + std::to_string(a.cols) +
                   " and output cols " + std::to_string(y.cols));
@@ -1654,6 +1727,7 @@ void CudaBackend::Impl::open(const std::string &configOrigin,
     loadKernels();
     allocate(options);
     weights();
+    fuseGateUpWeights();
     sizeGemmWorkspaces();
     KILN_CU(origin, cuCtxSynchronize);
   } catch (...) {

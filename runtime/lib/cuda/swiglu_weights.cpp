@@ -71,4 +71,16 @@ void interleaveGateUpAsync(CUdeviceptr src, CUdeviceptr dst, int64_t experts,
   });
 }
 
+void interleaveBlocksAsync(CUdeviceptr gate, CUdeviceptr up, CUdeviceptr dst,
+                           int64_t blocks, size_t blockBytes, CUstream stream) {
+  for (int64_t block = 0; block < blocks; ++block) {
+    KILN_CU("interleaving gate/up weights", cuMemcpyDtoDAsync,
+            dst + 2 * block * blockBytes, gate + block * blockBytes, blockBytes,
+            stream);
+    KILN_CU("interleaving gate/up weights", cuMemcpyDtoDAsync,
+            dst + (2 * block + 1) * blockBytes, up + block * blockBytes,
+            blockBytes, stream);
+  }
+}
+
 } // namespace kiln::cuda

@@ -42,6 +42,16 @@ constexpr const char *kLogitsBuffer = "logits";
 /// Placeholder of the expert index in a routed expert's weight name.
 constexpr const char *kExpertPlaceholder = "{e}";
 
+/// Unit attribute on a kiln.swiglu of two contiguous grouped GEMMs over the
+/// same rows (the routed experts' gate and up): fuse the three into one
+/// grouped kernel with the SwiGLU epilogue. kiln-select-gemm-config gives
+/// such a swiglu the kernel's `gemm_config` (`epilogue = swiglu`) where the
+/// shapes allow it; launch-plan lowering then writes one `grouped_gemm`.
+constexpr const char *kFuseSwiGLUAttrName = "kiln.fuse_swiglu";
+
+/// The `gemm_config` attribute of a GEMM (or of a fused kiln.swiglu).
+constexpr const char *kGemmConfigAttrName = "gemm_config";
+
 } // namespace kiln
 
 #endif // KILN_FRONTEND_GRAPHCONVENTIONS_H

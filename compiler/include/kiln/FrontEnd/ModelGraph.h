@@ -33,6 +33,10 @@ struct ModelStep {
   /// residual stages), so that one micro-batch's dispatch and combine can
   /// run beside another's GEMMs. maxTokens must divide evenly.
   int64_t overlapMicroBatches = 1;
+  /// Marks each MoE layer's routed-expert SwiGLU for fusion into the gate/up
+  /// grouped GEMM (kFuseSwiGLUAttrName), whose intermediate is then BF16
+  /// (what the fused kernel stores) before its FP8 quantization.
+  bool fuseExpertSwiGLU = false;
 };
 
 /// Steps of at most this many tokens get their own decode plan when
@@ -45,7 +49,9 @@ constexpr int64_t kSmallDecodeTokens = 64;
 /// (kSmallDecodeTokens of as many sequences, when max_batch is larger) and
 /// `prefill` (prefill_chunk tokens of up to min(max_batch, prefill_chunk)
 /// sequences). `overlapMicroBatches` applies to `prefill` (decode steps are
-/// too small to split).
+/// too small to split). `prefill` fuses the routed experts' SwiGLU into
+/// their gate/up GEMM (3-7% faster at prefill-sized groups, no gain at
+/// decode: bench/results/swiglu-epilogue-h100.md).
 std::vector<ModelStep> defaultModelSteps(int64_t maxBatch, int64_t prefillChunk,
                                          int64_t overlapMicroBatches = 1);
 

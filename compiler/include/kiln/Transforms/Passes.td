@@ -15,9 +15,11 @@ def KilnSelectGemmConfig : Pass<"kiln-select-gemm-config", "mlir::ModuleOp"> {
     its layout (`grouped = contiguous | masked`) that runs all groups in one
     launch; its M is the rows of one group: the capacity C in the masked
     layout, ceil(T / min(G, T)) over the groups that can have rows in the
-    contiguous one, and split-K weighs the tiles of all those groups.
-    Configurations already present (written by hand or by an offline search)
-    are kept.
+    contiguous one, and split-K weighs the tiles of all those groups. A
+    `kiln.swiglu` marked `kiln.fuse_swiglu` whose gate and up are matching
+    contiguous grouped GEMMs gets the gate's tile widened to 128 columns
+    with `epilogue = swiglu` (compiler/docs/kilnc.md). Configurations already
+    present (written by hand or by an offline search) are kept.
   }];
   let dependentDialects = ["kiln::KilnDialect"];
 }

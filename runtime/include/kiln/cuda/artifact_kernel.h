@@ -34,6 +34,8 @@ inline GemmKernel loadArtifactGemmKernel(const ArtifactKernel &k,
   cfg.grouping = k.grouped == "contiguous" ? GemmGrouping::Contiguous
                  : k.grouped == "masked"   ? GemmGrouping::Masked
                                            : GemmGrouping::None;
+  cfg.epilogue =
+      k.epilogue == "swiglu" ? GemmEpilogue::Swiglu : GemmEpilogue::Store;
   cfg.validate(origin + ": kernel " + k.name);
   if (k.cubin.empty())
     throw Error(origin + ": kernel " + k.name +

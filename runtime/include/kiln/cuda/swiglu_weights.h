@@ -43,6 +43,16 @@ void interleaveGateUpAsync(CUdeviceptr src, CUdeviceptr dst, int64_t experts,
                            int64_t intermediate, size_t rowBytes,
                            CUstream stream);
 
+/// Device to device on `stream`, from separate gate and up stacks: block j
+/// of `gate` goes to block 2j of `dst` and block j of `up` to block 2j + 1,
+/// for `blocks` blocks of `blockBytes` each. With blocks of 64 rows this
+/// interleaves the stacked gate and up weights of the grouped GEMM ([E·I, K]
+/// each, expert e at row e·I) into the kernel's [E·2I, K]; with blocks of
+/// one expert's scales ([I/128][K/128]), it stacks each expert's gate then
+/// up scales, the layout the kernel reads.
+void interleaveBlocksAsync(CUdeviceptr gate, CUdeviceptr up, CUdeviceptr dst,
+                           int64_t blocks, size_t blockBytes, CUstream stream);
+
 } // namespace kiln::cuda
 
 #endif // KILN_CUDA_SWIGLU_WEIGHTS_H
