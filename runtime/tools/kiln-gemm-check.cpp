@@ -504,6 +504,20 @@ struct DeviceInfo {
   double hbmGBps = 0; // measured; 0 when not measured
 };
 
+/// Operand sets to cycle through when timing: enough that one pass over
+/// them is 4x the L2, so each launch reads its operands from HBM as in a
+/// real layer; 2 to 64, within half the free memory. 1 when not timing.
+int timedSetCount(const Options &options, const DeviceInfo &device,
+                  size_t setBytes) {
+  if (!options.time)
+    return 1;
+  size_t wanted = (4 * size_t(device.l2Bytes) + setBytes - 1) / setBytes;
+  size_t freeBytes = 0, totalBytes = 0;
+  KILN_CU("memory info", cuMemGetInfo, &freeBytes, &totalBytes);
+  size_t affordable = freeBytes / 2 / setBytes;
+  return int(std::clamp<size_t>(std::min(wanted, affordable), 2, 64));
+}
+
 struct ShapeResult {
   Shape shape;
   std::string status = "ERROR"; // ok, WRONG, ERROR
@@ -632,16 +646,7 @@ ShapeResult ShapeRunner::run(const Shape &shape, uint64_t seed) const {
   const size_t setBytes =
       bytesA + bytesB + bytesScaleA + bytesScaleB + bytesOut;
 
-  // Enough sets that one pass over them is 4x the L2: each launch then
-  // reads its operands from HBM, as in a real layer. At least 2.
-  int sets = 1;
-  if (options.time) {
-    size_t wanted = (4 * size_t(device.l2Bytes) + setBytes - 1) / setBytes;
-    size_t freeBytes = 0, totalBytes = 0;
-    KILN_CU("memory info", cuMemGetInfo, &freeBytes, &totalBytes);
-    size_t affordable = freeBytes / 2 / setBytes;
-    sets = int(std::clamp<size_t>(std::min(wanted, affordable), 2, 64));
-  }
+  int sets = timedSetCount(options, device, setBytes);
   result.sets = sets;
 
   std::vector<OperandSet> operandSets;
@@ -1197,14 +1202,7 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
   const size_t bytesOut = 2 * (outElements + guardElements);
   const size_t setBytes =
       bytesA + bytesB + bytesScaleA + bytesScaleB + bytesOut;
-  int sets = 1;
-  if (options.time) {
-    size_t wanted = (4 * size_t(device.l2Bytes) + setBytes - 1) / setBytes;
-    size_t freeBytes = 0, totalBytes = 0;
-    KILN_CU("memory info", cuMemGetInfo, &freeBytes, &totalBytes);
-    size_t affordable = freeBytes / 2 / setBytes;
-    sets = int(std::clamp<size_t>(std::min(wanted, affordable), 2, 64));
-  }
+  int sets = timedSetCount(options, device, setBytes);
   result.sets = sets;
   std::vector<int32_t> groupWords =
       masked ? std::vector<int32_t>(layout.counts.begin(), layout.counts.end())

@@ -847,25 +847,25 @@ private:
            "] : (!llvm.ptr<1>, i32) -> !llvm.ptr<1>, f32");
       emit("%sa" + w + " = llvm.load %pa" + w + " : !llvm.ptr<1> -> f32");
     }
-    emit("%pb" + tag + " = llvm.getelementptr %scaleB[%ib" + tag +
-         "] : (!llvm.ptr<1>, i32) -> !llvm.ptr<1>, f32");
-    emit("%sb" + tag + " = llvm.load %pb" + tag + " : !llvm.ptr<1> -> f32");
-    emit("%scale0" + tag + " = arith.mulf %sa0" + tag + ", %sb" + tag +
-         " : f32");
-    emit("%scale1" + tag + " = arith.mulf %sa1" + tag + ", %sb" + tag +
-         " : f32");
-    if (!swiglu)
-      return {"%scale0" + tag, "%scale1" + tag};
-    emit("%ibUp" + tag + " = arith.addi %bScaleRowUp, " + kb + " : i32");
-    emit("%pbUp" + tag + " = llvm.getelementptr %scaleB[%ibUp" + tag +
-         "] : (!llvm.ptr<1>, i32) -> !llvm.ptr<1>, f32");
-    emit("%sbUp" + tag + " = llvm.load %pbUp" + tag + " : !llvm.ptr<1> -> f32");
-    emit("%scale0Up" + tag + " = arith.mulf %sa0" + tag + ", %sbUp" + tag +
-         " : f32");
-    emit("%scale1Up" + tag + " = arith.mulf %sa1" + tag + ", %sbUp" + tag +
-         " : f32");
-    return {"%scale0" + tag, "%scale1" + tag, "%scale0Up" + tag,
-            "%scale1Up" + tag};
+    // The weight scale at %ib<half><tag>, times both row scales.
+    std::vector<std::string> scales;
+    auto combine = [&](const std::string &half) {
+      std::string t = half + tag;
+      emit("%pb" + t + " = llvm.getelementptr %scaleB[%ib" + t +
+           "] : (!llvm.ptr<1>, i32) -> !llvm.ptr<1>, f32");
+      emit("%sb" + t + " = llvm.load %pb" + t + " : !llvm.ptr<1> -> f32");
+      for (const char *which : {"0", "1"}) {
+        std::string name = std::string("%scale") + which + t;
+        emit(name + " = arith.mulf %sa" + which + tag + ", %sb" + t + " : f32");
+        scales.push_back(name);
+      }
+    };
+    combine("");
+    if (swiglu) {
+      emit("%ibUp" + tag + " = arith.addi %bScaleRowUp, " + kb + " : i32");
+      combine("Up");
+    }
+    return scales;
   }
 
   /// For the K block at ring position `j`: waits for the stage, issues four
