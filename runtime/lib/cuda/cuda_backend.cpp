@@ -874,6 +874,11 @@ void CudaBackend::Impl::fuseGateUpWeights() {
       else
         readAlone.insert(step.weights.begin(), step.weights.end());
     }
+  // How many fused pairs still read each separate stack.
+  std::map<std::string, int> pairReads;
+  for (const std::vector<std::string> &pair : pairs)
+    for (const std::string &name : pair)
+      ++pairReads[name];
   for (const std::vector<std::string> &pair : pairs) {
     const std::string what =
         origin + ": fused gate/up weight of " + pair[0] + " and " + pair[1];
@@ -903,17 +908,19 @@ void CudaBackend::Impl::fuseGateUpWeights() {
                           gate.scales.size() / size_t(experts), stream);
     statistics.weightBytes += fused.data.size() + fused.scales.size();
     weights.emplace(fusedGateUpName(pair), std::move(fused));
-  }
-  KILN_CU(origin, cuStreamSynchronize, stream);
-  for (const std::vector<std::string> &pair : pairs)
+    // Free this layer's separate stacks before the next layer's copy, so
+    // that loading never holds two copies of every layer's experts (a full
+    // model's routed experts would not fit twice).
+    KILN_CU(what, cuStreamSynchronize, stream);
     for (const std::string &name : pair) {
       auto it = weights.find(name);
-      if (readAlone.count(name) || it == weights.end())
+      if (--pairReads[name] > 0 || readAlone.count(name) || it == weights.end())
         continue;
       statistics.weightBytes -=
           it->second.data.size() + it->second.scales.size();
       weights.erase(it);
     }
+  }
 }
 
 void CudaBackend::Impl::allocate(const CudaBackendOptions &options) {
