@@ -2,7 +2,7 @@
 """Compiles Kiln's FP8 GEMM kernels to PTX and cubins, ahead of time.
 
 For each configuration (block_m, block_n, stages, consumers[, split_k[,
-grouped]][, xCLUSTER_M][, swiglu]) it writes a kiln.scaled_matmul (kiln.grouped_scaled_matmul for a
+grouped]][, xCLUSTER_M][, swiglu][, tma]) it writes a kiln.scaled_matmul (kiln.grouped_scaled_matmul for a
 grouped one) carrying that #kiln.gemm_config, runs kiln-opt's kernel
 pipeline (kiln-emit-gemm-kernels, then SCF/arith/CF/NVVM to LLVM, NVPTX
 through gpu-module-to-binary), takes the PTX out of the gpu.binary, assembles
@@ -11,7 +11,7 @@ leaves NAME.ptx, NAME.cubin and NAME.json (the launch manifest of
 compiler/docs/gemm-abi.md) in the output directory.
 
 Usage: kiln-compile-gemm.py --kiln-opt PATH --out DIR [--ptxas PATH]
-           [--config 128,128,6,2[,split_k[,contiguous|masked]][,x2][,swiglu] ...]
+           [--config 128,128,6,2[,split_k[,contiguous|masked]][,x2][,swiglu][,tma] ...]
            [--shapes MxNxK,...] [--grouped-shapes GxRxNxK:LAYOUT,...]
            [--plan FILE] [--ptx-only]
 Without --config it builds the configurations kiln-select-gemm-config picks
@@ -50,6 +50,9 @@ LAYOUTS = ("contiguous", "masked")
 # Fused epilogues (#kiln.gemm_config's `epilogue`): SwiGLU over interleaved
 # gate/up tiles (grouped, block_n = 128; gemm-abi.md "SwiGLU epilogue").
 EPILOGUES = ("swiglu",)
+# Output stores (#kiln.gemm_config's `store`): TMA from a swizzled staging in
+# shared memory (plain kernels; gemm-abi.md "TMA store").
+STORES = ("tma",)
 
 # kiln-opt's kiln-gemm-to-ptx: kiln-emit-gemm-kernels, SCF/arith/index/CF/NVVM
 # to LLVM, nvvm-attach-target (sm_90a, +ptx80, O3), gpu-module-to-binary
@@ -59,24 +62,26 @@ PIPELINE = ["--kiln-gemm-to-ptx"]
 
 
 def config_attr(config):
-    bm, bn, stages, consumers, split_k, grouped, cluster_m, epilogue = config
+    bm, bn, stages, consumers, split_k, grouped, cluster_m, epilogue, store = config
     # split_k = 1 and cluster_m = 1 are the attribute's defaults, which it
     # does not print.
     split = f", split_k = {split_k}" if split_k != 1 else ""
     cluster = f", cluster_m = {cluster_m}" if cluster_m != 1 else ""
     group = f", grouped = {grouped}" if grouped else ""
     fused = f", epilogue = {epilogue}" if epilogue else ""
+    stored = f", store = {store}" if store else ""
     return (f"#kiln.gemm_config<block_m = {bm}, block_n = {bn}, stages = {stages}, "
-            f"consumers = {consumers}{split}{cluster}{group}{fused}>")
+            f"consumers = {consumers}{split}{cluster}{group}{fused}{stored}>")
 
 
 def kernel_name(config):
-    bm, bn, stages, consumers, split_k, grouped, cluster_m, epilogue = config
+    bm, bn, stages, consumers, split_k, grouped, cluster_m, epilogue, store = config
     return (f"kiln_gemm_fp8_m{bm}n{bn}s{stages}c{consumers}"
             + (f"k{split_k}" if split_k != 1 else "")
             + (f"x{cluster_m}" if cluster_m != 1 else "")
             + (f"_{grouped}" if grouped else "")
-            + (f"_{epilogue}" if epilogue else ""))
+            + (f"_{epilogue}" if epilogue else "")
+            + (f"_{store}" if store else ""))
 
 
 def grouped_types(g, r, n, k, layout):
@@ -135,18 +140,19 @@ def selected_configs(kiln_opt, shapes, grouped_shapes=()):
         raise SystemExit("kiln-compile-gemm: kiln-select-gemm-config failed")
     picked = re.findall(r"gemm_config<block_m = (\d+), block_n = (\d+), stages = (\d+), "
                         r"consumers = (\d+)(?:, split_k = (\d+))?(?:, cluster_m = (\d+))?"
-                        r"(?:, grouped = (\w+))?>",
+                        r"(?:, grouped = (\w+))?(?:, epilogue = (\w+))?(?:, store = (\w+))?>",
                         run.stdout)
     if len(picked) != len(shapes) + len(grouped_shapes):
         raise SystemExit("kiln-compile-gemm: kiln-select-gemm-config left a matmul unconfigured")
     return [tuple(int(v or 1) for v in config[:5]) + (config[6] or None, int(config[5] or 1),
-                                                       None)
+                                                       config[7] or None, config[8] or None)
             for config in picked]
 
 
 def parse_config(text):
-    """block_m,block_n,stages,consumers[,split_k[,layout]][,xCLUSTER_M][,EPILOGUE]"""
+    """block_m,block_n,stages,consumers[,split_k[,layout]][,xCLUSTER_M][,EPILOGUE][,STORE]"""
     fields = text.split(",")
+    store = fields.pop() if fields[-1] in STORES else None
     epilogue = fields.pop() if fields[-1] in EPILOGUES else None
     cluster_m = int(fields.pop()[1:]) if fields[-1].startswith("x") else 1
     grouped = fields.pop() if fields[-1] in LAYOUTS else None
@@ -154,7 +160,7 @@ def parse_config(text):
         raise SystemExit(f"kiln-compile-gemm: --config needs 4 or 5 integers and an optional "
                          f"layout, got {text}")
     values = [int(v) for v in fields] + [1] * (5 - len(fields))
-    return tuple(values) + (grouped, cluster_m, epilogue)
+    return tuple(values) + (grouped, cluster_m, epilogue, store)
 
 
 def parse_grouped_shape(text):
@@ -191,7 +197,7 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--config", action="append", default=[],
                         help="block_m,block_n,stages,consumers[,split_k[,contiguous|masked]][,x2]"
-                        "[,swiglu]")
+                        "[,swiglu][,tma]")
     parser.add_argument("--shapes", help="MxNxK,...: build what the heuristic picks for these")
     parser.add_argument("--grouped-shapes",
                         help="GxRxNxK:LAYOUT,...: the same for grouped GEMMs")
@@ -222,7 +228,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     failures = 0
     for config in configs:
-        bm, bn, stages, consumers, split_k, grouped, cluster_m, fused = config
+        bm, bn, stages, consumers, split_k, grouped, cluster_m, fused, store = config
         name = kernel_name(config)
         with tempfile.TemporaryDirectory() as scratch:
             source = os.path.join(scratch, "gemm.mlir")
@@ -248,11 +254,12 @@ def main():
         registers = re.search(r"Used (\d+) registers", report)
         spills = [int(v) for v in re.findall(r"(\d+) bytes spill (?:stores|loads)", report)]
         # The rings, the epilogue's staging (16 rows per consumer warp, at
-        # most 64 columns, rows padded by 16 bytes), the mbarriers, a grouped
-        # kernel's group tables (three int32 arrays of 1025) and 1 KB the
-        # kernel uses to align the ring.
+        # most 64 columns, rows padded by 16 bytes; with the TMA store the
+        # whole BF16 tile), the mbarriers, a grouped kernel's group tables
+        # (three int32 arrays of 1025) and 1 KB the kernel uses to align the
+        # ring: GemmConfigAttr::getSharedMemoryBytes.
         tables = 3 * 4 * 1025 if grouped else 0
-        epilogue = bm * (min(bn, 64) * 2 + 16)
+        epilogue = bm * bn * 2 if store else bm * (min(bn, 64) * 2 + 16)
         smem = stages * (bm + bn) * 128 + epilogue + 16 * stages + tables + 1024
         manifest = {"kernel": name, "block_m": bm, "block_n": bn, "stages": stages,
                     "consumer_warpgroups": consumers, "split_k": split_k,
@@ -265,6 +272,8 @@ def main():
             manifest["cluster_m"] = cluster_m
         if fused:
             manifest["epilogue"] = fused
+        if store:
+            manifest["store"] = store
         with open(os.path.join(args.out, name + ".json"), "w") as f:
             json.dump(manifest, f, indent=1)
         status = "ok" if sum(spills) == 0 else "SPILLS"

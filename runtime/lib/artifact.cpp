@@ -500,6 +500,7 @@ Artifact readManifest(const Json &manifest, const std::string &bytes,
     kernel.clusterM = static_cast<int>(k.optionalInteger("cluster_m", 1));
     kernel.grouped = k.optionalString("grouped", "");
     kernel.epilogue = k.optionalString("epilogue", "");
+    kernel.store = k.optionalString("store", "");
     kernel.cubin = blobBytes(k, "cubin", blobs, bytes);
     if (!k.optionalString("ptx", "").empty())
       kernel.ptx = blobBytes(k, "ptx", blobs, bytes);
@@ -637,6 +638,8 @@ Json manifestJson(const Artifact &a, const std::vector<BlobOut> &blobs,
       kernel["cluster_m"] = k.clusterM;
     if (!k.epilogue.empty())
       kernel["epilogue"] = k.epilogue;
+    if (!k.store.empty())
+      kernel["store"] = k.store;
     if (!k.ptx.empty())
       kernel["ptx"] = k.name + ".ptx";
     kernels.push_back(std::move(kernel));
@@ -1118,6 +1121,12 @@ void validateArtifact(const Artifact &artifact, const std::string &origin) {
       fail(kernel + "epilogue " + quote(k.epilogue) +
            " is not \"swiglu\" of a grouped kernel with block_n 128 and "
            "split_k 1");
+    if (!k.store.empty() &&
+        (k.store != "tma" || !k.grouped.empty() || !k.epilogue.empty() ||
+         k.splitK != 1 || k.blockN % 64 != 0))
+      fail(kernel + "store " + quote(k.store) +
+           " is not \"tma\" of a plain kernel with split_k 1 and block_n a "
+           "multiple of 64");
     if (k.cubin.empty())
       fail(kernel + "has no cubin");
   }
@@ -1372,7 +1381,8 @@ std::string describeArtifact(const Artifact &a) {
         << " consumer warpgroups, split_k " << k.splitK
         << (k.clusterM > 1 ? ", cluster_m " + std::to_string(k.clusterM) : "")
         << (k.grouped.empty() ? "" : ", grouped " + k.grouped)
-        << (k.epilogue.empty() ? "" : ", epilogue " + k.epilogue) << ", "
+        << (k.epilogue.empty() ? "" : ", epilogue " + k.epilogue)
+        << (k.store.empty() ? "" : ", store " + k.store) << ", "
         << k.sharedMemoryBytes << " B shared memory; cubin " << k.cubin.size()
         << " B"
         << (k.ptx.empty() ? ", no PTX"

@@ -6,7 +6,7 @@
 // RUN: %python %S/../kilnc/check_plan.py %t.json | FileCheck %s --check-prefix=ARENA
 
 // CHECK: "kernels": [
-// CHECK-NEXT: {"name": "kiln_gemm_fp8_m64n64s8c1",
+// CHECK-NEXT: {"name": "kiln_gemm_fp8_m64n64s8c1_tma",
 // CHECK-NEXT: ],
 // CHECK: {"name": "model.layers.0.self_attn.kv_b_proj.weight", "dtype": "f8e4m3", "shape": [256,160], "transform": "bf16"},
 // CHECK: "decode": {"max_tokens": 4, "max_sequences": 4,

@@ -110,4 +110,34 @@
 // SWIGLU-PTX: rcp.approx.ftz.f32
 // SWIGLU-PTX: cvt.rn.bf16x2.f32
 // SWIGLU-PTX: st.global.v4.b32
+// The TMA-store epilogue (gemm-abi.md "TMA store") on a 192-wide tile: the
+// output's tensor map is the last parameter; one K block at a time (96 + 96
+// accumulator registers leave no room for a second partial), five scale
+// loads per block (two rows' activation scales, three 64-column chunks'
+// weight scales); the warpgroup waits for its previous stores to have read
+// the staging, writes its 64 rows as swizzled BF16 pairs, fences the async
+// proxy and its leader stores three 64-column boxes with one bulk group.
+// RUN: %python %kiln_compile_gemm --kiln-opt %kiln_opt_path --ptxas %ptxas --out %t/tma --config 128,192,4,2,tma --config 64,64,8,1,tma --config 128,128,4,2,x2,tma | FileCheck %s --check-prefix=TMA
+// TMA: kiln_gemm_fp8_m128n192s4c2_tma: {{[0-9]+}} registers, 0 spill bytes, 214080 B shared memory: ok
+// TMA: kiln_gemm_fp8_m64n64s8c1_tma: {{[0-9]+}} registers, 0 spill bytes, 140416 B shared memory: ok
+// TMA: kiln_gemm_fp8_m128n128s4c2x2_tma: {{[0-9]+}} registers, 0 spill bytes, 164928 B shared memory: ok
+// RUN: %python -c "import json; m = json.load(open('%t/tma/kiln_gemm_fp8_m128n192s4c2_tma.json')); print(m['store'], m['block_n'], m['smem_bytes'])" | FileCheck %s --check-prefix=TMA-MANIFEST
+// TMA-MANIFEST: tma 192 214080
+// RUN: FileCheck %s --check-prefix=TMA-PTX --input-file %t/tma/kiln_gemm_fp8_m128n192s4c2_tma.ptx
+// TMA-PTX: .param .align 64 .b8 kiln_gemm_fp8_m128n192s4c2_tma_param_8[128]
+// TMA-PTX: setmaxnreg.inc.sync.aligned.u32 232
+// TMA-PTX-COUNT-5: ld.global.b32
+// TMA-PTX: mbarrier.try_wait.parity
+// TMA-PTX-COUNT-4: wgmma.mma_async.sync.aligned.m64n192k32.f32.e4m3.e4m3
+// TMA-PTX: wgmma.commit_group.sync.aligned;
+// TMA-PTX-NEXT: wgmma.wait_group.sync.aligned 0;
+// TMA-PTX: cp.async.bulk.wait_group.read 0;
+// TMA-PTX: bar.sync %r{{[0-9]+}}, 128;
+// TMA-PTX-COUNT-48: st.shared.b32
+// TMA-PTX: fence.proxy.async.shared::cta;
+// TMA-PTX-NEXT: bar.sync %r{{[0-9]+}}, 128;
+// TMA-PTX-COUNT-3: cp.async.bulk.tensor.2d.global.shared::cta.tile.bulk_group
+// TMA-PTX-NEXT: cp.async.bulk.commit_group;
+// TMA-PTX-NOT: st.global
+// TMA-PTX: cp.async.bulk.wait_group 0;
 // PTXAS-NOT: SPILLS

@@ -11,7 +11,7 @@ func.func @decode(%a: tensor<64x7168xf8E4M3FN>, %as: tensor<64x56xf32>, %b: tens
 
 // 384 tiles already fill the SMs: no split (split_k = 1 is not printed).
 // CHECK-LABEL: func.func @decode_wide
-// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1>}
+// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, store = tma>}
 func.func @decode_wide(%a: tensor<64x1536xf8E4M3FN>, %as: tensor<64x12xf32>, %b: tensor<24576x1536xf8E4M3FN>, %bs: tensor<192x12xf32>) -> tensor<64x24576xbf16> {
   %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<64x1536xf8E4M3FN>, tensor<64x12xf32>, tensor<24576x1536xf8E4M3FN>, tensor<192x12xf32>) -> tensor<64x24576xbf16>
   return %0 : tensor<64x24576xbf16>
@@ -29,7 +29,7 @@ func.func @small(%a: tensor<128x7168xf8E4M3FN>, %as: tensor<128x56xf32>, %b: ten
 // M <= 128, chains of 4 K blocks, 256 tiles of 128x128 (one per SM and
 // more): the wider tiles, half as many fixed costs.
 // CHECK-LABEL: func.func @small_wide
-// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2>}
+// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, store = tma>}
 func.func @small_wide(%a: tensor<128x512xf8E4M3FN>, %as: tensor<128x4xf32>, %b: tensor<32768x512xf8E4M3FN>, %bs: tensor<256x4xf32>) -> tensor<128x32768xbf16> {
   %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<128x512xf8E4M3FN>, tensor<128x4xf32>, tensor<32768x512xf8E4M3FN>, tensor<256x4xf32>) -> tensor<128x32768xbf16>
   return %0 : tensor<128x32768xbf16>
@@ -38,7 +38,7 @@ func.func @small_wide(%a: tensor<128x512xf8E4M3FN>, %as: tensor<128x4xf32>, %b: 
 // Longer chains (12 K blocks) keep 128x64 tiles, though 192 of 128x128
 // would fill the SMs.
 // CHECK-LABEL: func.func @small_wide_long
-// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 64, stages = 8, consumers = 2>}
+// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 64, stages = 8, consumers = 2, store = tma>}
 func.func @small_wide_long(%a: tensor<128x1536xf8E4M3FN>, %as: tensor<128x12xf32>, %b: tensor<24576x1536xf8E4M3FN>, %bs: tensor<192x12xf32>) -> tensor<128x24576xbf16> {
   %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<128x1536xf8E4M3FN>, tensor<128x12xf32>, tensor<24576x1536xf8E4M3FN>, tensor<192x12xf32>) -> tensor<128x24576xbf16>
   return %0 : tensor<128x24576xbf16>
@@ -46,7 +46,7 @@ func.func @small_wide_long(%a: tensor<128x1536xf8E4M3FN>, %as: tensor<128x12xf32
 
 // Slices of fewer than 4 K blocks are not worth their reduction.
 // CHECK-LABEL: func.func @short_k
-// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1>}
+// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, store = tma>}
 func.func @short_k(%a: tensor<64x512xf8E4M3FN>, %as: tensor<64x4xf32>, %b: tensor<2112x512xf8E4M3FN>, %bs: tensor<17x4xf32>) -> tensor<64x2112xbf16> {
   %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<64x512xf8E4M3FN>, tensor<64x4xf32>, tensor<2112x512xf8E4M3FN>, tensor<17x4xf32>) -> tensor<64x2112xbf16>
   return %0 : tensor<64x2112xbf16>
@@ -54,7 +54,7 @@ func.func @short_k(%a: tensor<64x512xf8E4M3FN>, %as: tensor<64x4xf32>, %b: tenso
 
 // Unknown or large M: two consumers, 128x128 tiles, as many stages as fit.
 // CHECK-LABEL: func.func @prefill
-// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2>}
+// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, store = tma>}
 func.func @prefill(%a: tensor<?x1536xf8E4M3FN>, %as: tensor<?x12xf32>, %b: tensor<24576x1536xf8E4M3FN>, %bs: tensor<192x12xf32>) -> tensor<?x24576xbf16> {
   %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<?x1536xf8E4M3FN>, tensor<?x12xf32>, tensor<24576x1536xf8E4M3FN>, tensor<192x12xf32>) -> tensor<?x24576xbf16>
   return %0 : tensor<?x24576xbf16>
@@ -124,4 +124,37 @@ func.func @grouped_masked(%a: tensor<32x128x7168xf8E4M3FN>, %as: tensor<32x128x5
 func.func @grouped_prefill(%a: tensor<?x7168xf8E4M3FN>, %as: tensor<?x56xf32>, %b: tensor<256x2048x7168xf8E4M3FN>, %bs: tensor<256x16x56xf32>, %o: tensor<257xi32>) -> tensor<?x2048xbf16> {
   %0 = kiln.grouped_scaled_matmul contiguous %a, %as, %b, %bs, %o : (tensor<?x7168xf8E4M3FN>, tensor<?x56xf32>, tensor<256x2048x7168xf8E4M3FN>, tensor<256x16x56xf32>, tensor<257xi32>) -> tensor<?x2048xbf16>
   return %0 : tensor<?x2048xbf16>
+}
+
+// Static M above 128: 128x192 tiles where they need fewer waves by more
+// than their 1.42x cost (2112 columns: 5 waves of 128x128 tiles, 3 of
+// 128x192), stored with TMA when K <= 2048.
+// CHECK-LABEL: func.func @wide_tiles
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 192, stages = 4, consumers = 2>
+func.func @wide_tiles(%a: tensor<4096x7168xf8E4M3FN>, %as: tensor<4096x56xf32>, %b: tensor<2112x7168xf8E4M3FN>, %bs: tensor<17x56xf32>) -> tensor<4096x2112xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<4096x7168xf8E4M3FN>, tensor<4096x56xf32>, tensor<2112x7168xf8E4M3FN>, tensor<17x56xf32>) -> tensor<4096x2112xbf16>
+  return %0 : tensor<4096x2112xbf16>
+}
+
+// CHECK-LABEL: func.func @wide_tiles_short_k
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 192, stages = 4, consumers = 2, store = tma>
+func.func @wide_tiles_short_k(%a: tensor<4096x512xf8E4M3FN>, %as: tensor<4096x4xf32>, %b: tensor<32768x512xf8E4M3FN>, %bs: tensor<256x4xf32>) -> tensor<4096x32768xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<4096x512xf8E4M3FN>, tensor<4096x4xf32>, tensor<32768x512xf8E4M3FN>, tensor<256x4xf32>) -> tensor<4096x32768xbf16>
+  return %0 : tensor<4096x32768xbf16>
+}
+
+// 7168 columns: 14 waves of 128x128 tiles against 10 of 128x192 (14.2 > 14).
+// CHECK-LABEL: func.func @narrow_tiles_win
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, store = tma>
+func.func @narrow_tiles_win(%a: tensor<4096x2048xf8E4M3FN>, %as: tensor<4096x16xf32>, %b: tensor<7168x2048xf8E4M3FN>, %bs: tensor<56x16xf32>) -> tensor<4096x7168xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<4096x2048xf8E4M3FN>, tensor<4096x16xf32>, tensor<7168x2048xf8E4M3FN>, tensor<56x16xf32>) -> tensor<4096x7168xbf16>
+  return %0 : tensor<4096x7168xbf16>
+}
+
+// TMA stores rows of 2N bytes: N = 129 keeps the plain stores.
+// CHECK-LABEL: func.func @ragged_n
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2>}
+func.func @ragged_n(%a: tensor<300x1024xf8E4M3FN>, %as: tensor<300x8xf32>, %b: tensor<129x1024xf8E4M3FN>, %bs: tensor<2x8xf32>) -> tensor<300x129xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<300x1024xf8E4M3FN>, tensor<300x8xf32>, tensor<129x1024xf8E4M3FN>, tensor<2x8xf32>) -> tensor<300x129xbf16>
+  return %0 : tensor<300x129xbf16>
 }

@@ -13,9 +13,9 @@
 // ARENA: prefill: 72 steps, 92 buffers, {{.*}}: ok
 
 // CHECK: "decode": {"max_tokens": 128, "max_sequences": 128,
-// CHECK: "op": "gemm", {{.*}}"kernel": "kiln_gemm_fp8_m128n64s8c2"
+// CHECK: "op": "gemm", {{.*}}"kernel": "kiln_gemm_fp8_m128n64s8c2_tma"
 // CHECK: "decode_small": {"max_tokens": 64, "max_sequences": 64,
-// CHECK: "op": "gemm", {{.*}}"kernel": "kiln_gemm_fp8_m64n64s8c1"
+// CHECK: "op": "gemm", {{.*}}"kernel": "kiln_gemm_fp8_m64n64s8c1_tma"
 // CHECK: "prefill": {"max_tokens": 256, "max_sequences": 128,
 
 // NOSMALL-NOT: "decode_small"

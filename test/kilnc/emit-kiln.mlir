@@ -42,7 +42,7 @@
 // CHECK: %[[H:.*]] = kiln.embed %arg0, %arg3 : (tensor<8xi32>, tensor<129280x256xbf16>) -> tensor<8x256xf32>
 // CHECK: %[[N:.*]] = kiln.rms_norm %[[H]], %{{.*}} {epsilon = 9.99999997E-7 : f32}
 // CHECK: %[[XQ:.*]], %[[XS:.*]] = kiln.quantize %[[N]] tile_1x128
-// CHECK: %[[QA:.*]] = kiln.scaled_matmul %[[XQ]], %[[XS]], {{.*}}gemm_config = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1>{{.*}} -> tensor<8x192xbf16>
+// CHECK: %[[QA:.*]] = kiln.scaled_matmul %[[XQ]], %[[XS]], {{.*}}gemm_config = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, store = tma>{{.*}} -> tensor<8x192xbf16>
 // CHECK: kiln.rms_norm %[[QA]]
 // CHECK: kiln.quantize
 // CHECK: %[[Q:.*]] = kiln.scaled_matmul {{.*}} -> tensor<8x192xbf16>
@@ -96,5 +96,5 @@
 // CHECK-SAME: tensor<256xi32> {kiln.input = "tokens"}
 // CHECK-SAME: tensor<8xi32> {kiln.input = "last_rows"}
 // CHECK-SAME: -> tensor<8x129280xf32>
-// CHECK: kiln.scaled_matmul {{.*}}gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2>{{.*}} -> tensor<256x192xbf16>
+// CHECK: kiln.scaled_matmul {{.*}}gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, store = tma>{{.*}} -> tensor<256x192xbf16>
 // CHECK: kiln.moe_permute {{.*}} -> (tensor<1024x256xf8E4M3FN>, tensor<1024x2xf32>, tensor<17xi32>, tensor<256x4xi32>)

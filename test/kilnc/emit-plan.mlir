@@ -11,9 +11,9 @@
 
 // Two kernels: the decode-sized and the large-M configuration.
 // CHECK: "kernels": [
-// CHECK-NEXT: {"name": "kiln_gemm_fp8_m64n64s8c1", "block_m": 64, "block_n": 64, "stages": 8, "consumers": 1, "split_k": 1, "shared_memory_bytes": 141440},
+// CHECK-NEXT: {"name": "kiln_gemm_fp8_m64n64s8c1_tma", "block_m": 64, "block_n": 64, "stages": 8, "consumers": 1, "split_k": 1, "store": "tma", "shared_memory_bytes": 140416},
 // CHECK-NEXT: {"name": "kiln_gemm_fp8_m64n64s8c1_contiguous", "block_m": 64, "block_n": 64, "stages": 8, "consumers": 1, "split_k": 1, "grouped": "contiguous", "shared_memory_bytes": 153740},
-// CHECK-NEXT: {"name": "kiln_gemm_fp8_m128n128s4c2", "block_m": 128, "block_n": 128, "stages": 4, "consumers": 2, "split_k": 1, "shared_memory_bytes": 150592}
+// CHECK-NEXT: {"name": "kiln_gemm_fp8_m128n128s4c2_tma", "block_m": 128, "block_n": 128, "stages": 4, "consumers": 2, "split_k": 1, "store": "tma", "shared_memory_bytes": 164928}
 // CHECK-NEXT: ],
 
 // Weights as the checkpoint stores them; kv_b_proj converted to BF16 at
@@ -46,7 +46,7 @@
 // CHECK-NEXT: "steps": [
 // CHECK-NEXT: {"op": "embed", "inputs": [{"buffer":"tokens"}], "outputs": [{"buffer":"hidden"}], "weights": ["model.embed_tokens.weight"], "attrs": {}},
 // CHECK-NEXT: {"op": "rms_norm", "inputs": [{"buffer":"hidden"}], "outputs": [{"buffer":"l0.attn_in_q"},{"buffer":"l0.attn_in_s"}], "weights": ["model.layers.0.input_layernorm.weight"], "attrs": {"eps":1e-06}},
-// CHECK-NEXT: {"op": "gemm", "inputs": [{"buffer":"l0.attn_in_q"},{"buffer":"l0.attn_in_s"}], "outputs": [{"buffer":"l0.q_a"}], "weights": ["model.layers.0.self_attn.q_a_proj.weight"], "kernel": "kiln_gemm_fp8_m64n64s8c1", "attrs": {}},
+// CHECK-NEXT: {"op": "gemm", "inputs": [{"buffer":"l0.attn_in_q"},{"buffer":"l0.attn_in_s"}], "outputs": [{"buffer":"l0.q_a"}], "weights": ["model.layers.0.self_attn.q_a_proj.weight"], "kernel": "kiln_gemm_fp8_m64n64s8c1_tma", "attrs": {}},
 // CHECK-NEXT: {"op": "rms_norm", "inputs": [{"buffer":"l0.q_a"}], "outputs": [{"buffer":"l0.q_a_normed_q"},{"buffer":"l0.q_a_normed_s"}],
 // CHECK-NEXT: {"op": "gemm", {{.*}} "outputs": [{"buffer":"l0.q"}], "weights": ["model.layers.0.self_attn.q_b_proj.weight"]
 // CHECK-NEXT: {"op": "gemm", {{.*}} "outputs": [{"buffer":"l0.kv_a"}], "weights": ["model.layers.0.self_attn.kv_a_proj_with_mqa.weight"]
@@ -95,5 +95,5 @@
 // plain GEMMs; the grouped ones see ceil(1024 / 16) = 64 rows per expert.
 // CHECK-NEXT: "prefill": {"max_tokens": 256, "max_sequences": 8, "arena_bytes": {{[0-9]+}},
 // CHECK: {"name": "l1.experts_in_q", "dtype": "f8e4m3", "rows": "R", "cols": 256, "offset": {{[0-9]+}}, "bytes": 262144},
-// CHECK: {"op": "gemm", {{.*}} "outputs": [{"buffer":"l0.q_a"}], {{.*}} "kernel": "kiln_gemm_fp8_m128n128s4c2"
+// CHECK: {"op": "gemm", {{.*}} "outputs": [{"buffer":"l0.q_a"}], {{.*}} "kernel": "kiln_gemm_fp8_m128n128s4c2_tma"
 // CHECK: {"op": "grouped_gemm", {{.*}} "kernel": "kiln_gemm_fp8_m64n64s8c1_contiguous"

@@ -35,6 +35,7 @@ def main():
         elf = "elf" if cubin.startswith(ELF_MAGIC) else "NOT ELF"
         target = "sm_90a" if b".target sm_90a" in ptx else "none"
         grouped = f" grouped {kernel['grouped']}" if "grouped" in kernel else ""
+        grouped += f" store {kernel['store']}" if "store" in kernel else ""
         print(f"kernel {kernel['name']} split_k {kernel['split_k']}{grouped} "
               f"smem {kernel['shared_memory_bytes']} cubin {elf} ptx {target}")
     print(f"weights {len(manifest['weights'])}")

@@ -167,16 +167,18 @@ kiln::Artifact realisticArtifact() {
   a.options.kvCacheDtype = "fp8";
   a.kernels.push_back({"kiln_gemm_m64n64s8c1", 64, 64, 8, 1, 197632, 1,
                        binaryBlob(3001, 1), ".version 8.8\n.target sm_90a\n",
-                       "", 1, ""});
+                       "", 1, "", ""});
   a.kernels.push_back({"kiln_gemm_m128n128s4c2", 128, 128, 4, 2, 0, 2,
-                       binaryBlob(700, 2), "", "", 1, ""});
+                       binaryBlob(700, 2), "", "", 1, "", ""});
   a.kernels.push_back({"kiln_gemm_m64n64s8c1_contiguous", 64, 64, 8, 1, 0, 1,
-                       binaryBlob(900, 3), "", "contiguous", 1, ""});
+                       binaryBlob(900, 3), "", "contiguous", 1, "", ""});
   a.kernels.push_back({"kiln_gemm_m128n128s6c2x2", 128, 128, 6, 2, 0, 1,
-                       binaryBlob(800, 4), "", "", 2, ""});
+                       binaryBlob(800, 4), "", "", 2, "", ""});
   a.kernels.push_back({"kiln_gemm_m64n128s8c1_contiguous_swiglu", 64, 128, 8, 1,
-                       0, 1, binaryBlob(950, 5), "", "contiguous", 1,
-                       "swiglu"});
+                       0, 1, binaryBlob(950, 5), "", "contiguous", 1, "swiglu",
+                       ""});
+  a.kernels.push_back({"kiln_gemm_m128n192s4c2_tma", 128, 192, 4, 2, 0, 1,
+                       binaryBlob(990, 6), "", "", 1, "", "tma"});
   a.weights = {
       {"model.embed_tokens.weight", "bf16", {129280, 256}, "none"},
       {"model.layers.0.input_layernorm.weight", "bf16", {256}, "none"},
@@ -208,8 +210,8 @@ kiln::Artifact smallArtifact() {
   kiln::Artifact a;
   a.producer = "kilnc test";
   a.source = "graph.mlir";
-  a.kernels.push_back(
-      {"k", 64, 64, 4, 1, 0, 1, std::string("c\0b\0n", 5), "ptx", "", 1, ""});
+  a.kernels.push_back({"k", 64, 64, 4, 1, 0, 1, std::string("c\0b\0n", 5),
+                       "ptx", "", 1, "", ""});
   a.weights.push_back({"w", "f8e4m3", {128, 128}, "none"});
   kiln::LaunchPlan plan;
   plan.maxTokens = 2;
@@ -265,6 +267,7 @@ void expectSameArtifact(const kiln::Artifact &a, const kiln::Artifact &b) {
     EXPECT_EQ(x.splitK, y.splitK);
     EXPECT_EQ(x.clusterM, y.clusterM);
     EXPECT_EQ(x.epilogue, y.epilogue);
+    EXPECT_EQ(x.store, y.store);
     EXPECT_EQ(x.cubin, y.cubin);
     EXPECT_EQ(x.ptx, y.ptx);
   }
@@ -424,9 +427,9 @@ TEST(ArtifactTest, ContainerLayoutIsTheDocumentedOne) {
   EXPECT_EQ(manifest["model"]["hash"], artifact.modelHash);
   EXPECT_EQ(manifest["options"]["kv_cache_dtype"], "fp8");
   EXPECT_EQ(manifest["options"]["ep"], 1);
-  // Five cubins and one PTX, each at a multiple of 256 after the
+  // Six cubins and one PTX, each at a multiple of 256 after the
   // manifest, holding exactly the kernel's bytes.
-  ASSERT_EQ(manifest["blobs"].size(), 6u);
+  ASSERT_EQ(manifest["blobs"].size(), 7u);
   for (const Json &blob : manifest["blobs"]) {
     uint64_t offset = blob["offset"], size = blob["size"];
     EXPECT_EQ(offset % 256, 0u);
@@ -509,14 +512,14 @@ TEST(ArtifactTest, RejectsBadMagic) {
 
 TEST(ArtifactTest, RejectsAnotherFormatVersionNamingItsProducer) {
   std::string bytes = kiln::serializeArtifact(smallArtifact());
-  bytes[8] = 6;
+  bytes[8] = 7;
   expectMentions(errorOf([&] { kiln::parseArtifact(bytes, "new.kiln"); }),
-                 {"new.kiln", "version 6", "written by kilnc test",
-                  "reads versions 2 to 5"});
+                 {"new.kiln", "version 7", "written by kilnc test",
+                  "reads versions 2 to 6"});
   // A manifest this build cannot read does not hide the version problem.
   std::string garbled = bytes.substr(0, 24) + "{\"produc";
   expectMentions(errorOf([&] { kiln::parseArtifact(garbled, "new.kiln"); }),
-                 {"new.kiln", "version 6", "unknown producer"});
+                 {"new.kiln", "version 7", "unknown producer"});
 }
 
 TEST(ArtifactTest, RejectsANonZeroReservedField) {
@@ -631,7 +634,7 @@ TEST(ArtifactTest, RejectsMissingAndMistypedFields) {
        {"\"plans.decode.steps[0].attrs.a\"", "list of numbers"}},
       {[](Json &m) { m["format"] = "zip"; }, {"\"format\"", "kiln-artifact"}},
       {[](Json &m) { m["format_version"] = 2; },
-       {"\"format_version\"", "header says 5"}},
+       {"\"format_version\"", "header says 6"}},
   };
   for (const Case &c : cases)
     expectMentions(errorOf([&] {
@@ -928,15 +931,27 @@ TEST(ArtifactTest, ChecksTheArtifactAgainstTheModel) {
 
 TEST(ArtifactTest, DescribeSummarizesTheArtifact) {
   std::string text = kiln::describeArtifact(realisticArtifact());
-  expectMentions(text,
-                 {"format 5", "kilnc 0.1.0", "sm_90a", "deepseek_v3",
-                  kiln::modelHash(tinyConfig()), "kiln_gemm_m64n64s8c1",
-                  "kiln_gemm_m128n128s4c2", "split_k 2", "cubin 3001 B",
-                  "grouped contiguous, epilogue swiglu",
-                  "model.layers.1.mlp.experts.{e}.gate_proj.weight",
-                  "plan decode", "plan prefill", "kv_a[:, 160:176]",
-                  "mla_attention", "inv_freq=[1, ", "(8 values)",
-                  "rope_layout=\"interleaved\"", "logits: f32 [S, 129280]"});
+  expectMentions(text, {"format 6",
+                        "kilnc 0.1.0",
+                        "sm_90a",
+                        "deepseek_v3",
+                        kiln::modelHash(tinyConfig()),
+                        "kiln_gemm_m64n64s8c1",
+                        "kiln_gemm_m128n128s4c2",
+                        "split_k 2",
+                        "cubin 3001 B",
+                        "grouped contiguous, epilogue swiglu",
+                        "kiln_gemm_m128n192s4c2_tma",
+                        "store tma",
+                        "model.layers.1.mlp.experts.{e}.gate_proj.weight",
+                        "plan decode",
+                        "plan prefill",
+                        "kv_a[:, 160:176]",
+                        "mla_attention",
+                        "inv_freq=[1, ",
+                        "(8 values)",
+                        "rope_layout=\"interleaved\"",
+                        "logits: f32 [S, 129280]"});
 }
 
 } // namespace
@@ -1042,6 +1057,20 @@ TEST(ArtifactTest, RejectsFusedSwiGLUStepsWithTheWrongWeights) {
       invalidBecause([](kiln::Artifact &a) { a.kernels[4].grouped.clear(); }),
       {"kiln_gemm_m64n128s8c1_contiguous_swiglu", "\"swiglu\"",
        "grouped kernel"});
+}
+
+TEST(ArtifactTest, RejectsTmaStoreOnKernelsThatCannotHaveIt) {
+  expectMentions(
+      invalidBecause(
+          [](kiln::Artifact &a) { a.kernels[5].store = "stmatrix"; }),
+      {"kiln_gemm_m128n192s4c2_tma", "\"stmatrix\"", "plain kernel"});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.kernels[5].grouped = "contiguous";
+                 }),
+                 {"kiln_gemm_m128n192s4c2_tma", "\"tma\"", "plain kernel"});
+  expectMentions(
+      invalidBecause([](kiln::Artifact &a) { a.kernels[5].splitK = 2; }),
+      {"kiln_gemm_m128n192s4c2_tma", "split_k 1"});
 }
 
 TEST(ArtifactTest, ReadsVersion2Artifacts) {

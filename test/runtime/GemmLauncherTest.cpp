@@ -196,6 +196,57 @@ TEST(GemmOperandChecks, ClusterGridIsWholeClusters) {
   EXPECT_EQ(gemmGridSize(config, 4096, 7168, 131), 130u);
 }
 
+TEST(TmaStoreGemm, ManifestReadsTheStoreAndOperandsNeedAlignedRows) {
+  // kiln-compile-gemm.py's manifest of a TMA-store kernel.
+  GemmKernelConfig config = parseGemmManifest(
+      R"({"kernel": "kiln_gemm_fp8_m128n192s4c2_tma", "block_m": 128,
+          "block_n": 192, "stages": 4, "consumer_warpgroups": 2,
+          "split_k": 1, "threads": 384, "smem_bytes": 214080,
+          "store": "tma"})",
+      "tma.json");
+  EXPECT_TRUE(config.tmaStore);
+  EXPECT_NE(toManifestJson(config).find("\"store\": \"tma\""),
+            std::string::npos);
+  GemmKernelConfig again = parseGemmManifest(toManifestJson(config), "again");
+  EXPECT_TRUE(again.tmaStore);
+
+  GemmOperands good{0x1000, 0x2000, 0x3000, 0x4000, 0x5000, 300, 200, 1024};
+  checkGemmOperands(config, good);
+  GemmOperands ragged = good;
+  ragged.n = 129;
+  expectMentions(errorOf([&] { checkGemmOperands(config, ragged); }),
+                 {"kiln_gemm_fp8_m128n192s4c2_tma", "N=129",
+                  "N a multiple of 8", "without store = tma"});
+  GemmOperands unaligned = good;
+  unaligned.out += 8;
+  expectMentions(errorOf([&] { checkGemmOperands(config, unaligned); }),
+                 {"out 16-byte aligned"});
+  // The same operands are fine for a kernel with plain stores.
+  config.tmaStore = false;
+  checkGemmOperands(config, ragged);
+  checkGemmOperands(config, unaligned);
+}
+
+TEST(TmaStoreGemm, OnlyPlainUnsplitKernelsStoreWithTma) {
+  const std::pair<const char *, const char *> cases[] = {
+      {R"({"kernel": "k", "block_m": 128, "block_n": 128, "stages": 4,
+           "consumer_warpgroups": 2, "store": "tma", "grouped": "masked"})",
+       "store tma needs a plain kernel"},
+      {R"({"kernel": "k", "block_m": 128, "block_n": 128, "stages": 4,
+           "consumer_warpgroups": 2, "store": "tma", "split_k": 2})",
+       "split_k 1"},
+      {R"({"kernel": "k", "block_m": 64, "block_n": 32, "stages": 4,
+           "consumer_warpgroups": 1, "store": "tma"})",
+       "multiple of 64"},
+      {R"({"kernel": "k", "block_m": 64, "block_n": 64, "stages": 4,
+           "consumer_warpgroups": 1, "store": "stmatrix"})",
+       "\"store\" must be \"tma\""},
+  };
+  for (const auto &[json, rule] : cases)
+    expectMentions(errorOf([&] { parseGemmManifest(json, "bad.json"); }),
+                   {"bad.json", rule});
+}
+
 TEST(GroupedGemm, ManifestReadsTheLayout) {
   // kiln-compile-gemm.py's manifest of a grouped kernel.
   GemmKernelConfig config = parseGemmManifest(

@@ -74,6 +74,7 @@ public:
     grouped = config.getGrouped();
     clusterM = config.getClusterM();
     swiglu = config.getSwiglu();
+    tmaStore = config.getTmaStore();
     std::string name = config.getKernelName();
     structType = "!llvm.struct<(";
     for (int64_t i = 0; i < accRegs; ++i)
@@ -108,6 +109,10 @@ public:
          "i32" +
          std::string(splitK > 1 ? ", %workspace: !llvm.ptr<1>" : "") +
          std::string(grouped ? ", %groups: !llvm.ptr<1>, %G: i32" : "") +
+         std::string(tmaStore ? ", %tmC: !llvm.ptr {llvm.align = 64 : i64, "
+                                "llvm.byval = !llvm.array<128 x i8>, "
+                                "nvvm.grid_constant}"
+                              : "") +
          ") attributes {nvvm.kernel, nvvm.maxntid = array<i32: " +
          std::to_string(config.getThreads()) +
          ", 1, 1>, nvvm.minctasm = 1 : i32, " +
@@ -365,6 +370,22 @@ private:
       emit("%nBlock = arith.divui %nOff, %c128 : i32");
     }
     emit("%bScaleRow = arith.muli %nBlock, %numKB : i32");
+    if (bn > 128) {
+      // A 192-wide tile spans two weight-scale blocks; its 64-column chunk
+      // c lies in block (nOff + 64c) / 128 (nOff is a multiple of 64),
+      // clamped to the last block for chunks past N (never stored).
+      emitCeilDiv("%nScaleBlocksP", "%N", 128);
+      emit("%lastNBlock = arith.subi %nScaleBlocksP, %c1 : i32");
+      for (int64_t c = 1; c < bn / 64; ++c) {
+        std::string cs = std::to_string(c);
+        emit("%nOffC" + cs + " = arith.addi %nOff, " + i32(64 * c) + " : i32");
+        emit("%nBlockC" + cs + "u = arith.divui %nOffC" + cs + ", %c128 : i32");
+        emit("%nBlockC" + cs + " = arith.minui %nBlockC" + cs +
+             "u, %lastNBlock : i32");
+        emit("%bScaleRowC" + cs + " = arith.muli %nBlockC" + cs +
+             ", %numKB : i32");
+      }
+    }
     // K blocks in pairs: the second block's wgmmas run while the first
     // block's partial is promoted on the CUDA cores. Where the registers
     // allow, the scales of a pair are loaded one pair ahead and carried in
@@ -375,10 +396,14 @@ private:
     // 128-wide tiles (64 accumulator and 2 x 64 partial registers) spills
     // 60 bytes with the 4 more live values, so it loads them per pair.
     bool prefetch = !(config.getConsumers() == 1 && bn > 64);
+    // 192-wide tiles have no registers for a second partial (96 + 96
+    // accumulator registers already): one K block at a time.
+    bool paired = accRegs <= 64;
     // The scales of one K block, as loadScales names them with tag "".
-    std::vector<std::string> blockScales = {"%scale0", "%scale1"};
-    if (swiglu)
-      blockScales = {"%scale0", "%scale1", "%scale0Up", "%scale1Up"};
+    std::vector<std::string> blockScales;
+    for (const std::string &suffix : weightScaleSuffixes())
+      for (const char *row : {"%scale0", "%scale1"})
+        blockScales.push_back(row + suffix);
     auto tagged = [&](const std::string &tag) {
       std::vector<std::string> names;
       for (const std::string &name : blockScales)
@@ -386,83 +411,206 @@ private:
       return names;
     };
     std::string scaleTypes, scaleArgs, nextScales;
-    if (prefetch) {
-      emit("%kbLast = arith.subi " + kbEnd() + ", %c1 : i32");
-      emit("%kbP1 = arith.addi " + kbBegin() + ", %c1 : i32");
-      emit("%kbP1c = arith.minui %kbP1, %kbLast : i32");
-      std::vector<std::string> firstA = loadScales("PA", kbBegin());
-      std::vector<std::string> firstB = loadScales("PB", "%kbP1c");
-      for (size_t i = 0; i < blockScales.size(); ++i)
-        scaleArgs += ", " + blockScales[i] + "A = " + firstA[i];
-      for (size_t i = 0; i < blockScales.size(); ++i)
-        scaleArgs += ", " + blockScales[i] + "B = " + firstB[i];
-      for (size_t i = 0; i < 2 * blockScales.size(); ++i)
-        scaleTypes += ", f32";
-    }
-    size_t carried = prefetch ? 2 * blockScales.size() : 0;
-    emit("%numPairs = arith.divui " + kbCount() + ", %c2 : i32");
-    emit("%res:" + std::to_string(2 + carried) +
-         " = scf.for %pair = %c0 to %numPairs step %c1 iter_args(%j = %it, "
-         "%acc = " +
-         zero + scaleArgs + ") -> (i32, " + structType + scaleTypes +
-         ") : i32 {");
-    if (splitK > 1) {
-      emit("%kbA0 = arith.muli %pair, %c2 : i32");
-      emit("%kbA = arith.addi %kbA0, %kbBegin : i32");
+    finalAcc = "%final";
+    if (!paired) {
+      writeSingleBlocks(zero, blockScales);
     } else {
-      emit("%kbA = arith.muli %pair, %c2 : i32");
+      if (prefetch) {
+        emit("%kbLast = arith.subi " + kbEnd() + ", %c1 : i32");
+        emit("%kbP1 = arith.addi " + kbBegin() + ", %c1 : i32");
+        emit("%kbP1c = arith.minui %kbP1, %kbLast : i32");
+        std::vector<std::string> firstA = loadScales("PA", kbBegin());
+        std::vector<std::string> firstB = loadScales("PB", "%kbP1c");
+        for (size_t i = 0; i < blockScales.size(); ++i)
+          scaleArgs += ", " + blockScales[i] + "A = " + firstA[i];
+        for (size_t i = 0; i < blockScales.size(); ++i)
+          scaleArgs += ", " + blockScales[i] + "B = " + firstB[i];
+        for (size_t i = 0; i < 2 * blockScales.size(); ++i)
+          scaleTypes += ", f32";
+      }
+      size_t carried = prefetch ? 2 * blockScales.size() : 0;
+      emit("%numPairs = arith.divui " + kbCount() + ", %c2 : i32");
+      emit("%res:" + std::to_string(2 + carried) +
+           " = scf.for %pair = %c0 to %numPairs step %c1 iter_args(%j = %it, "
+           "%acc = " +
+           zero + scaleArgs + ") -> (i32, " + structType + scaleTypes +
+           ") : i32 {");
+      if (splitK > 1) {
+        emit("%kbA0 = arith.muli %pair, %c2 : i32");
+        emit("%kbA = arith.addi %kbA0, %kbBegin : i32");
+      } else {
+        emit("%kbA = arith.muli %pair, %c2 : i32");
+      }
+      emit("%kbB = arith.addi %kbA, %c1 : i32");
+      emit("%jB = arith.addi %j, %c1 : i32");
+      if (prefetch) {
+        emit("%kbNA0 = arith.addi %kbA, %c2 : i32");
+        emit("%kbNA = arith.minui %kbNA0, %kbLast : i32");
+        emit("%kbNB0 = arith.addi %kbA, " + i32(3) + " : i32");
+        emit("%kbNB = arith.minui %kbNB0, %kbLast : i32");
+        for (const std::string &next : loadScales("NA", "%kbNA"))
+          nextScales += ", " + next;
+        for (const std::string &next : loadScales("NB", "%kbNB"))
+          nextScales += ", " + next;
+      } else {
+        loadScales("A", "%kbA");
+        loadScales("B", "%kbB");
+      }
+      std::string partialA = issueBlock("A", "%j");
+      std::string partialB = issueBlock("B", "%jB");
+      std::string accA = finishBlock("A", partialA, "%acc", tagged("A"), 1);
+      std::string accB = finishBlock("B", partialB, accA, tagged("B"), 0);
+      emit("%j2 = arith.addi %j, %c2 : i32");
+      emit("scf.yield %j2, " + accB + nextScales + " : i32, " + structType +
+           scaleTypes);
+      emit("}");
+      // An odd number of K blocks leaves one; with prefetching its scales are
+      // the loop's last prefetch (or the first block's).
+      emit("%pairBlocks = arith.muli %numPairs, %c2 : i32");
+      emit("%hasTail = arith.cmpi ne, %pairBlocks, " + kbCount() + " : i32");
+      emit("%final = scf.if %hasTail -> (" + structType + ") {");
+      emit("%jT = arith.addi %it, %pairBlocks : i32");
+      std::vector<std::string> tailScales;
+      for (size_t i = 0; i < blockScales.size(); ++i)
+        tailScales.push_back("%res#" + std::to_string(2 + i));
+      if (!prefetch) {
+        emit("%kbT = arith.subi " + kbEnd() + ", %c1 : i32");
+        tailScales = loadScales("T", "%kbT");
+      }
+      std::string partialT = issueBlock("T", "%jT");
+      std::string accT = finishBlock("T", partialT, "%res#1", tailScales, 0);
+      emit("scf.yield " + accT + " : " + structType);
+      emit("} else {");
+      emit("scf.yield %res#1 : " + structType);
+      emit("}");
     }
-    emit("%kbB = arith.addi %kbA, %c1 : i32");
-    emit("%jB = arith.addi %j, %c1 : i32");
-    if (prefetch) {
-      emit("%kbNA0 = arith.addi %kbA, %c2 : i32");
-      emit("%kbNA = arith.minui %kbNA0, %kbLast : i32");
-      emit("%kbNB0 = arith.addi %kbA, " + i32(3) + " : i32");
-      emit("%kbNB = arith.minui %kbNB0, %kbLast : i32");
-      for (const std::string &next : loadScales("NA", "%kbNA"))
-        nextScales += ", " + next;
-      for (const std::string &next : loadScales("NB", "%kbNB"))
-        nextScales += ", " + next;
-    } else {
-      loadScales("A", "%kbA");
-      loadScales("B", "%kbB");
-    }
-    std::string partialA = issueBlock("A", "%j");
-    std::string partialB = issueBlock("B", "%jB");
-    std::string accA = finishBlock("A", partialA, "%acc", tagged("A"), 1);
-    std::string accB = finishBlock("B", partialB, accA, tagged("B"), 0);
-    emit("%j2 = arith.addi %j, %c2 : i32");
-    emit("scf.yield %j2, " + accB + nextScales + " : i32, " + structType +
-         scaleTypes);
-    emit("}");
-    // An odd number of K blocks leaves one; with prefetching its scales are
-    // the loop's last prefetch (or the first block's).
-    emit("%pairBlocks = arith.muli %numPairs, %c2 : i32");
-    emit("%hasTail = arith.cmpi ne, %pairBlocks, " + kbCount() + " : i32");
-    emit("%final = scf.if %hasTail -> (" + structType + ") {");
-    emit("%jT = arith.addi %it, %pairBlocks : i32");
-    std::vector<std::string> tailScales;
-    for (size_t i = 0; i < blockScales.size(); ++i)
-      tailScales.push_back("%res#" + std::to_string(2 + i));
-    if (!prefetch) {
-      emit("%kbT = arith.subi " + kbEnd() + ", %c1 : i32");
-      tailScales = loadScales("T", "%kbT");
-    }
-    std::string partialT = issueBlock("T", "%jT");
-    std::string accT = finishBlock("T", partialT, "%res#1", tailScales, 0);
-    emit("scf.yield " + accT + " : " + structType);
-    emit("} else {");
-    emit("scf.yield %res#1 : " + structType);
-    emit("}");
     emit("%itNext = arith.addi %it, " + kbCount() + " : i32");
 
     if (splitK > 1) {
       writeSplitEpilogue(bm, bn, accRegs);
+    } else if (tmaStore) {
+      writeTmaStores(bn);
     } else {
-      writeStores(swiglu ? writeSwiglu("%final") : plainStores("%final"));
+      writeStores(swiglu ? writeSwiglu(finalAcc) : plainStores(finalAcc));
     }
     emit("scf.yield %itNext : i32");
     emit("}");
+    if (tmaStore) {
+      // The last tile's stores read shared memory, which ends with the block.
+      emit("scf.if %isLeader {");
+      emit("nvvm.cp.async.bulk.wait_group 0");
+      emit("}");
+    }
+  }
+
+  /// The TMA-store epilogue: the warpgroup writes its 64 rows of the tile
+  /// as BF16 into its staging in shared memory, in boxes of 64 columns
+  /// (64 rows of 128 bytes, 128-byte swizzle: the 16-byte chunk c of row r
+  /// sits at chunk c ^ (r % 8), so the 8 rows a warp's 4-byte writes touch
+  /// at once fall in 8 different chunks and no two lanes share a bank), and
+  /// its leader stores each box with one cp.async.bulk.tensor through %tmC,
+  /// which clips rows past M and columns past N. The warpgroup goes on to
+  /// its next tile while the stores run; it only waits, at its next
+  /// epilogue, until they have read the staging.
+  void writeTmaStores(int64_t bn) {
+    int64_t boxBytes = kRowsPerConsumer * 128;
+    emit("%tsBar = arith.addi %consumer, %c1 : i32");
+    emit("scf.if %isLeader {");
+    emit("nvvm.cp.async.bulk.wait_group 0 {read}");
+    emit("}");
+    emit("nvvm.barrier id = %tsBar number_of_threads = %c128");
+    emit("%tsOwn = arith.muli %consumer, " + i32(bn / 64 * boxBytes) +
+         " : i32");
+    emit("%tsBase = arith.addi %tsOwn, " + i32(layout.epilogue) + " : i32");
+    emit("%tsRow = arith.addi %warpRow, %laneRow : i32");
+    emit("%tsRowOff = arith.muli %tsRow, %c128 : i32");
+    emit("%tsQuadOff = arith.muli %laneQuad, %c4 : i32");
+    emit("%tsLaneOff0 = arith.addi %tsRowOff, %tsQuadOff : i32");
+    emit("%tsLaneOff = arith.addi %tsLaneOff0, %tsBase : i32");
+    for (int64_t c = 0; c < 8; ++c) {
+      std::string cs = std::to_string(c);
+      emit("%tsX" + cs + " = arith.xori %laneRow, " + i32(c) + " : i32");
+      emit("%tsXB" + cs + " = arith.muli %tsX" + cs + ", %c16 : i32");
+      emit("%tsAt" + cs + " = arith.addi %tsLaneOff, %tsXB" + cs + " : i32");
+    }
+    // Register i: row r (+ 8 for i % 4 >= 2), columns 8 (i / 4) + 2 quad
+    // and the next: box (i / 4) / 8, chunk (i / 4) % 8.
+    for (int64_t i = 0; i < bn / 2; i += 2) {
+      std::string n = std::to_string(i);
+      int64_t group = i / 4, box = group / 8, chunk = group % 8;
+      int64_t upper = (i % 4) >= 2 ? 1 : 0;
+      emit("%tsPtr" + n + " = llvm.getelementptr %smem[%tsAt" +
+           std::to_string(chunk) +
+           "] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8");
+      emit("%tsPtrC" + n + " = llvm.getelementptr %tsPtr" + n + "[" +
+           i32(box * boxBytes + upper * 8 * 128) +
+           "] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8");
+      std::string vec = "%tsU" + n;
+      emit(vec + " = llvm.mlir.undef : vector<2xf32>");
+      for (int64_t e = 0; e < 2; ++e) {
+        std::string x = "%tsV" + n + "_" + std::to_string(e);
+        emit(x + "s = llvm.extractvalue " + finalAcc + "[" +
+             std::to_string(i + e) + "] : " + structType);
+        emit(x + " = llvm.insertelement " + x + "s, " + vec + "[" + i32(e) +
+             " : i32] : vector<2xf32>");
+        vec = x;
+      }
+      emit("%tsH" + n + " = arith.truncf " + vec +
+           " : vector<2xf32> to vector<2xbf16>");
+      emit("llvm.store %tsH" + n + ", %tsPtrC" + n +
+           " {alignment = 4 : i64} : vector<2xbf16>, !llvm.ptr<3>");
+    }
+    // The generic-proxy writes must be visible to the TMA (async proxy)
+    // before the leader issues the stores.
+    emit("nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = "
+         "#nvvm.shared_space<cta>}");
+    emit("nvvm.barrier id = %tsBar number_of_threads = %c128");
+    emit("scf.if %isLeader {");
+    emit("%tsRow0 = arith.addi %mOff, %consumerRow : i32");
+    for (int64_t h = 0; h < bn / 64; ++h) {
+      std::string hs = std::to_string(h);
+      emit("%tsSrcAt" + hs + " = arith.addi %tsBase, " + i32(h * boxBytes) +
+           " : i32");
+      emit("%tsSrc" + hs + " = llvm.getelementptr %smem[%tsSrcAt" + hs +
+           "] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8");
+      emit("%tsCol" + hs + " = arith.addi %nOff, " + i32(64 * h) + " : i32");
+      emit("nvvm.cp.async.bulk.tensor.global.shared.cta %tmC, %tsSrc" + hs +
+           ", box[%tsCol" + hs + ", %tsRow0] : !llvm.ptr, !llvm.ptr<3>");
+    }
+    emit("nvvm.cp.async.bulk.commit.group");
+    emit("}");
+  }
+
+  /// The main loop without pairs, into finalAcc: per K block, wait for the
+  /// stage, issue its wgmmas, wait for them, release and promote. The next
+  /// block's scales are loaded one block ahead (clamped to the unit's last
+  /// block) and carried in registers.
+  void writeSingleBlocks(const std::string &zero,
+                         const std::vector<std::string> &blockScales) {
+    std::string scaleTypes, scaleArgs, nextScales;
+    std::vector<std::string> current;
+    emit("%kbLast = arith.subi " + kbEnd() + ", %c1 : i32");
+    std::vector<std::string> first = loadScales("P", kbBegin());
+    for (size_t i = 0; i < blockScales.size(); ++i) {
+      scaleArgs += ", " + blockScales[i] + "S = " + first[i];
+      scaleTypes += ", f32";
+      current.push_back(blockScales[i] + "S");
+    }
+    emit("%res:" + std::to_string(2 + blockScales.size()) +
+         " = scf.for %kb = " + kbBegin() + " to " + kbEnd() +
+         " step %c1 iter_args(%j = %it, %acc = " + zero + scaleArgs +
+         ") -> (i32, " + structType + scaleTypes + ") : i32 {");
+    emit("%kbN0 = arith.addi %kb, %c1 : i32");
+    emit("%kbN = arith.minui %kbN0, %kbLast : i32");
+    for (const std::string &next : loadScales("N", "%kbN"))
+      nextScales += ", " + next;
+    std::string partial = issueBlock("S", "%j");
+    std::string acc = finishBlock("S", partial, "%acc", current, 0);
+    emit("%j1 = arith.addi %j, %c1 : i32");
+    emit("scf.yield %j1, " + acc + nextScales + " : i32, " + structType +
+         scaleTypes);
+    emit("}");
+    finalAcc = "%res#1";
   }
 
   /// The work loop's head: persistent blocks take tiles (split_k = 1) or
@@ -491,6 +639,19 @@ private:
     emit("%kbEndNum = arith.muli %splitNext, %numKB : i32");
     emit("%kbEnd = arith.divui %kbEndNum, " + i32(splitK) + " : i32");
     emit("%kbCount = arith.subi %kbEnd, %kbBegin : i32");
+  }
+
+  /// The weight scales a K block's promotion needs, as name suffixes of
+  /// the rows %bScaleRow<suffix>: one block; the gate's and the up
+  /// projection's (SwiGLU); or one per 64-column chunk (192-wide tiles).
+  std::vector<std::string> weightScaleSuffixes() const {
+    if (swiglu)
+      return {"", "Up"};
+    std::vector<std::string> suffixes = {""};
+    for (int64_t c = 1; config.getBlockN() > 128 && c < config.getBlockN() / 64;
+         ++c)
+      suffixes.push_back("C" + std::to_string(c));
+    return suffixes;
   }
 
   /// The unit's K-block range and its length.
@@ -543,8 +704,8 @@ private:
       emit(vec + " = llvm.mlir.undef : vector<4xf32>");
       for (int64_t e = 0; e < 4; ++e) {
         std::string x = "%quad" + n + "_" + std::to_string(e);
-        emit(x + "v = llvm.extractvalue %final[" + std::to_string(4 * g + e) +
-             "] : " + structType);
+        emit(x + "v = llvm.extractvalue " + finalAcc + "[" +
+             std::to_string(4 * g + e) + "] : " + structType);
         emit(x + " = llvm.insertelement " + x + "v, " + vec + "[" + i32(e) +
              " : i32] : vector<4xf32>");
         vec = x;
@@ -860,10 +1021,11 @@ private:
         scales.push_back(name);
       }
     };
-    combine("");
-    if (swiglu) {
-      emit("%ibUp" + tag + " = arith.addi %bScaleRowUp, " + kb + " : i32");
-      combine("Up");
+    for (const std::string &suffix : weightScaleSuffixes()) {
+      if (!suffix.empty())
+        emit("%ib" + suffix + tag + " = arith.addi %bScaleRow" + suffix + ", " +
+             kb + " : i32");
+      combine(suffix);
     }
     return scales;
   }
@@ -952,6 +1114,8 @@ private:
       size_t which = (i % 4) < 2 ? 0 : 1;
       if (swiglu && i >= accRegs / 2)
         which += 2;
+      if (accRegs > 64)
+        which += 2 * (i / 32); // 64-column chunk i / 32: 32 registers each
       const std::string &scale = scales[which];
       emit("%raw" + n + " = llvm.extractvalue " + partial + "[" + idx +
            "] : " + structType);
@@ -1243,6 +1407,10 @@ private:
   bool swiglu = false;
   Layout layout;
   std::string structType;
+  /// Whether the epilogue stores with TMA (config store = tma).
+  bool tmaStore = false;
+  /// The main loop's result: the tile's FP32 accumulator.
+  std::string finalAcc;
   std::ostringstream body, constants;
   llvm::SmallSet<int64_t, 16> materialized;
   int counter = 0;

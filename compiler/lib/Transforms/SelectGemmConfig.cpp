@@ -14,6 +14,10 @@
 // The ring is a power of two of stages (its index arithmetic is then shifts
 // and masks); 2-block clusters (`cluster_m = 2`) are never picked: measured
 // neutral once the 128x128 ring is 4 deep (gemm-kernels.md "Version 8").
+// Plain GEMMs with a static M above 128 take 128x192 tiles where that
+// needs fewer waves of tiles by more than a 192-wide tile costs over a
+// 128-wide one; plain unsplit GEMMs with K <= 2048 and N % 8 == 0 store
+// their output with TMA (gemm-kernels.md "Version 9").
 //
 //===----------------------------------------------------------------------===//
 
@@ -49,6 +53,17 @@ constexpr int64_t kReductionRegisters = 128;
 /// and, for one slice in S, the reduction (1 more).
 constexpr int64_t kEpilogueBlocks = 1;
 constexpr int64_t kSplitBlocks = 1;
+/// A 128x192 tile takes this many times as long as a 128x128 one (H100,
+/// M = 4096: 1.41-1.42 per tile on 24576 x 1536 and 32768 x 512), rather
+/// than 1.5: a K block's 40 KB instead of 32 feed 1.5 times the MACs.
+constexpr double kWideTileCost = 1.42;
+/// Plain GEMMs of at most this many K blocks store with TMA: there the
+/// epilogue is a large share of a tile, and storing while the next tile's
+/// MMAs run won 5-15% at M = 4096 (K = 512-2048); at K >= 7168 it measured
+/// a draw or a few % slower (gemm-kernels.md "Version 9").
+constexpr int64_t kTmaStoreMaxBlocks = 16;
+/// Hopper's per-block shared memory, as the attribute's verifier has it.
+constexpr int64_t kMaxSharedMemoryBytes = 227 * 1024;
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -115,8 +130,32 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
     int64_t tiles = groups * ceilDiv(m, blockM) * ceilDiv(n, blockN);
     splitK = chooseSplitK(tiles, k / 128, blockN);
   }
-  return kiln::GemmConfigAttr::get(context, blockM, blockN, stages, consumers,
-                                   splitK, grouped);
+  bool plainStatic =
+      !grouped && !ShapedType::isDynamic(n) && !ShapedType::isDynamic(k);
+  // Wide tiles: fewer bytes per MAC through L2 (40 KB per K block for 1.5
+  // times the MACs) but fewer, longer tiles; worth it when the waves of
+  // tiles drop by more than the tile's cost grows (M = 4096: 2112 x 7168
+  // 5 -> 3 waves, 32768 x 512 63 -> 42; not 7168 x 16384, 14 -> 10).
+  if (plainStatic && known && !small && blockN == 128) {
+    auto waves = [&](int64_t width) {
+      return ceilDiv(ceilDiv(m, blockM) * ceilDiv(n, width), kMultiprocessors);
+    };
+    if (kWideTileCost * waves(192) < waves(128)) {
+      blockN = 192;
+      stages = llvm::bit_floor(static_cast<uint64_t>(
+          std::min(kMaxStages, kStageBudgetBytes / ((blockM + blockN) * 128))));
+    }
+  }
+  bool tmaStore = plainStatic && splitK == 1 && blockN % 64 == 0 &&
+                  n % 8 == 0 && ceilDiv(k, 128) <= kTmaStoreMaxBlocks;
+  auto config = kiln::GemmConfigAttr::get(
+      context, blockM, blockN, stages, consumers, splitK, grouped,
+      /*clusterM=*/1, /*swiglu=*/false, tmaStore);
+  // The TMA store stages the whole tile; fall back where that does not fit.
+  if (tmaStore && config.getSharedMemoryBytes() > kMaxSharedMemoryBytes)
+    config = kiln::GemmConfigAttr::get(context, blockM, blockN, stages,
+                                       consumers, splitK, grouped);
+  return config;
 }
 
 /// The gate and up GEMMs of a kiln.swiglu marked for fusion

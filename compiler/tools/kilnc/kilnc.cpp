@@ -265,6 +265,8 @@ std::string planJson(const kiln::LoweredModel &model) {
                           kiln::stringifyGroupLayout(*config.getGrouped()));
     if (config.getSwiglu())
       fields.emplace_back("epilogue", "swiglu");
+    if (config.getTmaStore())
+      fields.emplace_back("store", "tma");
     fields.emplace_back("shared_memory_bytes", config.getSharedMemoryBytes());
     kernels.push_back(orderedObject(fields));
   }
@@ -351,6 +353,8 @@ std::string kernelManifest(const kiln::ArtifactKernel &kernel,
     manifest["cluster_m"] = kernel.clusterM;
   if (!kernel.epilogue.empty())
     manifest["epilogue"] = kernel.epilogue;
+  if (!kernel.store.empty())
+    manifest["store"] = kernel.store;
   if (assembled) {
     manifest["registers"] = assembled->registers;
     manifest["spill_bytes"] = assembled->spillBytes;
@@ -611,6 +615,8 @@ int run() {
       kernel.grouped = kiln::stringifyGroupLayout(*gemm.getGrouped()).str();
     if (gemm.getSwiglu())
       kernel.epilogue = "swiglu";
+    if (gemm.getTmaStore())
+      kernel.store = "tma";
     kernel.sharedMemoryBytes = gemm.getSharedMemoryBytes();
     llvm::Expected<std::string> ptx =
         kiln::compileGemmKernelToPtx(context, gemm);

@@ -91,10 +91,12 @@ static constexpr int64_t kMaxSharedMemoryBytes = 227 * 1024;
 /// K slices per tile: the last slice's block sums all of them, unrolled.
 static constexpr int64_t kMaxSplitK = 16;
 
-LogicalResult GemmConfigAttr::verify(
-    function_ref<InFlightDiagnostic()> emitError, int64_t blockM,
-    int64_t blockN, int64_t stages, int64_t consumers, int64_t splitK,
-    std::optional<GroupLayout> grouped, int64_t clusterM, bool swiglu) {
+LogicalResult
+GemmConfigAttr::verify(function_ref<InFlightDiagnostic()> emitError,
+                       int64_t blockM, int64_t blockN, int64_t stages,
+                       int64_t consumers, int64_t splitK,
+                       std::optional<GroupLayout> grouped, int64_t clusterM,
+                       bool swiglu, bool tmaStore) {
   if (consumers < 1 || consumers > 2)
     return emitError() << "gemm_config: consumers must be 1 or 2, got "
                        << consumers;
@@ -102,11 +104,16 @@ LogicalResult GemmConfigAttr::verify(
     return emitError() << "gemm_config: block_m must be 64 per consumer "
                           "warpgroup ("
                        << 64 * consumers << "), got " << blockM;
-  // One 128x128 weight-scale block must cover every column of a tile, and
-  // wgmma's N is a multiple of 8.
-  if (blockN < 8 || blockN > 128 || blockN % 8 != 0 || 128 % blockN != 0)
+  // wgmma's N is a multiple of 8. A tile up to 128 wide lies inside one
+  // 128x128 weight-scale block; a 192-wide one (plain kernels) spans two,
+  // which its promotion tells apart per 64 columns.
+  if (blockN == 192 && grouped)
+    return emitError() << "gemm_config: block_n = 192 is for plain kernels "
+                          "(no 'grouped')";
+  if (blockN != 192 &&
+      (blockN < 8 || blockN > 128 || blockN % 8 != 0 || 128 % blockN != 0))
     return emitError() << "gemm_config: block_n must divide 128 and be a "
-                          "multiple of 8, got "
+                          "multiple of 8, or be 192, got "
                        << blockN;
   if (stages < 2 || stages > 16)
     return emitError() << "gemm_config: stages must be in [2, 16], got "
@@ -128,10 +135,18 @@ LogicalResult GemmConfigAttr::verify(
   if (swiglu && (blockN != 128 || !grouped || splitK != 1))
     return emitError() << "gemm_config: epilogue = swiglu needs block_n = "
                           "128, 'grouped' and split_k = 1";
+  // TMA stores whole 64-column boxes of a consumer's 64 rows; a grouped
+  // tile's rows may belong to two groups, and split-K reduces in registers.
+  if (tmaStore && (grouped || splitK != 1 || swiglu || blockN % 64 != 0))
+    return emitError() << "gemm_config: store = tma needs a plain kernel "
+                          "(no 'grouped' or epilogue), split_k = 1 and "
+                          "block_n a multiple of 64";
   // The rings, the epilogue's staging, two mbarriers per stage, a grouped
   // kernel's group tables and 1 KB for aligning the ring.
   int64_t tables = grouped ? 3 * 4 * (GemmConfigAttr::kMaxGroups + 1) : 0;
-  int64_t epilogue = blockM * GemmConfigAttr::getEpilogueRowBytes(blockN);
+  int64_t epilogue = tmaStore
+                         ? blockM * blockN * 2
+                         : blockM * GemmConfigAttr::getEpilogueRowBytes(blockN);
   int64_t bytes =
       stages * (blockM + blockN) * 128 + epilogue + 16 * stages + tables + 1024;
   if (bytes > kMaxSharedMemoryBytes)
@@ -154,7 +169,7 @@ Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
       parser.parseComma() || parseKey("consumers", consumers))
     return {};
   // Optional keys, each at most once, in any order.
-  bool seenSplit = false, seenCluster = false, swiglu = false;
+  bool seenSplit = false, seenCluster = false, swiglu = false, tmaStore = false;
   int64_t clusterM = 1;
   while (succeeded(parser.parseOptionalComma())) {
     StringRef key;
@@ -186,11 +201,23 @@ Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
       swiglu = true;
       continue;
     }
+    if (key == "store" && !tmaStore) {
+      StringRef kind;
+      SMLoc kindAt = parser.getCurrentLocation();
+      if (parser.parseKeyword(&kind))
+        return {};
+      if (kind != "tma") {
+        parser.emitError(kindAt, "store must be 'tma', got '") << kind << "'";
+        return {};
+      }
+      tmaStore = true;
+      continue;
+    }
     StringRef layout;
     if (key != "grouped" || grouped || parser.parseKeyword(&layout)) {
       parser.emitError(at, "expected 'split_k = N', 'cluster_m = N', "
-                           "'grouped = contiguous|masked' or 'epilogue = "
-                           "swiglu', each at most once");
+                           "'grouped = contiguous|masked', 'epilogue = "
+                           "swiglu' or 'store = tma', each at most once");
       return {};
     }
     grouped = symbolizeGroupLayout(layout);
@@ -204,7 +231,7 @@ Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
     return {};
   return getChecked([&] { return parser.emitError(parser.getNameLoc()); },
                     parser.getContext(), blockM, blockN, stages, consumers,
-                    splitK, grouped, clusterM, swiglu);
+                    splitK, grouped, clusterM, swiglu, tmaStore);
 }
 
 void GemmConfigAttr::print(AsmPrinter &printer) const {
@@ -218,6 +245,8 @@ void GemmConfigAttr::print(AsmPrinter &printer) const {
     printer << ", grouped = " << stringifyGroupLayout(*getGrouped());
   if (getSwiglu())
     printer << ", epilogue = swiglu";
+  if (getTmaStore())
+    printer << ", store = tma";
   printer << ">";
 }
 
@@ -228,5 +257,5 @@ std::string GemmConfigAttr::getKernelName() const {
          (getSplitK() > 1 ? "k" + std::to_string(getSplitK()) : "") +
          (getClusterM() > 1 ? "x" + std::to_string(getClusterM()) : "") +
          (getGrouped() ? "_" + stringifyGroupLayout(*getGrouped()).str() : "") +
-         (getSwiglu() ? "_swiglu" : "");
+         (getSwiglu() ? "_swiglu" : "") + (getTmaStore() ? "_tma" : "");
 }

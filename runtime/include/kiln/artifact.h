@@ -31,8 +31,9 @@ namespace kiln {
 /// MoE layers (the manifest's expert_parallel, the ep_* ops, rows X). 5:
 /// kernels[].epilogue, and a `grouped_gemm` with the SwiGLU epilogue over
 /// the experts' gate and up weights, then a `quantize` of grouped scales
-/// (artifact.md "Fused SwiGLU").
-constexpr uint32_t kArtifactFormatVersion = 5;
+/// (artifact.md "Fused SwiGLU"). 6: kernels[].store ("tma": the kernel
+/// takes a tensor map of its output as its last parameter).
+constexpr uint32_t kArtifactFormatVersion = 6;
 /// The oldest version this build reads: a version 2 plan is a version 3 plan
 /// on one stream without micro-batches.
 constexpr uint32_t kOldestArtifactFormatVersion = 2;
@@ -65,6 +66,10 @@ struct ArtifactKernel {
   /// interleaved gate/up weights (gemm-abi.md "SwiGLU epilogue"), empty for
   /// one that stores the product.
   std::string epilogue;
+  /// "tma" for a plain kernel that stores its output with TMA through a
+  /// tensor map the launcher builds (gemm-abi.md "TMA store"), empty for
+  /// one that stores with plain stores.
+  std::string store;
 };
 
 /// A checkpoint tensor a plan reads.

@@ -79,6 +79,26 @@ CUtensorMap encodeOperandMap(CUdeviceptr base, int rows, int k, int boxRows,
   return map;
 }
 
+/// The BF16 output of a TMA-store kernel (gemm-abi.md "TMA store"): dims
+/// {N, M}, row stride 2N bytes, box {64, 64} (one consumer warpgroup's rows
+/// of a 64-column slice), 128-byte swizzle as the kernel stages it.
+CUtensorMap encodeOutputMap(CUdeviceptr base, int rows, int n,
+                            const std::string &context) {
+  CUtensorMap map;
+  const cuuint64_t globalDim[2] = {static_cast<cuuint64_t>(n),
+                                   static_cast<cuuint64_t>(rows)};
+  const cuuint64_t globalStrides[1] = {static_cast<cuuint64_t>(n) * 2};
+  const cuuint32_t boxDim[2] = {64, 64};
+  const cuuint32_t elementStrides[2] = {1, 1};
+  KILN_CU(context, cuTensorMapEncodeTiled, &map,
+          CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
+          reinterpret_cast<void *>(static_cast<uintptr_t>(base)), globalDim,
+          globalStrides, boxDim, elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return map;
+}
+
 /// Checks the kernel's parameter list against gemm-abi.md "Buffers" (tmA,
 /// tmB by value, scaleA, scaleB, out, M, N, K; then a, b for reference
 /// kernels): a mismatch would otherwise make the kernel read garbage.
@@ -92,6 +112,8 @@ void checkParameters(CUfunction function, const GemmKernelConfig &config,
     expected.insert(expected.end(), {8, 4});
   if (config.operandPointers)
     expected.insert(expected.end(), {8, 8});
+  if (config.tmaStore)
+    expected.push_back(sizeof(CUtensorMap));
   std::vector<size_t> actual;
   // cuFuncGetParamInfo answers CUDA_ERROR_INVALID_VALUE past the last one;
   // the bound only keeps the message short.
@@ -119,7 +141,8 @@ void checkParameters(CUfunction function, const GemmKernelConfig &config,
       "M, N, K" +
       (config.splitK > 1 ? ", workspace (split_k > 1)" : "") +
       (config.grouping != GemmGrouping::None ? ", groups, G (grouped)" : "") +
-      (config.operandPointers ? ", a, b (operand_pointers)" : ""));
+      (config.operandPointers ? ", a, b (operand_pointers)" : "") +
+      (config.tmaStore ? ", tmOut (store tma)" : ""));
 }
 
 } // namespace
@@ -172,6 +195,11 @@ void GemmKernelConfig::validate(const std::string &origin) const {
        operandPointers))
     fail("epilogue swiglu needs a grouped kernel with block_n 128 and "
          "split_k 1");
+  if (tmaStore &&
+      (grouping != GemmGrouping::None || splitK != 1 || operandPointers ||
+       epilogue != GemmEpilogue::Store || blockN % 64 != 0))
+    fail("store tma needs a plain kernel with split_k 1 and block_n a "
+         "multiple of 64");
   if (sharedMemoryBytes < 0)
     fail("smem_bytes must not be negative, got " +
          std::to_string(sharedMemoryBytes));
@@ -242,6 +270,12 @@ GemmKernelConfig parseGemmManifest(const std::string &json,
                   epilogue->dump());
     config.epilogue = GemmEpilogue::Swiglu;
   }
+  if (auto store = manifest.find("store"); store != manifest.end()) {
+    if (*store != "tma")
+      throw Error(origin + ": field \"store\" must be \"tma\", got " +
+                  store->dump());
+    config.tmaStore = true;
+  }
   if (auto pointers = manifest.find("operand_pointers");
       pointers != manifest.end()) {
     if (!pointers->is_boolean())
@@ -281,6 +315,8 @@ std::string toManifestJson(const GemmKernelConfig &config) {
         config.grouping == GemmGrouping::Contiguous ? "contiguous" : "masked";
   if (config.epilogue == GemmEpilogue::Swiglu)
     manifest["epilogue"] = "swiglu";
+  if (config.tmaStore)
+    manifest["store"] = "tma";
   return manifest.dump(2) + "\n";
 }
 
@@ -319,6 +355,11 @@ void checkGemmOperands(const GemmKernelConfig &config,
   // The partials move as 16-byte vectors.
   if (config.splitK > 1 && operands.workspace % 16 != 0)
     throw Error(where + "the split-K workspace must be 16-byte aligned");
+  // TMA stores rows of 2N bytes from a 16-byte aligned base.
+  if (config.tmaStore && (operands.n % 8 != 0 || operands.out % 16 != 0))
+    throw Error(where +
+                "a TMA-store kernel needs N a multiple of 8 and out 16-byte "
+                "aligned; use a kernel without store = tma");
 }
 
 int64_t gemmTileCount(const GemmKernelConfig &config, int m, int n) {
@@ -503,6 +544,9 @@ GemmLaunch GemmKernel::prepare(const GemmOperands &operands) const {
   launch.tensorMapB =
       encodeOperandMap(operands.b, operands.n, operands.k,
                        cfg.blockN / cfg.clusterM, context + ", tensor map B");
+  if (cfg.tmaStore)
+    launch.tensorMapOut = encodeOutputMap(operands.out, operands.m, operands.n,
+                                          context + ", tensor map out");
   launch.operands = operands;
   launch.gridSize = gemmGridSize(cfg, operands.m, operands.n, multiprocessors);
   useOwnWorkspace(launch, gemmWorkspaceBytes(cfg, operands.m, operands.n),
@@ -579,6 +623,7 @@ void GemmKernel::launch(const GemmLaunch &prepared, CUstream stream) const {
   // The parameter list was checked against the ABI at load.
   CUtensorMap tensorMapA = prepared.tensorMapA;
   CUtensorMap tensorMapB = prepared.tensorMapB;
+  CUtensorMap tensorMapOut = prepared.tensorMapOut;
   GemmOperands operands = prepared.operands;
   CUdeviceptr groups = prepared.groups;
   int numGroups = prepared.numGroups;
@@ -598,6 +643,8 @@ void GemmKernel::launch(const GemmLaunch &prepared, CUstream stream) const {
     parameters[next++] = &operands.a;
     parameters[next++] = &operands.b;
   }
+  if (cfg.tmaStore)
+    parameters[next++] = &tensorMapOut;
   CUresult result = driver().cuLaunchKernel(
       function, prepared.gridSize, 1, 1, cfg.threadsPerBlock(), 1, 1,
       cfg.launchSharedMemoryBytes(), stream, parameters, nullptr);

@@ -66,7 +66,7 @@ func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n =
 
 // -----
 
-// expected-error @+1 {{gemm_config: block_n must divide 128 and be a multiple of 8, got 96}}
+// expected-error @+1 {{gemm_config: block_n must divide 128 and be a multiple of 8, or be 192, got 96}}
 func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 96, stages = 4, consumers = 2>}
 
 // -----
@@ -91,7 +91,7 @@ func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n =
 
 // -----
 
-// expected-error @+1 {{expected 'split_k = N', 'cluster_m = N', 'grouped = contiguous|masked' or 'epilogue = swiglu', each at most once}}
+// expected-error @+1 {{expected 'split_k = N', 'cluster_m = N', 'grouped = contiguous|masked', 'epilogue = swiglu' or 'store = tma', each at most once}}
 func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 2, split_k = 2>}
 
 // -----
@@ -140,3 +140,34 @@ func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n 
 
 // expected-error @+1 {{gemm_config: epilogue = swiglu needs block_n = 128, 'grouped' and split_k = 1}}
 func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n = 128, stages = 8, consumers = 1, split_k = 2, grouped = masked, epilogue = swiglu>}
+
+// -----
+
+// A 192-wide tile's weight scales are looked up per 64 columns of a plain
+// GEMM; the grouped kernels' per-group scale rows are not.
+// expected-error @+1 {{gemm_config: block_n = 192 is for plain kernels (no 'grouped')}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 192, stages = 4, consumers = 2, grouped = contiguous>}
+
+// -----
+
+// expected-error @+1 {{store must be 'tma', got 'stmatrix'}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, store = stmatrix>}
+
+// -----
+
+// A grouped tile's rows may belong to two groups; TMA stores whole boxes.
+// expected-error @+1 {{gemm_config: store = tma needs a plain kernel (no 'grouped' or epilogue), split_k = 1 and block_n a multiple of 64}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, grouped = masked, store = tma>}
+
+// -----
+
+// expected-error @+1 {{gemm_config: store = tma needs a plain kernel (no 'grouped' or epilogue), split_k = 1 and block_n a multiple of 64}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 2, store = tma>}
+
+// -----
+
+// The TMA store stages the whole BF16 tile (48 KB at 128x192), where the
+// plain stores stage 16 rows per warp (18 KB): 5 stages of 128x192 fit
+// only with the latter.
+// expected-error @+1 {{gemm_config: 255056 bytes of shared memory exceed the 232448 of an sm_90 block}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 192, stages = 5, consumers = 2, store = tma>}

@@ -36,6 +36,7 @@ inline GemmKernel loadArtifactGemmKernel(const ArtifactKernel &k,
                                            : GemmGrouping::None;
   cfg.epilogue =
       k.epilogue == "swiglu" ? GemmEpilogue::Swiglu : GemmEpilogue::Store;
+  cfg.tmaStore = k.store == "tma";
   cfg.validate(origin + ": kernel " + k.name);
   if (k.cubin.empty())
     throw Error(origin + ": kernel " + k.name +

@@ -72,6 +72,11 @@ struct GemmKernelConfig {
   /// Swiglu: a grouped kernel with block_n 128 and split_k 1 whose output
   /// has N / 2 columns (manifest "epilogue": "swiglu").
   GemmEpilogue epilogue = GemmEpilogue::Store;
+  /// The kernel stores its output with TMA through a tensor map of `out`,
+  /// its last parameter (manifest "store": "tma"; gemm-abi.md "TMA store"):
+  /// plain kernels with split_k 1 and block_n a multiple of 64; the output
+  /// must be 16-byte aligned with N a multiple of 8.
+  bool tmaStore = false;
 
   int threadsPerBlock() const { return 128 * (1 + consumerWarpgroups); }
   /// `stages * (BLOCK_M + BLOCK_N) * 128` bytes of tiles plus `2 * stages`
@@ -169,6 +174,8 @@ size_t groupedGemmWorkspaceBytes(const GemmKernelConfig &config, int rows,
 struct GemmLaunch {
   CUtensorMap tensorMapA;
   CUtensorMap tensorMapB;
+  /// TMA-store kernels only: the output, BF16 [M, N], boxes of 64 × 64.
+  CUtensorMap tensorMapOut;
   GemmOperands operands;
   unsigned gridSize = 0;
   /// Grouped kernels: the offsets or counts, and G.

@@ -124,7 +124,13 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
     B is the gate/up weight interleaved in blocks of 64 rows, so each tile
     holds 64 gate and the same 64 up columns, and the kernel stores
     silu(gate) * up, an output of N / 2 columns (gemm-abi.md "SwiGLU
-    epilogue"). See compiler/docs/gemm-kernels.md.
+    epilogue"). `store = tma` (plain kernels, split_k = 1, block_n a multiple
+    of 64) writes each consumer warpgroup's BF16 rows into shared memory in
+    the 128-byte swizzled layout and stores them with TMA
+    (`cp.async.bulk.tensor`, a tensor map of the output as the last
+    parameter), so the store runs while the warpgroup starts its next tile;
+    the output's rows must be 16-byte aligned (gemm-abi.md "TMA store").
+    See compiler/docs/gemm-kernels.md.
 
     ```mlir
     #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2>
@@ -132,6 +138,7 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
     #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, grouped = masked>
     #kiln.gemm_config<block_m = 128, block_n = 128, stages = 6, consumers = 2, cluster_m = 2>
     #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, grouped = contiguous, epilogue = swiglu>
+    #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, store = tma>
     ```
   }];
   let parameters = (ins "int64_t":$blockM, "int64_t":$blockN,
@@ -139,21 +146,23 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
                         DefaultValuedParameter<"int64_t", "1">:$splitK,
                         OptionalParameter<"std::optional<::kiln::GroupLayout>">:$grouped,
                         DefaultValuedParameter<"int64_t", "1">:$clusterM,
-                        DefaultValuedParameter<"bool", "false">:$swiglu);
+                        DefaultValuedParameter<"bool", "false">:$swiglu,
+                        DefaultValuedParameter<"bool", "false">:$tmaStore);
   let builders = [
     AttrBuilder<(ins "int64_t":$blockM, "int64_t":$blockN, "int64_t":$stages,
                      "int64_t":$consumers, CArg<"int64_t", "1">:$splitK,
                      CArg<"std::optional<::kiln::GroupLayout>", "std::nullopt">:$grouped,
                      CArg<"int64_t", "1">:$clusterM,
-                     CArg<"bool", "false">:$swiglu), [{
+                     CArg<"bool", "false">:$swiglu,
+                     CArg<"bool", "false">:$tmaStore), [{
       return $_get($_ctxt, blockM, blockN, stages, consumers, splitK, grouped,
-                   clusterM, swiglu);
+                   clusterM, swiglu, tmaStore);
     }]>
   ];
   let skipDefaultBuilders = 1;
   // `<block_m = .., block_n = .., stages = .., consumers = ..
   //   [, split_k = ..] [, cluster_m = ..] [, grouped = contiguous|masked]
-  //   [, epilogue = swiglu]>`;
+  //   [, epilogue = swiglu] [, store = tma]>`;
   // the optional keys all follow a comma, which the declarative format
   // cannot tell apart.
   let hasCustomAssemblyFormat = 1;
@@ -174,8 +183,11 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
     static int64_t getEpilogueRowBytes(int64_t blockN) {
       return std::min<int64_t>(blockN, 64) * 2 + 16;
     }
-    /// The BF16 epilogue's staging: 16 rows per consumer warp.
+    /// The BF16 epilogue's staging: 16 rows per consumer warp; with the
+    /// TMA store the whole BF16 tile, in 64-column boxes of 128-byte rows.
     int64_t getEpilogueBytes() const {
+      if (getTmaStore())
+        return getBlockM() * getBlockN() * 2;
       return getBlockM() * getEpilogueRowBytes(getBlockN());
     }
     /// Dynamic shared memory: the A and B rings, the epilogue's staging,
