@@ -140,4 +140,17 @@
 // TMA-PTX-NEXT: cp.async.bulk.commit_group;
 // TMA-PTX-NOT: st.global
 // TMA-PTX: cp.async.bulk.wait_group 0;
+// 64-wide tiles keep four K blocks in flight (32 accumulator registers and
+// four partials of 32): sixteen wgmmas as four groups, then waits for at
+// most 3, 2, 1 and 0 groups, each followed by its block's promotion; the
+// blocks past the last whole chain of four run one at a time.
+// RUN: FileCheck %s --check-prefix=CHAIN --input-file %t/tma/kiln_gemm_fp8_m64n64s8c1_tma.ptx
+// CHAIN-COUNT-4: wgmma.commit_group.sync.aligned;
+// CHAIN: wgmma.wait_group.sync.aligned 3;
+// CHAIN: wgmma.wait_group.sync.aligned 2;
+// CHAIN: wgmma.wait_group.sync.aligned 1;
+// CHAIN: wgmma.wait_group.sync.aligned 0;
+// CHAIN: wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3
+// CHAIN: wgmma.commit_group.sync.aligned;
+// CHAIN-NEXT: wgmma.wait_group.sync.aligned 0;
 // PTXAS-NOT: SPILLS

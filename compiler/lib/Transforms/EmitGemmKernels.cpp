@@ -56,6 +56,9 @@ constexpr int kWaitTicks = 10000000;
 constexpr int64_t kCounterRecordFloats = 64;
 /// Columns of the BF16 epilogue's staging in shared memory (per pass).
 constexpr int64_t kEpilogueCols = 64;
+/// K blocks in flight per consumer warpgroup for 64-wide tiles
+/// (writeChainedBlocks): 32 accumulator registers plus four partials of 32.
+constexpr int64_t kChainBlocks = 4;
 /// Tile rows per band of the plain kernels' tile order (writeTileOrigin).
 constexpr int64_t kRasterRows = 8;
 constexpr uint64_t kDescriptorHighBits =
@@ -399,6 +402,9 @@ private:
     // 192-wide tiles have no registers for a second partial (96 + 96
     // accumulator registers already): one K block at a time.
     bool paired = accRegs <= 64;
+    // 64-wide tiles (32 accumulator registers) have room for four partials:
+    // chains of four K blocks in flight instead of pairs.
+    int64_t chain = accRegs <= 32 && !swiglu ? kChainBlocks : 2;
     // The scales of one K block, as loadScales names them with tag "".
     std::vector<std::string> blockScales;
     for (const std::string &suffix : weightScaleSuffixes())
@@ -414,6 +420,8 @@ private:
     finalAcc = "%final";
     if (!paired) {
       writeSingleBlocks(zero, blockScales);
+    } else if (chain > 2) {
+      writeChainedBlocks(zero, blockScales, chain);
     } else {
       if (prefetch) {
         emit("%kbLast = arith.subi " + kbEnd() + ", %c1 : i32");
@@ -611,6 +619,82 @@ private:
          scaleTypes);
     emit("}");
     finalAcc = "%res#1";
+  }
+
+  /// The main loop for small tiles, into finalAcc: chains of `chain` K
+  /// blocks, all issued before the first is waited for; block x of a chain
+  /// is promoted once at most chain - 1 - x groups are in flight, so every
+  /// promotion but the chain's last runs under MMAs of this warpgroup, and
+  /// a short tile's blocks (K = 512: one chain) wait for their data
+  /// together rather than pair by pair. The next chain's scales are loaded
+  /// one chain ahead (clamped to the unit's last block); the blocks past
+  /// the last whole chain run one at a time with their scales loaded there.
+  void writeChainedBlocks(const std::string &zero,
+                          const std::vector<std::string> &blockScales,
+                          int64_t chain) {
+    std::string scaleTypes, scaleArgs, nextScales;
+    std::vector<std::vector<std::string>> current(chain);
+    emit("%kbLast = arith.subi " + kbEnd() + ", %c1 : i32");
+    for (int64_t x = 0; x < chain; ++x) {
+      std::string xs = std::to_string(x);
+      emit("%kbF" + xs + "u = arith.addi " + kbBegin() + ", " + i32(x) +
+           " : i32");
+      emit("%kbF" + xs + " = arith.minui %kbF" + xs + "u, %kbLast : i32");
+      std::vector<std::string> first = loadScales("F" + xs, "%kbF" + xs);
+      for (size_t i = 0; i < blockScales.size(); ++i) {
+        std::string name = blockScales[i] + "C" + xs;
+        scaleArgs += ", " + name + " = " + first[i];
+        scaleTypes += ", f32";
+        current[x].push_back(name);
+      }
+    }
+    emit("%numChains = arith.divui " + kbCount() + ", " + i32(chain) +
+         " : i32");
+    emit("%res:" + std::to_string(2 + chain * blockScales.size()) +
+         " = scf.for %ch = %c0 to %numChains step %c1 iter_args(%j = %it, "
+         "%acc = " +
+         zero + scaleArgs + ") -> (i32, " + structType + scaleTypes +
+         ") : i32 {");
+    emit("%kbC0 = arith.muli %ch, " + i32(chain) + " : i32");
+    emit("%kbC = arith.addi %kbC0, " + kbBegin() + " : i32");
+    for (int64_t x = 0; x < chain; ++x) {
+      std::string xs = std::to_string(x);
+      emit("%kbN" + xs + "u = arith.addi %kbC, " + i32(chain + x) + " : i32");
+      emit("%kbN" + xs + " = arith.minui %kbN" + xs + "u, %kbLast : i32");
+      for (const std::string &next : loadScales("N" + xs, "%kbN" + xs))
+        nextScales += ", " + next;
+    }
+    std::vector<std::string> partials;
+    for (int64_t x = 0; x < chain; ++x) {
+      std::string xs = std::to_string(x);
+      std::string j = "%j";
+      if (x) {
+        j = "%jX" + xs;
+        emit(j + " = arith.addi %j, " + i32(x) + " : i32");
+      }
+      partials.push_back(issueBlock("X" + xs, j));
+    }
+    std::string acc = "%acc";
+    for (int64_t x = 0; x < chain; ++x)
+      acc = finishBlock("X" + std::to_string(x), partials[x], acc, current[x],
+                        static_cast<int>(chain - 1 - x));
+    emit("%jNext = arith.addi %j, " + i32(chain) + " : i32");
+    emit("scf.yield %jNext, " + acc + nextScales + " : i32, " + structType +
+         scaleTypes);
+    emit("}");
+    emit("%chainBlocks = arith.muli %numChains, " + i32(chain) + " : i32");
+    emit("%restBegin = arith.addi " + kbBegin() + ", %chainBlocks : i32");
+    emit("%jRest = arith.addi %it, %chainBlocks : i32");
+    emit("%rest:2 = scf.for %kbR = %restBegin to " + kbEnd() +
+         " step %c1 iter_args(%jR = %jRest, %accR = %res#1) -> (i32, " +
+         structType + ") : i32 {");
+    std::vector<std::string> scales = loadScales("R", "%kbR");
+    std::string partial = issueBlock("R", "%jR");
+    std::string accR = finishBlock("R", partial, "%accR", scales, 0);
+    emit("%jR1 = arith.addi %jR, %c1 : i32");
+    emit("scf.yield %jR1, " + accR + " : i32, " + structType);
+    emit("}");
+    finalAcc = "%rest#1";
   }
 
   /// The work loop's head: persistent blocks take tiles (split_k = 1) or
