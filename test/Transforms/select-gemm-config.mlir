@@ -151,10 +151,19 @@ func.func @narrow_tiles_win(%a: tensor<4096x2048xf8E4M3FN>, %as: tensor<4096x16x
   return %0 : tensor<4096x7168xbf16>
 }
 
-// TMA stores rows of 2N bytes: N = 129 keeps the plain stores.
+// TMA stores rows of 2N bytes: N = 1001 keeps the plain stores.
 // CHECK-LABEL: func.func @ragged_n
 // CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2>}
-func.func @ragged_n(%a: tensor<300x1024xf8E4M3FN>, %as: tensor<300x8xf32>, %b: tensor<129x1024xf8E4M3FN>, %bs: tensor<2x8xf32>) -> tensor<300x129xbf16> {
-  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<300x1024xf8E4M3FN>, tensor<300x8xf32>, tensor<129x1024xf8E4M3FN>, tensor<2x8xf32>) -> tensor<300x129xbf16>
-  return %0 : tensor<300x129xbf16>
+func.func @ragged_n(%a: tensor<4096x1024xf8E4M3FN>, %as: tensor<4096x8xf32>, %b: tensor<1001x1024xf8E4M3FN>, %bs: tensor<8x8xf32>) -> tensor<4096x1001xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<4096x1024xf8E4M3FN>, tensor<4096x8xf32>, tensor<1001x1024xf8E4M3FN>, tensor<8x8xf32>) -> tensor<4096x1001xbf16>
+  return %0 : tensor<4096x1001xbf16>
+}
+
+// Split-K at any static M whose tiles leave multiprocessors idle: 300 rows
+// x 2112 columns are 51 tiles of 128x128 for 132 multiprocessors.
+// CHECK-LABEL: func.func @few_large_tiles
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, split_k = 2>}
+func.func @few_large_tiles(%a: tensor<300x7168xf8E4M3FN>, %as: tensor<300x56xf32>, %b: tensor<2112x7168xf8E4M3FN>, %bs: tensor<17x56xf32>) -> tensor<300x2112xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<300x7168xf8E4M3FN>, tensor<300x56xf32>, tensor<2112x7168xf8E4M3FN>, tensor<17x56xf32>) -> tensor<300x2112xbf16>
+  return %0 : tensor<300x2112xbf16>
 }

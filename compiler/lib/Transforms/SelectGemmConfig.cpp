@@ -5,10 +5,10 @@
 // 64-wide N tiles, M <= 128 two consumers and 128x64 tiles, so that more
 // blocks stream the weights (128x128 where K is at most 512 and they still
 // give every multiprocessor a tile); everything else gets two consumers and
-// 128x128 tiles. Stages fill shared memory up to a ring of 8. For M <= 128 with
-// a static N and K, split-K cuts each tile's chain of K blocks into slices
-// computed by separate blocks, when that shortens the busiest
-// multiprocessor's work. Grouped GEMMs get the grouped kernel of their
+// 128x128 tiles. Stages fill shared memory up to a ring of 8. For a static M
+// (above 128 only with K >= 2048), N and K, split-K cuts each tile's chain of
+// K blocks into slices computed by separate blocks, when that shortens the
+// busiest multiprocessor's work. Grouped GEMMs get the grouped kernel of their
 // layout, configured for the rows one group sees, with the tiles of all
 // groups that have rows counted for split-K (they run in one launch).
 // The ring is a power of two of stages (its index arithmetic is then shifts
@@ -45,6 +45,8 @@ constexpr int64_t kMultiprocessors = 132;
 /// reduction stay small next to the slice's MMAs.
 constexpr int64_t kMaxSplitK = 16;
 constexpr int64_t kMinSliceBlocks = 4;
+/// Above 128 rows, split only chains of at least this many K blocks.
+constexpr int64_t kMinLargeSplitBlocks = 16;
 /// The reduction loads every slice's partial of a thread's accumulator at
 /// once (split_k * block_n / 2 registers); past 128 of them ptxas spills.
 constexpr int64_t kReductionRegisters = 128;
@@ -124,12 +126,6 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
   // the rest equal; gemm-kernels.md "Version 8").
   int64_t stages = llvm::bit_floor(static_cast<uint64_t>(
       std::min(kMaxStages, kStageBudgetBytes / stageBytes)));
-  int64_t splitK = 1;
-  if (small && !ShapedType::isDynamic(n) && !ShapedType::isDynamic(k) &&
-      !ShapedType::isDynamic(groups)) {
-    int64_t tiles = groups * ceilDiv(m, blockM) * ceilDiv(n, blockN);
-    splitK = chooseSplitK(tiles, k / 128, blockN);
-  }
   bool plainStatic =
       !grouped && !ShapedType::isDynamic(n) && !ShapedType::isDynamic(k);
   // Wide tiles: fewer bytes per MAC through L2 (40 KB per K block for 1.5
@@ -145,6 +141,17 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
       stages = llvm::bit_floor(static_cast<uint64_t>(
           std::min(kMaxStages, kStageBudgetBytes / ((blockM + blockN) * 128))));
     }
+  }
+  // Split-K where the tiles leave multiprocessors idle, with the final tile
+  // width: any static M <= 128, and larger ones whose tiles are long chains
+  // (300 x 2112 x 7168, 51 tiles of 56 K blocks: 28.9 -> 22.5 us; 300 x 129
+  // x 1024, 6 tiles of 8 blocks: 14.3 -> 15.3 us, not split).
+  int64_t splitK = 1;
+  if (known && !ShapedType::isDynamic(n) && !ShapedType::isDynamic(k) &&
+      !ShapedType::isDynamic(groups) &&
+      (small || ceilDiv(k, 128) >= kMinLargeSplitBlocks)) {
+    int64_t tiles = groups * ceilDiv(m, blockM) * ceilDiv(n, blockN);
+    splitK = chooseSplitK(tiles, k / 128, blockN);
   }
   bool tmaStore = plainStatic && splitK == 1 && blockN % 64 == 0 &&
                   n % 8 == 0 && ceilDiv(k, 128) <= kTmaStoreMaxBlocks;
