@@ -553,20 +553,7 @@ private:
       emit("%tsPtrC" + n + " = llvm.getelementptr %tsPtr" + n + "[" +
            i32(box * boxBytes + upper * 8 * 128) +
            "] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8");
-      std::string vec = "%tsU" + n;
-      emit(vec + " = llvm.mlir.undef : vector<2xf32>");
-      for (int64_t e = 0; e < 2; ++e) {
-        std::string x = "%tsV" + n + "_" + std::to_string(e);
-        emit(x + "s = llvm.extractvalue " + finalAcc + "[" +
-             std::to_string(i + e) + "] : " + structType);
-        emit(x + " = llvm.insertelement " + x + "s, " + vec + "[" + i32(e) +
-             " : i32] : vector<2xf32>");
-        vec = x;
-      }
-      emit("%tsH" + n + " = arith.truncf " + vec +
-           " : vector<2xf32> to vector<2xbf16>");
-      emit("llvm.store %tsH" + n + ", %tsPtrC" + n +
-           " {alignment = 4 : i64} : vector<2xbf16>, !llvm.ptr<3>");
+      storeBf16Pair("%ts", n, finalAcc, structType, i, "%tsPtrC" + n);
     }
     // The generic-proxy writes must be visible to the TMA (async proxy)
     // before the leader issues the stores.
@@ -1003,20 +990,7 @@ private:
           emit("%wrPtr" + n + " = llvm.getelementptr %wrBase[" +
                i32(8 * upper * stride + 16 * c) +
                "] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8");
-          std::string vec = "%wrU" + n;
-          emit(vec + " = llvm.mlir.undef : vector<2xf32>");
-          for (int64_t e = 0; e < 2; ++e) {
-            std::string x = "%wrV" + n + "_" + std::to_string(e);
-            emit(x + "s = llvm.extractvalue " + acc + "[" +
-                 std::to_string(reg + e) + "] : " + stores.type);
-            emit(x + " = llvm.insertelement " + x + "s, " + vec + "[" + i32(e) +
-                 " : i32] : vector<2xf32>");
-            vec = x;
-          }
-          emit("%wrH" + n + " = arith.truncf " + vec +
-               " : vector<2xf32> to vector<2xbf16>");
-          emit("llvm.store %wrH" + n + ", %wrPtr" + n +
-               " {alignment = 4 : i64} : vector<2xbf16>, !llvm.ptr<3>");
+          storeBf16Pair("%wr", n, acc, stores.type, reg, "%wrPtr" + n);
         }
       }
       emit("nvvm.bar.warp.sync %epiFullMask : i32");
@@ -1073,6 +1047,28 @@ private:
       // The next half (or tile) overwrites the slice.
       emit("nvvm.bar.warp.sync %epiFullMask : i32");
     }
+  }
+
+  /// Converts registers `reg` and `reg + 1` of the accumulator `acc` (of
+  /// `type`) to a BF16 pair and stores it at the shared-memory pointer
+  /// `ptr`; SSA names start with `prefix` and end in `n`.
+  void storeBf16Pair(const std::string &prefix, const std::string &n,
+                     const std::string &acc, const std::string &type,
+                     int64_t reg, const std::string &ptr) {
+    std::string vec = prefix + "U" + n;
+    emit(vec + " = llvm.mlir.undef : vector<2xf32>");
+    for (int64_t e = 0; e < 2; ++e) {
+      std::string x = prefix + "V" + n + "_" + std::to_string(e);
+      emit(x + "s = llvm.extractvalue " + acc + "[" + std::to_string(reg + e) +
+           "] : " + type);
+      emit(x + " = llvm.insertelement " + x + "s, " + vec + "[" + i32(e) +
+           " : i32] : vector<2xf32>");
+      vec = x;
+    }
+    emit(prefix + "H" + n + " = arith.truncf " + vec +
+         " : vector<2xf32> to vector<2xbf16>");
+    emit("llvm.store " + prefix + "H" + n + ", " + ptr +
+         " {alignment = 4 : i64} : vector<2xbf16>, !llvm.ptr<3>");
   }
 
   /// The combined scales of K block `kb` for this thread's two rows:
