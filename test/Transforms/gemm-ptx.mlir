@@ -75,6 +75,13 @@
 // PTXAS-DAG: kiln_gemm_fp8_m128n64s8c2k2: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // PTXAS-DAG: kiln_gemm_fp8_m128n64s8c2k4: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // PTXAS-DAG: kiln_gemm_fp8_m128n128s4c2: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
+// PTXAS-DAG: kiln_gemm_fp8_m128n128s4c2k2: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
+// PTXAS-DAG: kiln_gemm_fp8_m128n192s4c2: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
+// TMA-store kernels (K <= 2048).
+// PTXAS-DAG: kiln_gemm_fp8_m64n64s8c1_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
+// PTXAS-DAG: kiln_gemm_fp8_m128n64s8c2_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
+// PTXAS-DAG: kiln_gemm_fp8_m128n128s4c2_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
+// PTXAS-DAG: kiln_gemm_fp8_m128n192s4c2_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // The grouped kernels of the expert GEMMs the grouped benchmark runs.
 // PTXAS-DAG: kiln_gemm_fp8_m64n128s8c1_contiguous: {{[0-9]+}} registers, 0 spill bytes, 219276 B shared memory: ok
 // PTXAS-DAG: kiln_gemm_fp8_m128n128s4c2_contiguous: {{[0-9]+}} registers, 0 spill bytes, 162892 B shared memory: ok
