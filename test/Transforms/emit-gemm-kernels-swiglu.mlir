@@ -12,8 +12,10 @@
 // Tile t's gate scale block is t / 2 = nOff / 256 of the group's, its up
 // block N / 256 further (two weight-scale loads per K block).
 // CHECK: arith.divui %{{.*}}, %c256_i32 : i32
-// Four scales per K block, carried one pair ahead: 2 + 2 * 4 loop results.
-// CHECK: %{{.*}}:10 = scf.for {{.*}} -> (i32, !llvm.struct<({{(f32, )+}}f32)>, f32, f32, f32, f32, f32, f32, f32, f32)
+// Four scales per K block, carried one iteration (two blocks) ahead, and
+// the partial of the block in flight across iterations: 3 + 2 * 4 loop
+// results (gemm-kernels.md "Version 9", pipelined main loop).
+// CHECK: %{{.*}}:11 = scf.for {{.*}} -> (i32, !llvm.struct<({{(f32, )+}}f32)>, !llvm.struct<({{(f32, )+}}f32)>, f32, f32, f32, f32, f32, f32, f32, f32)
 // The epilogue pairs register i (gate) with register i + 32 (up): silu(g) * u
 // with ex2 and rcp, into an m64n64 fragment.
 // CHECK: %[[ACC:.*]] = scf.if

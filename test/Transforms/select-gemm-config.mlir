@@ -64,7 +64,7 @@ func.func @prefill(%a: tensor<?x1536xf8E4M3FN>, %as: tensor<?x12xf32>, %b: tenso
 // two of 32 KB stages under the budget), no cluster: 2-block clusters were
 // measured neutral with it, so the heuristic does not pick them.
 // CHECK-LABEL: func.func @large_static
-// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2>}
+// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, store = tma>}
 func.func @large_static(%a: tensor<4096x16384xf8E4M3FN>, %as: tensor<4096x128xf32>, %b: tensor<7168x16384xf8E4M3FN>, %bs: tensor<56x128xf32>) -> tensor<4096x7168xbf16> {
   %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<4096x16384xf8E4M3FN>, tensor<4096x128xf32>, tensor<7168x16384xf8E4M3FN>, tensor<56x128xf32>) -> tensor<4096x7168xbf16>
   return %0 : tensor<4096x7168xbf16>
@@ -127,13 +127,23 @@ func.func @grouped_prefill(%a: tensor<?x7168xf8E4M3FN>, %as: tensor<?x56xf32>, %
 }
 
 // Static M above 128: 128x192 tiles where they need fewer waves by more
-// than their 1.42x cost (2112 columns: 5 waves of 128x128 tiles, 3 of
-// 128x192), stored with TMA when K <= 2048.
-// CHECK-LABEL: func.func @wide_tiles
-// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 192, stages = 4, consumers = 2>
-func.func @wide_tiles(%a: tensor<4096x7168xf8E4M3FN>, %as: tensor<4096x56xf32>, %b: tensor<2112x7168xf8E4M3FN>, %bs: tensor<17x56xf32>) -> tensor<4096x2112xbf16> {
+// than their cost: 1.42x for chains of at most 16 K blocks (32768 columns:
+// 63 waves of 128x128 tiles, 42 of 128x192), 1.72x for longer ones (2112
+// x 7168 at 4096 rows: 5 waves against 3, not enough; at 1000 rows 2
+// against 1). Every unsplit tile of a multiple of 64 columns stores with
+// TMA when N % 8 == 0.
+// CHECK-LABEL: func.func @wide_tiles_long_k
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, store = tma>
+func.func @wide_tiles_long_k(%a: tensor<4096x7168xf8E4M3FN>, %as: tensor<4096x56xf32>, %b: tensor<2112x7168xf8E4M3FN>, %bs: tensor<17x56xf32>) -> tensor<4096x2112xbf16> {
   %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<4096x7168xf8E4M3FN>, tensor<4096x56xf32>, tensor<2112x7168xf8E4M3FN>, tensor<17x56xf32>) -> tensor<4096x2112xbf16>
   return %0 : tensor<4096x2112xbf16>
+}
+
+// CHECK-LABEL: func.func @wide_tiles_one_wave
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 192, stages = 4, consumers = 2, store = tma>
+func.func @wide_tiles_one_wave(%a: tensor<1000x7168xf8E4M3FN>, %as: tensor<1000x56xf32>, %b: tensor<2112x7168xf8E4M3FN>, %bs: tensor<17x56xf32>) -> tensor<1000x2112xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<1000x7168xf8E4M3FN>, tensor<1000x56xf32>, tensor<2112x7168xf8E4M3FN>, tensor<17x56xf32>) -> tensor<1000x2112xbf16>
+  return %0 : tensor<1000x2112xbf16>
 }
 
 // CHECK-LABEL: func.func @wide_tiles_short_k

@@ -422,6 +422,8 @@ private:
       writeSingleBlocks(zero, blockScales);
     } else if (chain > 2) {
       writeChainedBlocks(zero, blockScales, chain);
+    } else if (pipelined()) {
+      writePipelinedBlocks(zero, blockScales);
     } else {
       if (prefetch) {
         emit("%kbLast = arith.subi " + kbEnd() + ", %c1 : i32");
@@ -682,6 +684,95 @@ private:
     emit("scf.yield %jR1, " + accR + " : i32, " + structType);
     emit("}");
     finalAcc = "%rest#1";
+  }
+
+  /// Whether the main loop keeps one wgmma group in flight across
+  /// iterations (writePipelinedBlocks): 128-wide tiles of two consumer
+  /// warpgroups, whose two 64-register partials fit beside the
+  /// accumulator (one consumer keeps pairs: its scales are not prefetched,
+  /// gemm-kernels.md "Version 8").
+  bool pipelined() const {
+    return config.getBlockN() == 128 && config.getConsumers() == 2;
+  }
+
+  /// The main loop with one group always in flight, into finalAcc: block
+  /// b + 1 is issued before block b is promoted, for every b, so each
+  /// promotion runs under the next block's MMAs (pairs leave the second
+  /// block's promotion without one). Two partials alternate: block 2q in
+  /// the loop-carried one (issued by the previous iteration), 2q + 1 in the
+  /// other; the scales of blocks 2q + 2 and 2q + 3 are loaded one iteration
+  /// ahead.
+  void writePipelinedBlocks(const std::string &zero,
+                            const std::vector<std::string> &blockScales) {
+    int64_t stages = config.getStages();
+    std::string scaleTypes, scaleArgs, nextScales;
+    std::vector<std::string> evenScales, oddScales;
+    emit("%kbLast = arith.subi " + kbEnd() + ", %c1 : i32");
+    emit("%kbQ1u = arith.addi " + kbBegin() + ", %c1 : i32");
+    emit("%kbQ1 = arith.minui %kbQ1u, %kbLast : i32");
+    std::vector<std::string> first0 = loadScales("Q0", kbBegin());
+    std::vector<std::string> first1 = loadScales("Q1", "%kbQ1");
+    for (size_t i = 0; i < blockScales.size(); ++i) {
+      scaleArgs += ", " + blockScales[i] + "E = " + first0[i];
+      evenScales.push_back(blockScales[i] + "E");
+    }
+    for (size_t i = 0; i < blockScales.size(); ++i) {
+      scaleArgs += ", " + blockScales[i] + "O = " + first1[i];
+      oddScales.push_back(blockScales[i] + "O");
+    }
+    for (size_t i = 0; i < 2 * blockScales.size(); ++i)
+      scaleTypes += ", f32";
+    std::string first = issueBlock("F", "%it");
+    emit("%countM1 = arith.subi " + kbCount() + ", %c1 : i32");
+    emit("%numIter = arith.divui %countM1, %c2 : i32");
+    emit("%res:" + std::to_string(3 + 2 * blockScales.size()) +
+         " = scf.for %q = %c0 to %numIter step %c1 iter_args(%j = %it, "
+         "%acc = " +
+         zero + ", %pIn = " + first + scaleArgs + ") -> (i32, " + structType +
+         ", " + structType + scaleTypes + ") : i32 {");
+    emit("%kbE0 = arith.muli %q, %c2 : i32");
+    emit("%kbE = arith.addi %kbE0, " + kbBegin() + " : i32");
+    emit("%kbNEu = arith.addi %kbE, %c2 : i32");
+    emit("%kbNE = arith.minui %kbNEu, %kbLast : i32");
+    emit("%kbNOu = arith.addi %kbE, " + i32(3) + " : i32");
+    emit("%kbNO = arith.minui %kbNOu, %kbLast : i32");
+    for (const std::string &next : loadScales("NE", "%kbNE"))
+      nextScales += ", " + next;
+    for (const std::string &next : loadScales("NO", "%kbNO"))
+      nextScales += ", " + next;
+    emit("%jO = arith.addi %j, %c1 : i32");
+    std::string odd = issueBlock("O", "%jO");
+    // Block 2q, issued by the previous iteration: its stage from %j.
+    emit("%sE = arith.remui %j, " + i32(stages) + " : i32");
+    std::string acc = finishBlock("E", "%pIn", "%acc", evenScales, 1);
+    emit("%jE2 = arith.addi %j, %c2 : i32");
+    std::string next = issueBlock("E2", "%jE2");
+    acc = finishBlock("O", odd, acc, oddScales, 1);
+    emit("scf.yield %jE2, " + acc + ", " + next + nextScales + " : i32, " +
+         structType + ", " + structType + scaleTypes);
+    emit("}");
+    // In flight: block 2n (n = %numIter) at ring position %res#0. An even
+    // count leaves block 2n + 1 to issue.
+    std::vector<std::string> lastEven, lastOdd;
+    for (size_t i = 0; i < blockScales.size(); ++i) {
+      lastEven.push_back("%res#" + std::to_string(3 + i));
+      lastOdd.push_back("%res#" + std::to_string(3 + blockScales.size() + i));
+    }
+    emit("%oddLeft = arith.remui %countM1, %c2 : i32");
+    emit("%hasOdd = arith.cmpi ne, %oddLeft, %c0 : i32");
+    emit("%final = scf.if %hasOdd -> (" + structType + ") {");
+    emit("%jL = arith.addi %res#0, %c1 : i32");
+    std::string last = issueBlock("L", "%jL");
+    emit("%sLE = arith.remui %res#0, " + i32(stages) + " : i32");
+    std::string accA = finishBlock("LE", "%res#2", "%res#1", lastEven, 1);
+    std::string accB = finishBlock("L", last, accA, lastOdd, 0);
+    emit("scf.yield " + accB + " : " + structType);
+    emit("} else {");
+    emit("%sTE = arith.remui %res#0, " + i32(stages) + " : i32");
+    std::string accT = finishBlock("TE", "%res#2", "%res#1", lastEven, 0);
+    emit("scf.yield " + accT + " : " + structType);
+    emit("}");
+    finalAcc = "%final";
   }
 
   /// The work loop's head: persistent blocks take tiles (split_k = 1) or

@@ -14,10 +14,10 @@
 // The ring is a power of two of stages (its index arithmetic is then shifts
 // and masks); 2-block clusters (`cluster_m = 2`) are never picked: measured
 // neutral once the 128x128 ring is 4 deep (gemm-kernels.md "Version 8").
-// Plain GEMMs with a static M above 128 take 128x192 tiles where that
-// needs fewer waves of tiles by more than a 192-wide tile costs over a
-// 128-wide one; plain unsplit GEMMs with K <= 2048 and N % 8 == 0 store
-// their output with TMA (gemm-kernels.md "Version 9").
+// Plain GEMMs with a static M above 128 and K <= 2048 take 128x192 tiles
+// where that needs fewer waves of tiles by more than a 192-wide tile costs
+// over a 128-wide one; plain unsplit GEMMs with N % 8 == 0 store their
+// output with TMA (gemm-kernels.md "Version 9").
 //
 //===----------------------------------------------------------------------===//
 
@@ -55,15 +55,15 @@ constexpr int64_t kReductionRegisters = 128;
 /// and, for one slice in S, the reduction (1 more).
 constexpr int64_t kEpilogueBlocks = 1;
 constexpr int64_t kSplitBlocks = 1;
-/// A 128x192 tile takes this many times as long as a 128x128 one (H100,
-/// M = 4096: 1.41-1.42 per tile on 24576 x 1536 and 32768 x 512), rather
-/// than 1.5: a K block's 40 KB instead of 32 feed 1.5 times the MACs.
-constexpr double kWideTileCost = 1.42;
-/// Plain GEMMs of at most this many K blocks store with TMA: there the
-/// epilogue is a large share of a tile, and storing while the next tile's
-/// MMAs run won 5-15% at M = 4096 (K = 512-2048); at K >= 7168 it measured
-/// a draw or a few % slower (gemm-kernels.md "Version 9").
-constexpr int64_t kTmaStoreMaxBlocks = 16;
+/// A 128x192 tile takes this many times as long as a 128x128 one, measured
+/// per wave on H100 at M = 4096 (gemm-kernels.md "Version 9"): 1.40-1.43
+/// for chains of at most 16 K blocks (24576 x 1536, 32768 x 512; the TMA
+/// store's saving weighs more there), 1.72 for longer ones (2112 x 7168:
+/// the wide tile's exposed promotion against the pipelined 128x128 loop).
+constexpr double kWideTileCostShort = 1.42;
+constexpr double kWideTileCostLong = 1.72;
+/// Chains of at most this many K blocks count as short (kWideTileCostShort).
+constexpr int64_t kShortChainBlocks = 16;
 /// Hopper's per-block shared memory, as the attribute's verifier has it.
 constexpr int64_t kMaxSharedMemoryBytes = 227 * 1024;
 
@@ -136,7 +136,9 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
     auto waves = [&](int64_t width) {
       return ceilDiv(ceilDiv(m, blockM) * ceilDiv(n, width), kMultiprocessors);
     };
-    if (kWideTileCost * waves(192) < waves(128)) {
+    double cost = ceilDiv(k, 128) <= kShortChainBlocks ? kWideTileCostShort
+                                                       : kWideTileCostLong;
+    if (cost * waves(192) < waves(128)) {
       blockN = 192;
       stages = llvm::bit_floor(static_cast<uint64_t>(
           std::min(kMaxStages, kStageBudgetBytes / ((blockM + blockN) * 128))));
@@ -148,13 +150,17 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
   // x 1024, 6 tiles of 8 blocks: 14.3 -> 15.3 us, not split).
   int64_t splitK = 1;
   if (known && !ShapedType::isDynamic(n) && !ShapedType::isDynamic(k) &&
-      !ShapedType::isDynamic(groups) &&
-      (small || ceilDiv(k, 128) >= kMinLargeSplitBlocks)) {
+      !ShapedType::isDynamic(groups)) {
     int64_t tiles = groups * ceilDiv(m, blockM) * ceilDiv(n, blockN);
-    splitK = chooseSplitK(tiles, k / 128, blockN);
+    // Above 128 rows only where SMs would idle: splitting to even out
+    // waves lost (4096 x 2112 x 7168: 182.5 against 144.2 us, version 7).
+    if (small ||
+        (ceilDiv(k, 128) >= kMinLargeSplitBlocks && tiles < kMultiprocessors))
+      splitK = chooseSplitK(tiles, k / 128, blockN);
   }
-  bool tmaStore = plainStatic && splitK == 1 && blockN % 64 == 0 &&
-                  n % 8 == 0 && ceilDiv(k, 128) <= kTmaStoreMaxBlocks;
+  // TMA stores run while the next tile's MMAs do (5-15% at M = 4096, K <=
+  // 2048; 1-5% at K >= 7168 with the pipelined main loop).
+  bool tmaStore = plainStatic && splitK == 1 && blockN % 64 == 0 && n % 8 == 0;
   auto config = kiln::GemmConfigAttr::get(
       context, blockM, blockN, stages, consumers, splitK, grouped,
       /*clusterM=*/1, /*swiglu=*/false, tmaStore);
