@@ -389,16 +389,6 @@ private:
              ", %numKB : i32");
       }
     }
-    // K blocks in pairs: the second block's wgmmas run while the first
-    // block's partial is promoted on the CUDA cores. Where the registers
-    // allow, the scales of a pair are loaded one pair ahead and carried in
-    // registers, so the global loads' latency hides behind a whole pair
-    // instead of stalling the promotion (the largest stall reason in ncu
-    // before version 8). Block indices past the unit's last are clamped to
-    // it: those loads are valid and their values unused. One consumer with
-    // 128-wide tiles (64 accumulator and 2 x 64 partial registers) spills
-    // 60 bytes with the 4 more live values, so it loads them per pair.
-    bool prefetch = !(config.getConsumers() == 1 && bn > 64);
     // 192-wide tiles have no registers for a second partial (96 + 96
     // accumulator registers already): one K block at a time.
     bool paired = accRegs <= 64;
@@ -410,90 +400,15 @@ private:
     for (const std::string &suffix : weightScaleSuffixes())
       for (const char *row : {"%scale0", "%scale1"})
         blockScales.push_back(row + suffix);
-    auto tagged = [&](const std::string &tag) {
-      std::vector<std::string> names;
-      for (const std::string &name : blockScales)
-        names.push_back(name + tag);
-      return names;
-    };
-    std::string scaleTypes, scaleArgs, nextScales;
     finalAcc = "%final";
-    if (!paired) {
+    if (!paired)
       writeSingleBlocks(zero, blockScales);
-    } else if (chain > 2) {
+    else if (chain > 2)
       writeChainedBlocks(zero, blockScales, chain);
-    } else if (pipelined()) {
+    else if (pipelined())
       writePipelinedBlocks(zero, blockScales);
-    } else {
-      if (prefetch) {
-        emit("%kbLast = arith.subi " + kbEnd() + ", %c1 : i32");
-        emit("%kbP1 = arith.addi " + kbBegin() + ", %c1 : i32");
-        emit("%kbP1c = arith.minui %kbP1, %kbLast : i32");
-        std::vector<std::string> firstA = loadScales("PA", kbBegin());
-        std::vector<std::string> firstB = loadScales("PB", "%kbP1c");
-        for (size_t i = 0; i < blockScales.size(); ++i)
-          scaleArgs += ", " + blockScales[i] + "A = " + firstA[i];
-        for (size_t i = 0; i < blockScales.size(); ++i)
-          scaleArgs += ", " + blockScales[i] + "B = " + firstB[i];
-        for (size_t i = 0; i < 2 * blockScales.size(); ++i)
-          scaleTypes += ", f32";
-      }
-      size_t carried = prefetch ? 2 * blockScales.size() : 0;
-      emit("%numPairs = arith.divui " + kbCount() + ", %c2 : i32");
-      emit("%res:" + std::to_string(2 + carried) +
-           " = scf.for %pair = %c0 to %numPairs step %c1 iter_args(%j = %it, "
-           "%acc = " +
-           zero + scaleArgs + ") -> (i32, " + structType + scaleTypes +
-           ") : i32 {");
-      if (splitK > 1) {
-        emit("%kbA0 = arith.muli %pair, %c2 : i32");
-        emit("%kbA = arith.addi %kbA0, %kbBegin : i32");
-      } else {
-        emit("%kbA = arith.muli %pair, %c2 : i32");
-      }
-      emit("%kbB = arith.addi %kbA, %c1 : i32");
-      emit("%jB = arith.addi %j, %c1 : i32");
-      if (prefetch) {
-        emit("%kbNA0 = arith.addi %kbA, %c2 : i32");
-        emit("%kbNA = arith.minui %kbNA0, %kbLast : i32");
-        emit("%kbNB0 = arith.addi %kbA, " + i32(3) + " : i32");
-        emit("%kbNB = arith.minui %kbNB0, %kbLast : i32");
-        for (const std::string &next : loadScales("NA", "%kbNA"))
-          nextScales += ", " + next;
-        for (const std::string &next : loadScales("NB", "%kbNB"))
-          nextScales += ", " + next;
-      } else {
-        loadScales("A", "%kbA");
-        loadScales("B", "%kbB");
-      }
-      std::string partialA = issueBlock("A", "%j");
-      std::string partialB = issueBlock("B", "%jB");
-      std::string accA = finishBlock("A", partialA, "%acc", tagged("A"), 1);
-      std::string accB = finishBlock("B", partialB, accA, tagged("B"), 0);
-      emit("%j2 = arith.addi %j, %c2 : i32");
-      emit("scf.yield %j2, " + accB + nextScales + " : i32, " + structType +
-           scaleTypes);
-      emit("}");
-      // An odd number of K blocks leaves one; with prefetching its scales are
-      // the loop's last prefetch (or the first block's).
-      emit("%pairBlocks = arith.muli %numPairs, %c2 : i32");
-      emit("%hasTail = arith.cmpi ne, %pairBlocks, " + kbCount() + " : i32");
-      emit("%final = scf.if %hasTail -> (" + structType + ") {");
-      emit("%jT = arith.addi %it, %pairBlocks : i32");
-      std::vector<std::string> tailScales;
-      for (size_t i = 0; i < blockScales.size(); ++i)
-        tailScales.push_back("%res#" + std::to_string(2 + i));
-      if (!prefetch) {
-        emit("%kbT = arith.subi " + kbEnd() + ", %c1 : i32");
-        tailScales = loadScales("T", "%kbT");
-      }
-      std::string partialT = issueBlock("T", "%jT");
-      std::string accT = finishBlock("T", partialT, "%res#1", tailScales, 0);
-      emit("scf.yield " + accT + " : " + structType);
-      emit("} else {");
-      emit("scf.yield %res#1 : " + structType);
-      emit("}");
-    }
+    else
+      writePairedBlocks(zero);
     emit("%itNext = arith.addi %it, " + kbCount() + " : i32");
 
     if (splitK > 1) {
@@ -575,6 +490,48 @@ private:
            ", box[%tsCol" + hs + ", %tsRow0] : !llvm.ptr, !llvm.ptr<3>");
     }
     emit("nvvm.cp.async.bulk.commit.group");
+    emit("}");
+  }
+
+  /// The main loop of one consumer warpgroup with 128-wide tiles, into
+  /// finalAcc: K blocks in pairs, the second block's wgmmas running while
+  /// the first block's partial is promoted; an odd last block runs alone.
+  /// Its scales are loaded per pair, not carried ahead: with 64
+  /// accumulator and 2 x 64 partial registers the 4 more live values
+  /// spilled 60 bytes (gemm-kernels.md "Version 8").
+  void writePairedBlocks(const std::string &zero) {
+    emit("%numPairs = arith.divui " + kbCount() + ", %c2 : i32");
+    emit("%res:2 = scf.for %pair = %c0 to %numPairs step %c1 iter_args(%j = "
+         "%it, %acc = " +
+         zero + ") -> (i32, " + structType + ") : i32 {");
+    if (splitK > 1) {
+      emit("%kbA0 = arith.muli %pair, %c2 : i32");
+      emit("%kbA = arith.addi %kbA0, %kbBegin : i32");
+    } else {
+      emit("%kbA = arith.muli %pair, %c2 : i32");
+    }
+    emit("%kbB = arith.addi %kbA, %c1 : i32");
+    emit("%jB = arith.addi %j, %c1 : i32");
+    std::vector<std::string> scalesA = loadScales("A", "%kbA");
+    std::vector<std::string> scalesB = loadScales("B", "%kbB");
+    std::string partialA = issueBlock("A", "%j");
+    std::string partialB = issueBlock("B", "%jB");
+    std::string accA = finishBlock("A", partialA, "%acc", scalesA, 1);
+    std::string accB = finishBlock("B", partialB, accA, scalesB, 0);
+    emit("%j2 = arith.addi %j, %c2 : i32");
+    emit("scf.yield %j2, " + accB + " : i32, " + structType);
+    emit("}");
+    emit("%pairBlocks = arith.muli %numPairs, %c2 : i32");
+    emit("%hasTail = arith.cmpi ne, %pairBlocks, " + kbCount() + " : i32");
+    emit("%final = scf.if %hasTail -> (" + structType + ") {");
+    emit("%jT = arith.addi %it, %pairBlocks : i32");
+    emit("%kbT = arith.subi " + kbEnd() + ", %c1 : i32");
+    std::vector<std::string> tailScales = loadScales("T", "%kbT");
+    std::string partialT = issueBlock("T", "%jT");
+    std::string accT = finishBlock("T", partialT, "%res#1", tailScales, 0);
+    emit("scf.yield " + accT + " : " + structType);
+    emit("} else {");
+    emit("scf.yield %res#1 : " + structType);
     emit("}");
   }
 
