@@ -8,7 +8,10 @@ speed-up over cuBLAS (cuBLAS time / Kiln time: above 1 means Kiln is faster).
 The last rows give the geometric mean of the speed-ups over the shapes both
 ran correctly, overall and for decode (M <= 128) and prefill (M > 128)
 shapes. A shape that is wrong, failed or unsupported on either side shows its
-status and stays out of the means.
+status and stays out of the means. A second table gives, for M <= 128 (where
+the weights are the traffic), the weight bandwidth each side reached: the
+bytes of B and its block scales over the time, and their fraction of
+--hbm-gbps (default 3350, H100 SXM's HBM3).
 """
 
 import argparse
@@ -42,6 +45,9 @@ def main():
                         help="JSON written by bench/gemm_cublas.py --json")
     parser.add_argument("kiln", nargs="+",
                         help="JSON written by kiln-gemm-check --json")
+    parser.add_argument("--hbm-gbps", type=float, default=3350.0,
+                        help="HBM bandwidth the weight bandwidth is a "
+                        "fraction of (GB/s)")
     args = parser.parse_args()
 
     cublas, cublas_rows = load(args.cublas)
@@ -98,6 +104,8 @@ def main():
                       f"**{fmt(geomean(values), '%.2f')}**"]
         print("| " + " | ".join(cells) + " |")
 
+    print_weight_bandwidth(shapes, cublas_rows, kernels, args.hbm_gbps)
+
     failures = 0
     for (results, rows), ratios in zip(kernels, speedups):
         wrong = [s for s, r in rows.items() if r["status"] != "ok"]
@@ -109,6 +117,38 @@ def main():
                  + ", ".join("x".join(map(str, s)) for s in wrong)
                  if wrong else ""))
     return 1 if failures else 0
+
+
+def weight_bytes(n, k):
+    """B (E4M3, N x K) and its FP32 128x128 block scales."""
+    return n * k + 4 * math.ceil(n / 128) * math.ceil(k / 128)
+
+
+def print_weight_bandwidth(shapes, cublas_rows, kernels, hbm_gbps):
+    small = [shape for shape in shapes if shape[0] <= 128]
+    if not small:
+        return
+    header = ["M", "N", "K", "weight MB", "cuBLAS GB/s"]
+    for results, _ in kernels:
+        header += [f"{results['label']} GB/s", f"of {hbm_gbps:.0f} GB/s"]
+    print(f"\nWeight bandwidth at M <= 128 (weight bytes / time)\n")
+    print("| " + " | ".join(header) + " |")
+    print("| " + " | ".join(["---:"] * len(header)) + " |")
+    for shape in small:
+        m, n, k = shape
+        megabytes = weight_bytes(n, k) / 1e6
+        base = cublas_rows.get(shape)
+        cells = [str(m), str(n), str(k), "%.1f" % megabytes,
+                 fmt(megabytes * 1e6 / (base["us"] * 1e3), "%.0f")
+                 if good(base) else "-"]
+        for _, rows in kernels:
+            row = rows.get(shape)
+            if not good(row):
+                cells += ["-", "-"]
+                continue
+            gbps = megabytes * 1e6 / (row["us"] * 1e3)
+            cells += ["%.0f" % gbps, "%.0f%%" % (100 * gbps / hbm_gbps)]
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
