@@ -13,9 +13,13 @@
 // CHECK: arith.remui
 // CHECK: scf.for
 // CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global
-// The consumers walk the same units.
+// The consumers walk the same units. A slice may be empty (numKB < 4):
+// the scales loaded ahead are clamped to its first block, not to
+// kbEnd - 1, so every index stays inside the scales.
 // CHECK: nvvm.setmaxregister increase 232
 // CHECK: scf.for
+// CHECK: %[[LASTRAW:.*]] = arith.subi %{{.*}}, %c1_i32{{.*}} : i32
+// CHECK: arith.maxsi %[[LASTRAW]], %{{.*}} : i32
 // CHECK-COUNT-4: nvvm.wgmma.mma_async
 // Partial: 8 quads of 16 bytes per thread, then fence, warp barrier, one
 // atomic arrival per warp, broadcast to the warp.
@@ -34,4 +38,17 @@
 func.func @gemm(%a: tensor<64x7168xf8E4M3FN>, %as: tensor<64x56xf32>, %b: tensor<2112x7168xf8E4M3FN>, %bs: tensor<17x56xf32>) -> tensor<64x2112xbf16> {
   %0 = kiln.scaled_matmul %a, %as, %b, %bs {gemm_config = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 4>} : (tensor<64x7168xf8E4M3FN>, tensor<64x56xf32>, tensor<2112x7168xf8E4M3FN>, tensor<17x56xf32>) -> tensor<64x2112xbf16>
   return %0 : tensor<64x2112xbf16>
+}
+
+// The pipelined loop of 128-wide tiles (two consumers) issues a unit's first
+// block before its loop: an empty slice skips it all and contributes a zero
+// partial.
+// CHECK: llvm.func @kiln_gemm_fp8_m128n128s4c2k2(
+// CHECK: nvvm.setmaxregister increase 232
+// CHECK: %[[HAS:.*]] = arith.cmpi ne, %{{.*}}, %c0_i32{{.*}} : i32
+// CHECK: scf.if %[[HAS]] -> (!llvm.struct<(
+// CHECK: nvvm.wgmma.mma_async
+func.func @pipelined_split(%a: tensor<300x7168xf8E4M3FN>, %as: tensor<300x56xf32>, %b: tensor<2112x7168xf8E4M3FN>, %bs: tensor<17x56xf32>) -> tensor<300x2112xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, split_k = 2>} : (tensor<300x7168xf8E4M3FN>, tensor<300x56xf32>, tensor<2112x7168xf8E4M3FN>, tensor<17x56xf32>) -> tensor<300x2112xbf16>
+  return %0 : tensor<300x2112xbf16>
 }

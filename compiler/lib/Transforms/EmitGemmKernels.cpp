@@ -543,7 +543,7 @@ private:
                          const std::vector<std::string> &blockScales) {
     std::string scaleTypes, scaleArgs, nextScales;
     std::vector<std::string> current;
-    emit("%kbLast = arith.subi " + kbEnd() + ", %c1 : i32");
+    emitKbLast();
     std::vector<std::string> first = loadScales("P", kbBegin());
     for (size_t i = 0; i < blockScales.size(); ++i) {
       scaleArgs += ", " + blockScales[i] + "S = " + first[i];
@@ -580,7 +580,7 @@ private:
                           int64_t chain) {
     std::string scaleTypes, scaleArgs, nextScales;
     std::vector<std::vector<std::string>> current(chain);
-    emit("%kbLast = arith.subi " + kbEnd() + ", %c1 : i32");
+    emitKbLast();
     for (int64_t x = 0; x < chain; ++x) {
       std::string xs = std::to_string(x);
       emit("%kbF" + xs + "u = arith.addi " + kbBegin() + ", " + i32(x) +
@@ -661,10 +661,17 @@ private:
   /// ahead.
   void writePipelinedBlocks(const std::string &zero,
                             const std::vector<std::string> &blockScales) {
+    // An empty split-K slice issues nothing and stores a zero partial.
+    bool mayBeEmpty = splitK > 1;
+    if (mayBeEmpty) {
+      emit("%hasBlocks = arith.cmpi ne, " + kbCount() + ", %c0 : i32");
+      emit("%final = scf.if %hasBlocks -> (" + structType + ") {");
+    }
+    std::string result = mayBeEmpty ? "%finalP" : "%final";
     int64_t stages = config.getStages();
     std::string scaleTypes, scaleArgs, nextScales;
     std::vector<std::string> evenScales, oddScales;
-    emit("%kbLast = arith.subi " + kbEnd() + ", %c1 : i32");
+    emitKbLast();
     emit("%kbQ1u = arith.addi " + kbBegin() + ", %c1 : i32");
     emit("%kbQ1 = arith.minui %kbQ1u, %kbLast : i32");
     std::vector<std::string> first0 = loadScales("Q0", kbBegin());
@@ -717,7 +724,7 @@ private:
     }
     emit("%oddLeft = arith.remui %countM1, %c2 : i32");
     emit("%hasOdd = arith.cmpi ne, %oddLeft, %c0 : i32");
-    emit("%final = scf.if %hasOdd -> (" + structType + ") {");
+    emit(result + " = scf.if %hasOdd -> (" + structType + ") {");
     emit("%jL = arith.addi %res#0, %c1 : i32");
     std::string last = issueBlock("L", "%jL");
     emit("%sLE = arith.remui %res#0, " + i32(stages) + " : i32");
@@ -729,6 +736,12 @@ private:
     std::string accT = finishBlock("TE", "%res#2", "%res#1", lastEven, 0);
     emit("scf.yield " + accT + " : " + structType);
     emit("}");
+    if (mayBeEmpty) {
+      emit("scf.yield %finalP : " + structType);
+      emit("} else {");
+      emit("scf.yield " + zero + " : " + structType);
+      emit("}");
+    }
     finalAcc = "%final";
   }
 
@@ -771,6 +784,20 @@ private:
          ++c)
       suffixes.push_back("C" + std::to_string(c));
     return suffixes;
+  }
+
+  /// %kbLast: the unit's last K block, to which the scale loads ahead
+  /// are clamped. A split-K slice may be empty (numKB < split_k), where
+  /// kbEnd - 1 is below kbBegin (or -1, which the unsigned clamp would
+  /// not catch): clamping to kbBegin instead keeps every load inside the
+  /// scales (kbBegin < numKB for every slice).
+  void emitKbLast() {
+    if (splitK == 1) {
+      emit("%kbLast = arith.subi " + kbEnd() + ", %c1 : i32");
+      return;
+    }
+    emit("%kbLastRaw = arith.subi " + kbEnd() + ", %c1 : i32");
+    emit("%kbLast = arith.maxsi %kbLastRaw, " + kbBegin() + " : i32");
   }
 
   /// The unit's K-block range and its length.
