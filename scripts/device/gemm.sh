@@ -7,7 +7,7 @@
 #   .device/reference/gemm_reference.{cubin,json}   (built here by nvcc)
 #   .device/kernels/<name>.cubin + <name>.json      (the compiler's kernels)
 # For the reference kernel and then each staged kernel: kiln-gemm-check on all
-# shapes, then compute-sanitizer memcheck on two small ragged shapes. Then the
+# shapes, then compute-sanitizer memcheck on small ragged shapes. Then the
 # launcher's GPU tests, bench/gemm_cublas.py and bench/compare.py, whose table
 # is printed last. Into $OUT: gemm.log (everything), tables.md (the tables),
 # results.tar.gz (JSON results and per-step logs).
@@ -102,10 +102,11 @@ main() {
     [[ ${GEMM_SANITIZE:-1} == 0 || " ${sanitized[*]} " == *" $cubin "* ]] && continue
     sanitized+=("$cubin")
     echo
-    # Two ragged shapes; TMA-store kernels need N % 8 == 0 (they refuse
-    # 129 with a message), so theirs has a partial last tile of 200 columns.
-    ragged=7x2112x7168,300x129x1024
-    [[ $cubin == *_tma.cubin ]] && ragged=7x2112x7168,300x200x1024
+    # Ragged shapes, and one K block (1x8x128: split-K kernels get empty
+    # slices); TMA-store kernels need N % 8 == 0 (they refuse 129 with a
+    # message), so theirs has a partial last tile of 200 columns.
+    ragged=7x2112x7168,300x129x1024,1x8x128
+    [[ $cubin == *_tma.cubin ]] && ragged=7x2112x7168,300x200x1024,1x8x128
     echo "== compute-sanitizer memcheck $name ($ragged)"
     # API errors are kiln-gemm-check's to report (it checks every call, and
     # probes cuFuncGetParamInfo past the last parameter on purpose).
