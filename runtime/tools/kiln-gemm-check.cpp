@@ -787,8 +787,8 @@ Timing timeWork(const CheckKernels &check, const Options &options,
     float once = 0;
     KILN_CU("warm-up event", cuEventElapsedTime, &once, start.get(),
             stop.get());
-    int repeats = static_cast<int>(
-        std::min(5000.0, kWarmUpMs / std::max(once, 0.001f)));
+    int repeats =
+        static_cast<int>(std::min(5000.0, kWarmUpMs / std::max(once, 0.001f)));
     for (int r = 0; r < repeats; ++r)
       enqueue(r + 1);
     waitFor(stream, options.timeoutSeconds, what + ", warm-up");

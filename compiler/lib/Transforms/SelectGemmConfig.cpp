@@ -64,8 +64,6 @@ constexpr double kWideTileCostShort = 1.42;
 constexpr double kWideTileCostLong = 1.72;
 /// Chains of at most this many K blocks count as short (kWideTileCostShort).
 constexpr int64_t kShortChainBlocks = 16;
-/// Hopper's per-block shared memory, as the attribute's verifier has it.
-constexpr int64_t kMaxSharedMemoryBytes = 227 * 1024;
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -159,16 +157,16 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
       splitK = chooseSplitK(tiles, k / 128, blockN);
   }
   // TMA stores run while the next tile's MMAs do (5-15% at M = 4096, K <=
-  // 2048; 1-5% at K >= 7168 with the pipelined main loop).
-  bool tmaStore = plainStatic && splitK == 1 && blockN % 64 == 0 && n % 8 == 0;
-  auto config = kiln::GemmConfigAttr::get(
-      context, blockM, blockN, stages, consumers, splitK, grouped,
-      /*clusterM=*/1, /*swiglu=*/false, tmaStore);
-  // The TMA store stages the whole tile; fall back where that does not fit.
-  if (tmaStore && config.getSharedMemoryBytes() > kMaxSharedMemoryBytes)
-    config = kiln::GemmConfigAttr::get(context, blockM, blockN, stages,
-                                       consumers, splitK, grouped);
-  return config;
+  // 2048; 1-5% at K >= 7168 with the pipelined main loop). They stage the
+  // whole tile: plain stores where that does not fit.
+  bool tmaStore =
+      plainStatic && splitK == 1 && blockN % 64 == 0 && n % 8 == 0 &&
+      kiln::GemmConfigAttr::getSharedMemoryBytes(
+          blockM, blockN, stages, /*grouped=*/false,
+          /*tmaStore=*/true) <= kiln::GemmConfigAttr::kMaxSharedMemoryBytes;
+  return kiln::GemmConfigAttr::get(context, blockM, blockN, stages, consumers,
+                                   splitK, grouped, /*clusterM=*/1,
+                                   /*swiglu=*/false, tmaStore);
 }
 
 /// The gate and up GEMMs of a kiln.swiglu marked for fusion

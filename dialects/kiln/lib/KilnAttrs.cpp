@@ -86,8 +86,6 @@ int64_t ExpertParallelAttr::getExpertInSlot(int64_t slot) const {
   return placement.empty() ? slot : placement[slot];
 }
 
-/// Hopper's per-block shared memory limit.
-static constexpr int64_t kMaxSharedMemoryBytes = 227 * 1024;
 /// K slices per tile: the last slice's block sums all of them, unrolled.
 static constexpr int64_t kMaxSplitK = 16;
 
@@ -141,18 +139,13 @@ GemmConfigAttr::verify(function_ref<InFlightDiagnostic()> emitError,
     return emitError() << "gemm_config: store = tma needs a plain kernel "
                           "(no 'grouped' or epilogue), split_k = 1 and "
                           "block_n a multiple of 64";
-  // The rings, the epilogue's staging, two mbarriers per stage, a grouped
-  // kernel's group tables and 1 KB for aligning the ring.
-  int64_t tables = grouped ? 3 * 4 * (GemmConfigAttr::kMaxGroups + 1) : 0;
-  int64_t epilogue = tmaStore
-                         ? blockM * blockN * 2
-                         : blockM * GemmConfigAttr::getEpilogueRowBytes(blockN);
-  int64_t bytes =
-      stages * (blockM + blockN) * 128 + epilogue + 16 * stages + tables + 1024;
-  if (bytes > kMaxSharedMemoryBytes)
+  int64_t bytes = GemmConfigAttr::getSharedMemoryBytes(
+      blockM, blockN, stages, grouped.has_value(), tmaStore);
+  if (bytes > GemmConfigAttr::kMaxSharedMemoryBytes)
     return emitError() << "gemm_config: " << bytes
                        << " bytes of shared memory exceed the "
-                       << kMaxSharedMemoryBytes << " of an sm_90 block";
+                       << GemmConfigAttr::kMaxSharedMemoryBytes
+                       << " of an sm_90 block";
   return success();
 }
 

@@ -173,10 +173,15 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
     /// Groups a grouped kernel accepts: its per-group tables live in shared
     /// memory (DeepSeek-V3 has 256 routed experts).
     static constexpr int64_t kMaxGroups = 1024;
+    /// Hopper's per-block shared memory limit.
+    static constexpr int64_t kMaxSharedMemoryBytes = 227 * 1024;
     /// Grouped kernels: three int32 tables of kMaxGroups + 1 entries (tile
     /// prefix, first row, row count per group); 0 otherwise.
+    static int64_t getGroupTableBytes(bool grouped) {
+      return grouped ? 3 * 4 * (kMaxGroups + 1) : 0;
+    }
     int64_t getGroupTableBytes() const {
-      return getGrouped() ? 3 * 4 * (kMaxGroups + 1) : 0;
+      return getGroupTableBytes(getGrouped().has_value());
     }
     /// A row of the BF16 epilogue's staging: at most 64 columns at a time,
     /// plus 16 bytes so that 8 consecutive rows start in different banks.
@@ -185,18 +190,28 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
     }
     /// The BF16 epilogue's staging: 16 rows per consumer warp; with the
     /// TMA store the whole BF16 tile, in 64-column boxes of 128-byte rows.
+    static int64_t getEpilogueBytes(int64_t blockM, int64_t blockN,
+                                    bool tmaStore) {
+      return tmaStore ? blockM * blockN * 2
+                      : blockM * getEpilogueRowBytes(blockN);
+    }
     int64_t getEpilogueBytes() const {
-      if (getTmaStore())
-        return getBlockM() * getBlockN() * 2;
-      return getBlockM() * getEpilogueRowBytes(getBlockN());
+      return getEpilogueBytes(getBlockM(), getBlockN(), getTmaStore());
     }
     /// Dynamic shared memory: the A and B rings, the epilogue's staging,
     /// then 2 mbarriers per stage, the group tables of a grouped kernel, plus
-    /// 1 KB to align the ring to 1024 bytes at run time.
+    /// 1 KB to align the ring to 1024 bytes at run time. The verifier holds
+    /// it to kMaxSharedMemoryBytes.
+    static int64_t getSharedMemoryBytes(int64_t blockM, int64_t blockN,
+                                        int64_t stages, bool grouped,
+                                        bool tmaStore) {
+      return stages * (blockM + blockN) * 128 +
+             getEpilogueBytes(blockM, blockN, tmaStore) + 2 * 8 * stages +
+             getGroupTableBytes(grouped) + 1024;
+    }
     int64_t getSharedMemoryBytes() const {
-      return getStages() * (getBlockM() + getBlockN()) * 128 +
-             getEpilogueBytes() + 2 * 8 * getStages() + getGroupTableBytes() +
-             1024;
+      return getSharedMemoryBytes(getBlockM(), getBlockN(), getStages(),
+                                  getGrouped().has_value(), getTmaStore());
     }
     /// The kernel's symbol name, unique per configuration.
     std::string getKernelName() const;
