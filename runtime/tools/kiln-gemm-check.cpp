@@ -1130,6 +1130,10 @@ struct GroupedResult {
   /// then with the FP8 quantization of the intermediate the down GEMM reads
   /// (plain kernel + swiglu_quantize against this kernel + quantize).
   Timing unfused, unfusedQuantize, fusedQuantize;
+  /// The runtime's quantize over [rows, I] and swiglu_quantize over the
+  /// [rows, 2I] product alone (memory-bound; their bytes over the time).
+  Timing quantizeAlone, swigluQuantizeAlone;
+  int64_t quantizedRows = 0; ///< rows of A, which they run over
   int sets = 0;
   int64_t routedRows = 0;
   int activeGroups = 0;
@@ -1456,6 +1460,23 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
             modelKernels->quantize(stream, x, quantized);
           },
           stream, launchWhat + ", fused + quantize timed launches");
+      result.quantizedRows = rows;
+      result.quantizeAlone = timeWork(
+          check, options,
+          [&](int i) {
+            const Set &set = setList[i % setList.size()];
+            DeviceMatrix x{set.out.get(), rows, cols, cols, ElementType::BF16};
+            modelKernels->quantize(stream, x, quantized);
+          },
+          stream, launchWhat + ", quantize timed launches");
+      result.swigluQuantizeAlone = timeWork(
+          check, options,
+          [&](int i) {
+            const Set &set = setList[i % setList.size()];
+            modelKernels->swigluQuantize(stream, gateOf(set), upOf(set),
+                                         quantized);
+          },
+          stream, launchWhat + ", swiglu_quantize timed launches");
     }
   }
   poisonAndLaunch(checked, launchWhat + ", repeated");
@@ -1536,6 +1557,8 @@ Json groupedJson(const std::string &label, const GemmKernelConfig &config,
          {"unfused_us", jsonNumber(row.unfused.medianUs)},
          {"unfused_quantize_us", jsonNumber(row.unfusedQuantize.medianUs)},
          {"fused_quantize_us", jsonNumber(row.fusedQuantize.medianUs)},
+         {"quantize_us", jsonNumber(row.quantizeAlone.medianUs)},
+         {"swiglu_quantize_us", jsonNumber(row.swigluQuantizeAlone.medianUs)},
          {"checked_fraction", row.checkedFraction},
          {"sets", row.sets},
          {"status", row.status},
@@ -1634,6 +1657,24 @@ int runGrouped(const Options &options, const GemmKernel &kernel,
                                       result.unfusedQuantize.medianUs),
                        "%.1f")
                       .c_str());
+    if (!std::isnan(result.quantizeAlone.medianUs)) {
+      // quantize reads [rows, I] BF16 and writes [rows, I] E4M3 and the
+      // scales; swiglu_quantize reads [rows, 2I] BF16.
+      double rows = double(result.quantizedRows), cols = result.c.n / 2.0;
+      double scaleBytes = 4 * rows * std::ceil(cols / 128);
+      double quantizeBytes = rows * cols * 3 + scaleBytes;
+      double swigluBytes = rows * cols * 5 + scaleBytes;
+      std::printf(
+          "    alone: quantize %s µs (%s GB/s), swiglu_quantize %s µs (%s "
+          "GB/s)\n",
+          cell(result.quantizeAlone.medianUs, "%.1f").c_str(),
+          cell(quantizeBytes / (result.quantizeAlone.medianUs * 1e3), "%.0f")
+              .c_str(),
+          cell(result.swigluQuantizeAlone.medianUs, "%.1f").c_str(),
+          cell(swigluBytes / (result.swigluQuantizeAlone.medianUs * 1e3),
+               "%.0f")
+              .c_str());
+    }
     std::fflush(stdout);
     allRight = allRight && result.status == "ok";
     results.push_back(result);

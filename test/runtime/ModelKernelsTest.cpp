@@ -377,12 +377,24 @@ void quantizeOnHost(const std::vector<float> &x, int64_t rows, int64_t cols,
 
 TEST_F(ModelKernelsOnGpu, QuantizeIsBitwiseTheCpuQuantizer) {
   // 512 columns: whole tiles; 464: a partial last tile (80 columns), as
-  // model widths that are not multiples of 128 give.
-  for (auto [inType, cols] : {std::pair{ElementType::F32, int64_t{512}},
-                              std::pair{ElementType::BF16, int64_t{512}},
-                              std::pair{ElementType::F32, int64_t{464}},
-                              std::pair{ElementType::BF16, int64_t{464}}}) {
-    const int64_t rows = 9, stride = 520;
+  // model widths that are not multiples of 128 give; 1136: nine tiles, so
+  // a row spans several warps' runs (kQuantizeRunTiles) and the last run is
+  // short. Strides of 520 and 1144 keep every row 16-byte aligned (vector
+  // loads); 1142 leaves odd rows unaligned (the scalar fallback).
+  struct Case {
+    ElementType type;
+    int64_t cols, stride;
+  };
+  for (auto [inType, cols, stride] :
+       {Case{ElementType::F32, 512, 520}, Case{ElementType::BF16, 512, 520},
+        Case{ElementType::F32, 464, 520}, Case{ElementType::BF16, 464, 520},
+        Case{ElementType::F32, 1136, 1144}, Case{ElementType::BF16, 1136, 1144},
+        Case{ElementType::F32, 1136, 1142},
+        Case{ElementType::BF16, 1136, 1142}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << "cols " << cols << ", stride " << stride << ", bf16 "
+                 << (inType == ElementType::BF16));
+    const int64_t rows = 9;
     std::vector<float> x = normals(rows * stride, 2.0f);
     // Edge tiles: all zero (the 1e-4 floor), huge, tiny (E4M3 subnormals),
     // and values that saturate against a tile maximum.
@@ -420,7 +432,8 @@ TEST_F(ModelKernelsOnGpu, QuantizeIsBitwiseTheCpuQuantizer) {
 }
 
 TEST_F(ModelKernelsOnGpu, QuantizeWritesGroupedScales) {
-  const int64_t rows = 11, cols = 384, tiles = 3;
+  // Nine tiles: three warps' runs per row, each finding the row's group.
+  const int64_t rows = 11, cols = 1152, tiles = 9;
   std::vector<int32_t> offsets = {0, 4, 4, 9, 11}; // an empty group
   std::vector<float> x = normals(rows * cols);
   std::vector<uint8_t> codes;
@@ -576,7 +589,8 @@ TEST_F(ModelKernelsOnGpu, AddAndSelectRows) {
 }
 
 TEST_F(ModelKernelsOnGpu, Swiglu) {
-  const int64_t rows = 10, cols = 384;
+  // Nine tiles: a row spans three of swiglu_quantize's warp runs.
+  const int64_t rows = 10, cols = 1152, tiles = 9;
   std::vector<uint16_t> gate = toBF16(normals(rows * cols, 3.0f));
   std::vector<uint16_t> up = toBF16(normals(rows * cols, 2.0f));
   std::vector<float> product(rows * cols);
@@ -605,7 +619,7 @@ TEST_F(ModelKernelsOnGpu, Swiglu) {
   for (bool grouped : {false, true}) {
     QuantizedMatrix q;
     q.values = alloc(rows * cols);
-    q.scales = alloc(rows * 3 * 4);
+    q.scales = alloc(rows * tiles * 4);
     q.rows = rows;
     q.cols = cols;
     if (grouped) {
@@ -616,14 +630,14 @@ TEST_F(ModelKernelsOnGpu, Swiglu) {
     std::vector<uint8_t> gotCodes = download<uint8_t>(q.values, rows * cols);
     for (size_t i = 0; i < codes.size(); ++i)
       ASSERT_LE(codeDistance(gotCodes[i], codes[i]), 1) << i;
-    std::vector<float> scales = download<float>(q.scales, rows * 3);
+    std::vector<float> scales = download<float>(q.scales, rows * tiles);
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t t = 0; t < 3; ++t) {
+      for (int64_t t = 0; t < tiles; ++t) {
         int64_t index = t * rows + r;
         if (grouped) {
           int g = r < 3 ? 0 : 2;
           int64_t begin = offsets[g], count = offsets[g + 1] - begin;
-          index = 3 * begin + t * count + (r - begin);
+          index = tiles * begin + t * count + (r - begin);
         }
         float want = transposed[t * rows + r];
         ASSERT_NEAR(scales[index], want, 1e-6f * want) << r << ", " << t;

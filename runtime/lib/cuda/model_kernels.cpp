@@ -80,6 +80,12 @@ constexpr int kScaleBlock = 128;
 constexpr int64_t scaleTiles(int64_t cols) {
   return (cols + kScaleBlock - 1) / kScaleBlock;
 }
+/// Warps of kiln_quantize / kiln_swiglu_quantize over rows x cols: one per
+/// run of kQuantizeRunTiles tiles of a row.
+constexpr int64_t quantizeWarps(int64_t rows, int64_t cols) {
+  return rows *
+         ((scaleTiles(cols) + k::kQuantizeRunTiles - 1) / k::kQuantizeRunTiles);
+}
 constexpr int kMaxLatentRank = 1024; // kernels/mla_attention.cuh
 constexpr int kMaxRopeDim = 128;
 constexpr int kMaxRouteExperts = 1024; // kernels/moe.cuh: one per thread
@@ -207,7 +213,7 @@ void checkQuantize(const DeviceMatrix &x, const QuantizedMatrix &out) {
   Checker check("quantize");
   check.matrix(x, "x", {ElementType::F32, ElementType::BF16});
   check.quantized(out, "out", x.rows, x.cols);
-  check.require(x.rows * scaleTiles(x.cols) <= kMaxGridX * 8,
+  check.require(quantizeWarps(x.rows, x.cols) <= kMaxGridX * 8,
                 "too many tiles for one grid");
 }
 
@@ -395,7 +401,7 @@ void checkSwigluQuantize(const DeviceMatrix &gate, const DeviceMatrix &up,
   check.matrix(gate, "gate", {ElementType::BF16});
   check.matrix(up, "up", {ElementType::BF16}, gate.rows, gate.cols);
   check.quantized(out, "out", gate.rows, gate.cols);
-  check.require(gate.rows * scaleTiles(gate.cols) <= kMaxGridX * 8,
+  check.require(quantizeWarps(gate.rows, gate.cols) <= kMaxGridX * 8,
                 "too many tiles for one grid");
 }
 
@@ -747,9 +753,9 @@ void ModelKernels::quantize(CUstream stream, const DeviceMatrix &x,
   k::QuantizeParams p{};
   p.x = ref(x);
   p.q = ref(out);
-  int64_t tiles = x.rows * scaleTiles(x.cols);
-  impl->launch(kQuantize, gridFor(tiles, kRowThreads / 32), 1, kRowThreads, 0,
-               stream, p);
+  impl->launch(kQuantize,
+               gridFor(quantizeWarps(x.rows, x.cols), kRowThreads / 32), 1,
+               kRowThreads, 0, stream, p);
 }
 
 void ModelKernels::matmulF32(CUstream stream, const DeviceMatrix &x,
@@ -1002,9 +1008,9 @@ void ModelKernels::swigluQuantize(CUstream stream, const DeviceMatrix &gate,
   p.q = ref(out);
   p.rows = gate.rows;
   p.cols = gate.cols;
-  int64_t tiles = gate.rows * scaleTiles(gate.cols);
-  impl->launch(kSwigluQuantize, gridFor(tiles, kRowThreads / 32), 1,
-               kRowThreads, 0, stream, p);
+  impl->launch(kSwigluQuantize,
+               gridFor(quantizeWarps(gate.rows, gate.cols), kRowThreads / 32),
+               1, kRowThreads, 0, stream, p);
 }
 
 void ModelKernels::moeCombine(CUstream stream, const DeviceMatrix &y,

@@ -112,14 +112,52 @@ __host__ __device__ constexpr long long scaleTiles(long long cols) {
   return (cols + kScaleBlock - 1) / kScaleBlock;
 }
 
-/// Float index of the scale of (row, tile) in a quantized output: transposed
-/// [cols/128][rows], or grouped (artifact.md "moe_dispatch"): group g's
-/// scales are [cols/128][count_g] from (cols/128) * offsets[g]. -1 for a row
-/// outside every group (it has no scale to write).
-__device__ __forceinline__ long long scaleIndex(const QuantizedRef &q,
-                                                long long row, long long tile) {
+/// Four consecutive elements (row, col .. col + 3) of an f32 or bf16 matrix
+/// as f32: one 8- or 16-byte load where the address allows (every row of a
+/// dense activation), else four scalar ones. A warp of such loads reads 256
+/// or 512 contiguous bytes with one instruction instead of four.
+__device__ __forceinline__ void loadFourF32OrBF16(const MatrixRef &m,
+                                                  long long row, long long col,
+                                                  float (&values)[4]) {
+  long long index = row * m.stride + col;
+  if (m.type == kBF16) {
+    const unsigned short *at = pointer<const unsigned short>(m.data) + index;
+    if ((reinterpret_cast<unsigned long long>(at) & 7) == 0) {
+      uint2 bits = *reinterpret_cast<const uint2 *>(at);
+      values[0] = __uint_as_float(bits.x << 16);
+      values[1] = __uint_as_float(bits.x & 0xFFFF0000u);
+      values[2] = __uint_as_float(bits.y << 16);
+      values[3] = __uint_as_float(bits.y & 0xFFFF0000u);
+      return;
+    }
+  } else {
+    const float *at = pointer<const float>(m.data) + index;
+    if ((reinterpret_cast<unsigned long long>(at) & 15) == 0) {
+      float4 four = *reinterpret_cast<const float4 *>(at);
+      values[0] = four.x;
+      values[1] = four.y;
+      values[2] = four.z;
+      values[3] = four.w;
+      return;
+    }
+  }
+  for (int i = 0; i < 4; ++i)
+    values[i] = loadF32OrBF16(m, row, col + i);
+}
+
+/// Where a row's scales go in a quantized output: the scale of tile t at
+/// float `base + t * stride`. Transposed [cols/128][rows], or grouped
+/// (artifact.md "moe_dispatch"): group g's scales are [cols/128][count_g]
+/// from (cols/128) * offsets[g]. `base` is -1 for a row outside every group
+/// (it has no scale to write). Found once per row: the grouped case is a
+/// binary search over the offsets, a chain of dependent loads.
+struct ScaleSlot {
+  long long base, stride;
+};
+__device__ __forceinline__ ScaleSlot scaleSlot(const QuantizedRef &q,
+                                               long long row) {
   if (!q.groupOffsets)
-    return tile * q.rows + row;
+    return {row, q.rows};
   const int *offsets = pointer<const int>(q.groupOffsets);
   // The last group starting at or before `row`; empty groups before it start
   // at the same offset and are skipped because a later one also qualifies.
@@ -133,17 +171,19 @@ __device__ __forceinline__ long long scaleIndex(const QuantizedRef &q,
   }
   long long begin = offsets[low], end = offsets[low + 1];
   if (row < begin || row >= end)
-    return -1;
-  return scaleTiles(q.cols) * begin + tile * (end - begin) + (row - begin);
+    return {-1, 0};
+  return {scaleTiles(q.cols) * begin + (row - begin), end - begin};
 }
 
 /// Quantizes one 1×128 tile held by a warp, four consecutive columns per
 /// lane (`values[i]` is column tile * 128 + lane * 4 + i), and stores the
-/// codes and the scale. In a partial last tile, lanes past `cols` (cols is a
-/// multiple of 4) hold zeros, which leave the amax alone, and store nothing.
+/// codes and the scale (at `slot`, the row's scaleSlot). In a partial last
+/// tile, lanes past `cols` (cols is a multiple of 4) hold zeros, which leave
+/// the amax alone, and store nothing.
 __device__ __forceinline__ void quantizeTile(const QuantizedRef &q,
                                              long long row, long long tile,
-                                             const float (&values)[4]) {
+                                             const float (&values)[4],
+                                             const ScaleSlot &slot) {
   float amax = 0.0f;
   for (int i = 0; i < 4; ++i)
     amax = fmaxf(amax, fabsf(values[i]));
@@ -157,11 +197,25 @@ __device__ __forceinline__ void quantizeTile(const QuantizedRef &q,
   if (column < q.cols)
     *reinterpret_cast<uchar4 *>(pointer<unsigned char>(q.values) +
                                 row * q.cols + column) = codes;
-  if (lane == 0) {
-    long long index = scaleIndex(q, row, tile);
-    if (index >= 0)
-      pointer<float>(q.scales)[index] = scale;
-  }
+  if (lane == 0 && slot.base >= 0)
+    pointer<float>(q.scales)[slot.base + tile * slot.stride] = scale;
+}
+
+/// The (row, first tile) of this warp's run in a rows × runs grid of warps;
+/// false past the end.
+__device__ __forceinline__ bool quantizeRun(long long rows, long long cols,
+                                            long long &row,
+                                            long long &firstTile) {
+  long long runs =
+      (scaleTiles(cols) + kQuantizeRunTiles - 1) / kQuantizeRunTiles;
+  long long item =
+      (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) /
+      kWarpSize;
+  if (item >= rows * runs)
+    return false;
+  row = item / runs;
+  firstTile = item % runs * kQuantizeRunTiles;
+  return true;
 }
 
 } // namespace kiln::cuda::kernels

@@ -77,6 +77,7 @@ extern "C" __global__ void __launch_bounds__(kNormThreads)
   long long row = blockIdx.x;
   float scale = inverseRms(p.x, row, p.cols, p.eps);
   const unsigned short *weight = pointer<const unsigned short>(p.weight);
+  ScaleSlot slot = scaleSlot(p.q, row);
   int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   for (long long tile = warp; tile < scaleTiles(p.cols);
        tile += blockDim.x / kWarpSize) {
@@ -87,27 +88,30 @@ extern "C" __global__ void __launch_bounds__(kNormThreads)
                                    (loadF32OrBF16(p.x, row, c) * scale)
                              : 0.0f;
     }
-    quantizeTile(p.q, row, tile, values);
+    quantizeTile(p.q, row, tile, values, slot);
   }
 }
 
-/// One warp per (row, tile), eight per block.
+/// One warp per run of kQuantizeRunTiles tiles of a row, eight per block.
 extern "C" __global__ void __launch_bounds__(kRowThreads)
     kiln_quantize(const QuantizeParams p) {
-  long long tiles = scaleTiles(p.q.cols);
-  long long item =
-      (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) /
-      kWarpSize;
-  if (item >= p.q.rows * tiles)
+  long long row, first;
+  if (!quantizeRun(p.q.rows, p.q.cols, row, first))
     return;
-  long long row = item / tiles, tile = item % tiles;
+  long long tiles = scaleTiles(p.q.cols);
   int lane = threadIdx.x % kWarpSize;
-  float values[4];
-  for (int i = 0; i < 4; ++i) {
-    long long c = tile * kScaleBlock + lane * 4 + i;
-    values[i] = c < p.q.cols ? loadF32OrBF16(p.x, row, c) : 0.0f;
+  float values[kQuantizeRunTiles][4];
+  for (int t = 0; t < kQuantizeRunTiles; ++t) {
+    long long c = (first + t) * kScaleBlock + lane * 4;
+    if (first + t < tiles && c < p.q.cols)
+      loadFourF32OrBF16(p.x, row, c, values[t]);
+    else
+      values[t][0] = values[t][1] = values[t][2] = values[t][3] = 0.0f;
   }
-  quantizeTile(p.q, row, tile, values);
+  ScaleSlot slot = scaleSlot(p.q, row);
+  for (int t = 0; t < kQuantizeRunTiles; ++t)
+    if (first + t < tiles)
+      quantizeTile(p.q, row, first + t, values[t], slot);
 }
 
 extern "C" __global__ void __launch_bounds__(kRowThreads)
@@ -119,24 +123,34 @@ extern "C" __global__ void __launch_bounds__(kRowThreads)
                        loadF32OrBF16(p.up, row, c));
 }
 
+/// As kiln_quantize, of silu(gate) * up.
 extern "C" __global__ void __launch_bounds__(kRowThreads)
     kiln_swiglu_quantize(const SwigluParams p) {
-  long long tiles = scaleTiles(p.cols);
-  long long item =
-      (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) /
-      kWarpSize;
-  if (item >= p.rows * tiles)
+  long long row, first;
+  if (!quantizeRun(p.rows, p.cols, row, first))
     return;
-  long long row = item / tiles, tile = item % tiles;
+  long long tiles = scaleTiles(p.cols);
   int lane = threadIdx.x % kWarpSize;
-  float values[4];
-  for (int i = 0; i < 4; ++i) {
-    long long c = tile * kScaleBlock + lane * 4 + i;
-    values[i] = c < p.cols ? silu(loadF32OrBF16(p.gate, row, c)) *
-                                 loadF32OrBF16(p.up, row, c)
-                           : 0.0f;
+  float gate[kQuantizeRunTiles][4], up[kQuantizeRunTiles][4];
+  for (int t = 0; t < kQuantizeRunTiles; ++t) {
+    long long c = (first + t) * kScaleBlock + lane * 4;
+    if (first + t < tiles && c < p.cols) {
+      loadFourF32OrBF16(p.gate, row, c, gate[t]);
+      loadFourF32OrBF16(p.up, row, c, up[t]);
+    } else {
+      for (int i = 0; i < 4; ++i)
+        gate[t][i] = up[t][i] = 0.0f;
+    }
   }
-  quantizeTile(p.q, row, tile, values);
+  ScaleSlot slot = scaleSlot(p.q, row);
+  for (int t = 0; t < kQuantizeRunTiles; ++t) {
+    if (first + t >= tiles)
+      continue;
+    float values[4];
+    for (int i = 0; i < 4; ++i)
+      values[i] = silu(gate[t][i]) * up[t][i];
+    quantizeTile(p.q, row, first + t, values, slot);
+  }
 }
 
 extern "C" __global__ void __launch_bounds__(kRowThreads)

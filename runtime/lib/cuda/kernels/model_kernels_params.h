@@ -16,6 +16,13 @@ namespace kiln::cuda::kernels {
 /// A device address (CUdeviceptr on the host).
 using Address = unsigned long long;
 
+/// 1×128 tiles of a row one warp of kiln_quantize and kiln_swiglu_quantize
+/// quantizes: all of their loads are issued before the first amax, so that a
+/// warp has 1-2 KB in flight (a warp per tile kept too few bytes in flight
+/// to stream HBM: ~70 µs for [8192, 2048] BF16, 4x the bandwidth time), and
+/// the row's scale slot (a binary search when grouped) is found once.
+constexpr int kQuantizeRunTiles = 4;
+
 /// Element type codes of the parameter blocks.
 enum : int { kF32 = 0, kBF16 = 1, kF8E4M3 = 2 };
 
