@@ -14,7 +14,10 @@
 // The ring starts at the first 1024-byte boundary of dynamic shared memory.
 // CHECK: llvm.ptrtoint
 // CHECK: arith.andi %{{.*}}, %{{.*}} : i32
-// Barrier initialization by one thread, then a block-wide barrier.
+// Barrier initialization by one thread, which first starts fetching the
+// tensor maps; then a block-wide barrier.
+// CHECK: nvvm.prefetch tensormap in_param_space, %{{.*}} : !llvm.ptr
+// CHECK: nvvm.prefetch tensormap in_param_space, %{{.*}} : !llvm.ptr
 // CHECK: nvvm.mbarrier.init
 // CHECK: nvvm.mbarrier.init
 // CHECK: nvvm.fence.mbarrier.init

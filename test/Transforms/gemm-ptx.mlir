@@ -11,6 +11,8 @@
 // CHECK-NEXT: .param .align 64 .b8 kiln_gemm_fp8_m128n128s4c2_param_0[128]
 // CHECK-NEXT: .param .align 64 .b8 kiln_gemm_fp8_m128n128s4c2_param_1[128]
 // CHECK: .maxntid 384, 1, 1
+// CHECK: prefetch.param.tensormap
+// CHECK: prefetch.param.tensormap
 // CHECK: mbarrier.init.shared.b64
 // CHECK: fence.mbarrier_init
 

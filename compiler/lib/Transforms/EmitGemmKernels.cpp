@@ -168,6 +168,13 @@ public:
     // producer's one arrival and the stage's TMA bytes have landed;
     // empty[s] when every consumer warpgroup has released the stage.
     emit("scf.if %isT0 {");
+    // Start fetching the tensor maps now, so that the first TMA loads (and
+    // stores) do not wait for them after the barriers are set up: at small M
+    // the kernel is a few microseconds and this latency is on its path.
+    for (const char *map : {"%tmA", "%tmB"})
+      emit(std::string("nvvm.prefetch tensormap in_param_space, ") + map + " : !llvm.ptr");
+    if (tmaStore)
+      emit("nvvm.prefetch tensormap in_param_space, %tmC : !llvm.ptr");
     emit("scf.for %s = %c0 to " + i32(stages) + " step %c1 : i32 {");
     emit("%full = " + barrier(layout.fullBar, "%s"));
     emit("nvvm.mbarrier.init %full, %c1 : !llvm.ptr<3>, i32");
