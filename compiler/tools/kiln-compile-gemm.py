@@ -2,7 +2,7 @@
 """Compiles Kiln's FP8 GEMM kernels to PTX and cubins, ahead of time.
 
 For each configuration (block_m, block_n, stages, consumers[, split_k[,
-grouped]][, xCLUSTER_M][, swiglu][, tma]) it writes a kiln.scaled_matmul (kiln.grouped_scaled_matmul for a
+grouped]][, xCLUSTER_M][, swiglu|swiglu_quantize][, tma]) it writes a kiln.scaled_matmul (kiln.grouped_scaled_matmul for a
 grouped one) carrying that #kiln.gemm_config, runs kiln-opt's kernel
 pipeline (kiln-emit-gemm-kernels, then SCF/arith/CF/NVVM to LLVM, NVPTX
 through gpu-module-to-binary), takes the PTX out of the gpu.binary, assembles
@@ -11,7 +11,7 @@ leaves NAME.ptx, NAME.cubin and NAME.json (the launch manifest of
 compiler/docs/gemm-abi.md) in the output directory.
 
 Usage: kiln-compile-gemm.py --kiln-opt PATH --out DIR [--ptxas PATH]
-           [--config 128,128,6,2[,split_k[,contiguous|masked]][,x2][,swiglu][,tma] ...]
+           [--config 128,128,6,2[,split_k[,contiguous|masked]][,x2][,swiglu|swiglu_quantize][,tma] ...]
            [--shapes MxNxK,...] [--grouped-shapes GxRxNxK:LAYOUT,...]
            [--plan FILE] [--ptx-only]
 Without --config it builds the configurations kiln-select-gemm-config picks
@@ -49,7 +49,7 @@ DEFAULT_GROUPED = ([(g, r, n, k, layout) for n, k in [(4096, 7168), (7168, 2048)
 LAYOUTS = ("contiguous", "masked")
 # Fused epilogues (#kiln.gemm_config's `epilogue`): SwiGLU over interleaved
 # gate/up tiles (grouped, block_n = 128; gemm-abi.md "SwiGLU epilogue").
-EPILOGUES = ("swiglu",)
+EPILOGUES = ("swiglu", "swiglu_quantize")
 # Output stores (#kiln.gemm_config's `store`): TMA from a swizzled staging in
 # shared memory (plain kernels; gemm-abi.md "TMA store").
 STORES = ("tma",)
@@ -197,7 +197,7 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--config", action="append", default=[],
                         help="block_m,block_n,stages,consumers[,split_k[,contiguous|masked]][,x2]"
-                        "[,swiglu][,tma]")
+                        "[,swiglu|swiglu_quantize][,tma]")
     parser.add_argument("--shapes", help="MxNxK,...: build what the heuristic picks for these")
     parser.add_argument("--grouped-shapes",
                         help="GxRxNxK:LAYOUT,...: the same for grouped GEMMs")

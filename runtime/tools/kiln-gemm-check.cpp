@@ -20,7 +20,13 @@
 // expert interleaved by kiln::cuda::interleaveGateUpAsync and is checked
 // against silu(g)·u of the FP64 product of the checkpoint-layout weight;
 // with --unfused it is also timed against the plain grouped kernel plus the
-// runtime's swiglu kernel over [R, 2I].
+// runtime's swiglu kernel over [R, 2I]. A quantized SwiGLU kernel
+// ("epilogue": "swiglu_quantize") needs --unfused naming the BF16 SwiGLU
+// kernel of the same tiling: that kernel's output is checked against the
+// FP64 reference as above, quantized by the runtime's quantize, and the
+// fused kernel's E4M3 codes and scales must equal the result bit for bit
+// (and leave the rows outside the groups poisoned); the BF16 kernel plus
+// quantize is timed beside it.
 //
 // Exit status: 0 all shapes right, 1 a wrong result or a failed launch,
 // 2 bad usage or setup (no GPU, unreadable cubin or manifest), 3 a launch
@@ -98,11 +104,13 @@ Grouped kernels (manifest "grouped": "contiguous" or "masked"):
                          Default: small random cases with ragged N.
   --reference-gflop X    check groups against the FP64 reference until X
                          GFLOP of them are checked (default: all groups)
-  --unfused PLAIN.cubin  SwiGLU kernels: also time this plain grouped kernel
+  --unfused KERNEL.cubin SwiGLU kernels: also time this plain grouped kernel
                          (manifest beside it, same layout) followed by the
                          runtime's swiglu kernel over its [R, 2I] output,
                          and both with the intermediate's FP8 quantization
-                         (swiglu_quantize, or quantize after this kernel)
+                         (swiglu_quantize, or quantize after this kernel).
+                         Quantized SwiGLU kernels: the BF16 SwiGLU kernel of
+                         the same tiling, the bitwise reference (above)
 )";
 
 struct Shape {
@@ -1174,6 +1182,10 @@ private:
     GroupedGemmOperands operands;
     /// The unfused path's [rows, N] product (SwiGLU with --unfused).
     DeviceBuffer product;
+    /// Quantized SwiGLU kernels: the output scales; the BF16 SwiGLU
+    /// kernel's [rows, I] output and its operands (out = bf16Out).
+    DeviceBuffer outScales, bf16Out;
+    GroupedGemmOperands bf16Operands;
   };
   unsigned long long countNotPoison(CUdeviceptr at, size_t elements,
                                     const DeviceBuffer &counter) const {
@@ -1187,11 +1199,26 @@ private:
     return copyToHost<unsigned long long>(counter.get(), "poison count");
   }
   void poisonAndLaunch(const Set &set, const std::string &what) const {
-    KILN_CU(what, cuMemsetD16Async, set.out.get(), reference::kPoisonBF16,
-            set.out.size() / 2, stream);
+    if (set.outScales.size()) {
+      // Quantized: E4M3 codes and FP32 scales, poisoned bytewise (0xFF is
+      // NaN in both, which the saturating quantization never writes).
+      KILN_CU(what, cuMemsetD8Async, set.out.get(), kPoisonByte, set.out.size(),
+              stream);
+      KILN_CU(what, cuMemsetD8Async, set.outScales.get(), kPoisonByte,
+              set.outScales.size(), stream);
+    } else {
+      KILN_CU(what, cuMemsetD16Async, set.out.get(), reference::kPoisonBF16,
+              set.out.size() / 2, stream);
+    }
     kernel.launchGrouped(set.operands, stream);
     waitFor(stream, options.timeoutSeconds, what);
   }
+  /// Quantized SwiGLU kernels: the checked set's codes and scales against
+  /// the runtime's quantize of the BF16 kernel's output; problems appended.
+  void compareQuantized(const Set &set, const GroupedCase &c,
+                        const GroupLayoutOnHost &layout,
+                        std::vector<std::string> &problems) const;
+  static constexpr unsigned char kPoisonByte = 0xFF; // E4M3 NaN, FP32 NaN
 
   const GemmKernel &kernel;
   const CheckKernels &check;
@@ -1202,12 +1229,117 @@ private:
   ModelKernels *modelKernels;
 };
 
+void GroupedRunner::compareQuantized(const Set &set, const GroupedCase &c,
+                                     const GroupLayoutOnHost &layout,
+                                     std::vector<std::string> &problems) const {
+  const bool masked = kernel.config().grouping == GemmGrouping::Masked;
+  const int64_t cols = c.n / 2, blocks = cols / 128;
+  const int64_t rows = masked ? int64_t(c.groups) * c.rows : int64_t(c.rows);
+  // The runtime's quantize of the BF16 kernel's output, with the scales in
+  // the grouped layout: the contiguous offsets, or one group per slab.
+  std::vector<int32_t> offsets = layout.offsets;
+  if (masked) {
+    offsets.clear();
+    for (int g = 0; g <= c.groups; ++g)
+      offsets.push_back(g * c.rows);
+  }
+  DeviceBuffer offsetsBuffer(4 * offsets.size(), "reference group offsets");
+  KILN_CU("reference group offsets", cuMemcpyHtoD, offsetsBuffer.get(),
+          offsets.data(), 4 * offsets.size());
+  DeviceBuffer codes(rows * cols, "reference codes");
+  DeviceBuffer scales(4 * rows * blocks, "reference scales");
+  QuantizedMatrix reference{codes.get(), scales.get(),        rows,
+                            cols,        offsetsBuffer.get(), c.groups};
+  modelKernels->quantize(
+      stream,
+      DeviceMatrix{set.bf16Out.get(), rows, cols, cols, ElementType::BF16},
+      reference);
+  waitFor(stream, options.timeoutSeconds, "reference quantize");
+  auto download = [&](CUdeviceptr at, size_t bytes, const char *what) {
+    std::vector<unsigned char> host(bytes);
+    KILN_CU(what, cuMemcpyDtoH, host.data(), at, bytes);
+    return host;
+  };
+  std::vector<unsigned char> wantCodes =
+      download(codes.get(), codes.size(), "reference codes");
+  // The whole buffer: past rows * cols it is a guard that keeps its poison.
+  std::vector<unsigned char> gotCodes =
+      download(set.out.get(), set.out.size(), "kernel codes");
+  unsigned long long written = 0;
+  for (size_t at = size_t(rows * cols); at < gotCodes.size(); ++at)
+    written += gotCodes[at] != kPoisonByte;
+  std::vector<unsigned char> wantScales =
+      download(scales.get(), scales.size(), "reference scales");
+  std::vector<unsigned char> gotScales =
+      download(set.outScales.get(), set.outScales.size(), "kernel scales");
+  // Rows of a group (those the kernel writes) and their scale index.
+  std::vector<int64_t> scaleBase(rows, -1), scaleStride(rows, 0);
+  for (int g = 0; g < c.groups; ++g) {
+    int64_t begin = masked ? int64_t(g) * c.rows : layout.offsets[g];
+    int64_t count = layout.counts[g];
+    int64_t stride = masked ? c.rows : count;
+    for (int64_t r = 0; r < count; ++r) {
+      scaleBase[begin + r] = blocks * begin + r;
+      scaleStride[begin + r] = stride;
+    }
+  }
+  unsigned long long codeErrors = 0, scaleErrors = 0, codesCompared = 0,
+                     scalesCompared = 0;
+  std::string first;
+  for (int64_t r = 0; r < rows; ++r) {
+    const unsigned char *got = gotCodes.data() + r * cols;
+    const unsigned char *want = wantCodes.data() + r * cols;
+    if (scaleBase[r] < 0) {
+      for (int64_t j = 0; j < cols; ++j)
+        written += got[j] != kPoisonByte;
+      continue;
+    }
+    codesCompared += cols;
+    scalesCompared += blocks;
+    for (int64_t j = 0; j < cols; ++j)
+      if (got[j] != want[j] && codeErrors++ == 0)
+        first = "first code mismatch at row " + std::to_string(r) + " column " +
+                std::to_string(j) + ": " + std::to_string(got[j]) + ", want " +
+                std::to_string(want[j]);
+    for (int64_t b = 0; b < blocks; ++b) {
+      size_t at = 4 * size_t(scaleBase[r] + b * scaleStride[r]);
+      if (std::memcmp(gotScales.data() + at, wantScales.data() + at, 4) &&
+          scaleErrors++ == 0 && first.empty())
+        first = "first scale mismatch at row " + std::to_string(r) + " block " +
+                std::to_string(b);
+    }
+  }
+  // No scale outside the groups' (the guard past them included).
+  size_t scaleEnd = 4 * (masked ? size_t(c.groups) * c.rows * blocks
+                                : size_t(layout.offsets.back()) * blocks);
+  for (size_t at = scaleEnd; at < gotScales.size(); ++at)
+    written += gotScales[at] != kPoisonByte;
+  std::printf("    quantized output: %llu of %llu codes and %llu of %llu "
+              "scales equal to quantize of the BF16 kernel's output, %llu "
+              "bytes written outside\n",
+              codesCompared - codeErrors, codesCompared,
+              scalesCompared - scaleErrors, scalesCompared, written);
+  if (codeErrors || scaleErrors)
+    problems.push_back(std::to_string(codeErrors) + " codes and " +
+                       std::to_string(scaleErrors) +
+                       " scales differ from quantize of the BF16 SwiGLU "
+                       "kernel's output (" +
+                       first + ")");
+  if (written)
+    problems.push_back(std::to_string(written) +
+                       " bytes written outside the groups' rows and scales");
+}
+
 GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
   GroupedResult result;
   result.c = c;
   const GemmKernelConfig &config = kernel.config();
   const bool masked = config.grouping == GemmGrouping::Masked;
-  const bool swiglu = config.epilogue == GemmEpilogue::Swiglu;
+  const bool quantized = config.epilogue == GemmEpilogue::SwigluQuantize;
+  const bool swiglu = config.epilogue != GemmEpilogue::Store;
+  if (quantized && !unfused)
+    throw Error(c.text() + ": a quantized SwiGLU kernel is checked against "
+                           "the BF16 SwiGLU kernel given by --unfused");
   if (swiglu && c.n % 256 != 0)
     throw Error(c.text() + ": a SwiGLU kernel needs N = 2I a multiple of 256");
   GroupLayoutOnHost layout = drawGroups(c, config.grouping, splitmix(seed));
@@ -1247,7 +1379,10 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
             DeviceBuffer(bytesOut, what + "out"),
             DeviceBuffer(groupWords.size() * 4, what + "groups"),
             {},
-            DeviceBuffer()};
+            DeviceBuffer(),
+            DeviceBuffer(),
+            DeviceBuffer(),
+            {}};
     set.operands.gemm = {set.a.get(),
                          set.b.get(),
                          set.scaleA.get(),
@@ -1273,8 +1408,19 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
     } else {
       check.fillValues(set.b.get(), bytesB, splitmix(setSeed + 2), stream);
     }
-    if (swiglu && unfused)
+    if (swiglu && unfused && !quantized)
       set.product = DeviceBuffer(2 * rowsA * n, what + "unfused product");
+    if (quantized) {
+      // Scales: [I/128] per routed row, plus a guard as for out.
+      set.outScales =
+          DeviceBuffer(4 * (rowsA + config.blockM) * (outCols / 128),
+                       what + "output scales");
+      set.operands.outScales = set.outScales.get();
+      set.bf16Out = DeviceBuffer(bytesOut, what + "BF16 SwiGLU output");
+      set.bf16Operands = set.operands;
+      set.bf16Operands.gemm.out = set.bf16Out.get();
+      set.bf16Operands.outScales = 0;
+    }
     check.fillPositiveScales(set.scaleA.get(), bytesScaleA / 4,
                              splitmix(setSeed + 3), kScaleBaseA, stream);
     check.fillPositiveScales(set.scaleB.get(), bytesScaleB / 4,
@@ -1287,6 +1433,18 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
   std::string launchWhat =
       "kernel " + config.kernelName + " (" + c.text() + ")";
   poisonAndLaunch(checked, launchWhat);
+  if (quantized) {
+    // The BF16 SwiGLU kernel's output: what the FP64 reference checks below
+    // and the bitwise reference of the quantization.
+    KILN_CU("BF16 SwiGLU output", cuMemsetD16Async, checked.bf16Out.get(),
+            reference::kPoisonBF16, checked.bf16Out.size() / 2, stream);
+    unfused->launchGrouped(checked.bf16Operands, stream);
+    waitFor(stream, options.timeoutSeconds,
+            launchWhat + ", the BF16 SwiGLU kernel");
+  }
+  // The BF16 output the FP64 reference checks.
+  const CUdeviceptr checkedOut =
+      quantized ? checked.bf16Out.get() : checked.out.get();
 
   // Each group against the FP64 reference of its own GEMM.
   std::vector<std::string> problems;
@@ -1309,7 +1467,7 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
     one.a = checked.a.get() + row * k;
     one.b = (swiglu ? checkpointB.get() : checked.b.get()) + group * n * k;
     one.scaleB = checked.scaleB.get() + 4 * group * blocksN * blocksK;
-    one.out = checked.out.get() + 2 * row * outCols;
+    one.out = checkedOut + 2 * row * outCols;
     one.m = count;
     one.n = c.n;
     one.k = c.k;
@@ -1394,7 +1552,10 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
       problems.push_back(std::to_string(written) +
                          " elements written outside the groups' rows" + when);
   };
-  untouched("");
+  if (quantized)
+    compareQuantized(checked, c, layout, problems);
+  else
+    untouched("");
 
   DeviceBuffer firstOut(std::max<size_t>(2, outElements * 2),
                         "copy of the checked output");
@@ -1406,7 +1567,30 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
       launches.push_back(kernel.prepareGrouped(set.operands));
     result.timing = timeLaunches(kernel, check, options, launches, stream,
                                  launchWhat + ", timed launches");
-    if (swiglu && unfused && modelKernels) {
+    if (quantized && modelKernels) {
+      // What the runtime runs without the fused quantization: the BF16
+      // SwiGLU kernel, then quantize over its [rows, I] output.
+      std::vector<GemmLaunch> bf16;
+      for (const Set &set : setList)
+        bf16.push_back(unfused->prepareGrouped(set.bf16Operands));
+      int64_t rows = int64_t(rowsA), cols = int64_t(outCols);
+      DeviceBuffer values(rowsA * outCols, "quantized intermediate");
+      DeviceBuffer scales(4 * rowsA * (outCols / 128), "intermediate scales");
+      QuantizedMatrix quantizedOut{
+          values.get(), scales.get(), rows, cols, 0, 0};
+      result.quantizedRows = rows;
+      result.fusedQuantize = timeWork(
+          check, options,
+          [&](int i) {
+            const Set &set = setList[i % setList.size()];
+            unfused->launch(bf16[i % bf16.size()], stream);
+            DeviceMatrix x{set.bf16Out.get(), rows, cols, cols,
+                           ElementType::BF16};
+            modelKernels->quantize(stream, x, quantizedOut);
+          },
+          stream, launchWhat + ", BF16 SwiGLU + quantize timed launches");
+    }
+    if (swiglu && !quantized && unfused && modelKernels) {
       // What the runtime runs today: the plain grouped GEMM into [rows, 2I]
       // (same bytes of B; its column order does not change the time), then
       // the swiglu kernel over the gate and up halves into [rows, I].
@@ -1490,7 +1674,8 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
     problems.push_back(std::to_string(differing) +
                        " elements differ when launched again on the same "
                        "inputs (a race?)");
-  untouched(" on the repeat");
+  if (!quantized)
+    untouched(" on the repeat");
 
   if (problems.empty()) {
     result.status = "ok";
@@ -1600,7 +1785,7 @@ int runGrouped(const Options &options, const GemmKernel &kernel,
   std::optional<GemmKernel> unfused;
   std::optional<ModelKernels> modelKernels;
   if (!options.unfusedCubinPath.empty()) {
-    if (config.epilogue != GemmEpilogue::Swiglu)
+    if (config.epilogue == GemmEpilogue::Store)
       usageError("--unfused needs a SwiGLU kernel");
     // The manifest beside the cubin, as for the kernel under test.
     std::string path = options.unfusedCubinPath;
@@ -1608,10 +1793,21 @@ int runGrouped(const Options &options, const GemmKernel &kernel,
     if (stem.size() > 6 && stem.compare(stem.size() - 6, 6, ".cubin") == 0)
       stem.resize(stem.size() - 6);
     GemmKernelConfig plain = loadGemmManifest(stem + ".json");
-    if (plain.grouping != config.grouping ||
-        plain.epilogue != GemmEpilogue::Store)
+    // The quantized kernel's reference is the BF16 SwiGLU kernel of the
+    // same tiling; the BF16 one's is the plain kernel of the same layout.
+    GemmEpilogue wanted = config.epilogue == GemmEpilogue::SwigluQuantize
+                              ? GemmEpilogue::Swiglu
+                              : GemmEpilogue::Store;
+    bool sameTiling = plain.blockM == config.blockM &&
+                      plain.blockN == config.blockN &&
+                      plain.stages == config.stages &&
+                      plain.consumerWarpgroups == config.consumerWarpgroups;
+    if (plain.grouping != config.grouping || plain.epilogue != wanted ||
+        (wanted == GemmEpilogue::Swiglu && !sameTiling))
       usageError("--unfused: " + path +
-                 " must be a plain grouped kernel of the same layout");
+                 (wanted == GemmEpilogue::Swiglu
+                      ? " must be the BF16 SwiGLU kernel of the same tiling"
+                      : " must be a plain grouped kernel of the same layout"));
     std::string image = readFile(path);
     unfused.emplace(image.data(), image.size(), plain);
     modelKernels.emplace();
@@ -1655,6 +1851,15 @@ int runGrouped(const Options &options, const GemmKernel &kernel,
                   cell(result.fusedQuantize.medianUs, "%.1f").c_str(),
                   cell(100 * (1 - result.fusedQuantize.medianUs /
                                       result.unfusedQuantize.medianUs),
+                       "%.1f")
+                      .c_str());
+    if (result.c.n > 0 && !std::isnan(result.fusedQuantize.medianUs) &&
+        std::isnan(result.unfusedQuantize.medianUs))
+      std::printf("    BF16 SwiGLU kernel + quantize: %s µs, the fused "
+                  "quantization saves %s%%\n",
+                  cell(result.fusedQuantize.medianUs, "%.1f").c_str(),
+                  cell(100 * (1 - result.timing.medianUs /
+                                      result.fusedQuantize.medianUs),
                        "%.1f")
                       .c_str());
     if (!std::isnan(result.quantizeAlone.medianUs)) {

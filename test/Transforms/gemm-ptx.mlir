@@ -115,6 +115,28 @@
 // SWIGLU-PTX: rcp.approx.ftz.f32
 // SWIGLU-PTX: cvt.rn.bf16x2.f32
 // SWIGLU-PTX: st.global.v4.b32
+// The quantized SwiGLU epilogue (gemm-abi.md "Quantized SwiGLU epilogue"):
+// no spills on the same tiles; the scales follow G; the pair's second tile
+// reduces the row maxima over the quad (two shuffles per row), divides by
+// the scales (IEEE division, the runtime quantizer's arithmetic), converts
+// pairs to E4M3 with saturation and stores 2-byte codes: 8 per tile and
+// row, 32 per thread.
+// RUN: %python %kiln_compile_gemm --kiln-opt %kiln_opt_path --ptxas %ptxas --out %t/swiglu-quantize --config 128,128,4,2,1,contiguous,swiglu_quantize --config 128,128,4,2,1,masked,swiglu_quantize --config 64,128,8,1,1,contiguous,swiglu_quantize --config 64,128,8,1,1,masked,swiglu_quantize | FileCheck %s --check-prefix=SWIGLU-Q
+// SWIGLU-Q: kiln_gemm_fp8_m128n128s4c2_contiguous_swiglu_quantize: {{[0-9]+}} registers, 0 spill bytes, 162892 B shared memory: ok
+// SWIGLU-Q: kiln_gemm_fp8_m128n128s4c2_masked_swiglu_quantize: {{[0-9]+}} registers, 0 spill bytes, 162892 B shared memory: ok
+// SWIGLU-Q: kiln_gemm_fp8_m64n128s8c1_contiguous_swiglu_quantize: 240 registers, 0 spill bytes, 219276 B shared memory: ok
+// SWIGLU-Q: kiln_gemm_fp8_m64n128s8c1_masked_swiglu_quantize: 240 registers, 0 spill bytes, 219276 B shared memory: ok
+// RUN: %python -c "import json; m = json.load(open('%t/swiglu-quantize/kiln_gemm_fp8_m128n128s4c2_contiguous_swiglu_quantize.json')); print(m['grouped'], m['epilogue'])" | FileCheck %s --check-prefix=SWIGLU-Q-MANIFEST
+// SWIGLU-Q-MANIFEST: contiguous swiglu_quantize
+// RUN: FileCheck %s --check-prefix=SWIGLU-Q-PTX --input-file %t/swiglu-quantize/kiln_gemm_fp8_m128n128s4c2_contiguous_swiglu_quantize.ptx
+// SWIGLU-Q-PTX: .param .u32 kiln_gemm_fp8_m128n128s4c2_contiguous_swiglu_quantize_param_9,
+// SWIGLU-Q-PTX-NEXT: .param .u64 {{.*}}_param_10
+// SWIGLU-Q-PTX: wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3
+// SWIGLU-Q-PTX-COUNT-32: ex2.approx.ftz.f32
+// SWIGLU-Q-PTX: shfl.sync.bfly.b32
+// SWIGLU-Q-PTX: div.rn.f32
+// SWIGLU-Q-PTX: cvt.rn.satfinite.e4m3x2.f32
+// SWIGLU-Q-PTX-COUNT-32: st.global.b16
 // The TMA-store epilogue (gemm-abi.md "TMA store") on a 192-wide tile: the
 // output's tensor map is the last parameter; one K block at a time (96 + 96
 // accumulator registers leave no room for a second partial), five scale

@@ -335,6 +335,29 @@ TEST(SwigluGemm, ManifestReadsTheEpilogue) {
                    {"bad.json", "swiglu", "block_n 128", "split_k 1"});
 }
 
+TEST(SwigluGemm, ManifestReadsTheQuantizedEpilogue) {
+  // kiln-compile-gemm.py's manifest of a quantized SwiGLU kernel: the
+  // epilogue round-trips; it has SwiGLU's constraints.
+  GemmKernelConfig config = parseGemmManifest(
+      R"({"kernel": "kiln_gemm_fp8_m128n128s4c2_contiguous_swiglu_quantize",
+          "block_m": 128, "block_n": 128, "stages": 4,
+          "consumer_warpgroups": 2, "split_k": 1, "threads": 384,
+          "smem_bytes": 162892, "grouped": "contiguous",
+          "epilogue": "swiglu_quantize"})",
+      "swiglu_quantize.json");
+  EXPECT_EQ(config.epilogue, GemmEpilogue::SwigluQuantize);
+  EXPECT_EQ(parseGemmManifest(toManifestJson(config), "round trip").epilogue,
+            GemmEpilogue::SwigluQuantize);
+  expectMentions(errorOf([] {
+                   parseGemmManifest(
+                       R"({"kernel": "k", "block_m": 128, "block_n": 128,
+                           "stages": 4, "consumer_warpgroups": 2,
+                           "epilogue": "swiglu_quantize"})",
+                       "bad.json");
+                 }),
+                 {"bad.json", "swiglu_quantize", "grouped", "block_n 128"});
+}
+
 TEST(SwigluWeights, InterleavesGateAndUpInBlocksOf64Rows) {
   // Two experts, I = 128, rows of 3 bytes: byte 0 names the expert, bytes
   // 1-2 the checkpoint row (gate rows 0-127, up rows 128-255).

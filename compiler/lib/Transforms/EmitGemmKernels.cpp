@@ -78,6 +78,7 @@ public:
     clusterM = config.getClusterM();
     swiglu = config.getSwiglu();
     tmaStore = config.getTmaStore();
+    quantize = config.getQuantize();
     std::string name = config.getKernelName();
     structType = "!llvm.struct<(";
     for (int64_t i = 0; i < accRegs; ++i)
@@ -112,6 +113,7 @@ public:
          "i32" +
          std::string(splitK > 1 ? ", %workspace: !llvm.ptr<1>" : "") +
          std::string(grouped ? ", %groups: !llvm.ptr<1>, %G: i32" : "") +
+         std::string(quantize ? ", %outScales: !llvm.ptr<1>" : "") +
          std::string(tmaStore ? ", %tmC: !llvm.ptr {llvm.align = 64 : i64, "
                                 "llvm.byval = !llvm.array<128 x i8>, "
                                 "nvvm.grid_constant}"
@@ -422,6 +424,8 @@ private:
       writeSplitEpilogue(bm, bn, accRegs);
     } else if (tmaStore) {
       writeTmaStores(bn);
+    } else if (quantize) {
+      writeQuantizedSwiglu(finalAcc);
     } else {
       writeStores(swiglu ? writeSwiglu(finalAcc) : plainStores(finalAcc));
     }
@@ -763,6 +767,28 @@ private:
            "iter_args(%it = %c0) -> (i32) : i32 {");
       return;
     }
+    if (quantize) {
+      // Pairs of tiles (2p, 2p + 1): the same rows, adjacent 64-column
+      // halves of one 128-column scale block of the intermediate (every
+      // group has an even number of N tiles). A block runs both of a pair,
+      // in order, before its next pair; %half tells them apart.
+      emit("%numTilePairs = arith.divui %numTiles, %c2 : i32");
+      emit("%tilePairsLeft0 = arith.subi %numTilePairs, %bid : i32");
+      emit("%tilePairsLeft = arith.maxsi %tilePairsLeft0, %c0 : i32");
+      emit("%nbidLess1 = arith.subi %nbid, %c1 : i32");
+      emit("%tilePairsRounded = arith.addi %tilePairsLeft, %nbidLess1 : i32");
+      emit("%myTilePairs = arith.divui %tilePairsRounded, %nbid : i32");
+      emit("%mySlots = arith.muli %myTilePairs, %c2 : i32");
+      emit("%done = scf.for %slot = %c0 to %mySlots step %c1 "
+           "iter_args(%it = %c0) -> (i32) : i32 {");
+      emit("%slotTilePair = arith.shrui %slot, %c1 : i32");
+      emit("%tilePairStep = arith.muli %slotTilePair, %nbid : i32");
+      emit("%tilePair = arith.addi %bid, %tilePairStep : i32");
+      emit("%tilePairFirst = arith.muli %tilePair, %c2 : i32");
+      emit("%half = arith.andi %slot, %c1 : i32");
+      emit("%tile = arith.addi %tilePairFirst, %half : i32");
+      return;
+    }
     if (splitK == 1) {
       emit("%done = scf.for %tile = %bid to %numTiles step %nbid "
            "iter_args(%it = %c0) -> (i32) : i32 {");
@@ -988,6 +1014,202 @@ private:
       out = next;
     }
     return {out, type, "%swiN", "%swiN64", "%swiNOff", config.getBlockN() / 2};
+  }
+
+  /// The quantized SwiGLU epilogue (gemm-abi.md "Quantized SwiGLU
+  /// epilogue"): h = silu(gate) * up rounded to BF16, as the unfused path
+  /// stores it, then DeepSeek-V3's 1x128 quantization of the down
+  /// projection's input with the runtime quantizer's exact arithmetic: s =
+  /// max(amax, 1e-4) / 448 per row and 128 columns, codes e4m3(h / s)
+  /// (IEEE division, round to nearest, saturating). A scale block is the
+  /// 64 columns of this tile and the 64 of the other tile of its pair, so
+  /// the pair's first tile leaves its BF16 values and its two row maxima
+  /// in this thread's stash (the BF16 staging, which this epilogue does not
+  /// otherwise use: word w of consumer thread t at w * threads + t, no bank
+  /// conflicts, no barrier since only the thread reads it); the second
+  /// reduces the maxima over both tiles and the row's quad of lanes and
+  /// stores both tiles' codes and the scales. Register i of the m64n64
+  /// fragment is at row r (+8 for i % 4 >= 2), column 8 * (i / 4) + 2 *
+  /// (lane % 4) + i % 2, so each pair (i, i + 1) is one 2-byte store.
+  void writeQuantizedSwiglu(const std::string &acc) {
+    Stores h = writeSwiglu(acc);
+    int64_t values = config.getBlockN() / 4; // 32: an m64n64 fragment
+    int64_t threads = 128 * config.getConsumers();
+    // BF16 rounding, packed pairs for the stash and their f32 values.
+    std::vector<std::string> own(values), words(values / 2);
+    for (int64_t i = 0; i < values; i += 2) {
+      std::string n = std::to_string(i);
+      std::string vec = "%qU" + n;
+      emit(vec + " = llvm.mlir.undef : vector<2xf32>");
+      for (int64_t e = 0; e < 2; ++e) {
+        std::string x = "%qX" + n + "_" + std::to_string(e);
+        emit(x + "s = llvm.extractvalue " + h.acc + "[" +
+             std::to_string(i + e) + "] : " + h.type);
+        emit(x + " = llvm.insertelement " + x + "s, " + vec + "[" + i32(e) +
+             " : i32] : vector<2xf32>");
+        vec = x;
+      }
+      emit("%qB" + n + " = arith.truncf " + vec +
+           " : vector<2xf32> to vector<2xbf16>");
+      words[i / 2] = "%qW" + n;
+      emit(words[i / 2] + " = llvm.bitcast %qB" + n +
+           " : vector<2xbf16> to i32");
+      bf16PairValues("%qB" + n, "%qV" + n, own, i);
+    }
+    std::string ownMax0 = rowMax(own, 0, "%qOwnMax0");
+    std::string ownMax1 = rowMax(own, 1, "%qOwnMax1");
+    // The stash: word w of this thread at epilogue + 4 * (w * threads + t).
+    emit("%qThread = arith.subi %tid, %c128 : i32");
+    emit("%qThreadOff = arith.muli %qThread, %c4 : i32");
+    emit("%qStashAt = arith.addi %qThreadOff, " + i32(layout.epilogue) +
+         " : i32");
+    emit("%qStash = llvm.getelementptr %smem[%qStashAt] : (!llvm.ptr<3>, "
+         "i32) -> !llvm.ptr<3>, i8");
+    auto stashWord = [&](int64_t w) {
+      std::string ptr = "%qStashW" + std::to_string(w);
+      emit(ptr + " = llvm.getelementptr %qStash[" + i32(4 * w * threads) +
+           "] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8");
+      return ptr;
+    };
+    int64_t maxWord = values / 2;
+    emit("%qFirst = arith.cmpi eq, %half, %c0 : i32");
+    emit("scf.if %qFirst {");
+    for (int64_t w = 0; w < values / 2; ++w)
+      emit("llvm.store " + words[w] + ", " + stashWord(w) +
+           " : i32, !llvm.ptr<3>");
+    emit("llvm.store " + ownMax0 + ", " + stashWord(maxWord) +
+         " : f32, !llvm.ptr<3>");
+    emit("llvm.store " + ownMax1 + ", " + stashWord(maxWord + 1) +
+         " : f32, !llvm.ptr<3>");
+    emit("} else {");
+    std::vector<std::string> stashed(values);
+    for (int64_t w = 0; w < values / 2; ++w) {
+      std::string n = std::to_string(2 * w);
+      emit("%qSW" + n + " = llvm.load " + stashWord(w) +
+           " : !llvm.ptr<3> -> i32");
+      emit("%qSB" + n + " = llvm.bitcast %qSW" + n +
+           " : i32 to vector<2xbf16>");
+      bf16PairValues("%qSB" + n, "%qSV" + n, stashed, 2 * w);
+    }
+    emit("%qSMax0 = llvm.load " + stashWord(maxWord) +
+         " : !llvm.ptr<3> -> f32");
+    emit("%qSMax1 = llvm.load " + stashWord(maxWord + 1) +
+         " : !llvm.ptr<3> -> f32");
+    emit("%qQuadMask = arith.constant -1 : i32");
+    emit("%qMinAmax = arith.constant 0x38D1B717 : f32"); // 1e-4f
+    emit("%qE4M3Max = arith.constant 448.0 : f32");
+    // Rows: this thread's two, inside the group or not stored.
+    std::string rowLimit = "%groupRows";
+    emit("%qI = arith.divui %N, %c2 : i32");
+    emit("%qIW = arith.extui %qI : i32 to i64");
+    emit("%qScaleBlocks = arith.divui %qI, %c128 : i32");
+    emit("%qScaleBase = arith.muli %qScaleBlocks, %groupRow : i32");
+    emit("%qBlock = arith.divui %swiNOff, %c128 : i32");
+    emit("%qBlockAt = arith.muli %qBlock, " + aScaleStride() + " : i32");
+    emit("%qScaleRowBase = arith.addi %qScaleBase, %qBlockAt : i32");
+    emit("%qIsQuad0 = arith.cmpi eq, %laneQuad, %c0 : i32");
+    // Columns of this thread's first pair in the first and second tiles.
+    emit("%qQuadCol = arith.muli %laneQuad, %c2 : i32");
+    emit("%qCol1 = arith.addi %swiNOff, %qQuadCol : i32");
+    emit("%qCol0 = arith.subi %qCol1, %c64 : i32");
+    emit("%qCol0W = arith.extui %qCol0 : i32 to i64");
+    emit("%qCol1W = arith.extui %qCol1 : i32 to i64");
+    for (int64_t r = 0; r < 2; ++r) {
+      std::string rs = std::to_string(r);
+      std::string amax = "%qAmax" + rs;
+      emit(amax + "a = arith.maxnumf " + std::string(r ? ownMax1 : ownMax0) +
+           ", %qSMax" + rs + " : f32");
+      // The row's 128 columns lie in the 4 lanes of a quad.
+      std::string reduced = amax + "a";
+      for (int64_t d : {1, 2}) {
+        std::string ds = std::to_string(d);
+        emit(amax + "x" + ds + " = nvvm.shfl.sync bfly %qQuadMask, " + reduced +
+             ", " + i32(d) + ", " + i32(31) + " : f32 -> f32");
+        emit(amax + "m" + ds + " = arith.maxnumf " + reduced + ", " + amax +
+             "x" + ds + " : f32");
+        reduced = amax + "m" + ds;
+      }
+      emit("%qFloor" + rs + " = arith.maxnumf " + reduced +
+           ", %qMinAmax : f32");
+      emit("%qScale" + rs + " = arith.divf %qFloor" + rs +
+           ", %qE4M3Max : f32");
+      std::string row = "%row" + rs;
+      emit("%qRowOk" + rs + " = arith.cmpi ult, " + row + ", " + rowLimit +
+           " : i32");
+      emit("scf.if %qRowOk" + rs + " {");
+      emit("%qRowG" + rs + " = arith.addi %groupRow, " + row + " : i32");
+      emit("%qRowGW" + rs + " = arith.extui %qRowG" + rs + " : i32 to i64");
+      emit("%qRowAt" + rs + " = arith.muli %qRowGW" + rs + ", %qIW : i64");
+      for (int64_t t = 0; t < 2; ++t) {
+        const std::vector<std::string> &vals = t ? own : stashed;
+        std::string ts = rs + "_" + std::to_string(t);
+        emit("%qAt" + ts + " = arith.addi %qRowAt" + rs + ", %qCol" +
+             std::to_string(t) + "W : i64");
+        emit("%qPtr" + ts + " = llvm.getelementptr %out[%qAt" + ts +
+             "] : (!llvm.ptr<1>, i64) -> !llvm.ptr<1>, i8");
+        for (int64_t i = 2 * r; i < values; i += 4) {
+          std::string n = ts + "_" + std::to_string(i);
+          // Pair (i, i + 1) is columns c, c + 1: c's code in the low byte.
+          for (int64_t e = 0; e < 2; ++e)
+            emit("%qQ" + n + "_" + std::to_string(e) + " = arith.divf " +
+                 vals[i + e] + ", %qScale" + rs + " : f32");
+          emit("%qC" + n + " = nvvm.convert.f32x2.to.f8x2 %qQ" + n +
+               "_1, %qQ" + n +
+               "_0 {rnd = #nvvm.fp_rnd_mode<rn>, sat = "
+               "#nvvm.sat_mode<satfinite>} : i16 (f8E4M3FN)");
+          emit("%qP" + n + " = llvm.getelementptr %qPtr" + ts + "[" +
+               i32(8 * (i / 4)) +
+               "] : (!llvm.ptr<1>, i32) -> !llvm.ptr<1>, i8");
+          emit("llvm.store %qC" + n + ", %qP" + n +
+               " {alignment = 2 : i64} : i16, !llvm.ptr<1>");
+        }
+      }
+      emit("scf.if %qIsQuad0 {");
+      emit("%qScaleAt" + rs + " = arith.addi %qScaleRowBase, " + row +
+           " : i32");
+      emit("%qScalePtr" + rs + " = llvm.getelementptr %outScales[%qScaleAt" +
+           rs + "] : (!llvm.ptr<1>, i32) -> !llvm.ptr<1>, f32");
+      emit("llvm.store %qScale" + rs + ", %qScalePtr" + rs +
+           " : f32, !llvm.ptr<1>");
+      emit("}");
+      emit("}");
+    }
+    emit("}");
+  }
+
+  /// The two f32 values of the BF16 pair `pair` (vector<2xbf16>), named
+  /// `prefix`_0 and _1, into `into[at]` and `into[at + 1]`.
+  void bf16PairValues(const std::string &pair, const std::string &prefix,
+                      std::vector<std::string> &into, int64_t at) {
+    emit(prefix + "f = arith.extf " + pair +
+         " : vector<2xbf16> to vector<2xf32>");
+    for (int64_t e = 0; e < 2; ++e) {
+      std::string x = prefix + "_" + std::to_string(e);
+      emit(x + " = llvm.extractelement " + prefix + "f[" + i32(e) +
+           " : i32] : vector<2xf32>");
+      into[at + e] = x;
+    }
+  }
+
+  /// max |v| over the values of fragment row `row` (0: registers i with
+  /// i % 4 < 2, 1: the others) of `values`, named `name`.
+  std::string rowMax(const std::vector<std::string> &values, int64_t row,
+                     const std::string &name) {
+    std::string running;
+    for (size_t i = 0; i < values.size(); ++i) {
+      if (int64_t(i % 4 >= 2) != row)
+        continue;
+      std::string abs = name + "Abs" + std::to_string(i);
+      emit(abs + " = llvm.intr.fabs(" + values[i] + ") : (f32) -> f32");
+      if (running.empty()) {
+        running = abs;
+        continue;
+      }
+      std::string next = name + "M" + std::to_string(i);
+      emit(next + " = arith.maxnumf " + running + ", " + abs + " : f32");
+      running = next;
+    }
+    return running;
   }
 
   /// Converts the accumulator `acc` to BF16 and stores the elements inside
@@ -1571,6 +1793,9 @@ private:
   std::string structType;
   /// Whether the epilogue stores with TMA (config store = tma).
   bool tmaStore = false;
+  /// The quantized SwiGLU epilogue: tiles go in pairs that share the
+  /// intermediate's 1x128 scale blocks (config epilogue = swiglu_quantize).
+  bool quantize = false;
   /// The main loop's result: the tile's FP32 accumulator.
   std::string finalAcc;
   std::ostringstream body, constants;

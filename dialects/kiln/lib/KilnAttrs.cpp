@@ -94,7 +94,7 @@ GemmConfigAttr::verify(function_ref<InFlightDiagnostic()> emitError,
                        int64_t blockM, int64_t blockN, int64_t stages,
                        int64_t consumers, int64_t splitK,
                        std::optional<GroupLayout> grouped, int64_t clusterM,
-                       bool swiglu, bool tmaStore) {
+                       bool swiglu, bool tmaStore, bool quantize) {
   if (consumers < 1 || consumers > 2)
     return emitError() << "gemm_config: consumers must be 1 or 2, got "
                        << consumers;
@@ -133,6 +133,15 @@ GemmConfigAttr::verify(function_ref<InFlightDiagnostic()> emitError,
   if (swiglu && (blockN != 128 || !grouped || splitK != 1))
     return emitError() << "gemm_config: epilogue = swiglu needs block_n = "
                           "128, 'grouped' and split_k = 1";
+  // The quantized output is the SwiGLU intermediate's (the down
+  // projection's input); its first tile's stash fits the BF16 staging.
+  if (quantize && !swiglu)
+    return emitError() << "gemm_config: the quantized output is SwiGLU's "
+                          "(epilogue = swiglu_quantize)";
+  // (Two consumer threads per row of the tile.)
+  if (quantize && 2 * kQuantizeStashWords * 4 > getEpilogueRowBytes(blockN))
+    return emitError() << "gemm_config: the quantized SwiGLU stash does not "
+                          "fit the epilogue staging";
   // TMA stores whole 64-column boxes of a consumer's 64 rows; a grouped
   // tile's rows may belong to two groups, and split-K reduces in registers.
   if (tmaStore && (grouped || splitK != 1 || swiglu || blockN % 64 != 0))
@@ -162,7 +171,8 @@ Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
       parser.parseComma() || parseKey("consumers", consumers))
     return {};
   // Optional keys, each at most once, in any order.
-  bool seenSplit = false, seenCluster = false, swiglu = false, tmaStore = false;
+  bool seenSplit = false, seenCluster = false, swiglu = false, tmaStore = false,
+       quantize = false;
   int64_t clusterM = 1;
   while (succeeded(parser.parseOptionalComma())) {
     StringRef key;
@@ -186,12 +196,14 @@ Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
       SMLoc kindAt = parser.getCurrentLocation();
       if (parser.parseKeyword(&kind))
         return {};
-      if (kind != "swiglu") {
-        parser.emitError(kindAt, "epilogue must be 'swiglu', got '")
+      if (kind != "swiglu" && kind != "swiglu_quantize") {
+        parser.emitError(kindAt, "epilogue must be 'swiglu' or "
+                                 "'swiglu_quantize', got '")
             << kind << "'";
         return {};
       }
       swiglu = true;
+      quantize = kind == "swiglu_quantize";
       continue;
     }
     if (key == "store" && !tmaStore) {
@@ -210,7 +222,8 @@ Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
     if (key != "grouped" || grouped || parser.parseKeyword(&layout)) {
       parser.emitError(at, "expected 'split_k = N', 'cluster_m = N', "
                            "'grouped = contiguous|masked', 'epilogue = "
-                           "swiglu' or 'store = tma', each at most once");
+                           "swiglu|swiglu_quantize' or 'store = tma', each "
+                           "at most once");
       return {};
     }
     grouped = symbolizeGroupLayout(layout);
@@ -224,7 +237,7 @@ Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
     return {};
   return getChecked([&] { return parser.emitError(parser.getNameLoc()); },
                     parser.getContext(), blockM, blockN, stages, consumers,
-                    splitK, grouped, clusterM, swiglu, tmaStore);
+                    splitK, grouped, clusterM, swiglu, tmaStore, quantize);
 }
 
 void GemmConfigAttr::print(AsmPrinter &printer) const {
@@ -237,7 +250,8 @@ void GemmConfigAttr::print(AsmPrinter &printer) const {
   if (getGrouped())
     printer << ", grouped = " << stringifyGroupLayout(*getGrouped());
   if (getSwiglu())
-    printer << ", epilogue = swiglu";
+    printer << ", epilogue = "
+            << (getQuantize() ? "swiglu_quantize" : "swiglu");
   if (getTmaStore())
     printer << ", store = tma";
   printer << ">";
@@ -250,5 +264,6 @@ std::string GemmConfigAttr::getKernelName() const {
          (getSplitK() > 1 ? "k" + std::to_string(getSplitK()) : "") +
          (getClusterM() > 1 ? "x" + std::to_string(getClusterM()) : "") +
          (getGrouped() ? "_" + stringifyGroupLayout(*getGrouped()).str() : "") +
-         (getSwiglu() ? "_swiglu" : "") + (getTmaStore() ? "_tma" : "");
+         (getSwiglu() ? "_swiglu" : "") + (getQuantize() ? "_quantize" : "") +
+         (getTmaStore() ? "_tma" : "");
 }

@@ -110,6 +110,8 @@ void checkParameters(CUfunction function, const GemmKernelConfig &config,
     expected.push_back(8);
   if (config.grouping != GemmGrouping::None)
     expected.insert(expected.end(), {8, 4});
+  if (config.epilogue == GemmEpilogue::SwigluQuantize)
+    expected.push_back(8);
   if (config.operandPointers)
     expected.insert(expected.end(), {8, 8});
   if (config.tmaStore)
@@ -141,6 +143,9 @@ void checkParameters(CUfunction function, const GemmKernelConfig &config,
       "M, N, K" +
       (config.splitK > 1 ? ", workspace (split_k > 1)" : "") +
       (config.grouping != GemmGrouping::None ? ", groups, G (grouped)" : "") +
+      (config.epilogue == GemmEpilogue::SwigluQuantize
+           ? ", outScales (epilogue swiglu_quantize)"
+           : "") +
       (config.operandPointers ? ", a, b (operand_pointers)" : "") +
       (config.tmaStore ? ", tmOut (store tma)" : ""));
 }
@@ -190,11 +195,11 @@ void GemmKernelConfig::validate(const std::string &origin) const {
                         operandPointers || blockN % 16 != 0))
     fail("cluster_m = 2 needs split_k = 1, a plain kernel and block_n a "
          "multiple of 16");
-  if (epilogue == GemmEpilogue::Swiglu &&
+  if (epilogue != GemmEpilogue::Store &&
       (grouping == GemmGrouping::None || blockN != 128 || splitK != 1 ||
        operandPointers))
-    fail("epilogue swiglu needs a grouped kernel with block_n 128 and "
-         "split_k 1");
+    fail("epilogue swiglu and swiglu_quantize need a grouped kernel with "
+         "block_n 128 and split_k 1");
   if (tmaStore &&
       (grouping != GemmGrouping::None || splitK != 1 || operandPointers ||
        epilogue != GemmEpilogue::Store || blockN % 64 != 0))
@@ -265,10 +270,13 @@ GemmKernelConfig parseGemmManifest(const std::string &json,
                   grouped->dump());
   }
   if (auto epilogue = manifest.find("epilogue"); epilogue != manifest.end()) {
-    if (*epilogue != "swiglu")
-      throw Error(origin + ": field \"epilogue\" must be \"swiglu\", got " +
+    if (*epilogue != "swiglu" && *epilogue != "swiglu_quantize")
+      throw Error(origin +
+                  ": field \"epilogue\" must be \"swiglu\" or "
+                  "\"swiglu_quantize\", got " +
                   epilogue->dump());
-    config.epilogue = GemmEpilogue::Swiglu;
+    config.epilogue = *epilogue == "swiglu" ? GemmEpilogue::Swiglu
+                                            : GemmEpilogue::SwigluQuantize;
   }
   if (auto store = manifest.find("store"); store != manifest.end()) {
     if (*store != "tma")
@@ -315,6 +323,8 @@ std::string toManifestJson(const GemmKernelConfig &config) {
         config.grouping == GemmGrouping::Contiguous ? "contiguous" : "masked";
   if (config.epilogue == GemmEpilogue::Swiglu)
     manifest["epilogue"] = "swiglu";
+  if (config.epilogue == GemmEpilogue::SwigluQuantize)
+    manifest["epilogue"] = "swiglu_quantize";
   if (config.tmaStore)
     manifest["store"] = "tma";
   return manifest.dump(2) + "\n";
@@ -567,9 +577,13 @@ GemmKernel::prepareGrouped(const GroupedGemmOperands &grouped) const {
     throw Error(context + ": G must be 1 to " + std::to_string(kMaxGemmGroups));
   // Each 128-wide tile pairs 64 gate and 64 up rows whose weight scales are
   // the 128-row blocks t / 2 and I / 128 + t / 2: I must be whole blocks.
-  if (cfg.epilogue == GemmEpilogue::Swiglu && operands.n % 256 != 0)
+  if (cfg.epilogue != GemmEpilogue::Store && operands.n % 256 != 0)
     throw Error(context + ": a SwiGLU kernel needs N = 2 * intermediate a "
                           "multiple of 256");
+  if (cfg.epilogue == GemmEpilogue::SwigluQuantize &&
+      (grouped.outScales == 0 || grouped.outScales % 4 != 0))
+    throw Error(context + ": a quantized SwiGLU kernel needs the output "
+                          "scales as a 4-byte aligned device pointer");
   if (grouped.groups == 0 || grouped.groups % 4 != 0)
     throw Error(
         context + ": the group " +
@@ -593,6 +607,7 @@ GemmKernel::prepareGrouped(const GroupedGemmOperands &grouped) const {
   launch.operands = operands;
   launch.groups = grouped.groups;
   launch.numGroups = groups;
+  launch.outScales = grouped.outScales;
   launch.gridSize =
       groupedGemmGridSize(cfg, operands.m, groups, operands.n, multiprocessors);
   useOwnWorkspace(
@@ -627,7 +642,8 @@ void GemmKernel::launch(const GemmLaunch &prepared, CUstream stream) const {
   GemmOperands operands = prepared.operands;
   CUdeviceptr groups = prepared.groups;
   int numGroups = prepared.numGroups;
-  void *parameters[12] = {&tensorMapA,      &tensorMapB,   &operands.scaleA,
+  CUdeviceptr outScales = prepared.outScales;
+  void *parameters[13] = {&tensorMapA,      &tensorMapB,   &operands.scaleA,
                           &operands.scaleB, &operands.out, &operands.m,
                           &operands.n,      &operands.k};
   // After K: the workspace (split-K), then groups and G (grouped), or A and
@@ -639,6 +655,8 @@ void GemmKernel::launch(const GemmLaunch &prepared, CUstream stream) const {
     parameters[next++] = &groups;
     parameters[next++] = &numGroups;
   }
+  if (cfg.epilogue == GemmEpilogue::SwigluQuantize)
+    parameters[next++] = &outScales;
   if (cfg.operandPointers) {
     parameters[next++] = &operands.a;
     parameters[next++] = &operands.b;

@@ -91,7 +91,7 @@ func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n =
 
 // -----
 
-// expected-error @+1 {{expected 'split_k = N', 'cluster_m = N', 'grouped = contiguous|masked', 'epilogue = swiglu' or 'store = tma', each at most once}}
+// expected-error @+1 {{expected 'split_k = N', 'cluster_m = N', 'grouped = contiguous|masked', 'epilogue = swiglu|swiglu_quantize' or 'store = tma', each at most once}}
 func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 2, split_k = 2>}
 
 // -----
@@ -121,7 +121,7 @@ func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n =
 
 // -----
 
-// expected-error @+1 {{epilogue must be 'swiglu', got 'gelu'}}
+// expected-error @+1 {{epilogue must be 'swiglu' or 'swiglu_quantize', got 'gelu'}}
 func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, grouped = contiguous, epilogue = gelu>}
 
 // -----
@@ -171,3 +171,9 @@ func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n =
 // only with the latter.
 // expected-error @+1 {{gemm_config: 255056 bytes of shared memory exceed the 232448 of an sm_90 block}}
 func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 192, stages = 5, consumers = 2, store = tma>}
+
+// -----
+
+// The quantized epilogue has SwiGLU's constraints (block_n = 128 here).
+// expected-error @+1 {{gemm_config: epilogue = swiglu needs block_n = 128, 'grouped' and split_k = 1}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 64, stages = 8, consumers = 2, grouped = contiguous, epilogue = swiglu_quantize>}

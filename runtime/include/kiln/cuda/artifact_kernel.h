@@ -34,8 +34,10 @@ inline GemmKernel loadArtifactGemmKernel(const ArtifactKernel &k,
   cfg.grouping = k.grouped == "contiguous" ? GemmGrouping::Contiguous
                  : k.grouped == "masked"   ? GemmGrouping::Masked
                                            : GemmGrouping::None;
-  cfg.epilogue =
-      k.epilogue == "swiglu" ? GemmEpilogue::Swiglu : GemmEpilogue::Store;
+  cfg.epilogue = k.epilogue == "swiglu" ? GemmEpilogue::Swiglu
+                 : k.epilogue == "swiglu_quantize"
+                     ? GemmEpilogue::SwigluQuantize
+                     : GemmEpilogue::Store;
   cfg.tmaStore = k.store == "tma";
   cfg.validate(origin + ": kernel " + k.name);
   if (k.cubin.empty())

@@ -36,8 +36,9 @@ enum class GemmGrouping { None, Contiguous, Masked };
 
 /// What a kernel stores: the product, or (grouped kernels over interleaved
 /// gate/up weights, gemm-abi.md "SwiGLU epilogue") silu(gate) · up, N / 2
-/// columns.
-enum class GemmEpilogue { Store, Swiglu };
+/// columns, in BF16 or (SwigluQuantize, gemm-abi.md "Quantized SwiGLU
+/// epilogue") as E4M3 codes and 1×128 scales, the down projection's input.
+enum class GemmEpilogue { Store, Swiglu, SwigluQuantize };
 
 /// Groups a grouped kernel accepts (its group tables live in shared memory).
 constexpr int kMaxGemmGroups = 1024;
@@ -70,7 +71,10 @@ struct GemmKernelConfig {
   /// rows) and multicasts it to its peer, and the grid is whole clusters.
   int clusterM = 1;
   /// Swiglu: a grouped kernel with block_n 128 and split_k 1 whose output
-  /// has N / 2 columns (manifest "epilogue": "swiglu").
+  /// has N / 2 columns (manifest "epilogue": "swiglu"); SwigluQuantize the
+  /// same, stored as E4M3 codes with their scales in
+  /// GroupedGemmOperands::outScales, a parameter after G (manifest
+  /// "epilogue": "swiglu_quantize").
   GemmEpilogue epilogue = GemmEpilogue::Store;
   /// The kernel stores its output with TMA through a tensor map of `out`,
   /// its last parameter (manifest "store": "tma"; gemm-abi.md "TMA store"):
@@ -153,6 +157,13 @@ struct GroupedGemmOperands {
   /// artifact.md) or G row counts (masked). Read by the kernel only.
   CUdeviceptr groups = 0;
   int numGroups = 0;
+  /// SwigluQuantize kernels: `gemm.out` receives the E4M3 codes [rows, I]
+  /// (I = N / 2, 1-byte elements), this the FP32 scales, one per row and
+  /// 128 columns, in the grouped layout the down projection's A scales use
+  /// (gemm-abi.md "Grouped kernels"): contiguous, group g's [I/128][count_g]
+  /// from (I/128)·offsets[g]; masked, slab g's [I/128][maxRows] from
+  /// (I/128)·g·maxRows. Rows outside the groups get neither codes nor scales.
+  CUdeviceptr outScales = 0;
 };
 
 /// Tiles of a grouped launch whatever the group sizes turn out to be (the
@@ -181,6 +192,8 @@ struct GemmLaunch {
   /// Grouped kernels: the offsets or counts, and G.
   CUdeviceptr groups = 0;
   int numGroups = 0;
+  /// SwigluQuantize kernels: the scales of the quantized output.
+  CUdeviceptr outScales = 0;
 };
 
 /// The kernel's resources as the driver reports them.

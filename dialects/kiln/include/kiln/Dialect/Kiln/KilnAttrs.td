@@ -124,7 +124,12 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
     B is the gate/up weight interleaved in blocks of 64 rows, so each tile
     holds 64 gate and the same 64 up columns, and the kernel stores
     silu(gate) * up, an output of N / 2 columns (gemm-abi.md "SwiGLU
-    epilogue"). `store = tma` (plain kernels, split_k = 1, block_n a multiple
+    epilogue"). `epilogue = swiglu_quantize` does the same and stores the
+    result as the down projection's input: E4M3 codes with one FP32 scale
+    per 1x128 block of a row, the scales in the grouped layout the down GEMM
+    reads (N a multiple of 256; gemm-abi.md "Quantized SwiGLU epilogue").
+    A scale block spans two tiles, so each block computes both, one after the
+    other. `store = tma` (plain kernels, split_k = 1, block_n a multiple
     of 64) writes each consumer warpgroup's BF16 rows into shared memory in
     the 128-byte swizzled layout and stores them with TMA
     (`cp.async.bulk.tensor`, a tensor map of the output as the last
@@ -138,6 +143,7 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
     #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, grouped = masked>
     #kiln.gemm_config<block_m = 128, block_n = 128, stages = 6, consumers = 2, cluster_m = 2>
     #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, grouped = contiguous, epilogue = swiglu>
+    #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, grouped = contiguous, epilogue = swiglu_quantize>
     #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, store = tma>
     ```
   }];
@@ -147,27 +153,32 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
                         OptionalParameter<"std::optional<::kiln::GroupLayout>">:$grouped,
                         DefaultValuedParameter<"int64_t", "1">:$clusterM,
                         DefaultValuedParameter<"bool", "false">:$swiglu,
-                        DefaultValuedParameter<"bool", "false">:$tmaStore);
+                        DefaultValuedParameter<"bool", "false">:$tmaStore,
+                        DefaultValuedParameter<"bool", "false">:$quantize);
   let builders = [
     AttrBuilder<(ins "int64_t":$blockM, "int64_t":$blockN, "int64_t":$stages,
                      "int64_t":$consumers, CArg<"int64_t", "1">:$splitK,
                      CArg<"std::optional<::kiln::GroupLayout>", "std::nullopt">:$grouped,
                      CArg<"int64_t", "1">:$clusterM,
                      CArg<"bool", "false">:$swiglu,
-                     CArg<"bool", "false">:$tmaStore), [{
+                     CArg<"bool", "false">:$tmaStore,
+                     CArg<"bool", "false">:$quantize), [{
       return $_get($_ctxt, blockM, blockN, stages, consumers, splitK, grouped,
-                   clusterM, swiglu, tmaStore);
+                   clusterM, swiglu, tmaStore, quantize);
     }]>
   ];
   let skipDefaultBuilders = 1;
   // `<block_m = .., block_n = .., stages = .., consumers = ..
   //   [, split_k = ..] [, cluster_m = ..] [, grouped = contiguous|masked]
-  //   [, epilogue = swiglu] [, store = tma]>`;
+  //   [, epilogue = swiglu|swiglu_quantize] [, store = tma]>`;
   // the optional keys all follow a comma, which the declarative format
   // cannot tell apart.
   let hasCustomAssemblyFormat = 1;
   let genVerifyDecl = 1;
   let extraClassDeclaration = [{
+    /// The quantized SwiGLU epilogue's per-thread stash of a pair's first
+    /// tile: its 32 BF16 values (16 words) and the thread's two row maxima.
+    static constexpr int64_t kQuantizeStashWords = 18;
     /// Threads per block: the producer warpgroup and the consumers.
     int64_t getThreads() const { return 128 * (1 + getConsumers()); }
     /// Groups a grouped kernel accepts: its per-group tables live in shared
@@ -190,6 +201,9 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
     }
     /// The BF16 epilogue's staging: 16 rows per consumer warp; with the
     /// TMA store the whole BF16 tile, in 64-column boxes of 128-byte rows.
+    /// (The quantized SwiGLU epilogue keeps the first tile of a pair there,
+    /// kQuantizeStashWords per consumer thread, which is exactly the
+    /// staging of a 128-wide tile.)
     static int64_t getEpilogueBytes(int64_t blockM, int64_t blockN,
                                     bool tmaStore) {
       return tmaStore ? blockM * blockN * 2
