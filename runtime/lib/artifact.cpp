@@ -934,12 +934,20 @@ void validatePlan(const Artifact &artifact, const std::string &planName,
                                  : "a contiguous grouped kernel"));
       // A SwiGLU kernel reads the experts' gate and up weights (interleaved
       // at load) and writes I columns; every other kernel one weight.
-      size_t weights = kernel->epilogue == "swiglu" ? 2 : 1;
+      size_t weights = kernel->epilogue.empty() ? 1 : 2;
       if (step.weights.size() != weights)
         failStep("kernel " + quote(step.kernel) + " reads " +
                  std::to_string(weights) + " weight" +
                  (weights == 1 ? "" : "s (the experts' gate and up)") +
                  ", the step names " + std::to_string(step.weights.size()));
+      // The quantized SwiGLU kernel writes codes and scales; the others one
+      // output.
+      size_t outputs = kernel->epilogue == "swiglu_quantize" ? 2 : 1;
+      if (step.outputs.size() != outputs)
+        failStep("kernel " + quote(step.kernel) + " writes " +
+                 std::to_string(outputs) + " output" +
+                 (outputs == 1 ? "" : "s (E4M3 codes and their scales)") +
+                 ", the step names " + std::to_string(step.outputs.size()));
     } else if (!step.kernel.empty()) {
       failStep("names kernel " + quote(step.kernel) + ", but only " +
                joined(kKernelOps) + " run compiled kernels");
@@ -1116,11 +1124,12 @@ void validateArtifact(const Artifact &artifact, const std::string &origin) {
         k.grouped != "masked")
       fail(kernel + "grouped must be \"contiguous\" or \"masked\", got " +
            quote(k.grouped));
-    if (!k.epilogue.empty() && (k.epilogue != "swiglu" || k.grouped.empty() ||
-                                k.blockN != 128 || k.splitK != 1))
+    if (!k.epilogue.empty() &&
+        ((k.epilogue != "swiglu" && k.epilogue != "swiglu_quantize") ||
+         k.grouped.empty() || k.blockN != 128 || k.splitK != 1))
       fail(kernel + "epilogue " + quote(k.epilogue) +
-           " is not \"swiglu\" of a grouped kernel with block_n 128 and "
-           "split_k 1");
+           " is not \"swiglu\" or \"swiglu_quantize\" of a grouped kernel "
+           "with block_n 128 and split_k 1");
     if (!k.store.empty() &&
         (k.store != "tma" || !k.grouped.empty() || !k.epilogue.empty() ||
          k.splitK != 1 || k.blockN % 64 != 0))

@@ -11,7 +11,7 @@
 # reference with the GPU's numerics, logit errors bounded by the measured FP8
 # noise, batching, chunked prefill); `kiln generate` on both
 # backends; compute-sanitizer memcheck over a short GPU generation. Logs into
-# $OUT.
+# $OUT. BACKEND_ARTIFACT and BACKEND_CONFIG name another artifact and config.
 set -uo pipefail
 out=${OUT:-/tmp/backend-out}
 mkdir -p "$out"
@@ -19,10 +19,13 @@ device_dir=${KILN_DEVICE_DIR:-.device}
 export LD_LIBRARY_PATH=$PWD/$device_dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 bin=$device_dir/bin
 artifact=${BACKEND_ARTIFACT:-$device_dir/artifacts/tiny.kiln}
+# The model's config.json (BACKEND_CONFIG: another tiny-sized one, e.g. with
+# moe_intermediate_size 256 so that the plans fuse the experts' SwiGLU).
+config=${BACKEND_CONFIG:-examples/tiny/config.json}
 status=0
 
 tiny=$(mktemp -d)/tiny
-"$bin/kiln" make-tiny --config examples/tiny/config.json --out "$tiny" --seed 1 \
+"$bin/kiln" make-tiny --config "$config" --out "$tiny" --seed 1 \
   --shards 2 --tokenizer .deps/deepseek-v3-tokenizer >/dev/null || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 

@@ -512,14 +512,14 @@ TEST(ArtifactTest, RejectsBadMagic) {
 
 TEST(ArtifactTest, RejectsAnotherFormatVersionNamingItsProducer) {
   std::string bytes = kiln::serializeArtifact(smallArtifact());
-  bytes[8] = 7;
+  bytes[8] = 8;
   expectMentions(errorOf([&] { kiln::parseArtifact(bytes, "new.kiln"); }),
-                 {"new.kiln", "version 7", "written by kilnc test",
-                  "reads versions 2 to 6"});
+                 {"new.kiln", "version 8", "written by kilnc test",
+                  "reads versions 2 to 7"});
   // A manifest this build cannot read does not hide the version problem.
   std::string garbled = bytes.substr(0, 24) + "{\"produc";
   expectMentions(errorOf([&] { kiln::parseArtifact(garbled, "new.kiln"); }),
-                 {"new.kiln", "version 7", "unknown producer"});
+                 {"new.kiln", "version 8", "unknown producer"});
 }
 
 TEST(ArtifactTest, RejectsANonZeroReservedField) {
@@ -634,7 +634,7 @@ TEST(ArtifactTest, RejectsMissingAndMistypedFields) {
        {"\"plans.decode.steps[0].attrs.a\"", "list of numbers"}},
       {[](Json &m) { m["format"] = "zip"; }, {"\"format\"", "kiln-artifact"}},
       {[](Json &m) { m["format_version"] = 2; },
-       {"\"format_version\"", "header says 6"}},
+       {"\"format_version\"", "header says 7"}},
   };
   for (const Case &c : cases)
     expectMentions(errorOf([&] {
@@ -931,7 +931,7 @@ TEST(ArtifactTest, ChecksTheArtifactAgainstTheModel) {
 
 TEST(ArtifactTest, DescribeSummarizesTheArtifact) {
   std::string text = kiln::describeArtifact(realisticArtifact());
-  expectMentions(text, {"format 6",
+  expectMentions(text, {"format 7",
                         "kilnc 0.1.0",
                         "sm_90a",
                         "deepseek_v3",

@@ -1100,7 +1100,27 @@ private:
     step.inputs = {*a, *scales, *offsets};
     step.weights = {*gateWeight, *upWeight};
     step.kernel = *kernel;
-    if (failed(output(step, swiglu.getResult(), op, "", rowsOf(gate.getA()))))
+    std::string rows = rowsOf(gate.getA());
+    if (fusedSwiGLUConfig(swiglu).getQuantize()) {
+      // The kernel writes the quantize's codes and scales itself, the
+      // scales in the grouped layout of the same offsets (artifact.md
+      // "Fused SwiGLU"): the quantize is part of this step.
+      QuantizeOp quantize = fusableQuantize(swiglu.getResult());
+      FailureOr<Value> scaleOffsets =
+          quantize ? groupedScaleOffsets(quantize) : FailureOr<Value>(Value());
+      if (!quantize || failed(scaleOffsets) ||
+          *scaleOffsets != gate.getGroups())
+        return op->emitOpError(
+            "has an 'epilogue = swiglu_quantize' gemm_config but its result "
+            "is not quantized for grouped GEMMs of the same offsets");
+      fused.insert(quantize);
+      groupedScales.insert(quantize.getScales());
+      if (failed(output(step, quantize.getValues(), quantize, "_q", rows)) ||
+          failed(output(step, quantize.getScales(), quantize, "_s", rows)))
+        return failure();
+      return emit(std::move(step));
+    }
+    if (failed(output(step, swiglu.getResult(), op, "", rows)))
       return failure();
     return emit(std::move(step));
   }

@@ -250,12 +250,26 @@ struct SelectGemmConfigPass
       int64_t stages = llvm::bit_floor(static_cast<uint64_t>(
           std::min(kMaxStages,
                    kStageBudgetBytes / ((gate.getBlockM() + blockN) * 128))));
+      // When the result only feeds the down projection's quantization,
+      // the kernel stores that instead (epilogue = swiglu_quantize): the
+      // same codes and scales, without the BF16 round trip or the
+      // quantize launch (gemm-kernels.md "Quantized SwiGLU epilogue").
+      bool quantize = false;
+      if (op->hasOneUse())
+        if (auto q = dyn_cast<kiln::QuantizeOp>(*op->user_begin())) {
+          quantize = !q.getScales().use_empty();
+          for (Operation *user : q.getScales().getUsers()) {
+            auto down = dyn_cast<kiln::GroupedScaledMatmulOp>(user);
+            quantize = quantize && down &&
+                       down.getGroups() == gateUp->first.getGroups();
+          }
+        }
       op->setAttr(kiln::kGemmConfigAttrName,
                   kiln::GemmConfigAttr::get(
                       op.getContext(), gate.getBlockM(), blockN, stages,
                       gate.getConsumers(), /*splitK=*/1,
                       kiln::GroupLayout::Contiguous, /*clusterM=*/1,
-                      /*swiglu=*/true));
+                      /*swiglu=*/true, /*tmaStore=*/false, quantize));
     });
   }
 };

@@ -264,7 +264,8 @@ std::string planJson(const kiln::LoweredModel &model) {
       fields.emplace_back("grouped",
                           kiln::stringifyGroupLayout(*config.getGrouped()));
     if (config.getSwiglu())
-      fields.emplace_back("epilogue", "swiglu");
+      fields.emplace_back("epilogue",
+                          config.getQuantize() ? "swiglu_quantize" : "swiglu");
     if (config.getTmaStore())
       fields.emplace_back("store", "tma");
     fields.emplace_back("shared_memory_bytes", config.getSharedMemoryBytes());
@@ -614,7 +615,7 @@ int run() {
     if (gemm.getGrouped())
       kernel.grouped = kiln::stringifyGroupLayout(*gemm.getGrouped()).str();
     if (gemm.getSwiglu())
-      kernel.epilogue = "swiglu";
+      kernel.epilogue = gemm.getQuantize() ? "swiglu_quantize" : "swiglu";
     if (gemm.getTmaStore())
       kernel.store = "tma";
     kernel.sharedMemoryBytes = gemm.getSharedMemoryBytes();

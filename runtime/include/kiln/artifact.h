@@ -32,8 +32,11 @@ namespace kiln {
 /// kernels[].epilogue, and a `grouped_gemm` with the SwiGLU epilogue over
 /// the experts' gate and up weights, then a `quantize` of grouped scales
 /// (artifact.md "Fused SwiGLU"). 6: kernels[].store ("tma": the kernel
-/// takes a tensor map of its output as its last parameter).
-constexpr uint32_t kArtifactFormatVersion = 6;
+/// takes a tensor map of its output as its last parameter). 7: the SwiGLU
+/// grouped_gemm may write the down projection's quantized input itself
+/// (kernels[].epilogue "swiglu_quantize": outputs codes and grouped scales,
+/// no quantize step; artifact.md "Fused SwiGLU").
+constexpr uint32_t kArtifactFormatVersion = 7;
 /// The oldest version this build reads: a version 2 plan is a version 3 plan
 /// on one stream without micro-batches.
 constexpr uint32_t kOldestArtifactFormatVersion = 2;

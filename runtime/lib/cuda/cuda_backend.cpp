@@ -1151,6 +1151,10 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
       grouped.gemm = g;
       grouped.groups = input(2).data;
       grouped.numGroups = static_cast<int>(w.shape[0]);
+      // The quantized SwiGLU epilogue writes the down projection's input:
+      // codes into output 0, grouped scales into output 1.
+      if (kernel->second.config().epilogue == GemmEpilogue::SwigluQuantize)
+        grouped.outScales = output(1).data;
       kernel->second.launchGrouped(grouped, stream);
     }
   } else if (op == "matmul") {
@@ -1663,6 +1667,12 @@ void CudaBackend::Impl::sizeGemmWorkspaces() {
           grouped.gemm.m = static_cast<int>(plan.maxTokens);
         grouped.groups = state.arena.get();
         grouped.numGroups = static_cast<int>(config.nRoutedExperts);
+        // SwiGLU kernels: N is the gate and up rows, twice the output's
+        // columns; the quantized one also writes scales.
+        if (k.config().epilogue != GemmEpilogue::Store)
+          grouped.gemm.n = 2 * grouped.gemm.n;
+        if (k.config().epilogue == GemmEpilogue::SwigluQuantize)
+          grouped.outScales = state.arena.get();
         k.prepareGrouped(grouped);
       }
     }
