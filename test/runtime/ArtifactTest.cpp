@@ -1059,6 +1059,28 @@ TEST(ArtifactTest, RejectsFusedSwiGLUStepsWithTheWrongWeights) {
        "grouped kernel"});
 }
 
+TEST(ArtifactTest, QuantizedSwiGLUStepsWriteCodesAndScales) {
+  // Version 7: the kernel's epilogue "swiglu_quantize" writes the down
+  // projection's input, two outputs; the reader holds the step to that.
+  auto quantized = [](kiln::Artifact &a) {
+    fuseSwiGLU(a);
+    a.kernels[4].epilogue = "swiglu_quantize";
+  };
+  expectMentions(invalidBecause(quantized),
+                 {"step 7 (grouped_gemm)", "writes 2 outputs",
+                  "codes and their scales", "names 1"});
+  kiln::Artifact original = realisticArtifact();
+  quantized(original);
+  kiln::PlanStep &step = original.plans["decode"].steps[7];
+  step.outputs.push_back(step.outputs[0]);
+  step.outputs[1].buffer = step.inputs[1].buffer; // some f32 scales buffer
+  kiln::Artifact read =
+      kiln::parseArtifact(kiln::serializeArtifact(original), "f.kiln");
+  expectSameArtifact(original, read);
+  EXPECT_EQ(read.findKernel(read.plans.at("decode").steps[7].kernel)->epilogue,
+            "swiglu_quantize");
+}
+
 TEST(ArtifactTest, RejectsTmaStoreOnKernelsThatCannotHaveIt) {
   expectMentions(
       invalidBecause(
