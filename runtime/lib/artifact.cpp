@@ -1229,6 +1229,7 @@ Artifact parseArtifact(const std::string &bytes, const std::string &origin) {
   try {
     artifact =
         readManifest(manifest, bytes, kHeaderBytes + length, version, origin);
+    artifact.formatVersion = version;
   } catch (const Json::exception &error) {
     // Every access is type-checked first; this is a last line of defence.
     throw Error(origin + ": malformed manifest: " + error.what());
@@ -1368,7 +1369,7 @@ void checkArtifactMatchesModel(const Artifact &artifact,
 
 std::string describeArtifact(const Artifact &a) {
   std::ostringstream out;
-  out << "Kiln artifact, format " << kArtifactFormatVersion << ", written by "
+  out << "Kiln artifact, format " << a.formatVersion << ", written by "
       << (a.producer.empty() ? "(unknown)" : a.producer) << " from "
       << (a.source.empty() ? "(unknown)" : a.source) << "\n";
   out << "target: " << a.targetArch << "\n";

@@ -510,6 +510,22 @@ TEST(ArtifactTest, RejectsBadMagic) {
                  {(dir / "config.json").string(), "magic"});
 }
 
+TEST(ArtifactTest, RemembersTheFormatVersionItRead) {
+  // A version 6 container (header and manifest) of the same content: read
+  // as such, and described with the version it has, not this build's.
+  std::string bytes = kiln::serializeArtifact(smallArtifact());
+  bytes[8] = 6;
+  std::string field =
+      "\"format_version\": " + std::to_string(kiln::kArtifactFormatVersion);
+  size_t at = bytes.find(field);
+  ASSERT_NE(at, std::string::npos);
+  bytes[at + field.size() - 1] = '6';
+  kiln::Artifact read = kiln::parseArtifact(bytes, "old.kiln");
+  EXPECT_EQ(read.formatVersion, 6u);
+  expectMentions(kiln::describeArtifact(read), {"format 6"});
+  EXPECT_EQ(smallArtifact().formatVersion, kiln::kArtifactFormatVersion);
+}
+
 TEST(ArtifactTest, RejectsAnotherFormatVersionNamingItsProducer) {
   std::string bytes = kiln::serializeArtifact(smallArtifact());
   bytes[8] = 8;

@@ -209,6 +209,10 @@ struct ArtifactOptions {
 
 /// A whole artifact in memory.
 struct Artifact {
+  /// The container's format version: what parseArtifact read, or
+  /// kArtifactFormatVersion for an artifact built in memory (serializing
+  /// always writes kArtifactFormatVersion).
+  uint32_t formatVersion = kArtifactFormatVersion;
   std::string producer;
   /// What it was compiled from: "config.json" or the .mlir file's name.
   std::string source;
