@@ -11,7 +11,7 @@ leaves NAME.ptx, NAME.cubin and NAME.json (the launch manifest of
 compiler/docs/gemm-abi.md) in the output directory.
 
 Usage: kiln-compile-gemm.py --kiln-opt PATH --out DIR [--ptxas PATH]
-           [--config 128,128,6,2[,split_k[,contiguous|masked]][,x2][,swiglu|swiglu_quantize][,tma] ...]
+           [--config 128,128,6,2[,split_k[,contiguous|masked]][,tail][,x2][,swiglu|swiglu_quantize][,tma] ...]
            [--shapes MxNxK,...] [--grouped-shapes GxRxNxK:LAYOUT,...]
            [--plan FILE] [--ptx-only]
 Without --config it builds the configurations kiln-select-gemm-config picks
@@ -49,6 +49,7 @@ DEFAULT_GROUPED = ([(g, r, n, k, layout) for n, k in [(4096, 7168), (7168, 2048)
 LAYOUTS = ("contiguous", "masked")
 # Fused epilogues (#kiln.gemm_config's `epilogue`): SwiGLU over interleaved
 # gate/up tiles (grouped, block_n = 128; gemm-abi.md "SwiGLU epilogue").
+SPLITS = ("tail",)
 EPILOGUES = ("swiglu", "swiglu_quantize")
 # Output stores (#kiln.gemm_config's `store`): TMA from a swizzled staging in
 # shared memory (plain kernels; gemm-abi.md "TMA store").
@@ -62,10 +63,11 @@ PIPELINE = ["--kiln-gemm-to-ptx"]
 
 
 def config_attr(config):
-    bm, bn, stages, consumers, split_k, grouped, cluster_m, epilogue, store = config
+    bm, bn, stages, consumers, split_k, grouped, cluster_m, epilogue, store, tail = config
     # split_k = 1 and cluster_m = 1 are the attribute's defaults, which it
     # does not print.
     split = f", split_k = {split_k}" if split_k != 1 else ""
+    split += ", split = tail" if tail else ""
     cluster = f", cluster_m = {cluster_m}" if cluster_m != 1 else ""
     group = f", grouped = {grouped}" if grouped else ""
     fused = f", epilogue = {epilogue}" if epilogue else ""
@@ -75,9 +77,10 @@ def config_attr(config):
 
 
 def kernel_name(config):
-    bm, bn, stages, consumers, split_k, grouped, cluster_m, epilogue, store = config
+    bm, bn, stages, consumers, split_k, grouped, cluster_m, epilogue, store, tail = config
     return (f"kiln_gemm_fp8_m{bm}n{bn}s{stages}c{consumers}"
             + (f"k{split_k}" if split_k != 1 else "")
+            + ("t" if tail else "")
             + (f"x{cluster_m}" if cluster_m != 1 else "")
             + (f"_{grouped}" if grouped else "")
             + (f"_{epilogue}" if epilogue else "")
@@ -139,28 +142,30 @@ def selected_configs(kiln_opt, shapes, grouped_shapes=()):
         sys.stderr.write(run.stderr)
         raise SystemExit("kiln-compile-gemm: kiln-select-gemm-config failed")
     picked = re.findall(r"gemm_config<block_m = (\d+), block_n = (\d+), stages = (\d+), "
-                        r"consumers = (\d+)(?:, split_k = (\d+))?(?:, cluster_m = (\d+))?"
+                        r"consumers = (\d+)(?:, split_k = (\d+))?(, split = tail)?(?:, cluster_m = (\d+))?"
                         r"(?:, grouped = (\w+))?(?:, epilogue = (\w+))?(?:, store = (\w+))?>",
                         run.stdout)
     if len(picked) != len(shapes) + len(grouped_shapes):
         raise SystemExit("kiln-compile-gemm: kiln-select-gemm-config left a matmul unconfigured")
-    return [tuple(int(v or 1) for v in config[:5]) + (config[6] or None, int(config[5] or 1),
-                                                       config[7] or None, config[8] or None)
+    return [tuple(int(v or 1) for v in config[:5]) + (config[7] or None, int(config[6] or 1),
+                                                       config[8] or None, config[9] or None,
+                                                       bool(config[5]))
             for config in picked]
 
 
 def parse_config(text):
-    """block_m,block_n,stages,consumers[,split_k[,layout]][,xCLUSTER_M][,EPILOGUE][,STORE]"""
+    """block_m,block_n,stages,consumers[,split_k[,layout]][,tail][,xCLUSTER_M][,EPILOGUE][,STORE]"""
     fields = text.split(",")
     store = fields.pop() if fields[-1] in STORES else None
     epilogue = fields.pop() if fields[-1] in EPILOGUES else None
     cluster_m = int(fields.pop()[1:]) if fields[-1].startswith("x") else 1
+    tail = fields[-1] in SPLITS and bool(fields.pop())
     grouped = fields.pop() if fields[-1] in LAYOUTS else None
     if len(fields) not in (4, 5):
         raise SystemExit(f"kiln-compile-gemm: --config needs 4 or 5 integers and an optional "
                          f"layout, got {text}")
     values = [int(v) for v in fields] + [1] * (5 - len(fields))
-    return tuple(values) + (grouped, cluster_m, epilogue, store)
+    return tuple(values) + (grouped, cluster_m, epilogue, store, tail)
 
 
 def parse_grouped_shape(text):
@@ -228,7 +233,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     failures = 0
     for config in configs:
-        bm, bn, stages, consumers, split_k, grouped, cluster_m, fused, store = config
+        bm, bn, stages, consumers, split_k, grouped, cluster_m, fused, store, tail = config
         name = kernel_name(config)
         with tempfile.TemporaryDirectory() as scratch:
             source = os.path.join(scratch, "gemm.mlir")
@@ -274,6 +279,8 @@ def main():
             manifest["epilogue"] = fused
         if store:
             manifest["store"] = store
+        if tail:
+            manifest["split"] = "tail"
         with open(os.path.join(args.out, name + ".json"), "w") as f:
             json.dump(manifest, f, indent=1)
         status = "ok" if sum(spills) == 0 else "SPILLS"

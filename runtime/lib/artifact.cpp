@@ -501,6 +501,7 @@ Artifact readManifest(const Json &manifest, const std::string &bytes,
     kernel.grouped = k.optionalString("grouped", "");
     kernel.epilogue = k.optionalString("epilogue", "");
     kernel.store = k.optionalString("store", "");
+    kernel.split = k.optionalString("split", "");
     kernel.cubin = blobBytes(k, "cubin", blobs, bytes);
     if (!k.optionalString("ptx", "").empty())
       kernel.ptx = blobBytes(k, "ptx", blobs, bytes);
@@ -640,6 +641,8 @@ Json manifestJson(const Artifact &a, const std::vector<BlobOut> &blobs,
       kernel["epilogue"] = k.epilogue;
     if (!k.store.empty())
       kernel["store"] = k.store;
+    if (!k.split.empty())
+      kernel["split"] = k.split;
     if (!k.ptx.empty())
       kernel["ptx"] = k.name + ".ptx";
     kernels.push_back(std::move(kernel));
@@ -1115,6 +1118,12 @@ void validateArtifact(const Artifact &artifact, const std::string &origin) {
     if (k.splitK < 1)
       fail(kernel + "split_k must be at least 1, got " +
            std::to_string(k.splitK));
+    if (!k.split.empty() &&
+        (k.split != "tail" || k.splitK < 2 || !k.grouped.empty() ||
+         !k.store.empty() || !k.epilogue.empty()))
+      fail(kernel + "split " + quote(k.split) +
+           " is not \"tail\" of a plain split-K kernel without a store or "
+           "epilogue");
     if (k.clusterM != 1 && k.clusterM != 2)
       fail(kernel + "cluster_m must be 1 or 2, got " +
            std::to_string(k.clusterM));

@@ -14,6 +14,7 @@
 // CHECK-DAG: tma = #kiln.gemm_config<block_m = 128, block_n = 192, stages = 4, consumers = 2, store = tma>
 // CHECK-DAG: tma_cluster = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, cluster_m = 2, store = tma>
 // CHECK-DAG: swiglu_masked = #kiln.gemm_config<block_m = 64, block_n = 128, stages = 8, consumers = 1, grouped = masked, epilogue = swiglu>
+// CHECK-DAG: tail = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, split_k = 8, split = tail>
 // CHECK-DAG: swiglu_quantize = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, grouped = contiguous, epilogue = swiglu_quantize>
 // split_k = 1 is the default and is not printed.
 // CHECK-DAG: default_split = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, grouped = masked>
@@ -27,6 +28,7 @@ func.func private @f() attributes {
   default_split = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 1, grouped = masked>,
   swiglu = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, grouped = contiguous, epilogue = swiglu>,
   swiglu_masked = #kiln.gemm_config<block_m = 64, block_n = 128, stages = 8, consumers = 1, epilogue = swiglu, grouped = masked>,
+  tail = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, split = tail, split_k = 8>,
   swiglu_quantize = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, epilogue = swiglu_quantize, grouped = contiguous>,
   tma = #kiln.gemm_config<block_m = 128, block_n = 192, stages = 4, consumers = 2, store = tma>,
   tma_cluster = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, store = tma, cluster_m = 2>}

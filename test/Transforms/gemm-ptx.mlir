@@ -137,6 +137,14 @@
 // SWIGLU-Q-PTX: div.rn.f32
 // SWIGLU-Q-PTX: cvt.rn.satfinite.e4m3x2.f32
 // SWIGLU-Q-PTX-COUNT-32: st.global.b16
+// Split tails (gemm-abi.md "Split tail") of 2 to 8 slices: no spills (the
+// reduction of 8 partials of 64 registers included); the manifest says so.
+// RUN: %python %kiln_compile_gemm --kiln-opt %kiln_opt_path --ptxas %ptxas --out %t/tail --config 128,128,4,2,2,tail --config 128,128,4,2,4,tail --config 128,128,4,2,8,tail | FileCheck %s --check-prefix=TAIL
+// TAIL: kiln_gemm_fp8_m128n128s4c2k2t: {{[0-9]+}} registers, 0 spill bytes, 150592 B shared memory: ok
+// TAIL: kiln_gemm_fp8_m128n128s4c2k4t: {{[0-9]+}} registers, 0 spill bytes, 150592 B shared memory: ok
+// TAIL: kiln_gemm_fp8_m128n128s4c2k8t: {{[0-9]+}} registers, 0 spill bytes, 150592 B shared memory: ok
+// RUN: %python -c "import json; m = json.load(open('%t/tail/kiln_gemm_fp8_m128n128s4c2k8t.json')); print(m['split'], m['split_k'])" | FileCheck %s --check-prefix=TAIL-MANIFEST
+// TAIL-MANIFEST: tail 8
 // The TMA-store epilogue (gemm-abi.md "TMA store") on a 192-wide tile: the
 // output's tensor map is the last parameter; one K block at a time (96 + 96
 // accumulator registers leave no room for a second partial), five scale

@@ -128,19 +128,21 @@ func.func @grouped_prefill(%a: tensor<?x7168xf8E4M3FN>, %as: tensor<?x56xf32>, %
 
 // Static M above 128: 128x192 tiles where they need fewer waves by more
 // than their cost: 1.42x for chains of at most 16 K blocks (32768 columns:
-// 63 waves of 128x128 tiles, 42 of 128x192), 1.72x for longer ones (2112
-// x 7168 at 4096 rows: 5 waves against 3, not enough; at 1000 rows 2
-// against 1). Every unsplit tile of a multiple of 64 columns stores with
-// TMA when N % 8 == 0.
+// 63 waves of 128x128 tiles, 42 of 128x192), 1.72x for longer ones; a
+// split tail where the last partial wave is small next to the whole ones
+// and the chains are long (2112 x 7168 at 4096 rows: 544 tiles, 4 waves and
+// 16 tiles split 8 ways; at 1000 rows: 136 tiles, one wave and 4 tiles,
+// against one wave of 128x192 tiles at 1.72). Every unsplit tile of a
+// multiple of 64 columns stores with TMA when N % 8 == 0.
 // CHECK-LABEL: func.func @wide_tiles_long_k
-// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, store = tma>
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, split_k = 8, split = tail>
 func.func @wide_tiles_long_k(%a: tensor<4096x7168xf8E4M3FN>, %as: tensor<4096x56xf32>, %b: tensor<2112x7168xf8E4M3FN>, %bs: tensor<17x56xf32>) -> tensor<4096x2112xbf16> {
   %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<4096x7168xf8E4M3FN>, tensor<4096x56xf32>, tensor<2112x7168xf8E4M3FN>, tensor<17x56xf32>) -> tensor<4096x2112xbf16>
   return %0 : tensor<4096x2112xbf16>
 }
 
 // CHECK-LABEL: func.func @wide_tiles_one_wave
-// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 192, stages = 4, consumers = 2, store = tma>
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, split_k = 8, split = tail>
 func.func @wide_tiles_one_wave(%a: tensor<1000x7168xf8E4M3FN>, %as: tensor<1000x56xf32>, %b: tensor<2112x7168xf8E4M3FN>, %bs: tensor<17x56xf32>) -> tensor<1000x2112xbf16> {
   %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<1000x7168xf8E4M3FN>, tensor<1000x56xf32>, tensor<2112x7168xf8E4M3FN>, tensor<17x56xf32>) -> tensor<1000x2112xbf16>
   return %0 : tensor<1000x2112xbf16>

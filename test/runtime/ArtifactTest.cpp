@@ -167,18 +167,20 @@ kiln::Artifact realisticArtifact() {
   a.options.kvCacheDtype = "fp8";
   a.kernels.push_back({"kiln_gemm_m64n64s8c1", 64, 64, 8, 1, 197632, 1,
                        binaryBlob(3001, 1), ".version 8.8\n.target sm_90a\n",
-                       "", 1, "", ""});
+                       "", 1, "", "", ""});
   a.kernels.push_back({"kiln_gemm_m128n128s4c2", 128, 128, 4, 2, 0, 2,
-                       binaryBlob(700, 2), "", "", 1, "", ""});
+                       binaryBlob(700, 2), "", "", 1, "", "", ""});
   a.kernels.push_back({"kiln_gemm_m64n64s8c1_contiguous", 64, 64, 8, 1, 0, 1,
-                       binaryBlob(900, 3), "", "contiguous", 1, "", ""});
+                       binaryBlob(900, 3), "", "contiguous", 1, "", "", ""});
   a.kernels.push_back({"kiln_gemm_m128n128s6c2x2", 128, 128, 6, 2, 0, 1,
-                       binaryBlob(800, 4), "", "", 2, "", ""});
+                       binaryBlob(800, 4), "", "", 2, "", "", ""});
   a.kernels.push_back({"kiln_gemm_m64n128s8c1_contiguous_swiglu", 64, 128, 8, 1,
                        0, 1, binaryBlob(950, 5), "", "contiguous", 1, "swiglu",
-                       ""});
+                       "", ""});
   a.kernels.push_back({"kiln_gemm_m128n192s4c2_tma", 128, 192, 4, 2, 0, 1,
-                       binaryBlob(990, 6), "", "", 1, "", "tma"});
+                       binaryBlob(990, 6), "", "", 1, "", "tma", ""});
+  a.kernels.push_back({"kiln_gemm_m128n128s4c2k4t", 128, 128, 4, 2, 0, 4,
+                       binaryBlob(700, 7), "", "", 1, "", "", "tail"});
   a.weights = {
       {"model.embed_tokens.weight", "bf16", {129280, 256}, "none"},
       {"model.layers.0.input_layernorm.weight", "bf16", {256}, "none"},
@@ -211,7 +213,7 @@ kiln::Artifact smallArtifact() {
   a.producer = "kilnc test";
   a.source = "graph.mlir";
   a.kernels.push_back({"k", 64, 64, 4, 1, 0, 1, std::string("c\0b\0n", 5),
-                       "ptx", "", 1, "", ""});
+                       "ptx", "", 1, "", "", ""});
   a.weights.push_back({"w", "f8e4m3", {128, 128}, "none"});
   kiln::LaunchPlan plan;
   plan.maxTokens = 2;
@@ -268,6 +270,7 @@ void expectSameArtifact(const kiln::Artifact &a, const kiln::Artifact &b) {
     EXPECT_EQ(x.clusterM, y.clusterM);
     EXPECT_EQ(x.epilogue, y.epilogue);
     EXPECT_EQ(x.store, y.store);
+    EXPECT_EQ(x.split, y.split);
     EXPECT_EQ(x.cubin, y.cubin);
     EXPECT_EQ(x.ptx, y.ptx);
   }
@@ -427,9 +430,9 @@ TEST(ArtifactTest, ContainerLayoutIsTheDocumentedOne) {
   EXPECT_EQ(manifest["model"]["hash"], artifact.modelHash);
   EXPECT_EQ(manifest["options"]["kv_cache_dtype"], "fp8");
   EXPECT_EQ(manifest["options"]["ep"], 1);
-  // Six cubins and one PTX, each at a multiple of 256 after the
+  // Seven cubins and one PTX, each at a multiple of 256 after the
   // manifest, holding exactly the kernel's bytes.
-  ASSERT_EQ(manifest["blobs"].size(), 7u);
+  ASSERT_EQ(manifest["blobs"].size(), 8u);
   for (const Json &blob : manifest["blobs"]) {
     uint64_t offset = blob["offset"], size = blob["size"];
     EXPECT_EQ(offset % 256, 0u);
@@ -1095,6 +1098,19 @@ TEST(ArtifactTest, QuantizedSwiGLUStepsWriteCodesAndScales) {
   expectSameArtifact(original, read);
   EXPECT_EQ(read.findKernel(read.plans.at("decode").steps[7].kernel)->epilogue,
             "swiglu_quantize");
+}
+
+TEST(ArtifactTest, RejectsSplitTailOnKernelsThatCannotHaveIt) {
+  expectMentions(
+      invalidBecause([](kiln::Artifact &a) { a.kernels[6].split = "head"; }),
+      {"kiln_gemm_m128n128s4c2k4t", "\"head\"", "plain split-K kernel"});
+  expectMentions(
+      invalidBecause([](kiln::Artifact &a) { a.kernels[6].splitK = 1; }),
+      {"kiln_gemm_m128n128s4c2k4t", "\"tail\"", "split-K"});
+  expectMentions(invalidBecause([](kiln::Artifact &a) {
+                   a.kernels[6].grouped = "contiguous";
+                 }),
+                 {"kiln_gemm_m128n128s4c2k4t", "\"tail\"", "plain"});
 }
 
 TEST(ArtifactTest, RejectsTmaStoreOnKernelsThatCannotHaveIt) {

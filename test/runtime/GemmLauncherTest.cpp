@@ -196,6 +196,45 @@ TEST(GemmOperandChecks, ClusterGridIsWholeClusters) {
   EXPECT_EQ(gemmGridSize(config, 4096, 7168, 131), 130u);
 }
 
+TEST(GemmOperandChecks, SplitTailGridAndWorkspace) {
+  GemmKernelConfig config = parseGemmManifest(
+      R"({"kernel": "kiln_gemm_fp8_m128n128s4c2k8t", "block_m": 128,
+          "block_n": 128, "stages": 4, "consumer_warpgroups": 2,
+          "split_k": 8, "split": "tail"})",
+      "tail.json");
+  EXPECT_TRUE(config.splitTail);
+  EXPECT_NE(toManifestJson(config).find("\"split\": \"tail\""),
+            std::string::npos);
+  size_t record = 256 + 8 * 128 * 128 * 4;
+  // 4096 x 2112: 544 tiles, whole waves on all 132 SMs; the tail (16 tiles)
+  // and any smaller M's fit in min(tiles, grid) records.
+  EXPECT_EQ(gemmGridSize(config, 4096, 2112, 132), 132u);
+  EXPECT_EQ(gemmWorkspaceBytes(config, 4096, 2112, 132), 132 * record);
+  // Fewer tiles than SMs: every tile split, up to a unit per SM.
+  EXPECT_EQ(gemmGridSize(config, 300, 200, 132), 48u);
+  EXPECT_EQ(gemmWorkspaceBytes(config, 300, 200, 132), 6 * record);
+  // Without the SM count: at most kMaxSplitTailRecords records.
+  EXPECT_EQ(gemmWorkspaceBytes(config, 4096, 2112),
+            size_t(kMaxSplitTailRecords) * record);
+  // Only plain split-K kernels without the TMA store.
+  for (const char *bad :
+       {R"({"kernel": "k", "block_m": 128, "block_n": 128, "stages": 4,
+            "consumer_warpgroups": 2, "split": "tail"})",
+        R"({"kernel": "k", "block_m": 128, "block_n": 128, "stages": 4,
+            "consumer_warpgroups": 2, "split_k": 4, "split": "tail",
+            "store": "tma"})"})
+    expectMentions(errorOf([&] { parseGemmManifest(bad, "bad.json"); }),
+                   {"bad.json", "split tail", "split_k > 1"});
+  expectMentions(errorOf([] {
+                   parseGemmManifest(
+                       R"({"kernel": "k", "block_m": 128, "block_n": 128,
+                           "stages": 4, "consumer_warpgroups": 2,
+                           "split_k": 4, "split": "head"})",
+                       "bad.json");
+                 }),
+                 {"bad.json", "\"split\"", "tail", "head"});
+}
+
 TEST(TmaStoreGemm, ManifestReadsTheStoreAndOperandsNeedAlignedRows) {
   // kiln-compile-gemm.py's manifest of a TMA-store kernel.
   GemmKernelConfig config = parseGemmManifest(

@@ -79,6 +79,7 @@ public:
     swiglu = config.getSwiglu();
     tmaStore = config.getTmaStore();
     quantize = config.getQuantize();
+    splitTail = config.getSplitTail();
     std::string name = config.getKernelName();
     structType = "!llvm.struct<(";
     for (int64_t i = 0; i < accRegs; ++i)
@@ -174,7 +175,8 @@ public:
     // stores) do not wait for them after the barriers are set up: at small M
     // the kernel is a few microseconds and this latency is on its path.
     for (const char *map : {"%tmA", "%tmB"})
-      emit(std::string("nvvm.prefetch tensormap in_param_space, ") + map + " : !llvm.ptr");
+      emit(std::string("nvvm.prefetch tensormap in_param_space, ") + map +
+           " : !llvm.ptr");
     if (tmaStore)
       emit("nvvm.prefetch tensormap in_param_space, %tmC : !llvm.ptr");
     emit("scf.for %s = %c0 to " + i32(stages) + " step %c1 : i32 {");
@@ -420,8 +422,16 @@ private:
       writePairedBlocks(zero);
     emit("%itNext = arith.addi %it, " + kbCount() + " : i32");
 
-    if (splitK > 1) {
-      writeSplitEpilogue(bm, bn, accRegs);
+    if (splitTail) {
+      // Whole tiles store as a plain kernel does; the tail's slices reduce
+      // through the workspace, indexed by their tile's place in the tail.
+      emit("scf.if %isSplit {");
+      writeSplitEpilogue(bm, bn, accRegs, "%tailTile");
+      emit("} else {");
+      writeStores(plainStores(finalAcc));
+      emit("}");
+    } else if (splitK > 1) {
+      writeSplitEpilogue(bm, bn, accRegs, "%tile");
     } else if (tmaStore) {
       writeTmaStores(bn);
     } else if (quantize) {
@@ -794,15 +804,46 @@ private:
            "iter_args(%it = %c0) -> (i32) : i32 {");
       return;
     }
-    emit("%done = scf.for %unit = %bid to %numUnits step %nbid "
-         "iter_args(%it = %c0) -> (i32) : i32 {");
-    emit("%tile = arith.divui %unit, " + i32(splitK) + " : i32");
-    emit("%split = arith.remui %unit, " + i32(splitK) + " : i32");
+    if (splitTail) {
+      // Whole waves of whole tiles first (units [0, numFull), unit = tile),
+      // then the tiles of the last partial wave, each split into split_k
+      // slices (gemm-abi.md "Split tail"): a wave's worth of units instead
+      // of a wave for a few tiles. With fewer tiles than blocks every tile
+      // is split (numFull = 0).
+      emit("%fullWaves = arith.divui %numTiles, %nbid : i32");
+      emit("%numFull = arith.muli %fullWaves, %nbid : i32");
+      emit("%tailTiles = arith.subi %numTiles, %numFull : i32");
+      emit("%tailUnits = arith.muli %tailTiles, " + i32(splitK) + " : i32");
+      emit("%allUnits = arith.addi %numFull, %tailUnits : i32");
+      emit("%done = scf.for %unit = %bid to %allUnits step %nbid "
+           "iter_args(%it = %c0) -> (i32) : i32 {");
+      emit("%isSplit = arith.cmpi uge, %unit, %numFull : i32");
+      // (Only meaningful when %isSplit; selected away otherwise.)
+      emit("%tailUnit = arith.subi %unit, %numFull : i32");
+      emit("%tailTile = arith.divui %tailUnit, " + i32(splitK) + " : i32");
+      emit("%tailSplit = arith.remui %tailUnit, " + i32(splitK) + " : i32");
+      emit("%tileOfTail = arith.addi %numFull, %tailTile : i32");
+      emit("%tile = arith.select %isSplit, %tileOfTail, %unit : i32");
+      emit("%split = arith.select %isSplit, %tailSplit, %c0 : i32");
+    } else {
+      emit("%done = scf.for %unit = %bid to %numUnits step %nbid "
+           "iter_args(%it = %c0) -> (i32) : i32 {");
+      emit("%tile = arith.divui %unit, " + i32(splitK) + " : i32");
+      emit("%split = arith.remui %unit, " + i32(splitK) + " : i32");
+    }
+    // A whole tile of the split tail's schedule runs all K blocks.
+    std::string sliced = splitTail ? "S" : "";
     emit("%kbBeginNum = arith.muli %split, %numKB : i32");
-    emit("%kbBegin = arith.divui %kbBeginNum, " + i32(splitK) + " : i32");
+    emit("%kbBegin" + sliced + " = arith.divui %kbBeginNum, " + i32(splitK) +
+         " : i32");
     emit("%splitNext = arith.addi %split, %c1 : i32");
     emit("%kbEndNum = arith.muli %splitNext, %numKB : i32");
-    emit("%kbEnd = arith.divui %kbEndNum, " + i32(splitK) + " : i32");
+    emit("%kbEnd" + sliced + " = arith.divui %kbEndNum, " + i32(splitK) +
+         " : i32");
+    if (splitTail) {
+      emit("%kbBegin = arith.select %isSplit, %kbBeginS, %c0 : i32");
+      emit("%kbEnd = arith.select %isSplit, %kbEndS, %numKB : i32");
+    }
     emit("%kbCount = arith.subi %kbEnd, %kbBegin : i32");
   }
 
@@ -870,8 +911,9 @@ private:
   /// sums the tile's slots in slice order, so the result does not depend on
   /// which slice finished last, resets the counter for the next launch and
   /// stores BF16.
-  void writeSplitEpilogue(int64_t bm, int64_t bn, int64_t accRegs) {
-    emit("%tileW = arith.extui %tile : i32 to i64");
+  void writeSplitEpilogue(int64_t bm, int64_t bn, int64_t accRegs,
+                          const std::string &record) {
+    emit("%tileW = arith.extui " + record + " : i32 to i64");
     emit("%tileAt = arith.muli %tileW, %tileFloats : i64");
     emit("%splitW = arith.extui %split : i32 to i64");
     emit("%slotAt = arith.muli %splitW, %slotFloats : i64");
@@ -1131,8 +1173,7 @@ private:
       }
       emit("%qFloor" + rs + " = arith.maxnumf " + reduced +
            ", %qMinAmax : f32");
-      emit("%qScale" + rs + " = arith.divf %qFloor" + rs +
-           ", %qE4M3Max : f32");
+      emit("%qScale" + rs + " = arith.divf %qFloor" + rs + ", %qE4M3Max : f32");
       std::string row = "%row" + rs;
       emit("%qRowOk" + rs + " = arith.cmpi ult, " + row + ", " + rowLimit +
            " : i32");
@@ -1153,8 +1194,8 @@ private:
           for (int64_t e = 0; e < 2; ++e)
             emit("%qQ" + n + "_" + std::to_string(e) + " = arith.divf " +
                  vals[i + e] + ", %qScale" + rs + " : f32");
-          emit("%qC" + n + " = nvvm.convert.f32x2.to.f8x2 %qQ" + n +
-               "_1, %qQ" + n +
+          emit("%qC" + n + " = nvvm.convert.f32x2.to.f8x2 %qQ" + n + "_1, %qQ" +
+               n +
                "_0 {rnd = #nvvm.fp_rnd_mode<rn>, sat = "
                "#nvvm.sat_mode<satfinite>} : i16 (f8E4M3FN)");
           emit("%qP" + n + " = llvm.getelementptr %qPtr" + ts + "[" +
@@ -1796,6 +1837,8 @@ private:
   /// The quantized SwiGLU epilogue: tiles go in pairs that share the
   /// intermediate's 1x128 scale blocks (config epilogue = swiglu_quantize).
   bool quantize = false;
+  /// Split-K for the last partial wave's tiles only (config split = tail).
+  bool splitTail = false;
   /// The main loop's result: the tile's FP32 accumulator.
   std::string finalAcc;
   std::ostringstream body, constants;

@@ -67,6 +67,49 @@ constexpr int64_t kShortChainBlocks = 16;
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+/// Split tail (gemm-abi.md "Split tail"): at most this many slices per tail
+/// tile (128-wide tiles; the reduction of 8 compiles without spills).
+constexpr int64_t kMaxTailSplit = 8;
+
+/// The busiest multiprocessor's K blocks (as chooseSplitK counts them) for
+/// `tiles` tiles of `numKB` blocks when the last partial wave's tiles are
+/// split `split` ways, or whole (`split` 1).
+int64_t tailSplitCost(int64_t tiles, int64_t numKB, int64_t split) {
+  int64_t full = tiles / kMultiprocessors * kMultiprocessors;
+  int64_t tail = tiles - full;
+  int64_t cost = full / kMultiprocessors * (numKB + kEpilogueBlocks);
+  if (tail == 0)
+    return cost;
+  if (split == 1)
+    return cost + numKB + kEpilogueBlocks;
+  return cost + ceilDiv(tail * split, kMultiprocessors) *
+                    (ceilDiv(numKB, split) + kEpilogueBlocks + kSplitBlocks);
+}
+
+/// A split tail must take at most this fraction of the whole tiles' time:
+/// its kernel stores without TMA (worth 1-5% at M = 4096), and the model
+/// ignores the reduction's latency.
+constexpr double kTailSplitGain = 0.9;
+
+/// The tail split that minimizes tailSplitCost for at least a wave of
+/// tiles of long chains, or 1 (none, also when it saves too little).
+int64_t chooseTailSplit(int64_t tiles, int64_t numKB) {
+  if (tiles < kMultiprocessors || numKB < kMinLargeSplitBlocks)
+    return 1;
+  int64_t whole = tailSplitCost(tiles, numKB, 1);
+  int64_t best = 1, bestCost = int64_t(kTailSplitGain * double(whole));
+  for (int64_t split = 2; split <= kMaxTailSplit; ++split) {
+    if (numKB / split < kMinSliceBlocks)
+      break;
+    int64_t cost = tailSplitCost(tiles, numKB, split);
+    if (cost < bestCost) {
+      best = split;
+      bestCost = cost;
+    }
+  }
+  return best;
+}
+
 /// The split that minimizes the K blocks the busiest multiprocessor runs:
 /// waves of work units times each unit's blocks plus its fixed cost. Ties go
 /// to the smaller split.
@@ -130,13 +173,23 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
   // times the MACs) but fewer, longer tiles; worth it when the waves of
   // tiles drop by more than the tile's cost grows (M = 4096: 2112 x 7168
   // 5 -> 3 waves, 32768 x 512 63 -> 42; not 7168 x 16384, 14 -> 10).
+  // A split tail instead: the last partial wave's tiles split along K over
+  // the multiprocessors (4096 x 2112 x 7168: 544 tiles are 4 waves and 16
+  // tiles, whose fifth wave costs a whole one; gemm-kernels.md "Session 6").
+  int64_t tailSplit = 1;
   if (plainStatic && known && !small && blockN == 128) {
+    int64_t numKB = ceilDiv(k, 128);
     auto waves = [&](int64_t width) {
       return ceilDiv(ceilDiv(m, blockM) * ceilDiv(n, width), kMultiprocessors);
     };
-    double cost = ceilDiv(k, 128) <= kShortChainBlocks ? kWideTileCostShort
-                                                       : kWideTileCostLong;
-    if (cost * waves(192) < waves(128)) {
+    double cost =
+        numKB <= kShortChainBlocks ? kWideTileCostShort : kWideTileCostLong;
+    int64_t tiles = ceilDiv(m, blockM) * ceilDiv(n, 128);
+    tailSplit = chooseTailSplit(tiles, numKB);
+    double tailCost = double(tailSplitCost(tiles, numKB, tailSplit)) /
+                      double(numKB + kEpilogueBlocks);
+    if (cost * waves(192) < std::min<double>(waves(128), tailCost)) {
+      tailSplit = 1;
       blockN = 192;
       stages = llvm::bit_floor(static_cast<uint64_t>(
           std::min(kMaxStages, kStageBudgetBytes / ((blockM + blockN) * 128))));
@@ -146,9 +199,9 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
   // width: any static M <= 128, and larger ones whose tiles are long chains
   // (300 x 2112 x 7168, 51 tiles of 56 K blocks: 28.9 -> 22.5 us; 300 x 129
   // x 1024, 6 tiles of 8 blocks: 14.3 -> 15.3 us, not split).
-  int64_t splitK = 1;
-  if (known && !ShapedType::isDynamic(n) && !ShapedType::isDynamic(k) &&
-      !ShapedType::isDynamic(groups)) {
+  int64_t splitK = tailSplit;
+  if (tailSplit == 1 && known && !ShapedType::isDynamic(n) &&
+      !ShapedType::isDynamic(k) && !ShapedType::isDynamic(groups)) {
     int64_t tiles = groups * ceilDiv(m, blockM) * ceilDiv(n, blockN);
     // Above 128 rows only where SMs would idle: splitting to even out
     // waves lost (4096 x 2112 x 7168: 182.5 against 144.2 us, version 7).
@@ -166,7 +219,9 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
           /*tmaStore=*/true) <= kiln::GemmConfigAttr::kMaxSharedMemoryBytes;
   return kiln::GemmConfigAttr::get(context, blockM, blockN, stages, consumers,
                                    splitK, grouped, /*clusterM=*/1,
-                                   /*swiglu=*/false, tmaStore);
+                                   /*swiglu=*/false, tmaStore,
+                                   /*quantize=*/false,
+                                   /*splitTail=*/tailSplit > 1);
 }
 
 /// The gate and up GEMMs of a kiln.swiglu marked for fusion

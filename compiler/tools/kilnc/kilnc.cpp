@@ -268,6 +268,8 @@ std::string planJson(const kiln::LoweredModel &model) {
                           config.getQuantize() ? "swiglu_quantize" : "swiglu");
     if (config.getTmaStore())
       fields.emplace_back("store", "tma");
+    if (config.getSplitTail())
+      fields.emplace_back("split", "tail");
     fields.emplace_back("shared_memory_bytes", config.getSharedMemoryBytes());
     kernels.push_back(orderedObject(fields));
   }
@@ -356,6 +358,8 @@ std::string kernelManifest(const kiln::ArtifactKernel &kernel,
     manifest["epilogue"] = kernel.epilogue;
   if (!kernel.store.empty())
     manifest["store"] = kernel.store;
+  if (!kernel.split.empty())
+    manifest["split"] = kernel.split;
   if (assembled) {
     manifest["registers"] = assembled->registers;
     manifest["spill_bytes"] = assembled->spillBytes;
@@ -618,6 +622,8 @@ int run() {
       kernel.epilogue = gemm.getQuantize() ? "swiglu_quantize" : "swiglu";
     if (gemm.getTmaStore())
       kernel.store = "tma";
+    if (gemm.getSplitTail())
+      kernel.split = "tail";
     kernel.sharedMemoryBytes = gemm.getSharedMemoryBytes();
     llvm::Expected<std::string> ptx =
         kiln::compileGemmKernelToPtx(context, gemm);

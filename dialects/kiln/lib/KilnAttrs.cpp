@@ -89,12 +89,11 @@ int64_t ExpertParallelAttr::getExpertInSlot(int64_t slot) const {
 /// K slices per tile: the last slice's block sums all of them, unrolled.
 static constexpr int64_t kMaxSplitK = 16;
 
-LogicalResult
-GemmConfigAttr::verify(function_ref<InFlightDiagnostic()> emitError,
-                       int64_t blockM, int64_t blockN, int64_t stages,
-                       int64_t consumers, int64_t splitK,
-                       std::optional<GroupLayout> grouped, int64_t clusterM,
-                       bool swiglu, bool tmaStore, bool quantize) {
+LogicalResult GemmConfigAttr::verify(
+    function_ref<InFlightDiagnostic()> emitError, int64_t blockM,
+    int64_t blockN, int64_t stages, int64_t consumers, int64_t splitK,
+    std::optional<GroupLayout> grouped, int64_t clusterM, bool swiglu,
+    bool tmaStore, bool quantize, bool splitTail) {
   if (consumers < 1 || consumers > 2)
     return emitError() << "gemm_config: consumers must be 1 or 2, got "
                        << consumers;
@@ -119,6 +118,11 @@ GemmConfigAttr::verify(function_ref<InFlightDiagnostic()> emitError,
   if (splitK < 1 || splitK > kMaxSplitK)
     return emitError() << "gemm_config: split_k must be in [1, " << kMaxSplitK
                        << "], got " << splitK;
+  // The tail's split units reduce through the split-K workspace; the whole
+  // tiles store as a plain kernel does (not with TMA).
+  if (splitTail && (splitK < 2 || grouped || swiglu || tmaStore))
+    return emitError() << "gemm_config: split = tail needs split_k > 1 and "
+                          "a plain kernel without 'store = tma'";
   // A cluster's blocks split each B slice in halves of whole 8-row swizzle
   // atoms, and walk the same units (no K slices, no group tables).
   if (clusterM != 1 && clusterM != 2)
@@ -172,7 +176,7 @@ Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
     return {};
   // Optional keys, each at most once, in any order.
   bool seenSplit = false, seenCluster = false, swiglu = false, tmaStore = false,
-       quantize = false;
+       quantize = false, splitTail = false;
   int64_t clusterM = 1;
   while (succeeded(parser.parseOptionalComma())) {
     StringRef key;
@@ -183,6 +187,18 @@ Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
       seenSplit = true;
       if (parser.parseInteger(splitK))
         return {};
+      continue;
+    }
+    if (key == "split" && !splitTail) {
+      StringRef kind;
+      SMLoc kindAt = parser.getCurrentLocation();
+      if (parser.parseKeyword(&kind))
+        return {};
+      if (kind != "tail") {
+        parser.emitError(kindAt, "split must be 'tail', got '") << kind << "'";
+        return {};
+      }
+      splitTail = true;
       continue;
     }
     if (key == "cluster_m" && !seenCluster) {
@@ -220,7 +236,8 @@ Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
     }
     StringRef layout;
     if (key != "grouped" || grouped || parser.parseKeyword(&layout)) {
-      parser.emitError(at, "expected 'split_k = N', 'cluster_m = N', "
+      parser.emitError(at, "expected 'split_k = N', 'split = tail', "
+                           "'cluster_m = N', "
                            "'grouped = contiguous|masked', 'epilogue = "
                            "swiglu|swiglu_quantize' or 'store = tma', each "
                            "at most once");
@@ -237,7 +254,8 @@ Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
     return {};
   return getChecked([&] { return parser.emitError(parser.getNameLoc()); },
                     parser.getContext(), blockM, blockN, stages, consumers,
-                    splitK, grouped, clusterM, swiglu, tmaStore, quantize);
+                    splitK, grouped, clusterM, swiglu, tmaStore, quantize,
+                    splitTail);
 }
 
 void GemmConfigAttr::print(AsmPrinter &printer) const {
@@ -245,6 +263,8 @@ void GemmConfigAttr::print(AsmPrinter &printer) const {
           << ", stages = " << getStages() << ", consumers = " << getConsumers();
   if (getSplitK() != 1)
     printer << ", split_k = " << getSplitK();
+  if (getSplitTail())
+    printer << ", split = tail";
   if (getClusterM() != 1)
     printer << ", cluster_m = " << getClusterM();
   if (getGrouped())
@@ -262,6 +282,7 @@ std::string GemmConfigAttr::getKernelName() const {
          std::to_string(getBlockN()) + "s" + std::to_string(getStages()) + "c" +
          std::to_string(getConsumers()) +
          (getSplitK() > 1 ? "k" + std::to_string(getSplitK()) : "") +
+         (getSplitTail() ? "t" : "") +
          (getClusterM() > 1 ? "x" + std::to_string(getClusterM()) : "") +
          (getGrouped() ? "_" + stringifyGroupLayout(*getGrouped()).str() : "") +
          (getSwiglu() ? "_swiglu" : "") + (getQuantize() ? "_quantize" : "") +

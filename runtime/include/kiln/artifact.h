@@ -35,7 +35,8 @@ namespace kiln {
 /// takes a tensor map of its output as its last parameter). 7: the SwiGLU
 /// grouped_gemm may write the down projection's quantized input itself
 /// (kernels[].epilogue "swiglu_quantize": outputs codes and grouped scales,
-/// no quantize step; artifact.md "Fused SwiGLU").
+/// no quantize step; artifact.md "Fused SwiGLU"), and kernels[].split
+/// "tail" (split-K over the last partial wave only).
 constexpr uint32_t kArtifactFormatVersion = 7;
 /// The oldest version this build reads: a version 2 plan is a version 3 plan
 /// on one stream without micro-batches.
@@ -73,6 +74,9 @@ struct ArtifactKernel {
   /// tensor map the launcher builds (gemm-abi.md "TMA store"), empty for
   /// one that stores with plain stores.
   std::string store;
+  /// "tail" for a split-K kernel that splits only the last partial wave's
+  /// tiles (gemm-abi.md "Split tail"; version 7), empty otherwise.
+  std::string split;
 };
 
 /// A checkpoint tensor a plan reads.

@@ -187,6 +187,9 @@ void GemmKernelConfig::validate(const std::string &origin) const {
          std::to_string(splitK));
   if (splitK > 1 && operandPointers)
     fail("split_k > 1 and operand_pointers exclude each other");
+  if (splitTail && (splitK < 2 || grouping != GemmGrouping::None || tmaStore ||
+                    clusterM != 1 || epilogue != GemmEpilogue::Store))
+    fail("split tail needs split_k > 1 and a plain kernel without store tma");
   if (grouping != GemmGrouping::None && operandPointers)
     fail("grouped and operand_pointers exclude each other");
   if (clusterM != 1 && clusterM != 2)
@@ -256,6 +259,12 @@ GemmKernelConfig parseGemmManifest(const std::string &json,
     config.sharedMemoryBytes = manifestInt(manifest, "smem_bytes", origin);
   if (manifest.contains("split_k"))
     config.splitK = manifestInt(manifest, "split_k", origin);
+  if (auto split = manifest.find("split"); split != manifest.end()) {
+    if (*split != "tail")
+      throw Error(origin + ": field \"split\" must be \"tail\", got " +
+                  split->dump());
+    config.splitTail = true;
+  }
   if (manifest.contains("cluster_m"))
     config.clusterM = manifestInt(manifest, "cluster_m", origin);
   if (auto grouped = manifest.find("grouped"); grouped != manifest.end()) {
@@ -314,6 +323,8 @@ std::string toManifestJson(const GemmKernelConfig &config) {
                    {"smem_bytes", config.launchSharedMemoryBytes()}};
   if (config.splitK > 1)
     manifest["split_k"] = config.splitK;
+  if (config.splitTail)
+    manifest["split"] = "tail";
   if (config.clusterM > 1)
     manifest["cluster_m"] = config.clusterM;
   if (config.operandPointers)
@@ -392,15 +403,34 @@ unsigned gemmGridSize(const GemmKernelConfig &config, int m, int n,
         config.clusterM *
         std::min<int64_t>(multiprocessors / config.clusterM, units));
   }
+  if (config.splitTail) {
+    // Whole waves on every multiprocessor, or (fewer tiles than that)
+    // every tile split.
+    int64_t tiles = gemmTileCount(config, m, n);
+    return static_cast<unsigned>(
+        tiles >= multiprocessors
+            ? multiprocessors
+            : std::min<int64_t>(multiprocessors, tiles * config.splitK));
+  }
   return static_cast<unsigned>(
       std::min<int64_t>(multiprocessors, gemmWorkUnitCount(config, m, n)));
 }
 
-size_t gemmWorkspaceBytes(const GemmKernelConfig &config, int m, int n) {
+size_t gemmWorkspaceBytes(const GemmKernelConfig &config, int m, int n,
+                          int multiprocessors) {
   if (config.splitK <= 1)
     return 0;
-  // One record per tile: 256 bytes of arrival counters, then the slots.
+  // One record per split tile: 256 bytes of arrival counters, then the
+  // slots.
   size_t tiles = static_cast<size_t>(gemmTileCount(config, m, n));
+  if (config.splitTail) {
+    // The kernel splits the tiles past its grid's whole waves: fewer than
+    // the grid, for this M and any smaller one (so that one allocation
+    // serves a plan's varying rows).
+    size_t grid =
+        multiprocessors > 0 ? gemmGridSize(config, m, n, multiprocessors) : 0;
+    tiles = std::min<size_t>(tiles, grid > 0 ? grid : kMaxSplitTailRecords);
+  }
   return tiles * (256 + size_t(config.splitK) * config.blockM * config.blockN *
                             sizeof(float));
 }
@@ -559,8 +589,9 @@ GemmLaunch GemmKernel::prepare(const GemmOperands &operands) const {
                                           context + ", tensor map out");
   launch.operands = operands;
   launch.gridSize = gemmGridSize(cfg, operands.m, operands.n, multiprocessors);
-  useOwnWorkspace(launch, gemmWorkspaceBytes(cfg, operands.m, operands.n),
-                  context);
+  useOwnWorkspace(
+      launch, gemmWorkspaceBytes(cfg, operands.m, operands.n, multiprocessors),
+      context);
   return launch;
 }
 

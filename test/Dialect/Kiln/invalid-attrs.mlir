@@ -91,7 +91,7 @@ func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n =
 
 // -----
 
-// expected-error @+1 {{expected 'split_k = N', 'cluster_m = N', 'grouped = contiguous|masked', 'epilogue = swiglu|swiglu_quantize' or 'store = tma', each at most once}}
+// expected-error @+1 {{expected 'split_k = N', 'split = tail', 'cluster_m = N', 'grouped = contiguous|masked', 'epilogue = swiglu|swiglu_quantize' or 'store = tma', each at most once}}
 func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 2, split_k = 2>}
 
 // -----
@@ -177,3 +177,19 @@ func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n 
 // The quantized epilogue has SwiGLU's constraints (block_n = 128 here).
 // expected-error @+1 {{gemm_config: epilogue = swiglu needs block_n = 128, 'grouped' and split_k = 1}}
 func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 64, stages = 8, consumers = 2, grouped = contiguous, epilogue = swiglu_quantize>}
+
+// -----
+
+// A split tail needs split-K slices and a plain kernel stored without TMA.
+// expected-error @+1 {{gemm_config: split = tail needs split_k > 1 and a plain kernel without 'store = tma'}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, split = tail>}
+
+// -----
+
+// expected-error @+1 {{gemm_config: split = tail needs split_k > 1 and a plain kernel without 'store = tma'}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, split_k = 4, split = tail, store = tma>}
+
+// -----
+
+// expected-error @+1 {{split must be 'tail', got 'head'}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, split_k = 4, split = head>}

@@ -30,6 +30,7 @@ inline GemmKernel loadArtifactGemmKernel(const ArtifactKernel &k,
   cfg.consumerWarpgroups = k.consumers;
   cfg.sharedMemoryBytes = k.sharedMemoryBytes;
   cfg.splitK = k.splitK;
+  cfg.splitTail = k.split == "tail";
   cfg.clusterM = k.clusterM;
   cfg.grouping = k.grouped == "contiguous" ? GemmGrouping::Contiguous
                  : k.grouped == "masked"   ? GemmGrouping::Masked

@@ -61,6 +61,10 @@ struct GemmKernelConfig {
   /// workspace slot; the last block to finish a tile sums them (gemm-abi.md
   /// "Split-K"). 1: no workspace parameter.
   int splitK = 1;
+  /// Only the tiles of the last, partial wave are split that way; the
+  /// others run whole (manifest "split": "tail"; gemm-abi.md "Split tail").
+  /// Plain kernels without the TMA store.
+  bool splitTail = false;
   /// Reference kernels only (runtime/tools/gemm_reference.cu): A and B are
   /// also passed as plain `const uint8_t *` after K.
   bool operandPointers = false;
@@ -140,8 +144,15 @@ unsigned gemmGridSize(const GemmKernelConfig &config, int m, int n,
                       int multiprocessors);
 /// Bytes of split-K workspace a launch on M×N needs (gemm-abi.md
 /// "Split-K"): per tile, 256 bytes of arrival counters and split_k FP32
-/// slots of BLOCK_M × BLOCK_N. 0 when split_k is 1.
-size_t gemmWorkspaceBytes(const GemmKernelConfig &config, int m, int n);
+/// slots of BLOCK_M × BLOCK_N. 0 when split_k is 1. A split-tail kernel
+/// needs a record per tile of the last partial wave, fewer than its grid on
+/// `multiprocessors` blocks: min(tiles, grid) records cover this M and any
+/// smaller one; 0 multiprocessors means any grid (at most
+/// kMaxSplitTailRecords).
+size_t gemmWorkspaceBytes(const GemmKernelConfig &config, int m, int n,
+                          int multiprocessors = 0);
+/// The split tail of a grid no larger than this never has more tiles.
+constexpr int kMaxSplitTailRecords = 256;
 
 /// One grouped launch (gemm-abi.md "Grouped kernels"): G GEMMs
 /// out_g = A_g · B_gᵀ with B = [G·N, K] (expert g's weight at rows g·N) and

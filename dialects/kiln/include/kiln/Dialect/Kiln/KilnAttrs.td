@@ -110,7 +110,10 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
     blocks of every tile into that many slices computed by separate blocks,
     which write FP32 partials to a workspace; the last one to finish a tile
     sums them and stores BF16 (compiler/docs/gemm-abi.md "Split-K"). It is
-    printed only when it is not 1. `grouped` (absent: one GEMM) makes it the
+    printed only when it is not 1. With `split = tail` (plain kernels) only
+    the tiles of the last, partial wave of the persistent schedule are split
+    that way, the others run whole: a stream-K tail (gemm-abi.md "Split
+    tail"). `grouped` (absent: one GEMM) makes it the
     kernel of a `kiln.grouped_scaled_matmul`: one launch computes every
     group's GEMM, reading the group sizes (offsets for `contiguous`, row
     counts for `masked`) from device memory itself (gemm-abi.md "Grouped
@@ -140,6 +143,7 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
     ```mlir
     #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2>
     #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 4>
+    #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, split_k = 4, split = tail>
     #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, grouped = masked>
     #kiln.gemm_config<block_m = 128, block_n = 128, stages = 6, consumers = 2, cluster_m = 2>
     #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, grouped = contiguous, epilogue = swiglu>
@@ -154,7 +158,8 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
                         DefaultValuedParameter<"int64_t", "1">:$clusterM,
                         DefaultValuedParameter<"bool", "false">:$swiglu,
                         DefaultValuedParameter<"bool", "false">:$tmaStore,
-                        DefaultValuedParameter<"bool", "false">:$quantize);
+                        DefaultValuedParameter<"bool", "false">:$quantize,
+                        DefaultValuedParameter<"bool", "false">:$splitTail);
   let builders = [
     AttrBuilder<(ins "int64_t":$blockM, "int64_t":$blockN, "int64_t":$stages,
                      "int64_t":$consumers, CArg<"int64_t", "1">:$splitK,
@@ -162,14 +167,16 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
                      CArg<"int64_t", "1">:$clusterM,
                      CArg<"bool", "false">:$swiglu,
                      CArg<"bool", "false">:$tmaStore,
-                     CArg<"bool", "false">:$quantize), [{
+                     CArg<"bool", "false">:$quantize,
+                     CArg<"bool", "false">:$splitTail), [{
       return $_get($_ctxt, blockM, blockN, stages, consumers, splitK, grouped,
-                   clusterM, swiglu, tmaStore, quantize);
+                   clusterM, swiglu, tmaStore, quantize, splitTail);
     }]>
   ];
   let skipDefaultBuilders = 1;
   // `<block_m = .., block_n = .., stages = .., consumers = ..
-  //   [, split_k = ..] [, cluster_m = ..] [, grouped = contiguous|masked]
+  //   [, split_k = ..] [, split = tail] [, cluster_m = ..]
+  //   [, grouped = contiguous|masked]
   //   [, epilogue = swiglu|swiglu_quantize] [, store = tma]>`;
   // the optional keys all follow a comma, which the declarative format
   // cannot tell apart.
