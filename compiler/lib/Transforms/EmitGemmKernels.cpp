@@ -1081,22 +1081,11 @@ private:
     std::vector<std::string> own(values), words(values / 2);
     for (int64_t i = 0; i < values; i += 2) {
       std::string n = std::to_string(i);
-      std::string vec = "%qU" + n;
-      emit(vec + " = llvm.mlir.undef : vector<2xf32>");
-      for (int64_t e = 0; e < 2; ++e) {
-        std::string x = "%qX" + n + "_" + std::to_string(e);
-        emit(x + "s = llvm.extractvalue " + h.acc + "[" +
-             std::to_string(i + e) + "] : " + h.type);
-        emit(x + " = llvm.insertelement " + x + "s, " + vec + "[" + i32(e) +
-             " : i32] : vector<2xf32>");
-        vec = x;
-      }
-      emit("%qB" + n + " = arith.truncf " + vec +
-           " : vector<2xf32> to vector<2xbf16>");
+      std::string pair = bf16Pair("%q", n, h.acc, h.type, i);
       words[i / 2] = "%qW" + n;
-      emit(words[i / 2] + " = llvm.bitcast %qB" + n +
+      emit(words[i / 2] + " = llvm.bitcast " + pair +
            " : vector<2xbf16> to i32");
-      bf16PairValues("%qB" + n, "%qV" + n, own, i);
+      bf16PairValues(pair, "%qF" + n, own, i);
     }
     std::string ownMax0 = rowMax(own, 0, "%qOwnMax0");
     std::string ownMax1 = rowMax(own, 1, "%qOwnMax1");
@@ -1400,6 +1389,16 @@ private:
   void storeBf16Pair(const std::string &prefix, const std::string &n,
                      const std::string &acc, const std::string &type,
                      int64_t reg, const std::string &ptr) {
+    std::string pair = bf16Pair(prefix, n, acc, type, reg);
+    emit("llvm.store " + pair + ", " + ptr +
+         " {alignment = 4 : i64} : vector<2xbf16>, !llvm.ptr<3>");
+  }
+
+  /// Registers `reg` and `reg + 1` of the accumulator `acc` (of `type`) as a
+  /// BF16 pair (vector<2xbf16>, round to nearest), named `prefix`H`n`.
+  std::string bf16Pair(const std::string &prefix, const std::string &n,
+                       const std::string &acc, const std::string &type,
+                       int64_t reg) {
     std::string vec = prefix + "U" + n;
     emit(vec + " = llvm.mlir.undef : vector<2xf32>");
     for (int64_t e = 0; e < 2; ++e) {
@@ -1412,8 +1411,7 @@ private:
     }
     emit(prefix + "H" + n + " = arith.truncf " + vec +
          " : vector<2xf32> to vector<2xbf16>");
-    emit("llvm.store " + prefix + "H" + n + ", " + ptr +
-         " {alignment = 4 : i64} : vector<2xbf16>, !llvm.ptr<3>");
+    return prefix + "H" + n;
   }
 
   /// The combined scales of K block `kb` for this thread's two rows:

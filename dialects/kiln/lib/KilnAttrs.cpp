@@ -174,6 +174,23 @@ Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
       parser.parseComma() || parseKey("stages", stages) ||
       parser.parseComma() || parseKey("consumers", consumers))
     return {};
+  // The keyword value of `key`, one of `allowed`; a diagnostic naming
+  // them otherwise.
+  auto parseKind = [&](StringRef key, ArrayRef<StringRef> allowed,
+                       StringRef &kind) -> ParseResult {
+    SMLoc kindAt = parser.getCurrentLocation();
+    if (parser.parseKeyword(&kind))
+      return failure();
+    if (llvm::is_contained(allowed, kind))
+      return success();
+    InFlightDiagnostic diag = parser.emitError(kindAt) << key << " must be ";
+    for (size_t i = 0; i < allowed.size(); ++i)
+      diag << (i == 0                    ? ""
+               : i + 1 == allowed.size() ? " or "
+                                         : ", ")
+           << "'" << allowed[i] << "'";
+    return diag << ", got '" << kind << "'";
+  };
   // Optional keys, each at most once, in any order.
   bool seenSplit = false, seenCluster = false, swiglu = false, tmaStore = false,
        quantize = false, splitTail = false;
@@ -189,15 +206,10 @@ Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
         return {};
       continue;
     }
+    StringRef kind;
     if (key == "split" && !splitTail) {
-      StringRef kind;
-      SMLoc kindAt = parser.getCurrentLocation();
-      if (parser.parseKeyword(&kind))
+      if (parseKind(key, {"tail"}, kind))
         return {};
-      if (kind != "tail") {
-        parser.emitError(kindAt, "split must be 'tail', got '") << kind << "'";
-        return {};
-      }
       splitTail = true;
       continue;
     }
@@ -208,29 +220,15 @@ Attribute GemmConfigAttr::parse(AsmParser &parser, Type) {
       continue;
     }
     if (key == "epilogue" && !swiglu) {
-      StringRef kind;
-      SMLoc kindAt = parser.getCurrentLocation();
-      if (parser.parseKeyword(&kind))
+      if (parseKind(key, {"swiglu", "swiglu_quantize"}, kind))
         return {};
-      if (kind != "swiglu" && kind != "swiglu_quantize") {
-        parser.emitError(kindAt, "epilogue must be 'swiglu' or "
-                                 "'swiglu_quantize', got '")
-            << kind << "'";
-        return {};
-      }
       swiglu = true;
       quantize = kind == "swiglu_quantize";
       continue;
     }
     if (key == "store" && !tmaStore) {
-      StringRef kind;
-      SMLoc kindAt = parser.getCurrentLocation();
-      if (parser.parseKeyword(&kind))
+      if (parseKind(key, {"tma"}, kind))
         return {};
-      if (kind != "tma") {
-        parser.emitError(kindAt, "store must be 'tma', got '") << kind << "'";
-        return {};
-      }
       tmaStore = true;
       continue;
     }
