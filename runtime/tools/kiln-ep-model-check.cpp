@@ -176,8 +176,10 @@ int main(int argc, char **argv) {
     }
     const bool ok = mismatchedTokens == 0 && worst <= args.tolerance;
     const CudaBackendStats stats = ep.stats(), refStats = reference.stats();
-    std::printf("rank %d/%d (%s, GPU %d): expert weights %.2f MB of %.2f MB "
-                "here; %s\n",
+    // All of the rank's weights (its experts and the replicated rest)
+    // against the one-GPU model's.
+    std::printf("rank %d/%d (%s, GPU %d): weights %.2f MB here, %.2f MB on "
+                "one GPU; %s\n",
                 env.rank, env.worldSize, env.source.c_str(), env.localRank,
                 stats.weightBytes / 1e6, refStats.weightBytes / 1e6,
                 ok ? "ok" : "MISMATCH");
