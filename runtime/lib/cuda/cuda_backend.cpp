@@ -1114,6 +1114,12 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
     if (kernel == gemms.end())
       throw Error(where + ": unknown kernel " + step.kernel);
     DeviceMatrix a = input(0), as = input(1), y = output(0);
+    // No rows, nothing to compute: an expert-parallel rank that receives no
+    // routed rows in a step (every token's experts on other ranks) runs its
+    // expert GEMMs over X = 0 rows. (Launching them threw, and the peers
+    // then waited in the combine's exchange forever.)
+    if (a.rows == 0)
+      return;
     if (y.stride != y.cols || a.stride != a.cols)
       throw Error(where + ": GEMM operands must be whole buffers");
     // gemm: W [N, K]; grouped_gemm: the experts' weights stacked, {E, N, K};

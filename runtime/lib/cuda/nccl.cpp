@@ -7,6 +7,7 @@
 
 #include <dlfcn.h>
 
+#include <exception>
 #include <mutex>
 
 namespace kiln::cuda {
@@ -18,6 +19,7 @@ namespace {
   X(ncclGetUniqueId)                                                           \
   X(ncclCommInitRank)                                                          \
   X(ncclCommDestroy)                                                           \
+  X(ncclCommAbort)                                                             \
   X(ncclGetErrorString)                                                        \
   X(ncclGroupStart)                                                            \
   X(ncclGroupEnd)                                                              \
@@ -103,7 +105,14 @@ NcclCommunicator::create(const DistributedEnvironment &environment,
 }
 
 NcclCommunicator::~NcclCommunicator() {
-  if (impl && impl->comm)
+  if (!impl || !impl->comm)
+    return;
+  // Destroyed while an error unwinds: the peers may be blocked in a
+  // collective this rank never joins, and ncclCommDestroy would wait for
+  // them forever; abort instead, so that the error reaches the user.
+  if (std::uncaught_exceptions() > 0)
+    nccl().ncclCommAbort(impl->comm);
+  else
     nccl().ncclCommDestroy(impl->comm);
 }
 
