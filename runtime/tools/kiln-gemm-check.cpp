@@ -1567,18 +1567,26 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
       launches.push_back(kernel.prepareGrouped(set.operands));
     result.timing = timeLaunches(kernel, check, options, launches, stream,
                                  launchWhat + ", timed launches");
-    if (quantized && modelKernels) {
+    // The paths with the runtime's quantization of the [rows, I]
+    // intermediate write it here (one output for all sets: only the time
+    // matters).
+    const int64_t rows = int64_t(rowsA), cols = int64_t(outCols);
+    const bool timesQuantize = swiglu && unfused && modelKernels;
+    DeviceBuffer values, scales;
+    QuantizedMatrix quantizedOut{};
+    if (timesQuantize) {
+      values = DeviceBuffer(rowsA * outCols, "quantized intermediate");
+      scales = DeviceBuffer(4 * rowsA * ((outCols + 127) / 128),
+                            "intermediate scales");
+      quantizedOut = {values.get(), scales.get(), rows, cols, 0, 0};
+      result.quantizedRows = rows;
+    }
+    if (timesQuantize && quantized) {
       // What the runtime runs without the fused quantization: the BF16
       // SwiGLU kernel, then quantize over its [rows, I] output.
       std::vector<GemmLaunch> bf16;
       for (const Set &set : setList)
         bf16.push_back(unfused->prepareGrouped(set.bf16Operands));
-      int64_t rows = int64_t(rowsA), cols = int64_t(outCols);
-      DeviceBuffer values(rowsA * outCols, "quantized intermediate");
-      DeviceBuffer scales(4 * rowsA * (outCols / 128), "intermediate scales");
-      QuantizedMatrix quantizedOut{
-          values.get(), scales.get(), rows, cols, 0, 0};
-      result.quantizedRows = rows;
       result.fusedQuantize = timeWork(
           check, options,
           [&](int i) {
@@ -1590,7 +1598,7 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
           },
           stream, launchWhat + ", BF16 SwiGLU + quantize timed launches");
     }
-    if (swiglu && !quantized && unfused && modelKernels) {
+    if (timesQuantize && !quantized) {
       // What the runtime runs today: the plain grouped GEMM into [rows, 2I]
       // (same bytes of B; its column order does not change the time), then
       // the swiglu kernel over the gate and up halves into [rows, I].
@@ -1600,7 +1608,6 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
         operands.gemm.out = set.product.get();
         plain.push_back(unfused->prepareGrouped(operands));
       }
-      int64_t rows = int64_t(rowsA), cols = int64_t(outCols);
       // The gate and up halves of a set's [rows, 2I] product.
       auto gateOf = [&](const Set &set) {
         return DeviceMatrix{set.product.get(), rows, cols, 2 * cols,
@@ -1620,19 +1627,14 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
             modelKernels->swiglu(stream, gateOf(set), upOf(set), out);
           },
           stream, launchWhat + ", unfused timed launches");
-      // The same with the intermediate quantized 1x128 (one output for all
-      // sets: only the time matters).
-      DeviceBuffer values(rowsA * outCols, "quantized intermediate");
-      DeviceBuffer scales(4 * rowsA * ((outCols + 127) / 128),
-                          "intermediate scales");
-      QuantizedMatrix quantized{values.get(), scales.get(), rows, cols, 0, 0};
+      // The same with the intermediate quantized 1x128.
       result.unfusedQuantize = timeWork(
           check, options,
           [&](int i) {
             const Set &set = setList[i % setList.size()];
             unfused->launch(plain[i % plain.size()], stream);
             modelKernels->swigluQuantize(stream, gateOf(set), upOf(set),
-                                         quantized);
+                                         quantizedOut);
           },
           stream, launchWhat + ", unfused + quantize timed launches");
       result.fusedQuantize = timeWork(
@@ -1641,16 +1643,15 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
             const Set &set = setList[i % setList.size()];
             kernel.launch(launches[i % launches.size()], stream);
             DeviceMatrix x{set.out.get(), rows, cols, cols, ElementType::BF16};
-            modelKernels->quantize(stream, x, quantized);
+            modelKernels->quantize(stream, x, quantizedOut);
           },
           stream, launchWhat + ", fused + quantize timed launches");
-      result.quantizedRows = rows;
       result.quantizeAlone = timeWork(
           check, options,
           [&](int i) {
             const Set &set = setList[i % setList.size()];
             DeviceMatrix x{set.out.get(), rows, cols, cols, ElementType::BF16};
-            modelKernels->quantize(stream, x, quantized);
+            modelKernels->quantize(stream, x, quantizedOut);
           },
           stream, launchWhat + ", quantize timed launches");
       result.swigluQuantizeAlone = timeWork(
@@ -1658,7 +1659,7 @@ GroupedResult GroupedRunner::run(const GroupedCase &c, uint64_t seed) const {
           [&](int i) {
             const Set &set = setList[i % setList.size()];
             modelKernels->swigluQuantize(stream, gateOf(set), upOf(set),
-                                         quantized);
+                                         quantizedOut);
           },
           stream, launchWhat + ", swiglu_quantize timed launches");
     }
