@@ -91,6 +91,10 @@ override its fields (or replace it when all of them are given).
   --timeout-s S          give up on a launch after S seconds (60)
   --label NAME           name in the table and JSON (default: kernel name)
   --json PATH            write the results as JSON
+  --hash-out             print a 64-bit FNV-1a hash of each shape's checked
+                         output (and put it in the JSON): two builds of one
+                         kernel that must agree bitwise (a SASS-patched one,
+                         a refactor) give equal hashes with the same --seed
   --kernel NAME  --block-m N  --block-n N  --stages N
   --consumer-warpgroups N  --smem-bytes N  --operand-pointers
 
@@ -147,6 +151,7 @@ struct Options {
   int warmup = 10;
   int device = 0;
   bool time = true;
+  bool hashOut = false;
   double timeoutSeconds = 60;
   std::optional<uint64_t> seed;
   // Manifest overrides.
@@ -221,6 +226,8 @@ Options parseOptions(int argc, char **argv) {
       options.warmup = integer(0, 100000);
     } else if (arg == "--no-time") {
       options.time = false;
+    } else if (arg == "--hash-out") {
+      options.hashOut = true;
     } else if (arg == "--seed") {
       std::string text = value();
       char *end = nullptr;
@@ -533,6 +540,8 @@ struct ShapeResult {
   double relativeError = NAN;
   double medianUs = NAN, minUs = NAN, maxUs = NAN;
   int sets = 0;
+  /// FNV-1a over the checked output's bytes (--hash-out), else empty.
+  std::string outHash;
 
   double flops() const { return 2.0 * shape.m * shape.n * double(shape.k); }
   /// A + B + scales + out, each moved once.
@@ -731,6 +740,20 @@ ShapeResult ShapeRunner::run(const Shape &shape, uint64_t seed) const {
                     format("%.6g", decodeBF16(outBits)) + ", ref " +
                     format("%.6g", expected) + " (rms of ref " +
                     format("%.3g", rms) + ")";
+  }
+
+  if (options.hashOut) {
+    auto bytes = copyToHost<uint8_t>(checked.out.get(), outElements * 2,
+                                     "checked output");
+    uint64_t hash = 0xcbf29ce484222325ULL;
+    for (uint8_t byte : bytes)
+      hash = (hash ^ byte) * 0x100000001b3ULL;
+    char digits[17];
+    std::snprintf(digits, sizeof(digits), "%016llx",
+                  static_cast<unsigned long long>(hash));
+    result.outHash = digits;
+    std::printf("out hash %s %s\n", shape.text().c_str(),
+                result.outHash.c_str());
   }
 
   // Timing, then the same launch again: it must reproduce the checked bits.
@@ -978,6 +1001,8 @@ Json toJson(const std::string &label, const GemmKernelConfig &config,
          {"sets", row.sets},
          {"status", row.status},
          {"detail", row.detail}});
+    if (!row.outHash.empty())
+      list.back()["out_hash"] = row.outHash;
   }
   json["rows"] = list;
   return json;

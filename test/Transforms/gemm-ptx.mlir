@@ -19,6 +19,9 @@
 // Consumer warpgroups: take registers, wait for a full stage, four k32 FP8
 // wgmmas, wait for them, release the stage.
 // CONSUMER: setmaxnreg.inc.sync.aligned.u32 232
+// The warpgroup index comes from lane 0, so that ptxas keeps the wgmma
+// descriptors derived from it in uniform registers.
+// CONSUMER: shfl.sync.idx.b32 {{.*}}, 0, 31, -1;
 // CONSUMER: mbarrier.try_wait.parity.shared.b64
 // CONSUMER: wgmma.fence.sync.aligned
 // CONSUMER-COUNT-4: wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3

@@ -297,7 +297,15 @@ private:
                         ? kSwigluSingleConsumerRegisters
                         : kConsumerRegisters;
     emit("nvvm.setmaxregister increase " + std::to_string(registers));
-    emit("%consumer = arith.subi %wg, %c1 : i32");
+    // The warpgroup index is the same in all lanes, but ptxas cannot tell
+    // from tid / 128; read back from lane 0 it can, and keeps what derives
+    // from it (the A operand's wgmma descriptors above all) in uniform
+    // registers instead of moving each descriptor over with R2UR before
+    // every wgmma (gemm-kernels.md "Session 7").
+    emit("%consumerLane = arith.subi %wg, %c1 : i32");
+    emit("%wgAllLanes = arith.constant -1 : i32");
+    emit("%consumer = nvvm.shfl.sync idx %wgAllLanes, %consumerLane, %c0, " +
+         i32(31) + " : i32 -> i32");
     emit("%local = arith.remui %tid, %c128 : i32");
     emit("%warp = arith.divui %local, %c32 : i32");
     emit("%lane = arith.remui %tid, %c32 : i32");
