@@ -283,12 +283,21 @@ def main():
             manifest["split"] = "tail"
         with open(os.path.join(args.out, name + ".json"), "w") as f:
             json.dump(manifest, f, indent=1)
-        status = "ok" if sum(spills) == 0 else "SPILLS"
+        # ptxas falls back to waiting for every wgmma where it cannot prove
+        # an accumulator untouched while in flight (it says so in a
+        # warning): the pipelined main loops would then silently serialize.
+        serialized = re.search(r"wgmma[^\n]*serializ", report, re.IGNORECASE)
+        status = "ok"
+        if sum(spills):
+            status = "SPILLS"
+        elif serialized:
+            status = "WGMMA SERIALIZED"
+            sys.stderr.write(report)
         print(f"{name}: {manifest['registers']} registers, {sum(spills)} spill bytes, "
               f"{smem} B shared memory: {status}")
-        failures += sum(spills) != 0
+        failures += status != "ok"
     if failures:
-        raise SystemExit(f"kiln-compile-gemm: {failures} kernel(s) spill registers")
+        raise SystemExit(f"kiln-compile-gemm: {failures} kernel(s) spill registers or serialize wgmma")
 
 
 if __name__ == "__main__":

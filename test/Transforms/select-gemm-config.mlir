@@ -127,8 +127,9 @@ func.func @grouped_prefill(%a: tensor<?x7168xf8E4M3FN>, %as: tensor<?x56xf32>, %
 }
 
 // Static M above 128: 128x192 tiles where they need fewer waves by more
-// than their cost: 1.42x for chains of at most 16 K blocks (32768 columns:
-// 63 waves of 128x128 tiles, 42 of 128x192), 1.72x for longer ones; a
+// than their cost: 1.48x for chains of at most 16 K blocks (32768 columns:
+// 63 waves of 128x128 tiles, 42 of 128x192; not 24576 columns: 47 against
+// 32), 1.72x for longer ones; a
 // split tail where the last partial wave is small next to the whole ones
 // and the chains are long (2112 x 7168 at 4096 rows: 544 tiles, 4 waves and
 // 16 tiles split 8 ways; at 1000 rows: 136 tiles, one wave and 4 tiles,
@@ -155,7 +156,14 @@ func.func @wide_tiles_short_k(%a: tensor<4096x512xf8E4M3FN>, %as: tensor<4096x4x
   return %0 : tensor<4096x32768xbf16>
 }
 
-// 7168 columns: 14 waves of 128x128 tiles against 10 of 128x192 (14.2 > 14).
+// CHECK-LABEL: func.func @wide_tiles_not_enough
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, store = tma>
+func.func @wide_tiles_not_enough(%a: tensor<4096x1536xf8E4M3FN>, %as: tensor<4096x12xf32>, %b: tensor<24576x1536xf8E4M3FN>, %bs: tensor<192x12xf32>) -> tensor<4096x24576xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<4096x1536xf8E4M3FN>, tensor<4096x12xf32>, tensor<24576x1536xf8E4M3FN>, tensor<192x12xf32>) -> tensor<4096x24576xbf16>
+  return %0 : tensor<4096x24576xbf16>
+}
+
+// 7168 columns: 14 waves of 128x128 tiles against 10 of 128x192 (14.8 > 14).
 // CHECK-LABEL: func.func @narrow_tiles_win
 // CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, store = tma>
 func.func @narrow_tiles_win(%a: tensor<4096x2048xf8E4M3FN>, %as: tensor<4096x16xf32>, %b: tensor<7168x2048xf8E4M3FN>, %bs: tensor<56x16xf32>) -> tensor<4096x7168xbf16> {

@@ -469,9 +469,10 @@ private:
   void writeTmaStores(int64_t bn) {
     int64_t boxBytes = kRowsPerConsumer * 128;
     emit("%tsBar = arith.addi %consumer, %c1 : i32");
-    emit("scf.if %isLeader {");
+    // No branch on the leader: the others have no bulk groups to wait for,
+    // and the stores below are predicated (measured 1-2% faster than
+    // branching around them at M <= 128, H100).
     emit("nvvm.cp.async.bulk.wait_group 0 {read}");
-    emit("}");
     emit("nvvm.barrier id = %tsBar number_of_threads = %c128");
     emit("%tsOwn = arith.muli %consumer, " + i32(bn / 64 * boxBytes) +
          " : i32");
@@ -506,7 +507,6 @@ private:
     emit("nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = "
          "#nvvm.shared_space<cta>}");
     emit("nvvm.barrier id = %tsBar number_of_threads = %c128");
-    emit("scf.if %isLeader {");
     emit("%tsRow0 = arith.addi %mOff, %consumerRow : i32");
     for (int64_t h = 0; h < bn / 64; ++h) {
       std::string hs = std::to_string(h);
@@ -516,10 +516,11 @@ private:
            "] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8");
       emit("%tsCol" + hs + " = arith.addi %nOff, " + i32(64 * h) + " : i32");
       emit("nvvm.cp.async.bulk.tensor.global.shared.cta %tmC, %tsSrc" + hs +
-           ", box[%tsCol" + hs + ", %tsRow0] : !llvm.ptr, !llvm.ptr<3>");
+           ", box[%tsCol" + hs + ", %tsRow0], predicate = %isLeader : "
+           "!llvm.ptr, !llvm.ptr<3>");
     }
+    // (An empty bulk group in the other threads.)
     emit("nvvm.cp.async.bulk.commit.group");
-    emit("}");
   }
 
   /// The main loop of one consumer warpgroup with 128-wide tiles, into

@@ -56,11 +56,12 @@ constexpr int64_t kReductionRegisters = 128;
 constexpr int64_t kEpilogueBlocks = 1;
 constexpr int64_t kSplitBlocks = 1;
 /// A 128x192 tile takes this many times as long as a 128x128 one, measured
-/// per wave on H100 at M = 4096 (gemm-kernels.md "Version 9"): 1.40-1.43
-/// for chains of at most 16 K blocks (24576 x 1536, 32768 x 512; the TMA
-/// store's saving weighs more there), 1.72 for longer ones (2112 x 7168:
-/// the wide tile's exposed promotion against the pipelined 128x128 loop).
-constexpr double kWideTileCostShort = 1.42;
+/// per wave on H100 at M = 4096 (gemm-kernels.md "Version 9"): 1.45-1.52
+/// for chains of at most 16 K blocks (32768 x 512, 24576 x 1536; 1.40-1.43
+/// before the uniform descriptors of session 7 sped the 128x128 loop up
+/// more), 1.72 for longer ones (2112 x 7168: the wide tile's exposed
+/// promotion against the pipelined 128x128 loop).
+constexpr double kWideTileCostShort = 1.48;
 constexpr double kWideTileCostLong = 1.72;
 /// Chains of at most this many K blocks count as short (kWideTileCostShort).
 constexpr int64_t kShortChainBlocks = 16;
