@@ -1601,23 +1601,44 @@ private:
       emit("%localTile = arith.subi %tile, %groupTiles : i32");
       localTile = "%localTile";
     }
-    if (grouped) {
-      emit("%mTile = arith.divui " + localTile + ", %nTiles : i32");
-      emit("%nTile = arith.remui " + localTile + ", %nTiles : i32");
+    if (grouped && quantize) {
+      // The quantized SwiGLU's tile pairs (2p, 2p + 1) are the two halves of
+      // one scale block: the bands below, over pairs of tile columns (every
+      // group has an even number of tiles, so a pair never straddles two).
+      emitCeilDiv("%groupMTiles", "%groupRows", bm);
+      emit("%localPair = arith.shrui " + localTile + ", %c1 : i32");
+      emit("%localHalf = arith.andi " + localTile + ", %c1 : i32");
+      emit("%nPairs = arith.shrui %nTiles, %c1 : i32");
+      emit("%bandTiles = arith.muli %nPairs, " + i32(kRasterRows) + " : i32");
+      emit("%band = arith.divui %localPair, %bandTiles : i32");
+      emit("%inBand = arith.remui %localPair, %bandTiles : i32");
+      emit("%bandFirst = arith.muli %band, " + i32(kRasterRows) + " : i32");
+      emit("%bandLeft = arith.subi %groupMTiles, %bandFirst : i32");
+      emit("%bandRows = arith.minui %bandLeft, " + i32(kRasterRows) +
+           " : i32");
+      emit("%mInBand = arith.remui %inBand, %bandRows : i32");
+      emit("%mTile = arith.addi %bandFirst, %mInBand : i32");
+      emit("%nPair = arith.divui %inBand, %bandRows : i32");
+      emit("%nPairTile = arith.shli %nPair, %c1 : i32");
+      emit("%nTile = arith.addi %nPairTile, %localHalf : i32");
     } else {
       // Bands of kRasterRows tile rows, M fastest inside a band: the blocks
       // running at the same time cover about 8 x 16 tiles instead of 2 x 56
       // (7168 x 16384 at M = 4096), so each K block of A and B is fetched
       // from DRAM for fewer of them; at M <= 128 (one tile row) the order is
-      // the N order as before.
+      // the N order as before. Grouped kernels band each group's tiles.
       // A cluster's units are rows of clusterM tiles, so its bands hold
       // kRasterRows / clusterM unit rows (the same kRasterRows tile rows).
       int64_t bandUnits = kRasterRows / clusterM;
       std::string rows = clusterM > 1 ? "%mUnits" : "%mTiles";
       std::string row = clusterM > 1 ? "%mUnit" : "%mTile";
+      if (grouped) {
+        emitCeilDiv("%groupMTiles", "%groupRows", bm);
+        rows = "%groupMTiles";
+      }
       emit("%bandTiles = arith.muli %nTiles, " + i32(bandUnits) + " : i32");
-      emit("%band = arith.divui %tile, %bandTiles : i32");
-      emit("%inBand = arith.remui %tile, %bandTiles : i32");
+      emit("%band = arith.divui " + localTile + ", %bandTiles : i32");
+      emit("%inBand = arith.remui " + localTile + ", %bandTiles : i32");
       emit("%bandFirst = arith.muli %band, " + i32(bandUnits) + " : i32");
       emit("%bandLeft = arith.subi " + rows + ", %bandFirst : i32");
       emit("%bandRows = arith.minui %bandLeft, " + i32(bandUnits) + " : i32");
