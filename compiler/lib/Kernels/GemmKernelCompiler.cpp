@@ -203,6 +203,9 @@ llvm::Expected<AssembledKernel> assemblePtx(llvm::StringRef ptxas,
     kernel.spillBytes += std::stoll(match[1].str());
     rest = rest.substr(rest.find(match[0]) + match[0].size());
   }
+  kernel.serializedWgmma =
+      llvm::Regex("wgmma[^\n]*serializ", llvm::Regex::IgnoreCase)
+          .match(kernel.log);
   return kernel;
 }
 

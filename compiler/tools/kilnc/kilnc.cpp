@@ -641,6 +641,11 @@ int run() {
                                   "(ptxas -v):\n{2}",
                                   kernel.name, cubin->spillBytes, cubin->log)
                         .str());
+      if (cubin->serializedWgmma)
+        return fail(llvm::formatv("ptxas serializes the wgmmas of kernel {0} "
+                                  "(ptxas -v):\n{1}",
+                                  kernel.name, cubin->log)
+                        .str());
       kernel.cubin = cubin->cubin;
       if (!quiet)
         llvm::errs() << llvm::formatv(

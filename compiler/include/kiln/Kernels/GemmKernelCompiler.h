@@ -51,6 +51,10 @@ struct AssembledKernel {
   int registers = -1;
   /// Bytes of spill stores and loads (ptxas -v); any is an error for kilnc.
   int64_t spillBytes = 0;
+  /// Whether ptxas warns that it serializes the kernel's wgmmas (it waits
+  /// for each where it cannot prove an in-flight accumulator untouched):
+  /// an error for kilnc, since the pipelined main loops rely on it not.
+  bool serializedWgmma = false;
   /// ptxas' own report.
   std::string log;
 };
