@@ -1140,11 +1140,11 @@ void validateArtifact(const Artifact &artifact, const std::string &origin) {
            " is not \"swiglu\" or \"swiglu_quantize\" of a grouped kernel "
            "with block_n 128 and split_k 1");
     if (!k.store.empty() &&
-        (k.store != "tma" || !k.grouped.empty() || !k.epilogue.empty() ||
-         k.splitK != 1 || k.blockN % 64 != 0))
+        (k.store != "tma" || !k.epilogue.empty() || k.splitK != 1 ||
+         k.blockN % 64 != 0 || (!k.grouped.empty() && k.blockN != 128)))
       fail(kernel + "store " + quote(k.store) +
-           " is not \"tma\" of a plain kernel with split_k 1 and block_n a "
-           "multiple of 64");
+           " is not \"tma\" of a kernel without epilogue, with split_k 1 "
+           "and block_n a multiple of 64 (128 if grouped)");
     if (k.cubin.empty())
       fail(kernel + "has no cubin");
   }

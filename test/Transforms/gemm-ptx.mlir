@@ -85,11 +85,13 @@
 // PTXAS-DAG: kiln_gemm_fp8_m128n192s4c2_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // The grouped kernels of the expert GEMMs the grouped benchmark runs.
 // PTXAS-DAG: kiln_gemm_fp8_m64n128s8c1_contiguous: {{[0-9]+}} registers, 0 spill bytes, 219276 B shared memory: ok
-// PTXAS-DAG: kiln_gemm_fp8_m128n128s4c2_contiguous: {{[0-9]+}} registers, 0 spill bytes, 162892 B shared memory: ok
+// The 128x128 grouped kernels store with TMA where a warpgroup's rows are
+// all its group's (the group tables, the ring and the whole BF16 tile).
+// PTXAS-DAG: kiln_gemm_fp8_m128n128s4c2_contiguous_tma: {{[0-9]+}} registers, 0 spill bytes, 177228 B shared memory: ok
 // PTXAS-DAG: kiln_gemm_fp8_m64n64s8c1_masked: {{[0-9]+}} registers, 0 spill bytes, 153740 B shared memory: ok
 // PTXAS-DAG: kiln_gemm_fp8_m64n128s8c1_masked: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // PTXAS-DAG: kiln_gemm_fp8_m128n64s8c2_masked: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
-// PTXAS-DAG: kiln_gemm_fp8_m128n128s4c2_masked: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
+// PTXAS-DAG: kiln_gemm_fp8_m128n128s4c2_masked_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // Split-K grouped kernels (decode shapes with few tiles), and the contiguous
 // configurations the plans pick at decode.
 // RUN: %python %kiln_compile_gemm --kiln-opt %kiln_opt_path --ptxas %ptxas --out %t/grouped --config 64,64,8,1,1,contiguous --config 64,64,8,1,2,contiguous --config 128,64,8,2,4,masked --config 128,64,8,2,1,contiguous | FileCheck %s --check-prefix=GROUPED

@@ -118,9 +118,9 @@ func.func @grouped_masked(%a: tensor<32x128x7168xf8E4M3FN>, %as: tensor<32x128x5
   return %0 : tensor<32x128x4096xbf16>
 }
 
-// Prefill (dynamic rows): the large-M grouped kernel.
+// Prefill (dynamic rows): the large-M grouped kernel, storing with TMA.
 // CHECK-LABEL: func.func @grouped_prefill
-// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, grouped = contiguous>
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, grouped = contiguous, store = tma>
 func.func @grouped_prefill(%a: tensor<?x7168xf8E4M3FN>, %as: tensor<?x56xf32>, %b: tensor<256x2048x7168xf8E4M3FN>, %bs: tensor<256x16x56xf32>, %o: tensor<257xi32>) -> tensor<?x2048xbf16> {
   %0 = kiln.grouped_scaled_matmul contiguous %a, %as, %b, %bs, %o : (tensor<?x7168xf8E4M3FN>, tensor<?x56xf32>, tensor<256x2048x7168xf8E4M3FN>, tensor<256x16x56xf32>, tensor<257xi32>) -> tensor<?x2048xbf16>
   return %0 : tensor<?x2048xbf16>

@@ -266,11 +266,15 @@ TEST(TmaStoreGemm, ManifestReadsTheStoreAndOperandsNeedAlignedRows) {
   checkGemmOperands(config, unaligned);
 }
 
-TEST(TmaStoreGemm, OnlyPlainUnsplitKernelsStoreWithTma) {
+TEST(TmaStoreGemm, OnlyUnsplitKernelsStoreWithTma) {
   const std::pair<const char *, const char *> cases[] = {
-      {R"({"kernel": "k", "block_m": 128, "block_n": 128, "stages": 4,
+      {R"({"kernel": "k", "block_m": 128, "block_n": 64, "stages": 4,
            "consumer_warpgroups": 2, "store": "tma", "grouped": "masked"})",
-       "store tma needs a plain kernel"},
+       "store tma in a grouped kernel needs block_n 128"},
+      {R"({"kernel": "k", "block_m": 128, "block_n": 128, "stages": 4,
+           "consumer_warpgroups": 2, "store": "tma", "grouped": "contiguous",
+           "epilogue": "swiglu"})",
+       "no epilogue"},
       {R"({"kernel": "k", "block_m": 128, "block_n": 128, "stages": 4,
            "consumer_warpgroups": 2, "store": "tma", "split_k": 2})",
        "split_k 1"},
@@ -284,6 +288,13 @@ TEST(TmaStoreGemm, OnlyPlainUnsplitKernelsStoreWithTma) {
   for (const auto &[json, rule] : cases)
     expectMentions(errorOf([&] { parseGemmManifest(json, "bad.json"); }),
                    {"bad.json", rule});
+  // A grouped 128x128 kernel may (gemm-abi.md "TMA store").
+  GemmKernelConfig grouped = parseGemmManifest(
+      R"({"kernel": "k", "block_m": 128, "block_n": 128, "stages": 4,
+          "consumer_warpgroups": 2, "store": "tma", "grouped": "contiguous"})",
+      "grouped.json");
+  EXPECT_TRUE(grouped.tmaStore);
+  EXPECT_EQ(grouped.grouping, GemmGrouping::Contiguous);
 }
 
 TEST(GroupedGemm, ManifestReadsTheLayout) {

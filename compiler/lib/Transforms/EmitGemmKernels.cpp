@@ -440,6 +440,8 @@ private:
       emit("}");
     } else if (splitK > 1) {
       writeSplitEpilogue(bm, bn, accRegs, "%tile");
+    } else if (tmaStore && grouped) {
+      writeGroupedTmaStores(bn);
     } else if (tmaStore) {
       writeTmaStores(bn);
     } else if (quantize) {
@@ -457,6 +459,34 @@ private:
     }
   }
 
+  /// Waits until the warpgroup's previous TMA stores have read its staging
+  /// (%tsBar: the warpgroup's named barrier). No branch on the leader: the
+  /// others have no bulk groups to wait for, and the stores are predicated
+  /// (measured 1-2% faster than branching around them at M <= 128, H100).
+  void writeTmaStagingWait() {
+    emit("%tsBar = arith.addi %consumer, %c1 : i32");
+    emit("nvvm.cp.async.bulk.wait_group 0 {read}");
+    emit("nvvm.barrier id = %tsBar number_of_threads = %c128");
+  }
+
+  /// Grouped kernels with store = tma: a warpgroup whose 64 rows all
+  /// belong to the tile's group stores them with TMA (the output map spans
+  /// all of out's rows, so a box must not reach into the next group's);
+  /// one with rows past the group's end stores with plain stores, staged
+  /// in its own part of the TMA staging (writeStores), which the previous
+  /// tile's TMA stores may still be reading until the wait.
+  void writeGroupedTmaStores(int64_t bn) {
+    writeTmaStagingWait();
+    emit("%tsRowsEnd0 = arith.addi %mOff, %consumerRow : i32");
+    emit("%tsRowsEnd = arith.addi %tsRowsEnd0, %c64 : i32");
+    emit("%tsWhole = arith.cmpi ule, %tsRowsEnd, %groupRows : i32");
+    emit("scf.if %tsWhole {");
+    writeTmaStores(bn, /*waited=*/true);
+    emit("} else {");
+    writeStores(plainStores(finalAcc));
+    emit("}");
+  }
+
   /// The TMA-store epilogue: the warpgroup writes its 64 rows of the tile
   /// as BF16 into its staging in shared memory, in boxes of 64 columns
   /// (64 rows of 128 bytes, 128-byte swizzle: the 16-byte chunk c of row r
@@ -466,14 +496,10 @@ private:
   /// which clips rows past M and columns past N. The warpgroup goes on to
   /// its next tile while the stores run; it only waits, at its next
   /// epilogue, until they have read the staging.
-  void writeTmaStores(int64_t bn) {
+  void writeTmaStores(int64_t bn, bool waited = false) {
     int64_t boxBytes = kRowsPerConsumer * 128;
-    emit("%tsBar = arith.addi %consumer, %c1 : i32");
-    // No branch on the leader: the others have no bulk groups to wait for,
-    // and the stores below are predicated (measured 1-2% faster than
-    // branching around them at M <= 128, H100).
-    emit("nvvm.cp.async.bulk.wait_group 0 {read}");
-    emit("nvvm.barrier id = %tsBar number_of_threads = %c128");
+    if (!waited)
+      writeTmaStagingWait();
     emit("%tsOwn = arith.muli %consumer, " + i32(bn / 64 * boxBytes) +
          " : i32");
     emit("%tsBase = arith.addi %tsOwn, " + i32(layout.epilogue) + " : i32");
@@ -507,7 +533,9 @@ private:
     emit("nvvm.fence.proxy {kind = #nvvm.proxy_kind<async.shared>, space = "
          "#nvvm.shared_space<cta>}");
     emit("nvvm.barrier id = %tsBar number_of_threads = %c128");
-    emit("%tsRow0 = arith.addi %mOff, %consumerRow : i32");
+    // Grouped kernels: the group's first row in A and out, plus the tile's.
+    emit("%tsRow0 = arith.addi " + std::string(grouped ? "%aRow" : "%mOff") +
+         ", %consumerRow : i32");
     for (int64_t h = 0; h < bn / 64; ++h) {
       std::string hs = std::to_string(h);
       emit("%tsSrcAt" + hs + " = arith.addi %tsBase, " + i32(h * boxBytes) +
@@ -1272,9 +1300,18 @@ private:
     int64_t stride = kiln::GemmConfigAttr::getEpilogueRowBytes(bn);
     int64_t rowsPerRead = std::min<int64_t>(16, 32 / chunks);
     int64_t reads = 16 / rowsPerRead;
-    emit("%epiWarp0 = arith.divui %tid, %c32 : i32");
-    emit("%epiWarp = arith.subi %epiWarp0, %c4 : i32");
-    emit("%epiWarpOff = arith.muli %epiWarp, " + i32(16 * stride) + " : i32");
+    if (tmaStore) {
+      // Inside the warpgroup's own TMA staging (writeGroupedTmaStores).
+      emit("%epiOwn = arith.muli %consumer, " +
+           i32(config.getBlockN() / 64 * kRowsPerConsumer * 128) + " : i32");
+      emit("%epiWarpIn = arith.muli %warp, " + i32(16 * stride) + " : i32");
+      emit("%epiWarpOff = arith.addi %epiOwn, %epiWarpIn : i32");
+    } else {
+      emit("%epiWarp0 = arith.divui %tid, %c32 : i32");
+      emit("%epiWarp = arith.subi %epiWarp0, %c4 : i32");
+      emit("%epiWarpOff = arith.muli %epiWarp, " + i32(16 * stride) +
+           " : i32");
+    }
     emit("%epiBase = arith.addi %epiWarpOff, " + i32(layout.epilogue) +
          " : i32");
     // Write side: this thread's row and column pair in the first chunk.

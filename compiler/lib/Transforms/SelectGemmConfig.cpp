@@ -212,11 +212,17 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
   }
   // TMA stores run while the next tile's MMAs do (5-15% at M = 4096, K <=
   // 2048; 1-5% at K >= 7168 with the pipelined main loop). They stage the
-  // whole tile: plain stores where that does not fit.
+  // whole tile: plain stores where that does not fit. Grouped 128x128
+  // kernels too (their warpgroups whose rows end past the group store
+  // plainly): 8192 rows x 7168 x 2048 -4 to -5%, x 4096 x 7168 -1 to -2%
+  // (session 7); the single-consumer 64x128 one would spill.
+  bool groupedWide = grouped && blockM == 128 && blockN == 128 &&
+                     consumers == 2 && !ShapedType::isDynamic(n);
   bool tmaStore =
-      plainStatic && splitK == 1 && blockN % 64 == 0 && n % 8 == 0 &&
+      (plainStatic || groupedWide) && splitK == 1 && blockN % 64 == 0 &&
+      n % 8 == 0 &&
       kiln::GemmConfigAttr::getSharedMemoryBytes(
-          blockM, blockN, stages, /*grouped=*/false,
+          blockM, blockN, stages, grouped.has_value(),
           /*tmaStore=*/true) <= kiln::GemmConfigAttr::kMaxSharedMemoryBytes;
   return kiln::GemmConfigAttr::get(context, blockM, blockN, stages, consumers,
                                    splitK, grouped, /*clusterM=*/1,

@@ -146,12 +146,16 @@ LogicalResult GemmConfigAttr::verify(
   if (quantize && 2 * kQuantizeStashWords * 4 > getEpilogueRowBytes(blockN))
     return emitError() << "gemm_config: the quantized SwiGLU stash does not "
                           "fit the epilogue staging";
-  // TMA stores whole 64-column boxes of a consumer's 64 rows; a grouped
-  // tile's rows may belong to two groups, and split-K reduces in registers.
-  if (tmaStore && (grouped || splitK != 1 || swiglu || blockN % 64 != 0))
-    return emitError() << "gemm_config: store = tma needs a plain kernel "
-                          "(no 'grouped' or epilogue), split_k = 1 and "
-                          "block_n a multiple of 64";
+  // TMA stores whole 64-column boxes of a consumer's 64 rows, and split-K
+  // reduces in registers. A grouped tile's rows may belong to two groups:
+  // its warpgroups store with plain stores there, staged in their part of
+  // the TMA staging, which needs block_n 128 (9 KB of 16).
+  if (tmaStore && (splitK != 1 || swiglu || blockN % 64 != 0))
+    return emitError() << "gemm_config: store = tma needs split_k = 1, no "
+                          "epilogue and block_n a multiple of 64";
+  if (tmaStore && grouped && blockN != 128)
+    return emitError() << "gemm_config: store = tma in a grouped kernel "
+                          "needs block_n = 128";
   int64_t bytes = GemmConfigAttr::getSharedMemoryBytes(
       blockM, blockN, stages, grouped.has_value(), tmaStore);
   if (bytes > GemmConfigAttr::kMaxSharedMemoryBytes)

@@ -36,8 +36,9 @@ namespace kiln {
 /// grouped_gemm may write the down projection's quantized input itself
 /// (kernels[].epilogue "swiglu_quantize": outputs codes and grouped scales,
 /// no quantize step; artifact.md "Fused SwiGLU"), and kernels[].split
-/// "tail" (split-K over the last partial wave only).
-constexpr uint32_t kArtifactFormatVersion = 7;
+/// "tail" (split-K over the last partial wave only). 8: grouped kernels
+/// may have kernels[].store "tma" (block_n 128).
+constexpr uint32_t kArtifactFormatVersion = 8;
 /// The oldest version this build reads: a version 2 plan is a version 3 plan
 /// on one stream without micro-batches.
 constexpr uint32_t kOldestArtifactFormatVersion = 2;

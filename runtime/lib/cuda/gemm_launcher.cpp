@@ -203,11 +203,12 @@ void GemmKernelConfig::validate(const std::string &origin) const {
        operandPointers))
     fail("epilogue swiglu and swiglu_quantize need a grouped kernel with "
          "block_n 128 and split_k 1");
-  if (tmaStore &&
-      (grouping != GemmGrouping::None || splitK != 1 || operandPointers ||
-       epilogue != GemmEpilogue::Store || blockN % 64 != 0))
-    fail("store tma needs a plain kernel with split_k 1 and block_n a "
-         "multiple of 64");
+  if (tmaStore && (splitK != 1 || operandPointers ||
+                   epilogue != GemmEpilogue::Store || blockN % 64 != 0))
+    fail("store tma needs split_k 1, no epilogue and block_n a multiple of "
+         "64");
+  if (tmaStore && grouping != GemmGrouping::None && blockN != 128)
+    fail("store tma in a grouped kernel needs block_n 128");
   if (sharedMemoryBytes < 0)
     fail("smem_bytes must not be negative, got " +
          std::to_string(sharedMemoryBytes));
@@ -635,6 +636,12 @@ GemmKernel::prepareGrouped(const GroupedGemmOperands &grouped) const {
   launch.tensorMapB =
       encodeOperandMap(operands.b, static_cast<int>(rowsB), operands.k,
                        cfg.blockN, context + ", tensor map B");
+  // out has as many rows as A (R, or G slabs); the kernel stores only
+  // boxes that lie inside a group's rows through it.
+  if (cfg.tmaStore)
+    launch.tensorMapOut =
+        encodeOutputMap(operands.out, static_cast<int>(rowsA), operands.n,
+                        context + ", tensor map out");
   launch.operands = operands;
   launch.groups = grouped.groups;
   launch.numGroups = groups;
