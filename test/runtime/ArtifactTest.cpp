@@ -534,10 +534,10 @@ TEST(ArtifactTest, RejectsAnotherFormatVersionNamingItsProducer) {
   uint32_t next = kiln::kArtifactFormatVersion + 1;
   bytes[8] = static_cast<char>(next);
   std::string version = "version " + std::to_string(next);
-  expectMentions(errorOf([&] { kiln::parseArtifact(bytes, "new.kiln"); }),
-                 {"new.kiln", version, "written by kilnc test",
-                  "reads versions 2 to " +
-                      std::to_string(kiln::kArtifactFormatVersion)});
+  expectMentions(
+      errorOf([&] { kiln::parseArtifact(bytes, "new.kiln"); }),
+      {"new.kiln", version, "written by kilnc test",
+       "reads versions 2 to " + std::to_string(kiln::kArtifactFormatVersion)});
   // A manifest this build cannot read does not hide the version problem.
   std::string garbled = bytes.substr(0, 24) + "{\"produc";
   expectMentions(errorOf([&] { kiln::parseArtifact(garbled, "new.kiln"); }),
@@ -954,27 +954,28 @@ TEST(ArtifactTest, ChecksTheArtifactAgainstTheModel) {
 
 TEST(ArtifactTest, DescribeSummarizesTheArtifact) {
   std::string text = kiln::describeArtifact(realisticArtifact());
-  expectMentions(text, {"format " + std::to_string(kiln::kArtifactFormatVersion),
-                        "kilnc 0.1.0",
-                        "sm_90a",
-                        "deepseek_v3",
-                        kiln::modelHash(tinyConfig()),
-                        "kiln_gemm_m64n64s8c1",
-                        "kiln_gemm_m128n128s4c2",
-                        "split_k 2",
-                        "cubin 3001 B",
-                        "grouped contiguous, epilogue swiglu",
-                        "kiln_gemm_m128n192s4c2_tma",
-                        "store tma",
-                        "model.layers.1.mlp.experts.{e}.gate_proj.weight",
-                        "plan decode",
-                        "plan prefill",
-                        "kv_a[:, 160:176]",
-                        "mla_attention",
-                        "inv_freq=[1, ",
-                        "(8 values)",
-                        "rope_layout=\"interleaved\"",
-                        "logits: f32 [S, 129280]"});
+  expectMentions(text,
+                 {"format " + std::to_string(kiln::kArtifactFormatVersion),
+                  "kilnc 0.1.0",
+                  "sm_90a",
+                  "deepseek_v3",
+                  kiln::modelHash(tinyConfig()),
+                  "kiln_gemm_m64n64s8c1",
+                  "kiln_gemm_m128n128s4c2",
+                  "split_k 2",
+                  "cubin 3001 B",
+                  "grouped contiguous, epilogue swiglu",
+                  "kiln_gemm_m128n192s4c2_tma",
+                  "store tma",
+                  "model.layers.1.mlp.experts.{e}.gate_proj.weight",
+                  "plan decode",
+                  "plan prefill",
+                  "kv_a[:, 160:176]",
+                  "mla_attention",
+                  "inv_freq=[1, ",
+                  "(8 values)",
+                  "rope_layout=\"interleaved\"",
+                  "logits: f32 [S, 129280]"});
 }
 
 } // namespace

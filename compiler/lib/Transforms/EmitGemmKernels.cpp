@@ -544,7 +544,8 @@ private:
            "] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8");
       emit("%tsCol" + hs + " = arith.addi %nOff, " + i32(64 * h) + " : i32");
       emit("nvvm.cp.async.bulk.tensor.global.shared.cta %tmC, %tsSrc" + hs +
-           ", box[%tsCol" + hs + ", %tsRow0], predicate = %isLeader : "
+           ", box[%tsCol" + hs +
+           ", %tsRow0], predicate = %isLeader : "
            "!llvm.ptr, !llvm.ptr<3>");
     }
     // (An empty bulk group in the other threads.)
@@ -1309,8 +1310,7 @@ private:
     } else {
       emit("%epiWarp0 = arith.divui %tid, %c32 : i32");
       emit("%epiWarp = arith.subi %epiWarp0, %c4 : i32");
-      emit("%epiWarpOff = arith.muli %epiWarp, " + i32(16 * stride) +
-           " : i32");
+      emit("%epiWarpOff = arith.muli %epiWarp, " + i32(16 * stride) + " : i32");
     }
     emit("%epiBase = arith.addi %epiWarpOff, " + i32(layout.epilogue) +
          " : i32");
@@ -1651,8 +1651,7 @@ private:
       emit("%inBand = arith.remui %localPair, %bandTiles : i32");
       emit("%bandFirst = arith.muli %band, " + i32(kRasterRows) + " : i32");
       emit("%bandLeft = arith.subi %groupMTiles, %bandFirst : i32");
-      emit("%bandRows = arith.minui %bandLeft, " + i32(kRasterRows) +
-           " : i32");
+      emit("%bandRows = arith.minui %bandLeft, " + i32(kRasterRows) + " : i32");
       emit("%mInBand = arith.remui %inBand, %bandRows : i32");
       emit("%mTile = arith.addi %bandFirst, %mInBand : i32");
       emit("%nPair = arith.divui %inBand, %bandRows : i32");
