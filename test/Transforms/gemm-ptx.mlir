@@ -197,3 +197,18 @@
 // CHAIN: wgmma.commit_group.sync.aligned;
 // CHAIN-NEXT: wgmma.wait_group.sync.aligned 0;
 // PTXAS-NOT: SPILLS
+
+// Grouped kernels with the TMA store: a warpgroup whose 64 rows are all the
+// group's stores them through the output's tensor map (last parameter,
+// predicated on the leader), one whose rows end past the group stores them
+// with plain 16-byte stores (and 2-byte ones at ragged edges).
+// RUN: %python %kiln_compile_gemm --kiln-opt %kiln_opt_path --ptxas %ptxas --out %t/grouped-tma --config 128,128,4,2,1,contiguous,tma --config 128,128,4,2,1,masked,tma | FileCheck %s --check-prefix=GTMA
+// GTMA: kiln_gemm_fp8_m128n128s4c2_contiguous_tma: {{[0-9]+}} registers, 0 spill bytes, 177228 B shared memory: ok
+// GTMA: kiln_gemm_fp8_m128n128s4c2_masked_tma: {{[0-9]+}} registers, 0 spill bytes, 177228 B shared memory: ok
+// RUN: %python -c "import json; m = json.load(open('%t/grouped-tma/kiln_gemm_fp8_m128n128s4c2_contiguous_tma.json')); print(m['grouped'], m['store'])" | FileCheck %s --check-prefix=GTMA-MANIFEST
+// GTMA-MANIFEST: contiguous tma
+// RUN: FileCheck %s --check-prefix=GTMA-PTX --input-file %t/grouped-tma/kiln_gemm_fp8_m128n128s4c2_contiguous_tma.ptx
+// GTMA-PTX: .param .align 64 .b8 kiln_gemm_fp8_m128n128s4c2_contiguous_tma_param_10[128]
+// GTMA-PTX-DAG: @%p{{[0-9]+}} cp.async.bulk.tensor.2d.global.shared::cta.bulk_group
+// GTMA-PTX-DAG: st.global.v4.b32
+// GTMA-PTX-DAG: st.global.b16
