@@ -1615,11 +1615,12 @@ private:
   void writeTileOrigin(int64_t bm, int64_t bn) {
     std::string localTile = "%tile";
     if (grouped) {
-      // prefix[lo] <= tile < prefix[hi] holds throughout; 10 halvings take
-      // hi - lo from at most kMaxGroups = 1024 down to 1.
-      emit("%search:2 = scf.for %searchStep = %c0 to " + i32(10) +
-           " step %c1 iter_args(%lo = %c0, %hi = %numGroups) -> (i32, i32) "
-           ": i32 {");
+      // prefix[lo] <= tile < prefix[hi] holds throughout; floor(log2 G) + 1
+      // halvings (%searchSteps, at most 11 for kMaxGroups = 1024) take
+      // hi - lo from G down to 1: 3 for 4 groups rather than a fixed 10,
+      // on the path of every tile's first loads and wgmmas.
+      emit("%search:2 = scf.for %searchStep = %c0 to %searchSteps step %c1 "
+           "iter_args(%lo = %c0, %hi = %numGroups) -> (i32, i32) : i32 {");
       emit("%midSum = arith.addi %lo, %hi : i32");
       emit("%mid = arith.shrui %midSum, %c1 : i32");
       emit("%midTiles = llvm.load " + table(layout.tilePrefix, "%mid") +
@@ -1709,6 +1710,10 @@ private:
   void writeGroupTables(int64_t bm) {
     emit("%numGroups = arith.minui %G, " +
          i32(kiln::GemmConfigAttr::kMaxGroups) + " : i32");
+    // The tile lookup's binary search steps (writeTileOrigin).
+    emit("%numGroupsLz = \"llvm.intr.ctlz\"(%numGroups) <{is_zero_poison = "
+         "false}> : (i32) -> i32");
+    emit("%searchSteps = arith.subi " + i32(32) + ", %numGroupsLz : i32");
     emit("scf.for %g = %tid to %numGroups step " + i32(config.getThreads()) +
          " : i32 {");
     emit("%g1 = arith.addi %g, %c1 : i32");
