@@ -357,7 +357,7 @@ private:
       writeSplitPrologue(accRegs);
 
     writeWorkLoop();
-    writeTileOrigin(bm, bn);
+    writeTileOrigin(bm, bn, /*wholeWarp=*/true);
     emit("%row0 = arith.addi %mOff, %rowInTile : i32");
     emit("%row1 = arith.addi %row0, %c8 : i32");
     if (grouped) {
@@ -370,7 +370,8 @@ private:
       emit("%aScaleBase = arith.muli %groupRow, %numKB : i32");
       emit("%row0c = arith.addi %row0l, %aScaleBase : i32");
       emit("%row1c = arith.addi %row1l, %aScaleBase : i32");
-      emit("%groupScaleRow = arith.muli %search#0, %nScaleBlocks : i32");
+      emit("%groupScaleRow = arith.muli " + groupIndex +
+           ", %nScaleBlocks : i32");
       if (swiglu) {
         // Tile t holds gate rows [64t, 64t + 64) and the same up rows: the
         // gate's weight-scale block t / 2 and the up's N / 256 + t / 2
@@ -1612,9 +1613,42 @@ private:
   /// search in the tile prefix sums: %search#0, its first row %groupRow and
   /// row count %groupRows; %mOff is then relative to the group, and %aRow,
   /// %bRow are the TMA rows of A and of the stacked B ([G * N, K]).
-  void writeTileOrigin(int64_t bm, int64_t bn) {
+  void writeTileOrigin(int64_t bm, int64_t bn, bool wholeWarp = false) {
     std::string localTile = "%tile";
-    if (grouped) {
+    if (grouped && wholeWarp) {
+      // A consumer warp's 32 lanes search together: lane i tests group
+      // start 32i, then the 32 starts from the last one at or below the
+      // tile; the group is the last start at or below it (prefix[G] is the
+      // total, above every tile; empty groups are never the last). Two
+      // rounds of one shared-memory load and a ballot, instead of the
+      // binary search's chain of log2 G loads at each tile's start.
+      groupIndex = "%wsGroup";
+      emit("%wsMask = arith.constant -1 : i32");
+      std::string base = "%c0";
+      for (int round = 0; round < 2; ++round) {
+        std::string r = std::to_string(round);
+        if (round == 0)
+          emit("%ws" + r + "x = arith.muli %lane, %c32 : i32");
+        else
+          emit("%ws" + r + "x = arith.addi " + base + ", %lane : i32");
+        emit("%ws" + r + "c = arith.minui %ws" + r + "x, %numGroups : i32");
+        emit("%ws" + r + "v = llvm.load " +
+             table(layout.tilePrefix, "%ws" + r + "c") +
+             " : !llvm.ptr<3> -> i32");
+        emit("%ws" + r + "p = arith.cmpi ule, %ws" + r + "v, %tile : i32");
+        emit("%ws" + r + "b = nvvm.vote.sync ballot %wsMask, %ws" + r +
+             "p -> i32");
+        emit("%ws" + r + "n = llvm.intr.ctpop(%ws" + r + "b) : (i32) -> i32");
+        emit("%ws" + r + "m = arith.subi %ws" + r + "n, %c1 : i32");
+        if (round == 0) {
+          emit("%wsBase = arith.muli %ws0m, %c32 : i32");
+          base = "%wsBase";
+        } else {
+          emit("%wsGroup = arith.addi %wsBase, %ws1m : i32");
+        }
+      }
+    } else if (grouped) {
+      groupIndex = "%search#0";
       // prefix[lo] <= tile < prefix[hi] holds throughout; floor(log2 G) + 1
       // halvings (%searchSteps, at most 11 for kMaxGroups = 1024) take
       // hi - lo from G down to 1: 3 for 4 groups rather than a fixed 10,
@@ -1630,11 +1664,13 @@ private:
       emit("%hi1 = arith.select %below, %hi, %mid : i32");
       emit("scf.yield %lo1, %hi1 : i32, i32");
       emit("}");
-      emit("%groupTiles = llvm.load " + table(layout.tilePrefix, "%search#0") +
+    }
+    if (grouped) {
+      emit("%groupTiles = llvm.load " + table(layout.tilePrefix, groupIndex) +
            " : !llvm.ptr<3> -> i32");
-      emit("%groupRow = llvm.load " + table(layout.groupRow, "%search#0") +
+      emit("%groupRow = llvm.load " + table(layout.groupRow, groupIndex) +
            " : !llvm.ptr<3> -> i32");
-      emit("%groupRows = llvm.load " + table(layout.groupRows, "%search#0") +
+      emit("%groupRows = llvm.load " + table(layout.groupRows, groupIndex) +
            " : !llvm.ptr<3> -> i32");
       emit("%localTile = arith.subi %tile, %groupTiles : i32");
       localTile = "%localTile";
@@ -1691,7 +1727,7 @@ private:
     emit("%nOff = arith.muli %nTile, " + i32(bn) + " : i32");
     if (grouped) {
       emit("%aRow = arith.addi %groupRow, %mOff : i32");
-      emit("%groupN = arith.muli %search#0, %N : i32");
+      emit("%groupN = arith.muli " + groupIndex + ", %N : i32");
       emit("%bRow = arith.addi %groupN, %nOff : i32");
     }
   }
@@ -1910,6 +1946,8 @@ private:
   bool splitTail = false;
   /// The main loop's result: the tile's FP32 accumulator.
   std::string finalAcc;
+  /// Grouped kernels: the tile's group index (writeTileOrigin).
+  std::string groupIndex;
   std::ostringstream body, constants;
   llvm::SmallSet<int64_t, 16> materialized;
   int counter = 0;
