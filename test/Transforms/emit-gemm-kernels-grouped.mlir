@@ -39,10 +39,15 @@
 // CHECK: %[[BROW:.*]] = arith.addi %[[GN]], %{{.*}} : i32
 // CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global {{.*}}box[%{{.*}}, %[[AROW]]]
 // CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global {{.*}}box[%{{.*}}, %[[BROW]]]
-// The consumers read a contiguous group's scales with the group's row count
-// as stride, and store only the group's own rows, at its first row + theirs.
+// The consumers find the group with the whole warp (a load per lane and a
+// ballot, twice), read a contiguous group's scales with the group's row
+// count as stride, and store only the group's own rows, at its first row +
+// theirs.
 // CHECK: nvvm.setmaxregister increase 232
 // CHECK: arith.cmpi ule
+// CHECK: nvvm.vote.sync ballot
+// CHECK: arith.cmpi ule
+// CHECK: nvvm.vote.sync ballot
 // CHECK: llvm.load {{.*}} : !llvm.ptr<3> -> i32
 // CHECK: %[[CROW:.*]] = llvm.load {{.*}} : !llvm.ptr<3> -> i32
 // CHECK: %[[CROWS:.*]] = llvm.load {{.*}} : !llvm.ptr<3> -> i32
