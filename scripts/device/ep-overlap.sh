@@ -3,7 +3,10 @@
 # parallelism with and without two-micro-batch overlap, one process per GPU.
 #  1. The tiny model expert-parallel, without and with overlap, against the
 #     same model on one GPU (kiln-ep-model-check: prefill and greedy decode).
-#  2. Prefill of 4096 tokens of the 2-layer full-width model (DeepSeek-V3
+#  2. At more than one rank, a decode of the 2-layer full-width model at
+#     batch 1 and context 128, where a rank gets no routed rows in some
+#     steps (a regression check: it hung until 59285df), 120 s at most.
+#  3. Prefill of 4096 tokens of the 2-layer full-width model (DeepSeek-V3
 #     width, one dense and one MoE layer, synthetic weights) without and with
 #     overlap (kiln-bench-decode): median prefill time, logits equal bit for
 #     bit across the cases, and the per-stream timeline with the streams'
@@ -76,6 +79,13 @@ PY
 cases=()
 ((ranks == 1)) && cases+=(--case "$config,$art/v3-2.kiln" --case "$config,$art/v3-2-ov.kiln")
 cases+=(--case "$config,$art/v3-2-ep$ranks.kiln" --case "$config,$art/v3-2-ep$ranks-ov.kiln")
+if ((ranks > 1)); then
+  # Batch 1 with 128-token prompts leaves a rank without routed rows in
+  # some step: it hung both ranks at EP = 2 until 59285df (session 6).
+  echo "== decode, batch 1, context 128, 12 steps, $ranks ranks (a rank with no routed rows)"
+  on_every_rank decode-empty-rank timeout -k 5 120 "$bin/kiln-bench-decode" \
+    --case "$config,$art/v3-2-ep$ranks.kiln" --batches 1 --steps 12 --context 128 --prefill 0
+fi
 echo "== prefill 4096, 2-layer full width, $ranks rank(s): ${cases[*]}"
 # shellcheck disable=SC2016 # RANK_OUT is set per rank by on_every_rank.
 on_every_rank bench bash -c '"$0" "$@" --timeline "$RANK_OUT/tl"' "$bin/kiln-bench-decode" \
