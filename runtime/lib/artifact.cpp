@@ -12,6 +12,7 @@
 #include "kiln/expert_placement.h"
 
 #include "kiln/error.h"
+#include "kiln/fnv1a.h"
 
 #include <nlohmann/json.hpp>
 
@@ -995,11 +996,8 @@ void validatePlan(const Artifact &artifact, const std::string &planName,
 //===----------------------------------------------------------------------===//
 
 std::string modelHash(const ModelConfig &config) {
-  uint64_t hash = 0xcbf29ce484222325ull;
-  for (unsigned char byte : toJson(config)) {
-    hash ^= byte;
-    hash *= 0x100000001b3ull;
-  }
+  std::string json = toJson(config);
+  uint64_t hash = fnv1a64(json.data(), json.size());
   char text[32];
   std::snprintf(text, sizeof text, "fnv1a64:%016" PRIx64, hash);
   return text;

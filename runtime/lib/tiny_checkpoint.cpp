@@ -3,6 +3,7 @@
 #include "kiln/tiny_checkpoint.h"
 
 #include "kiln/error.h"
+#include "kiln/fnv1a.h"
 #include "kiln/fp8.h"
 #include "kiln/safetensors.h"
 
@@ -55,13 +56,6 @@ public:
 private:
   uint64_t state;
 };
-
-uint64_t fnv1a(const std::string &text) {
-  uint64_t hash = 0xCBF29CE484222325ull;
-  for (unsigned char c : text)
-    hash = (hash ^ c) * 0x100000001B3ull;
-  return hash;
-}
 
 bool endsWith(const std::string &text, const std::string &suffix) {
   return text.size() >= suffix.size() &&
@@ -199,7 +193,8 @@ std::string shardFileName(int index, int count) {
 
 std::vector<float> tinyTensorValues(const ExpectedTensor &tensor,
                                     uint64_t seed) {
-  SplitMix64 random(SplitMix64::mix(seed) ^ fnv1a(tensor.name));
+  SplitMix64 random(SplitMix64::mix(seed) ^
+                    fnv1a64(tensor.name.data(), tensor.name.size()));
   std::vector<float> values(static_cast<size_t>(numElements(tensor.shape)));
   const std::string &name = tensor.name;
   if (endsWith(name, "norm.weight")) {

@@ -41,6 +41,7 @@
 #include "kiln/cuda/model_kernels.h"
 #include "kiln/cuda/swiglu_weights.h"
 #include "kiln/error.h"
+#include "kiln/fnv1a.h"
 
 #include <nlohmann/json.hpp>
 
@@ -745,9 +746,7 @@ ShapeResult ShapeRunner::run(const Shape &shape, uint64_t seed) const {
   if (options.hashOut) {
     auto bytes = copyToHost<uint8_t>(checked.out.get(), outElements * 2,
                                      "checked output");
-    uint64_t hash = 0xcbf29ce484222325ULL;
-    for (uint8_t byte : bytes)
-      hash = (hash ^ byte) * 0x100000001b3ULL;
+    uint64_t hash = kiln::fnv1a64(bytes.data(), bytes.size());
     char digits[17];
     std::snprintf(digits, sizeof(digits), "%016llx",
                   static_cast<unsigned long long>(hash));

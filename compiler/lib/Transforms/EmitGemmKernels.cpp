@@ -470,6 +470,12 @@ private:
     emit("nvvm.barrier id = %tsBar number_of_threads = %c128");
   }
 
+  /// One warpgroup's TMA-store staging: its 64 rows of the tile as BF16,
+  /// in 64-column boxes of 64 rows x 128 bytes.
+  static int64_t tmaStagingBytes(int64_t bn) {
+    return bn / 64 * kRowsPerConsumer * 128;
+  }
+
   /// Grouped kernels with store = tma: a warpgroup whose 64 rows all
   /// belong to the tile's group stores them with TMA (the output map spans
   /// all of out's rows, so a box must not reach into the next group's);
@@ -501,7 +507,7 @@ private:
     int64_t boxBytes = kRowsPerConsumer * 128;
     if (!waited)
       writeTmaStagingWait();
-    emit("%tsOwn = arith.muli %consumer, " + i32(bn / 64 * boxBytes) +
+    emit("%tsOwn = arith.muli %consumer, " + i32(tmaStagingBytes(bn)) +
          " : i32");
     emit("%tsBase = arith.addi %tsOwn, " + i32(layout.epilogue) + " : i32");
     emit("%tsRow = arith.addi %warpRow, %laneRow : i32");
@@ -1305,7 +1311,7 @@ private:
     if (tmaStore) {
       // Inside the warpgroup's own TMA staging (writeGroupedTmaStores).
       emit("%epiOwn = arith.muli %consumer, " +
-           i32(config.getBlockN() / 64 * kRowsPerConsumer * 128) + " : i32");
+           i32(tmaStagingBytes(config.getBlockN())) + " : i32");
       emit("%epiWarpIn = arith.muli %warp, " + i32(16 * stride) + " : i32");
       emit("%epiWarpOff = arith.addi %epiOwn, %epiWarpIn : i32");
     } else {
@@ -1623,7 +1629,6 @@ private:
       // rounds of one shared-memory load and a ballot, instead of the
       // binary search's chain of log2 G loads at each tile's start.
       groupIndex = "%wsGroup";
-      emit("%wsMask = arith.constant -1 : i32");
       std::string base = "%c0";
       for (int round = 0; round < 2; ++round) {
         std::string r = std::to_string(round);
@@ -1636,7 +1641,7 @@ private:
              table(layout.tilePrefix, "%ws" + r + "c") +
              " : !llvm.ptr<3> -> i32");
         emit("%ws" + r + "p = arith.cmpi ule, %ws" + r + "v, %tile : i32");
-        emit("%ws" + r + "b = nvvm.vote.sync ballot %wsMask, %ws" + r +
+        emit("%ws" + r + "b = nvvm.vote.sync ballot %wgAllLanes, %ws" + r +
              "p -> i32");
         emit("%ws" + r + "n = llvm.intr.ctpop(%ws" + r + "b) : (i32) -> i32");
         emit("%ws" + r + "m = arith.subi %ws" + r + "n, %c1 : i32");
@@ -1675,53 +1680,50 @@ private:
       emit("%localTile = arith.subi %tile, %groupTiles : i32");
       localTile = "%localTile";
     }
-    if (grouped && quantize) {
-      // The quantized SwiGLU's tile pairs (2p, 2p + 1) are the two halves of
-      // one scale block: the bands below, over pairs of tile columns (every
-      // group has an even number of tiles, so a pair never straddles two).
+    // Bands of kRasterRows tile rows, M fastest inside a band: the blocks
+    // running at the same time cover about 8 x 16 tiles instead of 2 x 56
+    // (7168 x 16384 at M = 4096), so each K block of A and B is fetched
+    // from DRAM for fewer of them; at M <= 128 (one tile row) the order is
+    // the N order as before. Grouped kernels band each group's tiles.
+    // A cluster's units are rows of clusterM tiles, so its bands hold
+    // kRasterRows / clusterM unit rows (the same kRasterRows tile rows).
+    int64_t bandUnits = kRasterRows / clusterM;
+    std::string rows = clusterM > 1 ? "%mUnits" : "%mTiles";
+    std::string row = clusterM > 1 ? "%mUnit" : "%mTile";
+    if (grouped) {
       emitCeilDiv("%groupMTiles", "%groupRows", bm);
+      rows = "%groupMTiles";
+    }
+    // The band's columns: tiles, or for the quantized SwiGLU pairs of
+    // tiles (2p, 2p + 1), the two halves of one scale block (every group
+    // has an even number of tiles, so a pair never straddles two).
+    std::string index = localTile, columns = "%nTiles";
+    if (quantize) {
       emit("%localPair = arith.shrui " + localTile + ", %c1 : i32");
-      emit("%localHalf = arith.andi " + localTile + ", %c1 : i32");
       emit("%nPairs = arith.shrui %nTiles, %c1 : i32");
-      emit("%bandTiles = arith.muli %nPairs, " + i32(kRasterRows) + " : i32");
-      emit("%band = arith.divui %localPair, %bandTiles : i32");
-      emit("%inBand = arith.remui %localPair, %bandTiles : i32");
-      emit("%bandFirst = arith.muli %band, " + i32(kRasterRows) + " : i32");
-      emit("%bandLeft = arith.subi %groupMTiles, %bandFirst : i32");
-      emit("%bandRows = arith.minui %bandLeft, " + i32(kRasterRows) + " : i32");
-      emit("%mInBand = arith.remui %inBand, %bandRows : i32");
-      emit("%mTile = arith.addi %bandFirst, %mInBand : i32");
+      index = "%localPair";
+      columns = "%nPairs";
+    }
+    emit("%bandTiles = arith.muli " + columns + ", " + i32(bandUnits) +
+         " : i32");
+    emit("%band = arith.divui " + index + ", %bandTiles : i32");
+    emit("%inBand = arith.remui " + index + ", %bandTiles : i32");
+    emit("%bandFirst = arith.muli %band, " + i32(bandUnits) + " : i32");
+    emit("%bandLeft = arith.subi " + rows + ", %bandFirst : i32");
+    emit("%bandRows = arith.minui %bandLeft, " + i32(bandUnits) + " : i32");
+    emit("%mInBand = arith.remui %inBand, %bandRows : i32");
+    emit(row + " = arith.addi %bandFirst, %mInBand : i32");
+    if (quantize) {
       emit("%nPair = arith.divui %inBand, %bandRows : i32");
       emit("%nPairTile = arith.shli %nPair, %c1 : i32");
+      emit("%localHalf = arith.andi " + localTile + ", %c1 : i32");
       emit("%nTile = arith.addi %nPairTile, %localHalf : i32");
     } else {
-      // Bands of kRasterRows tile rows, M fastest inside a band: the blocks
-      // running at the same time cover about 8 x 16 tiles instead of 2 x 56
-      // (7168 x 16384 at M = 4096), so each K block of A and B is fetched
-      // from DRAM for fewer of them; at M <= 128 (one tile row) the order is
-      // the N order as before. Grouped kernels band each group's tiles.
-      // A cluster's units are rows of clusterM tiles, so its bands hold
-      // kRasterRows / clusterM unit rows (the same kRasterRows tile rows).
-      int64_t bandUnits = kRasterRows / clusterM;
-      std::string rows = clusterM > 1 ? "%mUnits" : "%mTiles";
-      std::string row = clusterM > 1 ? "%mUnit" : "%mTile";
-      if (grouped) {
-        emitCeilDiv("%groupMTiles", "%groupRows", bm);
-        rows = "%groupMTiles";
-      }
-      emit("%bandTiles = arith.muli %nTiles, " + i32(bandUnits) + " : i32");
-      emit("%band = arith.divui " + localTile + ", %bandTiles : i32");
-      emit("%inBand = arith.remui " + localTile + ", %bandTiles : i32");
-      emit("%bandFirst = arith.muli %band, " + i32(bandUnits) + " : i32");
-      emit("%bandLeft = arith.subi " + rows + ", %bandFirst : i32");
-      emit("%bandRows = arith.minui %bandLeft, " + i32(bandUnits) + " : i32");
-      emit("%mInBand = arith.remui %inBand, %bandRows : i32");
-      emit(row + " = arith.addi %bandFirst, %mInBand : i32");
       emit("%nTile = arith.divui %inBand, %bandRows : i32");
-      if (clusterM > 1) {
-        emit("%mUnitTile = arith.muli %mUnit, " + i32(clusterM) + " : i32");
-        emit("%mTile = arith.addi %mUnitTile, %cta : i32");
-      }
+    }
+    if (clusterM > 1) {
+      emit("%mUnitTile = arith.muli %mUnit, " + i32(clusterM) + " : i32");
+      emit("%mTile = arith.addi %mUnitTile, %cta : i32");
     }
     emit("%mOff = arith.muli %mTile, " + i32(bm) + " : i32");
     emit("%nOff = arith.muli %nTile, " + i32(bn) + " : i32");
