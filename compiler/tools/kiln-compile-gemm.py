@@ -244,8 +244,9 @@ def main():
                 sys.stderr.write(run.stderr)
                 raise SystemExit(f"kiln-compile-gemm: kiln-opt failed for {name}")
         ptx_path = os.path.join(args.out, name + ".ptx")
+        ptx = kernel_ptx(run.stdout)
         with open(ptx_path, "w") as f:
-            f.write(kernel_ptx(run.stdout))
+            f.write(ptx)
         if args.ptx_only:
             print(f"{name}: {ptx_path}")
             continue
@@ -266,6 +267,13 @@ def main():
         tables = 3 * 4 * 1025 if grouped else 0
         epilogue = bm * bn * 2 if store else bm * (min(bn, 64) * 2 + 16)
         smem = stages * (bm + bn) * 128 + epilogue + 16 * stages + tables + 1024
+        # Staged scales (GemmConfigAttr::getStagedScales decides): each
+        # stage's activation-scale box of bm + 4 FP32 values and three
+        # 128-byte weight-scale slots, 128-byte aligned. The kernel says
+        # whether it has them: its 1-D TMA loads are theirs alone.
+        staged_scales = "cp.async.bulk.tensor.1d." in ptx
+        if staged_scales:
+            smem += stages * (((bm + 4) * 4 + 127) // 128 * 128 + 3 * 128) + 128
         manifest = {"kernel": name, "block_m": bm, "block_n": bn, "stages": stages,
                     "consumer_warpgroups": consumers, "split_k": split_k,
                     "threads": 128 * (1 + consumers),
@@ -281,6 +289,8 @@ def main():
             manifest["store"] = store
         if tail:
             manifest["split"] = "tail"
+        if staged_scales:
+            manifest["scale_a"] = "tma"
         with open(os.path.join(args.out, name + ".json"), "w") as f:
             json.dump(manifest, f, indent=1)
         # ptxas falls back to waiting for every wgmma where it cannot prove

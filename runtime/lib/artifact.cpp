@@ -503,6 +503,7 @@ Artifact readManifest(const Json &manifest, const std::string &bytes,
     kernel.epilogue = k.optionalString("epilogue", "");
     kernel.store = k.optionalString("store", "");
     kernel.split = k.optionalString("split", "");
+    kernel.scaleA = k.optionalString("scale_a", "");
     kernel.cubin = blobBytes(k, "cubin", blobs, bytes);
     if (!k.optionalString("ptx", "").empty())
       kernel.ptx = blobBytes(k, "ptx", blobs, bytes);
@@ -644,6 +645,8 @@ Json manifestJson(const Artifact &a, const std::vector<BlobOut> &blobs,
       kernel["store"] = k.store;
     if (!k.split.empty())
       kernel["split"] = k.split;
+    if (!k.scaleA.empty())
+      kernel["scale_a"] = k.scaleA;
     if (!k.ptx.empty())
       kernel["ptx"] = k.name + ".ptx";
     kernels.push_back(std::move(kernel));
@@ -1122,6 +1125,9 @@ void validateArtifact(const Artifact &artifact, const std::string &origin) {
       fail(kernel + "split " + quote(k.split) +
            " is not \"tail\" of a plain split-K kernel without a store or "
            "epilogue");
+    if (!k.scaleA.empty() && (k.scaleA != "tma" || k.splitK != 1))
+      fail(kernel + "scale_a " + quote(k.scaleA) +
+           " is not \"tma\" of a kernel with split_k 1");
     if (k.clusterM != 1 && k.clusterM != 2)
       fail(kernel + "cluster_m must be 1 or 2, got " +
            std::to_string(k.clusterM));

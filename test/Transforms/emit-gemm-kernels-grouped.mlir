@@ -4,8 +4,9 @@
 
 // CHECK-LABEL: func.func @contiguous
 // CHECK: kiln.grouped_scaled_matmul contiguous {{.*}}kernel = @kiln_kernels::@kiln_gemm_fp8_m64n64s8c1_contiguous
-// The offsets and G follow K.
-// CHECK: llvm.func @kiln_gemm_fp8_m64n64s8c1_contiguous({{.*}}%[[M:arg[0-9]+]]: i32, %[[N:arg[0-9]+]]: i32, %{{.*}}: i32, %[[GROUPS:arg[0-9]+]]: !llvm.ptr<1>, %[[G:arg[0-9]+]]: i32)
+// The offsets and G follow K, then the staged scales' two tensor maps
+// (gemm-abi.md "Staged scales").
+// CHECK: llvm.func @kiln_gemm_fp8_m64n64s8c1_contiguous({{.*}}%[[M:arg[0-9]+]]: i32, %[[N:arg[0-9]+]]: i32, %{{.*}}: i32, %[[GROUPS:arg[0-9]+]]: !llvm.ptr<1>, %[[G:arg[0-9]+]]: i32, %{{[a-z0-9]+}}: !llvm.ptr {llvm.align = 64 : i64, llvm.byval = !llvm.array<128 x i8>, nvvm.grid_constant}, %{{[a-z0-9]+}}: !llvm.ptr {llvm.align = 64 : i64, llvm.byval = !llvm.array<128 x i8>, nvvm.grid_constant})
 // CHECK-SAME: kiln.gemm_config = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, grouped = contiguous>
 // At most 1024 groups; every thread reads one group's offsets, clamped
 // into the rows of A, and counts its tiles into the tables.

@@ -84,18 +84,18 @@
 // PTXAS-DAG: kiln_gemm_fp8_m128n128s4c2_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // PTXAS-DAG: kiln_gemm_fp8_m128n192s4c2_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // The grouped kernels of the expert GEMMs the grouped benchmark runs.
-// PTXAS-DAG: kiln_gemm_fp8_m64n128s8c1_contiguous: {{[0-9]+}} registers, 0 spill bytes, 219276 B shared memory: ok
+// PTXAS-DAG: kiln_gemm_fp8_m64n128s8c1_contiguous: {{[0-9]+}} registers, 0 spill bytes, 225548 B shared memory: ok
 // The 128x128 grouped kernels store with TMA where a warpgroup's rows are
 // all its group's (the group tables, the ring and the whole BF16 tile).
 // PTXAS-DAG: kiln_gemm_fp8_m128n128s4c2_contiguous_tma: {{[0-9]+}} registers, 0 spill bytes, 177228 B shared memory: ok
-// PTXAS-DAG: kiln_gemm_fp8_m64n64s8c1_masked: {{[0-9]+}} registers, 0 spill bytes, 153740 B shared memory: ok
+// PTXAS-DAG: kiln_gemm_fp8_m64n64s8c1_masked: {{[0-9]+}} registers, 0 spill bytes, 160012 B shared memory: ok
 // PTXAS-DAG: kiln_gemm_fp8_m64n128s8c1_masked: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // PTXAS-DAG: kiln_gemm_fp8_m128n64s8c2_masked: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // PTXAS-DAG: kiln_gemm_fp8_m128n128s4c2_masked_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // Split-K grouped kernels (decode shapes with few tiles), and the contiguous
 // configurations the plans pick at decode.
 // RUN: %python %kiln_compile_gemm --kiln-opt %kiln_opt_path --ptxas %ptxas --out %t/grouped --config 64,64,8,1,1,contiguous --config 64,64,8,1,2,contiguous --config 128,64,8,2,4,masked --config 128,64,8,2,1,contiguous | FileCheck %s --check-prefix=GROUPED
-// GROUPED: kiln_gemm_fp8_m64n64s8c1_contiguous: {{[0-9]+}} registers, 0 spill bytes, 153740 B shared memory: ok
+// GROUPED: kiln_gemm_fp8_m64n64s8c1_contiguous: {{[0-9]+}} registers, 0 spill bytes, 160012 B shared memory: ok
 // GROUPED: kiln_gemm_fp8_m64n64s8c1k2_contiguous: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // GROUPED: kiln_gemm_fp8_m128n64s8c2k4_masked: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // GROUPED: kiln_gemm_fp8_m128n64s8c2_contiguous: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
@@ -107,8 +107,8 @@
 // RUN: %python %kiln_compile_gemm --kiln-opt %kiln_opt_path --ptxas %ptxas --out %t/swiglu --config 128,128,4,2,1,contiguous,swiglu --config 128,128,4,2,1,masked,swiglu --config 64,128,8,1,1,contiguous,swiglu --config 64,128,8,1,1,masked,swiglu | FileCheck %s --check-prefix=SWIGLU
 // SWIGLU: kiln_gemm_fp8_m128n128s4c2_contiguous_swiglu: {{[0-9]+}} registers, 0 spill bytes, 162892 B shared memory: ok
 // SWIGLU: kiln_gemm_fp8_m128n128s4c2_masked_swiglu: {{[0-9]+}} registers, 0 spill bytes, 162892 B shared memory: ok
-// SWIGLU: kiln_gemm_fp8_m64n128s8c1_contiguous_swiglu: 240 registers, 0 spill bytes, 219276 B shared memory: ok
-// SWIGLU: kiln_gemm_fp8_m64n128s8c1_masked_swiglu: 240 registers, 0 spill bytes, 219276 B shared memory: ok
+// SWIGLU: kiln_gemm_fp8_m64n128s8c1_contiguous_swiglu: 240 registers, 0 spill bytes, 225548 B shared memory: ok
+// SWIGLU: kiln_gemm_fp8_m64n128s8c1_masked_swiglu: 240 registers, 0 spill bytes, 225548 B shared memory: ok
 // RUN: %python -c "import json; m = json.load(open('%t/swiglu/kiln_gemm_fp8_m64n128s8c1_masked_swiglu.json')); print(m['grouped'], m['epilogue'], m['block_n'])" | FileCheck %s --check-prefix=SWIGLU-MANIFEST
 // SWIGLU-MANIFEST: masked swiglu 128
 // The epilogue computes silu(g) * u with ex2 and rcp before the m64n64
@@ -129,8 +129,8 @@
 // RUN: %python %kiln_compile_gemm --kiln-opt %kiln_opt_path --ptxas %ptxas --out %t/swiglu-quantize --config 128,128,4,2,1,contiguous,swiglu_quantize --config 128,128,4,2,1,masked,swiglu_quantize --config 64,128,8,1,1,contiguous,swiglu_quantize --config 64,128,8,1,1,masked,swiglu_quantize | FileCheck %s --check-prefix=SWIGLU-Q
 // SWIGLU-Q: kiln_gemm_fp8_m128n128s4c2_contiguous_swiglu_quantize: {{[0-9]+}} registers, 0 spill bytes, 162892 B shared memory: ok
 // SWIGLU-Q: kiln_gemm_fp8_m128n128s4c2_masked_swiglu_quantize: {{[0-9]+}} registers, 0 spill bytes, 162892 B shared memory: ok
-// SWIGLU-Q: kiln_gemm_fp8_m64n128s8c1_contiguous_swiglu_quantize: 240 registers, 0 spill bytes, 219276 B shared memory: ok
-// SWIGLU-Q: kiln_gemm_fp8_m64n128s8c1_masked_swiglu_quantize: 240 registers, 0 spill bytes, 219276 B shared memory: ok
+// SWIGLU-Q: kiln_gemm_fp8_m64n128s8c1_contiguous_swiglu_quantize: 240 registers, 0 spill bytes, 225548 B shared memory: ok
+// SWIGLU-Q: kiln_gemm_fp8_m64n128s8c1_masked_swiglu_quantize: 240 registers, 0 spill bytes, 225548 B shared memory: ok
 // RUN: %python -c "import json; m = json.load(open('%t/swiglu-quantize/kiln_gemm_fp8_m128n128s4c2_contiguous_swiglu_quantize.json')); print(m['grouped'], m['epilogue'])" | FileCheck %s --check-prefix=SWIGLU-Q-MANIFEST
 // SWIGLU-Q-MANIFEST: contiguous swiglu_quantize
 // RUN: FileCheck %s --check-prefix=SWIGLU-Q-PTX --input-file %t/swiglu-quantize/kiln_gemm_fp8_m128n128s4c2_contiguous_swiglu_quantize.ptx
@@ -158,20 +158,36 @@
 // the staging, writes its 64 rows as swizzled BF16 pairs, fences the async
 // proxy and its leader stores three 64-column boxes with one bulk group.
 // RUN: %python %kiln_compile_gemm --kiln-opt %kiln_opt_path --ptxas %ptxas --out %t/tma --config 128,192,4,2,tma --config 64,64,8,1,tma --config 128,128,4,2,x2,tma | FileCheck %s --check-prefix=TMA
-// TMA: kiln_gemm_fp8_m128n192s4c2_tma: {{[0-9]+}} registers, 0 spill bytes, 214080 B shared memory: ok
-// TMA: kiln_gemm_fp8_m64n64s8c1_tma: {{[0-9]+}} registers, 0 spill bytes, 140416 B shared memory: ok
+// TMA: kiln_gemm_fp8_m128n192s4c2_tma: {{[0-9]+}} registers, 0 spill bytes, 218304 B shared memory: ok
+// TMA: kiln_gemm_fp8_m64n64s8c1_tma: {{[0-9]+}} registers, 0 spill bytes, 146688 B shared memory: ok
 // TMA: kiln_gemm_fp8_m128n128s4c2x2_tma: {{[0-9]+}} registers, 0 spill bytes, 164928 B shared memory: ok
 // RUN: %python -c "import json; m = json.load(open('%t/tma/kiln_gemm_fp8_m128n192s4c2_tma.json')); print(m['store'], m['block_n'], m['smem_bytes'])" | FileCheck %s --check-prefix=TMA-MANIFEST
-// TMA-MANIFEST: tma 192 214080
-// RUN: FileCheck %s --check-prefix=TMA-LOOP --implicit-check-not=st.global --input-file %t/tma/kiln_gemm_fp8_m128n192s4c2_tma.ptx
+// TMA-MANIFEST: tma 192 218304
+// The 192-wide kernel also stages its scales (gemm-abi.md "Staged scales"):
+// two more tensor maps, no global load at all; per K block the consumers
+// read the three weight scales and rows r and r + 8 of the activation
+// scales from the stage while the block's wgmmas run, and each warp
+// releases the stage after its own reads.
+// RUN: FileCheck %s --check-prefix=TMA-LOOP --implicit-check-not=st.global --implicit-check-not=ld.global --input-file %t/tma/kiln_gemm_fp8_m128n192s4c2_tma.ptx
 // RUN: FileCheck %s --check-prefix=TMA-PTX --input-file %t/tma/kiln_gemm_fp8_m128n192s4c2_tma.ptx
 // TMA-LOOP: .param .align 64 .b8 kiln_gemm_fp8_m128n192s4c2_tma_param_8[128]
+// TMA-LOOP: .param .align 64 .b8 kiln_gemm_fp8_m128n192s4c2_tma_param_10[128]
 // TMA-LOOP: setmaxnreg.inc.sync.aligned.u32 232
-// TMA-LOOP-COUNT-5: ld.global.b32
 // TMA-LOOP: mbarrier.try_wait.parity
 // TMA-LOOP-COUNT-4: wgmma.mma_async.sync.aligned.m64n192k32.f32.e4m3.e4m3
 // TMA-LOOP: wgmma.commit_group.sync.aligned;
-// TMA-LOOP-NEXT: wgmma.wait_group.sync.aligned 0;
+// TMA-LOOP-COUNT-5: ld.shared.b32
+// TMA-LOOP: wgmma.wait_group.sync.aligned 0;
+// TMA-LOOP-NEXT: bar.warp.sync -1;
+// TMA-LOOP: mbarrier.arrive.shared.b64
+// The producer: A and B, then the scales' 1-D boxes (activation, then the
+// three weight scales), all on the stage's full barrier, which expects
+// (128 + 192) * 128 + 4 * (128 + 4) + 3 * 16 bytes.
+// TMA-LOOP: setmaxnreg.dec.sync.aligned.u32 40
+// TMA-LOOP: mov.b32 [[TX:%r[0-9]+]], 41536;
+// TMA-LOOP-NEXT: mbarrier.arrive.expect_tx.shared.b64 %rd{{[0-9]+}}, [[FULL:\[%rd[0-9]+\+[0-9]+\]]], [[TX]];
+// TMA-LOOP-COUNT-2: cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes {{.*}}, [[FULL]];
+// TMA-LOOP-COUNT-4: cp.async.bulk.tensor.1d.shared::cluster.global.tile.mbarrier::complete_tx::bytes {{.*}}, [[FULL]];
 // The epilogue (LLVM may place its block anywhere): stage the BF16 tile,
 // then the leader's three 64-column box stores, predicated rather than
 // branched around.
@@ -186,7 +202,9 @@
 // 64-wide tiles keep four K blocks in flight (32 accumulator registers and
 // four partials of 32): sixteen wgmmas as four groups, then waits for at
 // most 3, 2, 1 and 0 groups, each followed by its block's promotion; the
-// blocks past the last whole chain of four run one at a time.
+// blocks past the last whole chain of four run one at a time, each block's
+// staged scales (one weight scale, rows r and r + 8) read from shared
+// memory between its commit and its wait.
 // RUN: FileCheck %s --check-prefix=CHAIN --input-file %t/tma/kiln_gemm_fp8_m64n64s8c1_tma.ptx
 // CHAIN-COUNT-4: wgmma.commit_group.sync.aligned;
 // CHAIN: wgmma.wait_group.sync.aligned 3;
@@ -195,7 +213,15 @@
 // CHAIN: wgmma.wait_group.sync.aligned 0;
 // CHAIN: wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3
 // CHAIN: wgmma.commit_group.sync.aligned;
-// CHAIN-NEXT: wgmma.wait_group.sync.aligned 0;
+// CHAIN-COUNT-3: ld.shared.b32
+// CHAIN: wgmma.wait_group.sync.aligned 0;
+// CHAIN-NEXT: bar.warp.sync -1;
+// The pipelined 128x128 kernel keeps loading its scales from global memory
+// a pair of blocks ahead (GemmConfigAttr::getStagedScales): no 1-D TMA, no
+// scale maps.
+// RUN: FileCheck %s --check-prefix=UNSTAGED --implicit-check-not=cp.async.bulk.tensor.1d --implicit-check-not=_param_10 --input-file %t/tma/kiln_gemm_fp8_m128n128s4c2x2_tma.ptx
+// UNSTAGED: .param .align 64 .b8 kiln_gemm_fp8_m128n128s4c2x2_tma_param_8[128]
+// UNSTAGED: ld.global.b32
 // PTXAS-NOT: SPILLS
 
 // Grouped kernels with the TMA store: a warpgroup whose 64 rows are all the

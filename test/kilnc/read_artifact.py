@@ -36,6 +36,7 @@ def main():
         target = "sm_90a" if b".target sm_90a" in ptx else "none"
         grouped = f" grouped {kernel['grouped']}" if "grouped" in kernel else ""
         grouped += f" store {kernel['store']}" if "store" in kernel else ""
+        grouped += f" scale_a {kernel['scale_a']}" if "scale_a" in kernel else ""
         print(f"kernel {kernel['name']} split_k {kernel['split_k']}{grouped} "
               f"smem {kernel['shared_memory_bytes']} cubin {elf} ptx {target}")
     print(f"weights {len(manifest['weights'])}")

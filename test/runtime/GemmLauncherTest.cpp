@@ -297,6 +297,41 @@ TEST(TmaStoreGemm, OnlyUnsplitKernelsStoreWithTma) {
   EXPECT_EQ(grouped.grouping, GemmGrouping::Contiguous);
 }
 
+TEST(StagedScalesGemm, ManifestReadsScaleAAndOnlyUnsplitKernelsHaveIt) {
+  // kiln-compile-gemm.py's manifest of a staged-scale kernel.
+  GemmKernelConfig config = parseGemmManifest(
+      R"({"kernel": "kiln_gemm_fp8_m128n192s4c2_tma", "block_m": 128,
+          "block_n": 192, "stages": 4, "consumer_warpgroups": 2,
+          "split_k": 1, "threads": 384, "smem_bytes": 218304,
+          "store": "tma", "scale_a": "tma"})",
+      "staged.json");
+  EXPECT_TRUE(config.stagedScales);
+  EXPECT_TRUE(config.tmaStore);
+  EXPECT_NE(toManifestJson(config).find("\"scale_a\": \"tma\""),
+            std::string::npos);
+  EXPECT_TRUE(parseGemmManifest(toManifestJson(config), "again").stagedScales);
+  EXPECT_FALSE(parseGemmManifest(R"({"kernel": "k", "block_m": 64,
+                                     "block_n": 64, "stages": 4,
+                                     "consumer_warpgroups": 1})",
+                                 "plain.json")
+                   .stagedScales);
+  const std::pair<const char *, const char *> cases[] = {
+      {R"({"kernel": "k", "block_m": 64, "block_n": 64, "stages": 4,
+           "consumer_warpgroups": 1, "scale_a": "ldg"})",
+       "\"scale_a\" must be \"tma\""},
+      {R"({"kernel": "k", "block_m": 64, "block_n": 64, "stages": 4,
+           "consumer_warpgroups": 1, "scale_a": "tma", "split_k": 2})",
+       "scale_a tma needs split_k 1"},
+      {R"({"kernel": "k", "block_m": 64, "block_n": 64, "stages": 4,
+           "consumer_warpgroups": 1, "scale_a": "tma",
+           "operand_pointers": true})",
+       "no operand_pointers"},
+  };
+  for (const auto &[json, rule] : cases)
+    expectMentions(errorOf([&] { parseGemmManifest(json, "bad.json"); }),
+                   {"bad.json", rule});
+}
+
 TEST(GroupedGemm, ManifestReadsTheLayout) {
   // kiln-compile-gemm.py's manifest of a grouped kernel.
   GemmKernelConfig config = parseGemmManifest(

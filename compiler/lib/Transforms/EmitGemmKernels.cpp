@@ -80,6 +80,7 @@ public:
     tmaStore = config.getTmaStore();
     quantize = config.getQuantize();
     splitTail = config.getSplitTail();
+    stagedScales = config.getStagedScales();
     std::string name = config.getKernelName();
     structType = "!llvm.struct<(";
     for (int64_t i = 0; i < accRegs; ++i)
@@ -88,13 +89,23 @@ public:
 
     int64_t epilogue = stages * (bm + bn) * kSliceBytes;
     int64_t barriers = epilogue + config.getEpilogueBytes();
-    int64_t tables = barriers + 16 * stages;
+    // The stages' scale slots, 128-byte aligned for TMA (getSharedMemoryBytes
+    // counts the padding).
+    int64_t stageScales = (barriers + 16 * stages + 127) / 128 * 128;
+    int64_t stageWeightScales =
+        stageScales + stages * kiln::GemmConfigAttr::getStageScaleBytes(bm);
+    int64_t tables =
+        stagedScales ? stageWeightScales +
+                           stages * kiln::GemmConfigAttr::kStageWeightScaleBytes
+                     : barriers + 16 * stages;
     int64_t tableBytes = 4 * (kiln::GemmConfigAttr::kMaxGroups + 1);
     layout = {/*ringA=*/0,
               /*ringB=*/stages * bm * kSliceBytes,
               /*epilogue=*/epilogue,
               /*fullBar=*/barriers,
               /*emptyBar=*/barriers + 8 * stages,
+              /*stageScales=*/stageScales,
+              /*stageWeightScales=*/stageWeightScales,
               /*tilePrefix=*/tables,
               /*groupRow=*/tables + tableBytes,
               /*groupRows=*/tables + 2 * tableBytes};
@@ -119,6 +130,13 @@ public:
                                 "llvm.byval = !llvm.array<128 x i8>, "
                                 "nvvm.grid_constant}"
                               : "") +
+         std::string(stagedScales
+                         ? ", %tmSA: !llvm.ptr {llvm.align = 64 : i64, "
+                           "llvm.byval = !llvm.array<128 x i8>, "
+                           "nvvm.grid_constant}, %tmSB: !llvm.ptr "
+                           "{llvm.align = 64 : i64, llvm.byval = "
+                           "!llvm.array<128 x i8>, nvvm.grid_constant}"
+                         : "") +
          ") attributes {nvvm.kernel, nvvm.maxntid = array<i32: " +
          std::to_string(config.getThreads()) +
          ", 1, 1>, nvvm.minctasm = 1 : i32, " +
@@ -169,7 +187,8 @@ public:
 
     // Thread 0 initializes the ring's barriers: full[s] completes when the
     // producer's one arrival and the stage's TMA bytes have landed;
-    // empty[s] when every consumer warpgroup has released the stage.
+    // empty[s] when every consumer warpgroup (with staged scales: every
+    // consumer warp, which reads the stage's scales) has released it.
     emit("scf.if %isT0 {");
     // Start fetching the tensor maps now, so that the first TMA loads (and
     // stores) do not wait for them after the barriers are set up: at small M
@@ -179,13 +198,18 @@ public:
            " : !llvm.ptr");
     if (tmaStore)
       emit("nvvm.prefetch tensormap in_param_space, %tmC : !llvm.ptr");
+    if (stagedScales)
+      for (const char *map : {"%tmSA", "%tmSB"})
+        emit(std::string("nvvm.prefetch tensormap in_param_space, ") + map +
+             " : !llvm.ptr");
     emit("scf.for %s = %c0 to " + i32(stages) + " step %c1 : i32 {");
     emit("%full = " + barrier(layout.fullBar, "%s"));
     emit("nvvm.mbarrier.init %full, %c1 : !llvm.ptr<3>, i32");
     // In a cluster, every consumer warpgroup of both blocks releases a
     // stage in both: each producer overwrites its peer's B half too.
     emit("%empty = " + barrier(layout.emptyBar, "%s"));
-    emit("nvvm.mbarrier.init %empty, " + i32(consumers * clusterM) +
+    emit("nvvm.mbarrier.init %empty, " +
+         i32(consumers * (stagedScales ? 4 : 1) * clusterM) +
          " : !llvm.ptr<3>, i32");
     emit("}");
     emit("nvvm.fence.mbarrier.init");
@@ -232,6 +256,19 @@ private:
     emit("scf.if %isT0 {");
     writeWorkLoop();
     writeTileOrigin(bm, bn);
+    if (stagedScales) {
+      // The tile's first row in the activation scales' K block 0: both
+      // grouped layouts put group g's at ceil(K/128) * groupRow[g].
+      if (grouped) {
+        emit("%aScaleBase = arith.muli %groupRow, %numKB : i32");
+        emit("%scTileRow = arith.addi %aScaleBase, %mOff : i32");
+      } else {
+        emit("%scTileRow = arith.addi %mOff, %c0 : i32");
+      }
+      if (grouped)
+        emitCeilDiv("%nScaleBlocks", "%N", 128);
+      writeWeightScaleRows(bn);
+    }
     emit("%next = scf.for %kb = " + kbBegin() + " to " + kbEnd() +
          " step %c1 iter_args(%j = %it) -> (i32) : i32 {");
     writeStageAndPhase(stages);
@@ -242,8 +279,14 @@ private:
     emit("nvvm.mbarrier.try_wait.parity %empty, %freePhase, %ticks : "
          "!llvm.ptr<3>, i32, i32");
     emit("%full = " + barrier(layout.fullBar, "%s"));
+    std::vector<std::string> weightSuffixes = weightScaleSuffixes();
+    int64_t scaleBytes =
+        stagedScales ? 4 * kiln::GemmConfigAttr::getStageScaleBoxElements(bm) +
+                           kiln::GemmConfigAttr::kWeightScaleBoxBytes *
+                               static_cast<int64_t>(weightSuffixes.size())
+                     : 0;
     emit("nvvm.mbarrier.arrive.expect_tx %full, " +
-         i32((bm + bn) * kSliceBytes) + " : !llvm.ptr<3>, i32");
+         i32((bm + bn) * kSliceBytes + scaleBytes) + " : !llvm.ptr<3>, i32");
     emit("%kOff = arith.muli %kb, %c128 : i32");
     emit("%aDst = " + ringSlot(layout.ringA, bm * kSliceBytes, "%s"));
     emit("%aDst7 = llvm.addrspacecast %aDst : !llvm.ptr<3> to !llvm.ptr<7>");
@@ -277,12 +320,98 @@ private:
            std::string(grouped ? "%bRow" : "%nOff") +
            "] : !llvm.ptr<7>, !llvm.ptr");
     }
+    if (stagedScales)
+      writeStagedScaleLoads(bm, weightSuffixes);
     emit("%j1 = arith.addi %j, %c1 : i32");
     emit("scf.yield %j1 : i32");
     emit("}");
     emit("scf.yield %next : i32");
     emit("}");
     emit("}");
+  }
+
+  /// Staged scales, in the producer's loop after the A and B loads (issued
+  /// first, the scales' TMAs delayed the data's: gemm-kernels.md "Session
+  /// 9"): TMA loads of K block %kb's scales into stage %s, counted on its
+  /// full barrier. TMA starts a box at a 16-byte-aligned element only, so
+  /// each box starts at the scale's element aligned down to 4 and the
+  /// consumers skip the remainder (stagedScaleOffsets): the activation
+  /// scales of the tile's rows, BLOCK_M + 4 elements from element
+  /// kb * stride + first row of scaleA seen as one 1-D tensor (rows past M
+  /// or the group read the next ones, whose results are never stored; past
+  /// the end TMA fills zeros), and per weight scale the 16-byte box (TMA's
+  /// smallest) that holds it, in its own 128-byte slot.
+  void writeStagedScaleLoads(int64_t bm,
+                             const std::vector<std::string> &weightSuffixes) {
+    emit("%scKbRows = arith.muli %kb, " + aScaleStride() + " : i32");
+    emit("%scFirst = arith.addi %scKbRows, %scTileRow : i32");
+    emit("%scStart = arith.andi %scFirst, " + alignDownMask() + " : i32");
+    emit("%scDst = " + ringSlot(layout.stageScales,
+                                kiln::GemmConfigAttr::getStageScaleBytes(bm),
+                                "%s"));
+    emit("%scDst7 = llvm.addrspacecast %scDst : !llvm.ptr<3> to "
+         "!llvm.ptr<7>");
+    emit("nvvm.cp.async.bulk.tensor.shared.cluster.global %scDst7, %tmSA, "
+         "%full, box[%scStart] : !llvm.ptr<7>, !llvm.ptr");
+    for (size_t b = 0; b < weightSuffixes.size(); ++b) {
+      std::string bs = std::to_string(b);
+      emit("%scWu" + bs + " = arith.addi %bScaleRow" + weightSuffixes[b] +
+           ", %kb : i32");
+      emit("%scW" + bs + " = arith.andi %scWu" + bs + ", " + alignDownMask() +
+           " : i32");
+      emit("%scWDst" + bs + " = " +
+           ringSlot(layout.stageWeightScales +
+                        kiln::GemmConfigAttr::kWeightScaleSlotBytes *
+                            static_cast<int64_t>(b),
+                    kiln::GemmConfigAttr::kStageWeightScaleBytes, "%s"));
+      emit("%scWDst7" + bs + " = llvm.addrspacecast %scWDst" + bs +
+           " : !llvm.ptr<3> to !llvm.ptr<7>");
+      emit("nvvm.cp.async.bulk.tensor.shared.cluster.global %scWDst7" + bs +
+           ", %tmSB, %full, box[%scW" + bs + "] : !llvm.ptr<7>, !llvm.ptr");
+    }
+  }
+
+  /// The weight scales' rows of this tile at K block 0, %bScaleRow<suffix>
+  /// for each of weightScaleSuffixes() (add kb for block kb); grouped
+  /// kernels need %nScaleBlocks.
+  void writeWeightScaleRows(int64_t bn) {
+    if (grouped) {
+      emit("%groupScaleRow = arith.muli " + groupIndex +
+           ", %nScaleBlocks : i32");
+      if (swiglu) {
+        // Tile t holds gate rows [64t, 64t + 64) and the same up rows: the
+        // gate's weight-scale block t / 2 and the up's N / 256 + t / 2
+        // (the checkpoint's 128-row blocks of the gate/up weight, gate
+        // blocks first).
+        emit("%nBlockInGroup = arith.divui %nOff, " + i32(256) + " : i32");
+        emit("%nBlock = arith.addi %groupScaleRow, %nBlockInGroup : i32");
+        emit("%upBlocks = arith.divui %nScaleBlocks, %c2 : i32");
+        emit("%nBlockUp = arith.addi %nBlock, %upBlocks : i32");
+        emit("%bScaleRowUp = arith.muli %nBlockUp, %numKB : i32");
+      } else {
+        emit("%nBlockInGroup = arith.divui %nOff, %c128 : i32");
+        emit("%nBlock = arith.addi %groupScaleRow, %nBlockInGroup : i32");
+      }
+    } else {
+      emit("%nBlock = arith.divui %nOff, %c128 : i32");
+    }
+    emit("%bScaleRow = arith.muli %nBlock, %numKB : i32");
+    if (bn > 128) {
+      // A 192-wide tile spans two weight-scale blocks; its 64-column chunk
+      // c lies in block (nOff + 64c) / 128 (nOff is a multiple of 64),
+      // clamped to the last block for chunks past N (never stored).
+      emitCeilDiv("%nScaleBlocksP", "%N", 128);
+      emit("%lastNBlock = arith.subi %nScaleBlocksP, %c1 : i32");
+      for (int64_t c = 1; c < bn / 64; ++c) {
+        std::string cs = std::to_string(c);
+        emit("%nOffC" + cs + " = arith.addi %nOff, " + i32(64 * c) + " : i32");
+        emit("%nBlockC" + cs + "u = arith.divui %nOffC" + cs + ", %c128 : i32");
+        emit("%nBlockC" + cs + " = arith.minui %nBlockC" + cs +
+             "u, %lastNBlock : i32");
+        emit("%bScaleRowC" + cs + " = arith.muli %nBlockC" + cs +
+             ", %numKB : i32");
+      }
+    }
   }
 
   /// Each consumer warpgroup owns 64 rows of the tile. K blocks go in pairs
@@ -322,6 +451,11 @@ private:
       emitCeilDiv("%nScaleBlocks", "%N", 128);
     } else {
       emit("%lastRow = arith.subi %M, %c1 : i32");
+    }
+    if (stagedScales) {
+      // This thread's rows r and r + 8 in a stage's activation scales.
+      emit("%scaleOff = arith.muli %rowInTile, %c4 : i32");
+      emit("%isWarpLeader = arith.cmpi eq, %lane, %c0 : i32");
     }
     emit("%N64 = arith.extui %N : i32 to i64");
     emit("%addrMask = arith.constant 262143 : i64");
@@ -370,45 +504,16 @@ private:
       emit("%aScaleBase = arith.muli %groupRow, %numKB : i32");
       emit("%row0c = arith.addi %row0l, %aScaleBase : i32");
       emit("%row1c = arith.addi %row1l, %aScaleBase : i32");
-      emit("%groupScaleRow = arith.muli " + groupIndex +
-           ", %nScaleBlocks : i32");
-      if (swiglu) {
-        // Tile t holds gate rows [64t, 64t + 64) and the same up rows: the
-        // gate's weight-scale block t / 2 and the up's N / 256 + t / 2
-        // (the checkpoint's 128-row blocks of the gate/up weight, gate
-        // blocks first).
-        emit("%nBlockInGroup = arith.divui %nOff, " + i32(256) + " : i32");
-        emit("%nBlock = arith.addi %groupScaleRow, %nBlockInGroup : i32");
-        emit("%upBlocks = arith.divui %nScaleBlocks, %c2 : i32");
-        emit("%nBlockUp = arith.addi %nBlock, %upBlocks : i32");
-        emit("%bScaleRowUp = arith.muli %nBlockUp, %numKB : i32");
-      } else {
-        emit("%nBlockInGroup = arith.divui %nOff, %c128 : i32");
-        emit("%nBlock = arith.addi %groupScaleRow, %nBlockInGroup : i32");
-      }
+      if (stagedScales)
+        emit("%scTileRow = arith.addi %aScaleBase, %mOff : i32");
     } else {
       // Rows past M read a valid scale; their results are never stored.
       emit("%row0c = arith.minui %row0, %lastRow : i32");
       emit("%row1c = arith.minui %row1, %lastRow : i32");
-      emit("%nBlock = arith.divui %nOff, %c128 : i32");
+      if (stagedScales)
+        emit("%scTileRow = arith.addi %mOff, %c0 : i32");
     }
-    emit("%bScaleRow = arith.muli %nBlock, %numKB : i32");
-    if (bn > 128) {
-      // A 192-wide tile spans two weight-scale blocks; its 64-column chunk
-      // c lies in block (nOff + 64c) / 128 (nOff is a multiple of 64),
-      // clamped to the last block for chunks past N (never stored).
-      emitCeilDiv("%nScaleBlocksP", "%N", 128);
-      emit("%lastNBlock = arith.subi %nScaleBlocksP, %c1 : i32");
-      for (int64_t c = 1; c < bn / 64; ++c) {
-        std::string cs = std::to_string(c);
-        emit("%nOffC" + cs + " = arith.addi %nOff, " + i32(64 * c) + " : i32");
-        emit("%nBlockC" + cs + "u = arith.divui %nOffC" + cs + ", %c128 : i32");
-        emit("%nBlockC" + cs + " = arith.minui %nBlockC" + cs +
-             "u, %lastNBlock : i32");
-        emit("%bScaleRowC" + cs + " = arith.muli %nBlockC" + cs +
-             ", %numKB : i32");
-      }
-    }
+    writeWeightScaleRows(bn);
     // 192-wide tiles have no registers for a second partial (96 + 96
     // accumulator registers already): one K block at a time.
     bool paired = accRegs <= 64;
@@ -417,9 +522,16 @@ private:
     int64_t chain = accRegs <= 32 && !swiglu ? kChainBlocks : 2;
     // The scales of one K block, as loadScales names them with tag "".
     std::vector<std::string> blockScales;
-    for (const std::string &suffix : weightScaleSuffixes())
-      for (const char *row : {"%scale0", "%scale1"})
-        blockScales.push_back(row + suffix);
+    // With staged scales: the offsets stagedScaleOffsets names instead.
+    if (stagedScales) {
+      blockScales.push_back("%stagedA");
+      for (size_t b = 0; b < weightScaleSuffixes().size(); ++b)
+        blockScales.push_back("%stagedW" + std::to_string(b));
+    } else {
+      for (const std::string &suffix : weightScaleSuffixes())
+        for (const char *row : {"%scale0", "%scale1"})
+          blockScales.push_back(row + suffix);
+    }
     finalAcc = "%final";
     if (!paired)
       writeSingleBlocks(zero, blockScales);
@@ -613,7 +725,7 @@ private:
     std::vector<std::string> first = loadScales("P", kbBegin());
     for (size_t i = 0; i < blockScales.size(); ++i) {
       scaleArgs += ", " + blockScales[i] + "S = " + first[i];
-      scaleTypes += ", f32";
+      scaleTypes += std::string(", ") + scaleType();
       current.push_back(blockScales[i] + "S");
     }
     emit("%res:" + std::to_string(2 + blockScales.size()) +
@@ -656,7 +768,7 @@ private:
       for (size_t i = 0; i < blockScales.size(); ++i) {
         std::string name = blockScales[i] + "C" + xs;
         scaleArgs += ", " + name + " = " + first[i];
-        scaleTypes += ", f32";
+        scaleTypes += std::string(", ") + scaleType();
         current[x].push_back(name);
       }
     }
@@ -751,7 +863,7 @@ private:
       oddScales.push_back(blockScales[i] + "O");
     }
     for (size_t i = 0; i < 2 * blockScales.size(); ++i)
-      scaleTypes += ", f32";
+      scaleTypes += std::string(", ") + scaleType();
     std::string first = issueBlock("F", "%it");
     emit("%countM1 = arith.subi " + kbCount() + ", %c1 : i32");
     emit("%numIter = arith.divui %countM1, %c2 : i32");
@@ -1473,6 +1585,8 @@ private:
   /// SSA names end in `tag`.
   std::vector<std::string> loadScales(const std::string &tag,
                                       const std::string &kb) {
+    if (stagedScales)
+      return stagedScaleOffsets(tag, kb);
     emit("%kbRows" + tag + " = arith.muli " + kb + ", " + aScaleStride() +
          " : i32");
     emit("%ia0" + tag + " = arith.addi %kbRows" + tag + ", %row0c : i32");
@@ -1502,6 +1616,89 @@ private:
         emit("%ib" + suffix + tag + " = arith.addi %bScaleRow" + suffix + ", " +
              kb + " : i32");
       combine(suffix);
+    }
+    return scales;
+  }
+
+  /// Staged scales: where K block `kb`'s scales lie in its stage, as byte
+  /// offsets past their boxes' aligned-down starts (writeStagedScaleLoads):
+  /// the activation scales' first, then each weight scale's. Cheap integer
+  /// work, done one step ahead like the loads it replaces.
+  std::vector<std::string> stagedScaleOffsets(const std::string &tag,
+                                              const std::string &kb) {
+    std::vector<std::string> offsets;
+    auto remainderBytes = [&](const std::string &name,
+                              const std::string &element) {
+      emit(name + "R = arith.andi " + element + ", " +
+           i32(kiln::GemmConfigAttr::kScaleAlignElements - 1) + " : i32");
+      emit(name + " = arith.muli " + name + "R, %c4 : i32");
+      offsets.push_back(name);
+    };
+    emit("%kbRows" + tag + " = arith.muli " + kb + ", " + aScaleStride() +
+         " : i32");
+    emit("%scFirst" + tag + " = arith.addi %kbRows" + tag +
+         ", %scTileRow : i32");
+    remainderBytes("%scAOff" + tag, "%scFirst" + tag);
+    std::vector<std::string> suffixes = weightScaleSuffixes();
+    for (size_t b = 0; b < suffixes.size(); ++b) {
+      std::string bs = std::to_string(b);
+      emit("%scW" + bs + tag + " = arith.addi %bScaleRow" + suffixes[b] + ", " +
+           kb + " : i32");
+      remainderBytes("%scWOff" + bs + tag, "%scW" + bs + tag);
+    }
+    return offsets;
+  }
+
+  /// A K block's combined scales with staged scales, in loadScales' order
+  /// (rows r and r + 8 times each weight scale), from the block's stage at
+  /// `offsets` (stagedScaleOffsets): read before the block's wgmma wait (so
+  /// that their latency hides under it) and before the warp releases the
+  /// stage.
+  std::vector<std::string>
+  readStagedScales(const std::string &tag,
+                   const std::vector<std::string> &offsets) {
+    int64_t bm = config.getBlockM();
+    std::vector<std::string> weights;
+    emit("%scWSlot0" + tag + " = arith.muli %s" + tag + ", " +
+         i32(kiln::GemmConfigAttr::kStageWeightScaleBytes) + " : i32");
+    for (size_t b = 0; b < weightScaleSuffixes().size(); ++b) {
+      std::string name = "%sb" + std::to_string(b) + tag;
+      emit(name + "Slot = arith.addi %scWSlot0" + tag + ", " +
+           i32(layout.stageWeightScales +
+               kiln::GemmConfigAttr::kWeightScaleSlotBytes *
+                   static_cast<int64_t>(b)) +
+           " : i32");
+      emit(name + "At = arith.addi " + name + "Slot, " + offsets[1 + b] +
+           " : i32");
+      emit(name + "P = llvm.getelementptr %smem[" + name +
+           "At] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8");
+      emit(name + " = llvm.load " + name + "P : !llvm.ptr<3> -> f32");
+      weights.push_back(name);
+    }
+    emit("%scSlot0" + tag + " = arith.muli %s" + tag + ", " +
+         i32(kiln::GemmConfigAttr::getStageScaleBytes(bm)) + " : i32");
+    emit("%scSlot1" + tag + " = arith.addi %scSlot0" + tag + ", " +
+         i32(layout.stageScales) + " : i32");
+    emit("%scSlot" + tag + " = arith.addi %scSlot1" + tag + ", " + offsets[0] +
+         " : i32");
+    // Rows r and r + 8: 32 bytes apart (an immediate offset).
+    emit("%sa0" + tag + "At = arith.addi %scSlot" + tag + ", %scaleOff : i32");
+    emit("%sa0" + tag + "P = llvm.getelementptr %smem[%sa0" + tag +
+         "At] : (!llvm.ptr<3>, i32) -> !llvm.ptr<3>, i8");
+    emit("%sa1" + tag + "P = llvm.getelementptr %sa0" + tag +
+         "P[32] : (!llvm.ptr<3>) -> !llvm.ptr<3>, i8");
+    for (const char *which : {"0", "1"})
+      emit(std::string("%sa") + which + tag + " = llvm.load %sa" + which + tag +
+           "P : !llvm.ptr<3> -> f32");
+    std::vector<std::string> scales;
+    for (size_t b = 0; b < weights.size(); ++b) {
+      for (const char *which : {"0", "1"}) {
+        std::string name =
+            std::string("%scale") + which + "_" + std::to_string(b) + tag;
+        emit(name + " = arith.mulf %sa" + which + tag + ", " + weights[b] +
+             " : f32");
+        scales.push_back(name);
+      }
     }
     return scales;
   }
@@ -1566,8 +1763,19 @@ private:
                           const std::string &accIn,
                           const std::vector<std::string> &scales, int pending) {
     int64_t accRegs = config.getBlockN() / 2;
+    std::vector<std::string> combined = scales;
+    if (stagedScales)
+      combined = readStagedScales(tag, scales);
     emit("nvvm.wgmma.wait.group.sync.aligned " + std::to_string(pending));
-    emit("scf.if %isLeader {");
+    if (stagedScales) {
+      // Every warp releases the stage for itself once its lanes have read
+      // the scales: the warp barrier orders their loads before lane 0's
+      // arrive (a warpgroup leader's arrive would not order the others').
+      emit("nvvm.bar.warp.sync %wgAllLanes : i32");
+      emit("scf.if %isWarpLeader {");
+    } else {
+      emit("scf.if %isLeader {");
+    }
     emit("%empty = " + barrier(layout.emptyBar, "%s" + tag));
     emit("%token = nvvm.mbarrier.arrive %empty : !llvm.ptr<3> -> i64");
     if (clusterM > 1) {
@@ -1592,7 +1800,7 @@ private:
         which += 2;
       if (accRegs > 64)
         which += 2 * (i / 32); // 64-column chunk i / 32: 32 registers each
-      const std::string &scale = scales[which];
+      const std::string &scale = combined[which];
       emit("%raw" + n + " = llvm.extractvalue " + partial + "[" + idx +
            "] : " + structType);
       emit("%p" + n +
@@ -1738,6 +1946,17 @@ private:
   std::string aScaleStride() const {
     return grouped == kiln::GroupLayout::Contiguous ? "%groupRows" : "%M";
   }
+
+  /// Staged scales: -4, which aligns a scale's element index down to the
+  /// 16-byte boundary where its TMA box starts.
+  std::string alignDownMask() {
+    return i32(-kiln::GemmConfigAttr::kScaleAlignElements);
+  }
+
+  /// The type of the per-block values loadScales returns (and the main
+  /// loops carry ahead): combined FP32 scales, or with staged scales the
+  /// i32 byte offsets of the block's scales in its stage.
+  const char *scaleType() const { return stagedScales ? "i32" : "f32"; }
 
   /// Grouped kernels: every block builds the group tables in shared memory
   /// from the offsets or counts in global memory (no host involvement, so a
@@ -1923,10 +2142,13 @@ private:
 
   /// Byte offsets in the aligned shared memory: the A and B rings, the
   /// epilogue's staging (16 rows per consumer warp), the full and empty
-  /// barrier arrays and, in grouped kernels, the group
+  /// barrier arrays, the stages' activation and weight scales (staged
+  /// scales) and,
+  /// in grouped kernels, the group
   /// tables (tile prefix sums, first row and row count of each group).
   struct Layout {
     int64_t ringA = 0, ringB = 0, epilogue = 0, fullBar = 0, emptyBar = 0;
+    int64_t stageScales = 0, stageWeightScales = 0;
     int64_t tilePrefix = 0, groupRow = 0, groupRows = 0;
   };
 
@@ -1946,6 +2168,10 @@ private:
   bool quantize = false;
   /// Split-K for the last partial wave's tiles only (config split = tail).
   bool splitTail = false;
+  /// The producer loads each K block's activation scales into its stage
+  /// with TMA (GemmConfigAttr::getStagedScales; gemm-abi.md "Staged
+  /// scales"), where the consumers read them after the stage's data.
+  bool stagedScales = false;
   /// The main loop's result: the tile's FP32 accumulator.
   std::string finalAcc;
   /// Grouped kernels: the tile's group index (writeTileOrigin).

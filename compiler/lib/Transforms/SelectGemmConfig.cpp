@@ -222,7 +222,7 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
       (plainStatic || groupedWide) && splitK == 1 && blockN % 64 == 0 &&
       n % 8 == 0 &&
       kiln::GemmConfigAttr::getSharedMemoryBytes(
-          blockM, blockN, stages, grouped.has_value(),
+          blockM, blockN, stages, consumers, splitK, grouped.has_value(),
           /*tmaStore=*/true) <= kiln::GemmConfigAttr::kMaxSharedMemoryBytes;
   return kiln::GemmConfigAttr::get(context, blockM, blockN, stages, consumers,
                                    splitK, grouped, /*clusterM=*/1,

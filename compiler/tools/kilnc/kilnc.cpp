@@ -270,6 +270,8 @@ std::string planJson(const kiln::LoweredModel &model) {
       fields.emplace_back("store", "tma");
     if (config.getSplitTail())
       fields.emplace_back("split", "tail");
+    if (config.getStagedScales())
+      fields.emplace_back("scale_a", "tma");
     fields.emplace_back("shared_memory_bytes", config.getSharedMemoryBytes());
     kernels.push_back(orderedObject(fields));
   }
@@ -360,6 +362,8 @@ std::string kernelManifest(const kiln::ArtifactKernel &kernel,
     manifest["store"] = kernel.store;
   if (!kernel.split.empty())
     manifest["split"] = kernel.split;
+  if (!kernel.scaleA.empty())
+    manifest["scale_a"] = kernel.scaleA;
   if (assembled) {
     manifest["registers"] = assembled->registers;
     manifest["spill_bytes"] = assembled->spillBytes;
@@ -624,6 +628,8 @@ int run() {
       kernel.store = "tma";
     if (gemm.getSplitTail())
       kernel.split = "tail";
+    if (gemm.getStagedScales())
+      kernel.scaleA = "tma";
     kernel.sharedMemoryBytes = gemm.getSharedMemoryBytes();
     llvm::Expected<std::string> ptx =
         kiln::compileGemmKernelToPtx(context, gemm);

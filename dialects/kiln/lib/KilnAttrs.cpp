@@ -157,7 +157,7 @@ LogicalResult GemmConfigAttr::verify(
     return emitError() << "gemm_config: store = tma in a grouped kernel "
                           "needs block_n = 128";
   int64_t bytes = GemmConfigAttr::getSharedMemoryBytes(
-      blockM, blockN, stages, grouped.has_value(), tmaStore);
+      blockM, blockN, stages, consumers, splitK, grouped.has_value(), tmaStore);
   if (bytes > GemmConfigAttr::kMaxSharedMemoryBytes)
     return emitError() << "gemm_config: " << bytes
                        << " bytes of shared memory exceed the "

@@ -37,8 +37,11 @@ namespace kiln {
 /// (kernels[].epilogue "swiglu_quantize": outputs codes and grouped scales,
 /// no quantize step; artifact.md "Fused SwiGLU"), and kernels[].split
 /// "tail" (split-K over the last partial wave only). 8: grouped kernels
-/// may have kernels[].store "tma" (block_n 128).
-constexpr uint32_t kArtifactFormatVersion = 8;
+/// may have kernels[].store "tma" (block_n 128). 9: kernels[].scale_a
+/// "tma" (the kernel stages its scales with TMA through two 1-D tensor maps
+/// of scaleA and scaleB, its last parameters; gemm-abi.md "Staged
+/// scales").
+constexpr uint32_t kArtifactFormatVersion = 9;
 /// The oldest version this build reads: a version 2 plan is a version 3 plan
 /// on one stream without micro-batches.
 constexpr uint32_t kOldestArtifactFormatVersion = 2;
@@ -78,6 +81,10 @@ struct ArtifactKernel {
   /// "tail" for a split-K kernel that splits only the last partial wave's
   /// tiles (gemm-abi.md "Split tail"; version 7), empty otherwise.
   std::string split;
+  /// "tma" for a kernel whose producer loads each K block's scales with
+  /// TMA into its ring stage (gemm-abi.md "Staged scales"; version 9),
+  /// empty for one whose consumers load them from global memory.
+  std::string scaleA;
 };
 
 /// A checkpoint tensor a plan reads.

@@ -99,6 +99,36 @@ CUtensorMap encodeOutputMap(CUdeviceptr base, int rows, int n,
   return map;
 }
 
+/// TMA's 16-byte granule in FP32 elements (KilnAttrs.td
+/// GemmConfigAttr::kScaleAlignElements).
+constexpr int kScaleAlignElements = 4;
+
+/// The scales of a staged-scale kernel (gemm-abi.md "Staged scales"): all
+/// of scaleA's or scaleB's FP32 values as one dimension, box {box}, zero
+/// fill past the end. The kernel's boxes start at the 16-byte boundary at
+/// or below the element it needs (K block kb's scale of a tile's first
+/// row, or of its weight block): TMA faults on an unaligned start, so the
+/// activation box is BLOCK_M + kScaleAlignElements long and the weight box
+/// kScaleAlignElements.
+CUtensorMap encodeScaleMap(CUdeviceptr base, int64_t elements, int box,
+                           const std::string &context) {
+  if (base % 16 != 0)
+    throw Error(context + ": the scales must be 16-byte aligned for the "
+                          "kernel's TMA loads of them");
+  CUtensorMap map;
+  const cuuint64_t globalDim[1] = {static_cast<cuuint64_t>(elements)};
+  const cuuint64_t globalStrides[1] = {0};
+  const cuuint32_t boxDim[1] = {static_cast<cuuint32_t>(box)};
+  const cuuint32_t elementStrides[1] = {1};
+  KILN_CU(context, cuTensorMapEncodeTiled, &map,
+          CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 1,
+          reinterpret_cast<void *>(static_cast<uintptr_t>(base)), globalDim,
+          globalStrides, boxDim, elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+          CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return map;
+}
+
 /// Checks the kernel's parameter list against gemm-abi.md "Buffers" (tmA,
 /// tmB by value, scaleA, scaleB, out, M, N, K; then a, b for reference
 /// kernels): a mismatch would otherwise make the kernel read garbage.
@@ -116,6 +146,8 @@ void checkParameters(CUfunction function, const GemmKernelConfig &config,
     expected.insert(expected.end(), {8, 8});
   if (config.tmaStore)
     expected.push_back(sizeof(CUtensorMap));
+  if (config.stagedScales)
+    expected.insert(expected.end(), {sizeof(CUtensorMap), sizeof(CUtensorMap)});
   std::vector<size_t> actual;
   // cuFuncGetParamInfo answers CUDA_ERROR_INVALID_VALUE past the last one;
   // the bound only keeps the message short.
@@ -147,7 +179,8 @@ void checkParameters(CUfunction function, const GemmKernelConfig &config,
            ? ", outScales (epilogue swiglu_quantize)"
            : "") +
       (config.operandPointers ? ", a, b (operand_pointers)" : "") +
-      (config.tmaStore ? ", tmOut (store tma)" : ""));
+      (config.tmaStore ? ", tmOut (store tma)" : "") +
+      (config.stagedScales ? ", tmScaleA, tmScaleB (scale_a tma)" : ""));
 }
 
 } // namespace
@@ -209,6 +242,8 @@ void GemmKernelConfig::validate(const std::string &origin) const {
          "64");
   if (tmaStore && grouping != GemmGrouping::None && blockN != 128)
     fail("store tma in a grouped kernel needs block_n 128");
+  if (stagedScales && (splitK != 1 || operandPointers))
+    fail("scale_a tma needs split_k 1 and no operand_pointers");
   if (sharedMemoryBytes < 0)
     fail("smem_bytes must not be negative, got " +
          std::to_string(sharedMemoryBytes));
@@ -294,6 +329,12 @@ GemmKernelConfig parseGemmManifest(const std::string &json,
                   store->dump());
     config.tmaStore = true;
   }
+  if (auto scaleA = manifest.find("scale_a"); scaleA != manifest.end()) {
+    if (*scaleA != "tma")
+      throw Error(origin + ": field \"scale_a\" must be \"tma\", got " +
+                  scaleA->dump());
+    config.stagedScales = true;
+  }
   if (auto pointers = manifest.find("operand_pointers");
       pointers != manifest.end()) {
     if (!pointers->is_boolean())
@@ -339,6 +380,8 @@ std::string toManifestJson(const GemmKernelConfig &config) {
     manifest["epilogue"] = "swiglu_quantize";
   if (config.tmaStore)
     manifest["store"] = "tma";
+  if (config.stagedScales)
+    manifest["scale_a"] = "tma";
   return manifest.dump(2) + "\n";
 }
 
@@ -588,6 +631,16 @@ GemmLaunch GemmKernel::prepare(const GemmOperands &operands) const {
   if (cfg.tmaStore)
     launch.tensorMapOut = encodeOutputMap(operands.out, operands.m, operands.n,
                                           context + ", tensor map out");
+  if (cfg.stagedScales) {
+    int64_t blocksK = (int64_t(operands.k) + kBlockK - 1) / kBlockK;
+    int64_t blocksN = (int64_t(operands.n) + kBlockK - 1) / kBlockK;
+    launch.tensorMapScaleA = encodeScaleMap(
+        operands.scaleA, blocksK * operands.m, cfg.blockM + kScaleAlignElements,
+        context + ", tensor map scaleA");
+    launch.tensorMapScaleB =
+        encodeScaleMap(operands.scaleB, blocksK * blocksN, kScaleAlignElements,
+                       context + ", tensor map scaleB");
+  }
   launch.operands = operands;
   launch.gridSize = gemmGridSize(cfg, operands.m, operands.n, multiprocessors);
   useOwnWorkspace(
@@ -642,6 +695,18 @@ GemmKernel::prepareGrouped(const GroupedGemmOperands &grouped) const {
     launch.tensorMapOut =
         encodeOutputMap(operands.out, static_cast<int>(rowsA), operands.n,
                         context + ", tensor map out");
+  // Both layouts hold ceil(K/128) scales per row of A, and per 128-row
+  // block of each group's weights.
+  if (cfg.stagedScales) {
+    int64_t blocksK = (int64_t(operands.k) + kBlockK - 1) / kBlockK;
+    int64_t blocksN = (int64_t(operands.n) + kBlockK - 1) / kBlockK;
+    launch.tensorMapScaleA = encodeScaleMap(operands.scaleA, blocksK * rowsA,
+                                            cfg.blockM + kScaleAlignElements,
+                                            context + ", tensor map scaleA");
+    launch.tensorMapScaleB =
+        encodeScaleMap(operands.scaleB, blocksK * blocksN * groups,
+                       kScaleAlignElements, context + ", tensor map scaleB");
+  }
   launch.operands = operands;
   launch.groups = grouped.groups;
   launch.numGroups = groups;
@@ -677,11 +742,13 @@ void GemmKernel::launch(const GemmLaunch &prepared, CUstream stream) const {
   CUtensorMap tensorMapA = prepared.tensorMapA;
   CUtensorMap tensorMapB = prepared.tensorMapB;
   CUtensorMap tensorMapOut = prepared.tensorMapOut;
+  CUtensorMap tensorMapScaleA = prepared.tensorMapScaleA;
+  CUtensorMap tensorMapScaleB = prepared.tensorMapScaleB;
   GemmOperands operands = prepared.operands;
   CUdeviceptr groups = prepared.groups;
   int numGroups = prepared.numGroups;
   CUdeviceptr outScales = prepared.outScales;
-  void *parameters[13] = {&tensorMapA,      &tensorMapB,   &operands.scaleA,
+  void *parameters[15] = {&tensorMapA,      &tensorMapB,   &operands.scaleA,
                           &operands.scaleB, &operands.out, &operands.m,
                           &operands.n,      &operands.k};
   // After K: the workspace (split-K), then groups and G (grouped), or A and
@@ -701,6 +768,10 @@ void GemmKernel::launch(const GemmLaunch &prepared, CUstream stream) const {
   }
   if (cfg.tmaStore)
     parameters[next++] = &tensorMapOut;
+  if (cfg.stagedScales) {
+    parameters[next++] = &tensorMapScaleA;
+    parameters[next++] = &tensorMapScaleB;
+  }
   CUresult result = driver().cuLaunchKernel(
       function, prepared.gridSize, 1, 1, cfg.threadsPerBlock(), 1, 1,
       cfg.launchSharedMemoryBytes(), stream, parameters, nullptr);

@@ -40,6 +40,7 @@ inline GemmKernel loadArtifactGemmKernel(const ArtifactKernel &k,
                      ? GemmEpilogue::SwigluQuantize
                      : GemmEpilogue::Store;
   cfg.tmaStore = k.store == "tma";
+  cfg.stagedScales = k.scaleA == "tma";
   cfg.validate(origin + ": kernel " + k.name);
   if (k.cubin.empty())
     throw Error(origin + ": kernel " + k.name +

@@ -85,6 +85,11 @@ struct GemmKernelConfig {
   /// plain kernels with split_k 1 and block_n a multiple of 64; the output
   /// must be 16-byte aligned with N a multiple of 8.
   bool tmaStore = false;
+  /// The kernel's producer loads the scales of each K block with TMA,
+  /// through 1-D tensor maps of scaleA and scaleB, its last two parameters
+  /// (manifest "scale_a": "tma"; gemm-abi.md "Staged scales"): both must be
+  /// 16-byte aligned.
+  bool stagedScales = false;
 
   int threadsPerBlock() const { return 128 * (1 + consumerWarpgroups); }
   /// `stages * (BLOCK_M + BLOCK_N) * 128` bytes of tiles plus `2 * stages`
@@ -198,6 +203,10 @@ struct GemmLaunch {
   CUtensorMap tensorMapB;
   /// TMA-store kernels only: the output, BF16 [M, N], boxes of 64 × 64.
   CUtensorMap tensorMapOut;
+  /// Staged-scale kernels only: scaleA as one FP32 vector, boxes of BLOCK_M,
+  /// and scaleB, boxes of 4.
+  CUtensorMap tensorMapScaleA;
+  CUtensorMap tensorMapScaleB;
   GemmOperands operands;
   unsigned gridSize = 0;
   /// Grouped kernels: the offsets or counts, and G.

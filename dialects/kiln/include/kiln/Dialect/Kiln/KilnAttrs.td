@@ -219,19 +219,81 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
     int64_t getEpilogueBytes() const {
       return getEpilogueBytes(getBlockM(), getBlockN(), getTmaStore());
     }
-    /// Dynamic shared memory: the A and B rings, the epilogue's staging,
-    /// then 2 mbarriers per stage, the group tables of a grouped kernel, plus
-    /// 1 KB to align the ring to 1024 bytes at run time. The verifier holds
-    /// it to kMaxSharedMemoryBytes.
-    static int64_t getSharedMemoryBytes(int64_t blockM, int64_t blockN,
+    /// TMA reads a box from a 16-byte-aligned global address only (an
+    /// unaligned start coordinate is an illegal instruction): the staged
+    /// scales' boxes start at the element aligned down to 4 FP32 values and
+    /// are 4 longer, and the consumers skip the start's remainder.
+    static constexpr int64_t kScaleAlignElements = 4;
+    /// The activation-scale box of one ring stage, in FP32 elements: the K
+    /// block's scale of each tile row, from the aligned-down start.
+    static int64_t getStageScaleBoxElements(int64_t blockM) {
+      return blockM + kScaleAlignElements;
+    }
+    /// One ring stage's activation-scale slot, 128-byte aligned for TMA.
+    static int64_t getStageScaleBytes(int64_t blockM) {
+      return (getStageScaleBoxElements(blockM) * 4 + 127) / 128 * 128;
+    }
+    /// Dynamic shared memory without the stages' scales: the A and B
+    /// rings, the epilogue's staging, 2 mbarriers per stage, the group
+    /// tables of a grouped kernel, plus 1 KB to align the ring to 1024
+    /// bytes at run time.
+    static int64_t getRingAndTableBytes(int64_t blockM, int64_t blockN,
                                         int64_t stages, bool grouped,
                                         bool tmaStore) {
       return stages * (blockM + blockN) * 128 +
              getEpilogueBytes(blockM, blockN, tmaStore) + 2 * 8 * stages +
              getGroupTableBytes(grouped) + 1024;
     }
+    /// One ring stage's weight scales: a 16-byte TMA box per weight scale
+    /// (at most three: a 192-wide tile's), each in its own 128-byte slot.
+    static constexpr int64_t kWeightScaleBoxBytes = 16;
+    static constexpr int64_t kWeightScaleSlotBytes = 128;
+    static constexpr int64_t kStageWeightScaleBytes = 3 * kWeightScaleSlotBytes;
+    /// The stages' activation and weight scales and 128 bytes to align
+    /// them for TMA.
+    static int64_t getStagedScaleBytes(int64_t blockM, int64_t stages) {
+      return stages * (getStageScaleBytes(blockM) + kStageWeightScaleBytes) +
+             128;
+    }
+    /// Whether the producer stages each K block's scales in shared memory
+    /// for the consumers (gemm-abi.md "Staged scales"; otherwise they load
+    /// them from global memory one step ahead): unsplit kernels whose main
+    /// loop does not already carry the scales a pair of blocks ahead (the
+    /// pipelined loop of 128-wide tiles with two consumer warpgroups, where
+    /// the producer's extra TMAs cost 2-8% at M = 4096 and hid nothing),
+    /// wherever the scales fit beside the rest. Split-K kernels keep the
+    /// loads: staged, the latency-bound M = 1 decode shape was 5% slower
+    /// and the split-tail kernel spilled (gemm-kernels.md "Session 9").
+    static bool getStagedScales(int64_t blockM, int64_t blockN,
+                                int64_t stages, int64_t consumers,
+                                int64_t splitK, bool grouped, bool tmaStore) {
+      bool pipelined = blockN == 128 && consumers == 2;
+      return splitK == 1 && !pipelined &&
+             getRingAndTableBytes(blockM, blockN, stages, grouped, tmaStore) +
+                     getStagedScaleBytes(blockM, stages) <=
+                 kMaxSharedMemoryBytes;
+    }
+    bool getStagedScales() const {
+      return getStagedScales(getBlockM(), getBlockN(), getStages(),
+                             getConsumers(), getSplitK(),
+                             getGrouped().has_value(), getTmaStore());
+    }
+    /// Dynamic shared memory, the stages' scales included where staged
+    /// (after the barriers, before the group tables). The verifier holds
+    /// it to kMaxSharedMemoryBytes.
+    static int64_t getSharedMemoryBytes(int64_t blockM, int64_t blockN,
+                                        int64_t stages, int64_t consumers,
+                                        int64_t splitK, bool grouped,
+                                        bool tmaStore) {
+      return getRingAndTableBytes(blockM, blockN, stages, grouped, tmaStore) +
+             (getStagedScales(blockM, blockN, stages, consumers, splitK,
+                              grouped, tmaStore)
+                  ? getStagedScaleBytes(blockM, stages)
+                  : 0);
+    }
     int64_t getSharedMemoryBytes() const {
       return getSharedMemoryBytes(getBlockM(), getBlockN(), getStages(),
+                                  getConsumers(), getSplitK(),
                                   getGrouped().has_value(), getTmaStore());
     }
     /// The kernel's symbol name, unique per configuration.
