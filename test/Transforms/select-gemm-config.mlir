@@ -126,27 +126,35 @@ func.func @grouped_prefill(%a: tensor<?x7168xf8E4M3FN>, %as: tensor<?x56xf32>, %
   return %0 : tensor<?x2048xbf16>
 }
 
-// Static M above 128: 128x192 tiles where they need fewer waves by more
-// than their cost: 1.48x for chains of at most 16 K blocks (32768 columns:
-// 63 waves of 128x128 tiles, 42 of 128x192; not 24576 columns: 47 against
-// 32), 1.72x for longer ones; a
-// split tail where the last partial wave is small next to the whole ones
-// and the chains are long (2112 x 7168 at 4096 rows: 544 tiles, 4 waves and
-// 16 tiles split 8 ways; at 1000 rows: 136 tiles, one wave and 4 tiles,
-// against one wave of 128x192 tiles at 1.72). Every unsplit tile of a
-// multiple of 64 columns stores with TMA when N % 8 == 0.
+// Static M above 128: 128x192 tiles (their scales staged) where they need
+// fewer waves by more than their cost: 1.33x for chains of at most 64 K
+// blocks, 1.40x for longer ones (gemm-kernels.md "Session 9"); a split tail
+// where the last partial wave is small next to the whole ones and the
+// chains are long, counted at half its modelled gain. 2112 x 7168 at 4096
+// rows: 5 waves of 128x128 tiles (the split tail: 4.6), 3 of 128x192; at
+// 1000 rows: 2 (tail 1.6) against 1. Every unsplit tile of a multiple of 64
+// columns stores with TMA when N % 8 == 0.
 // CHECK-LABEL: func.func @wide_tiles_long_k
-// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, split_k = 8, split = tail>
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 192, stages = 4, consumers = 2, store = tma>
 func.func @wide_tiles_long_k(%a: tensor<4096x7168xf8E4M3FN>, %as: tensor<4096x56xf32>, %b: tensor<2112x7168xf8E4M3FN>, %bs: tensor<17x56xf32>) -> tensor<4096x2112xbf16> {
   %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<4096x7168xf8E4M3FN>, tensor<4096x56xf32>, tensor<2112x7168xf8E4M3FN>, tensor<17x56xf32>) -> tensor<4096x2112xbf16>
   return %0 : tensor<4096x2112xbf16>
 }
 
 // CHECK-LABEL: func.func @wide_tiles_one_wave
-// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, split_k = 8, split = tail>
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 192, stages = 4, consumers = 2, store = tma>
 func.func @wide_tiles_one_wave(%a: tensor<1000x7168xf8E4M3FN>, %as: tensor<1000x56xf32>, %b: tensor<2112x7168xf8E4M3FN>, %bs: tensor<17x56xf32>) -> tensor<1000x2112xbf16> {
   %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<1000x7168xf8E4M3FN>, tensor<1000x56xf32>, tensor<2112x7168xf8E4M3FN>, tensor<17x56xf32>) -> tensor<1000x2112xbf16>
   return %0 : tensor<1000x2112xbf16>
+}
+
+// 2048 x 2176 x 7168: 272 tiles, 2 waves and 8 tiles; the tail split 8
+// ways (2.6 waves at half its gain) beats 2 waves of 128x192 tiles (2.66).
+// CHECK-LABEL: func.func @split_tail
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, split_k = 8, split = tail>
+func.func @split_tail(%a: tensor<2048x7168xf8E4M3FN>, %as: tensor<2048x56xf32>, %b: tensor<2176x7168xf8E4M3FN>, %bs: tensor<17x56xf32>) -> tensor<2048x2176xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<2048x7168xf8E4M3FN>, tensor<2048x56xf32>, tensor<2176x7168xf8E4M3FN>, tensor<17x56xf32>) -> tensor<2048x2176xbf16>
+  return %0 : tensor<2048x2176xbf16>
 }
 
 // CHECK-LABEL: func.func @wide_tiles_short_k
@@ -156,18 +164,20 @@ func.func @wide_tiles_short_k(%a: tensor<4096x512xf8E4M3FN>, %as: tensor<4096x4x
   return %0 : tensor<4096x32768xbf16>
 }
 
-// CHECK-LABEL: func.func @wide_tiles_not_enough
-// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, store = tma>
-func.func @wide_tiles_not_enough(%a: tensor<4096x1536xf8E4M3FN>, %as: tensor<4096x12xf32>, %b: tensor<24576x1536xf8E4M3FN>, %bs: tensor<192x12xf32>) -> tensor<4096x24576xbf16> {
+// 24576 columns: 47 waves of 128x128 tiles against 32 (42.6).
+// CHECK-LABEL: func.func @wide_tiles_medium_k
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 192, stages = 4, consumers = 2, store = tma>
+func.func @wide_tiles_medium_k(%a: tensor<4096x1536xf8E4M3FN>, %as: tensor<4096x12xf32>, %b: tensor<24576x1536xf8E4M3FN>, %bs: tensor<192x12xf32>) -> tensor<4096x24576xbf16> {
   %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<4096x1536xf8E4M3FN>, tensor<4096x12xf32>, tensor<24576x1536xf8E4M3FN>, tensor<192x12xf32>) -> tensor<4096x24576xbf16>
   return %0 : tensor<4096x24576xbf16>
 }
 
-// 7168 columns: 14 waves of 128x128 tiles against 10 of 128x192 (14.8 > 14).
+// 7168 x 16384: 14 waves of 128x128 tiles against 10 of 128x192 chains of
+// 128 blocks (14.0, not fewer).
 // CHECK-LABEL: func.func @narrow_tiles_win
 // CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, store = tma>
-func.func @narrow_tiles_win(%a: tensor<4096x2048xf8E4M3FN>, %as: tensor<4096x16xf32>, %b: tensor<7168x2048xf8E4M3FN>, %bs: tensor<56x16xf32>) -> tensor<4096x7168xbf16> {
-  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<4096x2048xf8E4M3FN>, tensor<4096x16xf32>, tensor<7168x2048xf8E4M3FN>, tensor<56x16xf32>) -> tensor<4096x7168xbf16>
+func.func @narrow_tiles_win(%a: tensor<4096x16384xf8E4M3FN>, %as: tensor<4096x128xf32>, %b: tensor<7168x16384xf8E4M3FN>, %bs: tensor<56x128xf32>) -> tensor<4096x7168xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<4096x16384xf8E4M3FN>, tensor<4096x128xf32>, tensor<7168x16384xf8E4M3FN>, tensor<56x128xf32>) -> tensor<4096x7168xbf16>
   return %0 : tensor<4096x7168xbf16>
 }
 

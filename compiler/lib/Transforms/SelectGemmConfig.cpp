@@ -14,10 +14,10 @@
 // The ring is a power of two of stages (its index arithmetic is then shifts
 // and masks); 2-block clusters (`cluster_m = 2`) are never picked: measured
 // neutral once the 128x128 ring is 4 deep (gemm-kernels.md "Version 8").
-// Plain GEMMs with a static M above 128 and K <= 2048 take 128x192 tiles
-// where that needs fewer waves of tiles by more than a 192-wide tile costs
-// over a 128-wide one; plain unsplit GEMMs with N % 8 == 0 store their
-// output with TMA (gemm-kernels.md "Version 9").
+// Plain GEMMs with a static M above 128 take 128x192 tiles where that
+// needs fewer waves of tiles by more than a 192-wide tile costs over a
+// 128-wide one (gemm-kernels.md "Session 9"); plain unsplit GEMMs with
+// N % 8 == 0 store their output with TMA (gemm-kernels.md "Version 9").
 //
 //===----------------------------------------------------------------------===//
 
@@ -56,15 +56,15 @@ constexpr int64_t kReductionRegisters = 128;
 constexpr int64_t kEpilogueBlocks = 1;
 constexpr int64_t kSplitBlocks = 1;
 /// A 128x192 tile takes this many times as long as a 128x128 one, measured
-/// per wave on H100 at M = 4096 (gemm-kernels.md "Version 9"): 1.45-1.52
-/// for chains of at most 16 K blocks (32768 x 512, 24576 x 1536; 1.40-1.43
-/// before the uniform descriptors of session 7 sped the 128x128 loop up
-/// more), 1.72 for longer ones (2112 x 7168: the wide tile's exposed
-/// promotion against the pipelined 128x128 loop).
-constexpr double kWideTileCostShort = 1.48;
-constexpr double kWideTileCostLong = 1.72;
+/// per wave on H100 at M = 4096 with the wide tile's scales staged
+/// (gemm-kernels.md "Session 9"): 1.30-1.33 for chains of up to 56 K blocks
+/// (32768 x 512, 24576 x 1536, 7168 x 2048, 2112 x 7168, 4096 x 7168), 1.40
+/// at 128 (7168 x 16384). Before staging the wide tile loaded its scales
+/// from global memory one block ahead: 1.48 and 1.72 ("Version 9").
+constexpr double kWideTileCostShort = 1.33;
+constexpr double kWideTileCostLong = 1.40;
 /// Chains of at most this many K blocks count as short (kWideTileCostShort).
-constexpr int64_t kShortChainBlocks = 16;
+constexpr int64_t kShortChainBlocks = 64;
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -91,6 +91,10 @@ int64_t tailSplitCost(int64_t tiles, int64_t numKB, int64_t split) {
 /// its kernel stores without TMA (worth 1-5% at M = 4096), and the model
 /// ignores the reduction's latency.
 constexpr double kTailSplitGain = 0.9;
+/// The fraction of tailSplitCost's predicted gain a split tail realizes
+/// (measured: about half at 4096 x 2112 x 7168, gemm-kernels.md "Known
+/// limits and next steps").
+constexpr double kTailSplitRealized = 0.5;
 
 /// The tail split that minimizes tailSplitCost for at least a wave of
 /// tiles of long chains, or 1 (none, also when it saves too little).
@@ -173,7 +177,8 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
   // Wide tiles: fewer bytes per MAC through L2 (40 KB per K block for 1.5
   // times the MACs) but fewer, longer tiles; worth it when the waves of
   // tiles drop by more than the tile's cost grows (M = 4096: 2112 x 7168
-  // 5 -> 3 waves, 32768 x 512 63 -> 42; not 7168 x 16384, 14 -> 10).
+  // 5 -> 3 waves, 24576 x 1536 47 -> 32, 7168 x 2048 14 -> 10, 32768 x 512
+  // 63 -> 42; not 7168 x 16384, 14 -> 10 at 1.40, or 4096 x 7168, 8 -> 6).
   // A split tail instead: the last partial wave's tiles split along K over
   // the multiprocessors (4096 x 2112 x 7168: 544 tiles are 4 waves and 16
   // tiles, whose fifth wave costs a whole one; gemm-kernels.md "Session 6").
@@ -187,9 +192,15 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
         numKB <= kShortChainBlocks ? kWideTileCostShort : kWideTileCostLong;
     int64_t tiles = ceilDiv(m, blockM) * ceilDiv(n, 128);
     tailSplit = chooseTailSplit(tiles, numKB);
+    // The split tail, in waves: it realizes about half the gain its cost
+    // model predicts (kTailSplitRealized), which against wide tiles decides
+    // 1000 x 2112 x 7168 (k8t 38.8 us, 128x192 33.7; gemm-kernels.md
+    // "Session 9").
     double tailCost = double(tailSplitCost(tiles, numKB, tailSplit)) /
                       double(numKB + kEpilogueBlocks);
-    if (cost * waves(192) < std::min<double>(waves(128), tailCost)) {
+    double tailWaves =
+        waves(128) - kTailSplitRealized * (double(waves(128)) - tailCost);
+    if (cost * waves(192) < std::min<double>(waves(128), tailWaves)) {
       tailSplit = 1;
       blockN = 192;
       stages = llvm::bit_floor(static_cast<uint64_t>(

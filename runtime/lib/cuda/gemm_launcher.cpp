@@ -60,23 +60,37 @@ int manifestInt(const Json &manifest, const char *field,
   return static_cast<int>(value);
 }
 
+/// cuTensorMapEncodeTiled of a dense row-major tensor at `base`: `rank`
+/// dims (innermost first), the rank - 1 outer row strides in bytes, box
+/// `box`, element strides 1, no interleave, OOB fill none (TMA loads then
+/// read zeros outside, stores clip).
+CUtensorMap encodeDenseMap(CUtensorMapDataType type, cuuint32_t rank,
+                           CUdeviceptr base, const cuuint64_t *dims,
+                           const cuuint64_t *strides, const cuuint32_t *box,
+                           CUtensorMapSwizzle swizzle,
+                           CUtensorMapL2promotion promotion,
+                           const std::string &context) {
+  CUtensorMap map;
+  const cuuint32_t elementStrides[2] = {1, 1};
+  KILN_CU(context, cuTensorMapEncodeTiled, &map, type, rank,
+          reinterpret_cast<void *>(static_cast<uintptr_t>(base)), dims, strides,
+          box, elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
+          promotion, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return map;
+}
+
 /// One 2-D E4M3 operand as gemm-abi.md describes it: dims {K, rows}, row
 /// stride K bytes, box {128, boxRows}, 128-byte swizzle, zero fill outside.
 CUtensorMap encodeOperandMap(CUdeviceptr base, int rows, int k, int boxRows,
                              const std::string &context) {
-  CUtensorMap map;
-  const cuuint64_t globalDim[2] = {static_cast<cuuint64_t>(k),
-                                   static_cast<cuuint64_t>(rows)};
-  const cuuint64_t globalStrides[1] = {static_cast<cuuint64_t>(k)};
-  const cuuint32_t boxDim[2] = {static_cast<cuuint32_t>(kBlockK),
-                                static_cast<cuuint32_t>(boxRows)};
-  const cuuint32_t elementStrides[2] = {1, 1};
-  KILN_CU(context, cuTensorMapEncodeTiled, &map, CU_TENSOR_MAP_DATA_TYPE_UINT8,
-          2, reinterpret_cast<void *>(static_cast<uintptr_t>(base)), globalDim,
-          globalStrides, boxDim, elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k),
+                              static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(k)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kBlockK),
+                             static_cast<cuuint32_t>(boxRows)};
+  return encodeDenseMap(CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, base, dims, strides,
+                        box, CU_TENSOR_MAP_SWIZZLE_128B,
+                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, context);
 }
 
 /// The BF16 output of a TMA-store kernel (gemm-abi.md "TMA store"): dims
@@ -84,19 +98,13 @@ CUtensorMap encodeOperandMap(CUdeviceptr base, int rows, int k, int boxRows,
 /// of a 64-column slice), 128-byte swizzle as the kernel stages it.
 CUtensorMap encodeOutputMap(CUdeviceptr base, int rows, int n,
                             const std::string &context) {
-  CUtensorMap map;
-  const cuuint64_t globalDim[2] = {static_cast<cuuint64_t>(n),
-                                   static_cast<cuuint64_t>(rows)};
-  const cuuint64_t globalStrides[1] = {static_cast<cuuint64_t>(n) * 2};
-  const cuuint32_t boxDim[2] = {64, 64};
-  const cuuint32_t elementStrides[2] = {1, 1};
-  KILN_CU(context, cuTensorMapEncodeTiled, &map,
-          CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
-          reinterpret_cast<void *>(static_cast<uintptr_t>(base)), globalDim,
-          globalStrides, boxDim, elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
-          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(n),
+                              static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(n) * 2};
+  const cuuint32_t box[2] = {64, 64};
+  return encodeDenseMap(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, base, dims,
+                        strides, box, CU_TENSOR_MAP_SWIZZLE_128B,
+                        CU_TENSOR_MAP_L2_PROMOTION_NONE, context);
 }
 
 /// TMA's 16-byte granule in FP32 elements (KilnAttrs.td
@@ -115,18 +123,12 @@ CUtensorMap encodeScaleMap(CUdeviceptr base, int64_t elements, int box,
   if (base % 16 != 0)
     throw Error(context + ": the scales must be 16-byte aligned for the "
                           "kernel's TMA loads of them");
-  CUtensorMap map;
-  const cuuint64_t globalDim[1] = {static_cast<cuuint64_t>(elements)};
-  const cuuint64_t globalStrides[1] = {0};
+  const cuuint64_t dims[1] = {static_cast<cuuint64_t>(elements)};
+  const cuuint64_t unusedStrides[1] = {0}; // rank 1: no outer dims
   const cuuint32_t boxDim[1] = {static_cast<cuuint32_t>(box)};
-  const cuuint32_t elementStrides[1] = {1};
-  KILN_CU(context, cuTensorMapEncodeTiled, &map,
-          CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 1,
-          reinterpret_cast<void *>(static_cast<uintptr_t>(base)), globalDim,
-          globalStrides, boxDim, elementStrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-          CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_NONE,
-          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return map;
+  return encodeDenseMap(CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 1, base, dims,
+                        unusedStrides, boxDim, CU_TENSOR_MAP_SWIZZLE_NONE,
+                        CU_TENSOR_MAP_L2_PROMOTION_NONE, context);
 }
 
 /// Checks the kernel's parameter list against gemm-abi.md "Buffers" (tmA,
