@@ -671,6 +671,17 @@ TEST_F(GemmLauncherOnGpu, ParametersAreCheckedAgainstTheAbi) {
                                          "8, 8, 4, 4, 4, 8, 8)"});
 }
 
+TEST_F(GemmLauncherOnGpu, StagedScalesNeedTheTwoScaleMaps) {
+  // A staged-scale configuration expects two tensor maps after the rest.
+  GemmKernelConfig config = reference::kernelConfig();
+  config.operandPointers = false;
+  config.stagedScales = true;
+  expectMentions(errorOf([&] { loadReference(config); }),
+                 {"kiln_gemm_reference",
+                  "(128, 128, 8, 8, 8, 4, 4, 4, 128, 128)",
+                  "tmScaleA, tmScaleB (scale_a tma)"});
+}
+
 TEST_F(GemmLauncherOnGpu, SharedMemoryBeyondTheDeviceIsRefused) {
   GemmKernelConfig config = reference::kernelConfig();
   config.sharedMemoryBytes = 1 << 20;
