@@ -38,6 +38,8 @@ constexpr llvm::StringLiteral kKernelModuleName = "kiln_kernels";
 constexpr int64_t kSliceBytes = 128;
 /// Rows of A per consumer warpgroup: one wgmma m64.
 constexpr int64_t kRowsPerConsumer = 64;
+/// Warps per warpgroup: with staged scales each releases a stage itself.
+constexpr int64_t kWarpsPerWarpgroup = 4;
 /// Register budgets after setmaxnreg: producers only issue TMA, consumers
 /// hold two accumulators. 128 * 40 + 256 * 232 fits the 64K register file.
 constexpr int kProducerRegisters = 40;
@@ -209,7 +211,7 @@ public:
     // stage in both: each producer overwrites its peer's B half too.
     emit("%empty = " + barrier(layout.emptyBar, "%s"));
     emit("nvvm.mbarrier.init %empty, " +
-         i32(consumers * (stagedScales ? 4 : 1) * clusterM) +
+         i32(consumers * (stagedScales ? kWarpsPerWarpgroup : 1) * clusterM) +
          " : !llvm.ptr<3>, i32");
     emit("}");
     emit("nvvm.fence.mbarrier.init");
@@ -257,16 +259,11 @@ private:
     writeWorkLoop();
     writeTileOrigin(bm, bn);
     if (stagedScales) {
-      // The tile's first row in the activation scales' K block 0: both
-      // grouped layouts put group g's at ceil(K/128) * groupRow[g].
       if (grouped) {
         emit("%aScaleBase = arith.muli %groupRow, %numKB : i32");
-        emit("%scTileRow = arith.addi %aScaleBase, %mOff : i32");
-      } else {
-        emit("%scTileRow = arith.addi %mOff, %c0 : i32");
-      }
-      if (grouped)
         emitCeilDiv("%nScaleBlocks", "%N", 128);
+      }
+      writeScaleTileRow();
       writeWeightScaleRows(bn);
     }
     emit("%next = scf.for %kb = " + kbBegin() + " to " + kbEnd() +
@@ -369,6 +366,15 @@ private:
       emit("nvvm.cp.async.bulk.tensor.shared.cluster.global %scWDst7" + bs +
            ", %tmSB, %full, box[%scW" + bs + "] : !llvm.ptr<7>, !llvm.ptr");
     }
+  }
+
+  /// Staged scales: %scTileRow, the tile's first row in K block 0 of the
+  /// activation scales seen as one 1-D tensor (both grouped layouts put
+  /// group g's at ceil(K/128) * groupRow[g]: grouped kernels need
+  /// %aScaleBase).
+  void writeScaleTileRow() {
+    emit(std::string("%scTileRow = arith.addi ") +
+         (grouped ? "%aScaleBase" : "%c0") + ", %mOff : i32");
   }
 
   /// The weight scales' rows of this tile at K block 0, %bScaleRow<suffix>
@@ -504,15 +510,13 @@ private:
       emit("%aScaleBase = arith.muli %groupRow, %numKB : i32");
       emit("%row0c = arith.addi %row0l, %aScaleBase : i32");
       emit("%row1c = arith.addi %row1l, %aScaleBase : i32");
-      if (stagedScales)
-        emit("%scTileRow = arith.addi %aScaleBase, %mOff : i32");
     } else {
       // Rows past M read a valid scale; their results are never stored.
       emit("%row0c = arith.minui %row0, %lastRow : i32");
       emit("%row1c = arith.minui %row1, %lastRow : i32");
-      if (stagedScales)
-        emit("%scTileRow = arith.addi %mOff, %c0 : i32");
     }
+    if (stagedScales)
+      writeScaleTileRow();
     writeWeightScaleRows(bn);
     // 192-wide tiles have no registers for a second partial (96 + 96
     // accumulator registers already): one K block at a time.
@@ -827,7 +831,8 @@ private:
   /// accumulator (one consumer keeps pairs: its scales are not prefetched,
   /// gemm-kernels.md "Version 8").
   bool pipelined() const {
-    return config.getBlockN() == 128 && config.getConsumers() == 2;
+    return kiln::GemmConfigAttr::getPipelinedLoop(config.getBlockN(),
+                                                  config.getConsumers());
   }
 
   /// The main loop with one group always in flight, into finalAcc: block

@@ -246,7 +246,7 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
     }
     /// One ring stage's weight scales: a 16-byte TMA box per weight scale
     /// (at most three: a 192-wide tile's), each in its own 128-byte slot.
-    static constexpr int64_t kWeightScaleBoxBytes = 16;
+    static constexpr int64_t kWeightScaleBoxBytes = 4 * kScaleAlignElements;
     static constexpr int64_t kWeightScaleSlotBytes = 128;
     static constexpr int64_t kStageWeightScaleBytes = 3 * kWeightScaleSlotBytes;
     /// The stages' activation and weight scales and 128 bytes to align
@@ -254,6 +254,13 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
     static int64_t getStagedScaleBytes(int64_t blockM, int64_t stages) {
       return stages * (getStageScaleBytes(blockM) + kStageWeightScaleBytes) +
              128;
+    }
+    /// Whether the consumers' main loop keeps one wgmma group in flight
+    /// across iterations (EmitGemmKernels' writePipelinedBlocks): 128-wide
+    /// tiles of two consumer warpgroups, whose two 64-register partials fit
+    /// beside the accumulator.
+    static bool getPipelinedLoop(int64_t blockN, int64_t consumers) {
+      return blockN == 128 && consumers == 2;
     }
     /// Whether the producer stages each K block's scales in shared memory
     /// for the consumers (gemm-abi.md "Staged scales"; otherwise they load
@@ -267,8 +274,7 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
     static bool getStagedScales(int64_t blockM, int64_t blockN,
                                 int64_t stages, int64_t consumers,
                                 int64_t splitK, bool grouped, bool tmaStore) {
-      bool pipelined = blockN == 128 && consumers == 2;
-      return splitK == 1 && !pipelined &&
+      return splitK == 1 && !getPipelinedLoop(blockN, consumers) &&
              getRingAndTableBytes(blockM, blockN, stages, grouped, tmaStore) +
                      getStagedScaleBytes(blockM, stages) <=
                  kMaxSharedMemoryBytes;
