@@ -83,6 +83,9 @@
 // PTXAS-DAG: kiln_gemm_fp8_m128n64s8c2_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // PTXAS-DAG: kiln_gemm_fp8_m128n128s4c2_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // PTXAS-DAG: kiln_gemm_fp8_m128n192s4c2_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
+// 4096 x 4096 x 7168 takes 128x256 tiles, stored plainly (the TMA staging
+// and a 4-deep ring do not fit together).
+// PTXAS-DAG: kiln_gemm_fp8_m128n256s4c2: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // The grouped kernels of the expert GEMMs the grouped benchmark runs.
 // PTXAS-DAG: kiln_gemm_fp8_m64n128s8c1_contiguous: {{[0-9]+}} registers, 0 spill bytes, 225548 B shared memory: ok
 // The 128x128 grouped kernels store with TMA where a warpgroup's rows are
@@ -238,3 +241,34 @@
 // GTMA-PTX-DAG: @%p{{[0-9]+}} cp.async.bulk.tensor.2d.global.shared::cta.bulk_group
 // GTMA-PTX-DAG: st.global.v4.b32
 // GTMA-PTX-DAG: st.global.b16
+// A 256-wide tile (gemm-kernels.md "Session 10"): per K block the consumer
+// issues the left 128 columns' four m64n128k32 wgmmas, waits, promotes them
+// with the first weight scale, then the right half's from B's row 128 on
+// (the stage's descriptor + 1024), into the same 64 registers (the half's
+// first wgmma takes the previous partial as its ignored input, so ptxas
+// cannot issue it before that partial is promoted: 260-420 spilled bytes
+// otherwise); the stage is released after the second wait only. Staged
+// scales: two weight-scale boxes per stage.
+// RUN: %python %kiln_compile_gemm --kiln-opt %kiln_opt_path --ptxas %ptxas --out %t/widest --config 128,256,4,2 --config 128,256,3,2,tma | FileCheck %s --check-prefix=WIDEST
+// WIDEST: kiln_gemm_fp8_m128n256s4c2: {{[0-9]+}} registers, 0 spill bytes, 220352 B shared memory: ok
+// WIDEST: kiln_gemm_fp8_m128n256s3c2_tma: {{[0-9]+}} registers, 0 spill bytes, 217264 B shared memory: ok
+// RUN: FileCheck %s --check-prefix=WIDEST-LOOP --implicit-check-not=ld.global --input-file %t/widest/kiln_gemm_fp8_m128n256s4c2.ptx
+// WIDEST-LOOP: setmaxnreg.inc.sync.aligned.u32 232
+// WIDEST-LOOP: mbarrier.try_wait.parity
+// WIDEST-LOOP-COUNT-4: wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {[[ACC:%r[0-9]+, %r[0-9]+]],
+// WIDEST-LOOP: wgmma.commit_group.sync.aligned;
+// WIDEST-LOOP-COUNT-4: ld.shared.b32
+// WIDEST-LOOP: wgmma.wait_group.sync.aligned 0;
+// WIDEST-LOOP-NOT: mbarrier.arrive
+// WIDEST-LOOP-COUNT-4: wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {[[ACC]],
+// WIDEST-LOOP: wgmma.commit_group.sync.aligned;
+// WIDEST-LOOP-NEXT: wgmma.wait_group.sync.aligned 0;
+// WIDEST-LOOP-NEXT: bar.warp.sync -1;
+// WIDEST-LOOP: mbarrier.arrive.shared.b64
+// The producer: one 256-row B box and the stage's expected bytes, (128 +
+// 256) * 128 + 4 * (128 + 4) + 2 * 16.
+// WIDEST-LOOP: setmaxnreg.dec.sync.aligned.u32 40
+// WIDEST-LOOP: mov.b32 [[TX:%r[0-9]+]], 49712;
+// WIDEST-LOOP-NEXT: mbarrier.arrive.expect_tx.shared.b64 %rd{{[0-9]+}}, [[FULL:\[%rd[0-9]+\+[0-9]+\]]], [[TX]];
+// WIDEST-LOOP-COUNT-2: cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes {{.*}}, [[FULL]];
+// WIDEST-LOOP-COUNT-3: cp.async.bulk.tensor.1d.shared::cluster.global.tile.mbarrier::complete_tx::bytes {{.*}}, [[FULL]];

@@ -172,8 +172,18 @@ func.func @wide_tiles_medium_k(%a: tensor<4096x1536xf8E4M3FN>, %as: tensor<4096x
   return %0 : tensor<4096x24576xbf16>
 }
 
+// 4096 x 4096 x 7168: 8 waves of 128x128 tiles, 6 of 128x192 (7.98), 4 of
+// 128x256 (7.84): the widest, with plain stores (its 64 KB TMA staging and
+// a 4-deep ring of 48 KB stages do not fit together).
+// CHECK-LABEL: func.func @widest_tiles
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 256, stages = 4, consumers = 2>}
+func.func @widest_tiles(%a: tensor<4096x7168xf8E4M3FN>, %as: tensor<4096x56xf32>, %b: tensor<4096x7168xf8E4M3FN>, %bs: tensor<32x56xf32>) -> tensor<4096x4096xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<4096x7168xf8E4M3FN>, tensor<4096x56xf32>, tensor<4096x7168xf8E4M3FN>, tensor<32x56xf32>) -> tensor<4096x4096xbf16>
+  return %0 : tensor<4096x4096xbf16>
+}
+
 // 7168 x 16384: 14 waves of 128x128 tiles against 10 of 128x192 chains of
-// 128 blocks (14.0, not fewer).
+// 128 blocks (14.0, not fewer) and 7 of 128x256 ones (14.2).
 // CHECK-LABEL: func.func @narrow_tiles_win
 // CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, store = tma>
 func.func @narrow_tiles_win(%a: tensor<4096x16384xf8E4M3FN>, %as: tensor<4096x128xf32>, %b: tensor<7168x16384xf8E4M3FN>, %bs: tensor<56x128xf32>) -> tensor<4096x7168xbf16> {

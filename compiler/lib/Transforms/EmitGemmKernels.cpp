@@ -84,10 +84,12 @@ public:
     splitTail = config.getSplitTail();
     stagedScales = config.getStagedScales();
     std::string name = config.getKernelName();
-    structType = "!llvm.struct<(";
-    for (int64_t i = 0; i < accRegs; ++i)
-      structType += i ? ", f32" : "f32";
-    structType += ")>";
+    structType = accumulatorType(accRegs);
+    // A 256-wide tile's consumer issues and promotes its two 128-column
+    // halves one after the other into one 64-register partial (beside the
+    // 128-register accumulator, two partials would not fit).
+    halves = bn == 256 ? 2 : 1;
+    partialType = accumulatorType(accRegs / halves);
 
     int64_t epilogue = stages * (bm + bn) * kSliceBytes;
     int64_t barriers = epilogue + config.getEpilogueBytes();
@@ -403,14 +405,16 @@ private:
     }
     emit("%bScaleRow = arith.muli %nBlock, %numKB : i32");
     if (bn > 128) {
-      // A 192-wide tile spans two weight-scale blocks; its 64-column chunk
-      // c lies in block (nOff + 64c) / 128 (nOff is a multiple of 64),
-      // clamped to the last block for chunks past N (never stored).
+      // A 192-wide tile spans two weight-scale blocks, a 256-wide one
+      // (nOff a multiple of 256) exactly two; chunk c of scaleChunkCols()
+      // columns lies in block (nOff + c * cols) / 128 (nOff is a multiple
+      // of 64), clamped to the last block for chunks past N (never stored).
       emitCeilDiv("%nScaleBlocksP", "%N", 128);
       emit("%lastNBlock = arith.subi %nScaleBlocksP, %c1 : i32");
-      for (int64_t c = 1; c < bn / 64; ++c) {
+      for (int64_t c = 1; c < bn / scaleChunkCols(); ++c) {
         std::string cs = std::to_string(c);
-        emit("%nOffC" + cs + " = arith.addi %nOff, " + i32(64 * c) + " : i32");
+        emit("%nOffC" + cs + " = arith.addi %nOff, " +
+             i32(scaleChunkCols() * c) + " : i32");
         emit("%nBlockC" + cs + "u = arith.divui %nOffC" + cs + ", %c128 : i32");
         emit("%nBlockC" + cs + " = arith.minui %nBlockC" + cs +
              "u, %lastNBlock : i32");
@@ -485,6 +489,8 @@ private:
          std::to_string(bn * kSliceBytes / 16) + " : i64");
     emit("%zeroF = arith.constant 0.0 : f32");
     emit("%undefAcc = llvm.mlir.undef : " + structType);
+    if (halves > 1)
+      emit("%undefPartial = llvm.mlir.undef : " + partialType);
     std::string zero = "%undefAcc";
     for (int64_t i = 0; i < accRegs; ++i) {
       std::string next = "%zeroAcc" + std::to_string(i);
@@ -518,8 +524,9 @@ private:
     if (stagedScales)
       writeScaleTileRow();
     writeWeightScaleRows(bn);
-    // 192-wide tiles have no registers for a second partial (96 + 96
-    // accumulator registers already): one K block at a time.
+    // 192- and 256-wide tiles have no registers for a second partial (96 +
+    // 96, 128 + 64 accumulator registers already): one K block (a 256-wide
+    // tile: one half of one) at a time.
     bool paired = accRegs <= 64;
     // 64-wide tiles (32 accumulator registers) have room for four partials:
     // chains of four K blocks in flight instead of pairs.
@@ -740,8 +747,11 @@ private:
     emit("%kbN = arith.minui %kbN0, %kbLast : i32");
     for (const std::string &next : loadScales("N", "%kbN"))
       nextScales += ", " + next;
-    std::string partial = issueBlock("S", "%j");
-    std::string acc = finishBlock("S", partial, "%acc", current, 0);
+    std::string acc = "%acc", partial;
+    for (int64_t half = 0; half < halves; ++half) {
+      partial = half ? issueHalf("S", half, partial) : issueBlock("S", "%j");
+      acc = finishBlock("S", partial, acc, current, 0, half);
+    }
     emit("%j1 = arith.addi %j, %c1 : i32");
     emit("scf.yield %j1, " + acc + nextScales + " : i32, " + structType +
          scaleTypes);
@@ -1011,16 +1021,21 @@ private:
 
   /// The weight scales a K block's promotion needs, as name suffixes of
   /// the rows %bScaleRow<suffix>: one block; the gate's and the up
-  /// projection's (SwiGLU); or one per 64-column chunk (192-wide tiles).
+  /// projection's (SwiGLU); or one per scaleChunkCols() columns (wider tiles).
   std::vector<std::string> weightScaleSuffixes() const {
     if (swiglu)
       return {"", "Up"};
     std::vector<std::string> suffixes = {""};
-    for (int64_t c = 1; config.getBlockN() > 128 && c < config.getBlockN() / 64;
+    for (int64_t c = 1;
+         config.getBlockN() > 128 && c < config.getBlockN() / scaleChunkCols();
          ++c)
       suffixes.push_back("C" + std::to_string(c));
     return suffixes;
   }
+
+  /// Columns per weight scale in the promotion of tiles wider than 128:
+  /// 64 (192-wide tiles), or a 256-wide tile's 128-column half.
+  int64_t scaleChunkCols() const { return halves > 1 ? 128 : 64; }
 
   /// %kbLast: the unit's last K block, to which the scale loads ahead
   /// are clamped. A split-K slice may be empty (numKB < split_k), where
@@ -1710,9 +1725,9 @@ private:
 
   /// For the K block at ring position `j`: waits for the stage, issues four
   /// k32 wgmmas into a fresh partial accumulator and commits them as one
-  /// group. SSA names end in `tag`; returns the partial.
+  /// group (a 256-wide tile: its left half only, issueHalf issues the
+  /// other). SSA names end in `tag`; returns the partial.
   std::string issueBlock(const std::string &tag, const std::string &j) {
-    int64_t bn = config.getBlockN();
     int64_t stages = config.getStages();
     emit("%s" + tag + " = arith.remui " + j + ", " + i32(stages) + " : i32");
     emit("%round" + tag + " = arith.divui " + j + ", " + i32(stages) +
@@ -1726,30 +1741,55 @@ private:
     emit("%descA" + tag + " = arith.addi %descA0, %descAOff" + tag + " : i64");
     emit("%descBOff" + tag + " = arith.muli %sW" + tag + ", %descBStage : i64");
     emit("%descB" + tag + " = arith.addi %descB0, %descBOff" + tag + " : i64");
+    return issueWgmmas(tag, "%descA" + tag, "%descB" + tag);
+  }
+
+  /// The `half`-th 128-column half of a 256-wide tile's K block, whose
+  /// stage issueBlock(`tag`) waited for: B's rows from 128 * half on, one
+  /// 1024-byte swizzle atom per 8 rows, i.e. 1024 * half in the
+  /// descriptor's 16-byte units.
+  std::string issueHalf(const std::string &tag, int64_t half,
+                        const std::string &previous) {
+    std::string hTag = tag + "H" + std::to_string(half);
+    emit("%descBHalf" + hTag + " = arith.constant " +
+         std::to_string(half * 128 * kSliceBytes / 16) + " : i64");
+    emit("%descB" + hTag + " = arith.addi %descB" + tag + ", %descBHalf" +
+         hTag + " : i64");
+    return issueWgmmas(hTag, "%descA" + tag, "%descB" + hTag, previous);
+  }
+
+  /// Four k32 wgmmas (one 128-wide K slice) from the stage's descriptors
+  /// `descA` and `descB` into a fresh partial, committed as one group.
+  std::string issueWgmmas(const std::string &tag, const std::string &descA,
+                          const std::string &descB,
+                          const std::string &seed = "") {
+    int64_t n = config.getBlockN() / halves;
     emit("nvvm.wgmma.fence.aligned");
     // The first wgmma ignores its accumulator input (scale-d 0): give it an
     // undefined one rather than a live value the compiler would copy.
-    std::string partial = "%undefAcc";
+    std::string partial = !seed.empty() ? seed
+                          : halves > 1  ? "%undefPartial"
+                                        : "%undefAcc";
     for (int k = 0; k < 4; ++k) {
-      std::string a = "%descA" + tag, b = "%descB" + tag;
+      std::string a = descA, b = descB;
       if (k) {
         // Each k32 step starts 32 bytes further into the swizzled rows:
         // +2 in the descriptor's 16-byte address units.
         std::string step = "%kStep" + std::to_string(k) + tag;
         emit(step + " = arith.constant " + std::to_string(2 * k) + " : i64");
-        a += "_" + std::to_string(k);
-        b += "_" + std::to_string(k);
-        emit(a + " = arith.addi %descA" + tag + ", " + step + " : i64");
-        emit(b + " = arith.addi %descB" + tag + ", " + step + " : i64");
+        a = "%descA" + tag + "_" + std::to_string(k);
+        b = "%descB" + tag + "_" + std::to_string(k);
+        emit(a + " = arith.addi " + descA + ", " + step + " : i64");
+        emit(b + " = arith.addi " + descB + ", " + step + " : i64");
       }
       std::string result = "%partial" + std::to_string(k) + tag;
       emit(result + " = nvvm.wgmma.mma_async " + a + ", " + b + ", " + partial +
-           ", #nvvm.shape<m = 64, n = " + std::to_string(bn) +
+           ", #nvvm.shape<m = 64, n = " + std::to_string(n) +
            ", k = 32>, D [<f32>, #nvvm.wgmma_scale_out<" +
            (k ? "one" : "zero") +
            ">], A [<e4m3>, #nvvm.wgmma_scale_in<one>, <row>], B [<e4m3>, "
            "#nvvm.wgmma_scale_in<one>, <col>] : " +
-           structType + " -> " + structType);
+           partialType + " -> " + partialType);
       partial = result;
     }
     emit("nvvm.wgmma.commit.group.sync.aligned");
@@ -1761,17 +1801,26 @@ private:
   /// `accIn`: acc += partial * scaleA[row] * scaleB, with `scales` the
   /// block's combined scales of rows r and r + 8 (loadScales; SwiGLU: then
   /// those of the up half, for registers from BLOCK_N / 4 on). Every partial
-  /// register
-  /// passes through an empty volatile asm after the wait, so the promotion
-  /// cannot be scheduled before the MMAs complete. Returns the accumulator.
+  /// register passes through an empty volatile asm after the wait, so the
+  /// promotion cannot be scheduled before the MMAs complete. A 256-wide
+  /// tile's block finishes in two calls, `half` 0 and 1 (issueHalf): the
+  /// first reads the staged scales, the second releases the stage, and half
+  /// h promotes into accumulator registers from 64 h on with the weight
+  /// scale of its 128 columns. Returns the accumulator.
   std::string finishBlock(const std::string &tag, const std::string &partial,
                           const std::string &accIn,
-                          const std::vector<std::string> &scales, int pending) {
-    int64_t accRegs = config.getBlockN() / 2;
-    std::vector<std::string> combined = scales;
-    if (stagedScales)
-      combined = readStagedScales(tag, scales);
+                          const std::vector<std::string> &scales, int pending,
+                          int64_t half = 0) {
+    int64_t partialRegs = config.getBlockN() / 2 / halves;
+    std::string nameTag = half ? tag + "H" + std::to_string(half) : tag;
+    if (half == 0)
+      halfScales = stagedScales ? readStagedScales(tag, scales) : scales;
+    const std::vector<std::string> combined = halfScales;
     emit("nvvm.wgmma.wait.group.sync.aligned " + std::to_string(pending));
+    if (half + 1 < halves) {
+      // The stage's other half is still to be read.
+      return promote(nameTag, partial, accIn, combined, partialRegs, half);
+    }
     if (stagedScales) {
       // Every warp releases the stage for itself once its lanes have read
       // the scales: the warp barrier orders their loads before lane 0's
@@ -1794,29 +1843,41 @@ private:
       emit("nvvm.mbarrier.arrive %emptyPeer : !llvm.ptr<7>");
     }
     emit("}");
+    return promote(nameTag, partial, accIn, combined, partialRegs, half);
+  }
+
+  /// accIn + partial * scale per register, the partial's `partialRegs`
+  /// registers going to accumulator registers from `half` * partialRegs on.
+  std::string promote(const std::string &tag, const std::string &partial,
+                      const std::string &accIn,
+                      const std::vector<std::string> &combined,
+                      int64_t partialRegs, int64_t half) {
     std::string acc = accIn;
-    for (int64_t i = 0; i < accRegs; ++i) {
+    for (int64_t i = 0; i < partialRegs; ++i) {
       std::string n = std::to_string(i) + tag;
       std::string idx = std::to_string(i);
-      // Accumulator register i holds row (i % 4 < 2 ? r : r + 8) and, for
-      // i >= accRegs / 2, column 64 + ... (the up half of a SwiGLU tile).
+      std::string accIdx = std::to_string(half * partialRegs + i);
+      // Partial register i holds row (i % 4 < 2 ? r : r + 8) and, for
+      // i >= partialRegs / 2, column 64 + ... (the up half of a SwiGLU tile).
       size_t which = (i % 4) < 2 ? 0 : 1;
-      if (swiglu && i >= accRegs / 2)
+      if (swiglu && i >= partialRegs / 2)
         which += 2;
-      if (accRegs > 64)
+      if (halves > 1)
+        which += 2 * half; // the half's own weight scale
+      else if (partialRegs > 64)
         which += 2 * (i / 32); // 64-column chunk i / 32: 32 registers each
       const std::string &scale = combined[which];
       emit("%raw" + n + " = llvm.extractvalue " + partial + "[" + idx +
-           "] : " + structType);
+           "] : " + partialType);
       emit("%p" + n +
            " = llvm.inline_asm has_side_effects \"\", \"=f,0\" %raw" + n +
            " : (f32) -> f32");
-      emit("%a" + n + " = llvm.extractvalue " + accIn + "[" + idx +
+      emit("%a" + n + " = llvm.extractvalue " + accIn + "[" + accIdx +
            "] : " + structType);
       emit("%f" + n + " = llvm.intr.fma(%p" + n + ", " + scale + ", %a" + n +
            ") : (f32, f32, f32) -> f32");
       std::string next = "%promoted" + n;
-      emit(next + " = llvm.insertvalue %f" + n + ", " + acc + "[" + idx +
+      emit(next + " = llvm.insertvalue %f" + n + ", " + acc + "[" + accIdx +
            "] : " + structType);
       acc = next;
     }
@@ -2120,6 +2181,14 @@ private:
   }
 
   /// An i32 constant as an SSA value, materialized once.
+  /// An LLVM struct of `regs` FP32 values: a wgmma accumulator fragment.
+  static std::string accumulatorType(int64_t regs) {
+    std::string type = "!llvm.struct<(";
+    for (int64_t i = 0; i < regs; ++i)
+      type += i ? ", f32" : "f32";
+    return type + ")>";
+  }
+
   std::string i32(int64_t value) {
     std::string name = value < 0 ? "%kneg" + std::to_string(-value)
                                  : "%k" + std::to_string(value);
@@ -2162,6 +2231,12 @@ private:
   std::optional<kiln::GroupLayout> grouped;
   /// Blocks per cluster along M (1: no cluster, no multicast).
   int64_t clusterM = 1;
+  /// 128-column halves a K block is issued and promoted in (2 for 256-wide
+  /// tiles), and the type of one half's partial accumulator.
+  int64_t halves = 1;
+  std::string partialType;
+  /// The current K block's combined scales (finishBlock's first half).
+  std::vector<std::string> halfScales;
   /// The SwiGLU epilogue (gemm-abi.md "SwiGLU epilogue").
   bool swiglu = false;
   Layout layout;

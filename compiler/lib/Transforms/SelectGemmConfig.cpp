@@ -14,10 +14,10 @@
 // The ring is a power of two of stages (its index arithmetic is then shifts
 // and masks); 2-block clusters (`cluster_m = 2`) are never picked: measured
 // neutral once the 128x128 ring is 4 deep (gemm-kernels.md "Version 8").
-// Plain GEMMs with a static M above 128 take 128x192 tiles where that
-// needs fewer waves of tiles by more than a 192-wide tile costs over a
-// 128-wide one (gemm-kernels.md "Session 9"); plain unsplit GEMMs with
-// N % 8 == 0 store their output with TMA (gemm-kernels.md "Version 9").
+// Plain GEMMs with a static M above 128 take 128x192 or 128x256 tiles where
+// that needs fewer waves of tiles by more than a wider tile costs over a
+// 128-wide one (gemm-kernels.md "Session 9", "Session 10"); plain unsplit GEMMs
+// with N % 8 == 0 store their output with TMA (gemm-kernels.md "Version 9").
 //
 //===----------------------------------------------------------------------===//
 
@@ -65,6 +65,13 @@ constexpr double kWideTileCostShort = 1.33;
 constexpr double kWideTileCostLong = 1.40;
 /// Chains of at most this many K blocks count as short (kWideTileCostShort).
 constexpr int64_t kShortChainBlocks = 64;
+/// The same for a 128x256 tile (two 128-column halves, one after the other;
+/// gemm-kernels.md "Session 10"): 1.96 per wave for chains of 12-56 K
+/// blocks (4096 x 4096 x 7168, 7168 x 2048, 24576 x 1536), 2.0-2.06 at 128
+/// (7168 x 16384). Half the waves of 128x128 tiles for 0.75 of the bytes per
+/// MAC, but two waits and promotions per K block.
+constexpr double kWidestTileCostShort = 1.96;
+constexpr double kWidestTileCostLong = 2.03;
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -200,9 +207,22 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
                       double(numKB + kEpilogueBlocks);
     double tailWaves =
         waves(128) - kTailSplitRealized * (double(waves(128)) - tailCost);
-    if (cost * waves(192) < std::min<double>(waves(128), tailWaves)) {
-      tailSplit = 1;
+    double cost256 =
+        numKB <= kShortChainBlocks ? kWidestTileCostShort : kWidestTileCostLong;
+    double best = std::min<double>(waves(128), tailWaves);
+    if (cost * waves(192) < best) {
+      best = cost * waves(192);
       blockN = 192;
+    }
+    // 128x256 tiles only where they beat both, for chains long enough that
+    // the tile's plainly stored 64 KB epilogue stays small (measured 1.96
+    // per wave from 12 K blocks on, 2.03 at 4): 4096 x 4096 x 7168 (4 waves
+    // instead of 8, or 6 of 128x192 tiles; 186.9-195.8 against 193.9-197.6
+    // and 194.2-200.6 us, gemm-kernels.md "Session 10").
+    if (numKB >= kMinLargeSplitBlocks && cost256 * waves(256) < best)
+      blockN = 256;
+    if (blockN != 128) {
+      tailSplit = 1;
       stages = llvm::bit_floor(static_cast<uint64_t>(
           std::min(kMaxStages, kStageBudgetBytes / ((blockM + blockN) * 128))));
     }

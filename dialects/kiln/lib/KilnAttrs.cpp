@@ -103,14 +103,18 @@ LogicalResult GemmConfigAttr::verify(
                        << 64 * consumers << "), got " << blockM;
   // wgmma's N is a multiple of 8. A tile up to 128 wide lies inside one
   // 128x128 weight-scale block; a 192-wide one (plain kernels) spans two,
-  // which its promotion tells apart per 64 columns.
-  if (blockN == 192 && grouped)
-    return emitError() << "gemm_config: block_n = 192 is for plain kernels "
-                          "(no 'grouped')";
-  if (blockN != 192 &&
+  // which its promotion tells apart per 64 columns; a 256-wide one (plain,
+  // unsplit) is issued and promoted in 128-column halves, one block each.
+  bool wide = blockN == 192 || blockN == 256;
+  if (wide && grouped)
+    return emitError() << "gemm_config: block_n = " << blockN
+                       << " is for plain kernels (no 'grouped')";
+  if (blockN == 256 && splitK != 1)
+    return emitError() << "gemm_config: block_n = 256 needs split_k = 1";
+  if (!wide &&
       (blockN < 8 || blockN > 128 || blockN % 8 != 0 || 128 % blockN != 0))
     return emitError() << "gemm_config: block_n must divide 128 and be a "
-                          "multiple of 8, or be 192, got "
+                          "multiple of 8, or be 192 or 256, got "
                        << blockN;
   if (stages < 2 || stages > 16)
     return emitError() << "gemm_config: stages must be in [2, 16], got "

@@ -66,7 +66,7 @@ func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n =
 
 // -----
 
-// expected-error @+1 {{gemm_config: block_n must divide 128 and be a multiple of 8, or be 192, got 96}}
+// expected-error @+1 {{gemm_config: block_n must divide 128 and be a multiple of 8, or be 192 or 256, got 96}}
 func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 96, stages = 4, consumers = 2>}
 
 // -----
@@ -147,6 +147,24 @@ func.func private @f() attributes {c = #kiln.gemm_config<block_m = 64, block_n =
 // GEMM; the grouped kernels' per-group scale rows are not.
 // expected-error @+1 {{gemm_config: block_n = 192 is for plain kernels (no 'grouped')}}
 func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 192, stages = 4, consumers = 2, grouped = contiguous>}
+
+// -----
+
+// expected-error @+1 {{gemm_config: block_n = 256 is for plain kernels (no 'grouped')}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 256, stages = 4, consumers = 2, grouped = masked>}
+
+// -----
+
+// A 256-wide tile's final accumulator (128 registers) and one half's
+// partial (64) leave no room for the split-K reduction's partials.
+// expected-error @+1 {{gemm_config: block_n = 256 needs split_k = 1}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 256, stages = 4, consumers = 2, split_k = 2>}
+
+// -----
+
+// 4 stages of 48 KB and the 64 KB TMA staging of a 128x256 tile.
+// expected-error @+1 {{gemm_config: 263232 bytes of shared memory exceed the 232448 of an sm_90 block}}
+func.func private @f() attributes {c = #kiln.gemm_config<block_m = 128, block_n = 256, stages = 4, consumers = 2, store = tma>}
 
 // -----
 
