@@ -104,7 +104,9 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
   let summary = "the tile configuration of a warp-specialized FP8 GEMM kernel";
   let description = [{
     The kernel-level description of a `kiln.scaled_matmul`: output tiles of
-    `block_m` x `block_n` (block_m = 64 per consumer warpgroup), a ring of
+    `block_m` x `block_n` (block_m = 64 per consumer warpgroup; block_n
+    divides 128, or is 192 or 256 in plain kernels, 256 unsplit and issued
+    in 128-column halves), a ring of
     `stages` shared-memory buffers of 128-wide K slices, one TMA producer
     warpgroup and `consumers` wgmma warpgroups. `split_k` > 1 splits the K
     blocks of every tile into that many slices computed by separate blocks,
@@ -245,7 +247,8 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
              getGroupTableBytes(grouped) + 1024;
     }
     /// One ring stage's weight scales: a 16-byte TMA box per weight scale
-    /// (at most three: a 192-wide tile's), each in its own 128-byte slot.
+    /// (at most three: a 192-wide tile's; a 256-wide one has two), each in
+    /// its own 128-byte slot.
     static constexpr int64_t kWeightScaleBoxBytes = 4 * kScaleAlignElements;
     static constexpr int64_t kWeightScaleSlotBytes = 128;
     static constexpr int64_t kStageWeightScaleBytes = 3 * kWeightScaleSlotBytes;
