@@ -1815,7 +1815,7 @@ private:
     std::string nameTag = half ? tag + "H" + std::to_string(half) : tag;
     if (half == 0)
       halfScales = stagedScales ? readStagedScales(tag, scales) : scales;
-    const std::vector<std::string> combined = halfScales;
+    const std::vector<std::string> &combined = halfScales;
     emit("nvvm.wgmma.wait.group.sync.aligned " + std::to_string(pending));
     if (half + 1 < halves) {
       // The stage's other half is still to be read.
@@ -2180,7 +2180,6 @@ private:
          " : i32");
   }
 
-  /// An i32 constant as an SSA value, materialized once.
   /// An LLVM struct of `regs` FP32 values: a wgmma accumulator fragment.
   static std::string accumulatorType(int64_t regs) {
     std::string type = "!llvm.struct<(";
@@ -2189,6 +2188,7 @@ private:
     return type + ")>";
   }
 
+  /// An i32 constant as an SSA value, materialized once.
   std::string i32(int64_t value) {
     std::string name = value < 0 ? "%kneg" + std::to_string(-value)
                                  : "%k" + std::to_string(value);
