@@ -8,8 +8,9 @@
 #
 #  1. every staged grouped kernel on kiln-gemm-check's default grouped cases
 #     (random groups: empty ones, a 1-row group, rows outside the groups,
-#     ragged N and K), checked only;
-#  2. compute-sanitizer memcheck on one contiguous and one masked kernel;
+#     ragged N and K; TMA-store kernels N = 136 for 129), checked only;
+#  2. compute-sanitizer memcheck on one contiguous and one masked kernel, and
+#     one of each that stores with TMA;
 #  3. the plan's kernel for each benchmark problem: contiguous problems as a
 #     balanced and (R > 256) a skewed split, masked ones with full slabs;
 #  4. the same problems through the cuBLAS loop; bench/grouped_compare.py's
@@ -18,7 +19,8 @@
 #
 # Environment: GROUPED_PLAN (default $KILN_DEVICE_DIR/grouped-plan.txt),
 # GROUPED_RUNS (timed launches, 40), GROUPED_REFERENCE_GFLOP (FP64 reference
-# budget per benchmark problem, 40), GROUPED_CUBLAS (0 skips the peer).
+# budget per benchmark problem, 40), GROUPED_CUBLAS (0 skips the peer),
+# GROUPED_CHECK (0 skips steps 1 and 2: a second timing pass in one call).
 set -uo pipefail
 out=${OUT:-/tmp/grouped-out}
 mkdir -p "$out"
@@ -46,22 +48,33 @@ main() {
     return 2
   fi
 
-  for cubin in "${kernels[@]}"; do
+  # TMA-store kernels need N % 8 == 0: the default cases with N = 136 (a
+  # ragged last tile, two scale rows per expert) instead of 129.
+  tma_kernels=($dev/kernels/*_contiguous_tma.cubin $dev/kernels/*_masked_tma.cubin)
+  ((${GROUPED_CHECK:-1})) || kernels=() tma_kernels=()
+  for cubin in "${kernels[@]}" "${tma_kernels[@]}"; do
     name=$(basename "$cubin" .cubin)
+    case_args=()
+    case $name in
+      *_contiguous_tma) case_args=(--cases 8:300:200x1024:random,16:1000:4096x7168:random,5:9:7168x2048:random,8:8:4096x7168:balanced,4:700:136x1024:skewed) ;;
+      *_masked_tma) case_args=(--cases 8:64:200x1024:random,4:256:7168x2048:random,8:1:4096x7168:full,3:130:136x1024:random) ;;
+    esac
     echo
     echo "== check $name"
-    timeout -k 10 120 "$check" --no-time --json "$work/results/check-$name.json" "$cubin" 2>&1 |
+    timeout -k 10 120 "$check" --no-time "${case_args[@]}" --json "$work/results/check-$name.json" "$cubin" 2>&1 |
       tee "$work/results/check-$name.log" | grep -vE '^\|'
     rc=${PIPESTATUS[0]}
     ((rc != 0)) && { status=1; failed+=("$name: check exit $rc"); }
   done
 
-  for layout in contiguous masked; do
-    cubin=$(ls $dev/kernels/*_$layout.cubin | head -n 1)
+  layouts=(contiguous masked contiguous_tma masked_tma)
+  ((${GROUPED_CHECK:-1})) || layouts=()
+  for layout in "${layouts[@]}"; do
+    cubin=$(ls $dev/kernels/*_$layout.cubin 2>/dev/null | head -n 1)
     [[ -n $cubin ]] || continue
     name=$(basename "$cubin" .cubin)
     case_arg=8:300:200x1024:random
-    [[ $layout == masked ]] && case_arg=8:64:200x1024:random
+    [[ $layout == masked* ]] && case_arg=8:64:200x1024:random
     echo
     echo "== compute-sanitizer memcheck $name ($case_arg)"
     timeout -k 10 120 "$sanitizer" --tool memcheck --error-exitcode 9 --report-api-errors no \

@@ -80,3 +80,32 @@ func.func @masked(%a: tensor<32x128x7168xf8E4M3FN>, %as: tensor<32x128x56xf32>, 
   %0 = kiln.grouped_scaled_matmul masked %a, %as, %b, %bs, %counts {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 64, stages = 8, consumers = 2, split_k = 2, grouped = masked>} : (tensor<32x128x7168xf8E4M3FN>, tensor<32x128x56xf32>, tensor<32x4096x7168xf8E4M3FN>, tensor<32x32x56xf32>, tensor<32xi32>) -> tensor<32x128x4096xbf16>
   return %0 : tensor<32x128x4096xbf16>
 }
+
+// -----
+
+// 128x192 tiles (session 11): a tile's second and third 64 columns take the
+// weight-scale block of their column, clamped to the group's last block (a
+// group's last tile sticks out of N = 4096 by 128 columns, which are never
+// stored) and offset by the group's first block, in the producer (which
+// stages them) and in the consumers alike.
+// CHECK-LABEL: func.func @wide
+// CHECK: llvm.func @kiln_gemm_fp8_m128n192s4c2_contiguous_tma(
+// CHECK-SAME: block_n = 192, stages = 4, consumers = 2, grouped = contiguous, store = tma
+// CHECK: nvvm.setmaxregister decrease
+// CHECK: %[[GSR:[0-9]+]] = arith.muli %{{[0-9]+}}#0, %{{[0-9]+}} : i32
+// CHECK: %[[LAST:[0-9]+]] = arith.subi %{{[0-9]+}}, %c1_i32{{.*}} : i32
+// CHECK: %[[B1:[0-9]+]] = arith.minui %{{[0-9]+}}, %[[LAST]] : i32
+// CHECK-NEXT: arith.addi %[[GSR]], %[[B1]] : i32
+// CHECK: %[[B2:[0-9]+]] = arith.minui %{{[0-9]+}}, %[[LAST]] : i32
+// CHECK-NEXT: arith.addi %[[GSR]], %[[B2]] : i32
+// CHECK: nvvm.setmaxregister increase
+// CHECK: arith.addi %{{[0-9]+}}, %c64_i32 : i32
+// CHECK-NEXT: arith.divui
+// CHECK-NEXT: %[[CB1:[0-9]+]] = arith.minui %{{[0-9]+}}, %[[CLAST:[0-9]+]] : i32
+// CHECK-NEXT: arith.addi %[[CGSR:[0-9]+]], %[[CB1]] : i32
+// CHECK: %[[CB2:[0-9]+]] = arith.minui %{{[0-9]+}}, %[[CLAST]] : i32
+// CHECK-NEXT: arith.addi %[[CGSR]], %[[CB2]] : i32
+func.func @wide(%a: tensor<?x7168xf8E4M3FN>, %as: tensor<?x56xf32>, %b: tensor<8x4096x7168xf8E4M3FN>, %bs: tensor<8x32x56xf32>, %offsets: tensor<9xi32>) -> tensor<?x4096xbf16> {
+  %0 = kiln.grouped_scaled_matmul contiguous %a, %as, %b, %bs, %offsets {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 192, stages = 4, consumers = 2, grouped = contiguous, store = tma>} : (tensor<?x7168xf8E4M3FN>, tensor<?x56xf32>, tensor<8x4096x7168xf8E4M3FN>, tensor<8x32x56xf32>, tensor<9xi32>) -> tensor<?x4096xbf16>
+  return %0 : tensor<?x4096xbf16>
+}

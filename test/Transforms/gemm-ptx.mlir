@@ -88,9 +88,11 @@
 // PTXAS-DAG: kiln_gemm_fp8_m128n256s4c2: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // The grouped kernels of the expert GEMMs the grouped benchmark runs.
 // PTXAS-DAG: kiln_gemm_fp8_m64n128s8c1_contiguous: {{[0-9]+}} registers, 0 spill bytes, 225548 B shared memory: ok
-// The 128x128 grouped kernels store with TMA where a warpgroup's rows are
-// all its group's (the group tables, the ring and the whole BF16 tile).
-// PTXAS-DAG: kiln_gemm_fp8_m128n128s4c2_contiguous_tma: {{[0-9]+}} registers, 0 spill bytes, 177228 B shared memory: ok
+// The prefill-sized grouped kernels store with TMA where a warpgroup's rows
+// are all its group's: 128x192 tiles with their scales staged, which just
+// fit (the group tables, the 4-deep ring, the whole BF16 tile, the scales).
+// PTXAS-DAG: kiln_gemm_fp8_m128n192s4c2_contiguous_tma: {{[0-9]+}} registers, 0 spill bytes, 230604 B shared memory: ok
+// PTXAS-DAG: kiln_gemm_fp8_m128n192s4c2_masked_tma: {{[0-9]+}} registers, 0 spill bytes, 230604 B shared memory: ok
 // PTXAS-DAG: kiln_gemm_fp8_m64n64s8c1_masked: {{[0-9]+}} registers, 0 spill bytes, 160012 B shared memory: ok
 // PTXAS-DAG: kiln_gemm_fp8_m64n128s8c1_masked: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // PTXAS-DAG: kiln_gemm_fp8_m128n64s8c2_masked: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok

@@ -126,6 +126,29 @@ func.func @grouped_prefill(%a: tensor<?x7168xf8E4M3FN>, %as: tensor<?x56xf32>, %
   return %0 : tensor<?x2048xbf16>
 }
 
+// Grouped GEMMs of static rows weigh 128x192 tiles over the tiles of all
+// groups, as plain ones do (gemm-kernels.md "Session 11"): 4 groups of 2048
+// rows x 7168 x 2048 are 3584 tiles of 128x128 (28 waves) or 2432 of 128x192
+// (19 waves, 25.3 at 1.33 each); the grouped kernel stores with TMA.
+// CHECK-LABEL: func.func @grouped_prefill_wide
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 192, stages = 4, consumers = 2, grouped = contiguous, store = tma>
+func.func @grouped_prefill_wide(%a: tensor<8192x2048xf8E4M3FN>, %as: tensor<8192x16xf32>, %b: tensor<4x7168x2048xf8E4M3FN>, %bs: tensor<4x56x16xf32>, %o: tensor<5xi32>) -> tensor<8192x7168xbf16> {
+  %0 = kiln.grouped_scaled_matmul contiguous %a, %as, %b, %bs, %o : (tensor<8192x2048xf8E4M3FN>, tensor<8192x16xf32>, tensor<4x7168x2048xf8E4M3FN>, tensor<4x56x16xf32>, tensor<5xi32>) -> tensor<8192x7168xbf16>
+  return %0 : tensor<8192x7168xbf16>
+}
+
+// Masked slabs of 256 rows: 8 experts x 4096 x 7168 are 512 tiles of
+// 128x128 (4 waves), 352 of 128x192 (3 waves, 3.99): 128x192; 4 experts
+// are 256 tiles (2 waves) against 176 (2 waves, 2.66): 128x128.
+// CHECK-LABEL: func.func @grouped_masked_wide
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 192, stages = 4, consumers = 2, grouped = masked, store = tma>
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, grouped = masked, store = tma>
+func.func @grouped_masked_wide(%a: tensor<8x256x7168xf8E4M3FN>, %as: tensor<8x256x56xf32>, %b: tensor<8x4096x7168xf8E4M3FN>, %bs: tensor<8x32x56xf32>, %n: tensor<8xi32>, %a4: tensor<4x256x7168xf8E4M3FN>, %as4: tensor<4x256x56xf32>, %b4: tensor<4x4096x7168xf8E4M3FN>, %bs4: tensor<4x32x56xf32>, %n4: tensor<4xi32>) -> (tensor<8x256x4096xbf16>, tensor<4x256x4096xbf16>) {
+  %0 = kiln.grouped_scaled_matmul masked %a, %as, %b, %bs, %n : (tensor<8x256x7168xf8E4M3FN>, tensor<8x256x56xf32>, tensor<8x4096x7168xf8E4M3FN>, tensor<8x32x56xf32>, tensor<8xi32>) -> tensor<8x256x4096xbf16>
+  %1 = kiln.grouped_scaled_matmul masked %a4, %as4, %b4, %bs4, %n4 : (tensor<4x256x7168xf8E4M3FN>, tensor<4x256x56xf32>, tensor<4x4096x7168xf8E4M3FN>, tensor<4x32x56xf32>, tensor<4xi32>) -> tensor<4x256x4096xbf16>
+  return %0, %1 : tensor<8x256x4096xbf16>, tensor<4x256x4096xbf16>
+}
+
 // Static M above 128: 128x192 tiles (their scales staged) where they need
 // fewer waves by more than their cost: 1.33x for chains of at most 64 K
 // blocks, 1.40x for longer ones (gemm-kernels.md "Session 9"); a split tail

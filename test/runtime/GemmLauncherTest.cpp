@@ -270,7 +270,7 @@ TEST(TmaStoreGemm, OnlyUnsplitKernelsStoreWithTma) {
   const std::pair<const char *, const char *> cases[] = {
       {R"({"kernel": "k", "block_m": 128, "block_n": 64, "stages": 4,
            "consumer_warpgroups": 2, "store": "tma", "grouped": "masked"})",
-       "store tma in a grouped kernel needs block_n 128"},
+       "store tma in a grouped kernel needs block_n >= 128"},
       {R"({"kernel": "k", "block_m": 128, "block_n": 128, "stages": 4,
            "consumer_warpgroups": 2, "store": "tma", "grouped": "contiguous",
            "epilogue": "swiglu"})",
@@ -295,6 +295,14 @@ TEST(TmaStoreGemm, OnlyUnsplitKernelsStoreWithTma) {
       "grouped.json");
   EXPECT_TRUE(grouped.tmaStore);
   EXPECT_EQ(grouped.grouping, GemmGrouping::Contiguous);
+  // So may a grouped 128x192 one (gemm-kernels.md "Session 11").
+  GemmKernelConfig wide = parseGemmManifest(
+      R"({"kernel": "k", "block_m": 128, "block_n": 192, "stages": 4,
+          "consumer_warpgroups": 2, "store": "tma", "grouped": "masked"})",
+      "wide.json");
+  EXPECT_TRUE(wide.tmaStore);
+  EXPECT_EQ(wide.blockN, 192);
+  EXPECT_EQ(wide.grouping, GemmGrouping::Masked);
 }
 
 TEST(StagedScalesGemm, ManifestReadsScaleAAndOnlyUnsplitKernelsHaveIt) {

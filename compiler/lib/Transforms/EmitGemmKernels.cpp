@@ -408,7 +408,9 @@ private:
       // A 192-wide tile spans two weight-scale blocks, a 256-wide one
       // (nOff a multiple of 256) exactly two; chunk c of scaleChunkCols()
       // columns lies in block (nOff + c * cols) / 128 (nOff is a multiple
-      // of 64), clamped to the last block for chunks past N (never stored).
+      // of 64), clamped to the last block for chunks past N (never stored):
+      // in a grouped kernel the group's last, so that a group's last tile
+      // reads neither the next expert's scales nor past the last expert's.
       emitCeilDiv("%nScaleBlocksP", "%N", 128);
       emit("%lastNBlock = arith.subi %nScaleBlocksP, %c1 : i32");
       for (int64_t c = 1; c < bn / scaleChunkCols(); ++c) {
@@ -416,10 +418,14 @@ private:
         emit("%nOffC" + cs + " = arith.addi %nOff, " +
              i32(scaleChunkCols() * c) + " : i32");
         emit("%nBlockC" + cs + "u = arith.divui %nOffC" + cs + ", %c128 : i32");
-        emit("%nBlockC" + cs + " = arith.minui %nBlockC" + cs +
-             "u, %lastNBlock : i32");
-        emit("%bScaleRowC" + cs + " = arith.muli %nBlockC" + cs +
-             ", %numKB : i32");
+        std::string block = "%nBlockC" + cs;
+        emit(block + " = arith.minui %nBlockC" + cs + "u, %lastNBlock : i32");
+        if (grouped) {
+          emit("%nBlockC" + cs + "g = arith.addi %groupScaleRow, " + block +
+               " : i32");
+          block += "g";
+        }
+        emit("%bScaleRowC" + cs + " = arith.muli " + block + ", %numKB : i32");
       }
     }
   }

@@ -189,16 +189,24 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
   // A split tail instead: the last partial wave's tiles split along K over
   // the multiprocessors (4096 x 2112 x 7168: 544 tiles are 4 waves and 16
   // tiles, whose fifth wave costs a whole one; gemm-kernels.md "Session 6").
+  // Grouped GEMMs weigh 128x192 tiles the same way over the tiles of all
+  // their groups (one launch); they have no split tail and no 128x256
+  // tiles (gemm-kernels.md "Session 11").
+  bool groupedStatic = grouped && !ShapedType::isDynamic(n) &&
+                       !ShapedType::isDynamic(k) &&
+                       !ShapedType::isDynamic(groups);
   int64_t tailSplit = 1;
-  if (plainStatic && known && !small && blockN == 128) {
+  if ((plainStatic || groupedStatic) && known && !small && blockN == 128) {
     int64_t numKB = ceilDiv(k, 128);
     auto waves = [&](int64_t width) {
-      return ceilDiv(ceilDiv(m, blockM) * ceilDiv(n, width), kMultiprocessors);
+      return ceilDiv(groups * ceilDiv(m, blockM) * ceilDiv(n, width),
+                     kMultiprocessors);
     };
     double cost =
         numKB <= kShortChainBlocks ? kWideTileCostShort : kWideTileCostLong;
-    int64_t tiles = ceilDiv(m, blockM) * ceilDiv(n, 128);
-    tailSplit = chooseTailSplit(tiles, numKB);
+    int64_t tiles = groups * ceilDiv(m, blockM) * ceilDiv(n, 128);
+    if (plainStatic)
+      tailSplit = chooseTailSplit(tiles, numKB);
     // The split tail, in waves: it realizes about half the gain its cost
     // model predicts (kTailSplitRealized), which against wide tiles decides
     // 1000 x 2112 x 7168 (k8t 38.8 us, 128x192 33.7; gemm-kernels.md
@@ -219,7 +227,8 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
     // per wave from 12 K blocks on, 2.03 at 4): 4096 x 4096 x 7168 (4 waves
     // instead of 8, or 6 of 128x192 tiles; 186.9-195.8 against 193.9-197.6
     // and 194.2-200.6 us, gemm-kernels.md "Session 10").
-    if (numKB >= kMinLargeSplitBlocks && cost256 * waves(256) < best)
+    if (plainStatic && numKB >= kMinLargeSplitBlocks &&
+        cost256 * waves(256) < best)
       blockN = 256;
     if (blockN != 128) {
       tailSplit = 1;
@@ -231,9 +240,11 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
   // width: any static M <= 128, and larger ones whose tiles are long chains
   // (300 x 2112 x 7168, 51 tiles of 56 K blocks: 28.9 -> 22.5 us; 300 x 129
   // x 1024, 6 tiles of 8 blocks: 14.3 -> 15.3 us, not split).
+  // (Grouped 192-wide kernels are unsplit.)
   int64_t splitK = tailSplit;
-  if (tailSplit == 1 && known && !ShapedType::isDynamic(n) &&
-      !ShapedType::isDynamic(k) && !ShapedType::isDynamic(groups)) {
+  if (tailSplit == 1 && !(grouped && blockN == 192) && known &&
+      !ShapedType::isDynamic(n) && !ShapedType::isDynamic(k) &&
+      !ShapedType::isDynamic(groups)) {
     int64_t tiles = groups * ceilDiv(m, blockM) * ceilDiv(n, blockN);
     // Above 128 rows only where SMs would idle: splitting to even out
     // waves lost (4096 x 2112 x 7168: 182.5 against 144.2 us, version 7).
@@ -247,7 +258,7 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
   // kernels too (their warpgroups whose rows end past the group store
   // plainly): 8192 rows x 7168 x 2048 -4 to -5%, x 4096 x 7168 -1 to -2%
   // (session 7); the single-consumer 64x128 one would spill.
-  bool groupedWide = grouped && blockM == 128 && blockN == 128 &&
+  bool groupedWide = grouped && blockM == 128 && blockN >= 128 &&
                      consumers == 2 && !ShapedType::isDynamic(n);
   bool tmaStore =
       (plainStatic || groupedWide) && splitK == 1 && blockN % 64 == 0 &&

@@ -102,13 +102,18 @@ LogicalResult GemmConfigAttr::verify(
                           "warpgroup ("
                        << 64 * consumers << "), got " << blockM;
   // wgmma's N is a multiple of 8. A tile up to 128 wide lies inside one
-  // 128x128 weight-scale block; a 192-wide one (plain kernels) spans two,
-  // which its promotion tells apart per 64 columns; a 256-wide one (plain,
-  // unsplit) is issued and promoted in 128-column halves, one block each.
+  // 128x128 weight-scale block; a 192-wide one spans two, which its
+  // promotion tells apart per 64 columns; a 256-wide one (plain, unsplit)
+  // is issued and promoted in 128-column halves, one block each. Grouped
+  // kernels take 192-wide tiles unsplit (a 256-wide one's ring does not fit
+  // beside the group tables with more than 2 stages).
   bool wide = blockN == 192 || blockN == 256;
-  if (wide && grouped)
-    return emitError() << "gemm_config: block_n = " << blockN
-                       << " is for plain kernels (no 'grouped')";
+  if (blockN == 256 && grouped)
+    return emitError() << "gemm_config: block_n = 256 is for plain kernels "
+                          "(no 'grouped')";
+  if (blockN == 192 && grouped && splitK != 1)
+    return emitError() << "gemm_config: block_n = 192 in a grouped kernel "
+                          "needs split_k = 1";
   if (blockN == 256 && splitK != 1)
     return emitError() << "gemm_config: block_n = 256 needs split_k = 1";
   if (!wide &&
@@ -153,13 +158,13 @@ LogicalResult GemmConfigAttr::verify(
   // TMA stores whole 64-column boxes of a consumer's 64 rows, and split-K
   // reduces in registers. A grouped tile's rows may belong to two groups:
   // its warpgroups store with plain stores there, staged in their part of
-  // the TMA staging, which needs block_n 128 (9 KB of 16).
+  // the TMA staging, which needs block_n >= 128 (9 KB of 16 or 24).
   if (tmaStore && (splitK != 1 || swiglu || blockN % 64 != 0))
     return emitError() << "gemm_config: store = tma needs split_k = 1, no "
                           "epilogue and block_n a multiple of 64";
-  if (tmaStore && grouped && blockN != 128)
+  if (tmaStore && grouped && blockN < 128)
     return emitError() << "gemm_config: store = tma in a grouped kernel "
-                          "needs block_n = 128";
+                          "needs block_n >= 128";
   int64_t bytes = GemmConfigAttr::getSharedMemoryBytes(
       blockM, blockN, stages, consumers, splitK, grouped.has_value(), tmaStore);
   if (bytes > GemmConfigAttr::kMaxSharedMemoryBytes)

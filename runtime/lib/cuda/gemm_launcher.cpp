@@ -242,8 +242,8 @@ void GemmKernelConfig::validate(const std::string &origin) const {
                    epilogue != GemmEpilogue::Store || blockN % 64 != 0))
     fail("store tma needs split_k 1, no epilogue and block_n a multiple of "
          "64");
-  if (tmaStore && grouping != GemmGrouping::None && blockN != 128)
-    fail("store tma in a grouped kernel needs block_n 128");
+  if (tmaStore && grouping != GemmGrouping::None && blockN < 128)
+    fail("store tma in a grouped kernel needs block_n >= 128");
   if (stagedScales && (splitK != 1 || operandPointers))
     fail("scale_a tma needs split_k 1 and no operand_pointers");
   if (sharedMemoryBytes < 0)

@@ -105,8 +105,8 @@ def Kiln_GemmConfigAttr : Kiln_Attr<"GemmConfig", "gemm_config"> {
   let description = [{
     The kernel-level description of a `kiln.scaled_matmul`: output tiles of
     `block_m` x `block_n` (block_m = 64 per consumer warpgroup; block_n
-    divides 128, or is 192 or 256 in plain kernels, 256 unsplit and issued
-    in 128-column halves), a ring of
+    divides 128, or is 192 (grouped: unsplit) or 256 (plain kernels,
+    unsplit, issued in 128-column halves)), a ring of
     `stages` shared-memory buffers of 128-wide K slices, one TMA producer
     warpgroup and `consumers` wgmma warpgroups. `split_k` > 1 splits the K
     blocks of every tile into that many slices computed by separate blocks,
