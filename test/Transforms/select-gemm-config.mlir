@@ -17,13 +17,32 @@ func.func @decode_wide(%a: tensor<64x1536xf8E4M3FN>, %as: tensor<64x12xf32>, %b:
   return %0 : tensor<64x24576xbf16>
 }
 
-// M <= 128: two consumers on 128x64 tiles (the weights are read once); 64
-// tiles, so two slices of 28 K blocks.
+// M <= 128: two consumers on 128x64 tiles (the weights are read once),
+// unless those would be split along K and 64x64 tiles need a smaller split:
+// here 64 tiles of 128x64 (two slices of 28 K blocks) against 128 of 64x64,
+// unsplit.
 // CHECK-LABEL: func.func @small
-// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 64, stages = 8, consumers = 2, split_k = 2>}
+// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, store = tma>}
 func.func @small(%a: tensor<128x7168xf8E4M3FN>, %as: tensor<128x56xf32>, %b: tensor<4096x7168xf8E4M3FN>, %bs: tensor<32x56xf32>) -> tensor<128x4096xbf16> {
   %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<128x7168xf8E4M3FN>, tensor<128x56xf32>, tensor<4096x7168xf8E4M3FN>, tensor<32x56xf32>) -> tensor<128x4096xbf16>
   return %0 : tensor<128x4096xbf16>
+}
+
+// 33 tiles of 128x64 would be split in four, 66 of 64x64 are split in two.
+// CHECK-LABEL: func.func @small_split
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 64, block_n = 64, stages = 8, consumers = 1, split_k = 2>
+func.func @small_split(%a: tensor<128x7168xf8E4M3FN>, %as: tensor<128x56xf32>, %b: tensor<2112x7168xf8E4M3FN>, %bs: tensor<17x56xf32>) -> tensor<128x2112xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<128x7168xf8E4M3FN>, tensor<128x56xf32>, tensor<2112x7168xf8E4M3FN>, tensor<17x56xf32>) -> tensor<128x2112xbf16>
+  return %0 : tensor<128x2112xbf16>
+}
+
+// 112 tiles of 128x64 run unsplit (a second wave costs more than 20 idle
+// SMs): they stay (64x64 tiles measured 30% slower at K = 16384).
+// CHECK-LABEL: func.func @small_unsplit
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 64, stages = 8, consumers = 2, store = tma>
+func.func @small_unsplit(%a: tensor<128x16384xf8E4M3FN>, %as: tensor<128x128xf32>, %b: tensor<7168x16384xf8E4M3FN>, %bs: tensor<56x128xf32>) -> tensor<128x7168xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<128x16384xf8E4M3FN>, tensor<128x128xf32>, tensor<7168x16384xf8E4M3FN>, tensor<56x128xf32>) -> tensor<128x7168xbf16>
+  return %0 : tensor<128x7168xbf16>
 }
 
 // M <= 128, chains of 4 K blocks, 256 tiles of 128x128 (one per SM and

@@ -4,7 +4,8 @@
 // decode-sized M (<= 64, known statically) gets one consumer warpgroup and
 // 64-wide N tiles, M <= 128 two consumers and 128x64 tiles, so that more
 // blocks stream the weights (128x128 where K is at most 512 and they still
-// give every multiprocessor a tile); everything else gets two consumers and
+// give every multiprocessor a tile; 64x64 where the 128x64 tiles would be
+// split along K and 64x64 ones less); everything else gets two consumers and
 // 128x128 tiles. Stages fill shared memory up to a ring of 8. For a static M
 // (above 128 only with K >= 2048), N and K, split-K cuts each tile's chain of
 // K blocks into slices computed by separate blocks, when that shortens the
@@ -173,6 +174,26 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
       !ShapedType::isDynamic(k) && k <= 4 * 128 &&
       ceilDiv(m, blockM) * ceilDiv(n, 128) >= kMultiprocessors)
     blockN = 128;
+  // 65-128 rows whose 128x64 tiles would be split along K take 64x64 tiles
+  // (one consumer) where that needs a smaller split: twice the tiles, the
+  // second tile row reading the weights from L2 (M runs fastest in the
+  // raster), against a split's partial-sum round trips, which cost ~2 us
+  // at these sizes. H100: 128 x 4096 x 7168 20.0 -> 18.7 us (k2 -> none),
+  // 128 x 2112 x 7168 14.8 -> 14.2 (k4 -> k2); where the 128x64 tiles run
+  // unsplit they stay (7168 x 16384 48.5 against 62.8; gemm-kernels.md
+  // "Session 11").
+  if (small && !decode && !grouped && blockN == 64 &&
+      !ShapedType::isDynamic(n) && !ShapedType::isDynamic(k)) {
+    int64_t numKB = ceilDiv(k, 128);
+    int64_t split128 =
+        chooseSplitK(ceilDiv(m, 128) * ceilDiv(n, blockN), numKB, blockN);
+    int64_t split64 =
+        chooseSplitK(ceilDiv(m, 64) * ceilDiv(n, blockN), numKB, blockN);
+    if (split128 > 1 && split64 < split128) {
+      consumers = 1;
+      blockM = 64;
+    }
+  }
   int64_t stageBytes = (blockM + blockN) * 128;
   // The largest power of two that fits: 128x128 tiles get 4 stages, not 6
   // (M = 4096: 0.84 -> 0.87 of cuBLAS; 32768 x 512 -7%, 4096 x 7168 -4%,
