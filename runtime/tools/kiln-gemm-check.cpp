@@ -106,7 +106,8 @@ Grouped kernels (manifest "grouped": "contiguous" or "masked"):
                          1-row group, rows before the first and after the
                          last group); masked: R rows per slab, DIST full or
                          random (counts in [0, R], one 0, one 1, one R).
-                         Default: small random cases with ragged N.
+                         Default: small random cases with ragged N
+                         (N % 8 == 0 for store tma kernels).
   --reference-gflop X    check groups against the FP64 reference until X
                          GFLOP of them are checked (default: all groups)
   --unfused KERNEL.cubin SwiGLU kernels: also time this plain grouped kernel
@@ -1026,18 +1027,20 @@ struct GroupedCase {
 /// Small cases that exercise the edges: empty groups, a group of one row,
 /// rows outside every group, ragged N tails (N = 200 and 129: the last tile
 /// reads the next expert's weight rows, and N = 129 has two scale rows per
-/// expert). K stays a multiple of 128: the FP64 reference needs it.
-std::vector<GroupedCase> defaultGroupedCases(GemmGrouping grouping) {
-  if (grouping == GemmGrouping::Contiguous)
+/// expert; 136 instead of 129 for a TMA-store kernel, which needs N % 8 ==
+/// 0). K stays a multiple of 128: the FP64 reference needs it.
+std::vector<GroupedCase> defaultGroupedCases(const GemmKernelConfig &config) {
+  int twoScaleRows = config.tmaStore ? 136 : 129;
+  if (config.grouping == GemmGrouping::Contiguous)
     return {{8, 300, 200, 1024, "random"},
             {16, 1000, 4096, 7168, "random"},
             {5, 9, 7168, 2048, "random"},
             {8, 8, 4096, 7168, "balanced"},
-            {4, 700, 129, 1024, "skewed"}};
+            {4, 700, twoScaleRows, 1024, "skewed"}};
   return {{8, 64, 200, 1024, "random"},
           {4, 256, 7168, 2048, "random"},
           {8, 1, 4096, 7168, "full"},
-          {3, 130, 129, 1024, "random"}};
+          {3, 130, twoScaleRows, 1024, "random"}};
 }
 
 std::vector<GroupedCase> parseGroupedCases(const std::string &list,
@@ -1805,7 +1808,7 @@ int runGrouped(const Options &options, const GemmKernel &kernel,
                CUstream stream, const std::string &label, uint64_t seed) {
   const GemmKernelConfig &config = kernel.config();
   std::vector<GroupedCase> cases =
-      options.cases.empty() ? defaultGroupedCases(config.grouping)
+      options.cases.empty() ? defaultGroupedCases(config)
                             : parseGroupedCases(options.cases, config.grouping);
   std::optional<GemmKernel> unfused;
   std::optional<ModelKernels> modelKernels;

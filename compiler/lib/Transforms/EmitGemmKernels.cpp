@@ -411,8 +411,12 @@ private:
       // of 64), clamped to the last block for chunks past N (never stored):
       // in a grouped kernel the group's last, so that a group's last tile
       // reads neither the next expert's scales nor past the last expert's.
-      emitCeilDiv("%nScaleBlocksP", "%N", 128);
-      emit("%lastNBlock = arith.subi %nScaleBlocksP, %c1 : i32");
+      std::string scaleBlocks = "%nScaleBlocks";
+      if (!grouped) {
+        emitCeilDiv("%nScaleBlocksP", "%N", 128);
+        scaleBlocks = "%nScaleBlocksP";
+      }
+      emit("%lastNBlock = arith.subi " + scaleBlocks + ", %c1 : i32");
       for (int64_t c = 1; c < bn / scaleChunkCols(); ++c) {
         std::string cs = std::to_string(c);
         emit("%nOffC" + cs + " = arith.addi %nOff, " +
