@@ -17,7 +17,7 @@ is_blockwise_1x128_scaling / is_blockwise_128x128_scaling): scale_a is
 [ceil(N/128)][K/128] weight_scale_inv. So both are Kiln's own buffers, viewed.
 
 Usage: python3 bench/gemm_cublas.py [--shapes MxNxK,...] [--runs 50]
-       [--warmup 10] [--seed N] [--json PATH]
+       [--warmup 10] [--seed N] [--json PATH] [--back-to-back]
 Exit status: 0 all supported shapes right, 1 a wrong result.
 """
 
@@ -82,15 +82,24 @@ class OperandSet:
         self.mat2 = self.b.t()                  # K x N, column-major
         self.scale_a = self.scale_a_km.t()      # (M, K/128), stride (1, M)
         self.scale_b = self.scale_b_nk.t()      # (K/128, N/128), stride (1, K/128)
+        # The set's own output, as kiln-gemm-check's sets have: a fresh
+        # result from the caching allocator is the same buffer every launch,
+        # which stays dirty in L2 and is overwritten there, so a peer without
+        # its own outputs never pays the write-back of its output to HBM
+        # that a kernel writing a different buffer each time does (H100,
+        # 128 x 32768 x 512: 0.7-2.8 MB against 7.8-10 MB of DRAM writes
+        # per launch in ncu).
+        self.out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
 
     def bytes(self):
         return sum(t.numel() * t.element_size()
-                   for t in (self.a, self.b, self.scale_a_km, self.scale_b_nk))
+                   for t in (self.a, self.b, self.scale_a_km, self.scale_b_nk,
+                             self.out))
 
     def run(self):
         return torch._scaled_mm(self.a, self.mat2, scale_a=self.scale_a,
                                 scale_b=self.scale_b, out_dtype=torch.bfloat16,
-                                use_fast_accum=False)
+                                use_fast_accum=False, out=self.out)
 
     def reference(self):
         """FP64 product of the dequantized operands."""
@@ -134,12 +143,16 @@ def measure_hbm_bandwidth():
 _warmed_up = False
 
 
-def time_shape(sets, runs, warmup, clock_hz, spin_s=None):
+def time_shape(sets, runs, warmup, clock_hz, spin_s=None, back_to_back=False):
     """Median, min and max µs of one `run()` of the sets, in turn.
 
     The GPU spins for `spin_s` (default: 5 ms + 100 µs per run) while Python
     enqueues the timed launches (tens of µs each), so that they run back to
     back and each event pair brackets one run's GPU time, not host overhead.
+    With `back_to_back`, one event pair brackets each of 5 batches of `runs`
+    launches instead (no events between launches, as in a CUDA graph): the
+    median, min and max of the batches' per-launch averages, as
+    kiln-gemm-check --back-to-back.
     """
     # The first timed loop of a process measures slow (kiln-gemm-check saw
     # up to 10%); as there, the first shape runs for about 20 ms of GPU time
@@ -158,11 +171,26 @@ def time_shape(sets, runs, warmup, clock_hz, spin_s=None):
         torch.cuda.synchronize()
     for w in range(warmup):
         sets[w % len(sets)].run()
+    if spin_s is None:
+        spin_s = 0.005 + 100e-6 * runs
+    if back_to_back:
+        per_launch = []
+        for batch in range(5):
+            start = torch.cuda.Event(enable_timing=True)
+            stop = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            torch.cuda._sleep(int(clock_hz * spin_s))
+            start.record()
+            for r in range(runs):
+                sets[(warmup + batch * runs + r) % len(sets)].run()
+            stop.record()
+            torch.cuda.synchronize()
+            per_launch.append(start.elapsed_time(stop) * 1e3 / runs)
+        per_launch.sort()
+        return per_launch[2], per_launch[0], per_launch[-1]
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
     stops = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
     torch.cuda.synchronize()
-    if spin_s is None:
-        spin_s = 0.005 + 100e-6 * runs
     torch.cuda._sleep(int(clock_hz * spin_s))
     for r in range(runs):
         starts[r].record()
@@ -182,6 +210,7 @@ def run_shape(shape, args, generator, l2_bytes, clock_hz):
            "rel_error": None, "sets": 0, "status": "ERROR", "detail": ""}
     try:
         first = OperandSet(m, n, k, generator)
+        first.out.fill_(float("nan"))  # poison: an unwritten element fails
         out = first.run()
         torch.cuda.synchronize()
     except (RuntimeError, ValueError) as error:
@@ -201,13 +230,14 @@ def run_shape(shape, args, generator, l2_bytes, clock_hz):
         problems.append(f"relative error {rel_error:.3g} > {TOLERANCE:.0e}")
     del reference, value, out
 
-    set_bytes = first.bytes() + 2 * m * n
+    set_bytes = first.bytes()
     sets = [first]
     wanted = max(2, min(64, math.ceil(4 * l2_bytes / set_bytes)))
     while len(sets) < wanted:
         sets.append(OperandSet(m, n, k, generator))
     row["sets"] = len(sets)
-    median, low, high = time_shape(sets, args.runs, args.warmup, clock_hz)
+    median, low, high = time_shape(sets, args.runs, args.warmup, clock_hz,
+                                   back_to_back=args.back_to_back)
     row.update(us=median, min_us=low, max_us=high,
                tflops=2.0 * m * n * k / (median * 1e6),
                gbps=model_bytes(m, n, k) / (median * 1e3))
@@ -240,6 +270,9 @@ def main():
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--back-to-back", action="store_true",
+                        help="time batches of --runs launches with no events "
+                        "between them (as kiln-gemm-check --back-to-back)")
     args = parser.parse_args()
     if args.runs < 1:
         raise SystemExit("--runs must be at least 1")

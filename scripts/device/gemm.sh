@@ -27,6 +27,10 @@
 #                     scripts/device/gemm-plan.py); the rows are merged into
 #                     one result, "kiln-selected", compared with cuBLAS
 #   GEMM_SANITIZE     0 skips compute-sanitizer (default 1)
+#   GEMM_TIMING       events (default): an event pair around every launch;
+#                     back-to-back: around batches of launches with nothing
+#                     between them, as in a CUDA graph (both tools'
+#                     --back-to-back)
 set -uo pipefail
 out=${OUT:-/tmp/gemm-out}
 mkdir -p "$out"
@@ -40,6 +44,12 @@ export LD_LIBRARY_PATH=$PWD/$dev/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 main() {
   check=$dev/bin/kiln-gemm-check
   runs=${GEMM_RUNS:-50}
+  timing_args=()
+  case ${GEMM_TIMING:-events} in
+    events) ;;
+    back-to-back) timing_args=(--back-to-back) ;;
+    *) echo "gemm.sh: GEMM_TIMING must be events or back-to-back, not '$GEMM_TIMING'" >&2; exit 2 ;;
+  esac
   timeout_s=${GEMM_TIMEOUT:-300}
   status=0
   failed=()
@@ -95,8 +105,9 @@ main() {
     [[ -n ${GEMM_PLAN:-} ]] && name=$name-${item_shapes%%,*}
     echo
     echo "== kiln-gemm-check $name"
-    time_args=()
-    [[ $name == gemm_reference && $mode == check ]] && time_args=(--no-time)
+    time_args=("${timing_args[@]}")
+    timed=1
+    [[ $name == gemm_reference && $mode == check ]] && { time_args=(--no-time); timed=0; }
     timeout -k 10 "$timeout_s" "$check" --runs "$runs" "${time_args[@]}" "${shape_args[@]}" \
       --json "$work/results/kiln-$name.json" "$cubin" 2>&1 | tee "$work/results/kiln-$name.log"
     rc=${PIPESTATUS[0]}
@@ -104,7 +115,7 @@ main() {
       status=1
       failed+=("$name: kiln-gemm-check exit $rc")
     fi
-    [[ -f $work/results/kiln-$name.json && ${#time_args[@]} == 0 ]] && jsons+=("$work/results/kiln-$name.json")
+    [[ -f $work/results/kiln-$name.json && $timed == 1 ]] && jsons+=("$work/results/kiln-$name.json")
 
     [[ ${GEMM_SANITIZE:-1} == 0 || " ${sanitized[*]} " == *" $cubin "* ]] && continue
     sanitized+=("$cubin")
@@ -148,7 +159,7 @@ main() {
     echo "== cuBLAS (bench/gemm_cublas.py)"
     shape_py=()
     [[ -n ${GEMM_SHAPES:-} ]] && shape_py=(--shapes "$GEMM_SHAPES")
-    python3 bench/gemm_cublas.py --runs "$runs" "${shape_py[@]}" --json "$cublas_json" 2>&1 |
+    python3 bench/gemm_cublas.py --runs "$runs" "${shape_py[@]}" "${timing_args[@]}" --json "$cublas_json" 2>&1 |
       tee "$work/results/cublas.log"
     rc=${PIPESTATUS[0]}
     ((rc != 0)) && { status=1; failed+=("gemm_cublas.py exit $rc"); }
