@@ -46,9 +46,10 @@ func.func @small_unsplit(%a: tensor<128x16384xf8E4M3FN>, %as: tensor<128x128xf32
 }
 
 // M <= 128, chains of 4 K blocks, 256 tiles of 128x128 (one per SM and
-// more): the wider tiles, half as many fixed costs.
+// more): 128-wide tiles, half as many fixed costs, 64 rows each (one
+// consumer; the second tile row reads the weights from L2).
 // CHECK-LABEL: func.func @small_wide
-// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 128, stages = 4, consumers = 2, store = tma>}
+// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 64, block_n = 128, stages = 8, consumers = 1, store = tma>}
 func.func @small_wide(%a: tensor<128x512xf8E4M3FN>, %as: tensor<128x4xf32>, %b: tensor<32768x512xf8E4M3FN>, %bs: tensor<256x4xf32>) -> tensor<128x32768xbf16> {
   %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<128x512xf8E4M3FN>, tensor<128x4xf32>, tensor<32768x512xf8E4M3FN>, tensor<256x4xf32>) -> tensor<128x32768xbf16>
   return %0 : tensor<128x32768xbf16>

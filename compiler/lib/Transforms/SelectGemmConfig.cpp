@@ -3,10 +3,10 @@
 // The heuristic (compiler/docs/gemm-kernels.md "Configuration heuristic"):
 // decode-sized M (<= 64, known statically) gets one consumer warpgroup and
 // 64-wide N tiles, M <= 128 two consumers and 128x64 tiles, so that more
-// blocks stream the weights (128x128 where K is at most 512 and they still
-// give every multiprocessor a tile; 64x64 where the 128x64 tiles would be
-// split along K and 64x64 ones less); everything else gets two consumers and
-// 128x128 tiles. Stages fill shared memory up to a ring of 8. For a static M
+// blocks stream the weights (64x128 with one consumer where K is at most 512
+// and 128x128 tiles would still give every multiprocessor one; 64x64 where
+// the 128x64 tiles would be split along K and 64x64 ones less); everything
+// else gets two consumers and 128x128 tiles. Stages fill shared memory up to a ring of 8. For a static M
 // (above 128 only with K >= 2048), N and K, split-K cuts each tile's chain of
 // K blocks into slices computed by separate blocks, when that shortens the
 // busiest multiprocessor's work. Grouped GEMMs get the grouped kernel of their
@@ -165,15 +165,21 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
       groups * ceilDiv(m, blockM) * ceilDiv(n, 128) >= kMultiprocessors)
     blockN = 128;
   // A plain GEMM of 65-128 rows whose tiles are chains of at most 4 K blocks
-  // is dominated by each tile's fixed cost (first loads, epilogue): with
-  // 128x128 tiles still one per multiprocessor it runs half as many (128 x
-  // 32768 x 512: 16.9 -> 16.1 us). Measured not to carry over to longer
-  // chains (128 x 24576 x 1536: 23.8 -> 24.7 us) or to 64x128 tiles at
-  // M <= 64 (gemm-kernels.md "Version 7").
+  // is dominated by each tile's fixed cost (first loads, epilogue): 128-wide
+  // tiles run half as many of them where 128x128 tiles still give every
+  // multiprocessor one (128 x 32768 x 512: 16.9 -> 16.1 us, gemm-kernels.md
+  // "Version 7"), and 64x128 tiles with one consumer do better still (two
+  // tile rows, the second reading the weights from L2: 14.9 -> 14.4 us,
+  // "Session 12"). Measured not to carry over to longer chains (128 x 24576
+  // x 1536: 23.8 -> 24.7 us with 128x128, level with 64x128) or to 64x128
+  // tiles at M <= 64 (level).
   if (small && !decode && !grouped && !ShapedType::isDynamic(n) &&
       !ShapedType::isDynamic(k) && k <= 4 * 128 &&
-      ceilDiv(m, blockM) * ceilDiv(n, 128) >= kMultiprocessors)
+      ceilDiv(m, blockM) * ceilDiv(n, 128) >= kMultiprocessors) {
     blockN = 128;
+    blockM = 64;
+    consumers = 1;
+  }
   // 65-128 rows whose 128x64 tiles would be split along K take 64x64 tiles
   // (one consumer) where that needs a smaller split: twice the tiles, the
   // second tile row reading the weights from L2 (M runs fastest in the
