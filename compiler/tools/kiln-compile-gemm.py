@@ -291,6 +291,9 @@ def main():
             manifest["split"] = "tail"
         if staged_scales:
             manifest["scale_a"] = "tma"
+        # Every emitted kernel waits on its grid dependencies before it
+        # touches global memory (gemm-abi.md "Dependent launch").
+        manifest["griddepcontrol"] = "wait"
         with open(os.path.join(args.out, name + ".json"), "w") as f:
             json.dump(manifest, f, indent=1)
         # ptxas falls back to waiting for every wgmma where it cannot prove

@@ -504,6 +504,7 @@ Artifact readManifest(const Json &manifest, const std::string &bytes,
     kernel.store = k.optionalString("store", "");
     kernel.split = k.optionalString("split", "");
     kernel.scaleA = k.optionalString("scale_a", "");
+    kernel.griddepcontrol = k.optionalString("griddepcontrol", "");
     kernel.cubin = blobBytes(k, "cubin", blobs, bytes);
     if (!k.optionalString("ptx", "").empty())
       kernel.ptx = blobBytes(k, "ptx", blobs, bytes);
@@ -647,6 +648,8 @@ Json manifestJson(const Artifact &a, const std::vector<BlobOut> &blobs,
       kernel["split"] = k.split;
     if (!k.scaleA.empty())
       kernel["scale_a"] = k.scaleA;
+    if (!k.griddepcontrol.empty())
+      kernel["griddepcontrol"] = k.griddepcontrol;
     if (!k.ptx.empty())
       kernel["ptx"] = k.name + ".ptx";
     kernels.push_back(std::move(kernel));
@@ -1128,6 +1131,9 @@ void validateArtifact(const Artifact &artifact, const std::string &origin) {
     if (!k.scaleA.empty() && (k.scaleA != "tma" || k.splitK != 1))
       fail(kernel + "scale_a " + quote(k.scaleA) +
            " is not \"tma\" of a kernel with split_k 1");
+    if (!k.griddepcontrol.empty() && k.griddepcontrol != "wait")
+      fail(kernel + "griddepcontrol " + quote(k.griddepcontrol) +
+           " is not \"wait\"");
     if (k.clusterM != 1 && k.clusterM != 2)
       fail(kernel + "cluster_m must be 1 or 2, got " +
            std::to_string(k.clusterM));

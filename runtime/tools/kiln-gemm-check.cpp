@@ -5,8 +5,10 @@
 // poisons the output (and a guard region past it) with a NaN pattern,
 // launches through kiln::cuda::GemmKernel, and checks every element against
 // the FP64 product of the dequantized operands: nothing left unwritten, no
-// NaN/Inf, nothing written past the end, ‖out − ref‖ / ‖ref‖ ≤ 5e-3, and the
-// same bits when launched again. Then it times the kernel: warm-up, then the
+// NaN/Inf, nothing written past the end, ‖out − ref‖ / ‖ref‖ ≤ 5e-3, the
+// same bits when launched again, and (kernels launched as programmatic
+// dependents) the same bits after back-to-back launches into the same
+// output with other inputs first. Then it times the kernel: warm-up, then the
 // median of per-launch CUDA-event times over ≥ 50 launches rotating among
 // enough input sets that small shapes do not run out of L2. The HBM
 // bandwidth is measured once (a large device-to-device copy) to express
@@ -626,6 +628,12 @@ private:
   unsigned long long guardWrites(const OperandSet &set, size_t outElements,
                                  size_t guardElements,
                                  const DeviceBuffer &counter) const;
+  /// Elements of set 0's output that differ from `expected` after
+  /// back-to-back launches with set 1's inputs into it (kernels that may be
+  /// launched as programmatic dependents; 0 otherwise).
+  unsigned long long dependentLaunchMismatches(
+      const std::vector<OperandSet> &sets, const DeviceBuffer &expected,
+      const DeviceBuffer &counter, const std::string &what) const;
   void time(const std::vector<OperandSet> &sets, ShapeResult &result) const;
 
   const GemmKernel &kernel;
@@ -641,6 +649,32 @@ void ShapeRunner::poisonAndLaunch(const OperandSet &set,
           set.out.size() / 2, stream);
   kernel.launch(set.operands, stream);
   waitFor(stream, options.timeoutSeconds, what);
+}
+
+unsigned long long ShapeRunner::dependentLaunchMismatches(
+    const std::vector<OperandSet> &sets, const DeviceBuffer &expected,
+    const DeviceBuffer &counter, const std::string &what) const {
+  // A kernel launched as a programmatic dependent (gemm-abi.md "Dependent
+  // launch") overlaps the previous one's tail: launches into one output,
+  // another set's inputs and then the checked set's, eight times back to
+  // back, must end with the checked bits. A kernel that touched memory
+  // before its griddepcontrol.wait would leave some of the other products
+  // (or of the shared split-K workspace) behind.
+  if (!kernel.config().gridDependencyWait || sets.size() < 2)
+    return 0;
+  GemmOperands other = sets[1].operands;
+  other.out = sets[0].operands.out;
+  for (int round = 0; round < 8; ++round) {
+    kernel.launch(other, stream);
+    kernel.launch(sets[0].operands, stream);
+  }
+  waitFor(stream, options.timeoutSeconds, what + ", dependent launches");
+  KILN_CU("dependent launch check", cuMemsetD8Async, counter.get(), 0,
+          counter.size(), stream);
+  check.countMismatching(expected.get(), sets[0].out.get(), expected.size() / 2,
+                         counter.get(), stream);
+  waitFor(stream, options.timeoutSeconds, "dependent launch check");
+  return copyToHost<unsigned long long>(counter.get(), "mismatches");
 }
 
 unsigned long long ShapeRunner::guardWrites(const OperandSet &set,
@@ -785,6 +819,12 @@ ShapeResult ShapeRunner::run(const Shape &shape, uint64_t seed) const {
   if (guard)
     problems.push_back(std::to_string(guard) +
                        " elements written past the end of out on the repeat");
+  if (unsigned long long raced =
+          dependentLaunchMismatches(operandSets, firstOut, counter, launchWhat))
+    problems.push_back(
+        std::to_string(raced) +
+        " elements differ after back-to-back launches into the same output "
+        "with other inputs first (a dependent launch ran early?)");
 
   if (problems.empty()) {
     result.status = "ok";
@@ -856,8 +896,7 @@ Timing timeWork(const CheckKernels &check, const Options &options,
       perLaunchUs.push_back(1000.0 * milliseconds / runs);
     }
     std::sort(perLaunchUs.begin(), perLaunchUs.end());
-    return {perLaunchUs[kBatches / 2], perLaunchUs.front(),
-            perLaunchUs.back()};
+    return {perLaunchUs[kBatches / 2], perLaunchUs.front(), perLaunchUs.back()};
   }
   std::vector<Event> starts, stops;
   for (int r = 0; r < runs; ++r) {

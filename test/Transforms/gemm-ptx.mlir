@@ -15,6 +15,13 @@
 // CHECK: prefetch.param.tensormap
 // CHECK: mbarrier.init.shared.b64
 // CHECK: fence.mbarrier_init
+// Dependent launch: every thread waits for the previous grids before any
+// global access (the first is the producer's TMA load, after the role
+// split); the next kernel is released by the blocks' exit, not early.
+// CHECK-NOT: cp.async.bulk.tensor
+// CHECK: griddepcontrol.wait;
+// CHECK-NOT: griddepcontrol.launch_dependents
+// CHECK: setmaxnreg
 
 // Consumer warpgroups: take registers, wait for a full stage, four k32 FP8
 // wgmmas, wait for them, release the stage.

@@ -37,6 +37,8 @@ def main():
         grouped = f" grouped {kernel['grouped']}" if "grouped" in kernel else ""
         grouped += f" store {kernel['store']}" if "store" in kernel else ""
         grouped += f" scale_a {kernel['scale_a']}" if "scale_a" in kernel else ""
+        grouped += (f" griddepcontrol {kernel['griddepcontrol']}"
+                    if "griddepcontrol" in kernel else "")
         print(f"kernel {kernel['name']} split_k {kernel['split_k']}{grouped} "
               f"smem {kernel['shared_memory_bytes']} cubin {elf} ptx {target}")
     print(f"weights {len(manifest['weights'])}")

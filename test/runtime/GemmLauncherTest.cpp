@@ -340,6 +340,35 @@ TEST(StagedScalesGemm, ManifestReadsScaleAAndOnlyUnsplitKernelsHaveIt) {
                    {"bad.json", rule});
 }
 
+TEST(DependentLaunch, ManifestReadsGriddepcontrolWait) {
+  // kiln-compile-gemm.py writes "griddepcontrol": "wait" for every kernel;
+  // the nvcc-built reference kernel's manifest has none and is launched
+  // without programmatic serialization.
+  GemmKernelConfig config = parseGemmManifest(
+      R"({"kernel": "kiln_gemm_fp8_m64n64s8c1", "block_m": 64, "block_n": 64,
+          "stages": 8, "consumer_warpgroups": 1, "griddepcontrol": "wait"})",
+      "waits.json");
+  EXPECT_TRUE(config.gridDependencyWait);
+  EXPECT_NE(toManifestJson(config).find("\"griddepcontrol\": \"wait\""),
+            std::string::npos);
+  EXPECT_TRUE(
+      parseGemmManifest(toManifestJson(config), "again").gridDependencyWait);
+  GemmKernelConfig plain = parseGemmManifest(
+      R"({"kernel": "k", "block_m": 64, "block_n": 64, "stages": 4,
+          "consumer_warpgroups": 1})",
+      "plain.json");
+  EXPECT_FALSE(plain.gridDependencyWait);
+  EXPECT_EQ(toManifestJson(plain).find("griddepcontrol"), std::string::npos);
+  expectMentions(errorOf([] {
+                   parseGemmManifest(
+                       R"({"kernel": "k", "block_m": 64, "block_n": 64,
+                           "stages": 4, "consumer_warpgroups": 1,
+                           "griddepcontrol": true})",
+                       "bad.json");
+                 }),
+                 {"bad.json", "\"griddepcontrol\" must be \"wait\""});
+}
+
 TEST(GroupedGemm, ManifestReadsTheLayout) {
   // kiln-compile-gemm.py's manifest of a grouped kernel.
   GemmKernelConfig config = parseGemmManifest(

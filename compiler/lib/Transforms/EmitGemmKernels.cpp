@@ -218,6 +218,17 @@ public:
     emit("}");
     emit("nvvm.fence.mbarrier.init");
     emit("}");
+    // Programmatic dependent launch (gemm-abi.md "Dependent launch"): a
+    // launch that allows it may start while the previous kernel in the
+    // stream drains, so nothing before this point touches global memory
+    // (the barriers are shared memory, the tensor maps parameters); every
+    // thread waits for the previous grids to complete and their writes to be
+    // visible before it reads an operand or the group tables or writes the
+    // output. No `launch_dependents`: the next kernel's launch then starts as
+    // our last block exits (the implicit trigger), which keeps all of the
+    // gain at small M, where triggering at the start measured 3-7% slower at
+    // 4096 x 7168 x 16384 (bench/results/dependent-launch-h100.md).
+    emit("nvvm.griddepcontrol wait");
     if (grouped) {
       writeGroupTables(bm);
     } else if (clusterM > 1) {

@@ -272,6 +272,9 @@ std::string planJson(const kiln::LoweredModel &model) {
       fields.emplace_back("split", "tail");
     if (config.getStagedScales())
       fields.emplace_back("scale_a", "tma");
+    // Every kernel this compiler emits waits on its grid dependencies
+    // (EmitGemmKernels, gemm-abi.md "Dependent launch").
+    fields.emplace_back("griddepcontrol", "wait");
     fields.emplace_back("shared_memory_bytes", config.getSharedMemoryBytes());
     kernels.push_back(orderedObject(fields));
   }
@@ -364,6 +367,8 @@ std::string kernelManifest(const kiln::ArtifactKernel &kernel,
     manifest["split"] = kernel.split;
   if (!kernel.scaleA.empty())
     manifest["scale_a"] = kernel.scaleA;
+  if (!kernel.griddepcontrol.empty())
+    manifest["griddepcontrol"] = kernel.griddepcontrol;
   if (assembled) {
     manifest["registers"] = assembled->registers;
     manifest["spill_bytes"] = assembled->spillBytes;
@@ -630,6 +635,7 @@ int run() {
       kernel.split = "tail";
     if (gemm.getStagedScales())
       kernel.scaleA = "tma";
+    kernel.griddepcontrol = "wait";
     kernel.sharedMemoryBytes = gemm.getSharedMemoryBytes();
     llvm::Expected<std::string> ptx =
         kiln::compileGemmKernelToPtx(context, gemm);

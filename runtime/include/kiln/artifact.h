@@ -40,8 +40,10 @@ namespace kiln {
 /// may have kernels[].store "tma" (block_n 128). 9: kernels[].scale_a
 /// "tma" (the kernel stages its scales with TMA through two 1-D tensor maps
 /// of scaleA and scaleB, its last parameters; gemm-abi.md "Staged
-/// scales").
-constexpr uint32_t kArtifactFormatVersion = 9;
+/// scales"). 10: kernels[].griddepcontrol "wait" (the kernel waits on its
+/// grid dependencies before touching global memory, so it may be launched
+/// as a programmatic dependent; gemm-abi.md "Dependent launch").
+constexpr uint32_t kArtifactFormatVersion = 10;
 /// The oldest version this build reads: a version 2 plan is a version 3 plan
 /// on one stream without micro-batches.
 constexpr uint32_t kOldestArtifactFormatVersion = 2;
@@ -85,6 +87,10 @@ struct ArtifactKernel {
   /// TMA into its ring stage (gemm-abi.md "Staged scales"; version 9),
   /// empty for one whose consumers load them from global memory.
   std::string scaleA;
+  /// "wait" for a kernel whose threads execute `griddepcontrol.wait` before
+  /// they touch global memory (gemm-abi.md "Dependent launch"; version 10):
+  /// the backend may launch it overlapping the previous kernel's tail.
+  std::string griddepcontrol;
 };
 
 /// A checkpoint tensor a plan reads.

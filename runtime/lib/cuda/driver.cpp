@@ -4,6 +4,7 @@
 
 #include <dlfcn.h>
 
+#include <cstdlib>
 #include <exception>
 #include <mutex>
 #include <utility>
@@ -100,6 +101,37 @@ void check(CUresult result, const char *call, const std::string &context) {
   throw CudaError(std::string(call) + " failed for " + context + ": " +
                       describe(result),
                   result);
+}
+
+bool dependentLaunchEnabled() {
+  static const bool enabled = [] {
+    const char *value = std::getenv("KILN_DEPENDENT_LAUNCH");
+    return !(value && std::string(value) == "0");
+  }();
+  return enabled;
+}
+
+CUresult launchKernel(CUfunction function, unsigned gridX, unsigned gridY,
+                      unsigned blockX, unsigned sharedBytes, CUstream stream,
+                      void **parameters, bool waitsOnGrid) {
+  if (!waitsOnGrid || !dependentLaunchEnabled())
+    return driver().cuLaunchKernel(function, gridX, gridY, 1, blockX, 1, 1,
+                                   sharedBytes, stream, parameters, nullptr);
+  CUlaunchAttribute attribute{};
+  attribute.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+  attribute.value.programmaticStreamSerializationAllowed = 1;
+  CUlaunchConfig config{};
+  config.gridDimX = gridX;
+  config.gridDimY = gridY;
+  config.gridDimZ = 1;
+  config.blockDimX = blockX;
+  config.blockDimY = 1;
+  config.blockDimZ = 1;
+  config.sharedMemBytes = sharedBytes;
+  config.hStream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  return driver().cuLaunchKernelEx(&config, function, parameters, nullptr);
 }
 
 int deviceCount(std::string *whyNone) {

@@ -337,6 +337,12 @@ GemmKernelConfig parseGemmManifest(const std::string &json,
                   scaleA->dump());
     config.stagedScales = true;
   }
+  if (auto wait = manifest.find("griddepcontrol"); wait != manifest.end()) {
+    if (*wait != "wait")
+      throw Error(origin + ": field \"griddepcontrol\" must be \"wait\", got " +
+                  wait->dump());
+    config.gridDependencyWait = true;
+  }
   if (auto pointers = manifest.find("operand_pointers");
       pointers != manifest.end()) {
     if (!pointers->is_boolean())
@@ -384,6 +390,8 @@ std::string toManifestJson(const GemmKernelConfig &config) {
     manifest["store"] = "tma";
   if (config.stagedScales)
     manifest["scale_a"] = "tma";
+  if (config.gridDependencyWait)
+    manifest["griddepcontrol"] = "wait";
   return manifest.dump(2) + "\n";
 }
 
@@ -774,9 +782,10 @@ void GemmKernel::launch(const GemmLaunch &prepared, CUstream stream) const {
     parameters[next++] = &tensorMapScaleA;
     parameters[next++] = &tensorMapScaleB;
   }
-  CUresult result = driver().cuLaunchKernel(
-      function, prepared.gridSize, 1, 1, cfg.threadsPerBlock(), 1, 1,
-      cfg.launchSharedMemoryBytes(), stream, parameters, nullptr);
+  CUresult result =
+      launchKernel(function, prepared.gridSize, 1, cfg.threadsPerBlock(),
+                   cfg.launchSharedMemoryBytes(), stream, parameters,
+                   cfg.gridDependencyWait);
   // The message is built only on failure: timed loops launch back to back.
   if (result != CUDA_SUCCESS)
     check(result, "cuLaunchKernel", launchContext(cfg, prepared));

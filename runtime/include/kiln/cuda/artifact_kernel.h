@@ -41,6 +41,7 @@ inline GemmKernel loadArtifactGemmKernel(const ArtifactKernel &k,
                      : GemmEpilogue::Store;
   cfg.tmaStore = k.store == "tma";
   cfg.stagedScales = k.scaleA == "tma";
+  cfg.gridDependencyWait = k.griddepcontrol == "wait";
   cfg.validate(origin + ": kernel " + k.name);
   if (k.cubin.empty())
     throw Error(origin + ": kernel " + k.name +

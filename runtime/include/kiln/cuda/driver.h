@@ -65,6 +65,7 @@ private:
   X(cuOccupancyMaxActiveBlocksPerMultiprocessor)                               \
   X(cuTensorMapEncodeTiled)                                                    \
   X(cuLaunchKernel)                                                            \
+  X(cuLaunchKernelEx)                                                          \
   X(cuLaunchHostFunc)                                                          \
   X(cuMemAlloc)                                                                \
   X(cuMemFree)                                                                 \
@@ -117,6 +118,21 @@ void check(CUresult result, const char *call, const std::string &context);
 /// Calls `driver().fn(args...)` and checks it, naming `fn` as written.
 #define KILN_CU(context, fn, ...)                                              \
   ::kiln::cuda::check(::kiln::cuda::driver().fn(__VA_ARGS__), #fn, (context))
+
+/// Whether kernels that wait on their grid dependencies are launched with
+/// programmatic stream serialization, so that a launch and its prologue
+/// overlap the previous kernel's tail in the stream (or graph): on unless
+/// the environment sets KILN_DEPENDENT_LAUNCH=0 (read once).
+bool dependentLaunchEnabled();
+
+/// A kernel launch of `blockX` threads per block: cuLaunchKernel, or, when
+/// `waitsOnGrid` (every thread executes `griddepcontrol.wait` before it
+/// touches global memory) and dependentLaunchEnabled(), cuLaunchKernelEx
+/// with CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION. Returns the
+/// driver's result for the caller to check with its own context.
+CUresult launchKernel(CUfunction function, unsigned gridX, unsigned gridY,
+                      unsigned blockX, unsigned sharedBytes, CUstream stream,
+                      void **parameters, bool waitsOnGrid);
 
 /// Number of CUDA devices; 0 when the driver is missing or cuInit fails (the
 /// reason in `whyNone` if given), so that callers can skip GPU work.

@@ -90,6 +90,12 @@ struct GemmKernelConfig {
   /// (manifest "scale_a": "tma"; gemm-abi.md "Staged scales"): both must be
   /// 16-byte aligned.
   bool stagedScales = false;
+  /// Every thread of the kernel executes `griddepcontrol.wait` before it
+  /// touches global memory, and the kernel triggers its dependents early
+  /// (manifest "griddepcontrol": "wait"; gemm-abi.md "Dependent launch"):
+  /// it may be launched with programmatic stream serialization, overlapping
+  /// its launch and prologue with the previous kernel's tail.
+  bool gridDependencyWait = false;
 
   int threadsPerBlock() const { return 128 * (1 + consumerWarpgroups); }
   /// `stages * (BLOCK_M + BLOCK_N) * 128` bytes of tiles plus `2 * stages`
