@@ -43,6 +43,7 @@
 #include "kiln/cuda/cuda_backend.h"
 #include "kiln/cuda/timeline.h"
 #include "kiln/error.h"
+#include "kiln/fnv1a.h"
 
 #include <algorithm>
 #include <chrono>
@@ -348,12 +349,17 @@ void runCase(Case &bench, int index, const Options &options) {
                   batch, compare(eager, eager2), compare(graphs, graphs2),
                   compare(graphs2, eager2));
     }
+    // A hash over every step's logits: two runs that must compute the same
+    // bits (KILN_DEPENDENT_LAUNCH=0 against 1, two builds) print the same.
+    uint64_t allSteps = kiln::fnv1a64(graphs.hashes.data(),
+                                      graphs.hashes.size() * sizeof(uint64_t));
     std::printf("  decode batch %3d: %.3f ms per step with graphs, %.3f ms "
                 "eager (medians of %d); logits %s (%d of %zu steps differ, "
-                "last step max |diff| %g)\n    graphs: %s\n",
+                "last step max |diff| %g), hash %016llx\n    graphs: %s\n",
                 batch, bench.stepMs[batch], bench.eagerMs[batch], steps,
                 differ == 0 ? "bitwise equal" : "DIFFER", differ,
-                graphs.hashes.size(), worst, status.c_str());
+                graphs.hashes.size(), worst,
+                static_cast<unsigned long long>(allSteps), status.c_str());
     if (!options.timelinePrefix.empty() &&
         std::count(options.timelineBatches.begin(),
                    options.timelineBatches.end(), batch)) {
