@@ -6,17 +6,17 @@
 // blocks stream the weights (64x128 with one consumer where K is at most 512
 // and 128x128 tiles would still give every multiprocessor one; 64x64 where
 // the 128x64 tiles would be split along K and 64x64 ones less); everything
-// else gets two consumers and 128x128 tiles. Stages fill shared memory up to a ring of 8. For a static M
-// (above 128 only with K >= 2048), N and K, split-K cuts each tile's chain of
-// K blocks into slices computed by separate blocks, when that shortens the
-// busiest multiprocessor's work. Grouped GEMMs get the grouped kernel of their
-// layout, configured for the rows one group sees, with the tiles of all
-// groups that have rows counted for split-K (they run in one launch).
-// The ring is a power of two of stages (its index arithmetic is then shifts
-// and masks); 2-block clusters (`cluster_m = 2`) are never picked: measured
-// neutral once the 128x128 ring is 4 deep (gemm-kernels.md "Version 8").
-// Plain GEMMs with a static M above 128 take 128x192 or 128x256 tiles where
-// that needs fewer waves of tiles by more than a wider tile costs over a
+// else gets two consumers and 128x128 tiles. Stages fill shared memory up to a
+// ring of 8. For a static M (above 128 only with K >= 2048), N and K, split-K
+// cuts each tile's chain of K blocks into slices computed by separate blocks,
+// when that shortens the busiest multiprocessor's work. Grouped GEMMs get the
+// grouped kernel of their layout, configured for the rows one group sees, with
+// the tiles of all groups that have rows counted for split-K (they run in one
+// launch). The ring is a power of two of stages (its index arithmetic is then
+// shifts and masks); 2-block clusters (`cluster_m = 2`) are never picked:
+// measured neutral once the 128x128 ring is 4 deep (gemm-kernels.md "Version
+// 8"). Plain GEMMs with a static M above 128 take 128x192 or 128x256 tiles
+// where that needs fewer waves of tiles by more than a wider tile costs over a
 // 128-wide one (gemm-kernels.md "Session 9", "Session 10"); plain unsplit GEMMs
 // with N % 8 == 0 store their output with TMA (gemm-kernels.md "Version 9").
 //
