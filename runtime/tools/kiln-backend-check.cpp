@@ -74,6 +74,10 @@ struct Args {
   std::string artifact;
   int tokens = 32;
   double noiseFactor = 1.5;
+  /// Prompt lengths: a single token, short prompts and ones longer than a
+  /// small prefill chunk; --prompt-lengths adds e.g. one that a large chunk
+  /// holds whole (the decompressed MLA prefill path takes >= 256 tokens).
+  std::vector<int> promptLengths{1, 7, 20, 45, 3, 12, 33, 64};
 };
 
 /// ||a - b|| / ||b||.
@@ -115,12 +119,12 @@ int32_t argmax(const float *row, int64_t n) {
   return static_cast<int32_t>(std::max_element(row, row + n) - row);
 }
 
-std::vector<std::vector<int32_t>> makePrompts(int64_t vocab) {
-  // Deterministic ids spread over the vocabulary; lengths cover a single
-  // token, short prompts and ones longer than a small prefill chunk.
+std::vector<std::vector<int32_t>> makePrompts(int64_t vocab,
+                                              const std::vector<int> &lengths) {
+  // Deterministic ids spread over the vocabulary.
   std::vector<std::vector<int32_t>> prompts;
   uint64_t state = 0x9E3779B97F4A7C15ull;
-  for (int length : {1, 7, 20, 45, 3, 12, 33, 64}) {
+  for (int length : lengths) {
     std::vector<int32_t> prompt;
     for (int i = 0; i < length; ++i) {
       state = state * 6364136223846793005ull + 1442695040888963407ull;
@@ -159,7 +163,8 @@ Run generate(Backend &backend, const std::vector<int32_t> &prompt, int count,
 int usage(const char *message) {
   std::fprintf(stderr,
                "kiln-backend-check: %s\nusage: kiln-backend-check --model DIR "
-               "--artifact FILE [--tokens N] [--noise-factor F]\n",
+               "--artifact FILE [--tokens N] [--noise-factor F]\n"
+               "       [--prompt-lengths 1,7,20,45,3,12,33,64]\n",
                message);
   return 2;
 }
@@ -183,7 +188,29 @@ int main(int argc, char **argv) {
       args.tokens = std::stoi(value);
     else if (arg == "--noise-factor")
       args.noiseFactor = std::stod(value);
-    else
+    else if (arg == "--prompt-lengths") {
+      args.promptLengths.clear();
+      size_t start = 0;
+      while (start <= value.size()) {
+        size_t comma = value.find(',', start);
+        std::string item =
+            value.substr(start, comma == std::string::npos ? std::string::npos
+                                                           : comma - start);
+        int length = 0;
+        try {
+          length = std::stoi(item);
+        } catch (const std::exception &) {
+        }
+        if (length < 1)
+          return usage(
+              ("--prompt-lengths: '" + item + "' is not a positive length")
+                  .c_str());
+        args.promptLengths.push_back(length);
+        if (comma == std::string::npos)
+          break;
+        start = comma + 1;
+      }
+    } else
       return usage(("unknown option " + arg).c_str());
   }
   if (args.model.empty() || args.artifact.empty())
@@ -218,7 +245,7 @@ int main(int argc, char **argv) {
                 static_cast<long long>(prefillChunk),
                 gpuNumerics.emulateFp8KvCache ? "fp8" : "bf16");
 
-    auto prompts = makePrompts(vocab);
+    auto prompts = makePrompts(vocab, args.promptLengths);
     bool ok = true;
     std::vector<double> batchedVsAlone;
     int batchedBitwise = 0;

@@ -4,17 +4,19 @@
 // DeepSeek-V3's shapes (128 heads, nope 128, rope 64, v 128, kv_lora 512,
 // 64-token pages, BF16 cache) with synthetic inputs made on the GPU: decode
 // steps of B sequences at context C (B tokens, each at position C - 1) and
-// one prefill chunk of P tokens of a new sequence (causal). Each case runs
-// the one-block-per-(head, token) kernel (no workspace) and the tensor-core
-// path (with a workspace; a single token at context <= 448 stays on the
-// first kernel either way: mlaAttentionOnTensorCores) on the same inputs,
-// prints both times, the bytes a decode step must read (cache rows + kv_b_proj)
-// over the time against the HBM bandwidth, the FLOPs of a prefill over the
-// time, and the largest difference between the two outputs relative to a
-// token's rms.
+// prefill chunks of P tokens of a new sequence (causal). Each decode case
+// runs the one-block-per-(head, token) kernel (no workspace) and the
+// tensor-core path (with a workspace; a single token at context <= 448 stays
+// on the first kernel either way: mlaAttentionOnTensorCores) on the same
+// inputs, prints both times, the bytes a decode step must read (cache rows +
+// kv_b_proj) over the time against the HBM bandwidth, and the largest
+// difference between the two outputs relative to a token's rms. Each prefill
+// runs the absorbed tensor-core path and the decompressed one
+// (mlaPrefillDecompressed, from kMlaPrefillMinTokens tokens) and prints both
+// times, each form's FLOPs over its time and the outputs' difference.
 //
 // usage: kiln-bench-mla [--batches 1,8,32,128] [--contexts 128,4096]
-//          [--prefill 4096] [--hbm-gbps 3350]
+//          [--prefill 512,4096] [--hbm-gbps 3350]
 //
 //===----------------------------------------------------------------------===//
 
@@ -55,7 +57,8 @@ class Bench {
 public:
   /// Times the step of `sequences` sequences with `tokensEach` tokens at
   /// positions context - tokensEach .. context - 1.
-  Result run(int sequences, int tokensEach, int context, bool tensorCores) {
+  enum class Path { Scalar, TensorCores, Decompressed };
+  Result run(int sequences, int tokensEach, int context, Path path) {
     const int64_t T = int64_t(sequences) * tokensEach;
     const int maxPages = (context + kPageTokens - 1) / kPageTokens;
     std::vector<int32_t> pageTable(int64_t(sequences) * maxPages);
@@ -120,8 +123,14 @@ public:
     a.cache = random(int64_t(pageTable.size()) * kPageTokens * kWidth,
                      ElementType::BF16, 1.0f);
     a.maxContext = context;
-    if (tensorCores) {
+    if (path != Path::Scalar) {
       a.workspaceBytes = mlaAttentionWorkspaceBytes(T, kHeads, kLora);
+      if (path == Path::Decompressed) {
+        a.sequences = sequences;
+        a.workspaceBytes =
+            std::max(a.workspaceBytes,
+                     mlaPrefillWorkspaceBytes(context, kHeads, kNope, kV));
+      }
       buffers.emplace_back(a.workspaceBytes, "bench workspace");
       a.workspace = buffers.back().get();
     }
@@ -166,7 +175,7 @@ private:
 
 int main(int argc, char **argv) {
   std::vector<int> batches{1, 8, 32, 128}, contexts{128, 4096};
-  int prefill = 4096;
+  std::vector<int> prefills{512, 4096};
   double hbm = 3350;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string flag = argv[i], value = argv[i + 1];
@@ -175,7 +184,7 @@ int main(int argc, char **argv) {
     else if (flag == "--contexts")
       contexts = kiln::bench::parseIntList(value);
     else if (flag == "--prefill")
-      prefill = std::stoi(value);
+      prefills = kiln::bench::parseIntList(value);
     else if (flag == "--hbm-gbps")
       hbm = std::stod(value);
     else {
@@ -195,8 +204,8 @@ int main(int argc, char **argv) {
     std::printf("|---|---|---|---|---|---|---|---|\n");
     for (int context : contexts)
       for (int batch : batches) {
-        Result old = bench.run(batch, 1, context, false);
-        Result fast = bench.run(batch, 1, context, true);
+        Result old = bench.run(batch, 1, context, Bench::Path::Scalar);
+        Result fast = bench.run(batch, 1, context, Bench::Path::TensorCores);
         double bytes = double(batch) * context * kWidth * 2 + kvB;
         double flops = double(batch) * kHeads *
                        (2.0 * context * (kWidth + kLora) +
@@ -210,20 +219,31 @@ int main(int argc, char **argv) {
             Bench::difference(old.out, fast.out));
         std::fflush(stdout);
       }
-    if (prefill > 0) {
-      Result old = bench.run(1, prefill, prefill, false);
-      Result fast = bench.run(1, prefill, prefill, true);
-      double T = prefill;
-      double flops = T * (T + 1) / 2 * kHeads * (kWidth + kLora) * 2 +
-                     T * kHeads * (kNope * kLora + kLora * kV) * 2;
-      double bytes = T * kWidth * 2 + kvB;
-      std::printf(
-          "| prefill T=%d | %.1f | %.1f | %.1fx | %.1f MB | "
-          "%.0f (%.0f%%) | %.1f | %.1e |\n",
-          prefill, old.seconds * 1e6, fast.seconds * 1e6,
-          old.seconds / fast.seconds, bytes / 1e6, bytes / fast.seconds / 1e9,
-          100 * bytes / fast.seconds / 1e9 / hbm, flops / fast.seconds / 1e12,
-          Bench::difference(old.out, fast.out));
+    std::printf("\n| prefill (one new sequence) | absorbed (us) | "
+                "decompressed (us) | speedup | absorbed: TFLOP/s | "
+                "decompressed: TFLOP/s | max diff / token rms |\n");
+    std::printf("|---|---|---|---|---|---|---|\n");
+    for (int prefill : prefills) {
+      Result absorbed =
+          bench.run(1, prefill, prefill, Bench::Path::TensorCores);
+      Result decompressed =
+          bench.run(1, prefill, prefill, Bench::Path::Decompressed);
+      // Each form's own FLOPs: the absorbed scores and sums run over the
+      // 576/512-wide latent plus the per-token absorptions; the
+      // decompressed ones over 192/128 per head plus kv_b_proj once per
+      // position.
+      double T = prefill, pairs = T * (T + 1) / 2;
+      double absorbedFlops = pairs * kHeads * (kWidth + kLora) * 2 +
+                             T * kHeads * (kNope * kLora + kLora * kV) * 2;
+      double decompressedFlops = pairs * kHeads * (kNope + kRope + kV) * 2 +
+                                 T * kHeads * (kNope + kV) * kLora * 2;
+      std::printf("| T=%d | %.1f | %.1f | %.2fx | %.1f | %.1f | %.1e |\n",
+                  prefill, absorbed.seconds * 1e6, decompressed.seconds * 1e6,
+                  absorbed.seconds / decompressed.seconds,
+                  absorbedFlops / absorbed.seconds / 1e12,
+                  decompressedFlops / decompressed.seconds / 1e12,
+                  Bench::difference(absorbed.out, decompressed.out));
+      std::fflush(stdout);
     }
   } catch (const std::exception &error) {
     std::fprintf(stderr, "kiln-bench-mla: %s\n", error.what());

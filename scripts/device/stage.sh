@@ -14,7 +14,7 @@ mkdir -p $device_dir/bin
 cp "$build_dir/bin/kiln" $device_dir/bin/
 # The CUDA backend's check (scripts/device/backend.sh) and benchmark, the runtime library
 # it links, and the kilnc artifacts named in $KILN_ARTIFACTS (space-separated).
-for tool in kiln-backend-check kiln-bench-decode kiln-ep-check kiln-ep-moe-check kiln-ep-model-check; do
+for tool in kiln-backend-check kiln-bench-decode kiln-bench-mla kiln-ep-check kiln-ep-moe-check kiln-ep-model-check; do
   if [[ -x $build_dir/bin/$tool ]]; then
     cp "$build_dir/bin/$tool" $device_dir/bin/
   fi

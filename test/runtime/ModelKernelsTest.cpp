@@ -198,6 +198,44 @@ TEST(ModelKernelChecks, MlaAttention) {
   a.q.cols = 4 * 44;
   EXPECT_FALSE(detail::mlaAttentionOnTensorCores(a));
   detail::checkMlaAttention(a);
+
+  // The decompressed prefill path: one sequence, kMlaPrefillMinTokens
+  // tokens, a BF16 cache and a workspace for the whole context.
+  MlaAttentionArgs prefill = mlaArgs(kMlaPrefillMinTokens);
+  prefill.maxContext = 64;
+  prefill.sequences = 1;
+  prefill.workspace = 0x80000;
+  prefill.workspaceBytes = mlaPrefillWorkspaceBytes(64, 4, 32, 32);
+  EXPECT_GE(prefill.workspaceBytes, size_t(64) * 4 * 64 * 2 + 4);
+  EXPECT_TRUE(detail::mlaPrefillDecompressed(prefill));
+  detail::checkMlaAttention(prefill);
+  MlaAttentionArgs other = prefill;
+  other.workspaceBytes -= 1;
+  EXPECT_FALSE(detail::mlaPrefillDecompressed(other));
+  other = prefill;
+  other.sequences = 2;
+  EXPECT_FALSE(detail::mlaPrefillDecompressed(other));
+  other = prefill;
+  other.sequences = 0;
+  EXPECT_FALSE(detail::mlaPrefillDecompressed(other));
+  other = prefill;
+  other.decompressedPrefill = false;
+  EXPECT_FALSE(detail::mlaPrefillDecompressed(other));
+  other = mlaArgs(kMlaPrefillMinTokens - 1);
+  other.maxContext = 64;
+  other.sequences = 1;
+  other.workspace = 0x80000;
+  other.workspaceBytes = prefill.workspaceBytes;
+  EXPECT_FALSE(detail::mlaPrefillDecompressed(other));
+  other = prefill;
+  other.cacheType = ElementType::F8E4M3;
+  other.cacheScales = 0x40000;
+  EXPECT_FALSE(detail::mlaPrefillDecompressed(other));
+  other = prefill;
+  other.vDim = 136;
+  other.out.cols = 4 * 136;
+  other.out.stride = 4 * 136;
+  EXPECT_FALSE(detail::mlaPrefillDecompressed(other));
 }
 
 TEST(ModelKernelChecks, MoeRouteAndDispatch) {
@@ -806,8 +844,14 @@ class MlaAttentionOnGpu : public ModelKernelsOnGpu {
 protected:
   /// With `tensorCores`, the call gets a (poisoned) workspace and takes the
   /// tensor-core path where the shape allows it.
+  /// With `decompressed` (one sequence, kMlaPrefillMinTokens tokens or
+  /// more), the step says it has one sequence and the workspace holds the
+  /// context's K_nope and V: the decompressed prefill path.
   void run(const MlaShape &s, const MlaStep &step, ElementType cacheType,
-           ElementType latentType, bool tensorCores = false) {
+           ElementType latentType, bool tensorCores = false,
+           bool decompressed = false) {
+    if (decompressed)
+      tensorCores = true;
     const int sequences = static_cast<int>(step.cached.size());
     const int width = s.kvLora + s.rope;
     int longest = 0;
@@ -915,10 +959,18 @@ protected:
     args.cacheType = cacheType;
     args.cacheScales = f8 ? upload(cacheScales) : 0;
     args.maxContext = *std::max_element(positions.begin(), positions.end()) + 1;
-    if (tensorCores) {
+    if (decompressed) {
+      args.sequences = sequences;
+      args.workspaceBytes = std::max(
+          mlaAttentionWorkspaceBytes(T, s.heads, s.kvLora),
+          mlaPrefillWorkspaceBytes(args.maxContext, s.heads, s.nope, s.v));
+      args.workspace = alloc(args.workspaceBytes);
+      ASSERT_TRUE(detail::mlaPrefillDecompressed(args));
+    } else if (tensorCores) {
       args.workspaceBytes = mlaAttentionWorkspaceBytes(T, s.heads, s.kvLora);
       args.workspace = alloc(args.workspaceBytes);
       ASSERT_TRUE(detail::mlaAttentionOnTensorCores(args));
+      ASSERT_FALSE(detail::mlaPrefillDecompressed(args));
     }
     kernels->mlaAttention(nullptr, args);
 
@@ -1080,8 +1132,11 @@ protected:
     }
     std::printf("mla_attention%s heads=%d kv_lora=%d rope=%d cache=%s "
                 "T=%lld: worst error %.2e, rms error %.2e of rms %.3g\n",
-                tensorCores ? " (tensor cores)" : "", s.heads, s.kvLora, s.rope,
-                elementTypeName(cacheType), (long long)T, worst, rmsError, rms);
+                decompressed  ? " (decompressed prefill)"
+                : tensorCores ? " (tensor cores)"
+                              : "",
+                s.heads, s.kvLora, s.rope, elementTypeName(cacheType),
+                (long long)T, worst, rmsError, rms);
   }
 };
 
@@ -1142,6 +1197,21 @@ TEST_F(MlaAttentionOnGpu, TensorCorePrefillChunks) {
   // The tiny model's shape (4 heads, kv_lora 160, rope 16: padded columns).
   run(kTinyShape, MlaStep{{300, 7}, {40, 33}}, ElementType::BF16,
       ElementType::F32, true);
+}
+
+TEST_F(MlaAttentionOnGpu, DecompressedPrefill) {
+  // A fresh sequence: 256 tokens over positions 0-255 (in shuffled order:
+  // every 64-token block spans the whole context), 128 heads.
+  run(kDeepSeek128, MlaStep{{0}, {256}}, ElementType::BF16, ElementType::BF16,
+      false, true);
+  // A chunk continuing a cached prefix: context 357, not a multiple of the
+  // 64-position tile; 72 heads; an f32 latent input.
+  run(kDeepSeek72, MlaStep{{100}, {257}}, ElementType::BF16, ElementType::F32,
+      false, true);
+  // The tiny model's shape: nope 32, rope 16, v 32, kv_lora 160 (padded
+  // columns in every tile), pages of 16.
+  run(kTinyShape, MlaStep{{37}, {300}}, ElementType::BF16, ElementType::F32,
+      false, true);
 }
 
 TEST_F(MlaAttentionOnGpu, Fp8Cache) {

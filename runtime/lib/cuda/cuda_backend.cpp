@@ -332,6 +332,9 @@ struct CudaBackend::Impl {
   DeviceBuffer pageTable;     // i32 [sequences][maxPagesPerSequence]
   DeviceBuffer sequenceSlots; // i32 [tokens]
   DeviceBuffer mlaWorkspace;  // mla_attention's scratch, for maxTokensAnyPlan
+  /// Prefill steps of one sequence may take MLA's decompressed form
+  /// (model_kernels.h); KILN_MLA_PREFILL=absorbed keeps them absorbed.
+  bool decompressedMlaPrefill = true;
 
   // CUDA Graphs of the decode plans, by (plan, tokens, sequences, context)
   // bucket.
@@ -1008,11 +1011,19 @@ void CudaBackend::Impl::allocate(const CudaBackendOptions &options) {
                               origin + ": sampling rows");
   sampledTokens = DeviceBuffer(std::max<int64_t>(1, maxSequencesAnyPlan) * 4,
                                origin + ": sampled tokens");
-  mlaWorkspace = DeviceBuffer(
-      mlaAttentionWorkspaceBytes(std::max<int64_t>(1, maxTokensAnyPlan),
-                                 static_cast<int>(config.numAttentionHeads),
-                                 static_cast<int>(config.kvLoraRank)),
-      "MLA attention workspace");
+  // Absorbed steps need q_latent for their tokens; a prefill step that
+  // takes the decompressed form (kMlaPrefillMinTokens or more tokens of one
+  // sequence) needs K_nope and V of its whole context, at most max_seq_len.
+  const int heads = static_cast<int>(config.numAttentionHeads);
+  size_t mlaBytes =
+      mlaAttentionWorkspaceBytes(std::max<int64_t>(1, maxTokensAnyPlan), heads,
+                                 static_cast<int>(config.kvLoraRank));
+  if (maxTokensAnyPlan >= kMlaPrefillMinTokens)
+    mlaBytes = std::max(mlaBytes, mlaPrefillWorkspaceBytes(
+                                      artifact.options.maxSeqLen, heads,
+                                      static_cast<int>(config.qkNopeHeadDim),
+                                      static_cast<int>(config.vHeadDim)));
+  mlaWorkspace = DeviceBuffer(mlaBytes, "MLA attention workspace");
 }
 
 //===----------------------------------------------------------------------===//
@@ -1202,6 +1213,8 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
     args.maxContext = static_cast<int>(shape.maxContext);
     args.workspace = mlaWorkspace.get();
     args.workspaceBytes = mlaWorkspace.size();
+    args.sequences = static_cast<int>(shape.sequences);
+    args.decompressedPrefill = decompressedMlaPrefill;
     kernels->mlaAttention(stream, args);
   } else if (op == "swiglu") {
     if (step.outputs.size() == 2) {
@@ -1705,6 +1718,15 @@ void CudaBackend::Impl::open(const std::string &configOrigin,
     timelinePath = timelineEnv;
   timelineOn = options.timeline || !timelinePath.empty();
   timelineStart = std::chrono::steady_clock::now();
+  if (const char *form = std::getenv("KILN_MLA_PREFILL")) {
+    const std::string value = form;
+    if (value != "absorbed" && value != "decompressed")
+      throw Error(origin +
+                  ": KILN_MLA_PREFILL must be 'absorbed' or "
+                  "'decompressed', not '" +
+                  value + "'");
+    decompressedMlaPrefill = value == "decompressed";
+  }
   int device = options.device;
   if (artifact.expertParallel.enabled()) {
     // One process per GPU: the launcher says which rank this is, and the

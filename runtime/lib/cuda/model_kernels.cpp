@@ -257,6 +257,19 @@ size_t mlaAttentionSharedBytes(const MlaAttentionArgs &args) {
 /// 422 µs at 4096; runtime/lib/cuda/kernels/README.md).
 constexpr int kScalarPathMaxContext = 448;
 
+bool mlaPrefillDecompressed(const MlaAttentionArgs &a) {
+  // Q's rows go by 16-byte copies, the output by pairs of values.
+  return a.decompressedPrefill && a.sequences == 1 && a.q.stride % 8 == 0 &&
+         a.q.data % 16 == 0 && a.out.stride % 2 == 0 && a.out.data % 4 == 0 &&
+         a.q.rows >= kMlaPrefillMinTokens && a.workspace != 0 &&
+         a.cacheType == ElementType::BF16 && a.kvLoraRank % 8 == 0 &&
+         a.nopeDim % 8 == 0 && a.nopeDim <= k::kPrefillNope &&
+         a.ropeDim % 8 == 0 && a.ropeDim <= k::kPrefillRope &&
+         a.vDim % 8 == 0 && a.vDim <= k::kPrefillV &&
+         a.workspaceBytes >=
+             mlaPrefillWorkspaceBytes(a.maxContext, a.heads, a.nopeDim, a.vDim);
+}
+
 bool mlaAttentionOnTensorCores(const MlaAttentionArgs &a) {
   if (a.q.rows == 1 && a.maxContext <= kScalarPathMaxContext)
     return false;
@@ -320,7 +333,10 @@ void checkMlaAttention(const MlaAttentionArgs &a) {
   check.pointer(a.cache, "cache", 4);
   if (a.cacheType == ElementType::F8E4M3)
     check.pointer(a.cacheScales, "cacheScales (f8e4m3 cache)", 4);
-  if (mlaAttentionOnTensorCores(a)) {
+  if (mlaPrefillDecompressed(a)) {
+    check.pointer(a.workspace, "workspace (decompressed prefill)", 16);
+    check.pointer(a.cache, "cache (decompressed prefill)", 16);
+  } else if (mlaAttentionOnTensorCores(a)) {
     check.pointer(a.workspace, "workspace", 16);
     check.pointer(a.cache, "cache (tensor-core path)", 16);
     size_t need = mlaAttentionWorkspaceBytes(T, a.heads, a.kvLoraRank);
@@ -482,6 +498,12 @@ size_t latentWorkspaceBytes(int64_t tokens, int heads, int kvLoraRank) {
   return (size_t(tokens) * heads * kvLoraRank * 2 + 255) / 256 * 256;
 }
 
+/// The decompressed prefill path's K_nope and V, bf16 [context][heads][nope +
+/// v], rounded up to 256 bytes (the context bound follows).
+size_t kvWorkspaceBytes(int64_t context, int heads, int nopeDim, int vDim) {
+  return (size_t(context) * heads * (nopeDim + vDim) * 2 + 255) / 256 * 256;
+}
+
 /// Flash blocks split a token's KV range when the step has at most
 /// kMlaMaxPartials / 2 (token, head group) blocks (one wave of 132 SMs):
 /// splits of at least kMinSplitLength positions, up to kMlaMaxPartials
@@ -506,6 +528,11 @@ MlaSplit mlaSplit(int64_t blocks, int maxContext) {
 }
 
 } // namespace
+
+size_t mlaPrefillWorkspaceBytes(int64_t maxContext, int heads, int nopeDim,
+                                int vDim) {
+  return kvWorkspaceBytes(maxContext, heads, nopeDim, vDim) + 256;
+}
 
 size_t mlaAttentionWorkspaceBytes(int64_t maxTokens, int heads,
                                   int kvLoraRank) {
@@ -544,6 +571,9 @@ enum Kernel {
   kMlaAbsorbOut,
   kMlaFlash,
   kMlaCombine,
+  kMlaPrefillBound,
+  kMlaDecompress,
+  kMlaPrefill,
   kMoeRoute,
   kMoeDispatchPlan,
   kMoeDispatchCopy,
@@ -584,6 +614,9 @@ constexpr std::array<const char *, kKernelCount> kKernelNames = {
     "kiln_mla_absorb_out",
     "kiln_mla_flash",
     "kiln_mla_combine",
+    "kiln_mla_prefill_bound",
+    "kiln_mla_decompress",
+    "kiln_mla_prefill",
     "kiln_moe_route",
     "kiln_moe_dispatch_plan",
     "kiln_moe_dispatch_copy",
@@ -688,6 +721,14 @@ ModelKernels::ModelKernels() : impl(new Impl) {
             impl->functions[kMlaFlash],
             CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             k::kFlashSharedBytes);
+    KILN_CU("model kernel kiln_mla_decompress", cuFuncSetAttribute,
+            impl->functions[kMlaDecompress],
+            CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            k::kDecompressSharedBytes);
+    KILN_CU("model kernel kiln_mla_prefill", cuFuncSetAttribute,
+            impl->functions[kMlaPrefill],
+            CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            k::kPrefillSharedBytes);
   } catch (...) {
     if (impl->module)
       driver().cuModuleUnload(impl->module);
@@ -851,6 +892,22 @@ void ModelKernels::mlaAttention(CUstream stream, const MlaAttentionArgs &args) {
   // Stream order puts every append before every read of the step.
   impl->launch(f8 ? kMlaAppendF8 : kMlaAppendBF16, tokens, 1, kMlaThreads,
                sizeof(float) * (args.kvLoraRank + args.ropeDim), stream, p);
+  if (detail::mlaPrefillDecompressed(args)) {
+    p.workspaceKv = args.workspace;
+    p.contextBound =
+        args.workspace +
+        kvWorkspaceBytes(args.maxContext, args.heads, args.nopeDim, args.vDim);
+    impl->launch(kMlaPrefillBound, 1, 1, 1024, 0, stream, p);
+    impl->launch(kMlaDecompress,
+                 gridFor(int64_t(args.heads) * (args.nopeDim + args.vDim),
+                         k::kDecompressN),
+                 gridFor(args.maxContext, k::kDecompressM),
+                 k::kDecompressThreads, k::kDecompressSharedBytes, stream, p);
+    impl->launch(kMlaPrefill, static_cast<unsigned>(args.heads),
+                 gridFor(args.q.rows, k::kPrefillRows), k::kPrefillThreads,
+                 k::kPrefillSharedBytes, stream, p);
+    return;
+  }
   if (!detail::mlaAttentionOnTensorCores(args)) {
     impl->launch(f8 ? kMlaAttentionF8 : kMlaAttentionBF16,
                  static_cast<unsigned>(args.heads), tokens, kMlaThreads,

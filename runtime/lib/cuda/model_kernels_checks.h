@@ -34,6 +34,8 @@ void checkAdd(const DeviceMatrix &a, const DeviceMatrix &b,
 void checkMlaAttention(const MlaAttentionArgs &args);
 /// Whether mlaAttention takes the tensor-core path (model_kernels.h).
 bool mlaAttentionOnTensorCores(const MlaAttentionArgs &args);
+/// Whether mlaAttention takes the decompressed prefill path (model_kernels.h).
+bool mlaPrefillDecompressed(const MlaAttentionArgs &args);
 /// Dynamic shared memory of the attention kernel for `args`' shapes.
 size_t mlaAttentionSharedBytes(const MlaAttentionArgs &args);
 void checkMoeRoute(const MoeRouteArgs &args);

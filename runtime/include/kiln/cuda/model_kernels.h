@@ -113,7 +113,30 @@ struct MlaAttentionArgs {
   /// allocates nothing and never synchronizes.
   CUdeviceptr workspace = 0;
   size_t workspaceBytes = 0;
+
+  /// Sequences the step's tokens belong to (0: not known). A step of one
+  /// sequence with at least kMlaPrefillMinTokens tokens, a BF16 cache, nope
+  /// and v ≤ 128, rope ≤ 64 (multiples of 8) and a workspace of at least
+  /// mlaPrefillWorkspaceBytes(maxContext, ...) takes the decompressed
+  /// prefill path: kv_b_proj expands the context's latents once into the
+  /// heads' K_nope and V, then a causal flash attention over them
+  /// (kernels/mla_prefill_mma.cuh); ~3.4× fewer FLOPs than the absorbed
+  /// form at DeepSeek-V3's shapes. `decompressedPrefill` false keeps such a
+  /// step on the absorbed form (KILN_MLA_PREFILL=absorbed in the backend).
+  int sequences = 0;
+  bool decompressedPrefill = true;
 };
+
+/// Tokens from which a one-sequence step takes the decompressed prefill
+/// path: decompressing costs kv_b_proj's FLOPs per context position, which
+/// the cheaper scores repay from about this many tokens on.
+constexpr int64_t kMlaPrefillMinTokens = 256;
+
+/// Bytes of MlaAttentionArgs::workspace the decompressed prefill path needs
+/// at a context of `maxContext` positions: bf16 [maxContext][heads][nope +
+/// v] and the step's context bound.
+size_t mlaPrefillWorkspaceBytes(int64_t maxContext, int heads, int nopeDim,
+                                int vDim);
 
 /// Bytes of MlaAttentionArgs::workspace for steps of up to `maxTokens`
 /// tokens: q_latent/o_latent bf16 [maxTokens][heads][kvLoraRank] plus the

@@ -10,5 +10,6 @@
 #include "dense.cuh"
 #include "mla_attention.cuh"
 #include "mla_attention_mma.cuh"
+#include "mla_prefill_mma.cuh"
 #include "moe.cuh"
 #include "sampling.cuh"

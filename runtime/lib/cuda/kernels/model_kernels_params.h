@@ -130,6 +130,35 @@ constexpr int kAbsorbN = 64;
 constexpr int kAbsorbK = 64;
 constexpr int kAbsorbThreads = 128;
 
+/// The decompressed prefill path (mla_prefill_mma.cuh) for a step of one
+/// sequence: kv_b_proj expands the cached latents of positions [0, context)
+/// once into per-head K_nope and V (a 128×128×32-tiled BF16 GEMM, three
+/// cp.async stages), then a causal flash attention runs one block per (64
+/// query tokens, head) over 64-position tiles of [K_nope ‖ k_pe] (nope ≤
+/// 128, rope ≤ 64, padded to 192 columns) and V (≤ 128 columns).
+constexpr int kDecompressM = 128;
+constexpr int kDecompressN = 128;
+constexpr int kDecompressK = 32;
+constexpr int kDecompressStages = 3;
+constexpr int kDecompressStride = kDecompressK + 8;
+constexpr int kDecompressThreads = 256;
+constexpr int kDecompressSharedBytes =
+    kDecompressStages * (kDecompressM + kDecompressN) * kDecompressStride * 2;
+constexpr int kPrefillRows = 64;
+constexpr int kPrefillTile = 64;
+constexpr int kPrefillNope = 128;
+constexpr int kPrefillRope = 64;
+constexpr int kPrefillQk = kPrefillNope + kPrefillRope;
+constexpr int kPrefillV = 128;
+constexpr int kPrefillQkStride = kPrefillQk + 8;
+constexpr int kPrefillVStride = kPrefillV + 8;
+constexpr int kPrefillThreads = 128;
+/// Q, then two stages of K and V tiles (bf16).
+constexpr int kPrefillSharedBytes =
+    (kPrefillRows * kPrefillQkStride +
+     2 * kPrefillTile * (kPrefillQkStride + kPrefillVStride)) *
+    2;
+
 struct MlaParams {
   MatrixRef q;      // bf16 [T, heads * (nope + rope)]
   MatrixRef latent; // bf16 or f32 [T, kvLoraRank]
@@ -148,6 +177,11 @@ struct MlaParams {
   /// [partials][64][kvLoraRank] from partialLseFloats on.
   Address workspaceLatent;
   Address workspacePartial;
+  /// The decompressed prefill path's workspace (mla_prefill_mma.cuh): K_nope
+  /// and V of every position, bf16 [context][heads][nope + v], and the
+  /// step's context (i32: its largest valid position + 1, 0 for none).
+  Address workspaceKv;
+  Address contextBound;
   long long partialLseFloats;
   long long tokens;
   int heads;
