@@ -247,30 +247,29 @@ __device__ __forceinline__ void mlaPrefill(const MlaParams &p) {
     *reinterpret_cast<unsigned *>(qs + row * kPrefillQkStride + kPrefillNope +
                                   2 * pair) = packBF16(rotated.x, rotated.y);
   }
-  int rowPosition[2];
+  // This thread's rows: g and g + 8 of each of the warp's 16-row tiles.
+  int rowPosition[kPrefillWarpTiles][2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    long long token = t0 + 16 * warp + g + 8 * r;
-    int position =
-        token < p.tokens ? pointer<const int>(p.positions)[token] : -1;
-    rowPosition[r] =
-        validPosition(p, position) && position < bound ? position : -1;
-  }
-  if (t == 0)
-    atomicMax(&tileLargest, max(rowPosition[0], rowPosition[1]));
+  for (int mt = 0; mt < kPrefillWarpTiles; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      long long token = t0 + kPrefillWarpRows * warp + 16 * mt + g + 8 * r;
+      int position =
+          token < p.tokens ? pointer<const int>(p.positions)[token] : -1;
+      rowPosition[mt][r] =
+          validPosition(p, position) && position < bound ? position : -1;
+      if (t == 0)
+        atomicMax(&tileLargest, rowPosition[mt][r]);
+    }
   asm volatile("cp.async.wait_group 0;\n" ::);
   __syncthreads();
   const int last = tileLargest;
-  unsigned qf[kPrefillQk / 16][4];
-#pragma unroll
-  for (int kk = 0; kk < kPrefillQk / 16; ++kk)
-    ldmatrixX4(qf[kk], qs + (16 * warp + lane % 16) * kPrefillQkStride +
-                           16 * kk + lane / 16 * 8);
 
-  // Tile rows: two threads per position, K_nope ‖ k_pe and V chunks split
-  // between them; positions past the tile's last are zero rows (P is 0
-  // there, and 0 · V must not meet what the workspace holds).
-  const int loadRow = threadIdx.x / 2, loadHalf = threadIdx.x % 2;
+  // Tile rows: kLoaders threads per position, K_nope ‖ k_pe and V chunks
+  // split between them; positions past the tile's last are zero rows (P is
+  // 0 there, and 0 · V must not meet what the workspace holds).
+  constexpr int kLoaders = kPrefillThreads / kPrefillTile;
+  const int loadRow = threadIdx.x / kLoaders, loadPart = threadIdx.x % kLoaders;
   const int nopeChunks = p.nopeDim / 8, ropeChunks = p.ropeDim / 8,
             vChunks = p.vDim / 8;
   const int rowChunks = nopeChunks + ropeChunks + vChunks;
@@ -285,7 +284,7 @@ __device__ __forceinline__ void mlaPrefill(const MlaParams &p) {
         ks + (stage * kPrefillTile + loadRow) * kPrefillQkStride;
     unsigned short *vRow =
         vs + (stage * kPrefillTile + loadRow) * kPrefillVStride;
-    for (int c = loadHalf; c < rowChunks; c += 2) {
+    for (int c = loadPart; c < rowChunks; c += kLoaders) {
       if (c < nopeChunks)
         copyAsync16(kRow + 8 * c, valid ? kvRow + 8 * c : cache, valid);
       else if (c < nopeChunks + ropeChunks)
@@ -302,8 +301,19 @@ __device__ __forceinline__ void mlaPrefill(const MlaParams &p) {
   };
 
   const float scaleLog2 = p.softmaxScale * 1.4426950408889634f;
-  float o[kPrefillV / 8][4] = {};
-  float runningMax[2] = {-INFINITY, -INFINITY}, runningSum[2] = {0.0f, 0.0f};
+  constexpr int kTiles = kPrefillWarpTiles;
+  float o[kTiles][kPrefillV / 8][4] = {};
+  float runningMax[kTiles][2], runningSum[kTiles][2];
+#pragma unroll
+  for (int mt = 0; mt < kTiles; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      runningMax[mt][r] = -INFINITY;
+      runningSum[mt][r] = 0.0f;
+    }
+  const unsigned short *qWarp =
+      qs + (kPrefillWarpRows * warp + lane % 16) * kPrefillQkStride +
+      lane / 16 * 8;
   const int tiles = last < 0 ? 0 : last / kPrefillTile + 1;
   if (tiles > 0)
     loadTile(0, 0);
@@ -319,10 +329,15 @@ __device__ __forceinline__ void mlaPrefill(const MlaParams &p) {
         ks + (tile & 1) * kPrefillTile * kPrefillQkStride;
     const unsigned short *vt = vs + (tile & 1) * kPrefillTile * kPrefillVStride;
 
-    // S = Q · Kᵀ: 16 rows × 64 positions.
-    float s[kPrefillTile / 8][4] = {};
+    // S = Q · Kᵀ: the warp's rows × 64 positions; each K fragment serves
+    // all of the warp's 16-row tiles (shared-memory reads bound this loop).
+    float s[kTiles][kPrefillTile / 8][4] = {};
 #pragma unroll
-    for (int kk = 0; kk < kPrefillQk / 16; ++kk)
+    for (int kk = 0; kk < kPrefillQk / 16; ++kk) {
+      unsigned a[kTiles][4];
+#pragma unroll
+      for (int mt = 0; mt < kTiles; ++mt)
+        ldmatrixX4(a[mt], qWarp + 16 * mt * kPrefillQkStride + 16 * kk);
 #pragma unroll
       for (int np = 0; np < kPrefillTile / 16; ++np) {
         unsigned b[4];
@@ -330,56 +345,67 @@ __device__ __forceinline__ void mlaPrefill(const MlaParams &p) {
                           (16 * np + (lane & 7) + (lane >> 4) * 8) *
                               kPrefillQkStride +
                           16 * kk + ((lane >> 3) & 1) * 8);
-        mma(s[2 * np], qf[kk], b[0], b[1]);
-        mma(s[2 * np + 1], qf[kk], b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < kTiles; ++mt) {
+          mma(s[mt][2 * np], a[mt], b[0], b[1]);
+          mma(s[mt][2 * np + 1], a[mt], b[2], b[3]);
+        }
       }
-    // Causal mask in the log2 domain; the online softmax per row.
+    }
+    // Causal mask in the log2 domain; the online softmax per row; P (bf16)
+    // as the A operand of P · V: score tiles 2kk and 2kk + 1 are the k16
+    // step kk's columns 0-7 and 8-15.
     const int first = tile * kPrefillTile;
-    float tileMax[2] = {-INFINITY, -INFINITY};
+    unsigned pa[kTiles][kPrefillTile / 16][4];
 #pragma unroll
-    for (int nt = 0; nt < kPrefillTile / 8; ++nt)
+    for (int mt = 0; mt < kTiles; ++mt) {
+      float tileMax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        int at = first + 8 * nt + 2 * t + (e & 1);
-        s[nt][e] = at <= rowPosition[e / 2] ? s[nt][e] * scaleLog2 : -INFINITY;
-        tileMax[e / 2] = fmaxf(tileMax[e / 2], s[nt][e]);
+      for (int nt = 0; nt < kPrefillTile / 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          int at = first + 8 * nt + 2 * t + (e & 1);
+          s[mt][nt][e] = at <= rowPosition[mt][e / 2] ? s[mt][nt][e] * scaleLog2
+                                                      : -INFINITY;
+          tileMax[e / 2] = fmaxf(tileMax[e / 2], s[mt][nt][e]);
+        }
+      float correction[2], base[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        tileMax[r] =
+            fmaxf(tileMax[r], __shfl_xor_sync(kFullMask, tileMax[r], 1));
+        tileMax[r] =
+            fmaxf(tileMax[r], __shfl_xor_sync(kFullMask, tileMax[r], 2));
+        float newMax = fmaxf(runningMax[mt][r], tileMax[r]);
+        // A row with nothing unmasked yet keeps max -inf: exponents from 0.
+        base[r] = newMax == -INFINITY ? 0.0f : newMax;
+        correction[r] = exp2f(runningMax[mt][r] - base[r]);
+        runningMax[mt][r] = newMax;
+        runningSum[mt][r] *= correction[r];
       }
-    float correction[2], base[2];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      tileMax[r] = fmaxf(tileMax[r], __shfl_xor_sync(kFullMask, tileMax[r], 1));
-      tileMax[r] = fmaxf(tileMax[r], __shfl_xor_sync(kFullMask, tileMax[r], 2));
-      float newMax = fmaxf(runningMax[r], tileMax[r]);
-      // A row with nothing unmasked yet keeps max -inf: exponents from 0.
-      base[r] = newMax == -INFINITY ? 0.0f : newMax;
-      correction[r] = exp2f(runningMax[r] - base[r]);
-      runningMax[r] = newMax;
-      runningSum[r] *= correction[r];
-    }
-#pragma unroll
-    for (int j = 0; j < kPrefillV / 8; ++j) {
-      o[j][0] *= correction[0];
-      o[j][1] *= correction[0];
-      o[j][2] *= correction[1];
-      o[j][3] *= correction[1];
-    }
-    // P (bf16) as the A operand of P · V: score tiles 2kk and 2kk + 1 are
-    // the k16 step kk's columns 0-7 and 8-15.
-    unsigned pa[kPrefillTile / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < kPrefillTile / 16; ++kk)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float p0 = exp2f(s[2 * kk + h][0] - base[0]);
-        float p1 = exp2f(s[2 * kk + h][1] - base[0]);
-        float p2 = exp2f(s[2 * kk + h][2] - base[1]);
-        float p3 = exp2f(s[2 * kk + h][3] - base[1]);
-        runningSum[0] += p0 + p1;
-        runningSum[1] += p2 + p3;
-        pa[kk][2 * h] = packBF16(p0, p1);
-        pa[kk][2 * h + 1] = packBF16(p2, p3);
+      for (int j = 0; j < kPrefillV / 8; ++j) {
+        o[mt][j][0] *= correction[0];
+        o[mt][j][1] *= correction[0];
+        o[mt][j][2] *= correction[1];
+        o[mt][j][3] *= correction[1];
       }
-      // O += P · V: 16 rows × 128 columns over 64 positions.
+#pragma unroll
+      for (int kk = 0; kk < kPrefillTile / 16; ++kk)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float p0 = exp2f(s[mt][2 * kk + h][0] - base[0]);
+          float p1 = exp2f(s[mt][2 * kk + h][1] - base[0]);
+          float p2 = exp2f(s[mt][2 * kk + h][2] - base[1]);
+          float p3 = exp2f(s[mt][2 * kk + h][3] - base[1]);
+          runningSum[mt][0] += p0 + p1;
+          runningSum[mt][1] += p2 + p3;
+          pa[mt][kk][2 * h] = packBF16(p0, p1);
+          pa[mt][kk][2 * h + 1] = packBF16(p2, p3);
+        }
+    }
+    // O += P · V: the warp's rows × 128 columns over 64 positions; each V
+    // fragment serves all of the warp's row tiles.
 #pragma unroll
     for (int kk = 0; kk < kPrefillTile / 16; ++kk)
 #pragma unroll
@@ -389,37 +415,42 @@ __device__ __forceinline__ void mlaPrefill(const MlaParams &p) {
                                (16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8) *
                                    kPrefillVStride +
                                8 * j + (lane >> 4) * 8);
-        mma(o[j], pa[kk], b[0], b[1]);
-        mma(o[j + 1], pa[kk], b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < kTiles; ++mt) {
+          mma(o[mt][j], pa[mt][kk], b[0], b[1]);
+          mma(o[mt][j + 1], pa[mt][kk], b[2], b[3]);
+        }
       }
     // Every warp is done with this stage before the next iteration's copies
     // refill it.
     __syncthreads();
   }
 
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    runningSum[r] += __shfl_xor_sync(kFullMask, runningSum[r], 1);
-    runningSum[r] += __shfl_xor_sync(kFullMask, runningSum[r], 2);
-  }
   unsigned short *out = pointer<unsigned short>(p.out.data);
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    long long token = t0 + 16 * warp + g + 8 * r;
-    if (token >= p.tokens)
-      continue;
-    // A token at an invalid position gets a NaN row.
-    float inverse =
-        rowPosition[r] < 0 ? __int_as_float(0x7FC00000) : 1.0f / runningSum[r];
+  for (int mt = 0; mt < kTiles; ++mt)
 #pragma unroll
-    for (int j = 0; j < kPrefillV / 8; ++j) {
-      int col = 8 * j + 2 * t;
-      if (col < p.vDim)
-        *reinterpret_cast<unsigned *>(
-            out + token * p.out.stride + static_cast<long long>(head) * p.vDim +
-            col) = packBF16(o[j][2 * r] * inverse, o[j][2 * r + 1] * inverse);
+    for (int r = 0; r < 2; ++r) {
+      float sum = runningSum[mt][r];
+      sum += __shfl_xor_sync(kFullMask, sum, 1);
+      sum += __shfl_xor_sync(kFullMask, sum, 2);
+      long long token = t0 + kPrefillWarpRows * warp + 16 * mt + g + 8 * r;
+      if (token >= p.tokens)
+        continue;
+      // A token at an invalid position gets a NaN row.
+      float inverse =
+          rowPosition[mt][r] < 0 ? __int_as_float(0x7FC00000) : 1.0f / sum;
+#pragma unroll
+      for (int j = 0; j < kPrefillV / 8; ++j) {
+        int col = 8 * j + 2 * t;
+        if (col < p.vDim)
+          *reinterpret_cast<unsigned *>(out + token * p.out.stride +
+                                        static_cast<long long>(head) * p.vDim +
+                                        col) =
+              packBF16(o[mt][j][2 * r] * inverse,
+                       o[mt][j][2 * r + 1] * inverse);
+      }
     }
-  }
 }
 
 } // namespace kiln::cuda::kernels
@@ -434,7 +465,7 @@ __launch_bounds__(kiln::cuda::kernels::kDecompressThreads, 2)
   kiln::cuda::kernels::mlaDecompress(p);
 }
 extern "C" __global__ void
-__launch_bounds__(kiln::cuda::kernels::kPrefillThreads, 2)
+__launch_bounds__(kiln::cuda::kernels::kPrefillThreads, 1)
     kiln_mla_prefill(const kiln::cuda::kernels::MlaParams p) {
   kiln::cuda::kernels::mlaPrefill(p);
 }

@@ -144,7 +144,12 @@ constexpr int kDecompressStride = kDecompressK + 8;
 constexpr int kDecompressThreads = 256;
 constexpr int kDecompressSharedBytes =
     kDecompressStages * (kDecompressM + kDecompressN) * kDecompressStride * 2;
-constexpr int kPrefillRows = 64;
+/// Eight warps of 32 query rows (two 16-row mma tiles, so that each K and
+/// V fragment read from shared memory serves both): 256 tokens per block.
+constexpr int kPrefillWarpRows = 32;
+constexpr int kPrefillWarpTiles = kPrefillWarpRows / 16;
+constexpr int kPrefillWarps = 8;
+constexpr int kPrefillRows = kPrefillWarps * kPrefillWarpRows;
 constexpr int kPrefillTile = 64;
 constexpr int kPrefillNope = 128;
 constexpr int kPrefillRope = 64;
@@ -152,7 +157,7 @@ constexpr int kPrefillQk = kPrefillNope + kPrefillRope;
 constexpr int kPrefillV = 128;
 constexpr int kPrefillQkStride = kPrefillQk + 8;
 constexpr int kPrefillVStride = kPrefillV + 8;
-constexpr int kPrefillThreads = 128;
+constexpr int kPrefillThreads = kPrefillWarps * 32;
 /// Q, then two stages of K and V tiles (bf16).
 constexpr int kPrefillSharedBytes =
     (kPrefillRows * kPrefillQkStride +
