@@ -18,11 +18,13 @@
 //  - decompress: KV[j, h, :] = kvB[h·(nope + v) + :] · latent_j for every
 //    position j < bound of the step's sequence (a GEMM of bound × heads ·
 //    (nope + v) × kvLora, the latents gathered from the pages), bf16.
-//  - prefill: causal flash attention, one block per (64 query tokens, head),
-//    four warps of 16 query rows. Q = [q_nope ‖ RoPE(q_pe)] stays in
-//    registers; 64-position tiles of K = [K_nope ‖ k_pe (the cache's, roped
-//    at append)] and V are double-buffered with cp.async; P goes from the
-//    score accumulators straight into the P·V operands. A token attends to
+//  - prefill: causal flash attention, one block per (256 query tokens,
+//    head), eight warps of 32 query rows (two 16-row mma tiles, so that
+//    each K and V fragment read from shared memory serves both). Q =
+//    [q_nope ‖ RoPE(q_pe)] stays in shared memory; 64-position tiles of K =
+//    [K_nope ‖ k_pe (the cache's, roped at append)] and V are
+//    double-buffered with cp.async; P goes from the score accumulators
+//    straight into the P·V operands. A token attends to
 //    the positions ≤ its own; the output is written as bf16 [T, heads · v].
 //
 // Numerics: K_nope, V, RoPE(q_pe) and P are rounded to BF16 for the tensor
@@ -165,7 +167,7 @@ __device__ __forceinline__ void mlaDecompress(const MlaParams &p) {
       }
 }
 
-/// Causal flash attention of 64 query tokens × one head over the
+/// Causal flash attention of 256 query tokens × one head over the
 /// decompressed K and V. Grid: x = heads, y = token tiles.
 __device__ __forceinline__ void mlaPrefill(const MlaParams &p) {
   extern __shared__ __align__(16) unsigned short prefillShared[];
