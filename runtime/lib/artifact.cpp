@@ -1151,10 +1151,10 @@ void validateArtifact(const Artifact &artifact, const std::string &origin) {
            "with block_n 128 and split_k 1");
     if (!k.store.empty() &&
         (k.store != "tma" || !k.epilogue.empty() || k.splitK != 1 ||
-         k.blockN % 64 != 0 || (!k.grouped.empty() && k.blockN != 128)))
+         k.blockN % 64 != 0 || (!k.grouped.empty() && k.blockN < 128)))
       fail(kernel + "store " + quote(k.store) +
            " is not \"tma\" of a kernel without epilogue, with split_k 1 "
-           "and block_n a multiple of 64 (128 if grouped)");
+           "and block_n a multiple of 64 (at least 128 if grouped)");
     if (k.cubin.empty())
       fail(kernel + "has no cubin");
   }

@@ -109,9 +109,11 @@ override its fields (or replace it when all of them are given).
 Grouped kernels (manifest "grouped": "contiguous" or "masked"):
   --cases LIST           G:R:NxK:DIST[,...]: G groups; contiguous: R rows of
                          A in all, DIST balanced, skewed (group g gets rows in
-                         proportion to 1/(g+1)) or random (empty groups, a
+                         proportion to 1/(g+1)), random (empty groups, a
                          1-row group, rows before the first and after the
-                         last group); masked: R rows per slab, DIST full or
+                         last group) or routed (each row to a uniformly
+                         drawn group, as top-k routing spreads tokens);
+                         masked: R rows per slab, DIST full or
                          random (counts in [0, R], one 0, one 1, one R).
                          Default: small random cases with ragged N
                          (N % 8 == 0 for store tma kernels).
@@ -1131,7 +1133,8 @@ std::vector<GroupedCase> parseGroupedCases(const std::string &list,
     bool contiguous = grouping == GemmGrouping::Contiguous;
     bool known =
         contiguous ? (c.distribution == "balanced" ||
-                      c.distribution == "skewed" || c.distribution == "random")
+                      c.distribution == "skewed" ||
+                      c.distribution == "random" || c.distribution == "routed")
                    : (c.distribution == "full" || c.distribution == "random");
     if (!known)
       usageError("--cases: " + item + ": unknown distribution for a " +
@@ -1193,6 +1196,18 @@ GroupLayoutOnHost drawGroups(const GroupedCase &c, GemmGrouping grouping,
     available = c.rows - lead - std::min(5, c.rows / 8);
     for (int i = 0; i < g; ++i)
       weights[i] = (i % 5 == 3 || i == 0) ? 0.0 : 0.1 + uniform();
+  }
+  if (c.distribution == "routed") {
+    // Each row to a uniformly drawn group, as top-k routing with unbiased
+    // scores spreads tokens over experts (multinomial counts: R/G ± √(R/G)).
+    for (int row = 0; row < available; ++row)
+      ++counts[std::min(g - 1, int(uniform() * g))];
+    layout.offsets.push_back(0);
+    for (int i = 0; i < g; ++i) {
+      layout.firstRow.push_back(layout.offsets.back());
+      layout.offsets.push_back(layout.offsets.back() + counts[i]);
+    }
+    return layout;
   }
   int fixed = 0;
   if (c.distribution == "random" && g > 1 && available >= 1) {

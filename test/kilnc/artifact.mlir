@@ -11,12 +11,13 @@
 // PROGRESS-NEXT: kilnc: [2/6] building the model graph (3 layers, decode 8 tokens, prefill 256 tokens)
 // PROGRESS-NEXT: kilnc: [3/6] selecting GEMM configurations
 // PROGRESS-NEXT: kilnc: [4/6] lowering the step functions to launch plans
-// PROGRESS-NEXT: kilnc: [5/6] compiling 3 GEMM kernels (PTX, ptxas {{.*}})
+// PROGRESS-NEXT: kilnc: [5/6] compiling 4 GEMM kernels (PTX, ptxas {{.*}})
 // PROGRESS-NEXT: kilnc: kiln_gemm_fp8_m64n64s8c1_tma: {{[0-9]+}} registers, 146688 B shared memory, {{[0-9]+}} B cubin
 // PROGRESS-NEXT: kilnc: kiln_gemm_fp8_m64n64s8c1_contiguous: {{[0-9]+}} registers, 160012 B shared memory, {{[0-9]+}} B cubin
 // PROGRESS-NEXT: kilnc: kiln_gemm_fp8_m128n128s4c2_tma: {{[0-9]+}} registers, 164928 B shared memory, {{[0-9]+}} B cubin
+// PROGRESS-NEXT: kilnc: kiln_gemm_fp8_m128n64s8c2_contiguous: {{[0-9]+}} registers, 228492 B shared memory, {{[0-9]+}} B cubin
 // PROGRESS-NEXT: kilnc: [6/6] writing {{.*}}.kiln
-// PROGRESS-NEXT: kilnc: wrote {{.*}}.kiln: 3 kernels, 2 plans, 49 weights, {{[0-9]+}} bytes, in {{[0-9.]+}} s
+// PROGRESS-NEXT: kilnc: wrote {{.*}}.kiln: 4 kernels, 2 plans, 49 weights, {{[0-9]+}} bytes, in {{[0-9.]+}} s
 
 // CHECK: magic b'KILNART\x00' version 10 reserved 0
 // CHECK-NEXT: producer kilnc 0.1.0 source config.json target sm_90a
@@ -25,6 +26,7 @@
 // CHECK-NEXT: kernel kiln_gemm_fp8_m64n64s8c1_tma split_k 1 store tma scale_a tma griddepcontrol wait smem 146688 cubin elf ptx sm_90a
 // CHECK-NEXT: kernel kiln_gemm_fp8_m64n64s8c1_contiguous split_k 1 grouped contiguous scale_a tma griddepcontrol wait smem 160012 cubin elf ptx sm_90a
 // CHECK-NEXT: kernel kiln_gemm_fp8_m128n128s4c2_tma split_k 1 store tma griddepcontrol wait smem 164928 cubin elf ptx sm_90a
+// CHECK-NEXT: kernel kiln_gemm_fp8_m128n64s8c2_contiguous split_k 1 grouped contiguous griddepcontrol wait smem 228492 cubin elf ptx sm_90a
 // CHECK-NEXT: weights 49
 // CHECK-NEXT: plan decode max_tokens 8 max_sequences 8 buffers 92 steps 72
 // CHECK-NEXT: plan prefill max_tokens 256 max_sequences 8 buffers 92 steps 72

@@ -13,7 +13,8 @@
 // CHECK: "kernels": [
 // CHECK-NEXT: {"name": "kiln_gemm_fp8_m64n64s8c1_tma", "block_m": 64, "block_n": 64, "stages": 8, "consumers": 1, "split_k": 1, "store": "tma", "scale_a": "tma", "griddepcontrol": "wait", "shared_memory_bytes": 146688},
 // CHECK-NEXT: {"name": "kiln_gemm_fp8_m64n64s8c1_contiguous", "block_m": 64, "block_n": 64, "stages": 8, "consumers": 1, "split_k": 1, "grouped": "contiguous", "scale_a": "tma", "griddepcontrol": "wait", "shared_memory_bytes": 160012},
-// CHECK-NEXT: {"name": "kiln_gemm_fp8_m128n128s4c2_tma", "block_m": 128, "block_n": 128, "stages": 4, "consumers": 2, "split_k": 1, "store": "tma", "griddepcontrol": "wait", "shared_memory_bytes": 164928}
+// CHECK-NEXT: {"name": "kiln_gemm_fp8_m128n128s4c2_tma", "block_m": 128, "block_n": 128, "stages": 4, "consumers": 2, "split_k": 1, "store": "tma", "griddepcontrol": "wait", "shared_memory_bytes": 164928},
+// CHECK-NEXT: {"name": "kiln_gemm_fp8_m128n64s8c2_contiguous", "block_m": 128, "block_n": 64, "stages": 8, "consumers": 2, "split_k": 1, "grouped": "contiguous", "griddepcontrol": "wait", "shared_memory_bytes": 228492}
 // CHECK-NEXT: ],
 
 // Weights as the checkpoint stores them; kv_b_proj converted to BF16 at
@@ -92,8 +93,10 @@
 // CHECK-NEXT: },
 
 // Prefill: the same ops over 256 tokens, with the large-M kernel for the
-// plain GEMMs; the grouped ones see ceil(1024 / 16) = 64 rows per expert.
+// plain GEMMs; the grouped ones see ceil(1024 / 16) = 64 rows per expert
+// under uniform routing, plus one standard deviation of the multinomial
+// counts, ceil(sqrt(64 * 15 / 16)) = 8: 72 rows, 128-row tiles.
 // CHECK-NEXT: "prefill": {"max_tokens": 256, "max_sequences": 8, "arena_bytes": {{[0-9]+}},
 // CHECK: {"name": "l1.experts_in_q", "dtype": "f8e4m3", "rows": "R", "cols": 256, "offset": {{[0-9]+}}, "bytes": 262144},
 // CHECK: {"op": "gemm", {{.*}} "outputs": [{"buffer":"l0.q_a"}], {{.*}} "kernel": "kiln_gemm_fp8_m128n128s4c2_tma"
-// CHECK: {"op": "grouped_gemm", {{.*}} "kernel": "kiln_gemm_fp8_m64n64s8c1_contiguous"
+// CHECK: {"op": "grouped_gemm", {{.*}} "kernel": "kiln_gemm_fp8_m128n64s8c2_contiguous"

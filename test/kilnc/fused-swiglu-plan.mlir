@@ -30,17 +30,19 @@
 // CHECK-NOT: "buffer":"l1.experts_gate"
 
 // Prefill: one fused grouped_gemm into the E4M3 [R, I] codes and their
-// grouped scales, then the down projection; no BF16 intermediate.
+// grouped scales, then the down projection; no BF16 intermediate. Its
+// groups are 64 + 8 rows (mean and spread of the routed counts): 128-row
+// tiles.
 // CHECK: "prefill": {
 // CHECK-NOT: "name": "l1.experts_act_act"
 // CHECK: {"name": "l1.experts_act_q", "dtype": "f8e4m3", "rows": "R", "cols": 256,
 // CHECK: {"op": "moe_dispatch",
-// CHECK-NEXT: {"op": "grouped_gemm", "inputs": [{"buffer":"l1.experts_in_q"},{"buffer":"l1.experts_in_s"},{"buffer":"l1.experts_in_offsets"}], "outputs": [{"buffer":"l1.experts_act_q"},{"buffer":"l1.experts_act_s"}], "weights": ["model.layers.1.mlp.experts.{e}.gate_proj.weight","model.layers.1.mlp.experts.{e}.up_proj.weight"], "kernel": "kiln_gemm_fp8_m64n128s8c1_contiguous_swiglu_quantize", "attrs": {}},
+// CHECK-NEXT: {"op": "grouped_gemm", "inputs": [{"buffer":"l1.experts_in_q"},{"buffer":"l1.experts_in_s"},{"buffer":"l1.experts_in_offsets"}], "outputs": [{"buffer":"l1.experts_act_q"},{"buffer":"l1.experts_act_s"}], "weights": ["model.layers.1.mlp.experts.{e}.gate_proj.weight","model.layers.1.mlp.experts.{e}.up_proj.weight"], "kernel": "kiln_gemm_fp8_m128n128s4c2_contiguous_swiglu_quantize", "attrs": {}},
 // CHECK-NEXT: {"op": "grouped_gemm", "inputs": [{"buffer":"l1.experts_act_q"},{"buffer":"l1.experts_act_s"},{"buffer":"l1.experts_in_offsets"}], "outputs": [{"buffer":"l1.experts_down"}]
 // CHECK-NOT: "buffer":"l1.experts_gate"
 // CHECK-NOT: "buffer":"l1.experts_up"
 // CHECK: {"op": "moe_dispatch",
-// CHECK-NEXT: {"op": "grouped_gemm", {{.*}} "outputs": [{"buffer":"l2.experts_act_q"},{"buffer":"l2.experts_act_s"}], "weights": ["model.layers.2.mlp.experts.{e}.gate_proj.weight","model.layers.2.mlp.experts.{e}.up_proj.weight"], "kernel": "kiln_gemm_fp8_m64n128s8c1_contiguous_swiglu_quantize"
+// CHECK-NEXT: {"op": "grouped_gemm", {{.*}} "outputs": [{"buffer":"l2.experts_act_q"},{"buffer":"l2.experts_act_s"}], "weights": ["model.layers.2.mlp.experts.{e}.gate_proj.weight","model.layers.2.mlp.experts.{e}.up_proj.weight"], "kernel": "kiln_gemm_fp8_m128n128s4c2_contiguous_swiglu_quantize"
 // CHECK-NEXT: {"op": "grouped_gemm", "inputs": [{"buffer":"l2.experts_act_q"},{"buffer":"l2.experts_act_s"},{"buffer":"l2.experts_in_offsets"}]
 // CHECK-NOT: "buffer":"l2.experts_gate"
 // CHECK-NOT: "buffer":"l2.experts_up"
@@ -55,7 +57,7 @@
 // Expert parallel: the fused GEMM reads the rank's slot-major rows.
 // EP: "prefill": {
 // EP: {"op": "ep_group",
-// EP-NEXT: {"op": "grouped_gemm", {{.*}} "weights": ["model.layers.1.mlp.experts.{e}.gate_proj.weight","model.layers.1.mlp.experts.{e}.up_proj.weight"], "kernel": "kiln_gemm_fp8_m64n128s8c1_contiguous_swiglu_quantize"
+// EP-NEXT: {"op": "grouped_gemm", {{.*}} "weights": ["model.layers.1.mlp.experts.{e}.gate_proj.weight","model.layers.1.mlp.experts.{e}.up_proj.weight"], "kernel": "kiln_gemm_fp8_m128n128s4c2_contiguous_swiglu_quantize"
 // EP-NEXT: {"op": "grouped_gemm",
 
 // TINY-NOT: _swiglu

@@ -1130,11 +1130,19 @@ TEST(ArtifactTest, RejectsTmaStoreOnKernelsThatCannotHaveIt) {
       invalidBecause(
           [](kiln::Artifact &a) { a.kernels[5].store = "stmatrix"; }),
       {"kiln_gemm_m128n192s4c2_tma", "\"stmatrix\"", "is not \"tma\""});
-  // Grouped kernels store with TMA only at block_n 128.
-  expectMentions(invalidBecause([](kiln::Artifact &a) {
-                   a.kernels[5].grouped = "contiguous";
-                 }),
-                 {"kiln_gemm_m128n192s4c2_tma", "\"tma\"", "128 if grouped"});
+  // Grouped kernels store with TMA from block_n 128 on (the 64-column
+  // tiles' single consumer would spill with the staging).
+  expectMentions(
+      invalidBecause([](kiln::Artifact &a) {
+        a.kernels[5].grouped = "contiguous";
+        a.kernels[5].blockN = 64;
+      }),
+      {"kiln_gemm_m128n192s4c2_tma", "\"tma\"", "at least 128 if grouped"});
+  // A grouped 128x192 kernel that stores with TMA is what kilnc picks for
+  // the prefill's routed down projection.
+  kiln::Artifact wide = realisticArtifact();
+  wide.kernels[5].grouped = "contiguous";
+  EXPECT_NO_THROW(kiln::validateArtifact(wide, "v.kiln"));
   expectMentions(
       invalidBecause([](kiln::Artifact &a) { a.kernels[5].splitK = 2; }),
       {"kiln_gemm_m128n192s4c2_tma", "split_k 1"});

@@ -27,6 +27,7 @@
 #include "kiln/Transforms/Passes.h"
 
 #include "llvm/ADT/bit.h"
+#include <cmath>
 
 namespace kiln {
 #define GEN_PASS_DEF_KILNSELECTGEMMCONFIG
@@ -344,7 +345,14 @@ struct SelectGemmConfigPass
     // sees the rows of its group: C in the masked layout (all G groups
     // counted as full), and in the contiguous layout the mean under uniform
     // routing over the min(G, T) groups that can have rows, ceil(T / that)
-    // (T = tokens * top_k routed rows): at decode, 8 groups of 1 row.
+    // (T = tokens * top_k routed rows), plus one standard deviation of the
+    // multinomial counts, ceil(sqrt(mean * (1 - 1 / groups))): at decode, 8
+    // groups of 1 (+1) row. Routed groups are rarely the mean: at a 4096-
+    // token prefill (32768 rows over 256 experts, 128 ± 11) half of them
+    // spill into a second 128-row tile, and the tiles chosen for exactly 128
+    // rows (128x64, the M <= 128 rule) ran the down projection in 2190 us
+    // against 1507 for the 128x192 ones that 140 rows choose (1472 and 1479
+    // with balanced groups; bench/results/grouped-routed-h100.md).
     getOperation().walk([](kiln::GroupedScaledMatmulOp op) {
       if (op->hasAttr("gemm_config"))
         return;
@@ -357,7 +365,9 @@ struct SelectGemmConfigPass
           rows = ShapedType::kDynamic;
         } else {
           groups = std::max<int64_t>(1, std::min(groups, rows));
-          rows = std::max<int64_t>(1, ceilDiv(rows, groups));
+          int64_t mean = std::max<int64_t>(1, ceilDiv(rows, groups));
+          rows = mean + static_cast<int64_t>(std::ceil(std::sqrt(
+                            double(mean) * (1.0 - 1.0 / double(groups)))));
         }
       } else if (op.getLayout() == kiln::GroupLayout::Contiguous) {
         groups = ShapedType::kDynamic;
