@@ -546,7 +546,13 @@ TEST_F(ModelKernelsOnGpu, MatmulF32) {
       {6, 70, 7168, 7168, true},
       // N ≥ 4096: a warp per 4 columns over all of K (below: K split
       // across a block's warps; misaligned: scalar loads).
-      {2, 4100, 1024, 1024, false}};
+      {2, 4100, 1024, 1024, false},
+      // Where 64 x 64 blocks make 128 or more: the tiled product, 16-deep K
+      // slices (a partial last one at K = 1032), partial tiles in both
+      // directions; misaligned rows keep the scalar path.
+      {2048, 256, 1024, 1024, false},
+      {200, 2500, 1032, 1036, false},
+      {130, 4000, 512, 512, true}};
   for (const Case &c : cases) {
     std::vector<float> x = normals(c.rows * c.stride + 1);
     std::vector<float> w = fromBF16(toBF16(normals(c.n * c.k, 0.05f)));
@@ -1254,12 +1260,16 @@ TEST_F(ModelKernelsOnGpu, Timings) {
                          matrix(ElementType::F32, T, n, n, out));
     });
   }
-  // Router gate for a prefill chunk: N 256, K 7168, T 256.
-  CUdeviceptr xs = alloc(256 * k * 4, 0x3F800000);
-  time("matmulF32 router T=256 N=256", 256.0 * k * 2, [&] {
-    kernels->matmulF32(nullptr, matrix(ElementType::F32, 256, k, k, xs), w, 256,
-                       matrix(ElementType::F32, 256, 256, 256, out));
-  });
+  // Router gate for a prefill chunk: N 256, K 7168, T 256 and 4096.
+  CUdeviceptr xs = alloc(4096 * k * 4, 0x3F800000);
+  CUdeviceptr routerOut = alloc(4096 * 256 * 4);
+  for (int64_t T : {256, 2048, 4096}) {
+    std::string what = "matmulF32 router T=" + std::to_string(T) + " N=256";
+    time(what.c_str(), double(T) * k * 4, [&] {
+      kernels->matmulF32(nullptr, matrix(ElementType::F32, T, k, k, xs), w, 256,
+                         matrix(ElementType::F32, T, 256, 256, routerOut));
+    });
+  }
   // RMSNorm + quantize of 256 rows of 7168.
   QuantizedMatrix q;
   q.values = alloc(256 * k);

@@ -563,6 +563,7 @@ enum Kernel {
   kMatmulSplitKT2,
   kMatmulSplitKT4,
   kMatmulSplitKT8,
+  kMatmulTiled,
   kMlaAppendBF16,
   kMlaAppendF8,
   kMlaAttentionBF16,
@@ -606,6 +607,7 @@ constexpr std::array<const char *, kKernelCount> kKernelNames = {
     "kiln_matmul_f32_split_k_t2",
     "kiln_matmul_f32_split_k_t4",
     "kiln_matmul_f32_split_k_t8",
+    "kiln_matmul_f32_tiled",
     "kiln_mla_append_bf16",
     "kiln_mla_append_f8",
     "kiln_mla_attention_bf16",
@@ -634,6 +636,14 @@ constexpr unsigned kMatmulBlockColumns = 32;
 constexpr unsigned kMatmulColumnsPerWarp = 4;
 /// Below 4096 columns (128 blocks of 32) the split-K product runs instead.
 constexpr int64_t kMatmulSplitKBelowColumns = 4096;
+/// The tiled product (kernels/dense.cuh) reads x once per 64 columns where
+/// the others read it once per 4 or 32; it runs where its 64 x 64 blocks
+/// make about a wave and its token tiles are full (a prefill chunk's router
+/// gate from 2048 tokens, the output head from 64 rows; fewer rows stream W
+/// once on the kernels above without padding FMAs).
+constexpr int64_t kMatmulTiledMinBlocks = 128;
+constexpr unsigned kMatmulTiledThreads = 256; // dense.cuh kTiledThreads
+constexpr int64_t kMatmulTiledTokens = 64, kMatmulTiledColumns = 64;
 constexpr unsigned kMlaThreads = 256;
 constexpr unsigned kRouteThreads = 256;
 constexpr unsigned kDispatchThreads = 1024;
@@ -815,6 +825,17 @@ void ModelKernels::matmulF32(CUstream stream, const DeviceMatrix &x,
   int tokens = x.rows <= 1 ? 1 : x.rows <= 2 ? 2 : x.rows <= 4 ? 4 : 8;
   int index = tokens == 1 ? 0 : tokens == 2 ? 1 : tokens == 4 ? 2 : 3;
   const bool vector = detail::matmulVectorizable(x, weight);
+  if (vector && x.rows >= kMatmulTiledTokens &&
+      int64_t(gridFor(n, kMatmulTiledColumns)) *
+              gridFor(x.rows, kMatmulTiledTokens) >=
+          kMatmulTiledMinBlocks) {
+    // A prefill chunk's router gate: 4096 x 256 x 7168 in 1.34 ms on the
+    // split-K product (x re-read per 4 columns), see dense.cuh.
+    impl->launch(kMatmulTiled, gridFor(n, kMatmulTiledColumns),
+                 gridFor(x.rows, kMatmulTiledTokens), kMatmulTiledThreads, 0,
+                 stream, p);
+    return;
+  }
   if (vector && n < kMatmulSplitKBelowColumns) {
     // Too few columns to fill the GPU a warp per 4 columns (the router gate:
     // 8 blocks): a block per 4 columns with K split across its warps.
