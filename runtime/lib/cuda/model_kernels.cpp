@@ -642,7 +642,7 @@ constexpr int64_t kMatmulSplitKBelowColumns = 4096;
 /// gate from 2048 tokens, the output head from 64 rows; fewer rows stream W
 /// once on the kernels above without padding FMAs).
 constexpr int64_t kMatmulTiledMinBlocks = 128;
-constexpr unsigned kMatmulTiledThreads = 256; // dense.cuh kTiledThreads
+constexpr unsigned kMatmulTiledThreads = 128; // dense.cuh kTiledThreads
 constexpr int64_t kMatmulTiledTokens = 64, kMatmulTiledColumns = 64;
 constexpr unsigned kMlaThreads = 256;
 constexpr unsigned kRouteThreads = 256;

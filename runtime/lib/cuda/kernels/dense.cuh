@@ -320,67 +320,80 @@ __device__ __forceinline__ void matmulF32SplitK(const MatmulParams &p) {
 
 // Many tokens (a prefill chunk's router gate: 4096 x 256 x 7168, 15
 // GFLOP) re-read x once per 4 columns in the layouts above, 117 MB each
-// time: 1.34 ms. The tiled product reads x once per 64 columns: a block owns
-// 64 tokens x 64 columns, stages 16-deep K slices of x (f32) and W (bf16
-// made f32) in shared memory, double-buffered through registers, and each
-// thread accumulates a 4 x 4 tile with FMAs in K order (one chain per
-// output, so every launch gives the same bits). A warp's 32 threads cover 8
-// token groups x 4 column groups: per k step two shared-memory wavefronts
-// (x and W, both broadcast within their groups) for 512 FMAs. 4 x 4 rather
-// than 8 x 8 tiles, for warps enough to hide the loads: the router has only
-// T x 256 outputs (8 x 8 tiles: 3.9 warps an SM at T = 4096, 1.0 ms).
+// time: 1.34 ms; a SIMT tile of 64 x 64 reached 0.71 ms (21 TFLOP/s). This
+// one runs on the tensor cores in TF32 at FP32 accuracy: W (bf16) is exact
+// in TF32, and x = hi + lo with hi = tf32(x), lo = tf32(x - hi), so x · W =
+// hi · W + lo · W with every product exact and only |x| 2^-22 of x lost
+// (FP32 keeps 2^-24). A block owns 64 tokens x 64 columns; 16-deep K
+// slices of x (f32) and W (bf16 made f32) sit in shared memory,
+// double-buffered through registers; four warps of 32 x 32, each k8 step
+// two m16n8k8 mma per 16 x 8 tile (hi, then lo) into FP32 accumulators.
 constexpr int kTiledTokens = 64;
 constexpr int kTiledColumns = 64;
 constexpr int kTiledK = 16;
-constexpr int kTiledThreads = 256;
+constexpr int kTiledStride = kTiledK + 4; // conflict-free fragment reads
+constexpr int kTiledThreads = 128;
+
+__device__ __forceinline__ unsigned toTf32(float value) {
+  unsigned bits;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(bits) : "f"(value));
+  return bits;
+}
+
+__device__ __forceinline__ void mmaTf32(float (&d)[4], const unsigned (&a)[4],
+                                        unsigned b0, unsigned b1) {
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 
 __device__ __forceinline__ void matmulF32Tiled(const MatmulParams &p) {
-  __shared__ __align__(16) float xs[2][kTiledK][kTiledTokens];
-  __shared__ __align__(16) float ws[2][kTiledK][kTiledColumns];
+  __shared__ __align__(16) float xs[2][kTiledTokens][kTiledStride];
+  __shared__ __align__(16) float ws[2][kTiledColumns][kTiledStride];
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  // Warps: 2 along tokens x 4 along columns, each 32 tokens x 16 columns;
-  // lanes: 8 x 4 of 4 x 4 tiles.
-  const int tokenBase = (warp / 4) * 32 + (lane / 4) * 4;
-  const int columnBase = (warp % 4) * 16 + (lane % 4) * 4;
+  const int g = lane / 4, t = lane % 4;
+  const int warpTokens = (warp / 2) * 32, warpColumns = (warp % 2) * 32;
   const long long firstToken =
       static_cast<long long>(blockIdx.y) * kTiledTokens;
   const long long firstColumn =
       static_cast<long long>(blockIdx.x) * kTiledColumns;
 
-  // Loads: thread t copies x[token t / 4][k + 4 (t % 4) .. + 4) and
-  // W[column t / 4][k + 4 (t % 4) .. + 4). Rows past the ends read the last
+  // Loads: thread i copies x[token i / 2][k + 8 (i % 2) .. + 8) and
+  // W[column i / 2][k + 8 (i % 2) .. + 8). Rows past the ends read the last
   // valid row (their sums are dropped); K is a multiple of 8, so a last
-  // partial slice reads whole zero quarters.
-  const int loadRow = threadIdx.x / 4, loadK = 4 * (threadIdx.x % 4);
+  // partial slice reads a whole zero half.
+  const int loadRow = threadIdx.x / 2, loadK = 8 * (threadIdx.x % 2);
   const float *xRow = pointer<const float>(p.x.data) +
                       min(firstToken + loadRow, p.rows - 1) * p.x.stride;
   const unsigned short *wRow = pointer<const unsigned short>(p.weight) +
                                min(firstColumn + loadRow, p.n - 1) * p.k;
-  float4 xNext, wNext;
+  float4 xNext[2];
+  uint4 wNext;
   auto fetch = [&](long long k0) {
     long long k = k0 + loadK;
     bool inside = k < p.k;
-    xNext = inside ? __ldg(reinterpret_cast<const float4 *>(xRow + k))
-                   : make_float4(0, 0, 0, 0);
-    uint2 packed = inside ? __ldg(reinterpret_cast<const uint2 *>(wRow + k))
-                          : make_uint2(0, 0);
-    wNext = make_float4(__uint_as_float(packed.x << 16),
-                        __uint_as_float(packed.x & 0xFFFF0000u),
-                        __uint_as_float(packed.y << 16),
-                        __uint_as_float(packed.y & 0xFFFF0000u));
+    xNext[0] = inside ? __ldg(reinterpret_cast<const float4 *>(xRow + k))
+                      : make_float4(0, 0, 0, 0);
+    xNext[1] = inside ? __ldg(reinterpret_cast<const float4 *>(xRow + k + 4))
+                      : make_float4(0, 0, 0, 0);
+    wNext = inside ? __ldg(reinterpret_cast<const uint4 *>(wRow + k))
+                   : make_uint4(0, 0, 0, 0);
   };
   auto stash = [&](int stage) {
-    xs[stage][loadK][loadRow] = xNext.x;
-    xs[stage][loadK + 1][loadRow] = xNext.y;
-    xs[stage][loadK + 2][loadRow] = xNext.z;
-    xs[stage][loadK + 3][loadRow] = xNext.w;
-    ws[stage][loadK][loadRow] = wNext.x;
-    ws[stage][loadK + 1][loadRow] = wNext.y;
-    ws[stage][loadK + 2][loadRow] = wNext.z;
-    ws[stage][loadK + 3][loadRow] = wNext.w;
+    float *x = &xs[stage][loadRow][loadK];
+    *reinterpret_cast<float4 *>(x) = xNext[0];
+    *reinterpret_cast<float4 *>(x + 4) = xNext[1];
+    unsigned words[4] = {wNext.x, wNext.y, wNext.z, wNext.w};
+    float *w = &ws[stage][loadRow][loadK];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      w[2 * i] = __uint_as_float(words[i] << 16);
+      w[2 * i + 1] = __uint_as_float(words[i] & 0xFFFF0000u);
+    }
   };
 
-  float sum[4][4] = {};
+  float sum[2][4][4] = {};
   const long long steps = (p.k + kTiledK - 1) / kTiledK;
   fetch(0);
   stash(0);
@@ -390,16 +403,28 @@ __device__ __forceinline__ void matmulF32Tiled(const MatmulParams &p) {
     if (step + 1 < steps)
       fetch((step + 1) * kTiledK);
 #pragma unroll
-    for (int kk = 0; kk < kTiledK; ++kk) {
-      float4 xv = *reinterpret_cast<const float4 *>(&xs[stage][kk][tokenBase]);
-      float4 wv = *reinterpret_cast<const float4 *>(&ws[stage][kk][columnBase]);
-      float xa[4] = {xv.x, xv.y, xv.z, xv.w};
-      float wa[4] = {wv.x, wv.y, wv.z, wv.w};
+    for (int kk = 0; kk < kTiledK; kk += 8) {
+      unsigned hi[2][4], lo[2][4];
 #pragma unroll
-      for (int t = 0; t < 4; ++t)
+      for (int mt = 0; mt < 2; ++mt) {
+        const float *x = &xs[stage][warpTokens + 16 * mt + g][kk + t];
+        float v[4] = {x[0], x[8 * kTiledStride], x[4], x[8 * kTiledStride + 4]};
 #pragma unroll
-        for (int c = 0; c < 4; ++c)
-          sum[t][c] = fmaf(xa[t], wa[c], sum[t][c]);
+        for (int i = 0; i < 4; ++i) {
+          hi[mt][i] = toTf32(v[i]);
+          lo[mt][i] = toTf32(v[i] - __uint_as_float(hi[mt][i]));
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const float *w = &ws[stage][warpColumns + 8 * nt + g][kk + t];
+        unsigned b0 = __float_as_uint(w[0]), b1 = __float_as_uint(w[4]);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          mmaTf32(sum[mt][nt], hi[mt], b0, b1);
+          mmaTf32(sum[mt][nt], lo[mt], b0, b1);
+        }
+      }
     }
     if (step + 1 < steps) {
       // The other stage was last read a step ago: every thread passed this
@@ -409,17 +434,22 @@ __device__ __forceinline__ void matmulF32Tiled(const MatmulParams &p) {
     }
   }
 #pragma unroll
-  for (int t = 0; t < 4; ++t) {
-    long long token = firstToken + tokenBase + t;
-    if (token >= p.rows)
-      continue;
+  for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      long long column = firstColumn + columnBase + c;
-      if (column < p.n)
-        pointer<float>(p.out.data)[token * p.out.stride + column] = sum[t][c];
+    for (int half = 0; half < 2; ++half) {
+      long long token = firstToken + warpTokens + 16 * mt + g + 8 * half;
+      if (token >= p.rows)
+        continue;
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          long long column = firstColumn + warpColumns + 8 * nt + 2 * t + e;
+          if (column < p.n)
+            pointer<float>(p.out.data)[token * p.out.stride + column] =
+                sum[mt][nt][2 * half + e];
+        }
     }
-  }
 }
 
 extern "C" __global__ void __launch_bounds__(kTiledThreads)
