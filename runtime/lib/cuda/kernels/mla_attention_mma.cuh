@@ -85,6 +85,29 @@ __device__ __forceinline__ unsigned packBF16(float low, float high) {
          (static_cast<unsigned>(toBF16(high)) << 16);
 }
 
+/// Stores a warp's m16n8 accumulator tiles as BF16 pairs: tile (mt, nt) at
+/// rows row0 + 16 mt.., columns col0 + 8 nt.. of `c` (row stride `stride`),
+/// only inside rows x cols.
+template <int kMTiles, int kNTiles>
+__device__ __forceinline__ void
+storeTilesBF16(const float (&acc)[kMTiles][kNTiles][4], unsigned short *c,
+               long long stride, long long row0, long long col0, long long rows,
+               long long cols) {
+  const int lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        long long row = row0 + 16 * mt + g + 8 * half;
+        long long col = col0 + 8 * nt + 2 * t;
+        if (row < rows && col < cols)
+          *reinterpret_cast<unsigned *>(c + row * stride + col) =
+              packBF16(acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]);
+      }
+}
+
 //===----------------------------------------------------------------------===//
 // Absorption: per-head batched GEMMs over the step's tokens
 //===----------------------------------------------------------------------===//
@@ -217,19 +240,7 @@ __device__ __forceinline__ void mlaAbsorb(const MlaParams &p) {
         static_cast<long long>(head) * p.kvLoraRank;
     cStride = static_cast<long long>(p.heads) * p.kvLoraRank;
   }
-  const int g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        long long row = m0 + warpM + 16 * mt + g + 8 * half;
-        int col = n0 + warpN + 8 * nt + 2 * t;
-        if (row < p.tokens && col < n)
-          *reinterpret_cast<unsigned *>(c + row * cStride + col) =
-              packBF16(acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]);
-      }
+  storeTilesBF16(acc, c, cStride, m0 + warpM, n0 + warpN, p.tokens, n);
 }
 
 //===----------------------------------------------------------------------===//

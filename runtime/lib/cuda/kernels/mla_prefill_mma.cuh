@@ -151,20 +151,8 @@ __device__ __forceinline__ void mlaDecompress(const MlaParams &p) {
   }
   asm volatile("cp.async.wait_group 0;\n" ::);
 
-  unsigned short *kv = pointer<unsigned short>(p.workspaceKv);
-  const int g = lane / 4, t = lane % 4;
-#pragma unroll
-  for (int mt = 0; mt < 4; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        long long row = m0 + warpM + 16 * mt + g + 8 * half;
-        long long col = n0 + warpN + 8 * nt + 2 * t;
-        if (row < bound && col < n)
-          *reinterpret_cast<unsigned *>(kv + row * n + col) =
-              packBF16(acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]);
-      }
+  storeTilesBF16(acc, pointer<unsigned short>(p.workspaceKv), n, m0 + warpM,
+                 n0 + warpN, bound, n);
 }
 
 /// Causal flash attention of 256 query tokens × one head over the
