@@ -287,6 +287,8 @@ using kiln::testing::kPoisonI32;
 
 class ModelKernelsOnGpu : public kiln::testing::ModelKernelsGpuTest {
 protected:
+  /// rmsNormQuantize of `rows` x 7168 against the CPU's rmsNorm + quantize.
+  void checkRmsNormQuantize(int64_t rows);
   std::vector<float> normals(size_t count, float sigma = 1.0f) {
     std::normal_distribution<float> normal(0.0f, sigma);
     std::vector<float> values(count);
@@ -354,7 +356,9 @@ TEST_F(ModelKernelsOnGpu, RmsNorm) {
   for (int64_t cols : {7168, 200}) {
     for (ElementType inType : {ElementType::F32, ElementType::BF16}) {
       for (ElementType outType : {ElementType::F32, ElementType::BF16}) {
-        const int64_t rows = 5, inStride = cols + 8, outStride = cols + 4;
+        // 5 rows: a 1024-thread block per row; 520: 256 threads per row.
+        const int64_t rows = cols == 200 ? 520 : 5, inStride = cols + 8,
+                      outStride = cols + 4;
         std::vector<float> x = normals(rows * inStride, 3.0f);
         std::vector<float> weight = fromBF16(toBF16(normals(cols)));
         CUdeviceptr xDevice;
@@ -499,7 +503,13 @@ TEST_F(ModelKernelsOnGpu, QuantizeWritesGroupedScales) {
 }
 
 TEST_F(ModelKernelsOnGpu, RmsNormQuantize) {
-  const int64_t rows = 6, cols = 7168;
+  // 6 rows: a 1024-thread block per row; 600: 256 threads per row.
+  for (int64_t rows : {6, 600})
+    checkRmsNormQuantize(rows);
+}
+
+void ModelKernelsOnGpu::checkRmsNormQuantize(int64_t rows) {
+  const int64_t cols = 7168;
   std::vector<float> x = normals(rows * cols, 4.0f);
   std::vector<float> weight = fromBF16(toBF16(normals(cols)));
   std::vector<float> normed(rows * cols);

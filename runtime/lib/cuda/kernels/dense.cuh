@@ -81,12 +81,29 @@ extern "C" __global__ void __launch_bounds__(kNormThreads)
   int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   for (long long tile = warp; tile < scaleTiles(p.cols);
        tile += blockDim.x / kWarpSize) {
+    // A lane's four columns by one vector load each of x and the weights
+    // where they are whole and aligned (a warp then reads 512 contiguous
+    // bytes, not four strided passes); the values are the same either way.
     float values[4];
-    for (int i = 0; i < 4; ++i) {
-      long long c = tile * kScaleBlock + lane * 4 + i;
-      values[i] = c < p.cols ? bf16Bits(weight[c]) *
-                                   (loadF32OrBF16(p.x, row, c) * scale)
-                             : 0.0f;
+    const long long first = tile * kScaleBlock + lane * 4;
+    const unsigned short *w = weight + first;
+    if (first + 3 < p.cols &&
+        (reinterpret_cast<unsigned long long>(w) & 7) == 0) {
+      float x[4];
+      loadFourF32OrBF16(p.x, row, first, x);
+      uint2 bits = *reinterpret_cast<const uint2 *>(w);
+      float ws[4] = {
+          __uint_as_float(bits.x << 16), __uint_as_float(bits.x & 0xFFFF0000u),
+          __uint_as_float(bits.y << 16), __uint_as_float(bits.y & 0xFFFF0000u)};
+      for (int i = 0; i < 4; ++i)
+        values[i] = ws[i] * (x[i] * scale);
+    } else {
+      for (int i = 0; i < 4; ++i) {
+        long long c = first + i;
+        values[i] = c < p.cols ? bf16Bits(weight[c]) *
+                                     (loadF32OrBF16(p.x, row, c) * scale)
+                               : 0.0f;
+      }
     }
     quantizeTile(p.q, row, tile, values, slot);
   }
