@@ -76,34 +76,39 @@ __device__ __forceinline__ void mlaDecompress(const MlaParams &p) {
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int warpM = (warp & 1) * 64, warpN = (warp >> 1) * 32;
 
-  // Each thread copies 16 bytes of two A rows and two B rows per stage:
-  // rows loadRow and loadRow + 64, columns 8 · loadChunk.
-  const int loadRow = threadIdx.x / 4, loadChunk = threadIdx.x % 4;
-  const unsigned short *aRow[2], *bRow[2];
-  for (int i = 0; i < 2; ++i) {
-    long long position = m0 + loadRow + 64 * i;
+  // Each thread copies 16 bytes of kPasses A rows and kPasses B rows per
+  // stage: rows loadRow + kRowsPerPass i, columns 8 · loadChunk.
+  constexpr int kChunks = kDecompressK / 8;
+  constexpr int kRowsPerPass = kDecompressThreads / kChunks;
+  constexpr int kPasses = kDecompressM / kRowsPerPass;
+  static_assert(kDecompressM == kDecompressN);
+  const int loadRow = threadIdx.x / kChunks, loadChunk = threadIdx.x % kChunks;
+  // A's rows come through the page table (looked up once); B's are
+  // computed where used, which keeps the kernel within 128 registers.
+  const unsigned short *aRow[kPasses];
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i) {
+    long long position = m0 + loadRow + kRowsPerPass * i;
     aRow[i] = position < bound
                   ? pointer<const unsigned short>(p.cache) +
                         cacheRow(p, slot, static_cast<int>(position)) * width
                   : nullptr;
-    long long row = n0 + loadRow + 64 * i;
-    bRow[i] =
-        row < n ? pointer<const unsigned short>(p.kvB) + row * k : nullptr;
   }
+  const unsigned short *kvB = pointer<const unsigned short>(p.kvB);
   auto load = [&](int stage, int k0) {
     unsigned short *as = decompressShared + stage * kStageElements;
     unsigned short *bs = as + kDecompressM * kDecompressStride;
     int col = k0 + 8 * loadChunk;
-    for (int i = 0; i < 2; ++i) {
-      int row = loadRow + 64 * i;
-      bool aValid = aRow[i] && col < k, bValid = bRow[i] && col < k;
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      int row = loadRow + kRowsPerPass * i;
+      bool aValid = aRow[i] && col < k, bValid = n0 + row < n && col < k;
       copyAsync16(as + row * kDecompressStride + 8 * loadChunk,
                   aValid ? aRow[i] + col
                          : pointer<const unsigned short>(p.cache),
                   aValid);
       copyAsync16(bs + row * kDecompressStride + 8 * loadChunk,
-                  bValid ? bRow[i] + col : pointer<const unsigned short>(p.kvB),
-                  bValid);
+                  bValid ? kvB + (n0 + row) * k + col : kvB, bValid);
     }
   };
 

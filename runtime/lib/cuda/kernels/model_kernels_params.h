@@ -132,13 +132,13 @@ constexpr int kAbsorbThreads = 128;
 
 /// The decompressed prefill path (mla_prefill_mma.cuh) for a step of one
 /// sequence: kv_b_proj expands the cached latents of positions [0, context)
-/// once into per-head K_nope and V (a 128×128×32-tiled BF16 GEMM, three
+/// once into per-head K_nope and V (a 128×128×64-tiled BF16 GEMM, three
 /// cp.async stages), then a causal flash attention runs one block per (256
 /// query tokens, head) over 64-position tiles of [K_nope ‖ k_pe] (nope ≤
 /// 128, rope ≤ 64, padded to 192 columns) and V (≤ 128 columns).
 constexpr int kDecompressM = 128;
 constexpr int kDecompressN = 128;
-constexpr int kDecompressK = 32;
+constexpr int kDecompressK = 64;
 constexpr int kDecompressStages = 3;
 constexpr int kDecompressStride = kDecompressK + 8;
 constexpr int kDecompressThreads = 256;
