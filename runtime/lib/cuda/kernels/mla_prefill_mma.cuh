@@ -259,6 +259,16 @@ __device__ __forceinline__ void mlaPrefill(const MlaParams &p) {
   asm volatile("cp.async.wait_group 0;\n" ::);
   __syncthreads();
   const int last = tileLargest;
+  // This warp's last position: tiles past it are masked for all its rows
+  // (the causal diagonal of a 256-token block spans four 64-position
+  // tiles), so the warp skips their products and only keeps the barriers.
+  int warpLast = rowPosition[0][0];
+#pragma unroll
+  for (int mt = 0; mt < kPrefillWarpTiles; ++mt)
+    warpLast = max(warpLast, max(rowPosition[mt][0], rowPosition[mt][1]));
+#pragma unroll
+  for (int offset = 1; offset < kWarpSize; offset *= 2)
+    warpLast = max(warpLast, __shfl_xor_sync(kFullMask, warpLast, offset));
 
   // Tile rows: kLoaders threads per position, K_nope ‖ k_pe and V chunks
   // split between them; positions past the tile's last are zero rows (P is
@@ -324,98 +334,102 @@ __device__ __forceinline__ void mlaPrefill(const MlaParams &p) {
         ks + (tile & 1) * kPrefillTile * kPrefillQkStride;
     const unsigned short *vt = vs + (tile & 1) * kPrefillTile * kPrefillVStride;
 
-    // S = Q · Kᵀ: the warp's rows × 64 positions; each K fragment serves
-    // all of the warp's 16-row tiles (shared-memory reads bound this loop).
-    float s[kTiles][kPrefillTile / 8][4] = {};
+    if (tile * kPrefillTile <= warpLast) {
+      // S = Q · Kᵀ: the warp's rows × 64 positions; each K fragment serves
+      // all of the warp's 16-row tiles (shared-memory reads bound this loop).
+      float s[kTiles][kPrefillTile / 8][4] = {};
 #pragma unroll
-    for (int kk = 0; kk < kPrefillQk / 16; ++kk) {
-      unsigned a[kTiles][4];
+      for (int kk = 0; kk < kPrefillQk / 16; ++kk) {
+        unsigned a[kTiles][4];
 #pragma unroll
-      for (int mt = 0; mt < kTiles; ++mt)
-        ldmatrixX4(a[mt], qWarp + 16 * mt * kPrefillQkStride + 16 * kk);
+        for (int mt = 0; mt < kTiles; ++mt)
+          ldmatrixX4(a[mt], qWarp + 16 * mt * kPrefillQkStride + 16 * kk);
 #pragma unroll
-      for (int np = 0; np < kPrefillTile / 16; ++np) {
-        unsigned b[4];
-        ldmatrixX4(b, kt +
-                          (16 * np + (lane & 7) + (lane >> 4) * 8) *
-                              kPrefillQkStride +
-                          16 * kk + ((lane >> 3) & 1) * 8);
+        for (int np = 0; np < kPrefillTile / 16; ++np) {
+          unsigned b[4];
+          ldmatrixX4(b, kt +
+                            (16 * np + (lane & 7) + (lane >> 4) * 8) *
+                                kPrefillQkStride +
+                            16 * kk + ((lane >> 3) & 1) * 8);
 #pragma unroll
-        for (int mt = 0; mt < kTiles; ++mt) {
-          mma(s[mt][2 * np], a[mt], b[0], b[1]);
-          mma(s[mt][2 * np + 1], a[mt], b[2], b[3]);
+          for (int mt = 0; mt < kTiles; ++mt) {
+            mma(s[mt][2 * np], a[mt], b[0], b[1]);
+            mma(s[mt][2 * np + 1], a[mt], b[2], b[3]);
+          }
         }
       }
-    }
-    // Causal mask in the log2 domain; the online softmax per row; P (bf16)
-    // as the A operand of P · V: score tiles 2kk and 2kk + 1 are the k16
-    // step kk's columns 0-7 and 8-15.
-    const int first = tile * kPrefillTile;
-    unsigned pa[kTiles][kPrefillTile / 16][4];
+      // Causal mask in the log2 domain; the online softmax per row; P (bf16)
+      // as the A operand of P · V: score tiles 2kk and 2kk + 1 are the k16
+      // step kk's columns 0-7 and 8-15.
+      const int first = tile * kPrefillTile;
+      unsigned pa[kTiles][kPrefillTile / 16][4];
 #pragma unroll
-    for (int mt = 0; mt < kTiles; ++mt) {
-      float tileMax[2] = {-INFINITY, -INFINITY};
+      for (int mt = 0; mt < kTiles; ++mt) {
+        float tileMax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-      for (int nt = 0; nt < kPrefillTile / 8; ++nt)
+        for (int nt = 0; nt < kPrefillTile / 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          int at = first + 8 * nt + 2 * t + (e & 1);
-          s[mt][nt][e] = at <= rowPosition[mt][e / 2] ? s[mt][nt][e] * scaleLog2
-                                                      : -INFINITY;
-          tileMax[e / 2] = fmaxf(tileMax[e / 2], s[mt][nt][e]);
+          for (int e = 0; e < 4; ++e) {
+            int at = first + 8 * nt + 2 * t + (e & 1);
+            s[mt][nt][e] = at <= rowPosition[mt][e / 2]
+                               ? s[mt][nt][e] * scaleLog2
+                               : -INFINITY;
+            tileMax[e / 2] = fmaxf(tileMax[e / 2], s[mt][nt][e]);
+          }
+        float correction[2], base[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          tileMax[r] =
+              fmaxf(tileMax[r], __shfl_xor_sync(kFullMask, tileMax[r], 1));
+          tileMax[r] =
+              fmaxf(tileMax[r], __shfl_xor_sync(kFullMask, tileMax[r], 2));
+          float newMax = fmaxf(runningMax[mt][r], tileMax[r]);
+          // A row with nothing unmasked yet keeps max -inf: exponents from 0.
+          base[r] = newMax == -INFINITY ? 0.0f : newMax;
+          correction[r] = exp2f(runningMax[mt][r] - base[r]);
+          runningMax[mt][r] = newMax;
+          runningSum[mt][r] *= correction[r];
         }
-      float correction[2], base[2];
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        tileMax[r] =
-            fmaxf(tileMax[r], __shfl_xor_sync(kFullMask, tileMax[r], 1));
-        tileMax[r] =
-            fmaxf(tileMax[r], __shfl_xor_sync(kFullMask, tileMax[r], 2));
-        float newMax = fmaxf(runningMax[mt][r], tileMax[r]);
-        // A row with nothing unmasked yet keeps max -inf: exponents from 0.
-        base[r] = newMax == -INFINITY ? 0.0f : newMax;
-        correction[r] = exp2f(runningMax[mt][r] - base[r]);
-        runningMax[mt][r] = newMax;
-        runningSum[mt][r] *= correction[r];
-      }
+        for (int j = 0; j < kPrefillV / 8; ++j) {
+          o[mt][j][0] *= correction[0];
+          o[mt][j][1] *= correction[0];
+          o[mt][j][2] *= correction[1];
+          o[mt][j][3] *= correction[1];
+        }
 #pragma unroll
-      for (int j = 0; j < kPrefillV / 8; ++j) {
-        o[mt][j][0] *= correction[0];
-        o[mt][j][1] *= correction[0];
-        o[mt][j][2] *= correction[1];
-        o[mt][j][3] *= correction[1];
+        for (int kk = 0; kk < kPrefillTile / 16; ++kk)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float p0 = exp2f(s[mt][2 * kk + h][0] - base[0]);
+            float p1 = exp2f(s[mt][2 * kk + h][1] - base[0]);
+            float p2 = exp2f(s[mt][2 * kk + h][2] - base[1]);
+            float p3 = exp2f(s[mt][2 * kk + h][3] - base[1]);
+            runningSum[mt][0] += p0 + p1;
+            runningSum[mt][1] += p2 + p3;
+            pa[mt][kk][2 * h] = packBF16(p0, p1);
+            pa[mt][kk][2 * h + 1] = packBF16(p2, p3);
+          }
       }
+      // O += P · V: the warp's rows × 128 columns over 64 positions; each V
+      // fragment serves all of the warp's row tiles.
 #pragma unroll
       for (int kk = 0; kk < kPrefillTile / 16; ++kk)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          float p0 = exp2f(s[mt][2 * kk + h][0] - base[0]);
-          float p1 = exp2f(s[mt][2 * kk + h][1] - base[0]);
-          float p2 = exp2f(s[mt][2 * kk + h][2] - base[1]);
-          float p3 = exp2f(s[mt][2 * kk + h][3] - base[1]);
-          runningSum[mt][0] += p0 + p1;
-          runningSum[mt][1] += p2 + p3;
-          pa[mt][kk][2 * h] = packBF16(p0, p1);
-          pa[mt][kk][2 * h + 1] = packBF16(p2, p3);
+        for (int j = 0; j < kPrefillV / 8; j += 2) {
+          unsigned b[4];
+          ldmatrixX4Trans(b,
+                          vt +
+                              (16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8) *
+                                  kPrefillVStride +
+                              8 * j + (lane >> 4) * 8);
+#pragma unroll
+          for (int mt = 0; mt < kTiles; ++mt) {
+            mma(o[mt][j], pa[mt][kk], b[0], b[1]);
+            mma(o[mt][j + 1], pa[mt][kk], b[2], b[3]);
+          }
         }
     }
-    // O += P · V: the warp's rows × 128 columns over 64 positions; each V
-    // fragment serves all of the warp's row tiles.
-#pragma unroll
-    for (int kk = 0; kk < kPrefillTile / 16; ++kk)
-#pragma unroll
-      for (int j = 0; j < kPrefillV / 8; j += 2) {
-        unsigned b[4];
-        ldmatrixX4Trans(b, vt +
-                               (16 * kk + (lane & 7) + ((lane >> 3) & 1) * 8) *
-                                   kPrefillVStride +
-                               8 * j + (lane >> 4) * 8);
-#pragma unroll
-        for (int mt = 0; mt < kTiles; ++mt) {
-          mma(o[mt][j], pa[mt][kk], b[0], b[1]);
-          mma(o[mt][j + 1], pa[mt][kk], b[2], b[3]);
-        }
-      }
     // Every warp is done with this stage before the next iteration's copies
     // refill it.
     __syncthreads();
