@@ -1132,10 +1132,10 @@ std::vector<GroupedCase> parseGroupedCases(const std::string &list,
       usageError("--cases: \"" + item + "\" is not G:R:NxK:DIST");
     bool contiguous = grouping == GemmGrouping::Contiguous;
     bool known =
-        contiguous ? (c.distribution == "balanced" ||
-                      c.distribution == "skewed" ||
-                      c.distribution == "random" || c.distribution == "routed")
-                   : (c.distribution == "full" || c.distribution == "random");
+        contiguous
+            ? (c.distribution == "balanced" || c.distribution == "skewed" ||
+               c.distribution == "random" || c.distribution == "routed")
+            : (c.distribution == "full" || c.distribution == "random");
     if (!known)
       usageError("--cases: " + item + ": unknown distribution for a " +
                  (contiguous ? "contiguous" : "masked") + " kernel");
