@@ -189,6 +189,11 @@ struct ChunkShape {
   int64_t maxContext = 0;
 };
 
+/// The longest context the MLA workspace is sized to decompress for a
+/// prefill chunk (1 GB at DeepSeek-V3's 128 heads); longer ones run the
+/// absorbed form.
+constexpr int64_t kDecompressedPrefillMaxContext = 16384;
+
 /// The smallest power of two ≥ `n`, at most `limit` (≥ n).
 int64_t bucketUp(int64_t n, int64_t limit) {
   int64_t b = 1;
@@ -1013,16 +1018,20 @@ void CudaBackend::Impl::allocate(const CudaBackendOptions &options) {
                                origin + ": sampled tokens");
   // Absorbed steps need q_latent for their tokens; a prefill step that
   // takes the decompressed form (kMlaPrefillMinTokens or more tokens of one
-  // sequence) needs K_nope and V of its whole context, at most max_seq_len.
+  // sequence) needs K_nope and V of its whole context: sized for max_seq_len
+  // up to kDecompressedPrefillMaxContext positions (64 KB each at 128
+  // heads); chunks over longer contexts run absorbed (the call checks).
   const int heads = static_cast<int>(config.numAttentionHeads);
   size_t mlaBytes =
       mlaAttentionWorkspaceBytes(std::max<int64_t>(1, maxTokensAnyPlan), heads,
                                  static_cast<int>(config.kvLoraRank));
   if (maxTokensAnyPlan >= kMlaPrefillMinTokens)
-    mlaBytes = std::max(mlaBytes, mlaPrefillWorkspaceBytes(
-                                      artifact.options.maxSeqLen, heads,
-                                      static_cast<int>(config.qkNopeHeadDim),
-                                      static_cast<int>(config.vHeadDim)));
+    mlaBytes = std::max(mlaBytes,
+                        mlaPrefillWorkspaceBytes(
+                            std::min<int64_t>(artifact.options.maxSeqLen,
+                                              kDecompressedPrefillMaxContext),
+                            heads, static_cast<int>(config.qkNopeHeadDim),
+                            static_cast<int>(config.vHeadDim)));
   mlaWorkspace = DeviceBuffer(mlaBytes, "MLA attention workspace");
 }
 
