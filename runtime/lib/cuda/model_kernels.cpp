@@ -637,6 +637,9 @@ constexpr unsigned kNormThreads = 1024; // kernels/dense.cuh
 /// three times its bytes' time); 256 give eight.
 constexpr unsigned kNormThreadsManyRows = 256;
 constexpr int64_t kNormManyRows = 512;
+unsigned normThreads(int64_t rows) {
+  return rows >= kNormManyRows ? kNormThreadsManyRows : kNormThreads;
+}
 constexpr unsigned kMatmulThreads = 256; // 8 warps of 4 columns
 constexpr unsigned kMatmulBlockColumns = 32;
 constexpr unsigned kMatmulColumnsPerWarp = 4;
@@ -648,8 +651,6 @@ constexpr int64_t kMatmulSplitKBelowColumns = 4096;
 /// gate from 2048 tokens, the output head from 64 rows; fewer rows stream W
 /// once on the kernels above without padding FMAs).
 constexpr int64_t kMatmulTiledMinBlocks = 128;
-constexpr unsigned kMatmulTiledThreads = 128; // dense.cuh kTiledThreads
-constexpr int64_t kMatmulTiledTokens = 64, kMatmulTiledColumns = 64;
 constexpr unsigned kMlaThreads = 256;
 constexpr unsigned kRouteThreads = 256;
 constexpr unsigned kDispatchThreads = 1024;
@@ -786,9 +787,8 @@ void ModelKernels::rmsNorm(CUstream stream, const DeviceMatrix &x,
   p.rows = x.rows;
   p.cols = x.cols;
   p.eps = eps;
-  impl->launch(kRmsNorm, gridFor(x.rows, 1), 1,
-               x.rows >= kNormManyRows ? kNormThreadsManyRows : kNormThreads, 0,
-               stream, p);
+  impl->launch(kRmsNorm, gridFor(x.rows, 1), 1, normThreads(x.rows), 0, stream,
+               p);
 }
 
 void ModelKernels::rmsNormQuantize(CUstream stream, const DeviceMatrix &x,
@@ -802,8 +802,7 @@ void ModelKernels::rmsNormQuantize(CUstream stream, const DeviceMatrix &x,
   p.rows = x.rows;
   p.cols = x.cols;
   p.eps = eps;
-  impl->launch(kRmsNormQuantize, gridFor(x.rows, 1), 1,
-               x.rows >= kNormManyRows ? kNormThreadsManyRows : kNormThreads, 0,
+  impl->launch(kRmsNormQuantize, gridFor(x.rows, 1), 1, normThreads(x.rows), 0,
                stream, p);
 }
 
@@ -834,15 +833,15 @@ void ModelKernels::matmulF32(CUstream stream, const DeviceMatrix &x,
   int tokens = x.rows <= 1 ? 1 : x.rows <= 2 ? 2 : x.rows <= 4 ? 4 : 8;
   int index = tokens == 1 ? 0 : tokens == 2 ? 1 : tokens == 4 ? 2 : 3;
   const bool vector = detail::matmulVectorizable(x, weight);
-  if (vector && x.rows >= kMatmulTiledTokens &&
-      int64_t(gridFor(n, kMatmulTiledColumns)) *
-              gridFor(x.rows, kMatmulTiledTokens) >=
+  if (vector && x.rows >= k::kMatmulTiledTokens &&
+      int64_t(gridFor(n, k::kMatmulTiledColumns)) *
+              gridFor(x.rows, k::kMatmulTiledTokens) >=
           kMatmulTiledMinBlocks) {
     // A prefill chunk's router gate: 4096 x 256 x 7168 in 1.34 ms on the
     // split-K product (x re-read per 4 columns), see dense.cuh.
-    impl->launch(kMatmulTiled, gridFor(n, kMatmulTiledColumns),
-                 gridFor(x.rows, kMatmulTiledTokens), kMatmulTiledThreads, 0,
-                 stream, p);
+    impl->launch(kMatmulTiled, gridFor(n, k::kMatmulTiledColumns),
+                 gridFor(x.rows, k::kMatmulTiledTokens), k::kMatmulTiledThreads,
+                 0, stream, p);
     return;
   }
   if (vector && n < kMatmulSplitKBelowColumns) {

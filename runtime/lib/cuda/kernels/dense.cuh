@@ -345,11 +345,11 @@ __device__ __forceinline__ void matmulF32SplitK(const MatmulParams &p) {
 // slices of x (f32) and W (bf16 made f32) sit in shared memory,
 // double-buffered through registers; four warps of 32 x 32, each k8 step
 // two m16n8k8 mma per 16 x 8 tile (hi, then lo) into FP32 accumulators.
-constexpr int kTiledTokens = 64;
-constexpr int kTiledColumns = 64;
+constexpr int kTiledTokens = kMatmulTiledTokens;
+constexpr int kTiledColumns = kMatmulTiledColumns;
 constexpr int kTiledK = 16;
 constexpr int kTiledStride = kTiledK + 4; // conflict-free fragment reads
-constexpr int kTiledThreads = 128;
+constexpr int kTiledThreads = kMatmulTiledThreads;
 
 __device__ __forceinline__ unsigned toTf32(float value) {
   unsigned bits;

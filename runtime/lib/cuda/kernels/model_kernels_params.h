@@ -80,6 +80,12 @@ struct SwigluParams {
   long long cols;
 };
 
+/// The tiled FP32 product's blocks (kernels/dense.cuh, kiln_matmul_f32_tiled):
+/// 64 tokens x 64 columns, four warps; shared with the host's launch.
+constexpr int kMatmulTiledTokens = 64;
+constexpr int kMatmulTiledColumns = 64;
+constexpr int kMatmulTiledThreads = 128;
+
 struct MatmulParams {
   MatrixRef x;    // f32 [rows, k]
   Address weight; // bf16 [n, k]
