@@ -1,7 +1,7 @@
 //===- bench_util.h - what the GPU benchmarks share -----------------------===//
 //
-// Header-only helpers of the benchmark tools in runtime/tools (no CUDA
-// here: event_timer.h has the GPU timing).
+// Header-only helpers of the benchmark and check tools in runtime/tools (no
+// CUDA here: event_timer.h has the GPU timing).
 //
 //===----------------------------------------------------------------------===//
 

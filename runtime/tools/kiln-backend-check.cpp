@@ -50,6 +50,8 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "bench_util.h"
+
 #include "kiln/artifact.h"
 #include "kiln/backend.h"
 #include "kiln/checkpoint.h"
@@ -189,27 +191,17 @@ int main(int argc, char **argv) {
     else if (arg == "--noise-factor")
       args.noiseFactor = std::stod(value);
     else if (arg == "--prompt-lengths") {
-      args.promptLengths.clear();
-      size_t start = 0;
-      while (start <= value.size()) {
-        size_t comma = value.find(',', start);
-        std::string item =
-            value.substr(start, comma == std::string::npos ? std::string::npos
-                                                           : comma - start);
-        int length = 0;
-        try {
-          length = std::stoi(item);
-        } catch (const std::exception &) {
-        }
-        if (length < 1)
-          return usage(
-              ("--prompt-lengths: '" + item + "' is not a positive length")
-                  .c_str());
-        args.promptLengths.push_back(length);
-        if (comma == std::string::npos)
-          break;
-        start = comma + 1;
+      try {
+        args.promptLengths = kiln::bench::parseIntList(value);
+      } catch (const std::exception &) {
+        args.promptLengths.clear();
       }
+      if (args.promptLengths.empty() ||
+          *std::min_element(args.promptLengths.begin(),
+                            args.promptLengths.end()) < 1)
+        return usage(("--prompt-lengths: '" + value +
+                      "' is not a list of positive lengths")
+                         .c_str());
     } else
       return usage(("unknown option " + arg).c_str());
   }

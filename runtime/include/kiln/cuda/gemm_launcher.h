@@ -91,10 +91,10 @@ struct GemmKernelConfig {
   /// 16-byte aligned.
   bool stagedScales = false;
   /// Every thread of the kernel executes `griddepcontrol.wait` before it
-  /// touches global memory, and the kernel triggers its dependents early
-  /// (manifest "griddepcontrol": "wait"; gemm-abi.md "Dependent launch"):
-  /// it may be launched with programmatic stream serialization, overlapping
-  /// its launch and prologue with the previous kernel's tail.
+  /// touches global memory (manifest "griddepcontrol": "wait"; gemm-abi.md
+  /// "Dependent launch"; it never triggers its dependents early): it may be
+  /// launched with programmatic stream serialization, overlapping its launch
+  /// and prologue with the previous kernel's tail.
   bool gridDependencyWait = false;
 
   int threadsPerBlock() const { return 128 * (1 + consumerWarpgroups); }

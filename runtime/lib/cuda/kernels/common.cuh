@@ -30,6 +30,15 @@ __device__ __forceinline__ float bf16Bits(unsigned short bits) {
   return __uint_as_float(static_cast<unsigned>(bits) << 16);
 }
 
+/// The two BF16 values of a 32-bit word as f32: the low half (the lower
+/// address), then the high half.
+__device__ __forceinline__ float bf16Low(unsigned word) {
+  return __uint_as_float(word << 16);
+}
+__device__ __forceinline__ float bf16High(unsigned word) {
+  return __uint_as_float(word & 0xFFFF0000u);
+}
+
 __device__ __forceinline__ unsigned short toBF16(float value) {
   return __bfloat16_as_ushort(__float2bfloat16_rn(value));
 }
@@ -124,10 +133,10 @@ __device__ __forceinline__ void loadFourF32OrBF16(const MatrixRef &m,
     const unsigned short *at = pointer<const unsigned short>(m.data) + index;
     if ((reinterpret_cast<unsigned long long>(at) & 7) == 0) {
       uint2 bits = *reinterpret_cast<const uint2 *>(at);
-      values[0] = __uint_as_float(bits.x << 16);
-      values[1] = __uint_as_float(bits.x & 0xFFFF0000u);
-      values[2] = __uint_as_float(bits.y << 16);
-      values[3] = __uint_as_float(bits.y & 0xFFFF0000u);
+      values[0] = bf16Low(bits.x);
+      values[1] = bf16High(bits.x);
+      values[2] = bf16Low(bits.y);
+      values[3] = bf16High(bits.y);
       return;
     }
   } else {

@@ -92,9 +92,8 @@ extern "C" __global__ void __launch_bounds__(kNormThreads)
       float x[4];
       loadFourF32OrBF16(p.x, row, first, x);
       uint2 bits = *reinterpret_cast<const uint2 *>(w);
-      float ws[4] = {
-          __uint_as_float(bits.x << 16), __uint_as_float(bits.x & 0xFFFF0000u),
-          __uint_as_float(bits.y << 16), __uint_as_float(bits.y & 0xFFFF0000u)};
+      float ws[4] = {bf16Low(bits.x), bf16High(bits.x), bf16Low(bits.y),
+                     bf16High(bits.y)};
       for (int i = 0; i < 4; ++i)
         values[i] = ws[i] * (x[i] * scale);
     } else {
@@ -230,8 +229,8 @@ matmulStep8(const float *const (&x)[kTokens],
     unsigned words[4] = {packed.x, packed.y, packed.z, packed.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      weights[c][2 * i] = __uint_as_float(words[i] << 16);
-      weights[c][2 * i + 1] = __uint_as_float(words[i] & 0xFFFF0000u);
+      weights[c][2 * i] = bf16Low(words[i]);
+      weights[c][2 * i + 1] = bf16High(words[i]);
     }
   }
 #pragma unroll
@@ -405,8 +404,8 @@ __device__ __forceinline__ void matmulF32Tiled(const MatmulParams &p) {
     float *w = &ws[stage][loadRow][loadK];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      w[2 * i] = __uint_as_float(words[i] << 16);
-      w[2 * i + 1] = __uint_as_float(words[i] & 0xFFFF0000u);
+      w[2 * i] = bf16Low(words[i]);
+      w[2 * i + 1] = bf16High(words[i]);
     }
   };
 

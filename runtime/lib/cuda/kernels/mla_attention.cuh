@@ -76,8 +76,7 @@ __device__ __forceinline__ unsigned loadPair(Address row, int pair) {
 template <int kCacheType>
 __device__ __forceinline__ float2 decodePair(unsigned bits, float scale) {
   if constexpr (kCacheType == kBF16)
-    return make_float2(__uint_as_float(bits << 16),
-                       __uint_as_float(bits & 0xFFFF0000u));
+    return make_float2(bf16Low(bits), bf16High(bits));
   else
     return make_float2(fromE4M3(bits & 0xFF) * scale,
                        fromE4M3((bits >> 8) & 0xFF) * scale);
@@ -320,9 +319,8 @@ __device__ __forceinline__ void mlaAttention(const MlaParams &p) {
     float sum = 0.0f;
     for (int pair = lane; pair < latentPairs; pair += kWarpSize) {
       unsigned bits = weights[pair];
-      sum = fmaf(__uint_as_float(bits << 16), oLatent[2 * pair], sum);
-      sum =
-          fmaf(__uint_as_float(bits & 0xFFFF0000u), oLatent[2 * pair + 1], sum);
+      sum = fmaf(bf16Low(bits), oLatent[2 * pair], sum);
+      sum = fmaf(bf16High(bits), oLatent[2 * pair + 1], sum);
     }
     sum = warpSum(sum);
     if (lane == 0)
