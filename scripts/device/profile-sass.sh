@@ -8,7 +8,8 @@
 #   PROFILE_SHAPE=4096x7168x16384 PROFILE_CUBIN=.device-q/kernels/X.cubin \
 #     KILN_DEVICE_DIR=.device-q bash scripts/device/profile-sass.sh
 #
-# PROFILE_SKIP_CUBLAS=1 profiles the Kiln cubin only. Into $OUT: <side>.details.txt (launch, occupancy, throughput sections),
+# PROFILE_SKIP_CUBLAS=1 profiles the Kiln cubin only. Into $OUT:
+# <side>.details.txt (launch, occupancy, throughput sections),
 # <side>.sass.csv (ncu's source page: SASS, executed instructions, samples),
 # kiln.cuobjdump.sass (the cubin's SASS as cuobjdump prints it).
 set -uo pipefail
