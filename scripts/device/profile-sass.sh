@@ -43,4 +43,4 @@ profile() { # side kernel-regex command...
 profile kiln 'kiln_gemm_fp8' "$dev/bin/kiln-gemm-check" --shapes "$shape" --runs 3 --warmup 1 "$cubin"
 cuobjdump -sass "$cubin" >"$out/kiln.cuobjdump.sass" 2>&1 || true
 grep -E "Duration|SM Frequency|Registers Per|Compute \(SM\) Throughput|Executed Ipc A|Shared Memory Configuration Size|Dynamic Shared|Block Size|Grid Size|Cluster" \
-  "$out"/cublas.details.txt "$out"/kiln.details.txt
+  "$out"/*.details.txt
