@@ -7,12 +7,31 @@ that alternate the kernel order, with one --seed for all, and prints a table
 of median µs per pass, the checks' status and the output hash: kernels that
 must agree bitwise (a SASS-patched build, a refactor) show equal hashes.
 
+The kernel name `cublas` stands for the peer: bench/gemm_cublas.py
+(torch._scaled_mm) on the shape in its own process, with the same warm-up,
+launch count and seed, in the same alternating order, so that a Kiln/cuBLAS
+ratio is taken from runs interleaved in time rather than from two blocks of
+runs minutes apart (the GPU's clock under its power cap drifts between
+them). With `cublas` among the kernels the table ends with each kernel's
+ratio cuBLAS median / kernel median over the passes.
+
+With --plan (scripts/device/gemm-plan.py's or kiln-compile-gemm.py's file
+of "KERNEL MxNxK,..." lines) each plan shape is timed with its kernel from
+--kernel-dir and with cuBLAS, the pair's order alternating from pass to
+pass, and the table gives both medians, their ratio and the geometric mean
+of the ratios (scripts/device/gemm.sh's paired table, GEMM_PAIRED_PASSES).
+
 usage: gemm-ab.py --shapes MxNxK,... [--passes 2] [--runs 50] [--seed 7]
-                  [--check PATH] KERNEL.cubin [KERNEL.cubin ...]
+                  [--check PATH] KERNEL.cubin|cublas [...]
+       gemm-ab.py --plan PLAN [--kernel-dir DIR] [--shapes MxNxK,...]
+                  [--passes 3] [--runs 50] [--seed 7] [--json PATH]
 """
 import argparse
+import json
+import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 
@@ -20,7 +39,28 @@ ROW = re.compile(r"^\| (\d+) \| (\d+) \| (\d+) \| ([0-9.]+|-) \|.*\| (\w+) \|$")
 HASH = re.compile(r"^out hash (\S+) ([0-9a-f]{16})$")
 
 
+PEER = "cublas"
+
+
+def run_peer(shape, runs, seed):
+    proc = subprocess.run(
+        [sys.executable, "bench/gemm_cublas.py", "--shapes", shape,
+         "--runs", str(runs), "--seed", str(seed)],
+        capture_output=True, text=True, timeout=600)
+    us, status = None, f"exit {proc.returncode}"
+    for line in proc.stdout.splitlines():
+        m = ROW.match(line)
+        if m:
+            us = None if m.group(4) == "-" else float(m.group(4))
+            status = m.group(5)
+    if status != "ok":
+        sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-2000:])
+    return us, status, "-" * 16
+
+
 def run(check, cubin, shape, runs, seed):
+    if cubin == PEER:
+        return run_peer(shape, runs, seed)
     proc = subprocess.run(
         [check, "--seed", str(seed), "--hash-out", "--runs", str(runs),
          "--shapes", shape, cubin],
@@ -39,16 +79,106 @@ def run(check, cubin, shape, runs, seed):
     return us, status, digest
 
 
+def read_plan(path, kernel_dir, only):
+    """[(shape, cubin)] in the plan's order, limited to `only` if given."""
+    pairs = []
+    with open(path) as file:
+        for line in file:
+            fields = line.split()
+            if len(fields) != 2 or fields[0].startswith("#") or ":" in fields[1]:
+                continue  # blank, a comment, or a grouped problem
+            for shape in fields[1].split(","):
+                if not only or shape in only:
+                    pairs.append((shape, os.path.join(kernel_dir, fields[0] + ".cubin")))
+    missing = set(only or ()) - {shape for shape, _ in pairs}
+    if missing:
+        sys.exit(f"gemm-ab.py: {path} has no kernel for {','.join(sorted(missing))}")
+    return pairs
+
+
+def median(us):
+    return f"{statistics.median(us):.1f}" if us else "-"
+
+
+def fmt(us):
+    return " / ".join("-" if t is None else f"{t:.1f}" for t in us)
+
+
+def paired(args):
+    """Each plan shape's kernel against cuBLAS, interleaved in time."""
+    only = args.shapes.split(",") if args.shapes else None
+    pairs = read_plan(args.plan, args.kernel_dir, only)
+    times = {}
+    status = {}
+    for p in range(args.passes):
+        for shape, cubin in pairs:
+            sides = [cubin, PEER] if p % 2 == 0 else [PEER, cubin]
+            for side in sides:
+                us, result, _ = run(args.check, side, shape, args.runs, args.seed)
+                times.setdefault((side, shape), []).append(us)
+                # The peer's "unsupported" (M < 16) leaves the ratio out;
+                # anything else but "ok" fails the run.
+                if result != "ok" and not (side == PEER and result == "unsupported"):
+                    status[(side, shape)] = result
+                print(f"pass {p} {os.path.basename(side)} {shape}: {us} µs "
+                      f"{result}", flush=True)
+
+    rows = []
+    print(f"\nPaired: each shape's kernel and cuBLAS in turn, {args.passes} "
+          f"passes of {args.runs} launches each (µs per pass; ratio = cuBLAS "
+          "median / Kiln median)\n")
+    print("| M | N | K | kernel | Kiln µs | cuBLAS µs | Kiln median | "
+          "cuBLAS median | cuBLAS / Kiln | result |")
+    print("| ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | --- |")
+    for shape, cubin in pairs:
+        mine = [t for t in times[(cubin, shape)] if t is not None]
+        peer = [t for t in times[(PEER, shape)] if t is not None]
+        ratio = (statistics.median(peer) / statistics.median(mine)
+                 if mine and peer else None)
+        bad = [f"{'cuBLAS' if side == PEER else 'Kiln'}: {r}"
+               for (side, s), r in status.items() if s == shape]
+        m, n, k = (int(x) for x in shape.split("x"))
+        rows.append({"m": m, "n": n, "k": k,
+                     "kernel": os.path.basename(cubin).removesuffix(".cubin"),
+                     "kiln_us": times[(cubin, shape)],
+                     "cublas_us": times[(PEER, shape)], "ratio": ratio,
+                     "result": "; ".join(bad) or "ok"})
+        print(f"| {m} | {n} | {k} | {rows[-1]['kernel']} | "
+              f"{fmt(times[(cubin, shape)])} | {fmt(times[(PEER, shape)])} | "
+              f"{median(mine)} | {median(peer)} | "
+              f"{'-' if ratio is None else f'{ratio:.3f}'} | {rows[-1]['result']} |")
+    ratios = [r["ratio"] for r in rows if r["ratio"] is not None]
+    if ratios:
+        geomean = math.exp(sum(map(math.log, ratios)) / len(ratios))
+        print(f"\npaired geomean cuBLAS / Kiln {geomean:.3f} over "
+              f"{len(ratios)} shapes; minimum {min(ratios):.3f}; "
+              f"{sum(r >= 1.0 for r in ratios)} of {len(ratios)} at or above 1.0")
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump({"tool": "gemm-ab.py --plan", "passes": args.passes,
+                       "runs": args.runs, "rows": rows}, file, indent=1)
+    return 0 if not status else 1
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--shapes", required=True)
+    parser.add_argument("--shapes")
+    parser.add_argument("--plan")
+    parser.add_argument("--json")
     parser.add_argument("--passes", type=int, default=2)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--seed", type=int, default=7)
     dev = os.environ.get("KILN_DEVICE_DIR", ".device")
     parser.add_argument("--check", default=f"{dev}/bin/kiln-gemm-check")
-    parser.add_argument("kernels", nargs="+")
+    parser.add_argument("--kernel-dir", default=f"{dev}/kernels")
+    parser.add_argument("kernels", nargs="*")
     args = parser.parse_args()
+    if args.plan:
+        if args.kernels:
+            parser.error("--plan takes its kernels from the plan")
+        sys.exit(paired(args))
+    if not args.shapes or not args.kernels:
+        parser.error("--shapes and at least one kernel, or --plan")
 
     shapes = args.shapes.split(",")
     times = {}
@@ -79,6 +209,23 @@ def main():
             text = " / ".join("-" if t is None else f"{t:.1f}" for t in us)
             cells.append(f"{text} {'' if status == 'ok' else status} "
                          f"`{digest[:8]}`")
+        print(f"| {shape} | " + " | ".join(cells) + " |")
+
+    if PEER not in args.kernels:
+        return
+    print("\ncuBLAS median / kernel median over the passes:\n")
+    print("| shape | " + " | ".join(n for n, k in zip(names, args.kernels)
+                                     if k != PEER) + " |")
+    print("| --- |" + " ---: |" * (len(names) - 1))
+    for shape in shapes:
+        peer = [t for t in times[(PEER, shape)] if t is not None]
+        cells = []
+        for cubin in args.kernels:
+            if cubin == PEER:
+                continue
+            mine = [t for t in times[(cubin, shape)] if t is not None]
+            cells.append(f"{statistics.median(peer) / statistics.median(mine):.3f}"
+                         if peer and mine else "-")
         print(f"| {shape} | " + " | ".join(cells) + " |")
 
 

@@ -27,6 +27,15 @@
 #                     scripts/device/gemm-plan.py); the rows are merged into
 #                     one result, "kiln-selected", compared with cuBLAS
 #   GEMM_SANITIZE     0 skips compute-sanitizer (default 1)
+#   GEMM_PAIRED_PASSES  with GEMM_PLAN: after the comparison, time each plan
+#                     shape's kernel and cuBLAS again in turn, each in its
+#                     own process, this many passes with the pair's order
+#                     alternating (scripts/device/gemm-ab.py --plan): the
+#                     paired table, whose ratio is not skewed by what ran
+#                     before either side (the clock under the power cap
+#                     drifts); 0 or unset: not run
+#   GEMM_PAIRED_SHAPES  MxNxK,... of the plan for the paired table (default:
+#                     all of them)
 #   GEMM_TIMING       events (default): an event pair around every launch;
 #                     back-to-back: around batches of launches with nothing
 #                     between them, as in a CUDA graph (both tools'
@@ -199,6 +208,25 @@ PY
     {
       echo "## comparison"
       cat "$work/results/compare.md"
+    } >>"$out/tables.md"
+  fi
+
+  if [[ -n ${GEMM_PLAN:-} ]] && ((${GEMM_PAIRED_PASSES:-0} > 0)); then
+    echo
+    echo "== paired timing (scripts/device/gemm-ab.py --plan, ${GEMM_PAIRED_PASSES} passes)"
+    paired_shapes=()
+    [[ -n ${GEMM_PAIRED_SHAPES:-} ]] && paired_shapes=(--shapes "$GEMM_PAIRED_SHAPES")
+    python3 scripts/device/gemm-ab.py --check "$check" --plan "$GEMM_PLAN" \
+      --kernel-dir "$dev/kernels" --passes "$GEMM_PAIRED_PASSES" --runs "$runs" \
+      "${paired_shapes[@]}" --json "$work/results/paired.json" \
+      >"$work/results/paired.log" 2>&1
+    rc=$?
+    ((rc != 0)) && { status=1; failed+=("gemm-ab.py --plan exit $rc (results/paired.log)"); }
+    grep -v '^pass ' "$work/results/paired.log" | tee "$work/results/paired.md"
+    {
+      echo
+      echo "## paired"
+      cat "$work/results/paired.md"
     } >>"$out/tables.md"
   fi
 

@@ -88,9 +88,10 @@
 // PTXAS-DAG: kiln_gemm_fp8_m128n64s8c2_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // PTXAS-DAG: kiln_gemm_fp8_m128n128s4c2_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // PTXAS-DAG: kiln_gemm_fp8_m128n192s4c2_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
-// 4096 x 4096 x 7168 takes 128x256 tiles, stored plainly (the TMA staging
-// and a 4-deep ring do not fit together).
-// PTXAS-DAG: kiln_gemm_fp8_m128n256s4c2: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
+// 4096 x 4096 x 7168 and 4096 x 7168 x 16384 take 128x256 tiles in 2-block
+// clusters, stored plainly (the TMA staging and a 4-deep ring do not fit
+// together).
+// PTXAS-DAG: kiln_gemm_fp8_m128n256s4c2x2: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // The grouped kernels of the expert GEMMs the grouped benchmark runs.
 // PTXAS-DAG: kiln_gemm_fp8_m64n128s8c1_contiguous: {{[0-9]+}} registers, 0 spill bytes, 225548 B shared memory: ok
 // The prefill-sized grouped kernels store with TMA where a warpgroup's rows

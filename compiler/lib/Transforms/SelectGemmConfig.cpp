@@ -13,9 +13,9 @@
 // grouped kernel of their layout, configured for the rows one group sees, with
 // the tiles of all groups that have rows counted for split-K (they run in one
 // launch). The ring is a power of two of stages (its index arithmetic is then
-// shifts and masks); 2-block clusters (`cluster_m = 2`) are never picked:
-// measured neutral once the 128x128 ring is 4 deep (gemm-kernels.md "Version
-// 8"). Plain GEMMs with a static M above 128 take 128x192 or 128x256 tiles
+// shifts and masks); 2-block clusters (`cluster_m = 2`) only for 128x256
+// tiles (measured neutral for 128x128 once its ring is 4 deep, gemm-kernels.md
+// "Version 8"; 2-10% faster for 128x256, "Session 16"). Plain GEMMs with a static M above 128 take 128x192 or 128x256 tiles
 // where that needs fewer waves of tiles by more than a wider tile costs over a
 // 128-wide one (gemm-kernels.md "Session 9", "Session 10"); plain unsplit GEMMs
 // with N % 8 == 0 store their output with TMA (gemm-kernels.md "Version 9").
@@ -68,12 +68,15 @@ constexpr double kWideTileCostLong = 1.40;
 /// Chains of at most this many K blocks count as short (kWideTileCostShort).
 constexpr int64_t kShortChainBlocks = 64;
 /// The same for a 128x256 tile (two 128-column halves, one after the other;
-/// gemm-kernels.md "Session 10"): 1.96 per wave for chains of 12-56 K
-/// blocks (4096 x 4096 x 7168, 7168 x 2048, 24576 x 1536), 2.0-2.06 at 128
-/// (7168 x 16384). Half the waves of 128x128 tiles for 0.75 of the bytes per
-/// MAC, but two waits and promotions per K block.
-constexpr double kWidestTileCostShort = 1.96;
-constexpr double kWidestTileCostLong = 2.03;
+/// gemm-kernels.md "Session 10") in a 2-block cluster that multicasts each
+/// 256-row B slice to both blocks ("Session 16"): 16 KB from L2 per block
+/// and 128x128 of MACs, half of a 128x128 tile's 32. Measured per wave
+/// against 128x128 tiles (H100, M = 4096): 1.85 at 4096 x 7168, 1.94-1.98
+/// at 16 K blocks or fewer (7168 x 2048, 24576 x 1536, 32768 x 512), 1.94
+/// at 128 (7168 x 16384). Unclustered it was 1.96 and 2.0-2.06: the two
+/// waits per K block ate what the bytes saved.
+constexpr double kWidestTileCostShort = 1.92;
+constexpr double kWidestTileCostLong = 1.94;
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -224,6 +227,7 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
                        !ShapedType::isDynamic(k) &&
                        !ShapedType::isDynamic(groups);
   int64_t tailSplit = 1;
+  int64_t clusterM = 1;
   if ((plainStatic || groupedStatic) && known && !small && blockN == 128) {
     int64_t numKB = ceilDiv(k, 128);
     auto waves = [&](int64_t width) {
@@ -251,13 +255,17 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
       blockN = 192;
     }
     // 128x256 tiles only where they beat both, for chains long enough that
-    // the tile's plainly stored 64 KB epilogue stays small (measured 1.96
-    // per wave from 12 K blocks on, 2.03 at 4): 4096 x 4096 x 7168 (4 waves
-    // instead of 8, or 6 of 128x192 tiles; 186.9-195.8 against 193.9-197.6
-    // and 194.2-200.6 us, gemm-kernels.md "Session 10").
+    // the tile's plainly stored 64 KB epilogue stays small: 4096 x 4096 x
+    // 7168 (4 waves instead of 8, or 6 of 128x192 tiles) and, clustered,
+    // 4096 x 7168 x 16384 (7 against 14; 727-737 against 742-773 us for
+    // 128x128, cuBLAS 728-758 in the same passes; gemm-kernels.md
+    // "Session 10", "Session 16"). In pairs of blocks along M that share
+    // B by multicast wherever there are two row blocks.
     if (plainStatic && numKB >= kMinLargeSplitBlocks &&
-        cost256 * waves(256) < best)
+        cost256 * waves(256) < best) {
       blockN = 256;
+      clusterM = ceilDiv(m, blockM) >= 2 ? 2 : 1;
+    }
     if (blockN != 128) {
       tailSplit = 1;
       stages = llvm::bit_floor(static_cast<uint64_t>(
@@ -295,7 +303,7 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
           blockM, blockN, stages, consumers, splitK, grouped.has_value(),
           /*tmaStore=*/true) <= kiln::GemmConfigAttr::kMaxSharedMemoryBytes;
   return kiln::GemmConfigAttr::get(context, blockM, blockN, stages, consumers,
-                                   splitK, grouped, /*clusterM=*/1,
+                                   splitK, grouped, clusterM,
                                    /*swiglu=*/false, tmaStore,
                                    /*quantize=*/false,
                                    /*splitTail=*/tailSplit > 1);
