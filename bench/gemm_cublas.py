@@ -16,8 +16,16 @@ is_blockwise_1x128_scaling / is_blockwise_128x128_scaling): scale_a is
 (K/128, ceil(N/128)), the transpose view of the checkpoint's
 [ceil(N/128)][K/128] weight_scale_inv. So both are Kiln's own buffers, viewed.
 
+With --process-per-shape every shape runs in a process of its own (its own
+warm-up, after the GPU idled through the process start), as
+scripts/device/gemm.sh runs Kiln's shapes: in one process a shape that
+follows a long M = 4096 loop runs at the clock that loop left (64 x 4096 x
+7168: 31.6 us right after 4096 x 7168 x 16384, 25.0 us alone;
+bench/results/widest-clustered-h100.md).
+
 Usage: python3 bench/gemm_cublas.py [--shapes MxNxK,...] [--runs 50]
        [--warmup 10] [--seed N] [--json PATH] [--back-to-back]
+       [--process-per-shape]
 Exit status: 0 all supported shapes right, 1 a wrong result.
 """
 
@@ -25,7 +33,11 @@ import argparse
 import datetime
 import json
 import math
+import os
+import random
+import subprocess
 import sys
+import tempfile
 
 import torch
 
@@ -263,6 +275,48 @@ def print_table(title, rows, hbm_gbps):
               f"{cell(row['rel_error'], '%.2e')} | {row['status']} |")
 
 
+def run_each_in_own_process(args):
+    """This script once per shape, its rows merged into one table and JSON."""
+    merged = None
+    status = 0
+    seed = args.seed if args.seed is not None else random.getrandbits(63)
+    with tempfile.TemporaryDirectory() as scratch:
+        for index, (m, n, k) in enumerate(args.shapes):
+            part = os.path.join(scratch, f"{index}.json")
+            command = [sys.executable, os.path.abspath(__file__),
+                       "--shapes", f"{m}x{n}x{k}", "--runs", str(args.runs),
+                       "--warmup", str(args.warmup), "--seed", str(seed),
+                       "--json", part]
+            if args.back_to_back:
+                command.append("--back-to-back")
+            result = subprocess.run(command, capture_output=True, text=True)
+            # The child's per-shape line (its table comes once, merged).
+            for line in result.stdout.splitlines():
+                if line.startswith(f"{m}x{n}x{k} "):
+                    print(line, flush=True)
+            if result.returncode != 0:
+                status = 1
+                sys.stdout.write(result.stdout[-2000:] + result.stderr[-2000:])
+            if not os.path.exists(part):
+                continue
+            with open(part) as file:
+                data = json.load(file)
+            if merged is None:
+                merged = dict(data, rows=[])
+            merged["rows"] += data["rows"]
+    if merged is None:
+        print("gemm_cublas: no shape produced a result")
+        return 1
+    merged["process_per_shape"] = True
+    print_table(f"cuBLAS (torch._scaled_mm, 1x128 x 128x128 FP32 scales) on "
+                f"{merged['device']}, HBM copy {merged['hbm_gbps']:.0f} GB/s, "
+                "one process per shape", merged["rows"], merged["hbm_gbps"])
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(merged, file, indent=2)
+    return status
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", type=parse_shapes, default=default_shapes())
@@ -273,9 +327,13 @@ def main():
     parser.add_argument("--back-to-back", action="store_true",
                         help="time batches of --runs launches with no events "
                         "between them (as kiln-gemm-check --back-to-back)")
+    parser.add_argument("--process-per-shape", action="store_true",
+                        help="run each shape in a process of its own")
     args = parser.parse_args()
     if args.runs < 1:
         raise SystemExit("--runs must be at least 1")
+    if args.process_per_shape:
+        return run_each_in_own_process(args)
 
     properties = torch.cuda.get_device_properties(0)
     seed = args.seed if args.seed is not None else torch.seed() % (1 << 63)

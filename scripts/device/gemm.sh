@@ -18,6 +18,8 @@
 #   GEMM_REFERENCE    full | check | skip: time the reference kernel, only
 #                     check it, or neither (default: full when no kernel is
 #                     staged, else check; timing it costs ~20 s)
+#   GEMM_CUBLAS_ONE_PROCESS  1: time every cuBLAS shape in one process (the
+#                     default gives each shape its own, as Kiln's)
 #   GEMM_CUBLAS_JSON  a carried gemm_cublas.py result to compare against
 #                     instead of running cuBLAS again (~1 min)
 #   GEMM_TIMEOUT      seconds per kiln-gemm-check run (300)
@@ -168,6 +170,10 @@ main() {
     echo "== cuBLAS (bench/gemm_cublas.py)"
     shape_py=()
     [[ -n ${GEMM_SHAPES:-} ]] && shape_py=(--shapes "$GEMM_SHAPES")
+    # Each shape in its own process, as Kiln's above (GEMM_CUBLAS_ONE_PROCESS=1:
+    # all in one, as before session 16; a shape right after a long M = 4096
+    # loop then runs at the clock that loop left).
+    [[ ${GEMM_CUBLAS_ONE_PROCESS:-0} == 1 ]] || shape_py+=(--process-per-shape)
     python3 bench/gemm_cublas.py --runs "$runs" "${shape_py[@]}" "${timing_args[@]}" --json "$cublas_json" 2>&1 |
       tee "$work/results/cublas.log"
     rc=${PIPESTATUS[0]}
