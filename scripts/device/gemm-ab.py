@@ -25,12 +25,14 @@ usage: gemm-ab.py --shapes MxNxK,... [--passes 2] [--runs 50] [--seed 7]
                   [--check PATH] KERNEL.cubin|cublas [...]
        gemm-ab.py --plan PLAN [--kernel-dir DIR] [--shapes MxNxK,...]
                   [--passes 3] [--runs 50] [--seed 7] [--json PATH]
+       (both: [--peer COMMAND] instead of python3 bench/gemm_cublas.py)
 """
 import argparse
 import json
 import math
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -42,10 +44,14 @@ HASH = re.compile(r"^out hash (\S+) ([0-9a-f]{16})$")
 PEER = "cublas"
 
 
+# The peer's command (--peer replaces it; test/Tools/gemm-ab runs fakes).
+PEER_COMMAND = [sys.executable, "bench/gemm_cublas.py"]
+
+
 def run_peer(shape, runs, seed):
     proc = subprocess.run(
-        [sys.executable, "bench/gemm_cublas.py", "--shapes", shape,
-         "--runs", str(runs), "--seed", str(seed)],
+        PEER_COMMAND + ["--shapes", shape, "--runs", str(runs),
+                        "--seed", str(seed)],
         capture_output=True, text=True, timeout=600)
     us, status = None, f"exit {proc.returncode}"
     for line in proc.stdout.splitlines():
@@ -62,7 +68,7 @@ def run(check, cubin, shape, runs, seed):
     if cubin == PEER:
         return run_peer(shape, runs, seed)
     proc = subprocess.run(
-        [check, "--seed", str(seed), "--hash-out", "--runs", str(runs),
+        shlex.split(check) + ["--seed", str(seed), "--hash-out", "--runs", str(runs),
          "--shapes", shape, cubin],
         capture_output=True, text=True, timeout=600)
     us, status, digest = None, f"exit {proc.returncode}", "-"
@@ -171,8 +177,12 @@ def main():
     dev = os.environ.get("KILN_DEVICE_DIR", ".device")
     parser.add_argument("--check", default=f"{dev}/bin/kiln-gemm-check")
     parser.add_argument("--kernel-dir", default=f"{dev}/kernels")
+    parser.add_argument("--peer", help="the command that times the peer "
+                        "(default: python3 bench/gemm_cublas.py)")
     parser.add_argument("kernels", nargs="*")
     args = parser.parse_args()
+    if args.peer:
+        PEER_COMMAND[:] = shlex.split(args.peer)
     if args.plan:
         if args.kernels:
             parser.error("--plan takes its kernels from the plan")
