@@ -35,7 +35,8 @@
 #                     alternating (scripts/device/gemm-ab.py --plan): the
 #                     paired table, whose ratio is not skewed by what ran
 #                     before either side (the clock under the power cap
-#                     drifts); 0 or unset: not run
+#                     drifts); per-launch events whatever GEMM_TIMING
+#                     says; 0 or unset: not run
 #   GEMM_PAIRED_SHAPES  MxNxK,... of the plan for the paired table (default:
 #                     all of them)
 #   GEMM_TIMING       events (default): an event pair around every launch;
