@@ -106,6 +106,23 @@ def median(us):
     return f"{statistics.median(us):.1f}" if us else "-"
 
 
+# The HBM bandwidth the weight rates are a fraction of (H100 SXM's 3.35
+# TB/s, as bench/compare.py).
+HBM_GBPS = 3350.0
+
+
+def tflops(m, n, k, us):
+    return f"{2.0 * m * n * k / statistics.median(us) / 1e6:.0f}" if us else "-"
+
+
+def weight_rate(m, n, k, us):
+    """Weight bytes (N x K E4M3) over the median time, for memory-bound M."""
+    if not us or m > 128:
+        return "-"
+    gbps = n * k / statistics.median(us) / 1e3
+    return f"{gbps:.0f} ({100 * gbps / HBM_GBPS:.0f}%)"
+
+
 def fmt(us):
     return " / ".join("-" if t is None else f"{t:.1f}" for t in us)
 
@@ -134,8 +151,10 @@ def paired(args):
           f"passes of {args.runs} launches each (µs per pass; ratio = cuBLAS "
           "median / Kiln median)\n")
     print("| M | N | K | kernel | Kiln µs | cuBLAS µs | Kiln median | "
-          "cuBLAS median | cuBLAS / Kiln | result |")
-    print("| ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | --- |")
+          "cuBLAS median | Kiln TFLOP/s | cuBLAS TFLOP/s | Kiln weight GB/s "
+          "(M ≤ 128) | cuBLAS / Kiln | result |")
+    print("| ---: | ---: | ---: | --- | --- | --- | ---: | ---: | ---: | ---: "
+          "| ---: | ---: | --- |")
     for shape, cubin in pairs:
         mine = [t for t in times[(cubin, shape)] if t is not None]
         peer = [t for t in times[(PEER, shape)] if t is not None]
@@ -152,6 +171,8 @@ def paired(args):
         print(f"| {m} | {n} | {k} | {rows[-1]['kernel']} | "
               f"{fmt(times[(cubin, shape)])} | {fmt(times[(PEER, shape)])} | "
               f"{median(mine)} | {median(peer)} | "
+              f"{tflops(m, n, k, mine)} | {tflops(m, n, k, peer)} | "
+              f"{weight_rate(m, n, k, mine)} | "
               f"{'-' if ratio is None else f'{ratio:.3f}'} | {rows[-1]['result']} |")
     ratios = [r["ratio"] for r in rows if r["ratio"] is not None]
     if ratios:

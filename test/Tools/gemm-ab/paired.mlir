@@ -13,9 +13,9 @@
 // RUN: %python -c "import json; r = json.load(open('%t/paired.json'))['rows']; print([x['ratio'] for x in r])" \
 // RUN:   | FileCheck %s --check-prefix=JSON
 //
-// PAIRED: | 4096 | 7168 | 2048 | fast | 100.0 / 100.0 | 120.0 / 120.0 | 100.0 | 120.0 | 1.200 | ok |
-// PAIRED: | 7 | 2112 | 7168 | fast | 100.0 / 100.0 | - / - | 100.0 | - | - | ok |
-// PAIRED: | 64 | 2112 | 7168 | slow | 150.0 / 150.0 | 120.0 / 120.0 | 150.0 | 120.0 | 0.800 | ok |
+// PAIRED: | 4096 | 7168 | 2048 | fast | 100.0 / 100.0 | 120.0 / 120.0 | 100.0 | 120.0 | 1203 | 1002 | - | 1.200 | ok |
+// PAIRED: | 7 | 2112 | 7168 | fast | 100.0 / 100.0 | - / - | 100.0 | - | 2 | - | 151 (5%) | - | ok |
+// PAIRED: | 64 | 2112 | 7168 | slow | 150.0 / 150.0 | 120.0 / 120.0 | 150.0 | 120.0 | 13 | 16 | 101 (3%) | 0.800 | ok |
 // PAIRED: paired geomean cuBLAS / Kiln 0.980 over 2 shapes; minimum 0.800; 1 of 2 at or above 1.0
 //
 // ORDER: kiln fast 4096x7168x2048
@@ -39,7 +39,7 @@
 // RUN: env FAKE_LOG=%t/log2 not %python %kiln_src_root/scripts/device/gemm-ab.py --check "%python %S/fake_check.py" \
 // RUN:   --peer "%python %S/fake_peer.py" --plan %t/wrong.txt --kernel-dir %t/k --passes 1 2>/dev/null \
 // RUN:   | FileCheck %s --check-prefix=WRONG
-// WRONG: | 4096 | 7168 | 2048 | wrong | 100.0 | 120.0 | 100.0 | 120.0 | 1.200 | Kiln: WRONG |
+// WRONG: | 4096 | 7168 | 2048 | wrong | 100.0 | 120.0 | 100.0 | 120.0 | 1203 | 1002 | - | 1.200 | Kiln: WRONG |
 
 // A shape the plan has no kernel for is an error, before anything runs.
 // RUN: env FAKE_LOG=%t/log3 not %python %kiln_src_root/scripts/device/gemm-ab.py --check "%python %S/fake_check.py" \
