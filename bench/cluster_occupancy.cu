@@ -36,15 +36,15 @@ int main(int argc, char **argv) {
   cudaDeviceProp properties;
   CHECK(cudaGetDeviceProperties(&properties, 0));
   size_t shared = size_t(sharedKb) * 1024;
-  CHECK(cudaFuncSetAttribute(gemmShaped,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             int(shared)));
-  CHECK(cudaFuncSetAttribute(gemmShaped,
-                             cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  CHECK(cudaFuncSetAttribute(
+      gemmShaped, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+  CHECK(cudaFuncSetAttribute(
+      gemmShaped, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
   std::printf("%s, %d SMs; blocks of %d threads and %d KB of shared memory\n\n",
               properties.name, properties.multiProcessorCount, threads,
               sharedKb);
-  std::printf("| cluster size | resident clusters | blocks | SMs left idle |\n");
+  std::printf(
+      "| cluster size | resident clusters | blocks | SMs left idle |\n");
   std::printf("| ---: | ---: | ---: | ---: |\n");
   for (int size : {1, 2, 4, 8, 16}) {
     cudaLaunchAttribute attribute;

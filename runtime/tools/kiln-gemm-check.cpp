@@ -1202,36 +1202,31 @@ GroupLayoutOnHost drawGroups(const GroupedCase &c, GemmGrouping grouping,
     // scores spreads tokens over experts (multinomial counts: R/G ± √(R/G)).
     for (int row = 0; row < available; ++row)
       ++counts[std::min(g - 1, int(uniform() * g))];
-    layout.offsets.push_back(0);
-    for (int i = 0; i < g; ++i) {
-      layout.firstRow.push_back(layout.offsets.back());
-      layout.offsets.push_back(layout.offsets.back() + counts[i]);
+  } else {
+    int fixed = 0;
+    if (c.distribution == "random" && g > 1 && available >= 1) {
+      counts[1] = 1; // a group of one row
+      weights[1] = 0;
+      fixed = 1;
     }
-    return layout;
-  }
-  int fixed = 0;
-  if (c.distribution == "random" && g > 1 && available >= 1) {
-    counts[1] = 1; // a group of one row
-    weights[1] = 0;
-    fixed = 1;
-  }
-  double total = 0;
-  for (double w : weights)
-    total += w;
-  int assigned = fixed;
-  for (int i = 0; i < g && total > 0; ++i) {
-    if (weights[i] == 0)
-      continue;
-    counts[i] = int((available - fixed) * weights[i] / total);
-    assigned += counts[i];
-  }
-  // The remainder goes to the first group with weight, so the groups cover
-  // `available` rows exactly.
-  for (int i = 0; i < g; ++i)
-    if (weights[i] > 0) {
-      counts[i] += available - assigned;
-      break;
+    double total = 0;
+    for (double w : weights)
+      total += w;
+    int assigned = fixed;
+    for (int i = 0; i < g && total > 0; ++i) {
+      if (weights[i] == 0)
+        continue;
+      counts[i] = int((available - fixed) * weights[i] / total);
+      assigned += counts[i];
     }
+    // The remainder goes to the first group with weight, so the groups
+    // cover `available` rows exactly.
+    for (int i = 0; i < g; ++i)
+      if (weights[i] > 0) {
+        counts[i] += available - assigned;
+        break;
+      }
+  }
   layout.offsets.push_back(lead);
   for (int i = 0; i < g; ++i) {
     layout.firstRow.push_back(layout.offsets.back());

@@ -48,30 +48,16 @@ PEER = "cublas"
 PEER_COMMAND = [sys.executable, "bench/gemm_cublas.py"]
 
 
-def run_peer(shape, runs, seed):
-    proc = subprocess.run(
-        PEER_COMMAND + ["--shapes", shape, "--runs", str(runs),
-                        "--seed", str(seed)],
-        capture_output=True, text=True, timeout=600)
-    us, status = None, f"exit {proc.returncode}"
-    for line in proc.stdout.splitlines():
-        m = ROW.match(line)
-        if m:
-            us = None if m.group(4) == "-" else float(m.group(4))
-            status = m.group(5)
-    if status != "ok":
-        sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-2000:])
-    return us, status, "-" * 16
-
-
 def run(check, cubin, shape, runs, seed):
+    """(median µs, status, output hash) of one kernel, or of the peer, on
+    `shape` in a process of its own."""
+    args = ["--shapes", shape, "--runs", str(runs), "--seed", str(seed)]
     if cubin == PEER:
-        return run_peer(shape, runs, seed)
-    proc = subprocess.run(
-        shlex.split(check) + ["--seed", str(seed), "--hash-out", "--runs", str(runs),
-         "--shapes", shape, cubin],
-        capture_output=True, text=True, timeout=600)
-    us, status, digest = None, f"exit {proc.returncode}", "-"
+        command, digest = PEER_COMMAND + args, "-" * 16  # the peer hashes nothing
+    else:
+        command, digest = shlex.split(check) + args + ["--hash-out", cubin], "-"
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    us, status = None, f"exit {proc.returncode}"
     for line in proc.stdout.splitlines():
         m = ROW.match(line)
         if m:
@@ -127,6 +113,13 @@ def fmt(us):
     return " / ".join("-" if t is None else f"{t:.1f}" for t in us)
 
 
+def ratio_of_medians(peer, mine):
+    """cuBLAS median / kernel median over the passes that timed, or None."""
+    peer = [t for t in peer if t is not None]
+    mine = [t for t in mine if t is not None]
+    return statistics.median(peer) / statistics.median(mine) if peer and mine else None
+
+
 def paired(args):
     """Each plan shape's kernel against cuBLAS, interleaved in time."""
     only = args.shapes.split(",") if args.shapes else None
@@ -158,8 +151,7 @@ def paired(args):
     for shape, cubin in pairs:
         mine = [t for t in times[(cubin, shape)] if t is not None]
         peer = [t for t in times[(PEER, shape)] if t is not None]
-        ratio = (statistics.median(peer) / statistics.median(mine)
-                 if mine and peer else None)
+        ratio = ratio_of_medians(peer, mine)
         bad = [f"{'cuBLAS' if side == PEER else 'Kiln'}: {r}"
                for (side, s), r in status.items() if s == shape]
         m, n, k = (int(x) for x in shape.split("x"))
@@ -237,8 +229,7 @@ def main():
         for cubin in args.kernels:
             us = times[(cubin, shape)]
             status, digest = results[(cubin, shape)]
-            text = " / ".join("-" if t is None else f"{t:.1f}" for t in us)
-            cells.append(f"{text} {'' if status == 'ok' else status} "
+            cells.append(f"{fmt(us)} {'' if status == 'ok' else status} "
                          f"`{digest[:8]}`")
         print(f"| {shape} | " + " | ".join(cells) + " |")
 
@@ -249,15 +240,10 @@ def main():
                                      if k != PEER) + " |")
     print("| --- |" + " ---: |" * (len(names) - 1))
     for shape in shapes:
-        peer = [t for t in times[(PEER, shape)] if t is not None]
-        cells = []
-        for cubin in args.kernels:
-            if cubin == PEER:
-                continue
-            mine = [t for t in times[(cubin, shape)] if t is not None]
-            cells.append(f"{statistics.median(peer) / statistics.median(mine):.3f}"
-                         if peer and mine else "-")
-        print(f"| {shape} | " + " | ".join(cells) + " |")
+        ratios = [ratio_of_medians(times[(PEER, shape)], times[(cubin, shape)])
+                  for cubin in args.kernels if cubin != PEER]
+        print(f"| {shape} | " + " | ".join(
+            "-" if r is None else f"{r:.3f}" for r in ratios) + " |")
 
 
 if __name__ == "__main__":

@@ -15,10 +15,11 @@
 // launch). The ring is a power of two of stages (its index arithmetic is then
 // shifts and masks); 2-block clusters (`cluster_m = 2`) only for 128x256
 // tiles (measured neutral for 128x128 once its ring is 4 deep, gemm-kernels.md
-// "Version 8"; 2-10% faster for 128x256, "Session 16"). Plain GEMMs with a static M above 128 take 128x192 or 128x256 tiles
-// where that needs fewer waves of tiles by more than a wider tile costs over a
-// 128-wide one (gemm-kernels.md "Session 9", "Session 10"); plain unsplit GEMMs
-// with N % 8 == 0 store their output with TMA (gemm-kernels.md "Version 9").
+// "Version 8"; 2-10% faster for 128x256, "Session 16"). Plain GEMMs with a
+// static M above 128 take 128x192 or 128x256 tiles where that needs fewer waves
+// of tiles by more than a wider tile costs over a 128-wide one (gemm-kernels.md
+// "Session 9", "Session 10"); plain unsplit GEMMs with N % 8 == 0 store their
+// output with TMA (gemm-kernels.md "Version 9").
 //
 //===----------------------------------------------------------------------===//
 
