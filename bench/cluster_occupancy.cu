@@ -8,20 +8,12 @@
 // Build and run on the GPU machine:
 //   nvcc -O3 -arch=sm_90a -o /tmp/cluster_occupancy bench/cluster_occupancy.cu
 //   /tmp/cluster_occupancy [THREADS [SHARED_KB]]   (default 256 and 150)
+#include "event_timing.cuh"
+
 #include <cuda_runtime.h>
 
 #include <cstdio>
 #include <cstdlib>
-
-#define CHECK(call)                                                            \
-  do {                                                                         \
-    cudaError_t status = (call);                                               \
-    if (status != cudaSuccess) {                                               \
-      std::fprintf(stderr, "cluster_occupancy: %s failed: %s\n", #call,        \
-                   cudaGetErrorString(status));                                \
-      std::exit(1);                                                            \
-    }                                                                          \
-  } while (0)
 
 __global__ void gemmShaped() {}
 

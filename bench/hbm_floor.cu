@@ -10,6 +10,8 @@
 // Build and run on the GPU machine:
 //   nvcc -O3 -arch=sm_90a -o /tmp/hbm_floor bench/hbm_floor.cu
 //   /tmp/hbm_floor [READ_MB[:WRITE_MB],...]
+#include "event_timing.cuh"
+
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -17,22 +19,6 @@
 #include <cstdlib>
 #include <string>
 #include <vector>
-
-#define CHECK(call)                                                            \
-  do {                                                                         \
-    cudaError_t status = (call);                                               \
-    if (status != cudaSuccess) {                                               \
-      std::fprintf(stderr, "hbm_floor: %s failed: %s\n", #call,                \
-                   cudaGetErrorString(status));                                \
-      std::exit(1);                                                            \
-    }                                                                          \
-  } while (0)
-
-__global__ void spin(long long cycles) {
-  long long start = clock64();
-  while (clock64() - start < cycles) {
-  }
-}
 
 __global__ void empty() {}
 
@@ -61,34 +47,6 @@ __global__ void streamBytes(const int4 *__restrict__ in, size_t n16, int4 *out,
     __stcs(out + j, make_int4(0, 0, 0, 0));
   if (acc == 0x7fffffff)
     *sink = acc; // practically never: keeps the loads
-}
-
-template <typename Launch>
-double medianMicroseconds(Launch launch, int runs, cudaStream_t stream) {
-  for (int w = 0; w < 10; ++w)
-    launch(w);
-  std::vector<cudaEvent_t> starts(runs), stops(runs);
-  for (int r = 0; r < runs; ++r) {
-    CHECK(cudaEventCreate(&starts[r]));
-    CHECK(cudaEventCreate(&stops[r]));
-  }
-  spin<<<1, 1, 0, stream>>>(2'000'000LL + 30'000LL * runs);
-  for (int r = 0; r < runs; ++r) {
-    CHECK(cudaEventRecord(starts[r], stream));
-    launch(10 + r);
-    CHECK(cudaEventRecord(stops[r], stream));
-  }
-  CHECK(cudaStreamSynchronize(stream));
-  std::vector<double> us;
-  for (int r = 0; r < runs; ++r) {
-    float ms = 0;
-    CHECK(cudaEventElapsedTime(&ms, starts[r], stops[r]));
-    us.push_back(1000.0 * ms);
-    CHECK(cudaEventDestroy(starts[r]));
-    CHECK(cudaEventDestroy(stops[r]));
-  }
-  std::sort(us.begin(), us.end());
-  return us[us.size() / 2];
 }
 
 int main(int argc, char **argv) {

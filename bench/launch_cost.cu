@@ -10,30 +10,17 @@
 // kernel's is the launch's.
 //
 // Build and run on the GPU machine:
-//   nvcc -O3 -gencode arch=compute_90a,code=sm_90a -o /tmp/launch_cost
-//   bench/launch_cost.cu /tmp/launch_cost
+//   nvcc -O3 -gencode arch=compute_90a,code=sm_90a \
+//     -o /tmp/launch_cost bench/launch_cost.cu
+//   /tmp/launch_cost
+#include "event_timing.cuh"
+
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
-
-#define CHECK(call)                                                            \
-  do {                                                                         \
-    cudaError_t status = (call);                                               \
-    if (status != cudaSuccess) {                                               \
-      std::fprintf(stderr, "launch_cost: %s failed: %s\n", #call,              \
-                   cudaGetErrorString(status));                                \
-      std::exit(1);                                                            \
-    }                                                                          \
-  } while (0)
-
-__global__ void spin(long long cycles) {
-  long long start = clock64();
-  while (clock64() - start < cycles) {
-  }
-}
 
 __global__ void empty() {}
 
@@ -77,34 +64,6 @@ __global__ void __launch_bounds__(384, 1) gemmPrologue() {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
 }
 
-template <typename Launch>
-double medianMicroseconds(Launch launch, int runs, cudaStream_t stream) {
-  for (int w = 0; w < 10; ++w)
-    launch();
-  CHECK(cudaStreamSynchronize(stream));
-  std::vector<cudaEvent_t> starts(runs), stops(runs);
-  for (int r = 0; r < runs; ++r) {
-    CHECK(cudaEventCreate(&starts[r]));
-    CHECK(cudaEventCreate(&stops[r]));
-  }
-  spin<<<1, 1, 0, stream>>>(2'000'000LL + 30'000LL * runs);
-  for (int r = 0; r < runs; ++r) {
-    CHECK(cudaEventRecord(starts[r], stream));
-    launch();
-    CHECK(cudaEventRecord(stops[r], stream));
-  }
-  CHECK(cudaStreamSynchronize(stream));
-  CHECK(cudaGetLastError());
-  std::vector<float> ms(runs);
-  for (int r = 0; r < runs; ++r) {
-    CHECK(cudaEventElapsedTime(&ms[r], starts[r], stops[r]));
-    CHECK(cudaEventDestroy(starts[r]));
-    CHECK(cudaEventDestroy(stops[r]));
-  }
-  std::nth_element(ms.begin(), ms.begin() + runs / 2, ms.end());
-  return 1000.0 * ms[runs / 2];
-}
-
 int main() {
   cudaStream_t stream;
   CHECK(cudaStreamCreate(&stream));
@@ -132,21 +91,24 @@ int main() {
   };
   for (int blocks : {1, 132}) {
     row("empty, no parameters", blocks,
-        [&] { empty<<<blocks, 384, 0, stream>>>(); });
-    row("empty, 128 B of parameters", blocks,
-        [&] { emptyWithParams<128><<<blocks, 384, 0, stream>>>(p128, sink); });
-    row("empty, 704 B of parameters (a Kiln GEMM's)", blocks,
-        [&] { emptyWithParams<704><<<blocks, 384, 0, stream>>>(p704, sink); });
-    row("empty, 2048 B of parameters", blocks, [&] {
+        [&](int) { empty<<<blocks, 384, 0, stream>>>(); });
+    row("empty, 128 B of parameters", blocks, [&](int) {
+      emptyWithParams<128><<<blocks, 384, 0, stream>>>(p128, sink);
+    });
+    row("empty, 704 B of parameters (a Kiln GEMM's)", blocks, [&](int) {
+      emptyWithParams<704><<<blocks, 384, 0, stream>>>(p704, sink);
+    });
+    row("empty, 2048 B of parameters", blocks, [&](int) {
       emptyWithParams<2048><<<blocks, 384, 0, stream>>>(p2048, sink);
     });
   }
   row("empty, 2-block clusters", 132,
-      [&] { emptyInClusters<<<132, 384, 0, stream>>>(); });
+      [&](int) { emptyInClusters<<<132, 384, 0, stream>>>(); });
   row("GEMM prologue, 210 KB shared memory", 132,
-      [&] { gemmPrologue<<<132, 384, kSharedBytes, stream>>>(); });
-  row("empty, 210 KB shared memory", 132,
-      [&] { emptyWithSharedMemory<<<132, 384, kSharedBytes, stream>>>(); });
+      [&](int) { gemmPrologue<<<132, 384, kSharedBytes, stream>>>(); });
+  row("empty, 210 KB shared memory", 132, [&](int) {
+    emptyWithSharedMemory<<<132, 384, kSharedBytes, stream>>>();
+  });
   CHECK(cudaFree(sink));
   return 0;
 }
