@@ -83,6 +83,18 @@ __device__ __forceinline__ float warpMax(float value) {
   return value;
 }
 
+/// Sum and max over the quad of 4 lanes that holds one row of an mma.sync
+/// accumulator fragment (lanes 4g .. 4g + 3); every lane gets the result.
+__device__ __forceinline__ float quadSum(float value) {
+  value += __shfl_xor_sync(kFullMask, value, 1);
+  return value + __shfl_xor_sync(kFullMask, value, 2);
+}
+
+__device__ __forceinline__ float quadMax(float value) {
+  value = fmaxf(value, __shfl_xor_sync(kFullMask, value, 1));
+  return fmaxf(value, __shfl_xor_sync(kFullMask, value, 2));
+}
+
 /// Sum over the block (blockDim.x a multiple of 32, at most 1024); every
 /// thread gets the result. `scratch` holds 32 doubles.
 __device__ __forceinline__ double blockSum(double value, double *scratch) {

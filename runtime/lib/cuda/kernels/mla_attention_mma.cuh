@@ -411,10 +411,7 @@ __device__ __forceinline__ void mlaFlash(const MlaParams &p) {
       }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      localMax[r] =
-          fmaxf(localMax[r], __shfl_xor_sync(kFullMask, localMax[r], 1));
-      localMax[r] =
-          fmaxf(localMax[r], __shfl_xor_sync(kFullMask, localMax[r], 2));
+      localMax[r] = quadMax(localMax[r]);
       if (t == 0)
         rowMax[half * kFlashRows + rowBase + g + 8 * r] = localMax[r];
     }
@@ -473,8 +470,7 @@ __device__ __forceinline__ void mlaFlash(const MlaParams &p) {
   // Row sums: over the quad, then over the two halves.
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    runningSum[r] += __shfl_xor_sync(kFullMask, runningSum[r], 1);
-    runningSum[r] += __shfl_xor_sync(kFullMask, runningSum[r], 2);
+    runningSum[r] = quadSum(runningSum[r]);
     if (t == 0)
       rowSum[half * kFlashRows + rowBase + g + 8 * r] = runningSum[r];
   }

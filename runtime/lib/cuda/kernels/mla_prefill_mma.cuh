@@ -379,10 +379,7 @@ __device__ __forceinline__ void mlaPrefill(const MlaParams &p) {
         float correction[2], base[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          tileMax[r] =
-              fmaxf(tileMax[r], __shfl_xor_sync(kFullMask, tileMax[r], 1));
-          tileMax[r] =
-              fmaxf(tileMax[r], __shfl_xor_sync(kFullMask, tileMax[r], 2));
+          tileMax[r] = quadMax(tileMax[r]);
           float newMax = fmaxf(runningMax[mt][r], tileMax[r]);
           // A row with nothing unmasked yet keeps max -inf: exponents from 0.
           base[r] = newMax == -INFINITY ? 0.0f : newMax;
@@ -440,9 +437,7 @@ __device__ __forceinline__ void mlaPrefill(const MlaParams &p) {
   for (int mt = 0; mt < kTiles; ++mt)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float sum = runningSum[mt][r];
-      sum += __shfl_xor_sync(kFullMask, sum, 1);
-      sum += __shfl_xor_sync(kFullMask, sum, 2);
+      float sum = quadSum(runningSum[mt][r]);
       long long token = t0 + kPrefillWarpRows * warp + 16 * mt + g + 8 * r;
       if (token >= p.tokens)
         continue;
