@@ -505,6 +505,7 @@ Artifact readManifest(const Json &manifest, const std::string &bytes,
     kernel.split = k.optionalString("split", "");
     kernel.scaleA = k.optionalString("scale_a", "");
     kernel.griddepcontrol = k.optionalString("griddepcontrol", "");
+    kernel.aBox = k.optionalString("a_box", "");
     kernel.cubin = blobBytes(k, "cubin", blobs, bytes);
     if (!k.optionalString("ptx", "").empty())
       kernel.ptx = blobBytes(k, "ptx", blobs, bytes);
@@ -650,6 +651,8 @@ Json manifestJson(const Artifact &a, const std::vector<BlobOut> &blobs,
       kernel["scale_a"] = k.scaleA;
     if (!k.griddepcontrol.empty())
       kernel["griddepcontrol"] = k.griddepcontrol;
+    if (!k.aBox.empty())
+      kernel["a_box"] = k.aBox;
     if (!k.ptx.empty())
       kernel["ptx"] = k.name + ".ptx";
     kernels.push_back(std::move(kernel));
@@ -1134,6 +1137,9 @@ void validateArtifact(const Artifact &artifact, const std::string &origin) {
     if (!k.griddepcontrol.empty() && k.griddepcontrol != "wait")
       fail(kernel + "griddepcontrol " + quote(k.griddepcontrol) +
            " is not \"wait\"");
+    if (!k.aBox.empty() && (k.aBox != "min_m" || !k.grouped.empty()))
+      fail(kernel + "a_box " + quote(k.aBox) +
+           " is not \"min_m\" of a plain (not grouped) kernel");
     if (k.clusterM != 1 && k.clusterM != 2)
       fail(kernel + "cluster_m must be 1 or 2, got " +
            std::to_string(k.clusterM));

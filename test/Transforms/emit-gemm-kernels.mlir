@@ -32,7 +32,12 @@
 // CHECK: arith.addi %{{.*}}, %[[M_IN_BAND]] : i32
 // CHECK: arith.divui %{{.*}}, %[[BAND_ROWS]] : i32
 // CHECK: nvvm.mbarrier.try_wait.parity
-// CHECK: nvvm.mbarrier.arrive.expect_tx %{{.*}}, %{{.*}} : !llvm.ptr<3>, i32
+// A stage expects min(BLOCK_M, M) rows of A (the launcher's box) and the
+// B tile.
+// CHECK: %[[A_ROWS:.*]] = arith.minui %arg5, %{{.*}} : i32
+// CHECK: %[[A_BYTES:.*]] = arith.muli %[[A_ROWS]], %{{.*}} : i32
+// CHECK: %[[STAGE_BYTES:.*]] = arith.addi %[[A_BYTES]], %{{.*}} : i32
+// CHECK: nvvm.mbarrier.arrive.expect_tx %{{.*}}, %[[STAGE_BYTES]] : !llvm.ptr<3>, i32
 // CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global
 // CHECK: nvvm.cp.async.bulk.tensor.shared.cluster.global
 // Consumers take the registers and run four k32 FP8 wgmmas per 128-K block.

@@ -188,6 +188,7 @@
 // RUN: FileCheck %s --check-prefix=TMA-PTX --input-file %t/tma/kiln_gemm_fp8_m128n192s4c2_tma.ptx
 // TMA-LOOP: .param .align 64 .b8 kiln_gemm_fp8_m128n192s4c2_tma_param_8[128]
 // TMA-LOOP: .param .align 64 .b8 kiln_gemm_fp8_m128n192s4c2_tma_param_10[128]
+// TMA-LOOP: ld.param.b32 [[M:%r[0-9]+]], [kiln_gemm_fp8_m128n192s4c2_tma_param_5];
 // TMA-LOOP: setmaxnreg.inc.sync.aligned.u32 232
 // TMA-LOOP: mbarrier.try_wait.parity
 // TMA-LOOP-COUNT-4: wgmma.mma_async.sync.aligned.m64n192k32.f32.e4m3.e4m3
@@ -198,10 +199,13 @@
 // TMA-LOOP: mbarrier.arrive.shared.b64
 // The producer: A and B, then the scales' 1-D boxes (activation, then the
 // three weight scales), all on the stage's full barrier, which expects
-// (128 + 192) * 128 + 4 * (128 + 4) + 3 * 16 bytes.
+// min(128, M) * 128 + 192 * 128 + 4 * (128 + 4) + 3 * 16 bytes (A's box is
+// min(BLOCK_M, M) rows, gemm-abi.md "Buffers"; LLVM hoists the sum).
 // TMA-LOOP: setmaxnreg.dec.sync.aligned.u32 40
-// TMA-LOOP: mov.b32 [[TX:%r[0-9]+]], 41536;
-// TMA-LOOP-NEXT: mbarrier.arrive.expect_tx.shared.b64 %rd{{[0-9]+}}, [[FULL:\[%rd[0-9]+\+[0-9]+\]]], [[TX]];
+// TMA-LOOP: min.u32 [[ROWS:%r[0-9]+]], [[M]], 128;
+// TMA-LOOP-NEXT: shl.b32 [[ABYTES:%r[0-9]+]], [[ROWS]], 7;
+// TMA-LOOP-NEXT: add.s32 [[TX:%r[0-9]+]], [[ABYTES]], 25152;
+// TMA-LOOP: mbarrier.arrive.expect_tx.shared.b64 %rd{{[0-9]+}}, [[FULL:\[%rd[0-9]+\+[0-9]+\]]], [[TX]];
 // TMA-LOOP-COUNT-2: cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes {{.*}}, [[FULL]];
 // TMA-LOOP-COUNT-4: cp.async.bulk.tensor.1d.shared::cluster.global.tile.mbarrier::complete_tx::bytes {{.*}}, [[FULL]];
 // The epilogue (LLVM may place its block anywhere): stage the BF16 tile,
@@ -266,6 +270,7 @@
 // WIDEST: kiln_gemm_fp8_m128n256s4c2: {{[0-9]+}} registers, 0 spill bytes, 220352 B shared memory: ok
 // WIDEST: kiln_gemm_fp8_m128n256s3c2_tma: {{[0-9]+}} registers, 0 spill bytes, 217264 B shared memory: ok
 // RUN: FileCheck %s --check-prefix=WIDEST-LOOP --implicit-check-not=ld.global --input-file %t/widest/kiln_gemm_fp8_m128n256s4c2.ptx
+// WIDEST-LOOP: ld.param.b32 [[M:%r[0-9]+]], [kiln_gemm_fp8_m128n256s4c2_param_5];
 // WIDEST-LOOP: setmaxnreg.inc.sync.aligned.u32 232
 // WIDEST-LOOP: mbarrier.try_wait.parity
 // WIDEST-LOOP-COUNT-4: wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {[[ACC:%r[0-9]+, %r[0-9]+]],
@@ -278,10 +283,12 @@
 // WIDEST-LOOP-NEXT: wgmma.wait_group.sync.aligned 0;
 // WIDEST-LOOP-NEXT: bar.warp.sync -1;
 // WIDEST-LOOP: mbarrier.arrive.shared.b64
-// The producer: one 256-row B box and the stage's expected bytes, (128 +
-// 256) * 128 + 4 * (128 + 4) + 2 * 16.
+// The producer: one 256-row B box and the stage's expected bytes,
+// min(128, M) * 128 + 256 * 128 + 4 * (128 + 4) + 2 * 16.
 // WIDEST-LOOP: setmaxnreg.dec.sync.aligned.u32 40
-// WIDEST-LOOP: mov.b32 [[TX:%r[0-9]+]], 49712;
-// WIDEST-LOOP-NEXT: mbarrier.arrive.expect_tx.shared.b64 %rd{{[0-9]+}}, [[FULL:\[%rd[0-9]+\+[0-9]+\]]], [[TX]];
+// WIDEST-LOOP: min.u32 [[ROWS:%r[0-9]+]], [[M]], 128;
+// WIDEST-LOOP-NEXT: shl.b32 [[ABYTES:%r[0-9]+]], [[ROWS]], 7;
+// WIDEST-LOOP-NEXT: add.s32 [[TX:%r[0-9]+]], [[ABYTES]], 33328;
+// WIDEST-LOOP: mbarrier.arrive.expect_tx.shared.b64 %rd{{[0-9]+}}, [[FULL:\[%rd[0-9]+\+[0-9]+\]]], [[TX]];
 // WIDEST-LOOP-COUNT-2: cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes {{.*}}, [[FULL]];
 // WIDEST-LOOP-COUNT-3: cp.async.bulk.tensor.1d.shared::cluster.global.tile.mbarrier::complete_tx::bytes {{.*}}, [[FULL]];

@@ -39,6 +39,7 @@ def main():
         grouped += f" scale_a {kernel['scale_a']}" if "scale_a" in kernel else ""
         grouped += (f" griddepcontrol {kernel['griddepcontrol']}"
                     if "griddepcontrol" in kernel else "")
+        grouped += f" a_box {kernel['a_box']}" if "a_box" in kernel else ""
         print(f"kernel {kernel['name']} split_k {kernel['split_k']}{grouped} "
               f"smem {kernel['shared_memory_bytes']} cubin {elf} ptx {target}")
     print(f"weights {len(manifest['weights'])}")

@@ -167,22 +167,23 @@ kiln::Artifact realisticArtifact() {
   a.options.kvCacheDtype = "fp8";
   a.kernels.push_back({"kiln_gemm_m64n64s8c1", 64, 64, 8, 1, 197632, 1,
                        binaryBlob(3001, 1), ".version 8.8\n.target sm_90a\n",
-                       "", 1, "", "", "", "", "wait"});
+                       "", 1, "", "", "", "", "wait", "min_m"});
   a.kernels.push_back({"kiln_gemm_m128n128s4c2", 128, 128, 4, 2, 0, 2,
-                       binaryBlob(700, 2), "", "", 1, "", "", "", "", ""});
+                       binaryBlob(700, 2), "", "", 1, "", "", "", "", "", ""});
   a.kernels.push_back({"kiln_gemm_m64n64s8c1_contiguous", 64, 64, 8, 1, 0, 1,
                        binaryBlob(900, 3), "", "contiguous", 1, "", "", "", "",
-                       "wait"});
+                       "wait", ""});
   a.kernels.push_back({"kiln_gemm_m128n128s6c2x2", 128, 128, 6, 2, 0, 1,
-                       binaryBlob(800, 4), "", "", 2, "", "", "", "", ""});
+                       binaryBlob(800, 4), "", "", 2, "", "", "", "", "", ""});
   a.kernels.push_back({"kiln_gemm_m64n128s8c1_contiguous_swiglu", 64, 128, 8, 1,
                        0, 1, binaryBlob(950, 5), "", "contiguous", 1, "swiglu",
-                       "", "", "", ""});
+                       "", "", "", "", ""});
   a.kernels.push_back({"kiln_gemm_m128n192s4c2_tma", 128, 192, 4, 2, 0, 1,
                        binaryBlob(990, 6), "", "", 1, "", "tma", "", "tma",
-                       "wait"});
+                       "wait", ""});
   a.kernels.push_back({"kiln_gemm_m128n128s4c2k4t", 128, 128, 4, 2, 0, 4,
-                       binaryBlob(700, 7), "", "", 1, "", "", "tail", "", ""});
+                       binaryBlob(700, 7), "", "", 1, "", "", "tail", "", "",
+                       ""});
   a.weights = {
       {"model.embed_tokens.weight", "bf16", {129280, 256}, "none"},
       {"model.layers.0.input_layernorm.weight", "bf16", {256}, "none"},
@@ -215,7 +216,7 @@ kiln::Artifact smallArtifact() {
   a.producer = "kilnc test";
   a.source = "graph.mlir";
   a.kernels.push_back({"k", 64, 64, 4, 1, 0, 1, std::string("c\0b\0n", 5),
-                       "ptx", "", 1, "", "", "", "", ""});
+                       "ptx", "", 1, "", "", "", "", "", ""});
   a.weights.push_back({"w", "f8e4m3", {128, 128}, "none"});
   kiln::LaunchPlan plan;
   plan.maxTokens = 2;
@@ -275,6 +276,7 @@ void expectSameArtifact(const kiln::Artifact &a, const kiln::Artifact &b) {
     EXPECT_EQ(x.split, y.split);
     EXPECT_EQ(x.scaleA, y.scaleA);
     EXPECT_EQ(x.griddepcontrol, y.griddepcontrol);
+    EXPECT_EQ(x.aBox, y.aBox);
     EXPECT_EQ(x.cubin, y.cubin);
     EXPECT_EQ(x.ptx, y.ptx);
   }
@@ -1173,6 +1175,19 @@ TEST(ArtifactTest, KeepsGriddepcontrolAndRejectsOtherValues) {
       invalidBecause(
           [](kiln::Artifact &a) { a.kernels[0].griddepcontrol = "spin"; }),
       {"kiln_gemm_m64n64s8c1", "griddepcontrol", "\"spin\"", "\"wait\""});
+}
+
+TEST(ArtifactTest, KeepsTheClampedABoxOfPlainKernelsOnly) {
+  kiln::Artifact read = kiln::parseArtifact(
+      kiln::serializeArtifact(realisticArtifact()), "f.kiln");
+  EXPECT_EQ(read.findKernel("kiln_gemm_m64n64s8c1")->aBox, "min_m");
+  EXPECT_EQ(read.findKernel("kiln_gemm_m128n128s4c2")->aBox, "");
+  expectMentions(
+      invalidBecause([](kiln::Artifact &a) { a.kernels[0].aBox = "max_m"; }),
+      {"kiln_gemm_m64n64s8c1", "a_box", "\"max_m\"", "\"min_m\""});
+  expectMentions(
+      invalidBecause([](kiln::Artifact &a) { a.kernels[2].aBox = "min_m"; }),
+      {"kiln_gemm_m64n64s8c1_contiguous", "a_box", "not grouped"});
 }
 
 TEST(ArtifactTest, ReadsVersion2Artifacts) {

@@ -369,6 +369,47 @@ TEST(DependentLaunch, ManifestReadsGriddepcontrolWait) {
                  {"bad.json", "\"griddepcontrol\" must be \"wait\""});
 }
 
+TEST(ClampedABox, ManifestReadsItAndTheBoxFollowsM) {
+  // kiln-compile-gemm.py writes "a_box": "min_m" for every plain kernel: its
+  // stages count min(BLOCK_M, M) rows of A, so the launcher's box must be
+  // that many rows (a BLOCK_M box would leave the barrier waiting on bytes
+  // that never come, a smaller one on a kernel without it the reverse).
+  GemmKernelConfig config = parseGemmManifest(
+      R"({"kernel": "kiln_gemm_fp8_m128n64s8c2_tma", "block_m": 128,
+          "block_n": 64, "stages": 8, "consumer_warpgroups": 2,
+          "a_box": "min_m"})",
+      "clamped.json");
+  EXPECT_TRUE(config.clampedABox);
+  EXPECT_TRUE(parseGemmManifest(toManifestJson(config), "again").clampedABox);
+  EXPECT_EQ(gemmBoxRowsA(config, 1), 1);
+  EXPECT_EQ(gemmBoxRowsA(config, 100), 100);
+  EXPECT_EQ(gemmBoxRowsA(config, 128), 128);
+  EXPECT_EQ(gemmBoxRowsA(config, 300), 128);
+  GemmKernelConfig plain = parseGemmManifest(
+      R"({"kernel": "k", "block_m": 128, "block_n": 64, "stages": 4,
+          "consumer_warpgroups": 2})",
+      "plain.json");
+  EXPECT_FALSE(plain.clampedABox);
+  EXPECT_EQ(toManifestJson(plain).find("a_box"), std::string::npos);
+  EXPECT_EQ(gemmBoxRowsA(plain, 1), 128);
+  expectMentions(errorOf([] {
+                   parseGemmManifest(
+                       R"({"kernel": "k", "block_m": 64, "block_n": 64,
+                           "stages": 4, "consumer_warpgroups": 1,
+                           "a_box": "block_m"})",
+                       "bad.json");
+                 }),
+                 {"bad.json", "\"a_box\" must be \"min_m\""});
+  expectMentions(errorOf([] {
+                   parseGemmManifest(
+                       R"({"kernel": "k", "block_m": 64, "block_n": 64,
+                           "stages": 4, "consumer_warpgroups": 1,
+                           "grouped": "masked", "a_box": "min_m"})",
+                       "grouped.json");
+                 }),
+                 {"grouped.json", "a_box min_m is for plain kernels"});
+}
+
 TEST(GroupedGemm, ManifestReadsTheLayout) {
   // kiln-compile-gemm.py's manifest of a grouped kernel.
   GemmKernelConfig config = parseGemmManifest(

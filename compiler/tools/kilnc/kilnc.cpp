@@ -273,8 +273,11 @@ std::string planJson(const kiln::LoweredModel &model) {
     if (config.getStagedScales())
       fields.emplace_back("scale_a", "tma");
     // Every kernel this compiler emits waits on its grid dependencies
-    // (EmitGemmKernels, gemm-abi.md "Dependent launch").
+    // (EmitGemmKernels, gemm-abi.md "Dependent launch"), and every plain one
+    // counts min(block_m, M) rows of A per stage (gemm-abi.md "Buffers").
     fields.emplace_back("griddepcontrol", "wait");
+    if (!config.getGrouped())
+      fields.emplace_back("a_box", "min_m");
     fields.emplace_back("shared_memory_bytes", config.getSharedMemoryBytes());
     kernels.push_back(orderedObject(fields));
   }
@@ -369,6 +372,8 @@ std::string kernelManifest(const kiln::ArtifactKernel &kernel,
     manifest["scale_a"] = kernel.scaleA;
   if (!kernel.griddepcontrol.empty())
     manifest["griddepcontrol"] = kernel.griddepcontrol;
+  if (!kernel.aBox.empty())
+    manifest["a_box"] = kernel.aBox;
   if (assembled) {
     manifest["registers"] = assembled->registers;
     manifest["spill_bytes"] = assembled->spillBytes;
@@ -636,6 +641,8 @@ int run() {
     if (gemm.getStagedScales())
       kernel.scaleA = "tma";
     kernel.griddepcontrol = "wait";
+    if (!gemm.getGrouped())
+      kernel.aBox = "min_m";
     kernel.sharedMemoryBytes = gemm.getSharedMemoryBytes();
     llvm::Expected<std::string> ptx =
         kiln::compileGemmKernelToPtx(context, gemm);

@@ -42,8 +42,10 @@ namespace kiln {
 /// of scaleA and scaleB, its last parameters; gemm-abi.md "Staged
 /// scales"). 10: kernels[].griddepcontrol "wait" (the kernel waits on its
 /// grid dependencies before touching global memory, so it may be launched
-/// as a programmatic dependent; gemm-abi.md "Dependent launch").
-constexpr uint32_t kArtifactFormatVersion = 10;
+/// as a programmatic dependent; gemm-abi.md "Dependent launch"). 11:
+/// kernels[].a_box "min_m" (a plain kernel that expects A's tensor map box
+/// to be min(block_m, M) rows; gemm-abi.md "Buffers").
+constexpr uint32_t kArtifactFormatVersion = 11;
 /// The oldest version this build reads: a version 2 plan is a version 3 plan
 /// on one stream without micro-batches.
 constexpr uint32_t kOldestArtifactFormatVersion = 2;
@@ -91,6 +93,10 @@ struct ArtifactKernel {
   /// they touch global memory (gemm-abi.md "Dependent launch"; version 10):
   /// the backend may launch it overlapping the previous kernel's tail.
   std::string griddepcontrol;
+  /// "min_m" for a plain kernel whose stages expect A's TMA box to be
+  /// min(block_m, M) rows (gemm-abi.md "Buffers"; version 11), empty for
+  /// one that expects block_m rows at any M.
+  std::string aBox;
 };
 
 /// A checkpoint tensor a plan reads.

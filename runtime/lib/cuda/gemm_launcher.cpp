@@ -246,6 +246,9 @@ void GemmKernelConfig::validate(const std::string &origin) const {
     fail("store tma in a grouped kernel needs block_n >= 128");
   if (stagedScales && (splitK != 1 || operandPointers))
     fail("scale_a tma needs split_k 1 and no operand_pointers");
+  if (clampedABox && grouping != GemmGrouping::None)
+    fail("a_box min_m is for plain kernels (a grouped kernel's boxes are "
+         "block_m rows of the stacked groups)");
   if (sharedMemoryBytes < 0)
     fail("smem_bytes must not be negative, got " +
          std::to_string(sharedMemoryBytes));
@@ -343,6 +346,12 @@ GemmKernelConfig parseGemmManifest(const std::string &json,
                   wait->dump());
     config.gridDependencyWait = true;
   }
+  if (auto box = manifest.find("a_box"); box != manifest.end()) {
+    if (*box != "min_m")
+      throw Error(origin + ": field \"a_box\" must be \"min_m\", got " +
+                  box->dump());
+    config.clampedABox = true;
+  }
   if (auto pointers = manifest.find("operand_pointers");
       pointers != manifest.end()) {
     if (!pointers->is_boolean())
@@ -392,6 +401,8 @@ std::string toManifestJson(const GemmKernelConfig &config) {
     manifest["scale_a"] = "tma";
   if (config.gridDependencyWait)
     manifest["griddepcontrol"] = "wait";
+  if (config.clampedABox)
+    manifest["a_box"] = "min_m";
   return manifest.dump(2) + "\n";
 }
 
@@ -624,6 +635,13 @@ GemmKernel &GemmKernel::operator=(GemmKernel &&other) noexcept {
   return *this;
 }
 
+int gemmBoxRowsA(const GemmKernelConfig &config, int m) {
+  // A kernel with the clamped box (gemm-abi.md "Buffers") counts
+  // min(BLOCK_M, M) rows per stage: at M < BLOCK_M TMA then reads the rows
+  // there are instead of zero-filling the rest of a BLOCK_M box.
+  return config.clampedABox ? std::min(config.blockM, m) : config.blockM;
+}
+
 GemmLaunch GemmKernel::prepare(const GemmOperands &operands) const {
   if (cfg.grouping != GemmGrouping::None)
     throw Error(kernelContext(cfg) +
@@ -633,7 +651,8 @@ GemmLaunch GemmKernel::prepare(const GemmOperands &operands) const {
       kernelContext(cfg) + " (" + describeShape(operands) + ")";
   GemmLaunch launch;
   launch.tensorMapA = encodeOperandMap(operands.a, operands.m, operands.k,
-                                       cfg.blockM, context + ", tensor map A");
+                                       gemmBoxRowsA(cfg, operands.m),
+                                       context + ", tensor map A");
   // In a cluster each block loads its half of the B tile.
   launch.tensorMapB =
       encodeOperandMap(operands.b, operands.n, operands.k,

@@ -42,6 +42,7 @@ inline GemmKernel loadArtifactGemmKernel(const ArtifactKernel &k,
   cfg.tmaStore = k.store == "tma";
   cfg.stagedScales = k.scaleA == "tma";
   cfg.gridDependencyWait = k.griddepcontrol == "wait";
+  cfg.clampedABox = k.aBox == "min_m";
   cfg.validate(origin + ": kernel " + k.name);
   if (k.cubin.empty())
     throw Error(origin + ": kernel " + k.name +
