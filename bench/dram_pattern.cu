@@ -85,14 +85,10 @@ int main(int argc, char **argv) {
       readStripes<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   CHECK(cudaFuncSetAttribute(
       readStripes<16>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  std::printf("| N | K | weight MB | boxes in flight | layout | µs | weight GB/s |\n");
+  std::printf(
+      "| N | K | weight MB | boxes in flight | layout | µs | weight GB/s |\n");
   std::printf("| ---: | ---: | ---: | ---: | --- | ---: | ---: |\n");
-  size_t pos = 0;
-  while (pos < list.size()) {
-    size_t end = list.find(',', pos);
-    std::string item = list.substr(
-        pos, end == std::string::npos ? std::string::npos : end - pos);
-    pos = end == std::string::npos ? list.size() : end + 1;
+  for (const std::string &item : splitList(list)) {
     int N = std::atoi(item.c_str());
     int K = std::atoi(item.c_str() + item.find(':') + 1);
     if (N % kRows || K % kBoxBytes) {

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #define CHECK(call)                                                            \
@@ -57,4 +58,17 @@ double medianMicroseconds(Launch launch, int runs, cudaStream_t stream) {
   }
   std::sort(us.begin(), us.end());
   return us[us.size() / 2];
+}
+
+/// The items of a comma-separated command-line list ("a,b,c").
+inline std::vector<std::string> splitList(const std::string &list) {
+  std::vector<std::string> items;
+  size_t pos = 0;
+  while (pos < list.size()) {
+    size_t end = list.find(',', pos);
+    items.push_back(list.substr(
+        pos, end == std::string::npos ? std::string::npos : end - pos));
+    pos = end == std::string::npos ? list.size() : end + 1;
+  }
+  return items;
 }

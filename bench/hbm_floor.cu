@@ -82,12 +82,7 @@ int main(int argc, char **argv) {
               "| ---: |\n");
   int *sink;
   CHECK(cudaMalloc(&sink, sizeof(int)));
-  size_t pos = 0;
-  while (pos < list.size()) {
-    size_t end = list.find(',', pos);
-    std::string item = list.substr(
-        pos, end == std::string::npos ? std::string::npos : end - pos);
-    pos = end == std::string::npos ? list.size() : end + 1;
+  for (const std::string &item : splitList(list)) {
     double readMB = std::atof(item.c_str());
     size_t colon = item.find(':');
     double writeMB =
