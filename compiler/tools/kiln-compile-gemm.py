@@ -294,10 +294,9 @@ def main():
         # Every emitted kernel waits on its grid dependencies before it
         # touches global memory (gemm-abi.md "Dependent launch").
         manifest["griddepcontrol"] = "wait"
-        # A plain kernel's stages count min(block_m, M) rows of A, the box
-        # the launcher then builds (gemm-abi.md "Buffers").
-        if not grouped:
-            manifest["a_box"] = "min_m"
+        # Its stages count min(block_m, M) rows of A, the box the launcher
+        # then builds (gemm-abi.md "The clamped A box").
+        manifest["a_box"] = "min_m"
         with open(os.path.join(args.out, name + ".json"), "w") as f:
             json.dump(manifest, f, indent=1)
         # ptxas falls back to waiting for every wgmma where it cannot prove

@@ -1137,9 +1137,8 @@ void validateArtifact(const Artifact &artifact, const std::string &origin) {
     if (!k.griddepcontrol.empty() && k.griddepcontrol != "wait")
       fail(kernel + "griddepcontrol " + quote(k.griddepcontrol) +
            " is not \"wait\"");
-    if (!k.aBox.empty() && (k.aBox != "min_m" || !k.grouped.empty()))
-      fail(kernel + "a_box " + quote(k.aBox) +
-           " is not \"min_m\" of a plain (not grouped) kernel");
+    if (!k.aBox.empty() && k.aBox != "min_m")
+      fail(kernel + "a_box " + quote(k.aBox) + " is not \"min_m\"");
     if (k.clusterM != 1 && k.clusterM != 2)
       fail(kernel + "cluster_m must be 1 or 2, got " +
            std::to_string(k.clusterM));

@@ -24,9 +24,9 @@
 // CHECK-NEXT: model deepseek_v3 fnv1a64:{{[0-9a-f]+}} hidden 256 layers 3 vocab 129280
 // CHECK-NEXT: options ep=1 kv_cache_dtype=bf16 kv_page_tokens=64 max_batch=8 max_seq_len=4096 overlap_micro_batches=1 prefill_chunk=256
 // CHECK-NEXT: kernel kiln_gemm_fp8_m64n64s8c1_tma split_k 1 store tma scale_a tma griddepcontrol wait a_box min_m smem 146688 cubin elf ptx sm_90a
-// CHECK-NEXT: kernel kiln_gemm_fp8_m64n64s8c1_contiguous split_k 1 grouped contiguous scale_a tma griddepcontrol wait smem 160012 cubin elf ptx sm_90a
+// CHECK-NEXT: kernel kiln_gemm_fp8_m64n64s8c1_contiguous split_k 1 grouped contiguous scale_a tma griddepcontrol wait a_box min_m smem 160012 cubin elf ptx sm_90a
 // CHECK-NEXT: kernel kiln_gemm_fp8_m128n128s4c2_tma split_k 1 store tma griddepcontrol wait a_box min_m smem 164928 cubin elf ptx sm_90a
-// CHECK-NEXT: kernel kiln_gemm_fp8_m128n64s8c2_contiguous split_k 1 grouped contiguous griddepcontrol wait smem 228492 cubin elf ptx sm_90a
+// CHECK-NEXT: kernel kiln_gemm_fp8_m128n64s8c2_contiguous split_k 1 grouped contiguous griddepcontrol wait a_box min_m smem 228492 cubin elf ptx sm_90a
 // CHECK-NEXT: weights 49
 // CHECK-NEXT: plan decode max_tokens 8 max_sequences 8 buffers 92 steps 72
 // CHECK-NEXT: plan prefill max_tokens 256 max_sequences 8 buffers 92 steps 72

@@ -12,9 +12,9 @@
 // Two kernels: the decode-sized and the large-M configuration.
 // CHECK: "kernels": [
 // CHECK-NEXT: {"name": "kiln_gemm_fp8_m64n64s8c1_tma", "block_m": 64, "block_n": 64, "stages": 8, "consumers": 1, "split_k": 1, "store": "tma", "scale_a": "tma", "griddepcontrol": "wait", "a_box": "min_m", "shared_memory_bytes": 146688},
-// CHECK-NEXT: {"name": "kiln_gemm_fp8_m64n64s8c1_contiguous", "block_m": 64, "block_n": 64, "stages": 8, "consumers": 1, "split_k": 1, "grouped": "contiguous", "scale_a": "tma", "griddepcontrol": "wait", "shared_memory_bytes": 160012},
+// CHECK-NEXT: {"name": "kiln_gemm_fp8_m64n64s8c1_contiguous", "block_m": 64, "block_n": 64, "stages": 8, "consumers": 1, "split_k": 1, "grouped": "contiguous", "scale_a": "tma", "griddepcontrol": "wait", "a_box": "min_m", "shared_memory_bytes": 160012},
 // CHECK-NEXT: {"name": "kiln_gemm_fp8_m128n128s4c2_tma", "block_m": 128, "block_n": 128, "stages": 4, "consumers": 2, "split_k": 1, "store": "tma", "griddepcontrol": "wait", "a_box": "min_m", "shared_memory_bytes": 164928},
-// CHECK-NEXT: {"name": "kiln_gemm_fp8_m128n64s8c2_contiguous", "block_m": 128, "block_n": 64, "stages": 8, "consumers": 2, "split_k": 1, "grouped": "contiguous", "griddepcontrol": "wait", "shared_memory_bytes": 228492}
+// CHECK-NEXT: {"name": "kiln_gemm_fp8_m128n64s8c2_contiguous", "block_m": 128, "block_n": 64, "stages": 8, "consumers": 2, "split_k": 1, "grouped": "contiguous", "griddepcontrol": "wait", "a_box": "min_m", "shared_memory_bytes": 228492}
 // CHECK-NEXT: ],
 
 // Weights as the checkpoint stores them; kv_b_proj converted to BF16 at

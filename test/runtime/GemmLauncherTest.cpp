@@ -400,14 +400,13 @@ TEST(ClampedABox, ManifestReadsItAndTheBoxFollowsM) {
                        "bad.json");
                  }),
                  {"bad.json", "\"a_box\" must be \"min_m\""});
-  expectMentions(errorOf([] {
-                   parseGemmManifest(
-                       R"({"kernel": "k", "block_m": 64, "block_n": 64,
-                           "stages": 4, "consumer_warpgroups": 1,
-                           "grouped": "masked", "a_box": "min_m"})",
-                       "grouped.json");
-                 }),
-                 {"grouped.json", "a_box min_m is for plain kernels"});
+  // Grouped kernels too: M is R (contiguous) or a slab's rows (masked).
+  GemmKernelConfig masked = parseGemmManifest(
+      R"({"kernel": "k", "block_m": 64, "block_n": 64, "stages": 4,
+          "consumer_warpgroups": 1, "grouped": "masked", "a_box": "min_m"})",
+      "grouped.json");
+  EXPECT_TRUE(masked.clampedABox);
+  EXPECT_EQ(gemmBoxRowsA(masked, 8), 8);
 }
 
 TEST(GroupedGemm, ManifestReadsTheLayout) {

@@ -295,21 +295,18 @@ private:
                            kiln::GemmConfigAttr::kWeightScaleBoxBytes *
                                static_cast<int64_t>(weightSuffixes.size())
                      : 0;
-    if (grouped) {
-      emit("nvvm.mbarrier.arrive.expect_tx %full, " +
-           i32((bm + bn) * kSliceBytes + scaleBytes) + " : !llvm.ptr<3>, i32");
-    } else {
-      // A's box is min(BLOCK_M, M) rows (gemm-abi.md "Buffers"): with fewer
-      // rows than a tile TMA would fill the rest with zeros, which costs
-      // more than reading them (M = 1 28% slower than M = 64 at 7168 x
-      // 16384); the stale rows past M only reach output rows never stored.
-      emit("%aBoxRows = arith.minui %M, " + i32(bm) + " : i32");
-      emit("%aBoxBytes = arith.muli %aBoxRows, " + i32(kSliceBytes) + " : i32");
-      emit("%stageBytes = arith.addi %aBoxBytes, " +
-           i32(bn * kSliceBytes + scaleBytes) + " : i32");
-      emit("nvvm.mbarrier.arrive.expect_tx %full, %stageBytes : "
-           "!llvm.ptr<3>, i32");
-    }
+    // A's box is min(BLOCK_M, M) rows (gemm-abi.md "The clamped A box";
+    // grouped kernels: M is a contiguous launch's R or a masked slab's
+    // rows): with fewer rows than a tile TMA would fill the rest with
+    // zeros, which costs more than reading them (M = 1 28% slower than
+    // M = 64 at 7168 x 16384); the stale rows past M (or past the slab)
+    // only reach output rows never stored.
+    emit("%aBoxRows = arith.minui %M, " + i32(bm) + " : i32");
+    emit("%aBoxBytes = arith.muli %aBoxRows, " + i32(kSliceBytes) + " : i32");
+    emit("%stageBytes = arith.addi %aBoxBytes, " +
+         i32(bn * kSliceBytes + scaleBytes) + " : i32");
+    emit("nvvm.mbarrier.arrive.expect_tx %full, %stageBytes : "
+         "!llvm.ptr<3>, i32");
     emit("%kOff = arith.muli %kb, %c128 : i32");
     emit("%aDst = " + ringSlot(layout.ringA, bm * kSliceBytes, "%s"));
     emit("%aDst7 = llvm.addrspacecast %aDst : !llvm.ptr<3> to !llvm.ptr<7>");

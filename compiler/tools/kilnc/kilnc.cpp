@@ -273,11 +273,10 @@ std::string planJson(const kiln::LoweredModel &model) {
     if (config.getStagedScales())
       fields.emplace_back("scale_a", "tma");
     // Every kernel this compiler emits waits on its grid dependencies
-    // (EmitGemmKernels, gemm-abi.md "Dependent launch"), and every plain one
-    // counts min(block_m, M) rows of A per stage (gemm-abi.md "Buffers").
+    // (EmitGemmKernels, gemm-abi.md "Dependent launch") and counts
+    // min(block_m, M) rows of A per stage (gemm-abi.md "The clamped A box").
     fields.emplace_back("griddepcontrol", "wait");
-    if (!config.getGrouped())
-      fields.emplace_back("a_box", "min_m");
+    fields.emplace_back("a_box", "min_m");
     fields.emplace_back("shared_memory_bytes", config.getSharedMemoryBytes());
     kernels.push_back(orderedObject(fields));
   }
@@ -641,8 +640,7 @@ int run() {
     if (gemm.getStagedScales())
       kernel.scaleA = "tma";
     kernel.griddepcontrol = "wait";
-    if (!gemm.getGrouped())
-      kernel.aBox = "min_m";
+    kernel.aBox = "min_m";
     kernel.sharedMemoryBytes = gemm.getSharedMemoryBytes();
     llvm::Expected<std::string> ptx =
         kiln::compileGemmKernelToPtx(context, gemm);

@@ -43,8 +43,8 @@ namespace kiln {
 /// scales"). 10: kernels[].griddepcontrol "wait" (the kernel waits on its
 /// grid dependencies before touching global memory, so it may be launched
 /// as a programmatic dependent; gemm-abi.md "Dependent launch"). 11:
-/// kernels[].a_box "min_m" (a plain kernel that expects A's tensor map box
-/// to be min(block_m, M) rows; gemm-abi.md "Buffers").
+/// kernels[].a_box "min_m" (a kernel that expects A's tensor map box to be
+/// min(block_m, M) rows; gemm-abi.md "The clamped A box").
 constexpr uint32_t kArtifactFormatVersion = 11;
 /// The oldest version this build reads: a version 2 plan is a version 3 plan
 /// on one stream without micro-batches.
@@ -93,9 +93,9 @@ struct ArtifactKernel {
   /// they touch global memory (gemm-abi.md "Dependent launch"; version 10):
   /// the backend may launch it overlapping the previous kernel's tail.
   std::string griddepcontrol;
-  /// "min_m" for a plain kernel whose stages expect A's TMA box to be
-  /// min(block_m, M) rows (gemm-abi.md "Buffers"; version 11), empty for
-  /// one that expects block_m rows at any M.
+  /// "min_m" for a kernel whose stages expect A's TMA box to be
+  /// min(block_m, M) rows (gemm-abi.md "The clamped A box"; version 11),
+  /// empty for one that expects block_m rows at any M.
   std::string aBox;
 };
 

@@ -246,9 +246,6 @@ void GemmKernelConfig::validate(const std::string &origin) const {
     fail("store tma in a grouped kernel needs block_n >= 128");
   if (stagedScales && (splitK != 1 || operandPointers))
     fail("scale_a tma needs split_k 1 and no operand_pointers");
-  if (clampedABox && grouping != GemmGrouping::None)
-    fail("a_box min_m is for plain kernels (a grouped kernel's boxes are "
-         "block_m rows of the stacked groups)");
   if (sharedMemoryBytes < 0)
     fail("smem_bytes must not be negative, got " +
          std::to_string(sharedMemoryBytes));
@@ -636,7 +633,7 @@ GemmKernel &GemmKernel::operator=(GemmKernel &&other) noexcept {
 }
 
 int gemmBoxRowsA(const GemmKernelConfig &config, int m) {
-  // A kernel with the clamped box (gemm-abi.md "Buffers") counts
+  // A kernel with the clamped box (gemm-abi.md "The clamped A box") counts
   // min(BLOCK_M, M) rows per stage: at M < BLOCK_M TMA then reads the rows
   // there are instead of zero-filling the rest of a BLOCK_M box.
   return config.clampedABox ? std::min(config.blockM, m) : config.blockM;
@@ -712,9 +709,11 @@ GemmKernel::prepareGrouped(const GroupedGemmOperands &grouped) const {
       rowsB > std::numeric_limits<int32_t>::max())
     throw Error(context + ": G * rows and G * N must fit in int32");
   GemmLaunch launch;
-  launch.tensorMapA =
-      encodeOperandMap(operands.a, static_cast<int>(rowsA), operands.k,
-                       cfg.blockM, context + ", tensor map A");
+  // The clamped box is min(BLOCK_M, M) rows here too: M is R (contiguous)
+  // or a slab's rows (masked).
+  launch.tensorMapA = encodeOperandMap(
+      operands.a, static_cast<int>(rowsA), operands.k,
+      gemmBoxRowsA(cfg, operands.m), context + ", tensor map A");
   launch.tensorMapB =
       encodeOperandMap(operands.b, static_cast<int>(rowsB), operands.k,
                        cfg.blockN, context + ", tensor map B");

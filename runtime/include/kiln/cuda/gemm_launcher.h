@@ -97,10 +97,11 @@ struct GemmKernelConfig {
   /// and prologue with the previous kernel's tail.
   bool gridDependencyWait = false;
   /// The kernel's stages expect A's TMA box to be min(BLOCK_M, M) rows
-  /// (manifest "a_box": "min_m"; gemm-abi.md "Buffers"; plain kernels): at
-  /// M < BLOCK_M the launcher builds tmA with that box, so TMA reads the M
-  /// rows there are instead of filling the rest with zeros, which costs
-  /// more than reading them. Without it the box is BLOCK_M rows.
+  /// (manifest "a_box": "min_m"; gemm-abi.md "The clamped A box"; in a
+  /// grouped launch M is R or a masked slab's rows): at M < BLOCK_M the
+  /// launcher builds tmA with that box, so TMA reads the M rows there are
+  /// instead of filling the rest with zeros, which costs more than reading
+  /// them. Without it the box is BLOCK_M rows.
   bool clampedABox = false;
 
   int threadsPerBlock() const { return 128 * (1 + consumerWarpgroups); }
@@ -152,8 +153,9 @@ void checkGemmOperands(const GemmKernelConfig &config,
 
 /// Output tiles of the persistent schedule: ⌈M/BLOCK_M⌉ · ⌈N/BLOCK_N⌉.
 int64_t gemmTileCount(const GemmKernelConfig &config, int m, int n);
-/// Rows of A's TMA box for a plain launch on M rows: min(BLOCK_M, M) for a
-/// kernel with the clamped box (clampedABox), else BLOCK_M.
+/// Rows of A's TMA box for a launch on M rows (grouped: R, or a masked
+/// slab's rows): min(BLOCK_M, M) for a kernel with the clamped box
+/// (clampedABox), else BLOCK_M.
 int gemmBoxRowsA(const GemmKernelConfig &config, int m);
 /// Work units of the persistent schedule: tiles × split_k.
 int64_t gemmWorkUnitCount(const GemmKernelConfig &config, int m, int n);
