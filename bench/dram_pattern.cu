@@ -28,26 +28,39 @@ constexpr int kRows = 64;      // rows of a stripe (the GEMMs' block_n)
 constexpr int kBoxBytes = 128; // K bytes of a box (the GEMMs' block_k)
 constexpr int kThreads = kRows * kBoxBytes / 16; // one 16-byte load each
 
+/// How the stripes are laid out and walked.
+enum class Layout {
+  RowMajor,        // [N, K]: a box is 64 pieces of 128 B, K bytes apart
+  BoxContiguous,   // box (b, kb) is 8 KB at (b * K / 128 + kb) * 8 KB
+  RowMajorRotated, // row-major, block b starting at box b * boxes / blocks
+};
+
 /// Block b reads rows [64b, 64b + 64) of a [N, K] byte matrix box by box,
-/// DEPTH boxes in flight. `tiled`: box (b, kb) is 8 KB at ((b * K / 128 +
-/// kb) * 8 KB), else row-major. With `a`, each step also reads box kb of a
-/// 64 x K activation matrix every block shares (the GEMM's A, from L2).
+/// DEPTH boxes in flight, laid out and walked as `layout` says. With `a`,
+/// each step also reads box kb of a 64 x K activation matrix every block
+/// shares (the GEMM's A, from L2).
 template <int DEPTH>
 __global__ void __launch_bounds__(kThreads)
     readStripes(const int4 *__restrict__ w, const int4 *__restrict__ a, int K,
-                bool tiled, int *sink) {
+                Layout layout, int *sink) {
   extern __shared__ char oneBlockPerSM[];
   int boxes = K / kBoxBytes;
   int row = threadIdx.x / (kBoxBytes / 16), piece = threadIdx.x % 8;
   size_t rowMajor = (size_t(blockIdx.x) * kRows + row) * (K / 16) + piece;
   size_t boxMajor = size_t(blockIdx.x) * boxes * (kThreads) + threadIdx.x;
+  int first = layout == Layout::RowMajorRotated
+                  ? int(int64_t(blockIdx.x) * boxes / gridDim.x)
+                  : 0;
   int acc = 0;
   for (int kb = 0; kb < boxes; kb += DEPTH) {
     int4 v[DEPTH];
+    int box[DEPTH];
 #pragma unroll
     for (int d = 0; d < DEPTH; ++d) {
-      size_t at = tiled ? boxMajor + size_t(kb + d) * kThreads
-                        : rowMajor + size_t(kb + d) * (kBoxBytes / 16);
+      box[d] = (first + kb + d) % boxes;
+      size_t at = layout == Layout::BoxContiguous
+                      ? boxMajor + size_t(box[d]) * kThreads
+                      : rowMajor + size_t(box[d]) * (kBoxBytes / 16);
       v[d] = kb + d < boxes ? __ldcs(w + at) : make_int4(0, 0, 0, 0);
     }
     int4 x[DEPTH];
@@ -56,7 +69,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int d = 0; d < DEPTH; ++d)
         x[d] = kb + d < boxes
-                   ? __ldg(a + size_t(kb + d) * kThreads + threadIdx.x)
+                   ? __ldg(a + size_t(box[d]) * kThreads + threadIdx.x)
                    : make_int4(0, 0, 0, 0);
 #pragma unroll
       for (int d = 0; d < DEPTH; ++d)
@@ -109,25 +122,25 @@ int main(int argc, char **argv) {
       CHECK(cudaMemset(acts[s], int(s), size_t(kRows) * K));
     }
     for (int depth : {8, 16}) {
-      for (int variant = 0; variant < 4; ++variant) {
-        bool tiled = variant & 1, withA = variant & 2;
+      for (int variant = 0; variant < 6; ++variant) {
+        Layout layout = Layout(variant % 3);
+        bool withA = variant >= 3;
         auto launch = [&](int r) {
           const int4 *w = ins[size_t(r) % sets];
           const int4 *a = withA ? acts[size_t(r) % sets] : nullptr;
           if (depth == 8)
             readStripes<8>
-                <<<N / kRows, kThreads, smem, stream>>>(w, a, K, tiled, sink);
+                <<<N / kRows, kThreads, smem, stream>>>(w, a, K, layout, sink);
           else
             readStripes<16>
-                <<<N / kRows, kThreads, smem, stream>>>(w, a, K, tiled, sink);
+                <<<N / kRows, kThreads, smem, stream>>>(w, a, K, layout, sink);
         };
         double us = medianMicroseconds(launch, runs, stream);
-        std::printf("| %d | %d | %.1f | %d | %s | %.1f | %.0f |\n", N, K,
-                    bytes / 1e6, depth,
-                    withA ? (tiled ? "box-contiguous + A from L2"
-                                   : "row-major + A from L2")
-                          : (tiled ? "box-contiguous" : "row-major"),
-                    us, bytes / us / 1e3);
+        const char *names[] = {"row-major", "box-contiguous",
+                               "row-major, K order rotated per block"};
+        std::printf("| %d | %d | %.1f | %d | %s%s | %.1f | %.0f |\n", N, K,
+                    bytes / 1e6, depth, names[variant % 3],
+                    withA ? " + A from L2" : "", us, bytes / us / 1e3);
       }
     }
     for (size_t s = 0; s < sets; ++s) {
