@@ -112,8 +112,7 @@ int main(int argc, char **argv) {
       return 1;
     }
     size_t bytes = size_t(N) * K;
-    size_t sets =
-        std::max<size_t>(2, (4 * size_t(prop.l2CacheSize) + bytes - 1) / bytes);
+    size_t sets = setsBeyondL2(prop, bytes);
     std::vector<int4 *> ins(sets), acts(sets);
     for (size_t s = 0; s < sets; ++s) {
       CHECK(cudaMalloc(&ins[s], bytes));

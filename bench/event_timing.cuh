@@ -72,3 +72,10 @@ inline std::vector<std::string> splitList(const std::string &list) {
   }
   return items;
 }
+
+/// How many input sets of `bytes` each a benchmark rotates over so that
+/// every launch reads HBM, not L2: enough to cover 4x the L2, at least 2.
+inline size_t setsBeyondL2(const cudaDeviceProp &prop, size_t bytes) {
+  return std::max<size_t>(2,
+                          (4 * size_t(prop.l2CacheSize) + bytes - 1) / bytes);
+}

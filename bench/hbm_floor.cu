@@ -89,9 +89,7 @@ int main(int argc, char **argv) {
         colon == std::string::npos ? 0 : std::atof(item.c_str() + colon + 1);
     size_t readBytes = size_t(readMB * 1e6) / 64 * 64;
     size_t writeBytes = size_t(writeMB * 1e6) / 64 * 64;
-    // Enough sets that the rotation reads HBM, not L2.
-    size_t sets = std::max<size_t>(
-        2, (4 * size_t(prop.l2CacheSize) + readBytes - 1) / readBytes);
+    size_t sets = setsBeyondL2(prop, readBytes);
     std::vector<int4 *> ins(sets), outs(sets);
     for (size_t s = 0; s < sets; ++s) {
       CHECK(cudaMalloc(&ins[s], readBytes));
