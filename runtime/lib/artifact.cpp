@@ -717,6 +717,17 @@ void validateExpertParallelStep(const Artifact &artifact,
       std::to_string(ep.worldSize * ep.slotsPerRank + 1);
   const std::string localOffsets = std::to_string(ep.slotsPerRank + 1);
   std::vector<std::string> inputs, outputs; // expected rows; "" = any
+  // A gathered exchange (artifact.md "Gathered exchanges") adds every
+  // rank's send offsets, W · (W·S + 1), and gets its outputs back in X rows.
+  auto gatherAttr = step.attrs.numbers.find("gather_tokens");
+  const bool gathered =
+      gatherAttr != step.attrs.numbers.end() && gatherAttr->second > 0;
+  if (gatherAttr != step.attrs.numbers.end() &&
+      (gatherAttr->second < 1 ||
+       gatherAttr->second != static_cast<int64_t>(gatherAttr->second)))
+    failStep("attribute \"gather_tokens\" must be a positive integer");
+  const std::string gatheredOffsets = std::to_string(
+      ep.worldSize * (ep.worldSize * ep.slotsPerRank + 1));
   if (step.op == "ep_slots") {
     inputs = {""};
     outputs = {""};
@@ -729,16 +740,22 @@ void validateExpertParallelStep(const Artifact &artifact,
     if (direction->second == "dispatch") {
       inputs = {"R", "R", sendOffsets};
       outputs = {"X", "X", slots};
+      if (gathered)
+        outputs.push_back(gatheredOffsets);
     } else {
       inputs = {"X", slots, sendOffsets};
-      outputs = {"R"};
+      outputs = {gathered ? "X" : "R"};
     }
   } else if (step.op == "ep_group") {
     inputs = {"X", "X", slots};
     outputs = {"X", "X", localOffsets};
+    if (gathered)
+      inputs.push_back(gatheredOffsets);
   } else { // ep_ungroup
     inputs = {"X", slots};
     outputs = {"X"};
+    if (gathered)
+      inputs.push_back(gatheredOffsets);
   }
   // A micro-batch's exchange (kilnc --overlap-micro-batches) has R.m/n and
   // X.m/n where a whole step's has R and X: the first such buffer's part
@@ -923,6 +940,12 @@ void validatePlan(const Artifact &artifact, const std::string &planName,
              (step.attrs.numbers.at("groups") < 1 ||
               step.attrs.numbers.at("groups") > 1024))
       failStep("groups must be 1 to 1024");
+    else if (step.op == "moe_combine" &&
+             step.attrs.numbers.count("gather_tokens") &&
+             step.inputs.size() != 4)
+      failStep("combines a gathered exchange, which takes 4 inputs (rows, "
+               "their positions, weights, the send offsets); it has " +
+               std::to_string(step.inputs.size()));
     for (const std::string &weight : step.weights)
       if (std::none_of(
               artifact.weights.begin(), artifact.weights.end(),

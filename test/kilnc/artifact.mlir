@@ -19,7 +19,7 @@
 // PROGRESS-NEXT: kilnc: [6/6] writing {{.*}}.kiln
 // PROGRESS-NEXT: kilnc: wrote {{.*}}.kiln: 4 kernels, 2 plans, 49 weights, {{[0-9]+}} bytes, in {{[0-9.]+}} s
 
-// CHECK: magic b'KILNART\x00' version 11 reserved 0
+// CHECK: magic b'KILNART\x00' version 12 reserved 0
 // CHECK-NEXT: producer kilnc 0.1.0 source config.json target sm_90a
 // CHECK-NEXT: model deepseek_v3 fnv1a64:{{[0-9a-f]+}} hidden 256 layers 3 vocab 129280
 // CHECK-NEXT: options ep=1 kv_cache_dtype=bf16 kv_page_tokens=64 max_batch=8 max_seq_len=4096 overlap_micro_batches=1 prefill_chunk=256

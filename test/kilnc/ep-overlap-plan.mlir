@@ -11,7 +11,7 @@
 // RUN: kilnc %kiln_src_root/examples/tiny/config.json --ep-steps --overlap-micro-batches 2 --emit=plan -q --max-batch 4 --prefill-chunk 16 -o %t.ep1.json
 // RUN: FileCheck %s --check-prefix=EP1 < %t.ep1.json
 
-// ARENA: decode: 82 steps, 110 buffers, {{.*}}: ok
+// ARENA: decode: 82 steps, 112 buffers, {{.*}}: ok
 // ARENA: prefill: 164 steps, 172 buffers, {{.*}}: ok
 
 // Decode plans stay on one stream with whole-step exchanges.

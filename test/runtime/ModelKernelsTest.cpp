@@ -845,6 +845,146 @@ TEST_F(ModelKernelsOnGpu, MoeDispatchAndCombine) {
   }
 }
 
+// A gathered exchange (artifact.md "Gathered exchanges") gives the expert
+// GEMMs the same rows, scales and offsets as a packed one, and the combine
+// the same sums: two ranks' send buffers simulated on one GPU, rank 1's view.
+TEST_F(ModelKernelsOnGpu, EpGatheredExchangeMatchesPacked) {
+  const int W = 2, S = 5, me = 1, topK = 4;
+  const int64_t T = 13, R = T * topK, H = 256, tiles = H / 128;
+  // Each sender's routed rows grouped by global slot (moe_dispatch), with a
+  // hot slot and empty ones.
+  std::vector<std::vector<uint8_t>> sendQ(W);
+  std::vector<std::vector<float>> sendS(W);
+  std::vector<std::vector<int32_t>> sendOffsets(W);
+  std::uniform_int_distribution<int> anySlot(0, W * S - 1);
+  for (int p = 0; p < W; ++p) {
+    std::vector<int32_t> slots(R);
+    for (int32_t &slot : slots)
+      slot = random() % 3 == 0 ? 6 : anySlot(random);
+    slots[0] = 9;
+    std::vector<uint8_t> values(T * H);
+    for (uint8_t &v : values)
+      v = static_cast<uint8_t>(random() & 0x7E);
+    QuantizedMatrix in;
+    in.values = upload(values);
+    in.scales = upload(normals(tiles * T));
+    in.rows = T;
+    in.cols = H;
+    CUdeviceptr offsets = alloc((W * S + 1) * 4, kPoisonI32);
+    QuantizedMatrix out;
+    out.values = alloc(R * H);
+    out.scales = alloc(R * tiles * 4);
+    out.rows = R;
+    out.cols = H;
+    out.groupOffsets = offsets;
+    out.groups = W * S;
+    kernels->moeDispatch(nullptr, in, upload(slots), topK, W * S, out, offsets,
+                         alloc(R * 4));
+    sendQ[p] = download<uint8_t>(out.values, R * H);
+    sendS[p] = download<float>(out.scales, R * tiles);
+    sendOffsets[p] = download<int32_t>(offsets, W * S + 1);
+  }
+  // Packed: the chunks for rank `me`, peer-major, with their counts.
+  std::vector<uint8_t> packedQ, gatheredQ;
+  std::vector<float> packedS, gatheredS;
+  std::vector<int32_t> counts, gatheredOffsets;
+  for (int p = 0; p < W; ++p) {
+    const int32_t *o = sendOffsets[p].data();
+    packedQ.insert(packedQ.end(), sendQ[p].begin() + o[me * S] * H,
+                   sendQ[p].begin() + o[(me + 1) * S] * H);
+    packedS.insert(packedS.end(), sendS[p].begin() + o[me * S] * tiles,
+                   sendS[p].begin() + o[(me + 1) * S] * tiles);
+    for (int s = 0; s < S; ++s)
+      counts.push_back(o[me * S + s + 1] - o[me * S + s]);
+    gatheredQ.insert(gatheredQ.end(), sendQ[p].begin(), sendQ[p].end());
+    gatheredS.insert(gatheredS.end(), sendS[p].begin(), sendS[p].end());
+    gatheredOffsets.insert(gatheredOffsets.end(), sendOffsets[p].begin(),
+                           sendOffsets[p].end());
+  }
+  const int64_t X = static_cast<int64_t>(packedQ.size()) / H;
+  ASSERT_GT(X, 0);
+  EpGathered gathered;
+  gathered.peerRows = R;
+  gathered.rank = me;
+  gathered.ranks = W;
+  gathered.slots = S;
+  auto group = [&](const std::vector<uint8_t> &q, const std::vector<float> &qs,
+                   const std::vector<int32_t> &table, int64_t rows,
+                   const EpGathered &g) {
+    CUdeviceptr outQ = alloc(W * R * H, kPoisonF8);
+    CUdeviceptr outS = alloc(W * R * tiles * 4, kPoisonI32);
+    CUdeviceptr offsets = alloc((S + 1) * 4, kPoisonI32);
+    kernels->epGroup(nullptr, upload(q), upload(qs), upload(table), W, S, rows,
+                     H, H, true, outQ, outS, offsets, g);
+    return std::make_tuple(download<uint8_t>(outQ, X * H),
+                           download<float>(outS, X * tiles),
+                           download<int32_t>(offsets, S + 1));
+  };
+  auto packed = group(packedQ, packedS, counts, X, {});
+  auto viaGather = group(gatheredQ, gatheredS, gatheredOffsets, W * R, gathered);
+  EXPECT_EQ(std::get<2>(viaGather), std::get<2>(packed));
+  EXPECT_EQ(std::get<2>(packed)[S], X);
+  EXPECT_EQ(std::get<0>(viaGather), std::get<0>(packed));
+  EXPECT_EQ(std::get<1>(viaGather), std::get<1>(packed));
+
+  // Back: slot-major outputs to where each peer's buffer had the row.
+  std::vector<uint16_t> y = toBF16(normals(X * H));
+  CUdeviceptr packedBack = alloc(X * H * 2, kPoisonBF16);
+  kernels->epGroup(nullptr, upload(y), 0, upload(counts), W, S, X, H * 2, H,
+                   false, packedBack, 0, 0);
+  CUdeviceptr gatheredBack = alloc(W * R * H * 2, kPoisonBF16);
+  kernels->epGroup(nullptr, upload(y), 0, upload(gatheredOffsets), W, S, W * R,
+                   H * 2, H, false, gatheredBack, 0, 0, gathered);
+  std::vector<uint16_t> gotPacked = download<uint16_t>(packedBack, X * H);
+  std::vector<uint16_t> gotGathered =
+      download<uint16_t>(gatheredBack, W * R * H);
+  int64_t row = 0;
+  for (int p = 0; p < W; ++p) {
+    const int32_t *o = sendOffsets[p].data();
+    for (int64_t i = o[me * S]; i < o[(me + 1) * S]; ++i, ++row)
+      ASSERT_TRUE(std::equal(gotPacked.begin() + row * H,
+                             gotPacked.begin() + (row + 1) * H,
+                             gotGathered.begin() + (p * R + i) * H))
+          << "peer " << p << " row " << i;
+  }
+
+  // Combine on rank `me` as a sender: row i came back from the rank whose
+  // global slots hold it, in that rank's block; the other blocks' rows are
+  // poison, which a wrong block would add.
+  const std::vector<int32_t> &mine = sendOffsets[me];
+  std::vector<uint16_t> back = toBF16(normals(R * H));
+  std::vector<uint16_t> blocks(W * R * H, kPoisonBF16);
+  for (int64_t i = 0; i < R; ++i) {
+    int owner = 0;
+    for (int q = 1; q < W; ++q)
+      if (mine[q * S] <= i)
+        owner = q;
+    std::copy(back.begin() + i * H, back.begin() + (i + 1) * H,
+              blocks.begin() + (owner * R + i) * H);
+  }
+  std::vector<int32_t> rows(R);
+  std::iota(rows.begin(), rows.end(), 0);
+  std::shuffle(rows.begin(), rows.end(), random);
+  std::vector<float> weights = normals(R);
+  CUdeviceptr rowsOnGpu = upload(rows), weightsOnGpu = upload(weights);
+  CUdeviceptr packedSum = alloc(T * H * 4, kPoisonF32),
+              gatheredSum = alloc(T * H * 4, kPoisonF32);
+  kernels->moeCombine(nullptr, matrix(ElementType::BF16, R, H, H, upload(back)),
+                      rowsOnGpu, weightsOnGpu, topK,
+                      matrix(ElementType::F32, T, H, H, packedSum));
+  EpGathered combine = gathered;
+  combine.sendOffsets = upload(mine);
+  kernels->moeCombine(
+      nullptr, matrix(ElementType::BF16, W * R, H, H, upload(blocks)),
+      rowsOnGpu, weightsOnGpu, topK,
+      matrix(ElementType::F32, T, H, H, gatheredSum), combine);
+  std::vector<float> want = download<float>(packedSum, T * H),
+                     got = download<float>(gatheredSum, T * H);
+  for (float v : want)
+    ASSERT_TRUE(std::isfinite(v));
+  EXPECT_EQ(got, want);
+}
+
 //===--- MLA attention ----------------------------------------------------===//
 
 struct MlaShape {

@@ -220,9 +220,9 @@ public:
   StepLowering(func::FuncOp func, const CheckpointLayout *layout,
                LoweredModel &model,
                std::map<std::string, ArtifactWeight> &weightsByName,
-               ExpertParallelAttr expertParallel)
+               ExpertParallelAttr expertParallel, int64_t gatherBytes)
       : func(func), layout(layout), model(model), weightsByName(weightsByName),
-        expertParallel(expertParallel) {}
+        expertParallel(expertParallel), gatherBytes(gatherBytes) {}
 
   FailureOr<LaunchPlan> lower() {
     if (!func.getBody().hasOneBlock())
@@ -680,6 +680,14 @@ private:
             return op->emitOpError("result must be f32 for the plan's "
                                    "moe_combine");
           step.inputs = {*y, *rows, *weights};
+          // After a gathered exchange, the send offsets say which rank's
+          // block holds each routed row.
+          if (expertParallel && exchanges[unpermute.getRows()].gatherTokens) {
+            const ExpertParallelExchange &e = exchanges[unpermute.getRows()];
+            step.attrs.numbers["gather_tokens"] =
+                static_cast<double>(e.gatherTokens);
+            step.inputs.push_back(usePlanBuffer(e.sendOffsets));
+          }
           if (failed(output(step, unpermute.getResult(), op, "",
                             rowsOf(unpermute.getRows()))))
             return failure();
@@ -1454,6 +1462,8 @@ private:
     send.attrs.strings["direction"] = "dispatch";
     send.inputs = {usePlanBuffer(exchange.sendQ), usePlanBuffer(exchange.sendS),
                    usePlanBuffer(exchange.sendOffsets)};
+    const int64_t gatherTokens =
+        routed.parts ? 0 : gatheredExchangeTokens(ranks, hidden);
     PlanTensor receivedQ =
         newPlanBuffer(name + "_recv_q", "f8e4m3", received, hidden);
     PlanTensor receivedS =
@@ -1461,12 +1471,26 @@ private:
     exchange.counts = newPlanBuffer(name + "_recv_counts", "i32",
                                     std::to_string(ranks * slots), 1);
     send.outputs = {receivedQ, receivedS, exchange.counts};
+    if (gatherTokens > 0) {
+      // Steps of up to gather_tokens tokens exchange every rank's whole
+      // send buffer; the ranks' send offsets say where each chunk is.
+      send.attrs.numbers["gather_tokens"] = static_cast<double>(gatherTokens);
+      exchange.gatheredOffsets =
+          newPlanBuffer(name + "_recv_offsets", "i32",
+                        std::to_string(ranks * (ranks * slots + 1)), 1);
+      send.outputs.push_back(exchange.gatheredOffsets);
+    }
     if (failed(emit(std::move(send))))
       return failure();
 
     PlanStep group = makeStep("ep_group");
     group.inputs = {usePlanBuffer(receivedQ), usePlanBuffer(receivedS),
                     usePlanBuffer(exchange.counts)};
+    if (gatherTokens > 0) {
+      group.attrs.numbers["gather_tokens"] = static_cast<double>(gatherTokens);
+      group.inputs.push_back(usePlanBuffer(exchange.gatheredOffsets));
+    }
+    exchange.gatherTokens = gatherTokens;
     PlanTensor q = newPlanBuffer(name + "_q", "f8e4m3", received, hidden);
     PlanTensor qs = newPlanBuffer(name + "_s", "f32", received, tiles);
     PlanTensor offsets =
@@ -1501,8 +1525,14 @@ private:
         cast<RankedTensorType>(unpermute.getExpertOutputs().getType())
             .getDimSize(1);
     const std::string name = resultName(op, "");
+    const bool gathered = exchange.gatherTokens > 0;
     PlanStep ungroup = makeStep("ep_ungroup");
     ungroup.inputs = {*y, usePlanBuffer(exchange.counts)};
+    if (gathered) {
+      ungroup.attrs.numbers["gather_tokens"] =
+          static_cast<double>(exchange.gatherTokens);
+      ungroup.inputs.push_back(usePlanBuffer(exchange.gatheredOffsets));
+    }
     PlanTensor peerMajor =
         newPlanBuffer(name + "_send_y", "bf16", exchange.receivedRows, hidden);
     ungroup.outputs = {peerMajor};
@@ -1510,10 +1540,15 @@ private:
       return failure();
     PlanStep back = makeStep("ep_all_to_all");
     back.attrs.strings["direction"] = "combine";
+    if (gathered)
+      back.attrs.numbers["gather_tokens"] =
+          static_cast<double>(exchange.gatherTokens);
     back.inputs = {usePlanBuffer(peerMajor), usePlanBuffer(exchange.counts),
                    usePlanBuffer(exchange.sendOffsets)};
-    exchange.back =
-        newPlanBuffer(name + "_recv_y", "bf16", exchange.routedRows, hidden);
+    // A gathered combine receives one block of R rows from every rank.
+    exchange.back = newPlanBuffer(
+        name + "_recv_y", "bf16",
+        gathered ? exchange.receivedRows : exchange.routedRows, hidden);
     back.outputs = {exchange.back};
     return emit(std::move(back));
   }
@@ -1573,10 +1608,39 @@ private:
   /// permute's rows value.
   struct ExpertParallelExchange {
     PlanTensor sendQ, sendS, sendOffsets, counts, back;
+    /// Every rank's send offsets, i32 [W][W·S + 1] (gathered exchanges;
+    /// no buffer otherwise).
+    PlanTensor gatheredOffsets;
+    /// Steps of up to this many tokens exchange gathered (0: never).
+    int64_t gatherTokens = 0;
     /// R and X, or a micro-batch's R.m/n and X.m/n.
     std::string routedRows, receivedRows;
   };
   llvm::DenseMap<Value, ExpertParallelExchange> exchanges;
+  /// kilnc --ep-gather-bytes: the most bytes of FP8 rows a rank may receive
+  /// in a gathered exchange (0: none).
+  int64_t gatherBytes = 0;
+
+  /// The most tokens of a decode step whose exchanges are gathered
+  /// (artifact.md "Gathered exchanges"): the largest bucket (a power of
+  /// two, or the plan's maximum) for which every rank's whole send buffer,
+  /// ranks x tokens x top_k rows of `hidden` FP8 bytes, fits gatherBytes.
+  /// 0 for prefill plans, which run eagerly and would move padding.
+  int64_t gatheredExchangeTokens(int64_t ranks, int64_t hidden) {
+    if (!func.getSymName().starts_with("decode") || gatherBytes <= 0 ||
+        !topK)
+      return 0;
+    auto fits = [&](int64_t tokens) {
+      return ranks * tokens * *topK * hidden <= gatherBytes;
+    };
+    int64_t best = 0;
+    for (int64_t tokens = 1; tokens < plan.maxTokens && fits(tokens);
+         tokens *= 2)
+      best = tokens;
+    if (fits(plan.maxTokens))
+      best = plan.maxTokens;
+    return best;
+  }
 };
 
 } // namespace
@@ -1590,6 +1654,15 @@ FailureOr<LoweredModel> lowerToLaunchPlans(ModuleOp module,
       return module.emitError("'")
              << kExpertParallelModuleAttr
              << "' must be a #kiln.expert_parallel attribute";
+  }
+  int64_t gatherBytes = 0;
+  if (Attribute attr = module->getAttr(kExpertParallelGatherModuleAttr)) {
+    auto bytes = dyn_cast<IntegerAttr>(attr);
+    if (!bytes || bytes.getInt() < 0)
+      return module.emitError("'")
+             << kExpertParallelGatherModuleAttr
+             << "' must be a non-negative integer (bytes)";
+    gatherBytes = bytes.getInt();
   }
   std::optional<CheckpointLayout> layout;
   if (config)
@@ -1620,7 +1693,7 @@ FailureOr<LoweredModel> lowerToLaunchPlans(ModuleOp module,
     }
     FailureOr<LaunchPlan> plan =
         StepLowering(flat ? *flat : func, layout ? &*layout : nullptr, model,
-                     weightsByName, expertParallel)
+                     weightsByName, expertParallel, gatherBytes)
             .lower();
     if (failed(plan))
       return failure();

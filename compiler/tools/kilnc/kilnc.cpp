@@ -104,6 +104,14 @@ cl::opt<bool> expertParallelSteps(
     cl::desc("Write the expert-parallel steps also at --ep 1 (the exchange "
              "is then a local copy): tests the EP path on one GPU"),
     cl::cat(kilncCategory));
+cl::opt<int64_t> expertGatherBytes(
+    "ep-gather-bytes", cl::init(2 << 20),
+    cl::desc("Decode steps whose exchange of every rank's whole send buffer "
+             "receives at most this many bytes of FP8 rows per rank gather "
+             "it: fixed sizes, so they run as CUDA Graphs (default 2 MiB; "
+             "0: every exchange sends only the routed rows and reads its "
+             "counts on the host; kilnc.md \"Expert parallelism\")"),
+    cl::cat(kilncCategory));
 cl::opt<int64_t> overlapMicroBatches(
     "overlap-micro-batches", cl::init(1),
     cl::desc("Split each MoE layer of the prefill plan into this many "
@@ -413,6 +421,9 @@ int checkOptions() {
     return fail("--ep, --ep-steps and --ep-placement apply to a config's "
                 "model graph; a hand-written graph sets its own "
                 "kiln.expert_parallel module attribute");
+  if (expertGatherBytes < 0)
+    return fail("--ep-gather-bytes must be at least 0, got " +
+                std::to_string(expertGatherBytes));
   if (overlapMicroBatches > 1 && isGraph(inputPath))
     return fail("--overlap-micro-batches applies to a config's model graph; "
                 "a hand-written graph writes its own kiln.overlap ops");
@@ -571,6 +582,10 @@ int run() {
     try {
       (*module)->setAttr(kiln::kExpertParallelModuleAttr,
                          expertParallelAttr(context, *config));
+      (*module)->setAttr(
+          kiln::kExpertParallelGatherModuleAttr,
+          IntegerAttr::get(IntegerType::get(&context, 64),
+                           expertGatherBytes.getValue()));
     } catch (const kiln::Error &error) {
       return fail(error.what());
     }

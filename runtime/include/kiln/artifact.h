@@ -44,8 +44,11 @@ namespace kiln {
 /// grid dependencies before touching global memory, so it may be launched
 /// as a programmatic dependent; gemm-abi.md "Dependent launch"). 11:
 /// kernels[].a_box "min_m" (a kernel that expects A's tensor map box to be
-/// min(block_m, M) rows; gemm-abi.md "The clamped A box").
-constexpr uint32_t kArtifactFormatVersion = 11;
+/// min(block_m, M) rows; gemm-abi.md "The clamped A box"). 12: decode
+/// plans' expert-parallel steps may carry "gather_tokens" (gathered
+/// exchanges with every rank's send offsets; artifact.md "Gathered
+/// exchanges").
+constexpr uint32_t kArtifactFormatVersion = 12;
 /// The oldest version this build reads: a version 2 plan is a version 3 plan
 /// on one stream without micro-batches.
 constexpr uint32_t kOldestArtifactFormatVersion = 2;

@@ -187,6 +187,9 @@ struct ChunkShape {
   int64_t exchanged = 0;
   /// Bound on the context any token attends to (mla_attention).
   int64_t maxContext = 0;
+  /// Expert-parallel exchanges move every rank's whole send buffer (fixed
+  /// sizes, no host synchronization: artifact.md "Gathered exchanges").
+  bool gathered = false;
 };
 
 /// The longest context the MLA workspace is sized to decompress for a
@@ -323,6 +326,15 @@ struct CudaBackend::Impl {
     /// Rows of the X buffers, by row symbol ("X", or a micro-batch's
     /// "X.m/n"): the latest dispatch of that symbol's received rows.
     std::map<std::string, int64_t> exchangedRows;
+    /// Expert-parallel exchanges: -1 if the plan has none; else the most
+    /// tokens of a step whose exchanges are gathered (the smallest
+    /// gather_tokens of its dispatches; 0: every exchange is packed and
+    /// reads its counts back to the host).
+    int64_t gatherTokens = -1;
+    /// Whether this step's exchanges are gathered.
+    bool gathered(const ChunkShape &shape) const {
+      return gatherTokens > 0 && shape.gathered;
+    }
   };
   std::map<std::string, PlanState> plans;
   std::vector<DeviceBuffer> cacheLayers;
@@ -385,9 +397,29 @@ struct CudaBackend::Impl {
   /// with that stream (the counts come back first); a combine reuses its
   /// dispatch's counts and does not.
   void exchange(PlanState &state, const PlanStep &step,
-                const std::string &where,
+                const std::string &where, const ChunkShape &shape,
                 const std::function<DeviceMatrix(size_t)> &input,
                 const std::function<DeviceMatrix(size_t)> &output);
+  /// A gathered exchange (artifact.md "Gathered exchanges"): the dispatch
+  /// sends this rank's whole send buffer (rows, scales, offsets) to every
+  /// rank; the combine sends block p of the peer-major outputs to rank p.
+  /// Fixed sizes, no host synchronization.
+  /// The gathered-exchange arguments of this step's kernels (packed: none).
+  EpGathered gatheredAt(const PlanState &state, const ChunkShape &shape) const {
+    EpGathered g;
+    if (!state.gathered(shape))
+      return g;
+    g.peerRows = shape.routed;
+    g.rank = epRank;
+    g.ranks = epRanks;
+    g.slots = epSlotsPerRank;
+    return g;
+  }
+  void gatheredExchange(PlanState &state, const PlanStep &step,
+                        const std::string &where, const ChunkShape &shape,
+                        bool dispatch,
+                        const std::function<DeviceMatrix(size_t)> &input,
+                        const std::function<DeviceMatrix(size_t)> &output);
   void open(const std::string &configOrigin, const CudaBackendOptions &options,
             const std::function<void()> &weights);
   void allocate(const CudaBackendOptions &options);
@@ -679,9 +711,61 @@ void CudaBackend::Impl::setUpExpertParallel() {
                               origin + ": expert-parallel counts");
 }
 
+void CudaBackend::Impl::gatheredExchange(
+    PlanState &state, const PlanStep &step, const std::string &where,
+    const ChunkShape &shape, bool dispatch,
+    const std::function<DeviceMatrix(size_t)> &input,
+    const std::function<DeviceMatrix(size_t)> &output) {
+  const int W = epRanks;
+  const CUstream stream = streamOf(step);
+  // Every block is the size of a whole send buffer of the bucket's routed
+  // rows (R): nothing depends on what the routing chose, so the host reads
+  // nothing back and the step can be captured.
+  const int64_t R = shape.routed;
+  // Block p of `to` (bytes each) from rank p: the same `bytes` of `from` to
+  // every peer (dispatch: each rank gets every rank's send buffer), or, on
+  // the way back, block p of `from` to rank p.
+  auto move = [&](CUdeviceptr from, bool sameToEveryPeer, CUdeviceptr to,
+                  size_t bytes) {
+    std::vector<ByteRange> send(W), receive(W);
+    for (int p = 0; p < W; ++p) {
+      send[p] = {sameToEveryPeer ? 0 : size_t(p) * bytes, bytes};
+      receive[p] = {size_t(p) * bytes, bytes};
+    }
+    if (!bytes)
+      return;
+    if (communicator)
+      communicator->allToAllV(from, send, to, receive, stream);
+    else
+      KILN_CU(where, cuMemcpyDtoDAsync, to, from, bytes, stream);
+  };
+  if (dispatch) {
+    // Outputs: every rank's rows, scales and send offsets, peer-major.
+    const DeviceMatrix q = input(0), received = output(0);
+    const size_t tiles = size_t((q.cols + 127) / 128);
+    const int64_t capacity = static_cast<int64_t>(
+        state.plan->findBuffer(step.outputs.at(0).buffer)->bytes / q.cols);
+    if (W * R > capacity)
+      throw Error(where + ": a gathered exchange of " + std::to_string(W) +
+                  " x " + std::to_string(R) + " rows does not fit buffer '" +
+                  step.outputs.at(0).buffer + "' (" +
+                  std::to_string(capacity) + " rows)");
+    move(q.data, true, received.data, size_t(R) * q.cols);
+    move(input(1).data, true, output(1).data, size_t(R) * tiles * 4);
+    const DeviceMatrix offsets = input(2);
+    move(offsets.data, true, output(3).data, size_t(offsets.rows) * 4);
+    state.exchangedRows[state.plan->findBuffer(step.outputs.at(0).buffer)
+                            ->rows] = W * R;
+  } else {
+    const DeviceMatrix y = input(0);
+    move(y.data, false, output(0).data,
+         size_t(R) * y.cols * elementBytes(y.type));
+  }
+}
+
 void CudaBackend::Impl::exchange(
     PlanState &state, const PlanStep &step, const std::string &where,
-    const std::function<DeviceMatrix(size_t)> &input,
+    const ChunkShape &shape, const std::function<DeviceMatrix(size_t)> &input,
     const std::function<DeviceMatrix(size_t)> &output) {
   const int W = epRanks, S = epSlotsPerRank;
   const bool dispatch = step.attrs.strings.at("direction") == "dispatch";
@@ -695,6 +779,10 @@ void CudaBackend::Impl::exchange(
   // Every launch, copy and NCCL call goes on the step's stream (stream 1 of
   // an overlapped layer, beside the other micro-batch's compute).
   const CUstream stream = streamOf(step);
+  if (state.gathered(shape)) {
+    gatheredExchange(state, step, where, shape, dispatch, input, output);
+    return;
+  }
   // Rows per peer: sent (global slots p·S .. p·S + S) and received.
   std::vector<int64_t> sentRows(W), receivedRows(W);
   PlanState::Exchange counts;
@@ -962,10 +1050,23 @@ void CudaBackend::Impl::allocate(const CudaBackendOptions &options) {
               CU_STREAM_NON_BLOCKING);
       sideStreams.push_back(side);
     }
-    for (const PlanStep &step : plan.steps)
+    for (const PlanStep &step : plan.steps) {
       for (const auto *tensors : {&step.inputs, &step.outputs})
         for (const PlanTensor &t : *tensors)
           state.microBatches = std::max(state.microBatches, t.parts);
+      if (step.op == "ep_all_to_all" &&
+          step.attrs.strings.count("direction") &&
+          step.attrs.strings.at("direction") == "dispatch") {
+        auto gather = step.attrs.numbers.find("gather_tokens");
+        const int64_t tokens =
+            gather == step.attrs.numbers.end()
+                ? 0
+                : static_cast<int64_t>(gather->second);
+        state.gatherTokens = state.gatherTokens < 0
+                                 ? tokens
+                                 : std::min(state.gatherTokens, tokens);
+      }
+    }
     maxSequencesAnyPlan = std::max(maxSequencesAnyPlan, plan.maxSequences);
     maxTokensAnyPlan = std::max(maxTokensAnyPlan, plan.maxTokens);
     plans.emplace(name, std::move(state));
@@ -1265,21 +1366,30 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
                      static_cast<int>(config.nRoutedExperts), epMaxReplicas,
                      output(0).data);
   } else if (op == "ep_all_to_all") {
-    exchange(state, step, where, input, output);
+    exchange(state, step, where, shape, input, output);
   } else if (op == "ep_group") {
+    // Gathered: the chunks are where every peer's send offsets put them
+    // (the 4th input); packed: back to back, by the received counts.
+    const bool gathered = state.gathered(shape);
     DeviceMatrix x = input(0), xs = input(1), q = output(0), qs = output(1);
-    kernels->epGroup(stream, x.data, xs.data, input(2).data, epRanks,
-                     epSlotsPerRank, x.rows, x.cols * elementBytes(x.type),
-                     x.cols, true, q.data, qs.data, output(2).data);
+    kernels->epGroup(stream, x.data, xs.data, input(gathered ? 3 : 2).data,
+                     epRanks, epSlotsPerRank, x.rows,
+                     x.cols * elementBytes(x.type), x.cols, true, q.data,
+                     qs.data, output(2).data, gatheredAt(state, shape));
   } else if (op == "ep_ungroup") {
+    const bool gathered = state.gathered(shape);
     DeviceMatrix y = input(0);
-    kernels->epGroup(stream, y.data, 0, input(1).data, epRanks, epSlotsPerRank,
-                     y.rows, y.cols * elementBytes(y.type), y.cols, false,
-                     output(0).data, 0, 0);
+    kernels->epGroup(stream, y.data, 0, input(gathered ? 2 : 1).data, epRanks,
+                     epSlotsPerRank, y.rows, y.cols * elementBytes(y.type),
+                     y.cols, false, output(0).data, 0, 0,
+                     gatheredAt(state, shape));
   } else if (op == "moe_combine") {
     DeviceMatrix rows = input(1);
+    EpGathered gathered = gatheredAt(state, shape);
+    if (gathered.peerRows)
+      gathered.sendOffsets = input(3).data;
     kernels->moeCombine(stream, input(0), rows.data, input(2).data,
-                        static_cast<int>(rows.cols), output(0));
+                        static_cast<int>(rows.cols), output(0), gathered);
   } else if (op == "select_rows") {
     DeviceMatrix rows = input(1);
     kernels->selectRows(stream, input(0), rows.data, rows.rows, output(0));
@@ -1314,8 +1424,17 @@ void CudaBackend::Impl::runChunk(const std::vector<BackendStepEntry> &entries,
   // attention's KV splits do), and the same launches give the same bits.
   if (isDecode && !graphsProbed)
     probeDecodeCapture(state);
-  const bool bucketed = isDecode && !graphsUnsupported && S > 0;
+  // An expert-parallel step takes a bucket's shape only where its exchanges
+  // are gathered (fixed sizes): a packed exchange reads its counts back to
+  // the host, which a graph cannot hold, and would only move padding rows.
+  // Every rank must run the same plan and bucket in a step.
+  const bool exchangesFixed =
+      state.gatherTokens < 0 ||
+      (isDecode && bucketUp(T, plan.maxTokens) <= state.gatherTokens);
+  const bool bucketed =
+      isDecode && !graphsUnsupported && S > 0 && exchangesFixed;
   const bool graph = bucketed && graphsEnabled && !timelineOn;
+  shape.gathered = bucketed && state.gatherTokens > 0;
   if (bucketed) {
     shape.tokens = bucketUp(T, plan.maxTokens);
     shape.sequences = bucketUp(S, plan.maxSequences);
@@ -1603,6 +1722,7 @@ void CudaBackend::Impl::probeDecodeCapture(PlanState &decode) {
   shape.routed = config.numExpertsPerTok;
   shape.experts1 = config.nRoutedExperts + 1;
   shape.maxContext = pageTokens;
+  shape.gathered = decode.gatherTokens > 0;
   if (CUgraph graph = recordDecode(decode, shape))
     driver().cuGraphDestroy(graph);
 }
@@ -1621,7 +1741,13 @@ CUgraphExec CudaBackend::Impl::captureDecode(PlanState &state,
     std::lock_guard<std::mutex> lock(statsMutex);
     ++statistics.graphCaptures;
   }
-  logGraphStatus(kGraphsRunning);
+  std::string status = kGraphsRunning;
+  if (state.gatherTokens > 0 && state.gatherTokens < state.plan->maxTokens)
+    status += "; expert-parallel steps of more than " +
+              std::to_string(state.gatherTokens) +
+              " tokens run eagerly (packed exchanges read their counts back "
+              "to the host)";
+  logGraphStatus(status);
   return exec;
 }
 
@@ -1752,11 +1878,28 @@ void CudaBackend::Impl::open(const std::string &configOrigin,
                   " processes (runtime/README.md \"Expert parallelism\")");
     if (distributed.worldSize > 1)
       device = distributed.localRank;
-    // Every MoE layer synchronizes with the host for the exchange's counts,
-    // which a CUDA Graph cannot hold.
-    graphsProbed = graphsUnsupported = true;
-    graphStatus = "decode steps run eagerly: expert-parallel exchanges read "
-                  "their row counts back to the host";
+    // A packed exchange synchronizes with the host for its counts, which a
+    // CUDA Graph cannot hold; decode plans whose exchanges are gathered up
+    // to some tokens run those steps as graphs (artifacts before format 12
+    // have no gathered exchanges).
+    bool packedOnly = false;
+    for (const auto &[name, plan] : artifact.plans) {
+      if (name.rfind("decode", 0) != 0)
+        continue;
+      for (const PlanStep &step : plan.steps)
+        if (step.op == "ep_all_to_all" &&
+            step.attrs.strings.count("direction") &&
+            step.attrs.strings.at("direction") == "dispatch") {
+          packedOnly = packedOnly ||
+                       !(step.attrs.numbers.count("gather_tokens") &&
+                         step.attrs.numbers.at("gather_tokens") > 0);
+        }
+    }
+    if (packedOnly) {
+      graphsProbed = graphsUnsupported = true;
+      graphStatus = "decode steps run eagerly: expert-parallel exchanges read "
+                    "their row counts back to the host";
+    }
   }
   context = std::make_unique<PrimaryContext>(device);
   deviceName = context->name();

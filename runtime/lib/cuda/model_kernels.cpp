@@ -1038,7 +1038,8 @@ void ModelKernels::epGroup(CUstream stream, CUdeviceptr in,
                            CUdeviceptr inScales, CUdeviceptr counts, int ranks,
                            int slots, int64_t rows, int64_t rowBytes,
                            int64_t cols, bool toSlotMajor, CUdeviceptr out,
-                           CUdeviceptr outScales, CUdeviceptr offsets) {
+                           CUdeviceptr outScales, CUdeviceptr offsets,
+                           const EpGathered &gathered) {
   Checker check("ep_group");
   check.require(ranks >= 1 && slots >= 1, "ranks and slots must be positive");
   check.require(rowBytes > 0 && rowBytes % 16 == 0,
@@ -1048,6 +1049,15 @@ void ModelKernels::epGroup(CUstream stream, CUdeviceptr in,
                 "scales go in and out together or not at all");
   check.require(toSlotMajor || (!inScales && !offsets),
                 "scales and offsets are written toward slot-major order only");
+  check.require(gathered.peerRows >= 0 &&
+                    (!gathered.peerRows ||
+                     (gathered.rank >= 0 && gathered.rank < ranks &&
+                      rows == ranks * gathered.peerRows)),
+                "a gathered exchange holds ranks x peer rows (" +
+                    std::to_string(ranks) + " x " +
+                    std::to_string(gathered.peerRows) + "), got " +
+                    std::to_string(rows) + " rows, rank " +
+                    std::to_string(gathered.rank));
   check.rowsFitGrid(rows);
   check.pointer(counts, "counts", 4);
   if (rows > 0) {
@@ -1067,6 +1077,8 @@ void ModelKernels::epGroup(CUstream stream, CUdeviceptr in,
   p.ranks = ranks;
   p.slots = slots;
   p.toSlotMajor = toSlotMajor ? 1 : 0;
+  p.peerRows = gathered.peerRows;
+  p.rank = gathered.rank;
   impl->launch(kEpGroup, std::max<unsigned>(1, gridFor(rows, 1)), 1,
                kCopyThreads, 0, stream, p);
 }
@@ -1101,8 +1113,19 @@ void ModelKernels::swigluQuantize(CUstream stream, const DeviceMatrix &gate,
 
 void ModelKernels::moeCombine(CUstream stream, const DeviceMatrix &y,
                               CUdeviceptr rows, CUdeviceptr weights, int topK,
-                              const DeviceMatrix &out) {
+                              const DeviceMatrix &out,
+                              const EpGathered &gathered) {
   detail::checkMoeCombine(y, rows, weights, topK, out);
+  if (gathered.peerRows) {
+    Checker check("moe_combine");
+    check.require(gathered.ranks >= 1 && gathered.slots >= 1 &&
+                      y.rows == gathered.ranks * gathered.peerRows,
+                  "after a gathered exchange y holds ranks x peer rows (" +
+                      std::to_string(gathered.ranks) + " x " +
+                      std::to_string(gathered.peerRows) + "), got " +
+                      std::to_string(y.rows));
+    check.pointer(gathered.sendOffsets, "send offsets", 4);
+  }
   k::CombineParams p{};
   p.y = ref(y);
   p.rows = rows;
@@ -1112,6 +1135,10 @@ void ModelKernels::moeCombine(CUstream stream, const DeviceMatrix &y,
   p.cols = out.cols;
   p.routedRows = y.rows;
   p.topK = topK;
+  p.peerOffsets = gathered.peerRows ? gathered.sendOffsets : 0;
+  p.peerRows = gathered.peerRows;
+  p.ranks = gathered.ranks;
+  p.slots = gathered.slots;
   impl->launch(kMoeCombine, gridFor(out.rows, 1), columnChunks(out.cols),
                kRowThreads, 0, stream, p);
 }

@@ -40,6 +40,13 @@ struct LoweredModel {
 /// (artifact.md "Expert parallelism"): kilnc --ep sets it.
 constexpr const char *kExpertParallelModuleAttr = "kiln.expert_parallel";
 
+/// The module attribute (an i64, bytes) that lets decode plans gather small
+/// expert-parallel exchanges (artifact.md "Gathered exchanges"): steps whose
+/// ranks x tokens x top_k FP8 rows fit move every rank's whole send buffer,
+/// fixed sizes a CUDA Graph can hold. kilnc --ep-gather-bytes sets it;
+/// absent or 0: every exchange is packed.
+constexpr const char *kExpertParallelGatherModuleAttr = "kiln.ep_gather_bytes";
+
 /// Lowers every function of `module` to a launch plan. Every matmul must
 /// carry a `gemm_config` (kiln-select-gemm-config). With a `config`, weight
 /// dtypes and shapes come from the checkpoint layout it implies (and are

@@ -158,6 +158,17 @@ struct MoeRouteArgs {
 
 /// One row's sampling parameters (kiln::SamplingParams plus the row's draw
 /// and vocabulary limit), as sample() hands them to the device.
+/// An expert-parallel exchange that moved every rank's whole send buffer
+/// (artifact.md "Gathered exchanges"): fixed sizes, so a decode step that
+/// holds it can be a CUDA Graph. Default: a packed exchange.
+struct EpGathered {
+  int64_t peerRows = 0; ///< rows of each rank's send buffer (0: packed)
+  int rank = 0;         ///< this rank
+  int ranks = 1, slots = 1;
+  /// moe_combine: this rank's send offsets, i32 [ranks · slots + 1].
+  CUdeviceptr sendOffsets = 0;
+};
+
 struct SamplingRow {
   /// The uniform in [0, 1) the CPU sampler would draw for this row (its
   /// Random::uniform()); unused when greedy.
@@ -226,10 +237,18 @@ public:
   /// follow when given (f32 of `cols` columns: grouped by the peer-major
   /// chunks in, by slot out) and `offsets` (i32 [slots + 1]) gets the slots'
   /// row offsets; it runs even without rows, so that the offsets are set.
+  ///
+  /// A gathered exchange (`gathered.peerRows` > 0; artifact.md "Gathered
+  /// exchanges") received every peer's whole send buffer instead: peer p's
+  /// `peerRows` rows from row p · peerRows, its chunk for this rank's slot s
+  /// at its send offsets; `counts` is then those offsets, i32 [ranks]
+  /// [ranks · slots + 1], `rows` the buffer's capacity (ranks · peerRows),
+  /// and the way back writes each row where the peer's buffer had it.
   void epGroup(CUstream stream, CUdeviceptr in, CUdeviceptr inScales,
                CUdeviceptr counts, int ranks, int slots, int64_t rows,
                int64_t rowBytes, int64_t cols, bool toSlotMajor,
-               CUdeviceptr out, CUdeviceptr outScales, CUdeviceptr offsets);
+               CUdeviceptr out, CUdeviceptr outScales, CUdeviceptr offsets,
+               const EpGathered &gathered = {});
   /// out = silu(gate) * up, bf16 → bf16.
   void swiglu(CUstream stream, const DeviceMatrix &gate, const DeviceMatrix &up,
               const DeviceMatrix &out);
@@ -237,8 +256,12 @@ public:
   void swigluQuantize(CUstream stream, const DeviceMatrix &gate,
                       const DeviceMatrix &up, const QuantizedMatrix &out);
   /// out[t] = Σ_j weights[t, j] · y[rows[t, j]] (y bf16 [R, H] → f32).
+  /// After a gathered exchange (`gathered.peerRows` > 0), y holds one block
+  /// of peerRows rows per rank and row i came back in block owner(i), the
+  /// rank whose global slots hold it in `gathered.sendOffsets`.
   void moeCombine(CUstream stream, const DeviceMatrix &y, CUdeviceptr rows,
-                  CUdeviceptr weights, int topK, const DeviceMatrix &out);
+                  CUdeviceptr weights, int topK, const DeviceMatrix &out,
+                  const EpGathered &gathered = {});
   /// `count` elements of `type` (f32, bf16 or e4m3) uniform in
   /// [-amplitude, amplitude], a reproducible hash of (seed, index):
   /// synthetic weights for benchmarks, made on the GPU.

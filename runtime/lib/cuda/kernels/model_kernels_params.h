@@ -259,28 +259,38 @@ struct EpSlotsParams {
 struct EpGroupParams {
   Address inValues;
   Address inScales; // f32, grouped by the peer-major chunks (may be 0)
+  /// i32 [ranks][slots] (packed exchange), or with `peerRows` > 0 the
+  /// gathered send offsets i32 [ranks][ranks · slots + 1] (gathered
+  /// exchange: peer p's block of `peerRows` rows starts at row p · peerRows).
   Address counts;
   Address outValues;
   Address outScales; // f32, grouped by slot (may be 0)
   Address offsets;   // i32 [slots + 1] out (may be 0)
-  long long rows;
+  long long rows;    // peer-major rows (packed) or row capacity (gathered)
   long long rowBytes;
   long long cols; // scale tiles = ceil(cols / 128)
+  long long peerRows; // 0: packed exchange
   int ranks;
   int slots;
   int toSlotMajor; // 1: peer-major → slot-major; 0: back
-  int unused;
+  int rank;        // this rank (gathered exchange)
 };
 
 struct CombineParams {
-  MatrixRef y; // bf16 [R, cols]
+  MatrixRef y; // bf16 [R, cols], or [ranks][peerRows] rows (gathered)
   Address rows;
   Address weights;
   MatrixRef out; // f32 [T, cols]
+  /// Gathered exchange (0 otherwise): this rank's send offsets i32
+  /// [ranks · slots + 1]; routed row i came back in block owner(i).
+  Address peerOffsets;
   long long tokens;
   long long cols;
   long long routedRows;
+  long long peerRows;
   int topK;
+  int ranks;
+  int slots;
   int unused;
 };
 

@@ -263,6 +263,18 @@ extern "C" __global__ void __launch_bounds__(kCopyThreads)
         pointer<const float>(p.inScales)[tile * p.tokens + token];
 }
 
+/// The rank that computed routed row `row` of a gathered exchange: the
+/// peer p whose global slots p · slots .. hold it in this rank's send order.
+__device__ __forceinline__ long long epRowOwner(const CombineParams &p,
+                                               long long row) {
+  const int *offsets = pointer<const int>(p.peerOffsets);
+  int owner = 0;
+  for (int r = 1; r < p.ranks; ++r)
+    if (offsets[r * p.slots] <= row)
+      owner = r;
+  return owner;
+}
+
 extern "C" __global__ void __launch_bounds__(kiln::cuda::kernels::kRowThreads)
     kiln_moe_combine(const CombineParams p) {
   const long long token = blockIdx.x;
@@ -274,7 +286,9 @@ extern "C" __global__ void __launch_bounds__(kiln::cuda::kernels::kRowThreads)
   if (c < p.cols) {
     float sum = 0.0f;
     for (int j = 0; j < p.topK; ++j) {
-      int row = rows[j];
+      long long row = rows[j];
+      if (row >= 0 && p.peerOffsets)
+        row += epRowOwner(p, row) * p.peerRows;
       if (row >= 0 && row < p.routedRows)
         sum = __fmaf_rn(weights[j], bf16Bits(y[row * p.y.stride + c]), sum);
     }
@@ -298,32 +312,50 @@ extern "C" __global__ void __launch_bounds__(kCopyThreads)
   pointer<int>(p.slots)[entry] = slot;
 }
 
+/// Rows of chunk (peer, slot) of an exchange: the received counts of a
+/// packed exchange, or, gathered, what the peer's send offsets give this
+/// rank's slot.
+__device__ __forceinline__ long long epChunkRows(const EpGroupParams &p,
+                                                 int peer, int slot) {
+  const int *counts = pointer<const int>(p.counts);
+  if (!p.peerRows)
+    return counts[peer * p.slots + slot];
+  const int *sent = counts + peer * (p.ranks * p.slots + 1) +
+                    p.rank * p.slots + slot;
+  return sent[1] - sent[0];
+}
+
 /// One block per peer-major row: finds its chunk (p, s) and its place among
 /// slot s's rows, then copies the row (and, toward slot-major order, its
 /// scales) one way or the other. Block 0 also writes the slot-major offsets.
 /// The chunk search scans the ranks × slots counts: a few hundred at most.
+/// A packed exchange holds the chunks back to back in peer-major order; a
+/// gathered one holds each peer's whole send buffer (`peerRows` rows from
+/// row p · peerRows, its slots' chunks at the peer's send offsets), so
+/// "peer-major row" is then a place in the chunks' concatenation and the
+/// block reads (or writes) the row where the peer's buffer has it.
 extern "C" __global__ void __launch_bounds__(kCopyThreads)
     kiln_ep_group(const EpGroupParams p) {
-  const int *counts = pointer<const int>(p.counts);
-  // chunk start, chunk rows, slot start, slot rows, slot-major row
-  __shared__ long long where[5];
+  // chunk start (in the rows' buffer), chunk rows, slot start, slot rows,
+  // slot-major row, peer-major row (in the rows' buffer)
+  __shared__ long long where[6];
   const long long row = blockIdx.x;
   if (threadIdx.x == 0) {
     if (blockIdx.x == 0 && p.offsets) {
       int *offsets = pointer<int>(p.offsets);
-      int total = 0;
+      long long total = 0;
       for (int s = 0; s < p.slots; ++s) {
-        offsets[s] = total;
+        offsets[s] = static_cast<int>(total);
         for (int r = 0; r < p.ranks; ++r)
-          total += counts[r * p.slots + s];
+          total += epChunkRows(p, r, s);
       }
-      offsets[p.slots] = total;
+      offsets[p.slots] = static_cast<int>(total);
     }
     long long start = 0;
     int peer = -1, slot = -1;
     for (int r = 0; r < p.ranks && peer < 0; ++r)
       for (int s = 0; s < p.slots; ++s) {
-        const int n = counts[r * p.slots + s];
+        const long long n = epChunkRows(p, r, s);
         if (row < start + n) {
           peer = r;
           slot = s;
@@ -336,16 +368,23 @@ extern "C" __global__ void __launch_bounds__(kCopyThreads)
       long long slotStart = 0, before = 0, total = 0;
       for (int s = 0; s < slot; ++s)
         for (int r = 0; r < p.ranks; ++r)
-          slotStart += counts[r * p.slots + s];
+          slotStart += epChunkRows(p, r, s);
       for (int r = 0; r < p.ranks; ++r) {
-        before += r < peer ? counts[r * p.slots + slot] : 0;
-        total += counts[r * p.slots + slot];
+        before += r < peer ? epChunkRows(p, r, slot) : 0;
+        total += epChunkRows(p, r, slot);
       }
-      where[0] = start;
-      where[1] = counts[peer * p.slots + slot];
+      long long chunkStart = start;
+      if (p.peerRows)
+        chunkStart = peer * p.peerRows +
+                     pointer<const int>(
+                         p.counts)[peer * (p.ranks * p.slots + 1) +
+                                   p.rank * p.slots + slot];
+      where[0] = chunkStart;
+      where[1] = epChunkRows(p, peer, slot);
       where[2] = slotStart;
       where[3] = total;
       where[4] = slotStart + before + (row - start);
+      where[5] = chunkStart + (row - start);
     }
   }
   __syncthreads();
@@ -353,9 +392,9 @@ extern "C" __global__ void __launch_bounds__(kCopyThreads)
     return;
   const long long chunkStart = where[0], chunkRows = where[1],
                   slotStart = where[2], slotRows = where[3],
-                  slotMajor = where[4];
-  const long long from = p.toSlotMajor ? row : slotMajor,
-                  to = p.toSlotMajor ? slotMajor : row;
+                  slotMajor = where[4], peerMajor = where[5];
+  const long long from = p.toSlotMajor ? peerMajor : slotMajor,
+                  to = p.toSlotMajor ? slotMajor : peerMajor;
   const uint4 *source =
       pointer<const uint4>(p.inValues) + from * (p.rowBytes / 16);
   uint4 *target = pointer<uint4>(p.outValues) + to * (p.rowBytes / 16);
@@ -365,12 +404,14 @@ extern "C" __global__ void __launch_bounds__(kCopyThreads)
     return;
   // Chunk layout: [tiles][chunkRows] from tiles · chunkStart; slot layout:
   // [tiles][slotRows] from tiles · slotStart (artifact.md "moe_dispatch").
+  // A gathered peer's scales are its send buffer's, grouped by its global
+  // slots: this rank's chunk is where its rows are, as in a packed one.
   const long long tiles = scaleTiles(p.cols);
   for (long long tile = threadIdx.x; tile < tiles; tile += blockDim.x)
     pointer<float>(p.outScales)[tiles * slotStart + tile * slotRows +
                                 (slotMajor - slotStart)] =
         pointer<const float>(p.inScales)[tiles * chunkStart + tile * chunkRows +
-                                         (row - chunkStart)];
+                                         (peerMajor - chunkStart)];
 }
 
 #endif // KILN_CUDA_KERNELS_MOE_CUH
