@@ -514,35 +514,57 @@ int main(int argc, char **argv) {
     } else if (cases.size() >= 2) {
       const Case &small = cases.front(), &large = cases.back();
       int64_t layers = moeLayers(large.config) - moeLayers(small.config);
-      if (layers <= 0)
-        throw Error("the last case needs more MoE layers than the first");
-      double bytes = moeLayerBytesPerToken(large.config, context);
-      std::printf("\n| batch | step ms (%lld MoE) | step ms (%lld MoE) | "
-                  "per MoE layer ms | tokens/s per layer-stack | eager: "
-                  "per MoE layer ms |\n| --- | --- | --- | --- | --- | --- "
-                  "|\n",
-                  static_cast<long long>(moeLayers(small.config)),
-                  static_cast<long long>(moeLayers(large.config)));
-      for (int batch : batches) {
-        double perLayer =
-            (large.stepMs.at(batch) - small.stepMs.at(batch)) / layers;
-        double eagerPerLayer =
-            (large.eagerMs.at(batch) - small.eagerMs.at(batch)) / layers;
-        std::printf("| %d | %.3f | %.3f | %.3f | %.0f | %.3f |\n", batch,
-                    small.stepMs.at(batch), large.stepMs.at(batch), perLayer,
-                    batch / (large.stepMs.at(batch) / 1e3), eagerPerLayer);
-        if (batch == 1)
-          std::printf("batch 1: %.1f MB read per token per MoE layer "
-                      "(context %d) in %.3f ms = %.0f GB/s, %.1f%% of %.0f "
-                      "GB/s HBM\n",
-                      bytes / 1e6, context, perLayer, bytes / perLayer / 1e6,
-                      100.0 * bytes / perLayer / 1e6 / hbmGbps, hbmGbps);
-      }
-      if (prefill > 0 && large.prefillMs > 0 && small.prefillMs > 0) {
-        double perLayer = (large.prefillMs - small.prefillMs) / layers;
-        std::printf("prefill %d tokens: %.2f ms per MoE layer, %.0f tokens/s "
-                    "per layer\n",
-                    prefill, perLayer, prefill / (perLayer / 1e3));
+      bool sameDepth = true;
+      for (const Case &c : cases)
+        sameDepth = sameDepth && moeLayers(c.config) == moeLayers(small.config);
+      if (sameDepth) {
+        // Artifacts of one model side by side (A/B of compiler options).
+        std::printf("\n| batch |");
+        for (size_t i = 0; i < cases.size(); ++i)
+          std::printf(" case %zu ms (graphs / eager) |", i);
+        std::printf("\n| --- |");
+        for (size_t i = 0; i < cases.size(); ++i)
+          std::printf(" --- |");
+        std::printf("\n");
+        for (int batch : batches) {
+          std::printf("| %d |", batch);
+          for (const Case &c : cases)
+            std::printf(" %.3f / %.3f |", c.stepMs.at(batch),
+                        c.eagerMs.at(batch));
+          std::printf("\n");
+        }
+      } else {
+        if (layers <= 0)
+          throw Error("the last case needs more MoE layers than the first (or "
+                      "every case the same number, for a side-by-side table)");
+        double bytes = moeLayerBytesPerToken(large.config, context);
+        std::printf("\n| batch | step ms (%lld MoE) | step ms (%lld MoE) | "
+                    "per MoE layer ms | tokens/s per layer-stack | eager: "
+                    "per MoE layer ms |\n| --- | --- | --- | --- | --- | --- "
+                    "|\n",
+                    static_cast<long long>(moeLayers(small.config)),
+                    static_cast<long long>(moeLayers(large.config)));
+        for (int batch : batches) {
+          double perLayer =
+              (large.stepMs.at(batch) - small.stepMs.at(batch)) / layers;
+          double eagerPerLayer =
+              (large.eagerMs.at(batch) - small.eagerMs.at(batch)) / layers;
+          std::printf("| %d | %.3f | %.3f | %.3f | %.0f | %.3f |\n", batch,
+                      small.stepMs.at(batch), large.stepMs.at(batch), perLayer,
+                      batch / (large.stepMs.at(batch) / 1e3), eagerPerLayer);
+          if (batch == 1)
+            std::printf("batch 1: %.1f MB read per token per MoE layer "
+                        "(context %d) in %.3f ms = %.0f GB/s, %.1f%% of %.0f "
+                        "GB/s HBM\n",
+                        bytes / 1e6, context, perLayer, bytes / perLayer / 1e6,
+                        100.0 * bytes / perLayer / 1e6 / hbmGbps, hbmGbps);
+        }
+        if (prefill > 0 && large.prefillMs > 0 && small.prefillMs > 0) {
+          double perLayer = (large.prefillMs - small.prefillMs) / layers;
+          std::printf("prefill %d tokens: %.2f ms per MoE layer, %.0f tokens/s "
+                      "per layer\n",
+                      prefill, perLayer, prefill / (perLayer / 1e3));
+        }
       }
     }
     for (const Case &c : cases)
