@@ -1042,6 +1042,9 @@ void ModelKernels::epGroup(CUstream stream, CUdeviceptr in,
                            const EpGathered &gathered) {
   Checker check("ep_group");
   check.require(ranks >= 1 && slots >= 1, "ranks and slots must be positive");
+  check.require(int64_t(ranks) * slots <= 1024,
+                "at most 1024 chunks (ranks x slots), got " +
+                    std::to_string(int64_t(ranks) * slots));
   check.require(rowBytes > 0 && rowBytes % 16 == 0,
                 "rows must be a positive multiple of 16 bytes, got " +
                     std::to_string(rowBytes));
