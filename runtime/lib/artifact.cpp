@@ -726,8 +726,8 @@ void validateExpertParallelStep(const Artifact &artifact,
       (gatherAttr->second < 1 ||
        gatherAttr->second != static_cast<int64_t>(gatherAttr->second)))
     failStep("attribute \"gather_tokens\" must be a positive integer");
-  const std::string gatheredOffsets = std::to_string(
-      ep.worldSize * (ep.worldSize * ep.slotsPerRank + 1));
+  const std::string gatheredOffsets =
+      std::to_string(ep.worldSize * (ep.worldSize * ep.slotsPerRank + 1));
   if (step.op == "ep_slots") {
     inputs = {""};
     outputs = {""};

@@ -921,7 +921,8 @@ TEST_F(ModelKernelsOnGpu, EpGatheredExchangeMatchesPacked) {
                            download<int32_t>(offsets, S + 1));
   };
   auto packed = group(packedQ, packedS, counts, X, {});
-  auto viaGather = group(gatheredQ, gatheredS, gatheredOffsets, W * R, gathered);
+  auto viaGather =
+      group(gatheredQ, gatheredS, gatheredOffsets, W * R, gathered);
   EXPECT_EQ(std::get<2>(viaGather), std::get<2>(packed));
   EXPECT_EQ(std::get<2>(packed)[S], X);
   EXPECT_EQ(std::get<0>(viaGather), std::get<0>(packed));
@@ -974,10 +975,10 @@ TEST_F(ModelKernelsOnGpu, EpGatheredExchangeMatchesPacked) {
                       matrix(ElementType::F32, T, H, H, packedSum));
   EpGathered combine = gathered;
   combine.sendOffsets = upload(mine);
-  kernels->moeCombine(
-      nullptr, matrix(ElementType::BF16, W * R, H, H, upload(blocks)),
-      rowsOnGpu, weightsOnGpu, topK,
-      matrix(ElementType::F32, T, H, H, gatheredSum), combine);
+  kernels->moeCombine(nullptr,
+                      matrix(ElementType::BF16, W * R, H, H, upload(blocks)),
+                      rowsOnGpu, weightsOnGpu, topK,
+                      matrix(ElementType::F32, T, H, H, gatheredSum), combine);
   std::vector<float> want = download<float>(packedSum, T * H),
                      got = download<float>(gatheredSum, T * H);
   for (float v : want)

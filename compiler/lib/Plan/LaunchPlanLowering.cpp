@@ -1627,8 +1627,7 @@ private:
   /// ranks x tokens x top_k rows of `hidden` FP8 bytes, fits gatherBytes.
   /// 0 for prefill plans, which run eagerly and would move padding.
   int64_t gatheredExchangeTokens(int64_t ranks, int64_t hidden) {
-    if (!func.getSymName().starts_with("decode") || gatherBytes <= 0 ||
-        !topK)
+    if (!func.getSymName().starts_with("decode") || gatherBytes <= 0 || !topK)
       return 0;
     auto fits = [&](int64_t tokens) {
       return ranks * tokens * *topK * hidden <= gatherBytes;

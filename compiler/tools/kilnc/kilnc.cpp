@@ -582,10 +582,9 @@ int run() {
     try {
       (*module)->setAttr(kiln::kExpertParallelModuleAttr,
                          expertParallelAttr(context, *config));
-      (*module)->setAttr(
-          kiln::kExpertParallelGatherModuleAttr,
-          IntegerAttr::get(IntegerType::get(&context, 64),
-                           expertGatherBytes.getValue()));
+      (*module)->setAttr(kiln::kExpertParallelGatherModuleAttr,
+                         IntegerAttr::get(IntegerType::get(&context, 64),
+                                          expertGatherBytes.getValue()));
     } catch (const kiln::Error &error) {
       return fail(error.what());
     }

@@ -748,8 +748,8 @@ void CudaBackend::Impl::gatheredExchange(
     if (W * R > capacity)
       throw Error(where + ": a gathered exchange of " + std::to_string(W) +
                   " x " + std::to_string(R) + " rows does not fit buffer '" +
-                  step.outputs.at(0).buffer + "' (" +
-                  std::to_string(capacity) + " rows)");
+                  step.outputs.at(0).buffer + "' (" + std::to_string(capacity) +
+                  " rows)");
     move(q.data, true, received.data, size_t(R) * q.cols);
     move(input(1).data, true, output(1).data, size_t(R) * tiles * 4);
     const DeviceMatrix offsets = input(2);
@@ -1054,14 +1054,12 @@ void CudaBackend::Impl::allocate(const CudaBackendOptions &options) {
       for (const auto *tensors : {&step.inputs, &step.outputs})
         for (const PlanTensor &t : *tensors)
           state.microBatches = std::max(state.microBatches, t.parts);
-      if (step.op == "ep_all_to_all" &&
-          step.attrs.strings.count("direction") &&
+      if (step.op == "ep_all_to_all" && step.attrs.strings.count("direction") &&
           step.attrs.strings.at("direction") == "dispatch") {
         auto gather = step.attrs.numbers.find("gather_tokens");
-        const int64_t tokens =
-            gather == step.attrs.numbers.end()
-                ? 0
-                : static_cast<int64_t>(gather->second);
+        const int64_t tokens = gather == step.attrs.numbers.end()
+                                   ? 0
+                                   : static_cast<int64_t>(gather->second);
         state.gatherTokens = state.gatherTokens < 0
                                  ? tokens
                                  : std::min(state.gatherTokens, tokens);
@@ -1890,9 +1888,9 @@ void CudaBackend::Impl::open(const std::string &configOrigin,
         if (step.op == "ep_all_to_all" &&
             step.attrs.strings.count("direction") &&
             step.attrs.strings.at("direction") == "dispatch") {
-          packedOnly = packedOnly ||
-                       !(step.attrs.numbers.count("gather_tokens") &&
-                         step.attrs.numbers.at("gather_tokens") > 0);
+          packedOnly =
+              packedOnly || !(step.attrs.numbers.count("gather_tokens") &&
+                              step.attrs.numbers.at("gather_tokens") > 0);
         }
     }
     if (packedOnly) {

@@ -1052,15 +1052,14 @@ void ModelKernels::epGroup(CUstream stream, CUdeviceptr in,
                 "scales go in and out together or not at all");
   check.require(toSlotMajor || (!inScales && !offsets),
                 "scales and offsets are written toward slot-major order only");
-  check.require(gathered.peerRows >= 0 &&
-                    (!gathered.peerRows ||
-                     (gathered.rank >= 0 && gathered.rank < ranks &&
-                      rows == ranks * gathered.peerRows)),
-                "a gathered exchange holds ranks x peer rows (" +
-                    std::to_string(ranks) + " x " +
-                    std::to_string(gathered.peerRows) + "), got " +
-                    std::to_string(rows) + " rows, rank " +
-                    std::to_string(gathered.rank));
+  check.require(
+      gathered.peerRows >= 0 &&
+          (!gathered.peerRows || (gathered.rank >= 0 && gathered.rank < ranks &&
+                                  rows == ranks * gathered.peerRows)),
+      "a gathered exchange holds ranks x peer rows (" + std::to_string(ranks) +
+          " x " + std::to_string(gathered.peerRows) + "), got " +
+          std::to_string(rows) + " rows, rank " +
+          std::to_string(gathered.rank));
   check.rowsFitGrid(rows);
   check.pointer(counts, "counts", 4);
   if (rows > 0) {

@@ -268,7 +268,7 @@ struct EpGroupParams {
   Address offsets;   // i32 [slots + 1] out (may be 0)
   long long rows;    // peer-major rows (packed) or row capacity (gathered)
   long long rowBytes;
-  long long cols; // scale tiles = ceil(cols / 128)
+  long long cols;     // scale tiles = ceil(cols / 128)
   long long peerRows; // 0: packed exchange
   int ranks;
   int slots;

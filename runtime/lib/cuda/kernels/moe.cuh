@@ -266,7 +266,7 @@ extern "C" __global__ void __launch_bounds__(kCopyThreads)
 /// The rank that computed routed row `row` of a gathered exchange: the
 /// peer p whose global slots p · slots .. hold it in this rank's send order.
 __device__ __forceinline__ long long epRowOwner(const CombineParams &p,
-                                               long long row) {
+                                                long long row) {
   const int *offsets = pointer<const int>(p.peerOffsets);
   int owner = 0;
   for (int r = 1; r < p.ranks; ++r)
@@ -354,9 +354,9 @@ __device__ int epBlockExclusiveScan(int *values, int *scratch, int n) {
 /// buffer has it.
 extern "C" __global__ void __launch_bounds__(kCopyThreads)
     kiln_ep_group(const EpGroupParams p) {
-  __shared__ int rows[kEpMaxChunks];     // chunk (p, s) at p · slots + s
-  __shared__ int peerMajor[kEpMaxChunks];  // its first row in peer-major order
-  __shared__ int slotMajor[kEpMaxChunks];  // (s, p) at s · ranks + p: ditto
+  __shared__ int rows[kEpMaxChunks];      // chunk (p, s) at p · slots + s
+  __shared__ int peerMajor[kEpMaxChunks]; // its first row in peer-major order
+  __shared__ int slotMajor[kEpMaxChunks]; // (s, p) at s · ranks + p: ditto
   __shared__ int scratch[kEpMaxChunks];
   __shared__ long long where[6];
   const int n = p.ranks * p.slots;
@@ -400,9 +400,9 @@ extern "C" __global__ void __launch_bounds__(kCopyThreads)
       where[0] = chunkStart;
       where[1] = rows[c];
       where[2] = slotStart;
-      where[3] = (slot + 1 < p.slots ? slotMajor[(slot + 1) * p.ranks]
-                                     : total) -
-                 slotStart;
+      where[3] =
+          (slot + 1 < p.slots ? slotMajor[(slot + 1) * p.ranks] : total) -
+          slotStart;
       where[4] = slotMajor[slot * p.ranks + peer] + offset;
       where[5] = chunkStart + offset;
     }
