@@ -23,6 +23,7 @@
 #   F="--max-batch 128 --prefill-chunk 4096 --max-seq-len 4608"
 #   kilnc v3-2.json -o v3-2-ep2.kiln $F --ep 2
 #   kilnc v3-2.json -o v3-2-ep2-ov.kiln $F --ep 2 --overlap-micro-batches 2
+#   kilnc v3-2.json -o v3-2-ep2-packed.kiln $F --ep 2 --ep-gather-bytes 0
 #   KILN_ARTIFACTS="tiny.kiln tiny-ep2.kiln ..." scripts/device/stage.sh
 set -uo pipefail
 # NVLink multicast stays off on the shared GPU hosts (device KINDS.md): a
@@ -85,6 +86,15 @@ if ((ranks > 1)); then
   echo "== decode, batch 1, context 128, 12 steps, $ranks ranks (a rank with no routed rows)"
   on_every_rank decode-empty-rank timeout -k 5 120 "$bin/kiln-bench-decode" \
     --case "$config,$art/v3-2-ep$ranks.kiln" --batches 1 --steps 12 --context 128 --prefill 0
+fi
+if ((ranks > 1)) && [[ -f $art/v3-2-ep$ranks-packed.kiln ]]; then
+  # Gathered exchanges (decode steps as CUDA Graphs) against packed ones
+  # (counts read on the host): step times side by side, logits compared
+  # between graphs and eager within each artifact.
+  echo "== decode, gathered vs packed exchanges, $ranks ranks"
+  on_every_rank decode-gathered timeout -k 5 200 "$bin/kiln-bench-decode" \
+    --case "$config,$art/v3-2-ep$ranks.kiln" --case "$config,$art/v3-2-ep$ranks-packed.kiln" \
+    --batches 1,4,16,32 --steps 8 --context 128 --prefill 0
 fi
 echo "== prefill 4096, 2-layer full width, $ranks rank(s): ${cases[*]}"
 # shellcheck disable=SC2016 # RANK_OUT is set per rank by on_every_rank.
