@@ -682,11 +682,10 @@ private:
           step.inputs = {*y, *rows, *weights};
           // After a gathered exchange, the send offsets say which rank's
           // block holds each routed row.
-          if (expertParallel && exchanges[unpermute.getRows()].gatherTokens) {
+          if (expertParallel) {
             const ExpertParallelExchange &e = exchanges[unpermute.getRows()];
-            step.attrs.numbers["gather_tokens"] =
-                static_cast<double>(e.gatherTokens);
-            step.inputs.push_back(usePlanBuffer(e.sendOffsets));
+            if (e.markGathered(step))
+              step.inputs.push_back(usePlanBuffer(e.sendOffsets));
           }
           if (failed(output(step, unpermute.getResult(), op, "",
                             rowsOf(unpermute.getRows()))))
@@ -1462,7 +1461,7 @@ private:
     send.attrs.strings["direction"] = "dispatch";
     send.inputs = {usePlanBuffer(exchange.sendQ), usePlanBuffer(exchange.sendS),
                    usePlanBuffer(exchange.sendOffsets)};
-    const int64_t gatherTokens =
+    exchange.gatherTokens =
         routed.parts ? 0 : gatheredExchangeTokens(ranks, hidden);
     PlanTensor receivedQ =
         newPlanBuffer(name + "_recv_q", "f8e4m3", received, hidden);
@@ -1471,10 +1470,9 @@ private:
     exchange.counts = newPlanBuffer(name + "_recv_counts", "i32",
                                     std::to_string(ranks * slots), 1);
     send.outputs = {receivedQ, receivedS, exchange.counts};
-    if (gatherTokens > 0) {
+    if (exchange.markGathered(send)) {
       // Steps of up to gather_tokens tokens exchange every rank's whole
       // send buffer; the ranks' send offsets say where each chunk is.
-      send.attrs.numbers["gather_tokens"] = static_cast<double>(gatherTokens);
       exchange.gatheredOffsets =
           newPlanBuffer(name + "_recv_offsets", "i32",
                         std::to_string(ranks * (ranks * slots + 1)), 1);
@@ -1486,11 +1484,8 @@ private:
     PlanStep group = makeStep("ep_group");
     group.inputs = {usePlanBuffer(receivedQ), usePlanBuffer(receivedS),
                     usePlanBuffer(exchange.counts)};
-    if (gatherTokens > 0) {
-      group.attrs.numbers["gather_tokens"] = static_cast<double>(gatherTokens);
+    if (exchange.markGathered(group))
       group.inputs.push_back(usePlanBuffer(exchange.gatheredOffsets));
-    }
-    exchange.gatherTokens = gatherTokens;
     PlanTensor q = newPlanBuffer(name + "_q", "f8e4m3", received, hidden);
     PlanTensor qs = newPlanBuffer(name + "_s", "f32", received, tiles);
     PlanTensor offsets =
@@ -1525,14 +1520,10 @@ private:
         cast<RankedTensorType>(unpermute.getExpertOutputs().getType())
             .getDimSize(1);
     const std::string name = resultName(op, "");
-    const bool gathered = exchange.gatherTokens > 0;
     PlanStep ungroup = makeStep("ep_ungroup");
     ungroup.inputs = {*y, usePlanBuffer(exchange.counts)};
-    if (gathered) {
-      ungroup.attrs.numbers["gather_tokens"] =
-          static_cast<double>(exchange.gatherTokens);
+    if (exchange.markGathered(ungroup))
       ungroup.inputs.push_back(usePlanBuffer(exchange.gatheredOffsets));
-    }
     PlanTensor peerMajor =
         newPlanBuffer(name + "_send_y", "bf16", exchange.receivedRows, hidden);
     ungroup.outputs = {peerMajor};
@@ -1540,9 +1531,7 @@ private:
       return failure();
     PlanStep back = makeStep("ep_all_to_all");
     back.attrs.strings["direction"] = "combine";
-    if (gathered)
-      back.attrs.numbers["gather_tokens"] =
-          static_cast<double>(exchange.gatherTokens);
+    const bool gathered = exchange.markGathered(back);
     back.inputs = {usePlanBuffer(peerMajor), usePlanBuffer(exchange.counts),
                    usePlanBuffer(exchange.sendOffsets)};
     // A gathered combine receives one block of R rows from every rank.
@@ -1613,6 +1602,13 @@ private:
     PlanTensor gatheredOffsets;
     /// Steps of up to this many tokens exchange gathered (0: never).
     int64_t gatherTokens = 0;
+    /// Gives `step`, one of this exchange's, its gather_tokens attribute;
+    /// returns whether the exchange is gathered at all.
+    bool markGathered(PlanStep &step) const {
+      if (gatherTokens > 0)
+        step.attrs.numbers["gather_tokens"] = static_cast<double>(gatherTokens);
+      return gatherTokens > 0;
+    }
     /// R and X, or a micro-batch's R.m/n and X.m/n.
     std::string routedRows, receivedRows;
   };

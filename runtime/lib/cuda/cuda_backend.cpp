@@ -248,6 +248,26 @@ struct StreamGate {
   }
 };
 
+/// A plan's expert-parallel exchanges: -1 if it has none; else the most
+/// tokens of a step whose exchanges are gathered (the smallest
+/// gather_tokens of its dispatches; 0: some exchange is always packed and
+/// reads its counts back to the host).
+int64_t planGatherTokens(const LaunchPlan &plan) {
+  int64_t least = -1;
+  for (const PlanStep &step : plan.steps) {
+    auto direction = step.attrs.strings.find("direction");
+    if (step.op != "ep_all_to_all" || direction == step.attrs.strings.end() ||
+        direction->second != "dispatch")
+      continue;
+    auto gather = step.attrs.numbers.find("gather_tokens");
+    const int64_t tokens = gather == step.attrs.numbers.end()
+                               ? 0
+                               : static_cast<int64_t>(gather->second);
+    least = least < 0 ? tokens : std::min(least, tokens);
+  }
+  return least;
+}
+
 int64_t resolveRows(const PlanBuffer &buffer, const ChunkShape &shape) {
   RowSymbol symbol;
   if (parseRowSymbol(buffer.rows, symbol) && symbol.parts)
@@ -326,15 +346,8 @@ struct CudaBackend::Impl {
     /// Rows of the X buffers, by row symbol ("X", or a micro-batch's
     /// "X.m/n"): the latest dispatch of that symbol's received rows.
     std::map<std::string, int64_t> exchangedRows;
-    /// Expert-parallel exchanges: -1 if the plan has none; else the most
-    /// tokens of a step whose exchanges are gathered (the smallest
-    /// gather_tokens of its dispatches; 0: every exchange is packed and
-    /// reads its counts back to the host).
+    /// planGatherTokens of the plan.
     int64_t gatherTokens = -1;
-    /// Whether this step's exchanges are gathered.
-    bool gathered(const ChunkShape &shape) const {
-      return gatherTokens > 0 && shape.gathered;
-    }
   };
   std::map<std::string, PlanState> plans;
   std::vector<DeviceBuffer> cacheLayers;
@@ -400,14 +413,10 @@ struct CudaBackend::Impl {
                 const std::string &where, const ChunkShape &shape,
                 const std::function<DeviceMatrix(size_t)> &input,
                 const std::function<DeviceMatrix(size_t)> &output);
-  /// A gathered exchange (artifact.md "Gathered exchanges"): the dispatch
-  /// sends this rank's whole send buffer (rows, scales, offsets) to every
-  /// rank; the combine sends block p of the peer-major outputs to rank p.
-  /// Fixed sizes, no host synchronization.
   /// The gathered-exchange arguments of this step's kernels (packed: none).
-  EpGathered gatheredAt(const PlanState &state, const ChunkShape &shape) const {
+  EpGathered gatheredAt(const ChunkShape &shape) const {
     EpGathered g;
-    if (!state.gathered(shape))
+    if (!shape.gathered)
       return g;
     g.peerRows = shape.routed;
     g.rank = epRank;
@@ -415,9 +424,13 @@ struct CudaBackend::Impl {
     g.slots = epSlotsPerRank;
     return g;
   }
+  /// A gathered exchange (artifact.md "Gathered exchanges"): the dispatch
+  /// sends this rank's whole send buffer (rows, scales, offsets) to every
+  /// rank; the combine sends block p of the peer-major outputs to rank p.
+  /// Fixed sizes, no host synchronization.
   void gatheredExchange(PlanState &state, const PlanStep &step,
                         const std::string &where, const ChunkShape &shape,
-                        bool dispatch,
+                        bool dispatch, CUstream stream,
                         const std::function<DeviceMatrix(size_t)> &input,
                         const std::function<DeviceMatrix(size_t)> &output);
   void open(const std::string &configOrigin, const CudaBackendOptions &options,
@@ -713,11 +726,10 @@ void CudaBackend::Impl::setUpExpertParallel() {
 
 void CudaBackend::Impl::gatheredExchange(
     PlanState &state, const PlanStep &step, const std::string &where,
-    const ChunkShape &shape, bool dispatch,
+    const ChunkShape &shape, bool dispatch, CUstream stream,
     const std::function<DeviceMatrix(size_t)> &input,
     const std::function<DeviceMatrix(size_t)> &output) {
   const int W = epRanks;
-  const CUstream stream = streamOf(step);
   // Every block is the size of a whole send buffer of the bucket's routed
   // rows (R): nothing depends on what the routing chose, so the host reads
   // nothing back and the step can be captured.
@@ -740,17 +752,12 @@ void CudaBackend::Impl::gatheredExchange(
       KILN_CU(where, cuMemcpyDtoDAsync, to, from, bytes, stream);
   };
   if (dispatch) {
-    // Outputs: every rank's rows, scales and send offsets, peer-major.
-    const DeviceMatrix q = input(0), received = output(0);
+    // Outputs: every rank's rows, scales and send offsets, peer-major. The
+    // received buffers hold X = W · max_tokens · top_k ≥ W · R rows (the
+    // reader checks their row symbol).
+    const DeviceMatrix q = input(0);
     const size_t tiles = size_t((q.cols + 127) / 128);
-    const int64_t capacity = static_cast<int64_t>(
-        state.plan->findBuffer(step.outputs.at(0).buffer)->bytes / q.cols);
-    if (W * R > capacity)
-      throw Error(where + ": a gathered exchange of " + std::to_string(W) +
-                  " x " + std::to_string(R) + " rows does not fit buffer '" +
-                  step.outputs.at(0).buffer + "' (" + std::to_string(capacity) +
-                  " rows)");
-    move(q.data, true, received.data, size_t(R) * q.cols);
+    move(q.data, true, output(0).data, size_t(R) * q.cols);
     move(input(1).data, true, output(1).data, size_t(R) * tiles * 4);
     const DeviceMatrix offsets = input(2);
     move(offsets.data, true, output(3).data, size_t(offsets.rows) * 4);
@@ -779,8 +786,9 @@ void CudaBackend::Impl::exchange(
   // Every launch, copy and NCCL call goes on the step's stream (stream 1 of
   // an overlapped layer, beside the other micro-batch's compute).
   const CUstream stream = streamOf(step);
-  if (state.gathered(shape)) {
-    gatheredExchange(state, step, where, shape, dispatch, input, output);
+  if (shape.gathered) {
+    gatheredExchange(state, step, where, shape, dispatch, stream, input,
+                     output);
     return;
   }
   // Rows per peer: sent (global slots p·S .. p·S + S) and received.
@@ -1050,21 +1058,11 @@ void CudaBackend::Impl::allocate(const CudaBackendOptions &options) {
               CU_STREAM_NON_BLOCKING);
       sideStreams.push_back(side);
     }
-    for (const PlanStep &step : plan.steps) {
+    for (const PlanStep &step : plan.steps)
       for (const auto *tensors : {&step.inputs, &step.outputs})
         for (const PlanTensor &t : *tensors)
           state.microBatches = std::max(state.microBatches, t.parts);
-      if (step.op == "ep_all_to_all" && step.attrs.strings.count("direction") &&
-          step.attrs.strings.at("direction") == "dispatch") {
-        auto gather = step.attrs.numbers.find("gather_tokens");
-        const int64_t tokens = gather == step.attrs.numbers.end()
-                                   ? 0
-                                   : static_cast<int64_t>(gather->second);
-        state.gatherTokens = state.gatherTokens < 0
-                                 ? tokens
-                                 : std::min(state.gatherTokens, tokens);
-      }
-    }
+    state.gatherTokens = planGatherTokens(plan);
     maxSequencesAnyPlan = std::max(maxSequencesAnyPlan, plan.maxSequences);
     maxTokensAnyPlan = std::max(maxTokensAnyPlan, plan.maxTokens);
     plans.emplace(name, std::move(state));
@@ -1368,22 +1366,20 @@ void CudaBackend::Impl::runStep(PlanState &state, size_t index,
   } else if (op == "ep_group") {
     // Gathered: the chunks are where every peer's send offsets put them
     // (the 4th input); packed: back to back, by the received counts.
-    const bool gathered = state.gathered(shape);
     DeviceMatrix x = input(0), xs = input(1), q = output(0), qs = output(1);
-    kernels->epGroup(stream, x.data, xs.data, input(gathered ? 3 : 2).data,
-                     epRanks, epSlotsPerRank, x.rows,
-                     x.cols * elementBytes(x.type), x.cols, true, q.data,
-                     qs.data, output(2).data, gatheredAt(state, shape));
+    kernels->epGroup(
+        stream, x.data, xs.data, input(shape.gathered ? 3 : 2).data, epRanks,
+        epSlotsPerRank, x.rows, x.cols * elementBytes(x.type), x.cols, true,
+        q.data, qs.data, output(2).data, gatheredAt(shape));
   } else if (op == "ep_ungroup") {
-    const bool gathered = state.gathered(shape);
     DeviceMatrix y = input(0);
-    kernels->epGroup(stream, y.data, 0, input(gathered ? 2 : 1).data, epRanks,
-                     epSlotsPerRank, y.rows, y.cols * elementBytes(y.type),
-                     y.cols, false, output(0).data, 0, 0,
-                     gatheredAt(state, shape));
+    kernels->epGroup(stream, y.data, 0, input(shape.gathered ? 2 : 1).data,
+                     epRanks, epSlotsPerRank, y.rows,
+                     y.cols * elementBytes(y.type), y.cols, false,
+                     output(0).data, 0, 0, gatheredAt(shape));
   } else if (op == "moe_combine") {
     DeviceMatrix rows = input(1);
-    EpGathered gathered = gatheredAt(state, shape);
+    EpGathered gathered = gatheredAt(shape);
     if (gathered.peerRows)
       gathered.sendOffsets = input(3).data;
     kernels->moeCombine(stream, input(0), rows.data, input(2).data,
@@ -1881,18 +1877,9 @@ void CudaBackend::Impl::open(const std::string &configOrigin,
     // to some tokens run those steps as graphs (artifacts before format 12
     // have no gathered exchanges).
     bool packedOnly = false;
-    for (const auto &[name, plan] : artifact.plans) {
-      if (name.rfind("decode", 0) != 0)
-        continue;
-      for (const PlanStep &step : plan.steps)
-        if (step.op == "ep_all_to_all" &&
-            step.attrs.strings.count("direction") &&
-            step.attrs.strings.at("direction") == "dispatch") {
-          packedOnly =
-              packedOnly || !(step.attrs.numbers.count("gather_tokens") &&
-                              step.attrs.numbers.at("gather_tokens") > 0);
-        }
-    }
+    for (const auto &[name, plan] : artifact.plans)
+      packedOnly = packedOnly || (name.rfind("decode", 0) == 0 &&
+                                  planGatherTokens(plan) == 0);
     if (packedOnly) {
       graphsProbed = graphsUnsupported = true;
       graphStatus = "decode steps run eagerly: expert-parallel exchanges read "

@@ -156,8 +156,6 @@ struct MoeRouteArgs {
   bool normTopkProb = true;
 };
 
-/// One row's sampling parameters (kiln::SamplingParams plus the row's draw
-/// and vocabulary limit), as sample() hands them to the device.
 /// An expert-parallel exchange that moved every rank's whole send buffer
 /// (artifact.md "Gathered exchanges"): fixed sizes, so a decode step that
 /// holds it can be a CUDA Graph. Default: a packed exchange.
@@ -169,6 +167,8 @@ struct EpGathered {
   CUdeviceptr sendOffsets = 0;
 };
 
+/// One row's sampling parameters (kiln::SamplingParams plus the row's draw
+/// and vocabulary limit), as sample() hands them to the device.
 struct SamplingRow {
   /// The uniform in [0, 1) the CPU sampler would draw for this row (its
   /// Random::uniform()); unused when greedy.
