@@ -85,7 +85,7 @@
 // PTXAS-DAG: kiln_gemm_fp8_m128n128s4c2k2: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // Every unsplit plain kernel stores with TMA.
 // PTXAS-DAG: kiln_gemm_fp8_m64n64s8c1_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
-// PTXAS-DAG: kiln_gemm_fp8_m128n64s8c2_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
+// PTXAS-DAG: kiln_gemm_fp8_m64n128s8c1_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // PTXAS-DAG: kiln_gemm_fp8_m128n128s4c2_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // PTXAS-DAG: kiln_gemm_fp8_m128n192s4c2_tma: {{[0-9]+}} registers, 0 spill bytes, {{.*}}: ok
 // 4096 x 4096 x 7168 and 4096 x 7168 x 16384 take 128x256 tiles in 2-block

@@ -37,12 +37,22 @@ func.func @small_split(%a: tensor<128x7168xf8E4M3FN>, %as: tensor<128x56xf32>, %
 }
 
 // 112 tiles of 128x64 run unsplit (a second wave costs more than 20 idle
-// SMs): they stay (64x64 tiles measured 30% slower at K = 16384).
+// SMs; 64x64 tiles measured 30% slower at K = 16384): at exactly 128 rows
+// as 112 tiles of 64x128 with one consumer.
 // CHECK-LABEL: func.func @small_unsplit
-// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 64, stages = 8, consumers = 2, store = tma>
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 64, block_n = 128, stages = 8, consumers = 1, store = tma>
 func.func @small_unsplit(%a: tensor<128x16384xf8E4M3FN>, %as: tensor<128x128xf32>, %b: tensor<7168x16384xf8E4M3FN>, %bs: tensor<56x128xf32>) -> tensor<128x7168xbf16> {
   %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<128x16384xf8E4M3FN>, tensor<128x128xf32>, tensor<7168x16384xf8E4M3FN>, tensor<56x128xf32>) -> tensor<128x7168xbf16>
   return %0 : tensor<128x7168xbf16>
+}
+
+// Below 128 rows the 128x64 tiles stay: a 64x128 kernel's second tile row
+// would have TMA fill the rows past M with zeros.
+// CHECK-LABEL: func.func @small_unsplit_ragged
+// CHECK: gemm_config = #kiln.gemm_config<block_m = 128, block_n = 64, stages = 8, consumers = 2, store = tma>
+func.func @small_unsplit_ragged(%a: tensor<96x16384xf8E4M3FN>, %as: tensor<96x128xf32>, %b: tensor<7168x16384xf8E4M3FN>, %bs: tensor<56x128xf32>) -> tensor<96x7168xbf16> {
+  %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<96x16384xf8E4M3FN>, tensor<96x128xf32>, tensor<7168x16384xf8E4M3FN>, tensor<56x128xf32>) -> tensor<96x7168xbf16>
+  return %0 : tensor<96x7168xbf16>
 }
 
 // M <= 128, chains of 4 K blocks, 256 tiles of 128x128 (one per SM and
@@ -55,10 +65,10 @@ func.func @small_wide(%a: tensor<128x512xf8E4M3FN>, %as: tensor<128x4xf32>, %b: 
   return %0 : tensor<128x32768xbf16>
 }
 
-// Longer chains (12 K blocks) keep 128x64 tiles, though 192 of 128x128
-// would fill the SMs.
+// Longer chains (12 K blocks) keep 64-row-wide tiles, though 192 of
+// 128x128 would fill the SMs: 64x128 at exactly 128 rows.
 // CHECK-LABEL: func.func @small_wide_long
-// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 128, block_n = 64, stages = 8, consumers = 2, store = tma>}
+// CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 64, block_n = 128, stages = 8, consumers = 1, store = tma>}
 func.func @small_wide_long(%a: tensor<128x1536xf8E4M3FN>, %as: tensor<128x12xf32>, %b: tensor<24576x1536xf8E4M3FN>, %bs: tensor<192x12xf32>) -> tensor<128x24576xbf16> {
   %0 = kiln.scaled_matmul %a, %as, %b, %bs : (tensor<128x1536xf8E4M3FN>, tensor<128x12xf32>, tensor<24576x1536xf8E4M3FN>, tensor<192x12xf32>) -> tensor<128x24576xbf16>
   return %0 : tensor<128x24576xbf16>

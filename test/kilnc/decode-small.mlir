@@ -1,6 +1,6 @@
 // With --max-batch above 64, kilnc also writes `decode_small`: the same
 // decode step for at most 64 tokens, whose GEMMs get the kernels chosen for
-// M <= 64 (64-row tiles) instead of the 128-row ones chosen for M = 128; the
+// M <= 64 (64x64 tiles) instead of the 64x128 ones chosen for M = 128; the
 // runtime runs a step on the smallest decode plan it fits.
 // RUN: kilnc %kiln_src_root/examples/tiny/config.json --max-batch 128 --emit=plan -q -o %t.json
 // RUN: FileCheck %s < %t.json
@@ -13,7 +13,7 @@
 // ARENA: prefill: 72 steps, 92 buffers, {{.*}}: ok
 
 // CHECK: "decode": {"max_tokens": 128, "max_sequences": 128,
-// CHECK: "op": "gemm", {{.*}}"kernel": "kiln_gemm_fp8_m128n64s8c2_tma"
+// CHECK: "op": "gemm", {{.*}}"kernel": "kiln_gemm_fp8_m64n128s8c1_tma"
 // CHECK: "decode_small": {"max_tokens": 64, "max_sequences": 64,
 // CHECK: "op": "gemm", {{.*}}"kernel": "kiln_gemm_fp8_m64n64s8c1_tma"
 // CHECK: "prefill": {"max_tokens": 256, "max_sequences": 128,

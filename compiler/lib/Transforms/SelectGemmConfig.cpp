@@ -205,6 +205,24 @@ chooseConfig(MLIRContext *context, int64_t m, int64_t n, int64_t k,
       blockM = 64;
     }
   }
+  // Exactly 128 rows on unsplit 128x64 tiles take 64x128 tiles with one
+  // consumer instead: as many tiles, each with one warpgroup's m64n128
+  // chain for two warpgroups' m64n64 ones (the second tile row reads the
+  // weights from L2). H100, same calls: 128 x 7168 x 16384 48.6 -> 47.4 us,
+  // 128 x 24576 x 1536 20.9 -> 20.5, 128 x 7168 x 2048 11.8 -> 11.7, and
+  // 1-2% in session 13's call (gemm-kernels.md "Session 20"). Decode steps
+  // run at bucket sizes (powers of two), so their 65-128 rows are 128. Not
+  // chosen below 128 rows: the second tile row's box would be filled with
+  // zeros past M, which costs more than reading rows ("Session 18"), where
+  // the 128x64 tile clamps its box to M (a kernel chosen for 128 and run on
+  // fewer rows, as a prefill chunk's may be, pays that fill).
+  if (small && !decode && !grouped && blockM == 128 && blockN == 64 &&
+      m == 128 && !ShapedType::isDynamic(n) && !ShapedType::isDynamic(k) &&
+      chooseSplitK(ceilDiv(n, 64), ceilDiv(k, 128), 64) == 1) {
+    blockM = 64;
+    blockN = 128;
+    consumers = 1;
+  }
   int64_t stageBytes = (blockM + blockN) * 128;
   // The largest power of two that fits: 128x128 tiles get 4 stages, not 6
   // (M = 4096: 0.84 -> 0.87 of cuBLAS; 32768 x 512 -7%, 4096 x 7168 -4%,
