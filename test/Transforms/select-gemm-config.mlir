@@ -65,8 +65,9 @@ func.func @small_wide(%a: tensor<128x512xf8E4M3FN>, %as: tensor<128x4xf32>, %b: 
   return %0 : tensor<128x32768xbf16>
 }
 
-// Longer chains (12 K blocks) keep 64-row-wide tiles, though 192 of
-// 128x128 would fill the SMs: 64x128 at exactly 128 rows.
+// Longer chains (12 K blocks) do not take 128x128 tiles, though 192 of
+// them would fill the SMs; exactly 128 rows take 64x128 ones (as many
+// tiles as 128x64).
 // CHECK-LABEL: func.func @small_wide_long
 // CHECK: kiln.scaled_matmul {{.*}} {gemm_config = #kiln.gemm_config<block_m = 64, block_n = 128, stages = 8, consumers = 1, store = tma>}
 func.func @small_wide_long(%a: tensor<128x1536xf8E4M3FN>, %as: tensor<128x12xf32>, %b: tensor<24576x1536xf8E4M3FN>, %bs: tensor<192x12xf32>) -> tensor<128x24576xbf16> {
