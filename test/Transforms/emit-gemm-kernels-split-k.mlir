@@ -1,5 +1,6 @@
 // Split-K (gemm-abi.md "Split-K"): work units of (tile, K slice), FP32
-// partials in a workspace, the last warp to arrive sums them.
+// partials in a workspace, tagged with the record's use parity; the last
+// warp to arrive sums them.
 // RUN: kiln-opt %s --kiln-emit-gemm-kernels | FileCheck %s
 
 // CHECK: kiln.scaled_matmul {{.*}}kernel = @kiln_kernels::@kiln_gemm_fp8_m64n64s8c1k4
@@ -21,18 +22,24 @@
 // CHECK: %[[LASTRAW:.*]] = arith.subi %{{.*}}, %c1_i32{{.*}} : i32
 // CHECK: arith.maxsi %[[LASTRAW]], %{{.*}} : i32
 // CHECK-COUNT-4: nvvm.wgmma.mma_async
-// Partial: 8 quads of 16 bytes per thread, then fence, warp barrier, one
-// atomic arrival per warp, broadcast to the warp.
-// CHECK-COUNT-8: llvm.store %{{.*}}, %{{.*}} {alignment = 16 : i64} : vector<4xf32>, !llvm.ptr<1>
-// CHECK: llvm.fence syncscope("device") acq_rel
+// Partial: 8 quads of 16 bytes per thread, each word's lowest bit the
+// tag bit, then a warp barrier and one atomic arrival per warp (no fence),
+// broadcast to the warp.
+// CHECK: arith.ori %{{.*}}, %[[TAGBIT:.*]] : i32
+// CHECK-COUNT-8: llvm.store volatile %{{.*}}, %{{.*}} {alignment = 16 : i64} : vector<4xi32>, !llvm.ptr<1>
+// CHECK-NOT: llvm.fence
 // CHECK: nvvm.bar.warp.sync
 // CHECK: llvm.atomicrmw add %{{.*}}, %{{.*}} syncscope("device") monotonic : !llvm.ptr<1>, i32
 // CHECK: nvvm.shfl.sync idx
-// The last warp resets its counter, sums the 4 slots in order, stores BF16.
+// The last warp polls the other 3 slots until every word carries the tag
+// bit, resets its counter, advances the tag word, sums the 4 slices in
+// order (its own from registers) and stores BF16.
 // CHECK: scf.if
-// CHECK: llvm.fence syncscope("device") acq_rel
+// CHECK: scf.while
+// CHECK-COUNT-3: llvm.load volatile %{{.*}} {alignment = 16 : i64} : !llvm.ptr<1> -> vector<4xi32>
+// CHECK: scf.condition
 // CHECK: llvm.store %{{.*}}, %{{.*}} : i32, !llvm.ptr<1>
-// CHECK-COUNT-4: llvm.load %{{.*}} {alignment = 16 : i64} : !llvm.ptr<1> -> vector<4xf32>
+// CHECK: llvm.store volatile %{{.*}}, %{{.*}} : i32, !llvm.ptr<1>
 // CHECK: arith.truncf %{{.*}} : vector<2xf32> to vector<2xbf16>
 // CHECK: llvm.store %{{.*}}, %{{.*}} {alignment = 16 : i64} : vector<8xbf16>, !llvm.ptr<1>
 func.func @gemm(%a: tensor<64x7168xf8E4M3FN>, %as: tensor<64x56xf32>, %b: tensor<2112x7168xf8E4M3FN>, %bs: tensor<17x56xf32>) -> tensor<64x2112xbf16> {

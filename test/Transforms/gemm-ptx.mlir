@@ -62,15 +62,21 @@
 // SPLITK: .param .u32 kiln_gemm_fp8_m64n64s8c1k4_param_7,
 // SPLITK-NEXT: .param .u64 .ptr .global .align 1 kiln_gemm_fp8_m64n64s8c1k4_param_8
 // SPLITK-NEXT: )
+// SPLITK: ld.volatile.global.b32
 // SPLITK: wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3
-// SPLITK-COUNT-8: st.global.v4.{{[bf]}}32
-// SPLITK-NEXT: fence.acq_rel.gpu;
+// (The tag word is loaded before the K loop, above.) The partial is stored tagged,
+// without a fence before the arrival; the last warp polls the 3 other
+// slots (8 quads each, no load of its own), resets its counter and
+// advances the tag.
+// SPLITK-COUNT-8: st.volatile.global.v4.b32
 // SPLITK-NEXT: bar.warp.sync -1;
+// SPLITK-NOT: fence.acq_rel.gpu
 // SPLITK: atom.global.add.u32
 // SPLITK: shfl.sync.idx.b32
-// SPLITK: fence.acq_rel.gpu;
+// SPLITK-COUNT-24: ld.volatile.global.v4.b32
+// SPLITK-NOT: ld.volatile.global.v4.b32
 // SPLITK: st.global.b32
-// SPLITK-COUNT-32: ld.global.v4.{{[bf]}}32
+// SPLITK: st.volatile.global.b32
 // SPLITK: cvt.rn.bf16x2.f32
 // SPLITK: st.shared.b32
 // SPLITK: bar.warp.sync -1;
