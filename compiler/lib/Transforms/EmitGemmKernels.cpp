@@ -1144,6 +1144,49 @@ private:
     emit("%tagWord = llvm.load volatile %tagPtr : !llvm.ptr<1> -> i32");
   }
 
+  /// Split-K: %tileAt (the unit's record), %tileSlot (this thread's place
+  /// in its slot 0) and %mySlot (in its own slice's slot), in words.
+  void writeSplitSlotAddress(const std::string &record) {
+    emit("%tileW = arith.extui " + record + " : i32 to i64");
+    emit("%tileAt = arith.muli %tileW, %tileFloats : i64");
+    emit("%splitW = arith.extui %split : i32 to i64");
+    emit("%slotAt = arith.muli %splitW, %slotFloats : i64");
+    emit("%tileSlot = arith.addi %tileAt, %partialsAtThreadW : i64");
+    emit("%mySlot = arith.addi %tileSlot, %slotAt : i64");
+  }
+
+  /// Split-K: %quadPtr<g>, register quad g's 16 bytes in this thread's
+  /// own slot.
+  void writeQuadPointer(int64_t g) {
+    std::string n = std::to_string(g);
+    emit("%quadOff" + n + " = arith.constant " + std::to_string(128 * g) +
+         " : i64");
+    emit("%quadAt" + n + " = arith.addi %mySlot, %quadOff" + n + " : i64");
+    emit("%quadPtr" + n + " = llvm.getelementptr %workspace[%quadAt" + n +
+         "] : (!llvm.ptr<1>, i64) -> !llvm.ptr<1>, f32");
+  }
+
+  /// Split-K: the warp's relaxed arrival on its (tile, warp) counter, the
+  /// old count broadcast to the warp; %isLast for the warp that arrives
+  /// last.
+  void writeSplitArrival() {
+    emit("nvvm.bar.warp.sync %fullMask : i32");
+    emit("%consumerWarpW = arith.extui %consumerWarp : i32 to i64");
+    emit("%counterAt = arith.addi %tileAt, %consumerWarpW : i64");
+    emit("%counter = llvm.getelementptr %workspace[%counterAt] : "
+         "(!llvm.ptr<1>, i64) -> !llvm.ptr<1>, i32");
+    emit("%arrivedLane0 = scf.if %isLane0 -> (i32) {");
+    emit("%old = llvm.atomicrmw add %counter, %c1 syncscope(\"device\") "
+         "monotonic : !llvm.ptr<1>, i32");
+    emit("scf.yield %old : i32");
+    emit("} else {");
+    emit("scf.yield %c0 : i32");
+    emit("}");
+    emit("%arrived = nvvm.shfl.sync idx %fullMask, %arrivedLane0, %c0, " +
+         i32(31) + " : i32 -> i32");
+    emit("%isLast = arith.cmpi eq, %arrived, " + i32(splitK - 1) + " : i32");
+  }
+
   /// The split-K epilogue: the tagged reduction for 64-wide tiles, the
   /// fenced one for wider tiles (the tagged one spilled there: split tails
   /// of 4 and 8 slices of 128x128 tiles, 548 and 5048 bytes). Both use the
@@ -1178,12 +1221,7 @@ private:
   /// -> 17.6 against the fenced reduction (gemm-kernels.md "Session 20").
   void writeTaggedSplitEpilogue(int64_t bm, int64_t bn, int64_t accRegs,
                                 const std::string &record) {
-    emit("%tileW = arith.extui " + record + " : i32 to i64");
-    emit("%tileAt = arith.muli %tileW, %tileFloats : i64");
-    emit("%splitW = arith.extui %split : i32 to i64");
-    emit("%slotAt = arith.muli %splitW, %slotFloats : i64");
-    emit("%tileSlot = arith.addi %tileAt, %partialsAtThreadW : i64");
-    emit("%mySlot = arith.addi %tileSlot, %slotAt : i64");
+    writeSplitSlotAddress(record);
     emit("%tagNext = arith.addi %tagWord, %c1 : i32");
     emit("%tagBit = arith.andi %tagNext, %c1 : i32");
     emit("%clearTag = arith.constant -2 : i32");
@@ -1208,30 +1246,12 @@ private:
              " : i32] : vector<4xi32>");
         vec = x;
       }
-      emit("%quadOff" + n + " = arith.constant " + std::to_string(128 * g) +
-           " : i64");
-      emit("%quadAt" + n + " = arith.addi %mySlot, %quadOff" + n + " : i64");
-      emit("%quadPtr" + n + " = llvm.getelementptr %workspace[%quadAt" + n +
-           "] : (!llvm.ptr<1>, i64) -> !llvm.ptr<1>, f32");
+      writeQuadPointer(g);
       // Volatile (relaxed): the last warp's loads race with these by design.
       emit("llvm.store volatile " + vec + ", %quadPtr" + n +
            " {alignment = 16 : i64} : vector<4xi32>, !llvm.ptr<1>");
     }
-    emit("nvvm.bar.warp.sync %fullMask : i32");
-    emit("%consumerWarpW = arith.extui %consumerWarp : i32 to i64");
-    emit("%counterAt = arith.addi %tileAt, %consumerWarpW : i64");
-    emit("%counter = llvm.getelementptr %workspace[%counterAt] : "
-         "(!llvm.ptr<1>, i64) -> !llvm.ptr<1>, i32");
-    emit("%arrivedLane0 = scf.if %isLane0 -> (i32) {");
-    emit("%old = llvm.atomicrmw add %counter, %c1 syncscope(\"device\") "
-         "monotonic : !llvm.ptr<1>, i32");
-    emit("scf.yield %old : i32");
-    emit("} else {");
-    emit("scf.yield %c0 : i32");
-    emit("}");
-    emit("%arrived = nvvm.shfl.sync idx %fullMask, %arrivedLane0, %c0, " +
-         i32(31) + " : i32 -> i32");
-    emit("%isLast = arith.cmpi eq, %arrived, " + i32(splitK - 1) + " : i32");
+    writeSplitArrival();
     emit("scf.if %isLast {");
     // The S - 1 other slots: the k-th is slice k, or k + 1 from this warp's
     // own on; its own slice comes from registers, so it never waits for its
@@ -1371,12 +1391,7 @@ private:
   /// stores BF16.
   void writeFencedSplitEpilogue(int64_t bm, int64_t bn, int64_t accRegs,
                                 const std::string &record) {
-    emit("%tileW = arith.extui " + record + " : i32 to i64");
-    emit("%tileAt = arith.muli %tileW, %tileFloats : i64");
-    emit("%splitW = arith.extui %split : i32 to i64");
-    emit("%slotAt = arith.muli %splitW, %slotFloats : i64");
-    emit("%tileSlot = arith.addi %tileAt, %partialsAtThreadW : i64");
-    emit("%mySlot = arith.addi %tileSlot, %slotAt : i64");
+    writeSplitSlotAddress(record);
     for (int64_t g = 0; g < accRegs / 4; ++g) {
       std::string n = std::to_string(g);
       std::string vec = "%quadUndef" + n;
@@ -1389,30 +1404,12 @@ private:
              " : i32] : vector<4xf32>");
         vec = x;
       }
-      emit("%quadOff" + n + " = arith.constant " + std::to_string(128 * g) +
-           " : i64");
-      emit("%quadAt" + n + " = arith.addi %mySlot, %quadOff" + n + " : i64");
-      emit("%quadPtr" + n + " = llvm.getelementptr %workspace[%quadAt" + n +
-           "] : (!llvm.ptr<1>, i64) -> !llvm.ptr<1>, f32");
+      writeQuadPointer(g);
       emit("llvm.store " + vec + ", %quadPtr" + n +
            " {alignment = 16 : i64} : vector<4xf32>, !llvm.ptr<1>");
     }
     emit("llvm.fence syncscope(\"device\") acq_rel");
-    emit("nvvm.bar.warp.sync %fullMask : i32");
-    emit("%consumerWarpW = arith.extui %consumerWarp : i32 to i64");
-    emit("%counterAt = arith.addi %tileAt, %consumerWarpW : i64");
-    emit("%counter = llvm.getelementptr %workspace[%counterAt] : "
-         "(!llvm.ptr<1>, i64) -> !llvm.ptr<1>, i32");
-    emit("%arrivedLane0 = scf.if %isLane0 -> (i32) {");
-    emit("%old = llvm.atomicrmw add %counter, %c1 syncscope(\"device\") "
-         "monotonic : !llvm.ptr<1>, i32");
-    emit("scf.yield %old : i32");
-    emit("} else {");
-    emit("scf.yield %c0 : i32");
-    emit("}");
-    emit("%arrived = nvvm.shfl.sync idx %fullMask, %arrivedLane0, %c0, " +
-         i32(31) + " : i32 -> i32");
-    emit("%isLast = arith.cmpi eq, %arrived, " + i32(splitK - 1) + " : i32");
+    writeSplitArrival();
     emit("scf.if %isLast {");
     emit("llvm.fence syncscope(\"device\") acq_rel");
     emit("scf.if %isLane0 {");
