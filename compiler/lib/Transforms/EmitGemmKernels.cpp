@@ -1293,10 +1293,9 @@ private:
     for (int64_t g = 0; g < quads; ++g) {
       for (int64_t k = 0; k < loaded; ++k) {
         std::string n = std::to_string(g) + "_" + std::to_string(k);
-        emit("%pollOff" + n + " = arith.constant " + std::to_string(128 * g) +
-             " : i64");
-        emit("%pollAt" + n + " = arith.addi " + otherPtr[k] + ", %pollOff" + n +
-             " : i64");
+        // (%quadOff<g>: quad g's offset in a slot, from the stores.)
+        emit("%pollAt" + n + " = arith.addi " + otherPtr[k] + ", %quadOff" +
+             std::to_string(g) + " : i64");
         emit("%pollPtr" + n + " = llvm.getelementptr %workspace[%pollAt" + n +
              "] : (!llvm.ptr<1>, i64) -> !llvm.ptr<1>, f32");
         emit("%poll" + n + " = llvm.load volatile %pollPtr" + n +
@@ -1385,10 +1384,9 @@ private:
   /// the unit's workspace slot (16 bytes per thread and register quad,
   /// coalesced), then counts itself in on its (tile, warp) counter: stores,
   /// fence, warp barrier, one atomic add (the classic threadfence
-  /// reduction). The warp that arrives last
-  /// sums the tile's slots in slice order, so the result does not depend on
-  /// which slice finished last, resets the counter for the next launch and
-  /// stores BF16.
+  /// reduction). The warp that arrives last sums the tile's slots in slice
+  /// order, so the result does not depend on which slice finished last,
+  /// resets the counter for the next launch and stores BF16.
   void writeFencedSplitEpilogue(int64_t bm, int64_t bn, int64_t accRegs,
                                 const std::string &record) {
     writeSplitSlotAddress(record);
