@@ -21,10 +21,22 @@ of "KERNEL MxNxK,..." lines) each plan shape is timed with its kernel from
 pass, and the table gives both medians, their ratio and the geometric mean
 of the ratios (scripts/device/gemm.sh's paired table, GEMM_PAIRED_PASSES).
 
+With --steady-ms MS each process of the paired table times enough
+launches for about MS milliseconds of GPU work (steady_runs: the same count
+for the kernel and the peer, from a roofline estimate of the shape's time)
+instead of --runs. 50 launches (~5 ms at M = 4096) measure a transient: the
+GPU comes out of the harness's idle spin at its highest clock and meets its
+power cap within the burst, so the median depends on how fast each kernel
+draws the power and on the history of the GPU (the M = 4096 shapes moved
+by up to 10% between processes on one machine, H200, session 21). Hundreds
+of milliseconds measure the steady state under the cap, as a serving GPU
+runs (bench/results/steady-state-power.md).
+
 usage: gemm-ab.py --shapes MxNxK,... [--passes 2] [--runs 50] [--seed 7]
                   [--check PATH] KERNEL.cubin|cublas [...]
        gemm-ab.py --plan PLAN [--kernel-dir DIR] [--shapes MxNxK,...]
-                  [--passes 3] [--runs 50] [--seed 7] [--json PATH]
+                  [--passes 3] [--runs 50 | --steady-ms MS] [--seed 7]
+                  [--hbm-gbps 3350] [--json PATH]
        (both: [--peer COMMAND] instead of python3 bench/gemm_cublas.py)
 """
 import argparse
@@ -92,9 +104,32 @@ def median(us):
     return f"{statistics.median(us):.1f}" if us else "-"
 
 
-# The HBM bandwidth the weight rates are a fraction of (H100 SXM's 3.35
-# TB/s, as bench/compare.py).
+# The HBM bandwidth the weight rates are a fraction of (default H100 SXM's
+# 3.35 TB/s, as bench/compare.py; --hbm-gbps 4800 for an H200).
 HBM_GBPS = 3350.0
+
+# steady_runs' roofline: dense FP8 at a power-capped clock, HBM as streamed,
+# the per-launch cost of an event pair; and its bounds (kiln-gemm-check takes
+# at most 100000 runs, and every run costs the host an event pair).
+STEADY_TFLOPS = 1100.0
+STEADY_GBPS = 2800.0
+STEADY_LAUNCH_US = 4.0
+STEADY_MAX_RUNS = 20000
+
+
+def steady_runs(shape, steady_ms, minimum):
+    """Launches of a compute-bound `shape` for about `steady_ms` of GPU
+    time, at least `minimum`: the same count for both sides of a pair.
+    Memory-bound shapes (M <= 128 here) keep `minimum`: they stay below the
+    power cap, and thousands of launches of a few µs would be paced by the
+    peer's Python loop rather than by the GPU."""
+    m, n, k = (int(x) for x in shape.split("x"))
+    compute_us = 2.0 * m * n * k / (STEADY_TFLOPS * 1e6)
+    memory_us = (m * k + n * k + 2 * m * n) / (STEADY_GBPS * 1e3)
+    if compute_us <= memory_us:
+        return minimum
+    us = compute_us + STEADY_LAUNCH_US
+    return max(minimum, min(STEADY_MAX_RUNS, round(steady_ms * 1000.0 / us)))
 
 
 def tflops(m, n, k, us):
@@ -126,11 +161,14 @@ def paired(args):
     pairs = read_plan(args.plan, args.kernel_dir, only)
     times = {}
     status = {}
+    runs = {shape: steady_runs(shape, args.steady_ms, args.runs)
+            if args.steady_ms else args.runs for shape, _ in pairs}
     for p in range(args.passes):
         for shape, cubin in pairs:
             sides = [cubin, PEER] if p % 2 == 0 else [PEER, cubin]
             for side in sides:
-                us, result, _ = run(args.check, side, shape, args.runs, args.seed)
+                us, result, _ = run(args.check, side, shape, runs[shape],
+                                    args.seed)
                 times.setdefault((side, shape), []).append(us)
                 # The peer's "unsupported" (M < 16) leaves the ratio out;
                 # anything else but "ok" fails the run.
@@ -140,9 +178,12 @@ def paired(args):
                       f"{result}", flush=True)
 
     rows = []
+    launches = (f"~{args.steady_ms:g} ms of launches per process (steady "
+                f"state; {min(runs.values())}-{max(runs.values())} launches)"
+                if args.steady_ms else f"{args.runs} launches each")
     print(f"\nPaired: each shape's kernel and cuBLAS in turn, {args.passes} "
-          f"passes of {args.runs} launches each (µs per pass; ratio = cuBLAS "
-          "median / Kiln median)\n")
+          f"passes of {launches} (µs per pass; ratio = cuBLAS median / Kiln "
+          "median)\n")
     print("| M | N | K | kernel | Kiln µs | cuBLAS µs | Kiln median | "
           "cuBLAS median | Kiln TFLOP/s | cuBLAS TFLOP/s | Kiln weight GB/s "
           "(M ≤ 128) | cuBLAS / Kiln | result |")
@@ -175,11 +216,14 @@ def paired(args):
     if args.json:
         with open(args.json, "w") as file:
             json.dump({"tool": "gemm-ab.py --plan", "passes": args.passes,
-                       "runs": args.runs, "rows": rows}, file, indent=1)
+                       "runs": args.runs, "steady_ms": args.steady_ms,
+                       "runs_per_shape": runs, "hbm_gbps": HBM_GBPS,
+                       "rows": rows}, file, indent=1)
     return 0 if not status else 1
 
 
 def main():
+    global HBM_GBPS
     parser = argparse.ArgumentParser()
     parser.add_argument("--shapes")
     parser.add_argument("--plan")
@@ -187,6 +231,13 @@ def main():
     parser.add_argument("--passes", type=int, default=2)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--steady-ms", type=float, default=None,
+                        help="paired table: time ~MS ms of launches per "
+                        "process (the steady state under the power cap) "
+                        "instead of --runs")
+    parser.add_argument("--hbm-gbps", type=float, default=HBM_GBPS,
+                        help="the HBM bandwidth weight rates are a fraction "
+                        "of (3350: H100 SXM; 4800: H200)")
     dev = os.environ.get("KILN_DEVICE_DIR", ".device")
     parser.add_argument("--check", default=f"{dev}/bin/kiln-gemm-check")
     parser.add_argument("--kernel-dir", default=f"{dev}/kernels")
@@ -194,6 +245,9 @@ def main():
                         "(default: python3 bench/gemm_cublas.py)")
     parser.add_argument("kernels", nargs="*")
     args = parser.parse_args()
+    HBM_GBPS = args.hbm_gbps
+    if args.steady_ms is not None and (args.steady_ms <= 0 or not args.plan):
+        parser.error("--steady-ms takes a positive time and --plan")
     if args.peer:
         PEER_COMMAND[:] = shlex.split(args.peer)
     if args.plan:

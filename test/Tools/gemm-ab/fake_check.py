@@ -9,7 +9,9 @@ shape = args[args.index("--shapes") + 1]
 cubin = args[-1]
 name = os.path.basename(cubin).removesuffix(".cubin")
 with open(os.environ["FAKE_LOG"], "a") as log:
-    log.write(f"kiln {name} {shape}\n")
+    # With FAKE_LOG_RUNS the launch count too (the steady mode's test).
+    runs = f" runs {args[args.index('--runs') + 1]}" if os.environ.get("FAKE_LOG_RUNS") else ""
+    log.write(f"kiln {name} {shape}{runs}\n")
 m, n, k = shape.split("x")
 us = {"fast": "100.0", "slow": "150.0", "wrong": "100.0"}[name]
 status = "WRONG" if name == "wrong" else "ok"

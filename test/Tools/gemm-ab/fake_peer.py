@@ -7,7 +7,9 @@ import sys
 args = sys.argv[1:]
 shape = args[args.index("--shapes") + 1]
 with open(os.environ["FAKE_LOG"], "a") as log:
-    log.write(f"peer {shape}\n")
+    # With FAKE_LOG_RUNS the launch count too (the steady mode's test).
+    runs = f" runs {args[args.index('--runs') + 1]}" if os.environ.get("FAKE_LOG_RUNS") else ""
+    log.write(f"peer {shape}{runs}\n")
 m, n, k = shape.split("x")
 if int(m) < 16:
     print(f"| {m} | {n} | {k} | - | unsupported | - | - | - | unsupported |")

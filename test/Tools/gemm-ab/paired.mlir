@@ -53,3 +53,29 @@
 // AB: | 4096x7168x2048 | 100.0 / 100.0  `01234567` | 150.0 / 150.0  `01234567` | 120.0 / 120.0  `--------` |
 // AB: cuBLAS median / kernel median over the passes:
 // AB: | 4096x7168x2048 | 1.200 | 0.800 |
+
+// --steady-ms: a compute-bound shape's pair gets the same launch count, about
+// that many milliseconds of GPU time by the roofline estimate (4096 x 7168 x
+// 2048: 2 x 4096 x 7168 x 2048 / 1.1e15 s + 4 us = 113.3 us, 200 ms -> 1765);
+// memory-bound shapes keep --runs; the header and the JSON say so.
+// RUN: env FAKE_LOG=%t/log5 FAKE_LOG_RUNS=1 %python %kiln_src_root/scripts/device/gemm-ab.py --check "%python %S/fake_check.py" \
+// RUN:   --peer "%python %S/fake_peer.py" --plan %t/plan.txt --kernel-dir %t/k --passes 1 --runs 5 --steady-ms 200 \
+// RUN:   --hbm-gbps 4800 --json %t/steady.json | FileCheck %s --check-prefix=STEADY
+// RUN: FileCheck %s --check-prefix=STEADY-RUNS < %t/log5
+// RUN: %python -c "import json; j = json.load(open('%t/steady.json')); print(j['steady_ms'], j['hbm_gbps'], j['runs_per_shape'])" \
+// RUN:   | FileCheck %s --check-prefix=STEADY-JSON
+// STEADY: 1 passes of ~200 ms of launches per process (steady state; 5-1765 launches)
+// STEADY: | 64 | 2112 | 7168 | slow | 150.0 | 120.0 | 150.0 | 120.0 | 13 | 16 | 101 (2%) | 0.800 | ok |
+// STEADY-RUNS: kiln fast 4096x7168x2048 runs 1765
+// STEADY-RUNS-NEXT: peer 4096x7168x2048 runs 1765
+// STEADY-RUNS-NEXT: kiln fast 7x2112x7168 runs 5
+// STEADY-RUNS-NEXT: peer 7x2112x7168 runs 5
+// STEADY-RUNS-NEXT: kiln slow 64x2112x7168 runs 5
+// STEADY-RUNS-NEXT: peer 64x2112x7168 runs 5
+// STEADY-JSON: 200.0 4800.0 {'4096x7168x2048': 1765, '7x2112x7168': 5, '64x2112x7168': 5}
+
+// --steady-ms is for the paired table.
+// RUN: env FAKE_LOG=%t/log6 not %python %kiln_src_root/scripts/device/gemm-ab.py --check "%python %S/fake_check.py" \
+// RUN:   --peer "%python %S/fake_peer.py" --shapes 4096x7168x2048 --steady-ms 200 %t/k/fast.cubin 2>&1 \
+// RUN:   | FileCheck %s --check-prefix=STEADY-PLAN
+// STEADY-PLAN: --steady-ms takes a positive time and --plan
