@@ -94,6 +94,11 @@ override its fields (or replace it when all of them are given).
                          a CUDA graph or a busy stream) and report the median,
                          min and max of 5 batches' per-launch averages; the
                          default brackets every launch with its own events
+  --launch-times PATH    append every timed launch's µs to PATH, one line
+                         each: what was timed, the launch's index (its
+                         operand set is the index modulo the sets), µs; a
+                         trend along the index is the clock, a pattern
+                         with the sets' period their placement
   --seed N               base seed of the random inputs (default: random)
   --device N             CUDA device ordinal (0)
   --timeout-s S          give up on a launch after S seconds (60)
@@ -164,6 +169,8 @@ struct Options {
   bool time = true;
   bool backToBack = false;
   bool hashOut = false;
+  /// --launch-times: where every timed launch's µs goes, in launch order.
+  std::string launchTimesPath;
   double timeoutSeconds = 60;
   std::optional<uint64_t> seed;
   // Manifest overrides.
@@ -242,6 +249,8 @@ Options parseOptions(int argc, char **argv) {
       options.backToBack = true;
     } else if (arg == "--hash-out") {
       options.hashOut = true;
+    } else if (arg == "--launch-times") {
+      options.launchTimesPath = value();
     } else if (arg == "--seed") {
       std::string text = value();
       char *end = nullptr;
@@ -921,6 +930,14 @@ Timing timeWork(const CheckKernels &check, const Options &options,
     KILN_CU("timing event", cuEventElapsedTime, &milliseconds, starts[r].get(),
             stops[r].get());
     microseconds.push_back(1000.0 * milliseconds);
+  }
+  if (!options.launchTimesPath.empty()) {
+    std::ofstream out(options.launchTimesPath, std::ios::app);
+    for (int r = 0; r < runs; ++r)
+      out << what << '\t' << options.warmup + r << '\t' << microseconds[r]
+          << '\n';
+    if (!out)
+      throw Error("--launch-times: cannot write " + options.launchTimesPath);
   }
   std::sort(microseconds.begin(), microseconds.end());
   Timing timing;
