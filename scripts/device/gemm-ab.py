@@ -24,13 +24,13 @@ of the ratios (scripts/device/gemm.sh's paired table, GEMM_PAIRED_PASSES).
 With --steady-ms MS each process of the paired table times enough
 launches for about MS milliseconds of GPU work (steady_runs: the same count
 for the kernel and the peer, from a roofline estimate of the shape's time)
-instead of --runs. 50 launches (~5 ms at M = 4096) measure a transient: the
-GPU comes out of the harness's idle spin at its highest clock and meets its
-power cap within the burst, so the median depends on how fast each kernel
-draws the power and on the history of the GPU (the M = 4096 shapes moved
-by up to 10% between processes on one machine, H200, session 21). Hundreds
-of milliseconds measure the steady state under the cap, as a serving GPU
-runs (bench/results/steady-state-power.md).
+instead of --runs. 50 launches (~5 ms at M = 4096) take whatever SM clock
+level the power controller holds while they run: within a run Kiln's
+M = 4096 times sit on flat levels and step between them at moments that
+differ from run to run (`kiln-gemm-check --launch-times`; 101.5-109 µs at
+4096 x 7168 x 2048, H100, session 21), so such a median moves by up to 10%
+between processes. Hundreds of milliseconds measure the steady state under
+the 700 W cap, as a serving GPU runs (bench/results/steady-state-power.md).
 
 usage: gemm-ab.py --shapes MxNxK,... [--passes 2] [--runs 50] [--seed 7]
                   [--check PATH] KERNEL.cubin|cublas [...]
