@@ -19,7 +19,7 @@ for tool in kiln-backend-check kiln-bench-decode kiln-bench-mla kiln-ep-check ki
     cp "$build_dir/bin/$tool" $device_dir/bin/
   fi
 done
-for library in "$build_dir"/lib/libkiln_runtime.so*; do
+for library in "$build_dir"/lib/libkiln_runtime.so* "$build_dir"/lib/libkiln_gemm_shim.so; do
   [[ -e $library ]] || continue
   mkdir -p $device_dir/lib
   cp -P "$library" $device_dir/lib/
