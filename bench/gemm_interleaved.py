@@ -30,6 +30,7 @@ Exit status: 0 every shape right on both sides, 1 otherwise.
 
 import argparse
 import ctypes
+import importlib.util
 import json
 import math
 import os
@@ -39,7 +40,21 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gemm_cublas  # noqa: E402  (OperandSet, the tolerance, the warm-up)
+import gemm_cublas  # noqa: E402  (OperandSet, the tolerance)
+
+
+def _plan_reader():
+    """scripts/device/gemm-ab.py's read_plan: [(shape, cubin)] of a plan's
+    plain GEMM lines."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                        "scripts", "device", "gemm-ab.py")
+    spec = importlib.util.spec_from_file_location("gemm_ab", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.read_plan
+
+
+read_plan = _plan_reader()
 
 
 class KilnKernel:
@@ -88,25 +103,6 @@ def load_shim(path):
                                       ctypes.c_uint64]
     shim.kiln_shim_close.argtypes = [ctypes.c_void_p]
     return shim
-
-
-def read_plan(path, kernel_dir, only):
-    """[(shape, cubin)] in the plan's order (plain GEMM lines only)."""
-    pairs = []
-    with open(path) as file:
-        for line in file:
-            fields = line.split()
-            if len(fields) != 2 or fields[0].startswith("#") or ":" in fields[1]:
-                continue
-            for shape in fields[1].split(","):
-                if not only or shape in only:
-                    pairs.append((shape, os.path.join(kernel_dir,
-                                                      fields[0] + ".cubin")))
-    missing = set(only or ()) - {shape for shape, _ in pairs}
-    if missing:
-        sys.exit(f"gemm_interleaved.py: {path} has no kernel for "
-                 f"{','.join(sorted(missing))}")
-    return pairs
 
 
 def relative_error(out, reference):
