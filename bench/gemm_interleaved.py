@@ -31,6 +31,7 @@ Exit status: 0 every shape right on both sides, 1 otherwise.
 import argparse
 import ctypes
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -83,10 +84,17 @@ class KilnKernel:
             f"{self.name} {m}x{n}x{k}")
         return index.value
 
-    def launch(self, index):
-        self._check(self.shim.kiln_shim_launch(
-            self.handle, index, torch.cuda.current_stream().cuda_stream),
-            self.name)
+    def launch(self, index, stream):
+        self._check(self.shim.kiln_shim_launch(self.handle, index, stream),
+                    self.name)
+
+    def operand_set(self, m, n, k, generator):
+        """A gemm_cublas.OperandSet with Kiln's own output (`kiln_out`) and
+        its prepared launch (`kiln_index`) on the same inputs."""
+        operands = gemm_cublas.OperandSet(m, n, k, generator)
+        operands.kiln_out = torch.empty_like(operands.out)
+        operands.kiln_index = self.prepare(operands, operands.kiln_out)
+        return operands
 
     def close(self):
         self.shim.kiln_shim_close(self.handle)
@@ -112,11 +120,11 @@ def relative_error(out, reference):
     return (error / torch.linalg.vector_norm(reference)).item(), bad
 
 
-def check(first, kiln, index):
+def check(first, kiln):
     """Both sides' outputs of the first set, poisoned first: [problems]."""
     first.out.fill_(float("nan"))
     first.kiln_out.fill_(float("nan"))
-    kiln.launch(index)
+    kiln.launch(first.kiln_index, torch.cuda.current_stream().cuda_stream)
     first.run()
     torch.cuda.synchronize()
     reference = first.reference()
@@ -130,12 +138,13 @@ def check(first, kiln, index):
 
 def time_interleaved(sets, kiln, runs, warmup, clock_hz):
     """Per-launch µs of each side, launches alternating between them."""
-    stream_sets = iter(range(1 << 62))
+    rotation = itertools.count()
+    stream = torch.cuda.current_stream().cuda_stream
 
     def launch(side):
-        s = sets[next(stream_sets) % len(sets)]
+        s = sets[next(rotation) % len(sets)]
         if side == "kiln":
-            kiln.launch(s.kiln_index)
+            kiln.launch(s.kiln_index, stream)
         else:
             s.run()
 
@@ -203,19 +212,14 @@ def main():
                 kernels[cubin] = KilnKernel(shim, cubin)
             kiln = kernels[cubin]
             generator.manual_seed(args.seed + 1000 * p)
-            first = gemm_cublas.OperandSet(m, n, k, generator)
-            first.kiln_out = torch.empty_like(first.out)
-            first.kiln_index = kiln.prepare(first, first.kiln_out)
+            first = kiln.operand_set(m, n, k, generator)
             if p == 0:
-                problems[shape] = check(first, kiln, first.kiln_index)
+                problems[shape] = check(first, kiln)
             set_bytes = first.bytes() + first.kiln_out.numel() * 2
             wanted = max(2, min(64, math.ceil(4 * l2_bytes / set_bytes)))
             sets = [first]
             while len(sets) < wanted:
-                s = gemm_cublas.OperandSet(m, n, k, generator)
-                s.kiln_out = torch.empty_like(s.out)
-                s.kiln_index = kiln.prepare(s, s.kiln_out)
-                sets.append(s)
+                sets.append(kiln.operand_set(m, n, k, generator))
             us = time_interleaved(sets, kiln, args.runs, args.warmup, clock_hz)
             for side, values in us.items():
                 times.setdefault((side, shape), []).append(

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -15,8 +16,19 @@ namespace {
 using ErrorFn = const char *(*)();
 using OpenFn = int (*)(const char *, const char *, void **);
 
+/// The shim beside this binary's libraries (lib/ next to bin/, as the
+/// build tree and scripts/device/stage.sh lay them out), else where the
+/// build put it.
+std::string shimPath() {
+  std::filesystem::path staged =
+      std::filesystem::read_symlink("/proc/self/exe").parent_path() /
+      "../lib/libkiln_gemm_shim.so";
+  return std::filesystem::exists(staged) ? staged.string()
+                                         : KILN_GEMM_SHIM_PATH;
+}
+
 struct Shim {
-  void *library = dlopen(KILN_GEMM_SHIM_PATH, RTLD_NOW | RTLD_LOCAL);
+  void *library = dlopen(shimPath().c_str(), RTLD_NOW | RTLD_LOCAL);
   ~Shim() {
     if (library)
       dlclose(library);

@@ -309,6 +309,39 @@ protected:
     return values;
   }
 
+  /// `count` random E4M3 codes, none of them NaN.
+  std::vector<uint8_t> randomCodes(size_t count) {
+    std::vector<uint8_t> codes(count);
+    for (uint8_t &v : codes)
+      v = static_cast<uint8_t>(random() & 0x7E);
+    return codes;
+  }
+  /// moe_dispatch's input: `rows` tokens of `cols` codes and their 1x128
+  /// scales ([cols / 128][rows]), uploaded.
+  QuantizedMatrix quantizedInput(const std::vector<uint8_t> &values,
+                                 const std::vector<float> &scales, int64_t rows,
+                                 int64_t cols) {
+    QuantizedMatrix in;
+    in.values = upload(values);
+    in.scales = upload(scales);
+    in.rows = rows;
+    in.cols = cols;
+    return in;
+  }
+  /// moe_dispatch's output: `routed` rows of `cols` codes and their scales,
+  /// grouped over `groups` groups by `offsets`.
+  QuantizedMatrix dispatchOutput(int64_t routed, int64_t cols, int groups,
+                                 CUdeviceptr offsets) {
+    QuantizedMatrix out;
+    out.values = alloc(routed * cols);
+    out.scales = alloc(routed * (cols / 128) * 4);
+    out.rows = routed;
+    out.cols = cols;
+    out.groupOffsets = offsets;
+    out.groups = groups;
+    return out;
+  }
+
   std::mt19937 random{20261123};
 };
 
@@ -776,25 +809,13 @@ TEST_F(ModelKernelsOnGpu, MoeDispatchAndCombine) {
     std::bernoulli_distribution pickHot(0.3);
     for (int32_t &id : ids)
       id = pickHot(random) ? hot(random) : any(random);
-    std::vector<uint8_t> values(c.T * H);
-    for (uint8_t &v : values)
-      v = static_cast<uint8_t>(random() & 0x7E); // no NaN codes
+    std::vector<uint8_t> values = randomCodes(c.T * H);
     std::vector<float> scales = normals(tiles * c.T);
 
-    QuantizedMatrix in;
-    in.values = upload(values);
-    in.scales = upload(scales);
-    in.rows = c.T;
-    in.cols = H;
+    QuantizedMatrix in = quantizedInput(values, scales, c.T, H);
     CUdeviceptr offsets = alloc((c.experts + 1) * 4, kPoisonI32);
     CUdeviceptr rows = alloc(R * 4, kPoisonI32);
-    QuantizedMatrix out;
-    out.values = alloc(R * H);
-    out.scales = alloc(R * tiles * 4);
-    out.rows = R;
-    out.cols = H;
-    out.groupOffsets = offsets;
-    out.groups = c.experts;
+    QuantizedMatrix out = dispatchOutput(R, H, c.experts, offsets);
     kernels->moeDispatch(nullptr, in, upload(ids), c.topK, c.experts, out,
                          offsets, rows);
 
@@ -862,22 +883,10 @@ TEST_F(ModelKernelsOnGpu, EpGatheredExchangeMatchesPacked) {
     for (int32_t &slot : slots)
       slot = random() % 3 == 0 ? 6 : anySlot(random);
     slots[0] = 9;
-    std::vector<uint8_t> values(T * H);
-    for (uint8_t &v : values)
-      v = static_cast<uint8_t>(random() & 0x7E);
-    QuantizedMatrix in;
-    in.values = upload(values);
-    in.scales = upload(normals(tiles * T));
-    in.rows = T;
-    in.cols = H;
+    std::vector<uint8_t> values = randomCodes(T * H);
+    QuantizedMatrix in = quantizedInput(values, normals(tiles * T), T, H);
     CUdeviceptr offsets = alloc((W * S + 1) * 4, kPoisonI32);
-    QuantizedMatrix out;
-    out.values = alloc(R * H);
-    out.scales = alloc(R * tiles * 4);
-    out.rows = R;
-    out.cols = H;
-    out.groupOffsets = offsets;
-    out.groups = W * S;
+    QuantizedMatrix out = dispatchOutput(R, H, W * S, offsets);
     kernels->moeDispatch(nullptr, in, upload(slots), topK, W * S, out, offsets,
                          alloc(R * 4));
     sendQ[p] = download<uint8_t>(out.values, R * H);
