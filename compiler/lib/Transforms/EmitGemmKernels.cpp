@@ -1239,21 +1239,16 @@ private:
     std::vector<std::string> own(accRegs);
     for (int64_t g = 0; g < quads; ++g) {
       std::string n = std::to_string(g);
-      std::string vec = "%quadUndef" + n;
-      emit(vec + " = llvm.mlir.undef : vector<4xi32>");
-      for (int64_t e = 0; e < 4; ++e) {
-        std::string x = "%quad" + n + "_" + std::to_string(e);
-        emit(x + "v = llvm.extractvalue " + finalAcc + "[" +
-             std::to_string(4 * g + e) + "] : " + structType);
-        emit(x + "b = arith.bitcast " + x + "v : f32 to i32");
-        emit(x + "c = arith.andi " + x + "b, %clearTag : i32");
-        emit(x + "o = arith.bitcast " + x + "c : i32 to f32");
-        own[4 * g + e] = x + "o";
-        emit(x + "t = arith.ori " + x + "c, %tagBit : i32");
-        emit(x + " = llvm.insertelement " + x + "t, " + vec + "[" + i32(e) +
-             " : i32] : vector<4xi32>");
-        vec = x;
-      }
+      std::string vec = packQuad(
+          g, "i32",
+          [&](const std::string &x, const std::string &value, int64_t reg) {
+            emit(x + "b = arith.bitcast " + value + " : f32 to i32");
+            emit(x + "c = arith.andi " + x + "b, %clearTag : i32");
+            emit(x + "o = arith.bitcast " + x + "c : i32 to f32");
+            own[reg] = x + "o";
+            emit(x + "t = arith.ori " + x + "c, %tagBit : i32");
+            return x + "t";
+          });
       writeQuadPointer(g);
       // Volatile (relaxed): the last warp's loads race with these by design.
       emit("llvm.store volatile " + vec + ", %quadPtr" + n +
@@ -1388,6 +1383,29 @@ private:
     emit("}");
   }
 
+  /// Packs accumulator registers 4g .. 4g + 3 of finalAcc into a
+  /// vector<4 x `type`> for one 16-byte store of a split partial, and
+  /// returns its name. Element e is named %quad<g>_<e>; `element(x, value,
+  /// reg)` emits what element x needs from register `reg`'s f32 `value` and
+  /// returns the value to insert.
+  template <typename Element>
+  std::string packQuad(int64_t g, const std::string &type, Element element) {
+    std::string n = std::to_string(g);
+    std::string vectorType = "vector<4x" + type + ">";
+    std::string vec = "%quadUndef" + n;
+    emit(vec + " = llvm.mlir.undef : " + vectorType);
+    for (int64_t e = 0; e < 4; ++e) {
+      std::string x = "%quad" + n + "_" + std::to_string(e);
+      emit(x + "v = llvm.extractvalue " + finalAcc + "[" +
+           std::to_string(4 * g + e) + "] : " + structType);
+      std::string value = element(x, x + "v", 4 * g + e);
+      emit(x + " = llvm.insertelement " + value + ", " + vec + "[" + i32(e) +
+           " : i32] : " + vectorType);
+      vec = x;
+    }
+    return vec;
+  }
+
   /// Wider tiles' split reduction: every warp stores its FP32 partial into
   /// the unit's workspace slot (16 bytes per thread and register quad,
   /// coalesced), then counts itself in on its (tile, warp) counter: stores,
@@ -1400,16 +1418,10 @@ private:
     writeSplitSlotAddress(record);
     for (int64_t g = 0; g < accRegs / 4; ++g) {
       std::string n = std::to_string(g);
-      std::string vec = "%quadUndef" + n;
-      emit(vec + " = llvm.mlir.undef : vector<4xf32>");
-      for (int64_t e = 0; e < 4; ++e) {
-        std::string x = "%quad" + n + "_" + std::to_string(e);
-        emit(x + "v = llvm.extractvalue " + finalAcc + "[" +
-             std::to_string(4 * g + e) + "] : " + structType);
-        emit(x + " = llvm.insertelement " + x + "v, " + vec + "[" + i32(e) +
-             " : i32] : vector<4xf32>");
-        vec = x;
-      }
+      std::string vec = packQuad(
+          g, "f32", [](const std::string &, const std::string &value, int64_t) {
+            return value;
+          });
       writeQuadPointer(g);
       emit("llvm.store " + vec + ", %quadPtr" + n +
            " {alignment = 16 : i64} : vector<4xf32>, !llvm.ptr<1>");
