@@ -204,16 +204,18 @@
 // TMA-LOOP-NEXT: bar.warp.sync -1;
 // TMA-LOOP: mbarrier.arrive.shared.b64
 // The producer: A and B, then the scales' 1-D boxes (activation, then the
-// three weight scales), all on the stage's full barrier, which expects
-// min(128, M) * 128 + 192 * 128 + 4 * (128 + 4) + 3 * 16 bytes (A's box is
-// min(BLOCK_M, M) rows, gemm-abi.md "Buffers"; LLVM hoists the sum).
+// two weight-scale blocks the tile's three 64-column chunks lie in), all on
+// the stage's full barrier, which expects min(128, M) * 128 + 192 * 128 +
+// 4 * (128 + 4) + 2 * 16 bytes (A's box is min(BLOCK_M, M) rows,
+// gemm-abi.md "Buffers"; LLVM hoists the sum).
 // TMA-LOOP: setmaxnreg.dec.sync.aligned.u32 40
 // TMA-LOOP: min.u32 [[ROWS:%r[0-9]+]], [[M]], 128;
 // TMA-LOOP-NEXT: shl.b32 [[ABYTES:%r[0-9]+]], [[ROWS]], 7;
-// TMA-LOOP-NEXT: add.s32 [[TX:%r[0-9]+]], [[ABYTES]], 25152;
+// TMA-LOOP-NEXT: add.s32 [[TX:%r[0-9]+]], [[ABYTES]], 25136;
 // TMA-LOOP: mbarrier.arrive.expect_tx.shared.b64 %rd{{[0-9]+}}, [[FULL:\[%rd[0-9]+\+[0-9]+\]]], [[TX]];
 // TMA-LOOP-COUNT-2: cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes {{.*}}, [[FULL]];
-// TMA-LOOP-COUNT-4: cp.async.bulk.tensor.1d.shared::cluster.global.tile.mbarrier::complete_tx::bytes {{.*}}, [[FULL]];
+// TMA-LOOP-COUNT-3: cp.async.bulk.tensor.1d.shared::cluster.global.tile.mbarrier::complete_tx::bytes {{.*}}, [[FULL]];
+// TMA-LOOP-NOT: cp.async.bulk.tensor.1d
 // The epilogue (LLVM may place its block anywhere): stage the BF16 tile,
 // then the leader's three 64-column box stores, predicated rather than
 // branched around.

@@ -304,7 +304,10 @@ private:
     int64_t scaleBytes =
         stagedScales ? 4 * kiln::GemmConfigAttr::getStageScaleBoxElements(bm) +
                            kiln::GemmConfigAttr::kWeightScaleBoxBytes *
-                               static_cast<int64_t>(weightSuffixes.size())
+                               (twoWeightScaleBoxes()
+                                    ? 2
+                                    : static_cast<int64_t>(
+                                          weightSuffixes.size()))
                      : 0;
     // A's box is min(BLOCK_M, M) rows (gemm-abi.md "The clamped A box";
     // grouped kernels: M is a contiguous launch's R or a masked slab's
@@ -385,6 +388,8 @@ private:
     emit("nvvm.cp.async.bulk.tensor.shared.cluster.global %scDst7, %tmSA, "
          "%full, box[%scStart] : !llvm.ptr<7>, !llvm.ptr");
     for (size_t b = 0; b < weightSuffixes.size(); ++b) {
+      if (twoWeightScaleBoxes() && b == 1)
+        continue; // chunk 1 shares chunk 0's or chunk 2's box
       std::string bs = std::to_string(b);
       emit("%scWu" + bs + " = arith.addi %bScaleRow" + weightSuffixes[b] +
            ", %kb : i32");
@@ -393,7 +398,7 @@ private:
       emit("%scWDst" + bs + " = " +
            ringSlot(layout.stageWeightScales +
                         kiln::GemmConfigAttr::kWeightScaleSlotBytes *
-                            static_cast<int64_t>(b),
+                            weightScaleSlot(b, twoWeightScaleBoxes()),
                     kiln::GemmConfigAttr::kStageWeightScaleBytes, "%s"));
       emit("%scWDst7" + bs + " = llvm.addrspacecast %scWDst" + bs +
            " : !llvm.ptr<3> to !llvm.ptr<7>");
@@ -462,6 +467,12 @@ private:
           block += "g";
         }
         emit("%bScaleRowC" + cs + " = arith.muli " + block + ", %numKB : i32");
+      }
+      if (twoWeightScaleBoxes()) {
+        emit("%nOffInBlock = arith.remui %nOff, %c128 : i32");
+        emit("%midInFirst = arith.cmpi eq, %nOffInBlock, %c0 : i32");
+        emit("%midScaleSlot = arith.select %midInFirst, %c0, " +
+             i32(kiln::GemmConfigAttr::kWeightScaleSlotBytes) + " : i32");
       }
     }
   }
@@ -1075,6 +1086,25 @@ private:
          ++c)
       suffixes.push_back("C" + std::to_string(c));
     return suffixes;
+  }
+
+  /// Staged 192-wide tiles: their three 64-column chunks' weight scales lie
+  /// in two blocks, nOff / 128 and the next (clamped to the last): chunk 0
+  /// in the first, chunk 2 in the second, chunk 1 in the first when nOff is
+  /// a multiple of 128 and in the second otherwise (nOff is a multiple of
+  /// 192). The producer loads the two blocks' boxes only (slots 0 and 1):
+  /// every TMA load costs the stage about as much as a 16 KB slice's worth
+  /// of delay, whatever its size (gemm-kernels.md "Session 23").
+  bool twoWeightScaleBoxes() const {
+    return stagedScales && config.getBlockN() == 192 && !swiglu;
+  }
+
+  /// The slot (0, 1, ...) that weight scale `index` of weightScaleSuffixes()
+  /// has in a stage's weight-scale slots, as the producer loads them; for
+  /// chunk 1 of a 192-wide tile (twoWeightScaleBoxes) the consumers pick
+  /// the slot per tile instead (%midScaleSlot).
+  static int64_t weightScaleSlot(size_t index, bool twoBoxes) {
+    return twoBoxes && index == 2 ? 1 : static_cast<int64_t>(index);
   }
 
   /// Columns per weight scale in the promotion of tiles wider than 128:
@@ -1979,11 +2009,18 @@ private:
          i32(kiln::GemmConfigAttr::kStageWeightScaleBytes) + " : i32");
     for (size_t b = 0; b < weightScaleSuffixes().size(); ++b) {
       std::string name = "%sb" + std::to_string(b) + tag;
-      emit(name + "Slot = arith.addi %scWSlot0" + tag + ", " +
-           i32(layout.stageWeightScales +
-               kiln::GemmConfigAttr::kWeightScaleSlotBytes *
-                   static_cast<int64_t>(b)) +
-           " : i32");
+      if (twoWeightScaleBoxes() && b == 1) {
+        emit(name + "Slot0 = arith.addi %scWSlot0" + tag + ", " +
+             i32(layout.stageWeightScales) + " : i32");
+        emit(name + "Slot = arith.addi " + name +
+             "Slot0, %midScaleSlot : i32");
+      } else {
+        emit(name + "Slot = arith.addi %scWSlot0" + tag + ", " +
+             i32(layout.stageWeightScales +
+                 kiln::GemmConfigAttr::kWeightScaleSlotBytes *
+                     weightScaleSlot(b, twoWeightScaleBoxes())) +
+             " : i32");
+      }
       emit(name + "At = arith.addi " + name + "Slot, " + offsets[1 + b] +
            " : i32");
       emit(name + "P = llvm.getelementptr %smem[" + name +
