@@ -302,13 +302,13 @@ private:
     emit("%full = " + barrier(layout.fullBar, "%s"));
     std::vector<std::string> weightSuffixes = weightScaleSuffixes();
     int64_t scaleBytes =
-        stagedScales ? 4 * kiln::GemmConfigAttr::getStageScaleBoxElements(bm) +
-                           kiln::GemmConfigAttr::kWeightScaleBoxBytes *
-                               (twoWeightScaleBoxes()
-                                    ? 2
-                                    : static_cast<int64_t>(
-                                          weightSuffixes.size()))
-                     : 0;
+        stagedScales
+            ? 4 * kiln::GemmConfigAttr::getStageScaleBoxElements(bm) +
+                  kiln::GemmConfigAttr::kWeightScaleBoxBytes *
+                      (twoWeightScaleBoxes()
+                           ? 2
+                           : static_cast<int64_t>(weightSuffixes.size()))
+            : 0;
     // A's box is min(BLOCK_M, M) rows (gemm-abi.md "The clamped A box";
     // grouped kernels: M is a contiguous launch's R or a masked slab's
     // rows): with fewer rows than a tile TMA would fill the rest with
@@ -1093,8 +1093,8 @@ private:
   /// in the first, chunk 2 in the second, chunk 1 in the first when nOff is
   /// a multiple of 128 and in the second otherwise (nOff is a multiple of
   /// 192). The producer loads the two blocks' boxes only (slots 0 and 1):
-  /// every TMA load costs the stage about as much as a 16 KB slice's worth
-  /// of delay, whatever its size (gemm-kernels.md "Session 23").
+  /// each TMA load delays its stage, however small (gemm-kernels.md
+  /// "Session 23").
   bool twoWeightScaleBoxes() const {
     return stagedScales && config.getBlockN() == 192 && !swiglu;
   }
@@ -2012,8 +2012,7 @@ private:
       if (twoWeightScaleBoxes() && b == 1) {
         emit(name + "Slot0 = arith.addi %scWSlot0" + tag + ", " +
              i32(layout.stageWeightScales) + " : i32");
-        emit(name + "Slot = arith.addi " + name +
-             "Slot0, %midScaleSlot : i32");
+        emit(name + "Slot = arith.addi " + name + "Slot0, %midScaleSlot : i32");
       } else {
         emit(name + "Slot = arith.addi %scWSlot0" + tag + ", " +
              i32(layout.stageWeightScales +
