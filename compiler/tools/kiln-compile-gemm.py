@@ -226,6 +226,8 @@ def main():
             if text:
                 plan.setdefault(kernel_name(config), []).append(text)
         if args.plan:
+            # The plan may go beside the kernels, in --out, not made yet.
+            os.makedirs(os.path.dirname(os.path.abspath(args.plan)), exist_ok=True)
             with open(args.plan, "w") as f:
                 for name, names in plan.items():
                     f.write(f"{name} {','.join(names)}\n")
