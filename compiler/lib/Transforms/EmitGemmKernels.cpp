@@ -302,13 +302,10 @@ private:
     emit("%full = " + barrier(layout.fullBar, "%s"));
     std::vector<std::string> weightSuffixes = weightScaleSuffixes();
     int64_t scaleBytes =
-        stagedScales
-            ? 4 * kiln::GemmConfigAttr::getStageScaleBoxElements(bm) +
-                  kiln::GemmConfigAttr::kWeightScaleBoxBytes *
-                      (twoWeightScaleBoxes()
-                           ? 2
-                           : static_cast<int64_t>(weightSuffixes.size()))
-            : 0;
+        stagedScales ? 4 * kiln::GemmConfigAttr::getStageScaleBoxElements(bm) +
+                           kiln::GemmConfigAttr::kWeightScaleBoxBytes *
+                               weightScaleBoxes()
+                     : 0;
     // A's box is min(BLOCK_M, M) rows (gemm-abi.md "The clamped A box";
     // grouped kernels: M is a contiguous launch's R or a masked slab's
     // rows): with fewer rows than a tile TMA would fill the rest with
@@ -1105,6 +1102,13 @@ private:
   /// the slot per tile instead (%midScaleSlot).
   static int64_t weightScaleSlot(size_t index, bool twoBoxes) {
     return twoBoxes && index == 2 ? 1 : static_cast<int64_t>(index);
+  }
+
+  /// The weight-scale boxes the producer loads per K block.
+  int64_t weightScaleBoxes() const {
+    return twoWeightScaleBoxes()
+               ? 2
+               : static_cast<int64_t>(weightScaleSuffixes().size());
   }
 
   /// Columns per weight scale in the promotion of tiles wider than 128:
