@@ -124,6 +124,21 @@ class OperandSet:
         return a @ b.t()
 
 
+def relative_error(out, reference):
+    """‖out − reference‖ / ‖reference‖ with NaN/Inf counted as 0, and the
+    number of NaN/Inf elements of `out`."""
+    value = out.double()
+    bad = (~torch.isfinite(value)).sum().item()
+    error = torch.linalg.vector_norm(torch.nan_to_num(value) - reference)
+    return (error / torch.linalg.vector_norm(reference)).item(), bad
+
+
+def sets_wanted(l2_bytes, set_bytes):
+    """Operand sets to rotate among so that a shape's inputs and outputs
+    span 4x the L2 (2 to 64)."""
+    return max(2, min(64, math.ceil(4 * l2_bytes / set_bytes)))
+
+
 def model_bytes(m, n, k):
     """A + B + scales + out, each moved once (as kiln-gemm-check counts)."""
     blocks_k = k / 128
@@ -230,21 +245,17 @@ def run_shape(shape, args, generator, l2_bytes, clock_hz):
         row["detail"] = str(error).splitlines()[0]
         return row
     reference = first.reference()
-    value = out.double()
     problems = []
-    bad = (~torch.isfinite(value)).sum().item()
+    rel_error, bad = relative_error(out, reference)
     if bad:
         problems.append(f"{bad} elements NaN or Inf")
-    error = torch.linalg.vector_norm(torch.nan_to_num(value) - reference)
-    rel_error = (error / torch.linalg.vector_norm(reference)).item()
     row["rel_error"] = rel_error
     if not rel_error <= TOLERANCE:
         problems.append(f"relative error {rel_error:.3g} > {TOLERANCE:.0e}")
-    del reference, value, out
+    del reference, out
 
-    set_bytes = first.bytes()
     sets = [first]
-    wanted = max(2, min(64, math.ceil(4 * l2_bytes / set_bytes)))
+    wanted = sets_wanted(l2_bytes, first.bytes())
     while len(sets) < wanted:
         sets.append(OperandSet(m, n, k, generator))
     row["sets"] = len(sets)

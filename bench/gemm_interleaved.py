@@ -41,7 +41,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gemm_cublas  # noqa: E402  (OperandSet, the tolerance)
+import gemm_cublas  # noqa: E402  (OperandSet, the check, the tolerance)
 
 
 def _plan_reader():
@@ -113,13 +113,6 @@ def load_shim(path):
     return shim
 
 
-def relative_error(out, reference):
-    value = out.double()
-    bad = (~torch.isfinite(value)).sum().item()
-    error = torch.linalg.vector_norm(torch.nan_to_num(value) - reference)
-    return (error / torch.linalg.vector_norm(reference)).item(), bad
-
-
 def check(first, kiln):
     """Both sides' outputs of the first set, poisoned first: [problems]."""
     first.out.fill_(float("nan"))
@@ -130,7 +123,7 @@ def check(first, kiln):
     reference = first.reference()
     problems = []
     for side, out in (("Kiln", first.kiln_out), ("cuBLAS", first.out)):
-        rel, bad = relative_error(out, reference)
+        rel, bad = gemm_cublas.relative_error(out, reference)
         if bad or not rel <= gemm_cublas.TOLERANCE:
             problems.append(f"{side}: relative error {rel:.3g}, {bad} NaN/Inf")
     return problems
@@ -216,7 +209,7 @@ def main():
             if p == 0:
                 problems[shape] = check(first, kiln)
             set_bytes = first.bytes() + first.kiln_out.numel() * 2
-            wanted = max(2, min(64, math.ceil(4 * l2_bytes / set_bytes)))
+            wanted = gemm_cublas.sets_wanted(l2_bytes, set_bytes)
             sets = [first]
             while len(sets) < wanted:
                 sets.append(kiln.operand_set(m, n, k, generator))

@@ -2013,17 +2013,14 @@ private:
          i32(kiln::GemmConfigAttr::kStageWeightScaleBytes) + " : i32");
     for (size_t b = 0; b < weightScaleSuffixes().size(); ++b) {
       std::string name = "%sb" + std::to_string(b) + tag;
-      if (twoWeightScaleBoxes() && b == 1) {
-        emit(name + "Slot0 = arith.addi %scWSlot0" + tag + ", " +
-             i32(layout.stageWeightScales) + " : i32");
-        emit(name + "Slot = arith.addi " + name + "Slot0, %midScaleSlot : i32");
-      } else {
-        emit(name + "Slot = arith.addi %scWSlot0" + tag + ", " +
-             i32(layout.stageWeightScales +
-                 kiln::GemmConfigAttr::kWeightScaleSlotBytes *
-                     weightScaleSlot(b, twoWeightScaleBoxes())) +
-             " : i32");
-      }
+      // Chunk 1 of a 192-wide tile: the slot picked per tile.
+      std::string slot = twoWeightScaleBoxes() && b == 1
+                             ? "%midScaleSlot"
+                             : i32(kiln::GemmConfigAttr::kWeightScaleSlotBytes *
+                                   weightScaleSlot(b, twoWeightScaleBoxes()));
+      emit(name + "Slot0 = arith.addi %scWSlot0" + tag + ", " +
+           i32(layout.stageWeightScales) + " : i32");
+      emit(name + "Slot = arith.addi " + name + "Slot0, " + slot + " : i32");
       emit(name + "At = arith.addi " + name + "Slot, " + offsets[1 + b] +
            " : i32");
       emit(name + "P = llvm.getelementptr %smem[" + name +
