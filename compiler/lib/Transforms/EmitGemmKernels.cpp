@@ -395,7 +395,7 @@ private:
       emit("%scWDst" + bs + " = " +
            ringSlot(layout.stageWeightScales +
                         kiln::GemmConfigAttr::kWeightScaleSlotBytes *
-                            weightScaleSlot(b, twoWeightScaleBoxes()),
+                            weightScaleSlot(b),
                     kiln::GemmConfigAttr::kStageWeightScaleBytes, "%s"));
       emit("%scWDst7" + bs + " = llvm.addrspacecast %scWDst" + bs +
            " : !llvm.ptr<3> to !llvm.ptr<7>");
@@ -1100,8 +1100,9 @@ private:
   /// has in a stage's weight-scale slots, as the producer loads them; for
   /// chunk 1 of a 192-wide tile (twoWeightScaleBoxes) the consumers pick
   /// the slot per tile instead (%midScaleSlot).
-  static int64_t weightScaleSlot(size_t index, bool twoBoxes) {
-    return twoBoxes && index == 2 ? 1 : static_cast<int64_t>(index);
+  int64_t weightScaleSlot(size_t index) const {
+    return twoWeightScaleBoxes() && index == 2 ? 1
+                                               : static_cast<int64_t>(index);
   }
 
   /// The weight-scale boxes the producer loads per K block.
@@ -2017,7 +2018,7 @@ private:
       std::string slot = twoWeightScaleBoxes() && b == 1
                              ? "%midScaleSlot"
                              : i32(kiln::GemmConfigAttr::kWeightScaleSlotBytes *
-                                   weightScaleSlot(b, twoWeightScaleBoxes()));
+                                   weightScaleSlot(b));
       emit(name + "Slot0 = arith.addi %scWSlot0" + tag + ", " +
            i32(layout.stageWeightScales) + " : i32");
       emit(name + "Slot = arith.addi " + name + "Slot0, " + slot + " : i32");
